@@ -1,0 +1,200 @@
+"""Configuration value objects.
+
+Every config is a frozen dataclass; ``validate()`` raises :class:`ConfigError` naming
+the field and the rule. Constructors do not validate (so builders can be composed);
+the code that consumes a config (``Redex.open_file``, ``MeshNode.create``) validates it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from netmesh.errors import ConfigError
+
+FsyncPolicy = Literal["never", "batch", "interval"]
+AckMode = Literal["leader", "quorum"]
+
+DEFAULT_MAX_PAYLOAD = 1 << 20
+MAX_REPLICATION_FACTOR = 16
+DEFAULT_NIC_PEAK_BYTES_PER_S = 125_000_000  # 1 Gbit/s, the reference's placeholder
+
+
+@dataclass(frozen=True)
+class PlacementStrategy:
+    """Which nodes hold a replicated channel.
+
+    ``pinned(ids)``: exactly these node ids, in this order. ``standard()``: every node
+    the local node has a session with when the channel opens (bounded by ``factor``),
+    ordered by node id.
+    """
+
+    kind: Literal["standard", "pinned"] = "standard"
+    nodes: tuple[int, ...] = ()
+
+    @classmethod
+    def pinned(cls, nodes: list[int] | tuple[int, ...]) -> PlacementStrategy:
+        return cls("pinned", tuple(int(n) for n in nodes))
+
+    @classmethod
+    def standard(cls) -> PlacementStrategy:
+        return cls("standard", ())
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """How a channel is replicated.
+
+    factor: number of holders (1..16); for pinned placement the pinned list's length.
+    heartbeat_ms: leader heartbeat period (50..300000 ms); silence detection is
+        ``missed_heartbeats`` x this.
+    placement: see :class:`PlacementStrategy`.
+    leader_pinned: node id that wins elections whenever it is healthy (must be in a
+        pinned set).
+    replication_budget_fraction: share of ``nic_peak_bytes_per_s`` the leader may spend
+        answering SyncRequests, in (0, 1].
+    nic_peak_bytes_per_s: assumed NIC capacity for the budget.
+    missed_heartbeats: heartbeats of silence before a replica becomes Candidate (>= 2).
+    ack: ``"leader"`` (append returns once the leader holds it; availability first,
+        elections need only reachable members) or ``"quorum"`` (append returns once a
+        majority holds it; elections need a majority of votes).
+    sync_chunk_bytes: max payload bytes per SyncResponse request.
+    """
+
+    factor: int = 3
+    heartbeat_ms: int = 500
+    placement: PlacementStrategy = field(default_factory=PlacementStrategy.standard)
+    leader_pinned: int | None = None
+    replication_budget_fraction: float = 0.5
+    nic_peak_bytes_per_s: int = DEFAULT_NIC_PEAK_BYTES_PER_S
+    missed_heartbeats: int = 3
+    ack: AckMode = "leader"
+    sync_chunk_bytes: int = 256 * 1024
+
+    def effective_factor(self) -> int:
+        if self.placement.kind == "pinned":
+            return len(self.placement.nodes)
+        return self.factor
+
+    def validate(self) -> None:
+        if not 1 <= self.factor <= MAX_REPLICATION_FACTOR:
+            raise ConfigError(f"factor must be in 1..{MAX_REPLICATION_FACTOR}, got {self.factor}")
+        if not 50 <= self.heartbeat_ms <= 300_000:
+            raise ConfigError(f"heartbeat_ms must be in 50..300000, got {self.heartbeat_ms}")
+        f = self.replication_budget_fraction
+        if not (math.isfinite(f) and 0 < f <= 1):
+            raise ConfigError(f"replication_budget_fraction must be in (0, 1], got {f}")
+        if self.nic_peak_bytes_per_s <= 0:
+            raise ConfigError("nic_peak_bytes_per_s must be positive")
+        if self.missed_heartbeats < 2:
+            raise ConfigError(f"missed_heartbeats must be >= 2, got {self.missed_heartbeats}")
+        if self.ack not in ("leader", "quorum"):
+            raise ConfigError(f"ack must be 'leader' or 'quorum', got {self.ack!r}")
+        if self.sync_chunk_bytes < 1024:
+            raise ConfigError("sync_chunk_bytes must be >= 1024")
+        nodes = self.placement.nodes
+        if self.placement.kind == "pinned":
+            if not nodes:
+                raise ConfigError("pinned placement needs at least one node id")
+            if len(nodes) > MAX_REPLICATION_FACTOR:
+                raise ConfigError(f"pinned set larger than {MAX_REPLICATION_FACTOR}")
+            if len(set(nodes)) != len(nodes):
+                raise ConfigError(f"pinned set has duplicate node ids: {list(nodes)}")
+            if self.leader_pinned is not None and self.leader_pinned not in nodes:
+                raise ConfigError(f"leader_pinned {self.leader_pinned} is not in the pinned set")
+
+
+@dataclass(frozen=True)
+class RedexFileConfig:
+    """How one event file is stored.
+
+    path: directory for segment files; None keeps the file in memory only.
+    fsync: ``"never"`` (the OS decides; a crash of the machine may lose the tail),
+        ``"batch"`` (fsync after every append/append_batch: acknowledged = durable),
+        ``"interval"`` (fsync at most every ``fsync_interval_s`` on append).
+    max_payload: largest accepted event payload in bytes (default 1 MiB).
+    segment_bytes: a new segment file starts once the current one exceeds this.
+    retention_max_events / retention_max_bytes: keep only the newest events (applied
+        after each append batch; whole segments are deleted on disk).
+    replication: replicate this channel (needs ``Redex.enable_replication``).
+    """
+
+    path: str | None = None
+    fsync: FsyncPolicy = "never"
+    fsync_interval_s: float = 0.05
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    segment_bytes: int = 64 << 20
+    retention_max_events: int | None = None
+    retention_max_bytes: int | None = None
+    replication: ReplicationConfig | None = None
+
+    def validate(self) -> None:
+        if self.fsync not in ("never", "batch", "interval"):
+            raise ConfigError(f"fsync must be never|batch|interval, got {self.fsync!r}")
+        if self.fsync_interval_s <= 0:
+            raise ConfigError("fsync_interval_s must be positive")
+        if not 1 <= self.max_payload <= 1 << 30:
+            raise ConfigError(f"max_payload must be in 1..2^30, got {self.max_payload}")
+        if self.segment_bytes < 4096:
+            raise ConfigError("segment_bytes must be >= 4096")
+        if self.retention_max_events is not None and self.retention_max_events < 1:
+            raise ConfigError("retention_max_events must be >= 1")
+        if self.retention_max_bytes is not None and self.retention_max_bytes < 1:
+            raise ConfigError("retention_max_bytes must be >= 1")
+        if self.replication is not None:
+            self.replication.validate()
+
+
+@dataclass(frozen=True)
+class MeshNodeConfig:
+    """Settings of one MeshNode (encrypted UDP endpoint).
+
+    bind: ``"host:port"`` to bind (port 0 picks a free one).
+    psk: 32-byte pre-shared key, mixed into every handshake (Noise psk2).
+    heartbeat_interval: seconds between keepalives to each peer (default 1.0).
+    session_timeout: seconds of silence after which a peer is reported down (default 5.0).
+    handshake_retries: attempts per connect before ``HandshakeError`` (default 3).
+    handshake_timeout: seconds to wait for a handshake response per attempt (default 2.0).
+    max_datagram: largest UDP payload sent (default 1400, fits a 1500 MTU; 576..65000).
+    recv_buffer / send_buffer: SO_RCVBUF / SO_SNDBUF in bytes (default 4 MiB each).
+    allowed_peers: node id -> static public key of peers that may handshake with a
+        started node without a prior ``accept`` (restarted nodes rejoin this way).
+    """
+
+    bind: str = "127.0.0.1:0"
+    psk: bytes = b""
+    heartbeat_interval: float = 1.0
+    session_timeout: float = 5.0
+    handshake_retries: int = 3
+    handshake_timeout: float = 2.0
+    max_datagram: int = 1400
+    recv_buffer: int = 4 << 20
+    send_buffer: int = 4 << 20
+    allowed_peers: dict[int, bytes] = field(default_factory=dict)
+
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"bind must be 'host:port', got {self.bind!r}")
+        return host, int(port)
+
+    def validate(self) -> None:
+        self.host_port()
+        if not isinstance(self.psk, bytes | bytearray) or len(self.psk) != 32:
+            raise ConfigError("psk must be exactly 32 bytes")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval must be positive")
+        if self.session_timeout <= self.heartbeat_interval:
+            raise ConfigError("session_timeout must exceed heartbeat_interval")
+        if self.handshake_retries < 1:
+            raise ConfigError("handshake_retries must be >= 1")
+        if self.handshake_timeout <= 0:
+            raise ConfigError("handshake_timeout must be positive")
+        if not 576 <= self.max_datagram <= 65000:
+            raise ConfigError(f"max_datagram must be in 576..65000, got {self.max_datagram}")
+        if self.recv_buffer < 65536 or self.send_buffer < 65536:
+            raise ConfigError("socket buffers must be >= 65536 bytes")
+        for nid, pub in self.allowed_peers.items():
+            if len(pub) != 32:
+                raise ConfigError(f"allowed_peers[{nid}] public key must be 32 bytes")

@@ -1,0 +1,1 @@
+"""Pure cores: no sockets, clocks, processes, files or global randomness (see tests/core/test_purity.py)."""

@@ -1,0 +1,100 @@
+"""The one exception tree of netmesh.
+
+Rule (h11 style): misuse of the API by *this* process raises a ``LocalProtocolError``
+or a specific value error (``ChannelNameError``, ``PayloadTooLarge``...); garbage that
+arrives from a peer is turned into a ``RemoteProtocolError`` subclass where it enters,
+and the shell drops, logs and counts it instead of crashing.
+"""
+
+from __future__ import annotations
+
+
+class NetmeshError(Exception):
+    """Base of every error raised by netmesh."""
+
+
+class ConfigError(NetmeshError, ValueError):
+    """A configuration value is out of range or inconsistent; the message names the field."""
+
+
+class ChannelNameError(NetmeshError, ValueError):
+    """A channel name breaks the rules documented in :class:`netmesh.channel.ChannelName`."""
+
+
+class PayloadTooLarge(NetmeshError, ValueError):
+    """An event payload exceeds the configured ``max_payload`` (nothing was appended)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class Closed(NetmeshError):
+    """The file, ring, node or cluster was closed; the operation did not happen."""
+
+
+class RingFull(NetmeshError):
+    """``put_batch_nowait`` found too little free space; nothing of the batch was written."""
+
+
+class RingClosed(Closed):
+    """The other side of a shared-memory ring closed it."""
+
+
+class LogCorrupt(NetmeshError):
+    """A record in the middle of an event file fails its checksum or framing.
+
+    Never raised for a torn tail (an incomplete last write), which is truncated and
+    counted instead. ``path`` and ``offset`` name the bad record.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt record at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class OutOfOrder(NetmeshError):
+    """An append carried a sequence number other than the file's ``next_seq``."""
+
+
+class TransportError(NetmeshError):
+    """An OS-level socket error, translated once at the edge of the transport."""
+
+
+class ProtocolError(NetmeshError):
+    """Base of protocol errors (local misuse or remote garbage)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This process used a protocol object wrongly (a bug in the caller)."""
+
+
+class InvalidTransition(LocalProtocolError):
+    """A replica role transition that the transition table does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """Bytes from a peer are not acceptable; the shell drops them and counts the reason."""
+
+
+class DecodeError(RemoteProtocolError):
+    """A datagram or message could not be decoded (truncated, garbage, wrong version)."""
+
+
+class HandshakeError(RemoteProtocolError):
+    """A handshake failed: wrong PSK, unexpected static key, tampering, or no answer."""
+
+
+class AuthenticationError(RemoteProtocolError):
+    """An AEAD tag did not verify (tampered datagram or wrong key)."""
+
+
+class Replayed(RemoteProtocolError):
+    """A datagram counter was already seen or is too old for the replay window."""
+
+
+class NodeUnresponsive(NetmeshError):
+    """A node process did not answer a control request within its timeout."""
