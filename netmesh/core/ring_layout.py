@@ -1,0 +1,117 @@
+"""Geometry and framing of a single-producer single-consumer byte ring (pure).
+
+Shared block = 512-byte header + ``capacity`` data bytes (capacity a multiple of 8).
+The header is an array of native u64 words; each word the other side polls sits on
+its own 64-byte line so producer and consumer do not false-share::
+
+    word  0 MAGIC            word  1 CAPACITY
+    word  8 HEAD             (bytes ever written; only the producer stores it)
+    word 16 TAIL             (bytes ever consumed; only the consumer stores it)
+    word 24 CONSUMER_WAITING (consumer sleeps on the data semaphore)
+    word 32 PRODUCER_WAITING (producer sleeps on the space semaphore)
+    word 40 PRODUCER_CLOSED  word 48 CONSUMER_CLOSED
+
+HEAD and TAIL only grow, so ``used = head - tail`` never needs a wrap flag and a
+position's offset in the data area is ``pos % capacity``.
+
+Data is a sequence of **frames**, one per ``put_batch`` chunk, each 8-byte aligned::
+
+    frame: total u32 | count u32 | count x length u32 | payloads... | zero pad to 8
+
+``total`` covers the whole frame including padding. A frame may wrap around the end of
+the data area (it is then copied in two pieces); the 8-byte frame head never wraps
+because frames and capacity are 8-aligned. The producer publishes HEAD only after the
+whole frame is in place, so a consumer never sees a partial frame, even if the
+producer dies mid-write.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from itertools import accumulate, pairwise
+
+MAGIC = 0x4E4D52494E470001  # "NMRING" + version 1
+HEADER_BYTES = 512
+W_MAGIC, W_CAPACITY = 0, 1
+W_HEAD, W_TAIL = 8, 16
+W_CONSUMER_WAITING, W_PRODUCER_WAITING = 24, 32
+W_PRODUCER_CLOSED, W_CONSUMER_CLOSED = 40, 48
+
+FRAME_HEAD = struct.Struct("<II")
+ALIGN = 8
+MIN_CAPACITY = 4096
+
+
+def align(n: int) -> int:
+    """Round ``n`` up to the frame alignment."""
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def frame_size(count: int, payload_bytes: int) -> int:
+    """Bytes a frame of ``count`` payloads totalling ``payload_bytes`` occupies."""
+    return align(FRAME_HEAD.size + 4 * count + payload_bytes)
+
+
+def max_frame(capacity: int) -> int:
+    """Largest frame a ring accepts: half its capacity, so two frames always fit."""
+    return capacity // 2
+
+
+def free_bytes(head: int, tail: int, capacity: int) -> int:
+    """Bytes the producer may still write."""
+    used = head - tail
+    if not 0 <= used <= capacity:
+        raise ValueError(f"inconsistent ring indices head={head} tail={tail} cap={capacity}")
+    return capacity - used
+
+
+def split(pos: int, n: int, capacity: int) -> tuple[int, int, int]:
+    """Where ``n`` bytes at stream position ``pos`` go: (offset, first_len, second_len).
+
+    The second piece, if any, starts at offset 0 of the data area.
+    """
+    off = pos % capacity
+    first = min(n, capacity - off)
+    return off, first, n - first
+
+
+def encode_frame(payloads: list[bytes]) -> bytes:
+    """One frame holding ``payloads`` in order."""
+    lens = array("I", map(len, payloads))
+    body = b"".join(payloads)
+    total = align(FRAME_HEAD.size + 4 * len(lens) + len(body))
+    pad = total - FRAME_HEAD.size - 4 * len(lens) - len(body)
+    return b"".join((FRAME_HEAD.pack(total, len(lens)), lens.tobytes(), body, bytes(pad)))
+
+
+def encode_single(payload: bytes) -> bytes:
+    """A frame holding one payload (the fast path of ``put``)."""
+    n = len(payload)
+    total = align(12 + n)
+    return b"".join((_SINGLE.pack(total, 1, n), payload, bytes(total - 12 - n)))
+
+
+_SINGLE = struct.Struct("<III")
+
+
+def decode_frame(frame: bytes) -> list[bytes]:
+    """Payloads of one whole frame (as produced by ``encode_frame``).
+
+    Raises ValueError if the frame's own counts do not add up (never for frames this
+    module wrote; a check against shared-memory scribbles).
+    """
+    total, count = FRAME_HEAD.unpack_from(frame, 0)
+    start = FRAME_HEAD.size + 4 * count
+    if total != len(frame) or start > total:
+        raise ValueError(f"bad frame: total={total} count={count} len={len(frame)}")
+    lens = memoryview(frame)[FRAME_HEAD.size : start].cast("I")
+    if count == 1:
+        end = start + lens[0]
+        if end > total:
+            raise ValueError("bad frame: payload overruns frame")
+        return [frame[start:end]]
+    ends = list(accumulate(lens, initial=start))
+    if ends[-1] > total:
+        raise ValueError("bad frame: payloads overrun frame")
+    return [frame[a:b] for a, b in pairwise(ends)]
