@@ -266,6 +266,21 @@ class ShmRing:
         self._words[L.W_CONSUMER_CLOSED] = 1
         self._sem_space.release()
 
+    # -- acknowledgements (consumer -> producer) --------------------------------------
+    def ack(self, count: int, last_seq: int) -> None:
+        """Consumer: ``count`` records were fully handled; the last got ``last_seq``.
+
+        Stored seq first, then count: a producer that sees the count sees that seq
+        (or a later one).
+        """
+        self._words[L.W_ACK_SEQ] = last_seq
+        self._words[L.W_ACK_COUNT] = count
+
+    def acked(self) -> tuple[int, int]:
+        """Producer: (records acknowledged so far, seq of the last one)."""
+        count = self._words[L.W_ACK_COUNT]
+        return int(count), int(self._words[L.W_ACK_SEQ])
+
     # -- lifetime --------------------------------------------------------------------
     def used_bytes(self) -> int:
         return int(self._words[L.W_HEAD] - self._words[L.W_TAIL])
