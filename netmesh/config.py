@@ -160,6 +160,13 @@ class MeshNodeConfig:
     recv_buffer / send_buffer: SO_RCVBUF / SO_SNDBUF in bytes (default 4 MiB each).
     allowed_peers: node id -> static public key of peers that may handshake with a
         started node without a prior ``accept`` (restarted nodes rejoin this way).
+    rekey_after_time: seconds after which the initiator of a session starts a new
+        handshake (default 120, WireGuard's REKEY_AFTER_TIME); the old session keeps
+        working until the new one is confirmed. Sessions are refused after 1.5x this.
+    max_message: largest message ``send`` accepts, in bytes; larger than one datagram
+        means fragments (default 16 MiB).
+    reassembly_bytes: per-peer memory for incomplete fragmented messages (default
+        32 MiB); beyond it the oldest incomplete message is dropped.
     """
 
     bind: str = "127.0.0.1:0"
@@ -172,6 +179,9 @@ class MeshNodeConfig:
     recv_buffer: int = 4 << 20
     send_buffer: int = 4 << 20
     allowed_peers: dict[int, bytes] = field(default_factory=dict)
+    rekey_after_time: float = 120.0
+    max_message: int = 16 << 20
+    reassembly_bytes: int = 32 << 20
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.bind.rpartition(":")
@@ -198,3 +208,9 @@ class MeshNodeConfig:
         for nid, pub in self.allowed_peers.items():
             if len(pub) != 32:
                 raise ConfigError(f"allowed_peers[{nid}] public key must be 32 bytes")
+        if self.rekey_after_time <= self.handshake_timeout:
+            raise ConfigError("rekey_after_time must exceed handshake_timeout")
+        if not 1 <= self.max_message <= 1 << 30:
+            raise ConfigError(f"max_message must be in 1..2^30, got {self.max_message}")
+        if self.reassembly_bytes < self.max_message:
+            raise ConfigError("reassembly_bytes must be >= max_message")
