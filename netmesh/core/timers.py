@@ -19,7 +19,7 @@ class Action(enum.Enum):
     PEER_DOWN = "peer_down"               # nothing received for session_timeout
     RETRY_HANDSHAKE = "retry_handshake"   # an attempt timed out and attempts remain
     HANDSHAKE_FAILED = "handshake_failed"  # the last attempt timed out
-    RECONNECT = "reconnect"               # a down peer should be probed with a handshake
+    RECONNECT = "reconnect"               # a peer that was up and is down: probe it
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class PeerTimers:
         self.last_sent = now
         self.last_received = now
         self.up = False
+        self.was_up = False
         self.handshake_started: float | None = None
         self.attempts = 0
         self.max_attempts = config.handshake_retries
@@ -53,11 +54,13 @@ class PeerTimers:
 
     def on_up(self, now: float) -> None:
         self.up = True
+        self.was_up = True
         self.last_received = now
 
     def on_handshake_started(self, now: float, max_attempts: int | None = None) -> None:
         """A new handshake sequence begins (attempt 1)."""
         self.handshake_started = now
+        self.last_probe = now
         self.attempts = 1
         self.max_attempts = max_attempts if max_attempts is not None \
             else self.config.handshake_retries
@@ -83,6 +86,7 @@ class PeerTimers:
             else:
                 self.handshake_started = None
                 self.attempts = 0
+                self.last_probe = now
                 actions.append(Action.HANDSHAKE_FAILED)
         if self.up:
             if now - self.last_received >= cfg.session_timeout:
@@ -91,7 +95,8 @@ class PeerTimers:
                 actions.append(Action.PEER_DOWN)
             elif now - self.last_sent >= cfg.heartbeat_interval:
                 actions.append(Action.SEND_KEEPALIVE)
-        elif self.handshake_started is None and now - self.last_probe >= cfg.reconnect_interval:
+        elif (self.was_up and self.handshake_started is None
+              and now - self.last_probe >= cfg.reconnect_interval):
             self.last_probe = now
             actions.append(Action.RECONNECT)
         return actions
