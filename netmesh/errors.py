@@ -60,6 +60,19 @@ class OutOfOrder(NetmeshError):
     """An append carried a sequence number other than the file's ``next_seq``."""
 
 
+class NotLeader(NetmeshError):
+    """An append reached a replicated channel on a node that is not its leader.
+
+    Nothing was appended; ``leader`` is the node id believed to lead, if known.
+    """
+
+    def __init__(self, channel: str, leader: int | None = None) -> None:
+        where = f"; leader is {leader:#x}" if leader is not None else ""
+        super().__init__(f"this node is not the leader of {channel!r}{where}")
+        self.channel = channel
+        self.leader = leader
+
+
 class TransportError(NetmeshError):
     """An OS-level socket error, translated once at the edge of the transport."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from netmesh.config import RedexFileConfig
@@ -79,6 +80,10 @@ class RedexFile:
         self._last_sync = 0.0
         self.torn_tail_truncations = 0
         self.torn_bytes_truncated = 0
+        #: called before a user append; may raise (replication: NotLeader on replicas)
+        self.append_guard: Callable[[], None] | None = None
+        #: called as fn(first_seq, count) after every append (replication pushes)
+        self.listeners: list[Callable[[int, int], None]] = []
         if self.config.path is not None:
             self._recover(self.config.path)
 
@@ -132,6 +137,14 @@ class RedexFile:
         """
         if self._closed:
             raise Closed(f"event file {self.name!r} is closed")
+        if self.append_guard is not None:
+            self.append_guard()
+        return self.apply_batch(payloads, expect_seq)
+
+    def apply_batch(self, payloads: list[bytes], expect_seq: int | None = None) -> int:
+        """``append_batch`` without the append guard (replicas applying the leader's log)."""
+        if self._closed:
+            raise Closed(f"event file {self.name!r} is closed")
         first = self.next_seq
         if expect_seq is not None and expect_seq != first:
             raise OutOfOrder(f"{self.name}: batch starts at {expect_seq}, next_seq is {first}")
@@ -151,6 +164,8 @@ class RedexFile:
         self._apply_retention()
         if self._fd >= 0 and self._segments[-1].size >= self.config.segment_bytes:
             self._start_segment(self.next_seq)
+        for fn in self.listeners:
+            fn(first, len(payloads))
         return first
 
     def truncate_from(self, seq: int) -> int:

@@ -267,19 +267,21 @@ class ShmRing:
         self._sem_space.release()
 
     # -- acknowledgements (consumer -> producer) --------------------------------------
-    def ack(self, count: int, last_seq: int) -> None:
-        """Consumer: ``count`` records were fully handled; the last got ``last_seq``.
+    def ack(self, count: int, last_seq: int, rejected: int = 0) -> None:
+        """Consumer: ``count`` records were handled in all, ``rejected`` of them refused;
+        the last one stored got ``last_seq``.
 
-        Stored seq first, then count: a producer that sees the count sees that seq
-        (or a later one).
+        Stored seq and rejected first, then count: a producer that sees the count
+        sees those values (or later ones).
         """
         self._words[L.W_ACK_SEQ] = last_seq
+        self._words[L.W_ACK_REJECTED] = rejected
         self._words[L.W_ACK_COUNT] = count
 
-    def acked(self) -> tuple[int, int]:
-        """Producer: (records acknowledged so far, seq of the last one)."""
+    def acked(self) -> tuple[int, int, int]:
+        """Producer: (records handled so far, seq of the last stored, records refused)."""
         count = self._words[L.W_ACK_COUNT]
-        return int(count), int(self._words[L.W_ACK_SEQ])
+        return int(count), int(self._words[L.W_ACK_SEQ]), int(self._words[L.W_ACK_REJECTED])
 
     # -- lifetime --------------------------------------------------------------------
     def used_bytes(self) -> int:

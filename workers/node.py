@@ -1,0 +1,385 @@
+"""Node process: one MeshNode, one Redex, ring drainers, control requests, metrics page.
+
+Started by the supervisor as ``python -m workers.node --control-fd N --parent-pid P``.
+The first control request is ``init`` (the node's spec); the node answers with its
+identity and UDP address. Control ops (each answers once; errors come back as
+``"ErrorType: message"``):
+
+========================  ==============================================================
+``init``                  spec: index, private_key, psk, bind, heartbeat_interval,
+                          session_timeout, data_dir, metrics_page -> {node_id,
+                          public_key, addr}
+``connect``               peers: [{node_id, public_key, addr}], initiate: [node_id]
+                          -> allow all, handshake with ``initiate`` -> connected ids
+``open_channel``          name, replication (dict or None) -> next_seq
+``close_channel``         name
+``attach_ring``           ring, channel: drain that shm ring into the channel
+``detach_ring``           ring
+``append``                channel, payloads -> first seq (leader only)
+``next_seq`` / ``role``   channel
+``read_range``            channel, start, end -> [payload]
+``block`` / ``unblock``   node_ids: drop all traffic to/from them (partitions)
+``metrics``               -> the same dict the metrics page holds
+``shutdown``              graceful stop (exit code 0)
+========================  ==============================================================
+
+Exit codes: 0 graceful, 2 bad arguments, 3 supervisor gone (names unlinked), 1 crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections import deque
+from typing import Any
+
+from netmesh.config import MeshNodeConfig, PlacementStrategy, RedexFileConfig, ReplicationConfig
+from netmesh.core import control
+from netmesh.errors import NetmeshError, RingClosed
+from netmesh.identity import EntityKeypair
+from netmesh.metrics_page import MetricsPage
+from netmesh.node import MeshNode
+from netmesh.redex import Redex
+from netmesh.shm_ring import ShmRing, unlink_ring
+
+log = logging.getLogger("netmesh.worker")
+METRICS_PERIOD = 0.1
+PR_SET_PDEATHSIG = 1
+
+
+def replication_from_dict(d: dict[str, Any] | None) -> ReplicationConfig | None:
+    if d is None:
+        return None
+    d = dict(d)
+    placement = d.pop("placement", None)
+    if placement is not None:
+        d["placement"] = PlacementStrategy(placement["kind"], tuple(placement["nodes"]))
+    return ReplicationConfig(**d)
+
+
+def replication_to_dict(cfg: ReplicationConfig | None) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    d = dataclasses.asdict(cfg)
+    d["placement"] = {"kind": cfg.placement.kind, "nodes": list(cfg.placement.nodes)}
+    return d
+
+
+class RingDrainer:
+    """Moves batches from one producer ring into a channel, acknowledging in order.
+
+    A thread sleeps on the ring (no spinning) and hands each batch to the event loop;
+    at most ``SLOTS`` batches are in flight, so a slow node makes the ring fill and
+    the producer block (backpressure).
+    """
+
+    SLOTS = 4
+
+    def __init__(self, service: NodeService, ring_name: str, channel: str) -> None:
+        self.service = service
+        self.channel = channel
+        self.ring = ShmRing.attach(ring_name)
+        self.name = ring_name
+        self.count = 0  # events handled (appended or rejected)
+        self.rejected = 0  # events refused (not leader, too large...)
+        self.last_seq = 0
+        # (count, last seq, rejected so far, seq that must be committed first or -1)
+        self.pending: deque[tuple[int, int, int, int]] = deque()
+        self._slots = threading.Semaphore(self.SLOTS)
+        self._stop = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=f"drain-{ring_name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ring = self.ring
+        while not self._stop.is_set():
+            self._slots.acquire()
+            try:
+                batch = ring.get_batch(1 << 16, timeout=0.2)
+            except (RingClosed, ValueError):
+                self._slots.release()
+                return
+            if batch:
+                self._loop.call_soon_threadsafe(self.service.on_ring_batch, self, batch)
+            else:
+                self._slots.release()
+
+    def handled(self) -> None:
+        self._slots.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.ring.close()
+
+
+class NodeService:
+    """Everything one node process runs, on one asyncio loop."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.node: MeshNode | None = None
+        self.redex = Redex()
+        self.spec: dict[str, Any] = {}
+        self.drainers: dict[str, RingDrainer] = {}
+        self.page: MetricsPage | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.graceful = False
+        self.counters = {"ring_events": 0, "ring_rejected_events": 0, "control_requests": 0}
+        self.ops = {
+            "init": self.op_init, "connect": self.op_connect,
+            "open_channel": self.op_open_channel, "close_channel": self.op_close_channel,
+            "attach_ring": self.op_attach_ring, "detach_ring": self.op_detach_ring,
+            "append": self.op_append, "next_seq": self.op_next_seq, "role": self.op_role,
+            "read_range": self.op_read_range, "block": self.op_block,
+            "unblock": self.op_unblock, "metrics": self.op_metrics,
+            "shutdown": self.op_shutdown,
+        }
+
+    # -- control loop ----------------------------------------------------------------
+    async def serve(self) -> None:
+        decoder = control.FrameDecoder()
+        while True:
+            data = await self.reader.read(1 << 20)
+            if not data:
+                return  # supervisor gone
+            for msg in decoder.feed(data):
+                if msg[0] == control.REQUEST:
+                    await self.handle(msg[1], msg[2], msg[3])
+
+    async def handle(self, req_id: int, op: str, args: dict[str, Any]) -> None:
+        self.counters["control_requests"] += 1
+        fn = self.ops.get(op)
+        try:
+            if fn is None:
+                raise NetmeshError(f"unknown op {op!r}")
+            result = fn(**args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            self.writer.write(control.response(req_id, True, result))
+        except Exception as exc:  # every failure goes back to the caller, node survives
+            log.debug("op %s failed", op, exc_info=True)
+            self.writer.write(control.response(req_id, False, f"{type(exc).__name__}: {exc}"))
+
+    # -- ops -------------------------------------------------------------------------
+    async def op_init(self, **spec: Any) -> dict[str, Any]:
+        self.spec = spec
+        kp = EntityKeypair.from_private_bytes(spec["private_key"])
+        cfg = MeshNodeConfig(
+            bind=spec.get("bind", "127.0.0.1:0"), psk=spec["psk"],
+            heartbeat_interval=spec.get("heartbeat_interval", 0.25),
+            session_timeout=spec.get("session_timeout", 2.0),
+            handshake_retries=3, handshake_timeout=1.0)
+        self.node = await MeshNode.create(kp, cfg)
+        self.node.start()
+        self.redex.enable_replication(self.node)
+        if spec.get("metrics_page"):
+            self.page = MetricsPage.attach(spec["metrics_page"])
+            asyncio.get_running_loop().create_task(self._publish_metrics())
+        host, port = self.node.local_addr[:2]
+        return {"node_id": kp.node_id, "public_key": kp.public_key, "addr": [host, port],
+                "pid": os.getpid()}
+
+    async def op_connect(self, peers: list[dict[str, Any]], initiate: list[int]) -> list[int]:
+        node = self._node()
+        for p in peers:
+            node.add_allowed_peer(p["node_id"], p["public_key"])
+        jobs = [node.connect(tuple(p["addr"]), p["public_key"], p["node_id"])
+                for p in peers if p["node_id"] in initiate]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise NetmeshError(f"{len(failed)} handshakes failed: {failed[0]!r}")
+        return node.peers()
+
+    def op_open_channel(self, name: str, replication: dict[str, Any] | None = None) -> int:
+        data_dir = self.spec.get("data_dir")
+        path = os.path.join(data_dir, *name.split("/")) if data_dir else None
+        cfg = RedexFileConfig(path=path, fsync="never" if path is None else "batch",
+                              replication=replication_from_dict(replication))
+        return self.redex.open_file(name, cfg).next_seq
+
+    def op_close_channel(self, name: str) -> None:
+        self.redex.close_file(name)
+
+    def op_attach_ring(self, ring: str, channel: str) -> None:
+        self._file(channel)
+        self.drainers[ring] = RingDrainer(self, ring, channel)
+
+    def op_detach_ring(self, ring: str) -> None:
+        d = self.drainers.pop(ring, None)
+        if d is not None:
+            d.stop()
+
+    def op_append(self, channel: str, payloads: list[bytes]) -> int:
+        return self.redex.append(channel, payloads)
+
+    def op_next_seq(self, channel: str) -> int:
+        return self._file(channel).next_seq
+
+    def op_role(self, channel: str) -> str | None:
+        coord = self.redex.replication_coordinator_for(channel)
+        return None if coord is None else coord.role.name
+
+    def op_read_range(self, channel: str, start: int, end: int) -> list[bytes]:
+        return self._file(channel).read_payloads(start, end)[0]
+
+    def op_block(self, node_ids: list[int]) -> None:
+        for nid in node_ids:
+            self._node().block_peer(nid)
+
+    def op_unblock(self, node_ids: list[int]) -> None:
+        for nid in node_ids:
+            self._node().unblock_peer(nid)
+
+    def op_metrics(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    def op_shutdown(self) -> None:
+        self.graceful = True
+        asyncio.get_running_loop().call_soon(self._finish)
+
+    # -- rings -----------------------------------------------------------------------
+    def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
+        """Append one ring batch (loop thread); queue its acknowledgement."""
+        needed = -1
+        try:
+            first = self.redex.append(drainer.channel, batch)
+            drainer.last_seq = first + len(batch) - 1
+            needed = self.redex.commit_target(drainer.channel, drainer.last_seq)
+            self.counters["ring_events"] += len(batch)
+        except NetmeshError as exc:
+            log.info("ring %s: %d events rejected: %s", drainer.name, len(batch), exc)
+            self.counters["ring_rejected_events"] += len(batch)
+            drainer.rejected += len(batch)
+        finally:
+            drainer.handled()
+        drainer.count += len(batch)
+        drainer.pending.append((drainer.count, drainer.last_seq, drainer.rejected, needed))
+        self.release_acks(drainer)
+
+    def release_acks(self, drainer: RingDrainer) -> None:
+        """Acknowledge, in order, every queued batch whose commit condition holds."""
+        pending = drainer.pending
+        while pending:
+            count, seq, rejected, needed = pending[0]
+            if needed >= 0 and not self.redex.is_committed(drainer.channel, needed):
+                self.redex.on_commit(drainer.channel, needed,
+                                     lambda d=drainer: self.release_acks(d))
+                return
+            pending.popleft()
+            drainer.ring.ack(count, seq, rejected)
+
+    # -- metrics ---------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        node = self.node
+        channels: dict[str, Any] = {}
+        for f in self.redex.open_files():
+            ch: dict[str, Any] = {"next_seq": f.next_seq,
+                                  "first_retained_seq": f.first_retained_seq,
+                                  "torn_tail_truncations": f.torn_tail_truncations}
+            ch.update(self.redex.channel_metrics(f.name))
+            channels[f.name] = ch
+        return {
+            "node": self.spec.get("index"), "node_id": node.node_id if node else None,
+            "pid": os.getpid(), "channels": channels, "mesh": node.metrics() if node else {},
+            "counters": dict(self.counters),
+            "rings": {n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
+                      for n, d in self.drainers.items()},
+        }
+
+    async def _publish_metrics(self) -> None:
+        assert self.page is not None
+        while True:
+            try:
+                self.page.write(self.snapshot())
+            except Exception:  # metrics must never take the node down
+                log.exception("metrics snapshot failed")
+            await asyncio.sleep(METRICS_PERIOD)
+
+    # -- shutdown --------------------------------------------------------------------
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def close(self) -> None:
+        for d in list(self.drainers.values()):
+            d.stop()
+        self.redex.close()
+        if self.node is not None:
+            await self.node.shutdown()
+        if self.page is not None:
+            self.page.close()
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+
+    def owned_names(self) -> list[str]:
+        names = list(self.drainers)
+        if self.spec.get("metrics_page"):
+            names.append(self.spec["metrics_page"])
+        return names
+
+    def _node(self) -> MeshNode:
+        if self.node is None:
+            raise NetmeshError("node not initialised")
+        return self.node
+
+    def _file(self, channel: str) -> Any:
+        f = self.redex.get_file(channel)
+        if f is None:
+            raise NetmeshError(f"channel {channel!r} is not open on this node")
+        return f
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies; exit now if it already did."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        sys.exit(3)
+
+
+async def amain(control_fd: int) -> int:
+    sock = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    service = NodeService(reader, writer)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, service._finish)
+    server = loop.create_task(service.serve())
+    server.add_done_callback(lambda _t: service._finish())
+    await service.done
+    server.cancel()
+    names = service.owned_names()
+    await service.close()
+    if not service.graceful:
+        for n in names:  # supervisor gone or asked us to die: leave nothing behind
+            unlink_ring(n)
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="workers.node")
+    ap.add_argument("--control-fd", type=int, required=True)
+    ap.add_argument("--parent-pid", type=int, required=True)
+    ap.add_argument("--log-level", default=os.environ.get("NETMESH_LOG", "WARNING"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s node %(process)d %(message)s")
+    _die_with_parent(args.parent_pid)
+    return asyncio.run(amain(args.control_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
