@@ -20,6 +20,8 @@ from netmesh.errors import (
     RingClosed,
     RingFull,
 )
+from netmesh.identity import EntityKeypair
+from netmesh.node import MeshNode
 
 __all__ = [
     "ChannelName",
@@ -27,9 +29,11 @@ __all__ = [
     "Closed",
     "ConfigError",
     "DecodeError",
+    "EntityKeypair",
     "HandshakeError",
     "InvalidTransition",
     "LogCorrupt",
+    "MeshNode",
     "MeshNodeConfig",
     "NetmeshError",
     "PayloadTooLarge",
