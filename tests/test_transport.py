@@ -1,0 +1,166 @@
+"""Hostile and broken input over real UDP: every bad datagram is dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from netmesh import EntityKeypair, MeshNode
+from netmesh.core import codec
+from netmesh.errors import HandshakeError, TransportError
+from tests.test_node import cfg, link, run, wait_for
+
+
+def capture(node: MeshNode) -> list[bytes]:
+    """Record every datagram ``node`` sends (a tap on its transport)."""
+    seen: list[bytes] = []
+    t = node._transport
+    assert t is not None
+    orig = t.sendto
+
+    def tap(data: bytes, addr: Any) -> None:
+        seen.append(data)
+        orig(data, addr)
+    t.sendto = tap  # type: ignore[method-assign]
+    return seen
+
+
+def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        got: list[bytes] = []
+        b.subscribe("m", lambda nid, m: got.append(m))
+        try:
+            sent = capture(a)
+            await link(b, a)
+            a.start()
+            b.start()
+            a.send(b.node_id, "m", b"one")
+            await wait_for(lambda: got == [b"one"])
+            data = next(d for d in reversed(sent)
+                        if d[1] == codec.TYPE_DATA and len(d) > codec.DATA_OVERHEAD + 1)
+            initiation = next(d for d in sent if d[1] == codec.TYPE_INITIATION)
+            drops = b.metrics()["drops"]
+            assert all(v == 0 for v in drops.values()), drops
+            tampered = bytearray(data)
+            tampered[-5] ^= 0x40
+            unknown = bytearray(data)
+            unknown[4:8] = (int.from_bytes(data[4:8], "little") ^ 0x5A5A).to_bytes(4, "little")
+            cases = {
+                "tampered": [bytes(tampered), data[:16] + bytes(len(data) - 16)],
+                "replayed": [data, data, initiation],
+                "truncated": [data[:20], b"\x01", initiation[:50]],
+                "oversized": [bytes(b.config.max_datagram + 1)],
+                "unknown_session": [bytes(unknown)],
+                "decode": [b"\x07garbage", b"\x01\x09" + bytes(40), bytes(initiation) + b"x"],
+                "bad_handshake": [codec.encode_response(1, 2, bytes(48))],
+            }
+            for _, datagrams in cases.items():
+                for d in datagrams:
+                    raw.sendto(d, b.local_addr)
+            # traffic continues through the storm
+            a.send(b.node_id, "m", b"two")
+            want = {k: len(v) for k, v in cases.items()}
+            await wait_for(lambda: all(b.metrics()["drops"][k] >= n for k, n in want.items())
+                           and got == [b"one", b"two"], 3.0, "drops counted")
+            assert b.metrics()["drops"] == {**drops, **want}
+            assert b.peer_is_up(a.node_id) and a.peer_is_up(b.node_id)
+            b.send(a.node_id, "m", b"back")
+            await wait_for(lambda: a.metrics()["messages_in"] == 1, 2.0)
+        finally:
+            raw.close()
+            await a.shutdown()
+            await b.shutdown()
+    run(body)
+
+
+def test_wrong_psk_connect_fails_in_bounded_time() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(),
+                                  cfg(handshake_retries=2, handshake_timeout=0.2))
+        kb = EntityKeypair.generate()
+        b_cfg = replace(cfg(allowed_peers={a.node_id: a.public_key}), psk=bytes(32))
+        b = await MeshNode.create(kb, b_cfg)
+        try:
+            b.start()
+            t0 = time.monotonic()
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, b.public_key, b.node_id)
+            elapsed = time.monotonic() - t0
+            assert 0.3 <= elapsed < 2.0
+            assert a.metrics()["drops"]["wrong_psk_or_key"] == 2   # one per attempt
+            assert a.metrics()["handshakes_initiated"] == 2
+            assert not b.peer_is_up(a.node_id) and b.peers() == []
+            assert a.peers() == []
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+    run(body)
+
+
+def test_unexpected_static_keys_are_refused() -> None:
+    async def body() -> None:
+        fast = dict(handshake_retries=1, handshake_timeout=0.2)
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(**fast))
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(**fast))
+        c = EntityKeypair.generate()
+        try:
+            # responder expects c, a shows up instead
+            accept = asyncio.ensure_future(b.accept(c.node_id))
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, b.public_key, b.node_id)
+            assert b.metrics()["drops"]["wrong_psk_or_key"] == 1
+            assert not accept.done()
+            accept.cancel()
+            # initiator expects c's key at b's address: b cannot decrypt
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, c.public_key, c.node_id)
+            assert b.metrics()["drops"]["wrong_psk_or_key"] == 2
+            # a key that does not hash to the claimed id is refused before sending
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, c.public_key, b.node_id)
+            assert a.metrics()["handshakes_initiated"] == 2
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+    run(body)
+
+
+def test_bind_conflict_raises_transport_error() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        try:
+            with pytest.raises(TransportError):
+                await MeshNode.create(EntityKeypair.generate(),
+                                      cfg(bind=f"127.0.0.1:{a.local_addr[1]}"))
+        finally:
+            await a.shutdown()
+    run(body)
+
+
+def test_datagrams_never_exceed_max_datagram() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(max_datagram=600))
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(max_datagram=600))
+        got: list[bytes] = []
+        b.subscribe_batch("m", lambda nid, ms: got.extend(ms))
+        try:
+            sent = capture(a)
+            await link(b, a)
+            msgs = [bytes([i % 256]) * (i * 37 % 3000) for i in range(300)]
+            a.send_many(b.node_id, "m", msgs)
+            await wait_for(lambda: len(got) == 300, 3.0)
+            assert got == msgs
+            assert max(len(d) for d in sent) <= 600
+            assert a.metrics()["datagrams_out"] == len(sent)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+    run(body)
