@@ -91,6 +91,44 @@ class Redex:
     def replication_runtime_count(self) -> int:
         return 0 if self._hub is None else self._hub.runtime_count()
 
+    # -- helpers for node processes ---------------------------------------------------
+    def append(self, name: str, payloads: list[bytes]) -> int:
+        """Append to an open file (NotLeader on a replica); returns the first seq."""
+        f = self.get_file(name)
+        if f is None:
+            raise ConfigError(f"channel {name!r} is not open")
+        return f.append_batch(payloads)
+
+    def commit_target(self, name: str, last_seq: int) -> int:
+        """The commit_seq an append ending at ``last_seq`` must wait for, or -1 when the
+        channel acknowledges on the leader alone."""
+        rt = self._hub.runtime(ChannelName(name)) if self._hub else None
+        if rt is None or rt.coord.config.ack != "quorum":
+            return -1
+        return last_seq + 1
+
+    def is_committed(self, name: str, commit_target: int) -> bool | None:
+        """See ChannelRuntime.is_committed; None for a channel that is not replicated."""
+        rt = self._hub.runtime(ChannelName(name)) if self._hub else None
+        return None if rt is None else rt.is_committed(commit_target)
+
+    def on_commit(self, name: str, commit_target: int, callback: Any) -> None:
+        rt = self._hub.runtime(ChannelName(name)) if self._hub else None
+        if rt is None:
+            callback()
+        else:
+            rt.on_commit(commit_target, callback)
+
+    def channel_metrics(self, name: str) -> dict[str, Any]:
+        """Replication metrics of one channel as a plain dict ({} if not replicated)."""
+        rt = self._hub.runtime(ChannelName(name)) if self._hub else None
+        if rt is None:
+            return {}
+        m = rt.metrics()
+        d = dict(m.__dict__)
+        d.pop("extra", None)
+        return d
+
     def replication_metrics_snapshot(self) -> Any:
         """Per-channel replication metrics, or None when replication is not enabled."""
         return None if self._hub is None else self._hub.metrics_snapshot()

@@ -80,10 +80,13 @@ class RedexFile:
         self._last_sync = 0.0
         self.torn_tail_truncations = 0
         self.torn_bytes_truncated = 0
-        #: called before a user append; may raise (replication: NotLeader on replicas)
-        self.append_guard: Callable[[], None] | None = None
-        #: called as fn(first_seq, count) after every append (replication pushes)
-        self.listeners: list[Callable[[int, int], None]] = []
+        #: when set, user appends raise it (replication: NotLeader on a replica)
+        self.refusal: Exception | None = None
+        #: called after a user append when ``append_pending`` was False; it is set to
+        #: True first, and the listener clears it once it has handled the new events
+        #: (so a burst of appends costs one call, not one per append)
+        self.on_append: Callable[[], None] | None = None
+        self.append_pending = False
         if self.config.path is not None:
             self._recover(self.config.path)
 
@@ -137,9 +140,13 @@ class RedexFile:
         """
         if self._closed:
             raise Closed(f"event file {self.name!r} is closed")
-        if self.append_guard is not None:
-            self.append_guard()
-        return self.apply_batch(payloads, expect_seq)
+        if self.refusal is not None:
+            raise self.refusal
+        first = self.apply_batch(payloads, expect_seq)
+        if self.on_append is not None and not self.append_pending:
+            self.append_pending = True
+            self.on_append()
+        return first
 
     def apply_batch(self, payloads: list[bytes], expect_seq: int | None = None) -> int:
         """``append_batch`` without the append guard (replicas applying the leader's log)."""
@@ -164,8 +171,6 @@ class RedexFile:
         self._apply_retention()
         if self._fd >= 0 and self._segments[-1].size >= self.config.segment_bytes:
             self._start_segment(self.next_seq)
-        for fn in self.listeners:
-            fn(first, len(payloads))
         return first
 
     def truncate_from(self, seq: int) -> int:

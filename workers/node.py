@@ -89,11 +89,11 @@ class RingDrainer:
         self.channel = channel
         self.ring = ShmRing.attach(ring_name)
         self.name = ring_name
-        self.count = 0  # events handled (appended or rejected)
+        self.count = 0  # events acknowledged (stored or refused)
         self.rejected = 0  # events refused (not leader, too large...)
-        self.last_seq = 0
-        # (count, last seq, rejected so far, seq that must be committed first or -1)
-        self.pending: deque[tuple[int, int, int, int]] = deque()
+        self.last_seq = 0  # seq of the last stored event acknowledged
+        # (events, last seq or None if refused, commit_seq to wait for or -1)
+        self.pending: deque[tuple[int, int | None, int]] = deque()
         self._slots = threading.Semaphore(self.SLOTS)
         self._stop = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -253,33 +253,45 @@ class NodeService:
     # -- rings -----------------------------------------------------------------------
     def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
         """Append one ring batch (loop thread); queue its acknowledgement."""
+        last: int | None = None
         needed = -1
         try:
             first = self.redex.append(drainer.channel, batch)
-            drainer.last_seq = first + len(batch) - 1
-            needed = self.redex.commit_target(drainer.channel, drainer.last_seq)
+            last = first + len(batch) - 1
+            needed = self.redex.commit_target(drainer.channel, last)
             self.counters["ring_events"] += len(batch)
         except NetmeshError as exc:
-            log.info("ring %s: %d events rejected: %s", drainer.name, len(batch), exc)
-            self.counters["ring_rejected_events"] += len(batch)
-            drainer.rejected += len(batch)
+            log.info("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
         finally:
             drainer.handled()
-        drainer.count += len(batch)
-        drainer.pending.append((drainer.count, drainer.last_seq, drainer.rejected, needed))
+        drainer.pending.append((len(batch), last, needed))
         self.release_acks(drainer)
 
     def release_acks(self, drainer: RingDrainer) -> None:
-        """Acknowledge, in order, every queued batch whose commit condition holds."""
+        """Acknowledge, in order, every queued batch whose commit condition holds.
+
+        A quorum batch whose leader lost leadership before a majority held it is
+        acknowledged as refused (the producer's flush raises NotLeader).
+        """
         pending = drainer.pending
         while pending:
-            count, seq, rejected, needed = pending[0]
-            if needed >= 0 and not self.redex.is_committed(drainer.channel, needed):
-                self.redex.on_commit(drainer.channel, needed,
-                                     lambda d=drainer: self.release_acks(d))
-                return
+            n, last, needed = pending[0]
+            if last is not None and needed >= 0:
+                state = self.redex.is_committed(drainer.channel, needed)
+                if state is False:
+                    self.redex.on_commit(drainer.channel, needed,
+                                         lambda d=drainer: self.release_acks(d))
+                    return
+                if state is None:
+                    last = None
             pending.popleft()
-            drainer.ring.ack(count, seq, rejected)
+            drainer.count += n
+            if last is None:
+                drainer.rejected += n
+                self.counters["ring_rejected_events"] += n
+            else:
+                drainer.last_seq = last
+            drainer.ring.ack(drainer.count, drainer.last_seq, drainer.rejected)
 
     # -- metrics ---------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -293,7 +305,8 @@ class NodeService:
             channels[f.name] = ch
         return {
             "node": self.spec.get("index"), "node_id": node.node_id if node else None,
-            "pid": os.getpid(), "channels": channels, "mesh": node.metrics() if node else {},
+            "pid": os.getpid(), "channels": channels,
+            "peers": node.peers() if node else [], "mesh": node.metrics() if node else {},
             "counters": dict(self.counters),
             "rings": {n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
                       for n, d in self.drainers.items()},

@@ -1,0 +1,297 @@
+"""Cluster: a local replicated netmesh, one OS process per node (the supervisor API).
+
+::
+
+    with Cluster(nodes=3, heartbeat_ms=150) as c:
+        c.open_channel("orders", ReplicationConfig(factor=3))
+        with c.producer(node=0, channel="orders") as p:
+            p.append_batch(batch); last = p.flush()
+        c.wait_until(lambda: c.next_seq(1, "orders") == last + 1)
+        c.kill(0); c.restart(0); c.partition([0], [1, 2]); c.heal()
+
+Startup: every node process binds 127.0.0.1:0 and reports its identity; the
+supervisor then tells each node all peers (allow-list) and which to handshake with
+(the one with the smaller node id initiates). A restarted node keeps its keypair (and,
+with ``data_dir``, its event files) and handshakes with every running peer itself.
+Channels opened with :meth:`open_channel` are reopened on restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from netmesh.config import PlacementStrategy, ReplicationConfig
+from netmesh.errors import ConfigError, NetmeshError, NodeUnresponsive
+from netmesh.identity import EntityKeypair
+from netmesh.metrics_page import MetricsPage
+from netmesh.producer import Producer
+from netmesh.shm_ring import ShmRing
+from netmesh.supervisor import Supervisor
+from workers.node import replication_to_dict
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Cluster:
+    """Supervisor of ``nodes`` node processes on loopback; see the module doc."""
+
+    def __init__(self, nodes: int = 3, psk: bytes | None = None, heartbeat_ms: int = 150,
+                 data_dir: str | None = None, ring_bytes: int = 1 << 22,
+                 mesh_heartbeat: float = 0.25, session_timeout: float = 2.0,
+                 start: bool = True) -> None:
+        if nodes < 1:
+            raise ConfigError("a cluster needs at least one node")
+        if psk is not None and len(psk) != 32:
+            raise ConfigError("psk must be 32 bytes")
+        self.size = nodes
+        self.psk = psk or secrets.token_bytes(32)
+        self.heartbeat_ms = heartbeat_ms
+        self.data_dir = data_dir
+        self.ring_bytes = ring_bytes
+        self.mesh_heartbeat = mesh_heartbeat
+        self.session_timeout = session_timeout
+        self.sup = Supervisor()
+        self.keys = [self._keypair(i) for i in range(nodes)]
+        self.node_ids = [k.node_id for k in self.keys]
+        self.info: dict[int, dict[str, Any]] = {}
+        self.channels: dict[str, ReplicationConfig | None] = {}
+        self.pages: dict[int, MetricsPage] = {}
+        self.producers: dict[str, tuple[int, ShmRing, Producer]] = {}
+        self.blocked: dict[int, set[int]] = {i: set() for i in range(nodes)}
+        self._ring_no = 0
+        if start:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+
+    def _keypair(self, i: int) -> EntityKeypair:
+        if self.data_dir is None:
+            return EntityKeypair.generate()
+        path = os.path.join(self.data_dir, f"node{i}", "node.key")
+        if os.path.exists(path):
+            return EntityKeypair.load(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        kp = EntityKeypair.generate()
+        kp.save(path)
+        return kp
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.size):
+            self._spawn(i)
+        peers = [self._peer_entry(i) for i in range(self.size)]
+        for i in range(self.size):
+            me = self.node_ids[i]
+            initiate = [p["node_id"] for p in peers if p["node_id"] > me]
+            self.sup.call(i, "connect", timeout=15, peers=[p for p in peers
+                          if p["node_id"] != me], initiate=initiate)
+        self.wait_until(self._fully_connected, timeout=10, message="full mesh")
+
+    def _spawn(self, i: int) -> None:
+        self.sup.spawn(i)
+        page = self.pages.get(i)
+        if page is None:
+            page = self.pages[i] = MetricsPage.create(self.sup.name("metrics", i))
+        data_dir = os.path.join(self.data_dir, f"node{i}") if self.data_dir else None
+        self.info[i] = self.sup.call(
+            i, "init", timeout=20, index=i, private_key=self.keys[i].private_key, psk=self.psk,
+            heartbeat_interval=self.mesh_heartbeat, session_timeout=self.session_timeout,
+            data_dir=data_dir, metrics_page=page.name)
+        self.info[i]["alive"] = True
+
+    def _peer_entry(self, i: int) -> dict[str, Any]:
+        return {"node_id": self.node_ids[i], "public_key": self.keys[i].public_key,
+                "addr": self.info[i]["addr"]}
+
+    def _fully_connected(self) -> bool:
+        for i in self.running():
+            others = {self.node_ids[j] for j in self.running() if j != i}
+            m = self.pages[i].read()
+            if m is None or not others <= set(m.get("peers", [])):
+                return False
+        return True
+
+    def running(self) -> list[int]:
+        return [i for i in range(self.size) if self.sup.exit_code(i) is None]
+
+    def kill(self, i: int) -> int | None:
+        """SIGKILL node ``i``; its producers become unusable. Returns the exit code."""
+        code = self.sup.kill(i)
+        self.info[i]["alive"] = False
+        self._drop_producers(i)
+        return code
+
+    def stop(self, i: int) -> int | None:
+        """Stop node ``i`` gracefully (shutdown request, then SIGTERM/SIGKILL)."""
+        code = self.sup.stop(i)
+        self.info[i]["alive"] = False
+        self._drop_producers(i)
+        return code
+
+    def restart(self, i: int) -> None:
+        """Start node ``i`` again with its identity (and data with ``data_dir``),
+        reopen its channels and handshake with every running peer."""
+        if self.sup.exit_code(i) is None:
+            raise NetmeshError(f"node {i} is still running")
+        self._spawn(i)
+        others = [j for j in self.running() if j != i]
+        peers = [self._peer_entry(j) for j in range(self.size) if j != i]
+        self.sup.call(i, "connect", timeout=15, peers=peers,
+                      initiate=[self.node_ids[j] for j in others])
+        for name, cfg in self.channels.items():
+            self.sup.call(i, "open_channel", name=name, replication=replication_to_dict(cfg))
+        if self.blocked[i]:
+            self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
+
+    def close(self) -> None:
+        """Stop every node and remove every shared-memory object; idempotent."""
+        for key in list(self.producers):
+            self._close_producer(key)
+        for page in self.pages.values():
+            page.close()
+        self.pages.clear()
+        self.sup.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- channels and data -----------------------------------------------------------
+    def open_channel(self, name: str, replication: ReplicationConfig | None = None) -> None:
+        """Open ``name`` on every node; replicated over the first ``factor`` nodes
+        (pinned placement) unless ``replication.placement`` is pinned already."""
+        if replication is not None and replication.placement.kind != "pinned":
+            members = self.node_ids[: replication.factor]
+            replication = ReplicationConfig(**{**replication.__dict__,
+                                               "placement": PlacementStrategy.pinned(members)})
+        if replication is not None:
+            replication.validate()
+        self.channels[name] = replication
+        for i in self.running():
+            self.sup.call(i, "open_channel", name=name,
+                          replication=replication_to_dict(replication))
+
+    def producer(self, node: int, channel: str, capacity: int | None = None) -> Producer:
+        """A producer appending to ``channel`` on ``node`` through a new shm ring."""
+        self._ring_no += 1
+        name = self.sup.name("ring", node, self._ring_no)
+        ring = ShmRing.create(name, capacity or self.ring_bytes)
+        try:
+            self.sup.call(node, "attach_ring", ring=name, channel=channel)
+        except BaseException:
+            ring.close()
+            ring.unlink()
+            raise
+        prod = Producer(name, channel, on_close=lambda p: self._close_producer(p.ring_name))
+        self.producers[name] = (node, ring, prod)
+        return prod
+
+    def _close_producer(self, name: str) -> None:
+        entry = self.producers.pop(name, None)
+        if entry is None:
+            return
+        node, ring, prod = entry
+        if self.sup.exit_code(node) is None:
+            try:
+                self.sup.call(node, "detach_ring", ring=name, timeout=5)
+            except NetmeshError:
+                log.warning("node %d did not detach ring %s", node, name)
+        prod.close()
+        ring.close()
+        ring.unlink()
+        self.sup.forget_name(name)
+
+    def _drop_producers(self, node: int) -> None:
+        for name, (n, _ring, _prod) in list(self.producers.items()):
+            if n == node:
+                self._close_producer(name)
+
+    def append(self, node: int, channel: str, payloads: list[bytes]) -> int:
+        """Append through the control channel (slow path); returns the first seq."""
+        return int(self.sup.call(node, "append", channel=channel, payloads=payloads))
+
+    def next_seq(self, node: int, channel: str) -> int:
+        return int(self.sup.call(node, "next_seq", channel=channel))
+
+    def read_range(self, node: int, channel: str, start: int, end: int) -> list[bytes]:
+        return list(self.sup.call(node, "read_range", channel=channel, start=start, end=end,
+                                  timeout=30))
+
+    def role(self, node: int, channel: str) -> str | None:
+        """"LEADER", "REPLICA", "CANDIDATE", "IDLE", or None (not replicated)."""
+        return self.sup.call(node, "role", channel=channel)  # type: ignore[no-any-return]
+
+    def leader(self, channel: str) -> int | None:
+        """Index of the one running node that reports LEADER for ``channel``, else None."""
+        leaders = [i for i in self.running() if self._role_or_none(i, channel) == "LEADER"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def _role_or_none(self, i: int, channel: str) -> str | None:
+        try:
+            return self.role(i, channel)
+        except NodeUnresponsive:
+            return None
+
+    # -- faults ----------------------------------------------------------------------
+    def partition(self, *groups: list[int]) -> None:
+        """Drop all traffic between nodes of different groups (both directions)."""
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        for i in range(self.size):
+            self.blocked[i] = {self.node_ids[j] for j in range(self.size)
+                               if j != i and group_of.get(j) != group_of.get(i)}
+        for i in self.running():
+            self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
+
+    def heal(self) -> None:
+        """Undo :meth:`partition`."""
+        for i in self.running():
+            self.sup.call(i, "unblock", node_ids=sorted(self.blocked[i]))
+        self.blocked = {i: set() for i in range(self.size)}
+
+    # -- observation -----------------------------------------------------------------
+    def wait_until(self, predicate: Callable[[], T], timeout: float = 5.0,
+                   interval: float = 0.005, message: str = "condition") -> T:
+        """Poll ``predicate`` until truthy; NodeUnresponsive-free TimeoutError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+            time.sleep(interval)
+
+    def metrics(self) -> dict[str, Any]:
+        """Every node's metrics page plus psutil figures, and cluster totals."""
+        nodes = []
+        for i in range(self.size):
+            page = self.pages[i].read() if i in self.pages else None
+            alive = self.sup.exit_code(i) is None
+            entry: dict[str, Any] = {"node": i, "node_id": self.node_ids[i],
+                                     "pid": self.info.get(i, {}).get("pid"), "alive": alive,
+                                     "exit_code": self.sup.exit_code(i)}
+            entry.update(self.sup.process_stats(i))
+            entry["channels"] = (page or {}).get("channels", {})
+            entry["mesh"] = (page or {}).get("mesh", {})
+            entry["counters"] = (page or {}).get("counters", {})
+            nodes.append(entry)
+        totals: dict[str, float] = {"cpu_percent": 0.0, "rss_bytes": 0, "alive": 0}
+        for n in nodes:
+            totals["cpu_percent"] += n["cpu_percent"]
+            totals["rss_bytes"] += n["rss_bytes"]
+            totals["alive"] += int(n["alive"])
+            for ch in n["channels"].values():
+                for k, v in ch.items():
+                    if k.endswith("_total") and isinstance(v, int | float):
+                        totals[k] = totals.get(k, 0) + v
+        return {"nodes": nodes, "totals": totals}
