@@ -671,8 +671,8 @@ class ReplicationCoordinator:
     def _maybe_challenge(self, m: Heartbeat) -> None:
         if self._now - self._last_campaign_at < self.silence:
             return
-        challenge = not self.quorum_mode and (self._last_term(), self.tail) > (
-            m.last_term, m.tail_seq)
+        challenge = (not self.quorum_mode and self._epoch_term() != self.term
+                     and (self._last_term(), self.tail) > (m.last_term, m.tail_seq))
         handoff = self.self_id == self.pinned and self._in_sync()
         if challenge or handoff:
             self._set_role(Sig.MISSED_HEARTBEATS)

@@ -23,7 +23,7 @@ One ``packb``/``unpackb`` call per message.
 from __future__ import annotations
 
 import enum
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -138,7 +138,7 @@ Message = Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResp
 
 # field kinds: u = uint64, b = bool, r = role, n = nack reason, e = epochs, p = payloads
 _SCHEMA: dict[int, tuple[type, str]] = {
-    1: (Heartbeat, "uururuu"),
+    1: (Heartbeat, "uuruuuu"),
     2: (SyncRequest, "uuuuu"),
     3: (SyncResponse, "uuuuuep"),
     4: (Nack, "uunuuu"),
@@ -159,7 +159,7 @@ def _wire(value: Any) -> Any:
 
 def encode(msg: Message) -> bytes:
     """Serialise ``msg`` (one msgpack call)."""
-    body = [WIRE_VERSION, _TAGS[type(msg)], *(_wire(v) for v in astuple(msg))]
+    body = [WIRE_VERSION, _TAGS[type(msg)], *(_wire(v) for v in vars(msg).values())]
     return msgpack.packb(body, use_bin_type=True)
 
 

@@ -1,0 +1,308 @@
+"""SimCluster: N replication coordinators over a seeded, simulated network.
+
+Theory of operation
+-------------------
+Everything is driven by one ``random.Random(seed)`` and a simulated clock, so a seed
+replays exactly. Time advances in steps of ``heartbeat/4``: each :meth:`step`
+delivers the datagrams due by then and ticks every live node. Every message is
+encoded and decoded with ``netmesh.core.messages`` on the way (the codec is tested
+too and messages never alias). The network can drop, duplicate, delay (hence
+reorder) datagrams, cut links (``partition``/``isolate``/``heal``) and crash nodes;
+a crashed node keeps its log and its last saved HardState, and ``restart`` builds a
+fresh coordinator from them (exactly what a real node restores).
+
+Each node's "shell" is :meth:`SimCluster._execute`: it applies the coordinator's
+outputs to a list-of-payloads log, in order, like the real runtime will.
+
+Invariants, checked after every step (the seed is in every failure message):
+
+* at most one leader per term (ever);
+* the local log's length equals the coordinator's ``tail_seq``;
+* quorum mode: a node's commit never goes backwards, and every node's log agrees
+  with the longest committed prefix seen so far (so nothing committed, i.e.
+  acknowledged to a producer, is ever lost or rewritten).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from netmesh.config import AckMode, PlacementStrategy, ReplicationConfig
+from netmesh.core.coordinator import (
+    Apply,
+    CommitAdvanced,
+    HardState,
+    Output,
+    ReplicationCoordinator,
+    SaveHardState,
+    Send,
+    ServeSync,
+    Truncate,
+)
+from netmesh.core.messages import decode, encode
+from netmesh.core.roles import ReplicaRole
+
+
+class InvariantViolation(AssertionError):
+    """A replication safety invariant failed in the simulation."""
+
+
+@dataclass
+class SimNode:
+    node_id: int
+    coord: ReplicationCoordinator
+    log: list[bytes] = field(default_factory=list)
+    hard_state: HardState = field(default_factory=HardState)
+    alive: bool = True
+    last_commit: int = 0
+
+
+class SimCluster:
+    """N coordinators + simulated network; see the module docstring.
+
+    Args:
+        n: number of members.
+        seed: seeds the network, the node ids and the coordinators' request ids.
+        ack: ``"leader"`` or ``"quorum"``.
+        heartbeat_ms: heartbeat period (time only exists in the simulation).
+        pinned: index (into :attr:`ids`) of the pinned leader, or None.
+        drop / duplicate: per-datagram probabilities.
+        max_delay: max one-way delay in seconds (default: a quarter heartbeat).
+        budget_bytes_per_s: leader sync budget (fraction 1.0 of this NIC peak).
+        sync_chunk_bytes: max bytes per SyncResponse.
+    """
+
+    def __init__(self, n: int = 3, seed: int = 0, *, ack: AckMode = "quorum",
+                 heartbeat_ms: int = 100, pinned: int | None = None, drop: float = 0.0,
+                 duplicate: float = 0.0, max_delay: float | None = None,
+                 budget_bytes_per_s: int = 125_000_000, sync_chunk_bytes: int = 4096,
+                 auto_bootstrap: bool = True) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.ids = sorted(self.rng.sample(range(1, 1 << 20), n))
+        self.config = ReplicationConfig(
+            factor=n, heartbeat_ms=heartbeat_ms, placement=PlacementStrategy.pinned(self.ids),
+            leader_pinned=None if pinned is None else self.ids[pinned], ack=ack,
+            replication_budget_fraction=1.0, nic_peak_bytes_per_s=budget_bytes_per_s,
+            sync_chunk_bytes=sync_chunk_bytes)
+        self.config.validate()
+        self.quorum = ack == "quorum"
+        self.dt = heartbeat_ms / 4000.0
+        self.drop, self.duplicate = drop, duplicate
+        self.max_delay = self.dt if max_delay is None else max_delay
+        self.auto_bootstrap = auto_bootstrap
+        self.now = 0.0
+        self.steps = 0
+        self.nodes = {i: SimNode(i, self._coordinator(i, HardState(), 0)) for i in self.ids}
+        self._queue: list[tuple[float, int, int, int, bytes]] = []
+        self._counter = 0
+        self._cut: set[frozenset[int]] = set()
+        self.leaders_by_term: dict[int, int] = {}
+        self.committed: list[bytes] = []
+        self.delivered = 0
+
+    # ------------------------------------------------------------------ building
+
+    def _coordinator(self, node_id: int, hs: HardState, tail: int) -> ReplicationCoordinator:
+        return ReplicationCoordinator(
+            node_id, self.config, self.ids, now=self.now, tail_seq=tail, hard_state=hs,
+            rng=random.Random(self.rng.getrandbits(32)), auto_bootstrap=self.auto_bootstrap)
+
+    def fail(self, what: str) -> InvariantViolation:
+        return InvariantViolation(f"seed={self.seed} step={self.steps} t={self.now:.3f}: {what}")
+
+    # ------------------------------------------------------------------ the shell
+
+    def _execute(self, node: SimNode, outputs: list[Output]) -> None:
+        pending = list(outputs)
+        while pending:
+            out = pending.pop(0)
+            if isinstance(out, Send):
+                self._transmit(node.node_id, out.to, encode(out.msg))
+            elif isinstance(out, ServeSync):
+                pending[0:0] = node.coord.serve(out, self._read(node, out), self.now)
+            elif isinstance(out, Apply):
+                if out.first_seq != len(node.log):
+                    raise self.fail(f"node {node.node_id} Apply at {out.first_seq}, "
+                                    f"log has {len(node.log)}")
+                node.log.extend(out.payloads)
+            elif isinstance(out, Truncate):
+                del node.log[out.from_seq:]
+            elif isinstance(out, SaveHardState):
+                node.hard_state = out.state
+            elif isinstance(out, CommitAdvanced):
+                self._on_commit(node, out.commit_seq)
+
+    @staticmethod
+    def _read(node: SimNode, req: ServeSync) -> list[bytes]:
+        out: list[bytes] = []
+        size = 0
+        for payload in node.log[req.from_seq:]:
+            if out and size + len(payload) > req.max_bytes:
+                break
+            out.append(payload)
+            size += len(payload)
+        return out
+
+    def _on_commit(self, node: SimNode, commit: int) -> None:
+        if not self.quorum:
+            return
+        if commit > len(self.committed):
+            if node.log[: len(self.committed)] != self.committed:
+                raise self.fail(f"node {node.node_id} commits {commit} over a rewritten prefix")
+            self.committed = list(node.log[:commit])
+
+    # ------------------------------------------------------------------ network
+
+    def _linked(self, a: int, b: int) -> bool:
+        return frozenset((a, b)) not in self._cut
+
+    def _transmit(self, frm: int, to: int, data: bytes) -> None:
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            if self.rng.random() < self.drop or not self._linked(frm, to):
+                continue
+            self._counter += 1
+            at = self.now + self.rng.uniform(0.0, self.max_delay)
+            heapq.heappush(self._queue, (at, self._counter, frm, to, data))
+
+    def _deliver_due(self) -> None:
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, frm, to, data = heapq.heappop(self._queue)
+            node = self.nodes[to]
+            if not node.alive or not self._linked(frm, to):
+                continue
+            self.delivered += 1
+            self._execute(node, node.coord.step(frm, decode(data), self.now))
+
+    # ------------------------------------------------------------------ verbs
+
+    def step(self, k: int = 1) -> None:
+        """Advance ``k`` time steps (deliver due datagrams, tick every live node)."""
+        for _ in range(k):
+            self.steps += 1
+            self.now += self.dt
+            self._deliver_due()
+            for node in self.nodes.values():
+                if node.alive:
+                    self._execute(node, node.coord.tick(self.now))
+            self.check()
+
+    def run_heartbeats(self, beats: float) -> None:
+        self.step(max(1, round(beats * 4)))
+
+    def propose(self, payloads: list[bytes], node_id: int | None = None) -> int | None:
+        """Append on ``node_id`` (default: the current leader); returns the first seq."""
+        target = node_id if node_id is not None else self.leader()
+        if target is None or not self.nodes[target].alive:
+            return None
+        node = self.nodes[target]
+        first = len(node.log)
+        node.log.extend(payloads)
+        self._execute(node, node.coord.local_appended(len(node.log), self.now))
+        self.check()
+        return first
+
+    def partition(self, *groups: list[int]) -> None:
+        """Cut every link between nodes of different groups (node ids)."""
+        for gi, a_group in enumerate(groups):
+            for b_group in groups[gi + 1:]:
+                self._cut.update(frozenset((a, b)) for a in a_group for b in b_group)
+
+    def isolate(self, node_id: int) -> None:
+        self.partition([node_id], [i for i in self.ids if i != node_id])
+
+    def heal(self) -> None:
+        self._cut.clear()
+
+    def crash(self, node_id: int) -> None:
+        self.nodes[node_id].alive = False
+
+    def restart(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        node.coord = self._coordinator(node_id, node.hard_state, len(node.log))
+        node.alive, node.last_commit = True, 0
+
+    def quiet(self) -> None:
+        """Stop injecting faults (drops, duplicates); heal and restart everything."""
+        self.drop = self.duplicate = 0.0
+        self.heal()
+        for node_id, node in self.nodes.items():
+            if not node.alive:
+                self.restart(node_id)
+
+    def leaders(self) -> list[int]:
+        return [i for i, n in self.nodes.items() if n.alive and n.coord.role is ReplicaRole.LEADER]
+
+    def leader(self) -> int | None:
+        """The live leader with the highest term, if any."""
+        leaders = self.leaders()
+        return max(leaders, key=lambda i: self.nodes[i].coord.term) if leaders else None
+
+    def wait_for_leader(self, max_heartbeats: float = 30) -> int:
+        for _ in range(round(max_heartbeats * 4)):
+            if len(self.leaders()) == 1:
+                return self.leaders()[0]
+            self.step()
+        raise self.fail(f"no single leader after {max_heartbeats} heartbeats: {self.leaders()}")
+
+    def wait_converged(self, max_heartbeats: float = 60) -> int:
+        """Step until one leader, all live logs equal and all commits at the tail."""
+        for _ in range(round(max_heartbeats * 4)):
+            if self.converged():
+                return self.leaders()[0]
+            self.step()
+        raise self.fail(f"not converged: {self.describe()}")
+
+    def converged(self) -> bool:
+        leaders = self.leaders()
+        if len(leaders) != 1:
+            return False
+        lead = self.nodes[leaders[0]]
+        return all(n.log == lead.log and n.coord.term == lead.coord.term
+                   and (not self.quorum or n.coord.commit_seq == len(lead.log))
+                   for n in self.nodes.values() if n.alive)
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"{i}:{n.coord.role.name}{'' if n.alive else '(dead)'} t{n.coord.term} "
+            f"tail{len(n.log)} c{n.coord.commit_seq} ep{list(n.coord.epochs)}"
+            for i, n in self.nodes.items())
+
+    # ------------------------------------------------------------------ invariants
+
+    def check(self) -> None:
+        for node_id, node in self.nodes.items():
+            coord = node.coord
+            if coord.tail_seq != len(node.log):
+                raise self.fail(f"node {node_id} coordinator tail {coord.tail_seq} "
+                                f"!= log length {len(node.log)}")
+            if coord.role is ReplicaRole.LEADER:
+                first = self.leaders_by_term.setdefault(coord.term, node_id)
+                if first != node_id:
+                    raise self.fail(f"two leaders in term {coord.term}: {first} and {node_id}")
+            if self.quorum and node.alive:
+                self._check_commit(node)
+
+    def _check_commit(self, node: SimNode) -> None:
+        commit = node.coord.commit_seq
+        if commit < node.last_commit:
+            raise self.fail(f"node {node.node_id} commit went back {node.last_commit}->{commit}")
+        node.last_commit = commit
+        held = min(commit, len(self.committed))
+        if node.log[:held] != self.committed[:held]:
+            raise self.fail(f"node {node.node_id} disagrees with the committed prefix "
+                            f"below {held}: {self.describe()}")
+        if commit > len(self.committed):
+            self.committed = list(node.log[:commit])
+
+    def assert_committed_kept(self) -> None:
+        """Every committed event is in the live leader's log, in place."""
+        lead = self.leader()
+        if lead is None:
+            raise self.fail("no leader")
+        log = self.nodes[lead].log
+        if log[: len(self.committed)] != self.committed:
+            raise self.fail(f"leader {lead} lost committed events: {self.describe()}")
