@@ -88,11 +88,13 @@ class Cluster:
         for i in range(self.size):
             self._spawn(i)
         peers = [self._peer_entry(i) for i in range(self.size)]
-        for i in range(self.size):
-            me = self.node_ids[i]
-            initiate = [p["node_id"] for p in peers if p["node_id"] > me]
-            self.sup.call(i, "connect", timeout=15, peers=[p for p in peers
-                          if p["node_id"] != me], initiate=initiate)
+        for initiate_pass in (False, True):  # allow-lists everywhere first, then handshakes
+            for i in range(self.size):
+                me = self.node_ids[i]
+                initiate = [p["node_id"] for p in peers if p["node_id"] > me]
+                self.sup.call(i, "connect", timeout=15,
+                              peers=[p for p in peers if p["node_id"] != me],
+                              initiate=initiate if initiate_pass else [])
         self.wait_until(self._fully_connected, timeout=10, message="full mesh")
 
     def _spawn(self, i: int) -> None:

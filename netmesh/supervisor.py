@@ -92,7 +92,7 @@ class Supervisor:
         self.workers[index] = w
         return w
 
-    def call(self, index: int, op: str, timeout: float = 10.0, **args: Any) -> Any:
+    def call(self, index: int, op: str, /, timeout: float = 10.0, **args: Any) -> Any:
         """Send a control request and wait for its answer.
 
         Raises NodeUnresponsive (no answer in time, or the worker died), WorkerError
