@@ -149,7 +149,9 @@ class Cluster:
         self.sup.call(i, "connect", timeout=15, peers=peers,
                       initiate=[self.node_ids[j] for j in others])
         for name, cfg in self.channels.items():
-            self.sup.call(i, "open_channel", name=name, replication=replication_to_dict(cfg))
+            if self._holds(i, name):
+                self.sup.call(i, "open_channel", name=name,
+                              replication=replication_to_dict(cfg))
         if self.blocked[i]:
             self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
 
@@ -170,8 +172,8 @@ class Cluster:
 
     # -- channels and data -----------------------------------------------------------
     def open_channel(self, name: str, replication: ReplicationConfig | None = None) -> None:
-        """Open ``name`` on every node; replicated over the first ``factor`` nodes
-        (pinned placement) unless ``replication.placement`` is pinned already."""
+        """Open ``name``: without replication on every node, else on the members only:
+        the first ``factor`` nodes unless ``replication.placement`` is pinned already."""
         if replication is not None and replication.placement.kind != "pinned":
             members = self.node_ids[: replication.factor]
             replication = ReplicationConfig(**{**replication.__dict__,
@@ -180,8 +182,14 @@ class Cluster:
             replication.validate()
         self.channels[name] = replication
         for i in self.running():
-            self.sup.call(i, "open_channel", name=name,
-                          replication=replication_to_dict(replication))
+            if self._holds(i, name):
+                self.sup.call(i, "open_channel", name=name,
+                              replication=replication_to_dict(replication))
+
+    def _holds(self, i: int, name: str) -> bool:
+        """Whether node ``i`` holds channel ``name`` (every node, or the pinned members)."""
+        cfg = self.channels.get(name)
+        return cfg is None or self.node_ids[i] in cfg.placement.nodes
 
     def producer(self, node: int, channel: str, capacity: int | None = None) -> Producer:
         """A producer appending to ``channel`` on ``node`` through a new shm ring."""

@@ -1,0 +1,200 @@
+"""The reference scenarios across real processes: one OS process per node, shm rings,
+encrypted UDP on loopback, SIGKILL, restarts and partitions."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from netmesh.cluster import Cluster
+from netmesh.config import ReplicationConfig
+from netmesh.errors import NodeUnresponsive, NotLeader
+from netmesh.supervisor import WorkerError
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.system
+HB = 150
+
+
+def some(value: int | None) -> list[int] | None:
+    """Wrap an index so that node 0 counts as found in wait_until."""
+    return None if value is None else [value]
+
+
+def leader_of(c: Cluster, channel: str, timeout: float = 5.0) -> int:
+    return wait_until(lambda: some(c.leader(channel)), timeout=timeout, message="a leader")[0]
+
+
+def history(c: Cluster, node: int, channel: str) -> list[bytes]:
+    return c.read_range(node, channel, 0, c.next_seq(node, channel))
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_replicates_to_every_member(factor: int) -> None:
+    with Cluster(nodes=3, heartbeat_ms=HB) as c:
+        c.open_channel("orders", ReplicationConfig(factor=factor, heartbeat_ms=HB))
+        lead = leader_of(c, "orders")
+        events = [b"order-%d" % i for i in range(20_000)]
+        with c.producer(lead, "orders") as p:
+            for i in range(0, len(events), 500):
+                p.append_batch(events[i : i + 500])
+            assert p.flush() == len(events) - 1
+        members = range(factor)
+        wait_until(lambda: all(c.next_seq(i, "orders") == len(events) for i in members),
+                   timeout=10, message="replicas catch up")
+        for i in members:
+            assert history(c, i, "orders") == events
+        if factor == 2:
+            with pytest.raises(WorkerError, match="not open"):
+                c.next_seq(2, "orders")  # not a member: does not hold the channel
+        m = c.metrics()
+        assert m["totals"]["alive"] == 3
+        assert m["nodes"][lead]["channels"]["orders"]["role"] == "LEADER"
+
+
+def test_producer_on_a_replica_is_refused() -> None:
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("x", ReplicationConfig(factor=2, heartbeat_ms=HB))
+        lead = leader_of(c, "x")
+        with c.producer(1 - lead, "x") as p:
+            p.append(b"nope")
+            with pytest.raises(NotLeader):
+                p.flush()
+        assert c.next_seq(1 - lead, "x") == 0
+
+
+def test_kill_leader_mid_stream_then_continue_and_restart_catches_up(tmp_path: Path) -> None:
+    with Cluster(nodes=3, heartbeat_ms=HB, data_dir=str(tmp_path)) as c:
+        c.open_channel("s", ReplicationConfig(factor=3, heartbeat_ms=HB))
+        old = leader_of(c, "s")
+        acked: list[bytes] = []
+        with c.producer(old, "s") as p:
+            for i in range(20):
+                batch = [b"a-%d-%d" % (i, j) for j in range(100)]
+                p.append_batch(batch)
+                p.flush()
+                acked += batch
+        survivors = [i for i in range(3) if i != old]
+        wait_until(lambda: all(c.next_seq(i, "s") >= len(acked) for i in survivors), timeout=5)
+        assert c.kill(old) == -signal.SIGKILL
+        assert c.metrics()["nodes"][old]["alive"] is False
+        new = leader_of(c, "s")
+        assert new != old
+        more = [b"b-%d" % i for i in range(1000)]
+        with c.producer(new, "s") as p:
+            p.append_batch(more)
+            p.flush()
+        final = history(c, new, "s")
+        assert final[: len(acked)] == acked and final[len(acked):] == more
+        c.restart(old)
+        wait_until(lambda: c.next_seq(old, "s") == len(final), timeout=10, message="catch-up")
+        assert history(c, old, "s") == final
+        assert c.role(old, "s") == "REPLICA"
+
+
+def test_partitioned_minority_leader_is_fenced_and_converges_after_heal() -> None:
+    with Cluster(nodes=3, heartbeat_ms=HB) as c:
+        c.open_channel("p", ReplicationConfig(factor=3, heartbeat_ms=HB, ack="quorum"))
+        old = leader_of(c, "p")
+        first = [b"before-%d" % i for i in range(50)]
+        with c.producer(old, "p") as p:
+            p.append_batch(first)
+            p.flush()
+        rest = [i for i in range(3) if i != old]
+        c.partition([old], rest)
+        wait_until(lambda: c.role(old, "p") != "LEADER", timeout=5, message="old leader fenced")
+        new = wait_until(lambda: some(next((i for i in rest if c.role(i, "p") == "LEADER"),
+                                           None)), timeout=5, message="majority elects")[0]
+        with c.producer(new, "p") as p:
+            p.append_batch([b"during-%d" % i for i in range(50)])
+            p.flush()
+        c.heal()
+        final = wait_until(lambda: (h := history(c, new, "p")) and len(h) == 100 and h,
+                           timeout=5)
+        wait_until(lambda: history(c, old, "p") == final, timeout=10, message="convergence")
+        assert c.leader("p") == new
+
+
+def test_quorum_acks_survive_ten_random_leader_kills(tmp_path: Path) -> None:
+    rng = random.Random(20261126)
+    acked: list[bytes] = []
+    with Cluster(nodes=3, heartbeat_ms=HB, data_dir=str(tmp_path)) as c:
+        c.open_channel("q", ReplicationConfig(factor=3, heartbeat_ms=HB, ack="quorum"))
+        for round_no in range(10):
+            lead = leader_of(c, "q", timeout=10)
+            with c.producer(lead, "q") as p:
+                for k in range(rng.randint(1, 5)):
+                    batch = [b"r%d-%d-%d" % (round_no, k, j) for j in range(rng.randint(1, 200))]
+                    p.append_batch(batch)
+                    p.flush()
+                    acked += batch
+                p.append_batch([b"unacked-%d" % round_no] * 10)  # in flight at the kill
+                c.kill(lead)
+            c.restart(lead)
+        lead = leader_of(c, "q", timeout=10)
+        final = history(c, lead, "q")
+        held = set(final)
+        lost = [e for e in acked if e not in held]
+        assert not lost, f"{len(lost)} quorum-acknowledged events lost, first {lost[:3]}"
+        ordered = [e for e in final if not e.startswith(b"unacked")]
+        assert ordered == acked  # acknowledged events in acknowledgement order
+        for i in range(3):
+            wait_until(lambda i=i: history(c, i, "q") == final, timeout=10)
+
+
+def test_node_that_stops_answering_is_reported() -> None:
+    with Cluster(nodes=1) as c:
+        pid = c.info[0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NodeUnresponsive):
+                c.sup.call(0, "metrics", timeout=0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert c.sup.call(0, "metrics", timeout=5)["node"] == 0
+
+
+SUPERVISOR_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from netmesh.cluster import Cluster
+    from netmesh.config import ReplicationConfig
+    c = Cluster(nodes=3, heartbeat_ms=150)
+    c.open_channel("z", ReplicationConfig(factor=3, heartbeat_ms=150))
+    lead = c.wait_until(lambda: c.leader("z") is not None, timeout=5) and c.leader("z")
+    p = c.producer(lead, "z")
+    p.append_batch([b"x"] * 100)
+    p.flush()
+    print(c.sup.prefix, *[c.info[i]["pid"] for i in range(3)], flush=True)
+    time.sleep(600)
+""")
+
+
+def test_sigkilled_supervisor_leaves_nothing_behind() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR_SCRIPT], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline().split()  # type: ignore[union-attr]
+        assert len(line) == 4, line
+        prefix, pids = line[0], [int(x) for x in line[1:]]
+        assert any(prefix in n for n in os.listdir("/dev/shm"))
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
+                                   != psutil.STATUS_ZOMBIE for p in pids),
+                   timeout=1.0, message="workers end within a second")
+        wait_until(lambda: not any(prefix in n for n in os.listdir("/dev/shm")), timeout=2.0,
+                   message="shm names unlinked")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
