@@ -706,8 +706,8 @@ class ReplicationCoordinator:
         if first > self.tail or term_at(self.epochs, first - 1) != m.prev_term:
             return
         conflict = first_conflict(self.epochs, m.epochs, first, min(self.tail, end))
-        if conflict is not None:
-            self._truncate(conflict)
+        if conflict is not None and not self._truncate(conflict):
+            return
         if end > self.tail:
             self._out.append(Apply(self.tail, m.payloads[self.tail - first:]))
             self.tail = end
@@ -721,25 +721,30 @@ class ReplicationCoordinator:
         if self._epoch_term() == self.term:
             self._send(frm, Ack(self.term, self.tail))
 
-    def _truncate(self, seq: int) -> None:
+    def _truncate(self, seq: int) -> bool:
+        """Drop events >= ``seq``; refuses (False) to cut committed events in quorum mode."""
         removed = self.tail - seq
         if removed <= 0:
-            return
+            return True
+        if self.quorum_mode and seq < self.commit:
+            return False  # a stale message: committed events are never cut
         self._out.append(Truncate(seq))
         self.metrics.truncated_events_total += removed
         self.tail = seq
         self._set_epochs(tuple(e for e in self.epochs if e[1] < seq))
         if self.commit > seq:
             self.commit = seq
+        return True
 
     def _on_nack(self, frm: int, m: Nack) -> None:
         if m.term < self.term or self.role is not R:
             return
-        if self._outstanding is not None and self._outstanding[0] == m.request_id:
+        current = self._outstanding is not None and self._outstanding[0] == m.request_id
+        if current:
             self._outstanding = None
         if m.reason is NackReason.BACKPRESSURE:
             self._backoff_until = self._now + self.hb / 2
-        elif m.reason is NackReason.DIVERGED and m.from_seq == self.tail:
+        elif m.reason is NackReason.DIVERGED and current and m.from_seq == self.tail:
             self._truncate(min(m.epoch_end, own_end(self.epochs, m.epoch_term, self.tail)))
             self._maybe_request()
         elif m.reason in (NackReason.NOT_LEADER, NackReason.CHANNEL_CLOSED) \

@@ -226,8 +226,9 @@ class SimCluster:
         node.alive, node.last_commit = True, 0
 
     def quiet(self) -> None:
-        """Stop injecting faults (drops, duplicates); heal and restart everything."""
+        """Stop injecting faults (drops, duplicates, long delays); heal and restart everything."""
         self.drop = self.duplicate = 0.0
+        self.max_delay = self.dt
         self.heal()
         for node_id, node in self.nodes.items():
             if not node.alive:
