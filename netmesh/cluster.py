@@ -31,6 +31,7 @@ from netmesh.identity import EntityKeypair
 from netmesh.metrics_page import MetricsPage
 from netmesh.producer import Producer
 from netmesh.shm_ring import ShmRing
+from netmesh.status import node_entry, with_totals
 from netmesh.supervisor import Supervisor
 from workers.node import replication_to_dict
 
@@ -281,27 +282,25 @@ class Cluster:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
             time.sleep(interval)
 
-    def metrics(self) -> dict[str, Any]:
-        """Every node's metrics page plus psutil figures, and cluster totals."""
-        nodes = []
-        for i in range(self.size):
-            page = self.pages[i].read() if i in self.pages else None
-            alive = self.sup.exit_code(i) is None
-            entry: dict[str, Any] = {"node": i, "node_id": self.node_ids[i],
-                                     "pid": self.info.get(i, {}).get("pid"), "alive": alive,
-                                     "exit_code": self.sup.exit_code(i)}
-            entry.update(self.sup.process_stats(i))
-            entry["channels"] = (page or {}).get("channels", {})
-            entry["mesh"] = (page or {}).get("mesh", {})
-            entry["counters"] = (page or {}).get("counters", {})
-            nodes.append(entry)
-        totals: dict[str, float] = {"cpu_percent": 0.0, "rss_bytes": 0, "alive": 0}
-        for n in nodes:
-            totals["cpu_percent"] += n["cpu_percent"]
-            totals["rss_bytes"] += n["rss_bytes"]
-            totals["alive"] += int(n["alive"])
-            for ch in n["channels"].values():
-                for k, v in ch.items():
-                    if k.endswith("_total") and isinstance(v, int | float):
-                        totals[k] = totals.get(k, 0) + v
-        return {"nodes": nodes, "totals": totals}
+    def metrics(self, fresh: bool = False) -> dict[str, Any]:
+        """Every node's metrics plus psutil figures, and cluster totals.
+
+        By default each node's shared-memory metrics page is read without asking the
+        node (at most ~100 ms old); ``fresh=True`` asks running nodes over the control
+        channel instead.
+        """
+        nodes = [
+            node_entry(i, self.node_ids[i], self.info.get(i, {}).get("pid"),
+                       self.sup.exit_code(i) is None, self.sup.exit_code(i),
+                       self._node_metrics(i, fresh), self.sup.process_stats(i))
+            for i in range(self.size)
+        ]
+        return with_totals(nodes)
+
+    def _node_metrics(self, i: int, fresh: bool) -> dict[str, Any] | None:
+        if fresh and self.sup.exit_code(i) is None:
+            try:
+                return dict(self.sup.call(i, "metrics", timeout=5))
+            except NetmeshError:
+                pass
+        return self.pages[i].read() if i in self.pages else None

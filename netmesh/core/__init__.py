@@ -1,1 +1,4 @@
-"""Pure cores: no sockets, clocks, processes, files or global randomness (see tests/core/test_purity.py)."""
+"""Pure cores: no sockets, clocks, processes, files or global randomness.
+
+Enforced by tests/core/test_purity.py.
+"""
