@@ -476,7 +476,8 @@ class ReplicationCoordinator:
             self._become_leader()
         else:
             self._set_role(signal)
-            self.leader_id = self.leader_id if self.role is R else None
+            if self.role is not R or self.leader_id == self.self_id:
+                self.leader_id = None
             self._leader_heard_at = self._now
             self._bootstrapped = True
 
