@@ -88,6 +88,10 @@ class Redex:
             return None
         return self._hub.coordinator_for(ChannelName(name))
 
+    def replication_runtime(self, name: str) -> Any:
+        """The channel's ChannelRuntime (replication shell), or None."""
+        return None if self._hub is None else self._hub.runtime(ChannelName(name))
+
     def replication_runtime_count(self) -> int:
         return 0 if self._hub is None else self._hub.runtime_count()
 

@@ -24,6 +24,7 @@ import heapq
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,6 +52,13 @@ log = logging.getLogger(__name__)
 KIND_PREFIX = "redex/"
 HARD_STATE_FILE = "hardstate"
 READ_CHUNK = 4096
+PROBE_MAGIC = b"NMTS"
+
+
+def probe_payload(size: int) -> bytes:
+    """A payload stamped with the current monotonic time, for latency probes."""
+    stamp = PROBE_MAGIC + time.monotonic_ns().to_bytes(8, "little")
+    return stamp + bytes(max(0, size - len(stamp)))
 
 
 @dataclass
@@ -144,6 +152,9 @@ class ChannelRuntime:
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._waiter_no = 0
         self._closed = False
+        #: when a list, replica applies record append-to-apply latencies (ms) of
+        #: payloads stamped by ``probe_payload`` (CLOCK_MONOTONIC is system-wide)
+        self.probe: list[float] | None = None
         self._update_refusal()
         file.on_append = self._on_local_append
         self.node.subscribe_batch(self.kind, self._on_messages)
@@ -222,11 +233,22 @@ class ChannelRuntime:
         self.run(self.coord.serve(out, payloads[:n], self.now()))
 
     def _do_apply(self, out: Apply) -> None:
+        if self.probe is not None:
+            self._measure(out.payloads)
         try:
             self.file.apply_batch(list(out.payloads), expect_seq=out.first_seq)
         except OutOfOrder as exc:
             log.warning("%s: %s", self.name, exc)
         self.run(self.coord.applied(self.file.next_seq))
+
+    def _measure(self, payloads: tuple[bytes, ...]) -> None:
+        """Latency probe: payloads that start with PROBE_MAGIC carry their append time."""
+        now = time.monotonic_ns()
+        probe = self.probe
+        assert probe is not None
+        for p in payloads:
+            if p[:4] == PROBE_MAGIC:
+                probe.append((now - int.from_bytes(p[4:12], "little")) / 1e6)
 
     def _do_truncate(self, out: Truncate) -> None:
         dropped = self.file.truncate_from(out.from_seq)

@@ -20,6 +20,8 @@ identity and UDP address. Control ops (each answers once; errors come back as
 ``read_range``            channel, start, end -> [payload]
 ``block`` / ``unblock``   node_ids: drop all traffic to/from them (partitions)
 ``metrics``               -> the same dict the metrics page holds
+``probe_start/stop``      channel: record append-to-apply latency (ms) of stamped
+                          payloads on a replica; stop returns the samples
 ``shutdown``              graceful stop (exit code 0)
 ========================  ==============================================================
 
@@ -144,7 +146,8 @@ class NodeService:
             "append": self.op_append, "next_seq": self.op_next_seq, "role": self.op_role,
             "read_range": self.op_read_range, "block": self.op_block,
             "unblock": self.op_unblock, "metrics": self.op_metrics,
-            "shutdown": self.op_shutdown,
+            "shutdown": self.op_shutdown, "probe_start": self.op_probe_start,
+            "probe_stop": self.op_probe_stop,
         }
 
     # -- control loop ----------------------------------------------------------------
@@ -180,6 +183,7 @@ class NodeService:
             bind=spec.get("bind", "127.0.0.1:0"), psk=spec["psk"],
             heartbeat_interval=spec.get("heartbeat_interval", 0.25),
             session_timeout=spec.get("session_timeout", 2.0),
+            max_datagram=spec.get("max_datagram", 1400),
             handshake_retries=3, handshake_timeout=1.0)
         self.node = await MeshNode.create(kp, cfg)
         self.node.start()
@@ -245,6 +249,21 @@ class NodeService:
 
     def op_metrics(self) -> dict[str, Any]:
         return self.snapshot()
+
+    def op_probe_start(self, channel: str) -> None:
+        """Start recording append-to-apply latencies of stamped payloads (replicas)."""
+        self._runtime(channel).probe = []
+
+    def op_probe_stop(self, channel: str) -> list[float]:
+        rt = self._runtime(channel)
+        out, rt.probe = rt.probe or [], None
+        return out
+
+    def _runtime(self, channel: str) -> Any:
+        rt = self.redex.replication_runtime(channel)
+        if rt is None:
+            raise NetmeshError(f"channel {channel!r} is not replicated on this node")
+        return rt
 
     def op_shutdown(self) -> None:
         self.graceful = True

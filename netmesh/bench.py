@@ -1,0 +1,301 @@
+"""``netmesh bench``: throughput, replication, failover and latency figures.
+
+Every figure is measured across real processes: the benchmark process is the
+producer (it writes into shared-memory rings), each node is its own process, node
+traffic is encrypted UDP on loopback. 64 B payloads unless named.
+
+``netmesh bench all [--quick] [--json OUT] [--plot OUT.png]`` runs:
+
+=============================  ===========================================================
+ingest_single_eps              producer -> node ring, one ``append`` per event, unreplicated
+ingest_batched_eps             same, 64 events per ``append_batch``
+ingest_batched_1k_mb_s         same with 1 KiB payloads, payload MB/s (10^6)
+replicated_eps                 factor 2, batched, until the replica holds every event
+replicated_quorum_eps          same with ``ack="quorum"`` (acknowledged by a majority)
+replication_overhead_ratio     time of N single appends (acked by the leader) on a
+                               replicated channel / on an unreplicated one, same cluster
+failover_ms_p50 / _p99         SIGKILL the leader -> another node reports LEADER, hb 150 ms
+catchup_mb_s                   an empty replica restarted 200k (quick: 50k) 1 KiB events
+                               behind: payload MB/s until it holds them all
+replica_latency_ms_p50 / _p99  append -> applied on the replica at 10k events/s offered
+=============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from netmesh.cluster import Cluster
+from netmesh.config import ReplicationConfig
+from netmesh.replication import probe_payload
+
+HB = 150
+
+
+def _leader(c: Cluster, channel: str, timeout: float = 10.0) -> int:
+    c.wait_until(lambda: c.leader(channel) is not None, timeout=timeout, message="a leader")
+    lead = c.leader(channel)
+    assert lead is not None
+    return lead
+
+
+def _timed_appends(c: Cluster, node: int, channel: str, n: int, size: int, batch: int) -> float:
+    """Seconds for ``n`` events through a fresh producer ring, until acknowledged."""
+    payload = b"x" * size
+    with c.producer(node, channel) as p:
+        t0 = time.perf_counter()
+        if batch == 1:
+            append = p.append
+            for _ in range(n):
+                append(payload)
+        else:
+            chunk = [payload] * batch
+            for _ in range(n // batch):
+                p.append_batch(chunk)
+        p.flush(timeout=120)
+        return time.perf_counter() - t0
+
+
+def bench_ingest(n: int, trials: int) -> dict[str, float]:
+    with Cluster(nodes=1) as c:
+        c.open_channel("bench/ingest")
+        single = min(_timed_appends(c, 0, "bench/ingest", n // 4, 64, 1) for _ in range(trials))
+        batched = min(_timed_appends(c, 0, "bench/ingest", n, 64, 64) for _ in range(trials))
+        big = min(_timed_appends(c, 0, "bench/ingest", n // 4, 1024, 64) for _ in range(trials))
+    return {"ingest_single_eps": n // 4 / single, "ingest_batched_eps": n // 64 * 64 / batched,
+            "ingest_batched_1k_mb_s": n // 4 // 64 * 64 * 1024 / big / 1e6}
+
+
+def _replicated_rate(n: int, ack: str) -> float:
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("bench/r", ReplicationConfig(factor=2, heartbeat_ms=HB, ack=ack))
+        lead = _leader(c, "bench/r")
+        other = 1 - lead
+        payload = b"x" * 64
+        with c.producer(lead, "bench/r") as p:
+            t0 = time.perf_counter()
+            chunk = [payload] * 64
+            for _ in range(n // 64):
+                p.append_batch(chunk)
+            p.flush(timeout=120)
+            total = n // 64 * 64
+            c.wait_until(lambda: c.next_seq(other, "bench/r") >= total, timeout=120,
+                         interval=0.001, message="replica holds every event")
+            return total / (time.perf_counter() - t0)
+
+
+def bench_replicated(n: int, trials: int) -> dict[str, float]:
+    return {
+        "replicated_eps": max(_replicated_rate(n, "leader") for _ in range(trials)),
+        "replicated_quorum_eps": max(_replicated_rate(n, "quorum") for _ in range(trials)),
+    }
+
+
+def bench_overhead(n: int, trials: int) -> dict[str, float]:
+    """The reference's method: N single appends, replicated vs not, medians of trials."""
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("bench/plain")
+        c.open_channel("bench/repl", ReplicationConfig(factor=2, heartbeat_ms=500,
+                                                       leader_pinned=c.node_ids[0]))
+        c.wait_until(lambda: c.leader("bench/repl") == 0, timeout=10, message="pinned leader")
+        _timed_appends(c, 0, "bench/plain", n // 10, 64, 1)  # warm-up
+        _timed_appends(c, 0, "bench/repl", n // 10, 64, 1)
+        plain, repl = [], []
+        for _ in range(trials):  # interleaved so machine noise hits both alike
+            plain.append(_timed_appends(c, 0, "bench/plain", n, 64, 1))
+            repl.append(_timed_appends(c, 0, "bench/repl", n, 64, 1))
+    return {"replication_overhead_ratio": statistics.median(repl) / statistics.median(plain)}
+
+
+def bench_failover(trials: int) -> dict[str, float]:
+    samples = []
+    with Cluster(nodes=3, heartbeat_ms=HB) as c:
+        c.open_channel("bench/f", ReplicationConfig(factor=3, heartbeat_ms=HB))
+        for _ in range(trials):
+            old = _leader(c, "bench/f")
+            with c.producer(old, "bench/f") as p:
+                p.append_batch([b"f" * 64] * 100)
+                p.flush()
+            t0 = time.perf_counter()
+            c.kill(old)
+            c.wait_until(lambda old=old: c.leader("bench/f") not in (None, old), timeout=10,
+                         interval=0.002, message="a new leader")
+            samples.append((time.perf_counter() - t0) * 1000)
+            c.restart(old)
+            c.wait_until(lambda old=old: c.role(old, "bench/f") == "REPLICA", timeout=10)
+    return {"failover_ms_p50": _pct(samples, 50), "failover_ms_p99": _pct(samples, 99),
+            "failover_trials": len(samples)}
+
+
+def bench_catchup(n: int) -> dict[str, float]:
+    size = 1024
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("bench/c", ReplicationConfig(factor=2, heartbeat_ms=HB,
+                                                    leader_pinned=c.node_ids[0]))
+        c.wait_until(lambda: c.leader("bench/c") == 0, timeout=10, message="pinned leader")
+        c.kill(1)
+        _timed_appends(c, 0, "bench/c", n, size, 64)
+        total = n // 64 * 64
+        c.restart(1)
+        t0 = time.perf_counter()
+        c.wait_until(lambda: c.next_seq(1, "bench/c") >= total, timeout=300, interval=0.005,
+                     message="catch-up")
+        elapsed = time.perf_counter() - t0
+    return {"catchup_mb_s": total * size / elapsed / 1e6, "catchup_events": total}
+
+
+def bench_latency(seconds: float, rate: int = 10_000) -> dict[str, float]:
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("bench/l", ReplicationConfig(factor=2, heartbeat_ms=HB,
+                                                    leader_pinned=c.node_ids[0]))
+        c.wait_until(lambda: c.leader("bench/l") == 0, timeout=10, message="pinned leader")
+        with c.producer(0, "bench/l") as p:  # warm-up: the replica acks, so it streams
+            p.append_batch([b"w" * 64] * 100)
+            warm = p.flush() + 1
+        c.wait_until(lambda: c.next_seq(1, "bench/l") >= warm, timeout=10)
+        c.sup.call(1, "probe_start", channel="bench/l")
+        per_tick, tick = rate // 1000, 0.001  # 10 events every millisecond
+        sent = 0
+        with c.producer(0, "bench/l") as p:
+            start = time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                due = int(elapsed / tick) * per_tick
+                if sent < due:
+                    p.append_batch([probe_payload(64) for _ in range(due - sent)])
+                    sent = due
+                else:
+                    time.sleep(tick / 4)  # pacing of the offered load
+            p.flush()
+        c.wait_until(lambda: c.next_seq(1, "bench/l") >= warm + sent, timeout=10)
+        lat = c.sup.call(1, "probe_stop", channel="bench/l")
+    return {"replica_latency_ms_p50": _pct(lat, 50), "replica_latency_ms_p99": _pct(lat, 99),
+            "replica_latency_samples": len(lat), "offered_eps": rate}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, round(q / 100 * (len(ys) - 1)))]
+
+
+def versions() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    out: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                           "platform": platform.platform()}
+    for pkg in ("netmesh", "msgpack", "cryptography", "posix-ipc", "psutil"):
+        try:
+            out[f"{pkg}_version"] = version(pkg)
+        except Exception:
+            out[f"{pkg}_version"] = None
+    return out
+
+
+BAR = {"ingest_batched_eps": (">=", 1_500_000), "ingest_single_eps": (">=", 400_000),
+       "replicated_eps": (">=", 300_000), "replicated_quorum_eps": (">=", 150_000),
+       "replication_overhead_ratio": ("<=", 1.15), "failover_ms_p99": ("<=", 600),
+       "catchup_mb_s": (">=", 50), "replica_latency_ms_p50": ("<=", 1),
+       "replica_latency_ms_p99": ("<=", 5)}
+
+
+def suite(quick: bool) -> list[tuple[str, Callable[[], dict[str, float]]]]:
+    k = 1 if quick else 4
+    trials = 1 if quick else 3
+    return [
+        ("ingest", lambda: bench_ingest(400_000 * k, trials)),
+        ("replicated", lambda: bench_replicated(200_000 * k, trials)),
+        ("overhead", lambda: bench_overhead(50_000 * (1 if quick else 2), 3 if quick else 5)),
+        ("failover", lambda: bench_failover(8 if quick else 20)),
+        ("catchup", lambda: bench_catchup(50_000 if quick else 200_000)),
+        ("latency", lambda: bench_latency(2.0 if quick else 5.0)),
+    ]
+
+
+def report(results: dict[str, Any]) -> Table:
+    t = Table(title="netmesh bench")
+    for col in ("figure", "value", "bar", "meets"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for key, value in results.items():
+        if not isinstance(value, float | int) or key.endswith("_version"):
+            continue
+        op, bar = BAR.get(key, ("", None))
+        meets = "" if bar is None else ("yes" if (value >= bar if op == ">=" else value <= bar)
+                                        else "NO")
+        t.add_row(key, f"{value:,.3f}" if value < 100 else f"{value:,.0f}",
+                  f"{op} {bar:,}" if bar is not None else "", meets)
+    return t
+
+
+def plot(results: dict[str, Any], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    keys = [k for k in ("ingest_single_eps", "ingest_batched_eps", "replicated_eps",
+                        "replicated_quorum_eps") if k in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.bar(keys, [results[k] for k in keys], color="#3b7dd8")
+    ax1.set_ylabel("events/s (64 B)")
+    ax1.tick_params(axis="x", rotation=20)
+    lat = [k for k in ("replica_latency_ms_p50", "replica_latency_ms_p99", "failover_ms_p50",
+                       "failover_ms_p99") if k in results]
+    ax2.bar(lat, [results[k] for k in lat], color="#d8833b")
+    ax2.set_ylabel("ms")
+    ax2.set_yscale("log")
+    ax2.tick_params(axis="x", rotation=20)
+    fig.suptitle(f"netmesh bench ({results.get('cpu_count')} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="netmesh bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", nargs="?", default="all",
+                    choices=["all", "ingest", "replicated", "overhead", "failover", "catchup",
+                             "latency"])
+    ap.add_argument("--quick", action="store_true", help="smaller runs (< 3 minutes)")
+    ap.add_argument("--json", help="write the figures to this JSON file")
+    ap.add_argument("--plot", help="write a PNG plot (needs the 'bench' extra: matplotlib)")
+    args = ap.parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 100)
+    results: dict[str, Any] = {}
+    jobs = [j for j in suite(args.quick) if args.which in ("all", j[0])]
+    t0 = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarks", total=len(jobs))
+        for name, job in jobs:
+            progress.update(task, description=f"bench {name}")
+            results.update(job())
+            progress.advance(task)
+    results["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(versions())
+    console.print(report(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    if args.plot and not plot(results, args.plot):
+        console.print("matplotlib is not installed: pip install 'netmesh[bench]' for --plot")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
