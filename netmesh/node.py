@@ -164,15 +164,15 @@ class MeshNode:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        for fut in self._accept_waiters.values():
-            if not fut.done():
-                fut.set_exception(Closed("node shut down"))
+        waiters = list(self._accept_waiters.values())
         self._accept_waiters.clear()
         for peer in self.peers_by_id.values():
-            w = peer.connect_waiter
-            if w is not None and not w.done():
-                w.set_exception(Closed("node shut down"))
+            waiters.append(peer.connect_waiter)
             peer.close()
+        for fut in waiters:
+            if fut is not None and not fut.done():
+                fut.set_exception(Closed("node shut down"))
+                fut.exception()  # awaiting callers still get it; nobody else must
         if self._transport is not None:
             await self._transport.close()
 
