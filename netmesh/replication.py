@@ -53,6 +53,10 @@ KIND_PREFIX = "redex/"
 HARD_STATE_FILE = "hardstate"
 READ_CHUNK = 4096
 PROBE_MAGIC = b"NMTS"
+# Unacknowledged pushes per follower. One keeps a push in flight per round trip: at
+# low rates every append goes out at once, under load appends pile up behind the ack
+# and travel together (Nagle-like), so pushes and acks per event fall as load rises.
+PUSH_WINDOW = 1
 
 
 def probe_payload(size: int) -> bytes:
@@ -145,7 +149,8 @@ class ChannelRuntime:
         members = self._members(config)
         self.coord = ReplicationCoordinator(
             self.node.node_id, config, members, now=self.now(), tail_seq=file.next_seq,
-            hard_state=self._load_hard_state(), rng=random.Random())
+            hard_state=self._load_hard_state(), rng=random.Random(),
+            max_inflight=PUSH_WINDOW)
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
         self.decode_errors = 0
         self.send_errors = 0
