@@ -35,9 +35,16 @@ def test_up_shows_status_and_stops_cleanly_on_sigint(tmp_path: object) -> None:
     try:
         run_file = status.run_file(proc.pid).replace(status.RUN_DIR, str(tmp_path))
         wait_until(lambda: os.path.exists(run_file), timeout=20, message="run file")
-        st = subprocess.run([sys.executable, "-m", "netmesh.cli", "status", "--prometheus"],
-                            capture_output=True, text=True, timeout=30, env=env, check=False)
-        assert st.returncode == 0, st.stderr
+        def status_out(*extra: str) -> str:
+            st = subprocess.run([sys.executable, "-m", "netmesh.cli", "status", *extra],
+                                capture_output=True, text=True, timeout=30, env=env,
+                                check=False)
+            assert st.returncode == 0, st.stderr
+            return st.stdout
+
+        wait_until(lambda: "LEADER" in status_out(), timeout=15, interval=0.2,
+                   message="a leader in `netmesh status`")
+        st = subprocess.CompletedProcess([], 0, status_out("--prometheus"), "")
         assert 'netmesh_node_up{node="2"} 1.0' in st.stdout
         assert "netmesh_channel_tail_seq" in st.stdout
         proc.send_signal(signal.SIGINT)
