@@ -15,8 +15,11 @@ SHM_DIR = "/dev/shm"
 
 
 def _shm_objects() -> set[str]:
+    """netmesh shm objects and semaphores of this test process (names carry its pid),
+    so concurrent runs on the same machine do not trip each other's leak check."""
+    mine = f"-{os.getpid()}-"
     try:
-        return {n for n in os.listdir(SHM_DIR) if "netmesh" in n or n.startswith("sem.netmesh")}
+        return {n for n in os.listdir(SHM_DIR) if "netmesh" in n and mine in n}
     except FileNotFoundError:
         return set()
 
