@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from netmesh.producer import Producer
 from netmesh.shm_ring import ShmRing
 from netmesh.status import node_entry, with_totals
 from netmesh.supervisor import Supervisor
+from netmesh.testing.wait import wait_until
 from workers.node import replication_to_dict
 
 log = logging.getLogger(__name__)
@@ -275,15 +275,8 @@ class Cluster:
     # -- observation -----------------------------------------------------------------
     def wait_until(self, predicate: Callable[[], T], timeout: float = 5.0,
                    interval: float = 0.005, message: str = "condition") -> T:
-        """Poll ``predicate`` until truthy; NodeUnresponsive-free TimeoutError at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
-            time.sleep(interval)
+        """Poll ``predicate`` until truthy (see netmesh.testing.wait); TimeoutError."""
+        return wait_until(predicate, timeout, interval, message)
 
     def metrics(self, fresh: bool = False) -> dict[str, Any]:
         """Every node's metrics plus psutil figures, and cluster totals.

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import threading
 import time
 from typing import Any
 
 import msgpack
 import posix_ipc
 
+from netmesh.shm_ring import fence as _fence
+
 PAGE_BYTES = 1 << 18
 _HEADER = 16
-_fence_lock = threading.Lock()
-
-
-def _fence() -> None:
-    _fence_lock.acquire()
-    _fence_lock.release()
 
 
 class MetricsPage:

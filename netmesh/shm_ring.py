@@ -36,7 +36,7 @@ _fence_lock = threading.Lock()
 _SAFETY_WAIT = 0.05  # a lost wake-up (should be impossible) costs at most this
 
 
-def _fence() -> None:
+def fence() -> None:
     """A full memory barrier: the lock's atomic compare-and-swap is a locked instruction."""
     _fence_lock.acquire()
     _fence_lock.release()
@@ -165,7 +165,7 @@ class ShmRing:
         used = head + len(frame) - self._tail_seen
         if used > self.peak_used:
             self.peak_used = used
-        _fence()
+        fence()
         if words[L.W_CONSUMER_WAITING]:
             words[L.W_CONSUMER_WAITING] = 0
             self._sem_data.release()
@@ -178,7 +178,7 @@ class ShmRing:
         if remaining <= 0:
             raise RingFull(f"{self.name}: {need} bytes needed, {self._free()} free")
         words[L.W_PRODUCER_WAITING] = 1
-        _fence()
+        fence()
         self._tail_seen = words[L.W_TAIL]
         if self._free() >= need:
             words[L.W_PRODUCER_WAITING] = 0
@@ -236,7 +236,7 @@ class ShmRing:
             out.extend(L.decode_frame(frame))
             pos += total
         words[L.W_TAIL] = pos
-        _fence()
+        fence()
         if words[L.W_PRODUCER_WAITING]:
             words[L.W_PRODUCER_WAITING] = 0
             self._sem_space.release()
@@ -247,7 +247,7 @@ class ShmRing:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             words[L.W_CONSUMER_WAITING] = 1
-            _fence()
+            fence()
             if self._drain():
                 words[L.W_CONSUMER_WAITING] = 0
                 return True

@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import posix_ipc
 import psutil
 
 from netmesh.core import control
 from netmesh.errors import Closed, NetmeshError, NodeUnresponsive
+from netmesh.shm_ring import unlink_ring
 
 log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm"
@@ -213,7 +213,7 @@ class Supervisor:
                 self.stop(index, grace)
         finally:
             for n in self._names:
-                unlink_name(n)
+                unlink_ring(n)
             self._names.clear()
 
     def __enter__(self) -> Supervisor:
@@ -232,15 +232,6 @@ def _psutil_process(pid: int) -> psutil.Process:
     if p is None:
         p = _PROCS[pid] = psutil.Process(pid)
     return p
-
-
-def unlink_name(name: str) -> None:
-    """Unlink a shm object and the ring semaphores that may share its name."""
-    for fn, n in ((posix_ipc.unlink_shared_memory, name),
-                  (posix_ipc.unlink_semaphore, name + "-d"),
-                  (posix_ipc.unlink_semaphore, name + "-s")):
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            fn(n)
 
 
 def remove_stale_names() -> list[str]:

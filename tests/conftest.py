@@ -10,6 +10,8 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from netmesh.testing.wait import wait_until as poll
+
 T = TypeVar("T")
 SHM_DIR = "/dev/shm"
 
@@ -27,14 +29,10 @@ def _shm_objects() -> set[str]:
 def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.005,
                message: str = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)  # polling cadence, not synchronisation
+    try:
+        return poll(predicate, timeout, interval, message)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(autouse=True)
