@@ -86,6 +86,7 @@ class ChannelMetrics:
     truncated_events_total: int
     decode_errors_total: int = 0
     send_errors_total: int = 0
+    behind_retention_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,6 +155,7 @@ class ChannelRuntime:
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
         self.decode_errors = 0
         self.send_errors = 0
+        self.behind_retention = 0
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._waiter_no = 0
         self._closed = False
@@ -228,7 +230,13 @@ class ChannelRuntime:
     def _do_serve(self, out: ServeSync) -> None:
         payloads, first = self.file.read_payloads(out.from_seq, out.from_seq + READ_CHUNK)
         if first != out.from_seq:
-            payloads = []  # below the retained head: the coordinator answers BAD_RANGE
+            # Retention dropped what the follower needs: it cannot catch up from here
+            # (replicas hold the leader's seqs, without gaps). Known limitation: keep
+            # retention larger than any replica's lag.
+            self.behind_retention += 1
+            log.warning("%s: %#x asks from seq %d, below the retained head %d", self.name,
+                        out.to, out.from_seq, first)
+            payloads = []
         size, n = 0, 0
         for p in payloads:
             size += len(p)
@@ -329,7 +337,8 @@ class ChannelRuntime:
         m = asdict(self.coord.metrics)
         m["role"] = self.coord.role.name
         return ChannelMetrics(channel=self.name, decode_errors_total=self.decode_errors,
-                              send_errors_total=self.send_errors, **m)
+                              send_errors_total=self.send_errors,
+                              behind_retention_total=self.behind_retention, **m)
 
     def close(self) -> None:
         if self._closed:
