@@ -4,10 +4,10 @@ Every figure is measured across real processes: the benchmark process is the
 producer (it writes into shared-memory rings), each node is its own process, node
 traffic is encrypted UDP on loopback. 64 B payloads unless named.
 
-``netmesh bench all [--quick] [--json OUT] [--plot OUT.png]`` runs:
+``netmesh bench all [--quick] [--json OUT] [--plot OUT.png]`` runs (rates are medians
+of three trials):
 
 =============================  ===========================================================
-(figures are medians of three trials unless noted)
 ingest_single_eps              producer -> node ring, one ``append`` per event, unreplicated
 ingest_batched_eps             same, 64 events per ``append_batch``
 ingest_batched_1k_mb_s         same with 1 KiB payloads, payload MB/s (10^6)
