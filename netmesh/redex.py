@@ -48,9 +48,13 @@ class Redex:
         if cfg.replication is not None and self._hub is None:
             raise ConfigError("RedexFileConfig.replication requires Redex.enable_replication(node)")
         f = RedexFile(cname, cfg)
-        self._files[cname] = f
         if cfg.replication is not None and self._hub is not None:
-            self._hub.attach(cname, f, cfg.replication)
+            try:
+                self._hub.attach(cname, f, cfg.replication)
+            except BaseException:
+                f.close()  # never leave an unreplicated, writable file registered
+                raise
+        self._files[cname] = f
         return f
 
     def get_file(self, name: str) -> RedexFile | None:

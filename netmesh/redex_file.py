@@ -257,10 +257,16 @@ class RedexFile:
 
     def _recover(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        names = sorted(
-            (n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX)),
-            key=lambda n: int(n[: -len(SEGMENT_SUFFIX)]),
-        )
+        names = []
+        for n in os.listdir(directory):
+            if not n.endswith(SEGMENT_SUFFIX):
+                continue
+            stem = n[: -len(SEGMENT_SUFFIX)]
+            if len(stem) != 20 or not stem.isdigit():
+                raise LogCorrupt(os.path.join(directory, n), 0,
+                                 "not a segment name (<20-digit first seq>.seg)")
+            names.append(n)
+        names.sort()
         expect: int | None = None
         for i, n in enumerate(names):
             path = os.path.join(directory, n)
@@ -319,12 +325,18 @@ class RedexFile:
 
     def _delete_old_segments(self) -> None:
         # a segment may go once the next one starts at or below the first retained seq
+        deleted = False
         while len(self._segments) > 1 and self._segments[1].first_seq <= self._first_seq:
             os.unlink(self._segments.pop(0).path)
+            deleted = True
+        if deleted and self.config.path is not None:
+            _fsync_dir(self.config.path)
 
     def _truncate_disk(self, seq: int) -> None:
         while len(self._segments) > 1 and self._segments[-1].first_seq > seq:
             os.unlink(self._segments.pop().path)
+        assert self.config.path is not None
+        _fsync_dir(self.config.path)
         seg = self._segments[-1]
         with open(seg.path, "rb") as fh:
             buf = fh.read()

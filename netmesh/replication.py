@@ -29,10 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import msgpack
-
 from netmesh.config import ReplicationConfig
-from netmesh.core import messages
+from netmesh.core import hardstate, messages
 from netmesh.core.coordinator import (
     Apply,
     CommitAdvanced,
@@ -45,7 +43,14 @@ from netmesh.core.coordinator import (
     Truncate,
 )
 from netmesh.core.roles import ReplicaRole, TransitionSignal
-from netmesh.errors import DecodeError, LocalProtocolError, NetmeshError, NotLeader, OutOfOrder
+from netmesh.errors import (
+    DecodeError,
+    LocalProtocolError,
+    LogCorrupt,
+    NetmeshError,
+    NotLeader,
+    OutOfOrder,
+)
 from netmesh.redex_file import RedexFile
 
 log = logging.getLogger(__name__)
@@ -280,18 +285,23 @@ class ChannelRuntime:
             self._release_waiters(all_of_them=True)  # they learn their fate from is_committed
 
     def _do_save(self, out: SaveHardState) -> None:
+        """Persist the hard state before anything after it is sent (tmp, fsync, rename,
+        fsync the directory)."""
         path = self.file.config.path
         if path is None:
             self.hub.memory_hard_states[self.name] = out.state
             return
-        blob = msgpack.packb([out.state.term, out.state.voted_for,
-                              [list(e) for e in out.state.epochs]])
         tmp = os.path.join(path, HARD_STATE_FILE + ".tmp")
         with open(tmp, "wb") as fh:
-            fh.write(blob)
+            fh.write(hardstate.encode(out.state))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, os.path.join(path, HARD_STATE_FILE))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     _output_handlers: dict[type, Callable[[ChannelRuntime, Any], None]] = {
         Send: _do_send, ServeSync: _do_serve, Apply: _do_apply, Truncate: _do_truncate,
@@ -299,17 +309,20 @@ class ChannelRuntime:
     }
 
     def _load_hard_state(self) -> HardState | None:
+        """The saved hard state; None if none was saved. LogCorrupt if unreadable."""
         path = self.file.config.path
         if path is None:
             return self.hub.memory_hard_states.get(self.name)
+        full = os.path.join(path, HARD_STATE_FILE)
         try:
-            with open(os.path.join(path, HARD_STATE_FILE), "rb") as fh:
-                term, voted_for, epochs = msgpack.unpackb(fh.read())
+            with open(full, "rb") as fh:
+                data = fh.read()
         except FileNotFoundError:
             return None
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise NetmeshError(f"{path}/{HARD_STATE_FILE} is corrupt: {exc}") from None
-        return HardState(term, voted_for, tuple((t, s) for t, s in epochs))
+        try:
+            return hardstate.decode(data)
+        except DecodeError as exc:
+            raise LogCorrupt(full, 0, str(exc)) from None
 
     # -- quorum acknowledgements -----------------------------------------------------
     def is_committed(self, seq_exclusive: int) -> bool | None:

@@ -217,3 +217,11 @@ def test_sigkill_during_appends_keeps_every_acknowledged_record(tmp_path: Path) 
     evs = f.read_range(0, f.next_seq)
     assert [e.payload for e in evs] == [b"%08d" % i * 8 for i in range(f.next_seq)]
     f.close()
+
+
+def test_stray_segment_name_is_corruption_not_a_crash(tmp_path: Path) -> None:
+    cfg = persisted(tmp_path)
+    RedexFile("n", cfg).close()
+    (tmp_path / "log" / "notes.seg").write_bytes(b"hello")
+    with pytest.raises(LogCorrupt, match="not a segment name"):
+        RedexFile("n", cfg)
