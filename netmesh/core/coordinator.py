@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 from netmesh.core.budget import TokenBucket
 from netmesh.core.messages import (
+    MAX_TERM,
     Ack,
     Epoch,
     Heartbeat,
@@ -578,7 +579,12 @@ class ReplicationCoordinator:
         return max(keys, key=lambda p: (keys[p], p == self.pinned, -p))
 
     def _start_campaign(self, manual: bool = False) -> None:
-        self.term = self._next_owned_term()
+        term = self._next_owned_term()
+        if term > MAX_TERM:  # only a hostile term gets here; peers would reject ours
+            self._last_campaign_at = self._now
+            self._lose()
+            return
+        self.term = term
         self.voted_for, self.leader_id = self.self_id, None
         self._dirty = True
         self._outstanding = None

@@ -18,6 +18,14 @@ One ``packb``/``unpackb`` call per message.
 * ``decode`` raises only :class:`~netmesh.errors.DecodeError`: for truncated bytes,
   garbage, an unknown version or tag, a wrong field count or a field of the wrong
   type or range.
+* Bounds: terms are at most :data:`MAX_TERM` and sequence numbers (``*_seq``,
+  ``epoch_end``, epoch starts) at most :data:`MAX_SEQ`, both 2**62; ``decode``
+  rejects larger values. Honest nodes never get near them (a term grows by at most
+  the member count per election, a seq by one per event), and the headroom below
+  2**64 means ``term + members`` or ``seq + count`` computed from accepted input
+  still encodes as a msgpack uint64 (a peer's term near 2**64 used to make the
+  next owned term unencodable). The coordinator never campaigns past
+  ``MAX_TERM``. Node ids, request ids and ``max_bytes`` are plain uint64.
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ from netmesh.errors import DecodeError
 
 WIRE_VERSION = 1
 MAX_U64 = (1 << 64) - 1
+MAX_TERM = 1 << 62
+"""Largest term ``decode`` accepts (see the module doc)."""
+MAX_SEQ = 1 << 62
+"""Largest sequence number ``decode`` accepts (see the module doc)."""
 
 Epoch = tuple[int, int]
 """(term, start_seq): the first seq written by the leader of ``term``."""
@@ -136,15 +148,16 @@ class Ack:
 
 Message = Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResponse | Ack
 
-# field kinds: u = uint64, b = bool, r = role, n = nack reason, e = epochs, p = payloads
+# field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
+# s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, e = epochs, p = payloads
 _SCHEMA: dict[int, tuple[type, str]] = {
-    1: (Heartbeat, "uuruuuu"),
-    2: (SyncRequest, "uuuuu"),
-    3: (SyncResponse, "uuuuuep"),
-    4: (Nack, "uunuuu"),
-    5: (VoteRequest, "uuuu"),
-    6: (VoteResponse, "ub"),
-    7: (Ack, "uu"),
+    1: (Heartbeat, "tursstt"),
+    2: (SyncRequest, "tstuu"),
+    3: (SyncResponse, "tustsep"),
+    4: (Nack, "tunsts"),
+    5: (VoteRequest, "ttts"),
+    6: (VoteResponse, "tb"),
+    7: (Ack, "ts"),
 }
 _TAGS: dict[type, int] = {cls: tag for tag, (cls, _) in _SCHEMA.items()}
 
@@ -169,6 +182,18 @@ def _uint(v: Any) -> int:
     return v
 
 
+def _term(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_TERM:
+        raise DecodeError(f"expected a term in [0, 2**62], got {v!r:.40}")
+    return v
+
+
+def _seq(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_SEQ:
+        raise DecodeError(f"expected a seq in [0, 2**62], got {v!r:.40}")
+    return v
+
+
 def _bool(v: Any) -> bool:
     if type(v) is not bool:
         raise DecodeError(f"expected bool, got {v!r:.40}")
@@ -189,7 +214,7 @@ def _epochs(v: Any) -> tuple[Epoch, ...]:
     for e in v:
         if type(e) is not list or len(e) != 2:
             raise DecodeError("epoch must be [term, start_seq]")
-        out.append((_uint(e[0]), _uint(e[1])))
+        out.append((_term(e[0]), _seq(e[1])))
     return tuple(out)
 
 
@@ -201,6 +226,8 @@ def _payloads(v: Any) -> tuple[bytes, ...]:
 
 _KINDS = {
     "u": _uint,
+    "t": _term,
+    "s": _seq,
     "b": _bool,
     "r": lambda v: _enum(ReplicaRole, v),
     "n": lambda v: _enum(NackReason, v),
