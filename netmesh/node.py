@@ -29,7 +29,9 @@ Handlers
     exceptions are logged and counted ("handler_errors"), never propagated.
     Kind ``"peer"`` (``PEER_EVENTS``) is reserved: its handlers get
     ``(node_id, b"up")`` when a peer's session becomes live and ``(node_id, b"down")``
-    when it has been silent for ``session_timeout``.
+    when it has been silent for ``session_timeout``. Nobody can send on it: ``send``
+    refuses it locally, and entries a peer sends on it are dropped and counted
+    ("reserved_channel") so a peer cannot forge peer events.
 
 Bad input (tampered, truncated, replayed, oversized, unknown-session datagrams,
 handshakes with a wrong PSK or an unexpected static key) is dropped, logged at debug
@@ -52,7 +54,7 @@ from netmesh.config import MeshNodeConfig
 from netmesh.core import codec
 from netmesh.core.codec import DATA_HEADER, TYPE_DATA, VERSION, unpack_body
 from netmesh.core.handshake import InitiationReplayGuard, Responder
-from netmesh.core.session import Session, SessionLimits
+from netmesh.core.session import Session, SessionExpired, SessionLimits
 from netmesh.core.timers import TimerConfig
 from netmesh.errors import (
     AuthenticationError,
@@ -78,7 +80,7 @@ PEER_EVENTS = "peer"
 PROLOGUE = b"netmesh/IKpsk2/v1"
 DROP_REASONS = ("tampered", "truncated", "replayed", "oversized", "unknown_session",
                 "bad_handshake", "wrong_psk_or_key", "decode", "blocked", "no_session",
-                "reassembly")
+                "reassembly", "reserved_channel", "expired")
 _KEEPALIVE = b"\x90"
 _U64 = struct.Struct("<Q")
 
@@ -321,6 +323,8 @@ class MeshNode:
             if not groups or self._closed:
                 continue
             session = peer.usable_session()
+            if session is not None and session.expired(now):
+                session = None   # the next timer tick forgets it and rehandshakes
             if session is None or peer.node_id in self._blocked:
                 reason = "blocked" if peer.node_id in self._blocked else "no_session"
                 self._drops[reason] += sum(len(g[1]) for g in groups)
@@ -331,7 +335,7 @@ class MeshNode:
             seal = session.seal
             sendto = self._sendto
             for body in bodies:
-                sendto(seal(body), addr)
+                sendto(seal(body, now), addr)
             peer.timers.last_sent = now
 
     def flush(self) -> None:
@@ -406,15 +410,19 @@ class MeshNode:
         if peer.node_id in self._blocked:
             self._drop("blocked", addr)
             return
+        now = self._loop.time()
         try:
-            body = session.open(data, counter)
+            body = session.open(data, counter, now)
         except AuthenticationError:
             self._drop("tampered", addr)
             return
         except Replayed:
             self._drop("replayed", addr, counter)
             return
-        peer.on_authenticated(session, addr, self._loop.time())
+        except SessionExpired:
+            self._drop("expired", addr, index)
+            return
+        peer.on_authenticated(session, addr, now)
         if body == _KEEPALIVE:
             return
         try:
@@ -427,6 +435,9 @@ class MeshNode:
     def _dispatch(self, peer: Peer, entries: list[list]) -> None:
         nid = peer.node_id
         for e in entries:
+            if e[1] == PEER_EVENTS:  # reserved: a peer must not forge up/down events
+                self._drop("reserved_channel", peer.addr or ("", 0), f"from {nid:#x}")
+                continue
             if e[0] == codec.ENTRY_MESSAGES:
                 channel, msgs = e[1], e[2]
             else:
@@ -568,7 +579,10 @@ class MeshNode:
         oversized (> max_datagram), unknown_session, bad_handshake (malformed or
         unsolicited handshake message), wrong_psk_or_key (handshake AEAD failure or an
         initiator whose static key is not expected), decode (bad framing or body),
-        blocked, no_session (messages sent while no session), reassembly."""
+        blocked, no_session (messages sent while no session), reassembly,
+        reserved_channel (an entry - a run of messages or one fragment - a peer sent
+        on the reserved ``"peer"`` channel), expired (data for a session past
+        ``reject_after_time``)."""
         out: dict[str, object] = dict(self._m)
         out["drops"] = dict(self._drops)
         out["peers_up"] = len(self.peers())

@@ -150,9 +150,9 @@ class Peer:
 
     def send_keepalive(self, now: float) -> None:
         s = self.usable_session()
-        if s is None:
+        if s is None or s.expired(now):
             return
-        self.node.send_raw(self, s.seal(b"\x90"))
+        self.node.send_raw(self, s.seal(b"\x90", now))
 
     # ------------------------------------------------------------ time
     def tick(self, now: float) -> None:
@@ -190,6 +190,9 @@ class Peer:
         if self.previous is not None and self.previous.expired(now):
             node.forget_session(self.previous)
             self.previous = None
+        if self.next is not None and self.next.expired(now):  # never confirmed
+            node.forget_session(self.next)
+            self.next = None
 
     def close(self) -> None:
         self.drop_pending()

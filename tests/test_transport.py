@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -69,11 +68,11 @@ def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
             a.send(b.node_id, "m", b"two")
             want = {k: len(v) for k, v in cases.items()}
             await wait_for(lambda: all(b.metrics()["drops"][k] >= n for k, n in want.items())
-                           and got == [b"one", b"two"], 3.0, "drops counted")
+                           and got == [b"one", b"two"], 10.0, "drops counted")
             assert b.metrics()["drops"] == {**drops, **want}
             assert b.peer_is_up(a.node_id) and a.peer_is_up(b.node_id)
             b.send(a.node_id, "m", b"back")
-            await wait_for(lambda: a.metrics()["messages_in"] == 1, 2.0)
+            await wait_for(lambda: a.metrics()["messages_in"] == 1, 10.0)
         finally:
             raw.close()
             await a.shutdown()
@@ -90,11 +89,14 @@ def test_wrong_psk_connect_fails_in_bounded_time() -> None:
         b = await MeshNode.create(kb, b_cfg)
         try:
             b.start()
-            t0 = time.monotonic()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
             with pytest.raises(HandshakeError):
                 await a.connect(b.local_addr, b.public_key, b.node_id)
-            elapsed = time.monotonic() - t0
-            assert 0.3 <= elapsed < 2.0
+            elapsed = loop.time() - t0
+            # retried rather than failed at once, and bounded rather than a hang: the
+            # nominal time is retries * timeout = 0.4 s; allow 10x for a loaded machine
+            assert 0.3 <= elapsed < 10 * 2 * 0.2
             assert a.metrics()["drops"]["wrong_psk_or_key"] == 2   # one per attempt
             assert a.metrics()["handshakes_initiated"] == 2
             assert not b.peer_is_up(a.node_id) and b.peers() == []
@@ -156,10 +158,58 @@ def test_datagrams_never_exceed_max_datagram() -> None:
             await link(b, a)
             msgs = [bytes([i % 256]) * (i * 37 % 3000) for i in range(300)]
             a.send_many(b.node_id, "m", msgs)
-            await wait_for(lambda: len(got) == 300, 3.0)
+            await wait_for(lambda: len(got) == 300, 10.0)
             assert got == msgs
             assert max(len(d) for d in sent) <= 600
             assert a.metrics()["datagrams_out"] == len(sent)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+    run(body)
+
+
+def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
+    """An authenticated peer that bypasses ``send``'s check and writes entries on the
+    reserved "peer" channel (a fake "down", and a fragmented message) reaches no
+    subscriber and no reassembly buffer; the entries are counted and the link lives on."""
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        events: list[tuple[int, bytes]] = []
+        batches: list[list[bytes]] = []
+        got: list[bytes] = []
+        b.subscribe("peer", lambda nid, ev: events.append((nid, ev)))
+        b.subscribe_batch("peer", lambda nid, evs: batches.append(evs))
+        b.subscribe("m", lambda nid, m: got.append(m))
+        try:
+            await link(b, a)
+            a.start()
+            b.start()
+            assert events == [(a.node_id, b"up")]
+            events.clear()
+            batches.clear()
+            peer = a.peers_by_id[b.node_id]
+            session = peer.usable_session()
+            assert session is not None
+            budget = a.config.max_datagram - codec.DATA_OVERHEAD
+            # what a modified peer would send: one run of small forged events plus one
+            # forged event too large for a datagram (fragments), then honest traffic
+            bodies, _ = codec.pack_bodies([("peer", [b"down", b"down"]),
+                                           ("peer", [b"d" * (3 * budget)]),
+                                           ("m", [b"after"])], budget, 1 << 30)
+            entries = [e for bd in bodies for e in codec.unpack_body(bd)]
+            forged = sum(1 for e in entries if e[1] == "peer")
+            assert forged >= 3 and any(e[0] != codec.ENTRY_MESSAGES for e in entries)
+            now = asyncio.get_running_loop().time()
+            for bd in bodies:
+                a.send_raw(peer, session.seal(bd, now))
+            await wait_for(lambda: got == [b"after"], 10.0, "honest message after the forgery")
+            assert events == [] and batches == []
+            drops = b.metrics()["drops"]
+            assert drops["reserved_channel"] == forged
+            assert all(v == 0 for k, v in drops.items() if k != "reserved_channel"), drops
+            assert b.peers_by_id[a.node_id].reassembler.pending == 0
+            assert b.peer_is_up(a.node_id)
         finally:
             await a.shutdown()
             await b.shutdown()

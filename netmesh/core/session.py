@@ -11,7 +11,10 @@ Limits are inputs (WireGuard's constants are the defaults of
 :class:`SessionLimits`): after ``rekey_after_messages`` sends or ``rekey_after_time``
 seconds the owner should start a new handshake (:meth:`Session.needs_rekey`); after
 ``reject_after_messages`` / ``reject_after_time`` the session refuses to seal or
-open (:meth:`Session.expired`). Times are whatever clock the caller uses, passed in.
+open (:meth:`Session.expired`; :class:`SessionExpired`). Times are whatever clock
+the caller uses, passed in: ``seal(body, now)`` and ``open(datagram, counter, now)``
+check the age, ``seal`` also the send counter; the receive counter is bounded by the
+replay window (a counter at or past ``reject_after_messages`` is Replayed).
 """
 
 from __future__ import annotations
@@ -71,21 +74,31 @@ class Session:
         self.send_counter = 0
         self.replay = ReplayWindow(self.limits.reject_after_messages)
 
-    def seal(self, body: bytes) -> bytes:
-        """A whole DATA datagram (header + ciphertext + tag) carrying ``body``."""
+    def seal(self, body: bytes, now: float) -> bytes:
+        """A whole DATA datagram (header + ciphertext + tag) carrying ``body``.
+
+        Raises SessionExpired past either reject limit (nothing is consumed).
+        """
         n = self.send_counter
         if n >= self.limits.reject_after_messages:
             raise SessionExpired("send counter exhausted")
+        if now - self.created >= self.limits.reject_after_time:
+            raise SessionExpired("session too old to send on")
         self.send_counter = n + 1
         header = DATA_HEADER.pack(VERSION, TYPE_DATA, 0, self.remote_index, n)
         return header + self._seal_aead.encrypt(_ZERO4 + n.to_bytes(8, "little"), body, header)
 
-    def open(self, datagram: bytes, counter: int) -> bytes:
+    def open(self, datagram: bytes, counter: int, now: float) -> bytes:
         """Authenticate and decrypt a DATA datagram already parsed by ``codec.decode``.
 
-        Raises AuthenticationError (tag mismatch: tampered or not ours) or Replayed
-        (counter seen before or older than the window). Marks the session confirmed.
+        Raises SessionExpired (older than ``reject_after_time``; checked first, the
+        datagram is not even decrypted), AuthenticationError (tag mismatch: tampered
+        or not ours) or Replayed (counter seen before or older than the window).
+        Marks the session confirmed. Errors leave the window and confirmation as
+        they were.
         """
+        if now - self.created >= self.limits.reject_after_time:
+            raise SessionExpired("session too old to receive on")
         try:
             body = self._open_aead.decrypt(_ZERO4 + counter.to_bytes(8, "little"),
                                            datagram[DATA_HEADER_LEN:],

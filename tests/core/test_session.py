@@ -11,6 +11,8 @@ from netmesh.core.handshake import Initiator, Responder, encode_timestamp, publi
 from netmesh.core.session import Session, SessionExpired, SessionLimits
 from netmesh.errors import AuthenticationError, Replayed
 
+NOW = 100.0   # the sessions' creation time in pair()
+
 
 def key(label: str) -> bytes:
     return hashlib.blake2s(label.encode()).digest()
@@ -27,11 +29,11 @@ def pair(limits: SessionLimits | None = None) -> tuple[Session, Session]:
     return a, b
 
 
-def receive(s: Session, datagram: bytes) -> bytes:
+def receive(s: Session, datagram: bytes, now: float = NOW) -> bytes:
     hdr = codec.decode(datagram)
     assert isinstance(hdr, codec.DataHeader)
     assert hdr.receiver_index == s.local_index
-    return s.open(datagram, hdr.counter)
+    return s.open(datagram, hdr.counter, now)
 
 
 def test_round_trip_both_directions() -> None:
@@ -39,34 +41,34 @@ def test_round_trip_both_directions() -> None:
     assert a.confirmed and not b.confirmed
     for i in range(50):
         body = bytes([i]) * i
-        assert receive(b, a.seal(body)) == body
+        assert receive(b, a.seal(body, NOW)) == body
     assert b.confirmed
-    assert receive(a, b.seal(b"back")) == b"back"
+    assert receive(a, b.seal(b"back", NOW)) == b"back"
     assert a.send_counter == 50
 
 
 def test_counter_is_in_header_and_increments() -> None:
     a, _ = pair()
-    counters = [codec.decode(a.seal(b"x")).counter for _ in range(3)]  # type: ignore[union-attr]
+    counters = [codec.decode(a.seal(b"x", NOW)).counter for _ in range(3)]  # type: ignore[union-attr]
     assert counters == [0, 1, 2]
 
 
 @pytest.mark.parametrize("pos", [0 + 4, 8, 15, 16, 20, -1])
 def test_tampering_is_detected(pos: int) -> None:
     a, b = pair()
-    d = bytearray(a.seal(b"payload bytes"))
+    d = bytearray(a.seal(b"payload bytes", NOW))
     d[pos] ^= 1
     with pytest.raises(AuthenticationError):
-        b.open(bytes(d), codec.DATA_HEADER.unpack_from(d)[4])
+        b.open(bytes(d), codec.DATA_HEADER.unpack_from(d)[4], NOW)
     assert not b.confirmed
     # the window was not touched: the genuine packet still opens
-    good = a.seal(b"ok")
+    good = a.seal(b"ok", NOW)
     assert receive(b, good) == b"ok"
 
 
 def test_replay_is_rejected_and_reordering_within_window_accepted() -> None:
     a, b = pair()
-    d0, d1, d2 = a.seal(b"0"), a.seal(b"1"), a.seal(b"2")
+    d0, d1, d2 = a.seal(b"0", NOW), a.seal(b"1", NOW), a.seal(b"2", NOW)
     assert receive(b, d2) == b"2"
     assert receive(b, d0) == b"0"
     with pytest.raises(Replayed):
@@ -78,9 +80,9 @@ def test_replay_is_rejected_and_reordering_within_window_accepted() -> None:
 
 def test_wrong_direction_fails() -> None:
     a, _ = pair()
-    d = a.seal(b"x")
+    d = a.seal(b"x", NOW)
     with pytest.raises(AuthenticationError):
-        a.open(d, 0)
+        a.open(d, 0, NOW)
 
 
 def test_rekey_and_reject_limits() -> None:
@@ -91,11 +93,39 @@ def test_rekey_and_reject_limits() -> None:
     assert a.needs_rekey(110.0) and not a.expired(110.0)
     assert a.expired(120.0)
     for _ in range(3):
-        a.seal(b"")
+        a.seal(b"", NOW)
     assert a.needs_rekey(100.0)
-    a.seal(b"")
-    last = a.seal(b"")
+    a.seal(b"", NOW)
+    last = a.seal(b"", NOW)
     assert a.expired(100.0)
     with pytest.raises(SessionExpired):
-        a.seal(b"")
+        a.seal(b"", NOW)
     assert receive(b, last) == b""
+
+
+def test_reject_after_time_refuses_open_and_seal() -> None:
+    limits = SessionLimits(rekey_after_time=10.0, reject_after_time=20.0)
+    a, b = pair(limits)
+    early = a.seal(b"early", 119.9)
+    late_sealed = a.seal(b"late", 119.9)
+    assert receive(b, early, 119.99) == b"early"
+    with pytest.raises(SessionExpired):      # the boundary itself is expired
+        a.seal(b"x", 120.0)
+    with pytest.raises(SessionExpired):
+        a.seal(b"x", 500.0)
+    with pytest.raises(SessionExpired):      # genuine, fresh counter, but too old a session
+        receive(b, late_sealed, 120.0)
+    with pytest.raises(SessionExpired):
+        receive(b, late_sealed, 1e9)
+    # refusing did not touch the replay window: the same datagram opens in time
+    assert receive(b, late_sealed, 119.99) == b"late"
+    assert a.send_counter == 2
+
+
+def test_expired_open_does_not_confirm_a_responder_session() -> None:
+    limits = SessionLimits(rekey_after_time=10.0, reject_after_time=20.0)
+    a, b = pair(limits)
+    d = a.seal(b"confirm", NOW)
+    with pytest.raises(SessionExpired):
+        receive(b, d, NOW + 20.0)
+    assert not b.confirmed
