@@ -147,6 +147,13 @@ class Cluster:
         reopen its channels and handshake with every running peer."""
         if self.sup.exit_code(i) is None:
             raise NetmeshError(f"node {i} is still running")
+        if self.data_dir is None and any(
+                cfg is not None and cfg.ack == "quorum" and self._holds(i, name)
+                for name, cfg in self.channels.items()):
+            # Raft's rule: a member that forgot its log and votes could elect a leader
+            # without a committed event. Like etcd, refuse rather than risk it.
+            raise ConfigError(f"node {i} holds ack='quorum' channels and would restart "
+                              "without its log and votes: use Cluster(data_dir=...)")
         self._spawn(i)
         others = [j for j in self.running() if j != i]
         peers = [self._peer_entry(j) for j in range(self.size) if j != i]
@@ -220,15 +227,22 @@ class Cluster:
                 self.sup.call(node, "detach_ring", ring=name, timeout=5)
             except NetmeshError:
                 log.warning("node %d did not detach ring %s", node, name)
-        prod.close()
+        prod.close()  # idempotent; on the user's own close this is a no-op
         ring.close()
         ring.unlink()
         self.sup.forget_name(name)
 
     def _drop_producers(self, node: int) -> None:
-        for name, (n, _ring, _prod) in list(self.producers.items()):
+        """The node is gone: its producers' rings say so (their owners, maybe other
+        threads, get RingClosed from then on and close them); the names are unlinked
+        now, the mappings live until each producer closes."""
+        for name, (n, ring, _prod) in list(self.producers.items()):
             if n == node:
-                self._close_producer(name)
+                del self.producers[name]
+                ring.close_consumer()
+                ring.close()
+                ring.unlink()
+                self.sup.forget_name(name)
 
     def append(self, node: int, channel: str, payloads: list[bytes]) -> int:
         """Append through the control channel (slow path); returns the first seq."""

@@ -115,6 +115,8 @@ class ShmRing:
         frames = self._frames(payloads)
         need = sum(len(f) for f in frames)
         if need > self._free():
+            self._tail_seen = self._words[L.W_TAIL]
+        if need > self._free():
             raise RingFull(f"{self.name}: {need} bytes needed, {self._free()} free")
         self._put_frames(frames, 0.0)
 
@@ -261,27 +263,36 @@ class ShmRing:
             with contextlib.suppress(posix_ipc.BusyError):
                 self._sem_data.acquire(min(wait, _SAFETY_WAIT))
 
+    def consumer_closed(self) -> bool:
+        """Producer: whether the consumer side said it will read no more."""
+        return bool(self._words[L.W_CONSUMER_CLOSED])
+
     def close_consumer(self) -> None:
         """Tell a blocked producer nobody will read any more."""
         self._words[L.W_CONSUMER_CLOSED] = 1
         self._sem_space.release()
 
     # -- acknowledgements (consumer -> producer) --------------------------------------
-    def ack(self, count: int, last_seq: int, rejected: int = 0) -> None:
-        """Consumer: ``count`` records were handled in all, ``rejected`` of them refused;
-        the last one stored got ``last_seq``.
+    def ack(self, count: int, last_seq: int, rejected: int = 0, reason: int = 0) -> None:
+        """Consumer: ``count`` records were handled in all, ``rejected`` of them refused
+        (the latest refusal for ``reason``, a code the two sides agree on); the last
+        record stored got ``last_seq``.
 
-        Stored seq and rejected first, then count: a producer that sees the count
+        The other words are stored first, then count: a producer that sees the count
         sees those values (or later ones).
         """
-        self._words[L.W_ACK_SEQ] = last_seq
-        self._words[L.W_ACK_REJECTED] = rejected
-        self._words[L.W_ACK_COUNT] = count
+        words = self._words
+        words[L.W_ACK_SEQ] = last_seq
+        words[L.W_ACK_REJECTED] = rejected
+        words[L.W_ACK_REASON] = reason
+        words[L.W_ACK_COUNT] = count
 
-    def acked(self) -> tuple[int, int, int]:
-        """Producer: (records handled so far, seq of the last stored, records refused)."""
-        count = self._words[L.W_ACK_COUNT]
-        return int(count), int(self._words[L.W_ACK_SEQ]), int(self._words[L.W_ACK_REJECTED])
+    def acked(self) -> tuple[int, int, int, int]:
+        """Producer: (records handled, seq of the last stored, records refused, reason)."""
+        words = self._words
+        count = words[L.W_ACK_COUNT]
+        return (int(count), int(words[L.W_ACK_SEQ]), int(words[L.W_ACK_REJECTED]),
+                int(words[L.W_ACK_REASON]))
 
     # -- lifetime --------------------------------------------------------------------
     def used_bytes(self) -> int:

@@ -1,10 +1,14 @@
 """The reference suite (redex_replication_e2e.rs), scenario by scenario, on real
-MeshNodes over loopback UDP with real encryption, in one process (asyncio)."""
+MeshNodes over loopback UDP with real encryption, in one process (asyncio).
+
+The reference's overhead check (replicated / plain append time <= 1.3) lives in
+tests/system/test_overhead.py: in one asyncio process the replication work cannot run
+beside a synchronous append loop as tokio's threads do, so it would measure nothing;
+there it runs with one process per node, as ``netmesh bench overhead`` does."""
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -212,36 +216,4 @@ def test_bootstraps_and_elects_pinned_leader_without_manual_drive() -> None:
         roles = [r.replication_coordinator_for(name).role for r in redexes]
         assert roles.count(ReplicaRole.LEADER) == 1
         await teardown(nodes, redexes)
-    run(body)
-
-
-def _time_appends(f: Any, n: int, payload: bytes) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        f.append(payload)
-    return time.perf_counter() - t0
-
-
-@pytest.mark.perf
-def test_replication_overhead_within_30_percent_budget() -> None:
-    n, trials, payload = 50_000, 5, b"\x42" * 64
-
-    async def body() -> None:
-        base = []
-        warm = Redex().open_file("perf/baseline")
-        _time_appends(warm, n // 10, payload)
-        for _ in range(trials):
-            base.append(_time_appends(Redex().open_file("perf/baseline_trial"), n, payload))
-        name = "perf/replicated"
-        nodes, (ra, rb), (fa, _fb) = await setup(2, name, hb=500)
-        await drive_leader_and_replicas(ra, [rb], name)
-        _time_appends(fa, n // 10, payload)
-        repl = []
-        for _ in range(trials):
-            repl.append(_time_appends(fa, n, payload))
-            await asyncio.sleep(0)  # let the runtime push between trials, as tokio would
-        ratio = statistics.median(repl) / statistics.median(base)
-        print(f"replication overhead ratio {ratio:.3f}")
-        assert ratio <= 1.3, ratio
-        await teardown(nodes, [ra, rb])
     run(body)

@@ -46,10 +46,16 @@ from typing import Any
 
 from netmesh.config import MeshNodeConfig, PlacementStrategy, RedexFileConfig, ReplicationConfig
 from netmesh.core import control
-from netmesh.errors import NetmeshError, RingClosed
+from netmesh.errors import NetmeshError, NotLeader, PayloadTooLarge, RingClosed
 from netmesh.identity import EntityKeypair
 from netmesh.metrics_page import MetricsPage
 from netmesh.node import MeshNode
+from netmesh.producer import (
+    REFUSED_NONE,
+    REFUSED_NOT_LEADER,
+    REFUSED_STORE_FAILED,
+    REFUSED_TOO_LARGE,
+)
 from netmesh.redex import Redex
 from netmesh.shm_ring import ShmRing, unlink_ring
 
@@ -81,7 +87,8 @@ class RingDrainer:
 
     A thread sleeps on the ring (no spinning) and hands each batch to the event loop;
     at most ``SLOTS`` batches are in flight, so a slow node makes the ring fill and
-    the producer block (backpressure).
+    the producer block (backpressure). A corrupt frame stops the drainer (logged and
+    counted in ``ring_errors``); the producer then times out.
     """
 
     SLOTS = 4
@@ -92,10 +99,11 @@ class RingDrainer:
         self.ring = ShmRing.attach(ring_name)
         self.name = ring_name
         self.count = 0  # events acknowledged (stored or refused)
-        self.rejected = 0  # events refused (not leader, too large...)
+        self.rejected = 0  # events refused (not leader, too large, store failed)
+        self.reason = REFUSED_NONE
         self.last_seq = 0  # seq of the last stored event acknowledged
-        # (events, last seq or None if refused, commit_seq to wait for or -1)
-        self.pending: deque[tuple[int, int | None, int]] = deque()
+        # (events, last seq or None if refused, commit_seq to wait for or -1, reason)
+        self.pending: deque[tuple[int, int | None, int, int]] = deque()
         self._slots = threading.Semaphore(self.SLOTS)
         self._stop = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -105,11 +113,16 @@ class RingDrainer:
     def _run(self) -> None:
         ring = self.ring
         while not self._stop.is_set():
-            self._slots.acquire()
+            if not self._slots.acquire(timeout=0.2):
+                continue  # the loop is still busy with earlier batches
             try:
                 batch = ring.get_batch(1 << 16, timeout=0.2)
-            except (RingClosed, ValueError):
+            except RingClosed:
                 self._slots.release()
+                return
+            except ValueError as exc:  # a corrupt frame: shared memory was scribbled on
+                self._slots.release()
+                self._loop.call_soon_threadsafe(self.service.on_ring_error, self, exc)
                 return
             if batch:
                 self._loop.call_soon_threadsafe(self.service.on_ring_batch, self, batch)
@@ -120,9 +133,11 @@ class RingDrainer:
         self._slots.release()
 
     def stop(self) -> None:
+        """Stop the thread; unmap the ring once it has exited (else leave it mapped)."""
         self._stop.set()
-        self._thread.join(2)
-        self.ring.close()
+        self._thread.join(0.5)
+        if not self._thread.is_alive():
+            self.ring.close()
 
 
 class NodeService:
@@ -138,7 +153,8 @@ class NodeService:
         self.page: MetricsPage | None = None
         self.done = asyncio.get_running_loop().create_future()
         self.graceful = False
-        self.counters = {"ring_events": 0, "ring_rejected_events": 0, "control_requests": 0}
+        self.counters = {"ring_events": 0, "ring_rejected_events": 0, "ring_errors": 0,
+                         "control_requests": 0, "control_errors": 0}
         self.ops = {
             "init": self.op_init, "connect": self.op_connect,
             "open_channel": self.op_open_channel, "close_channel": self.op_close_channel,
@@ -172,6 +188,7 @@ class NodeService:
                 result = await result
             self.writer.write(control.response(req_id, True, result))
         except Exception as exc:  # every failure goes back to the caller, node survives
+            self.counters["control_errors"] += 1
             log.debug("op %s failed", op, exc_info=True)
             self.writer.write(control.response(req_id, False, f"{type(exc).__name__}: {exc}"))
 
@@ -271,20 +288,35 @@ class NodeService:
 
     # -- rings -----------------------------------------------------------------------
     def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
-        """Append one ring batch (loop thread); queue its acknowledgement."""
+        """Append one ring batch (loop thread); queue its acknowledgement.
+
+        Every failure is a refusal of the whole batch, reported to the producer with
+        a reason code, logged and counted; the node keeps running.
+        """
         last: int | None = None
-        needed = -1
+        needed, reason = -1, REFUSED_NONE
         try:
             first = self.redex.append(drainer.channel, batch)
             last = first + len(batch) - 1
             needed = self.redex.commit_target(drainer.channel, last)
             self.counters["ring_events"] += len(batch)
-        except NetmeshError as exc:
+        except NotLeader as exc:
+            reason = REFUSED_NOT_LEADER
             log.info("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
+        except PayloadTooLarge as exc:
+            reason = REFUSED_TOO_LARGE
+            log.warning("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
+        except Exception:  # a disk error, a closed file: refuse, never lose the ack
+            reason = REFUSED_STORE_FAILED
+            log.exception("ring %s: %d events could not be stored", drainer.name, len(batch))
         finally:
             drainer.handled()
-        drainer.pending.append((len(batch), last, needed))
+        drainer.pending.append((len(batch), last, needed, reason))
         self.release_acks(drainer)
+
+    def on_ring_error(self, drainer: RingDrainer, exc: Exception) -> None:
+        self.counters["ring_errors"] += 1
+        log.error("ring %s: corrupt frame, drainer stopped: %s", drainer.name, exc)
 
     def release_acks(self, drainer: RingDrainer) -> None:
         """Acknowledge, in order, every queued batch whose commit condition holds.
@@ -294,23 +326,24 @@ class NodeService:
         """
         pending = drainer.pending
         while pending:
-            n, last, needed = pending[0]
+            n, last, needed, reason = pending[0]
             if last is not None and needed >= 0:
                 state = self.redex.is_committed(drainer.channel, needed)
                 if state is False:
                     self.redex.on_commit(drainer.channel, needed,
                                          lambda d=drainer: self.release_acks(d))
                     return
-                if state is None:
-                    last = None
+                if state is None:  # leadership lost before a majority held them
+                    last, reason = None, REFUSED_NOT_LEADER
             pending.popleft()
             drainer.count += n
             if last is None:
                 drainer.rejected += n
+                drainer.reason = reason
                 self.counters["ring_rejected_events"] += n
             else:
                 drainer.last_seq = last
-            drainer.ring.ack(drainer.count, drainer.last_seq, drainer.rejected)
+            drainer.ring.ack(drainer.count, drainer.last_seq, drainer.rejected, drainer.reason)
 
     # -- metrics ---------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -346,6 +379,8 @@ class NodeService:
             self.done.set_result(None)
 
     async def close(self) -> None:
+        for d in self.drainers.values():
+            d._stop.set()  # all threads wind down together, then each is joined
         for d in list(self.drainers.values()):
             d.stop()
         self.redex.close()

@@ -10,7 +10,8 @@ its own 64-byte line so producer and consumer do not false-share::
     word 24 CONSUMER_WAITING (consumer sleeps on the data semaphore)
     word 32 PRODUCER_WAITING (producer sleeps on the space semaphore)
     word 40 PRODUCER_CLOSED  word 48 CONSUMER_CLOSED
-    word 56 ACK_SEQ  word 57 ACK_COUNT  word 58 ACK_REJECTED (consumer -> producer acks)
+    word 56 ACK_SEQ  word 57 ACK_COUNT  word 58 ACK_REJECTED  word 59 ACK_REASON
+                                         (consumer -> producer acknowledgements)
 
 HEAD and TAIL only grow, so ``used = head - tail`` never needs a wrap flag and a
 position's offset in the data area is ``pos % capacity``.
@@ -38,7 +39,7 @@ W_MAGIC, W_CAPACITY = 0, 1
 W_HEAD, W_TAIL = 8, 16
 W_CONSUMER_WAITING, W_PRODUCER_WAITING = 24, 32
 W_PRODUCER_CLOSED, W_CONSUMER_CLOSED = 40, 48
-W_ACK_SEQ, W_ACK_COUNT, W_ACK_REJECTED = 56, 57, 58
+W_ACK_SEQ, W_ACK_COUNT, W_ACK_REJECTED, W_ACK_REASON = 56, 57, 58, 59
 
 FRAME_HEAD = struct.Struct("<II")
 ALIGN = 8

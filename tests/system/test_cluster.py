@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import psutil
@@ -16,7 +17,14 @@ import pytest
 
 from netmesh.cluster import Cluster
 from netmesh.config import ReplicationConfig
-from netmesh.errors import NodeUnresponsive, NotLeader
+from netmesh.errors import (
+    Closed,
+    ConfigError,
+    NetmeshError,
+    NodeUnresponsive,
+    NotLeader,
+    PayloadTooLarge,
+)
 from netmesh.supervisor import WorkerError
 from tests.conftest import wait_until
 
@@ -198,3 +206,69 @@ def test_sigkilled_supervisor_leaves_nothing_behind() -> None:
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_producer_refusals_carry_their_reason() -> None:
+    with Cluster(nodes=1) as c:
+        c.open_channel("plain")
+        p = c.producer(0, "plain")
+        with pytest.raises(PayloadTooLarge):
+            p.append(b"x" * ((1 << 20) + 1))  # checked before it enters the ring
+        p.append_batch([b"ok"] * 10)
+        assert p.flush() == 9
+        c.sup.call(0, "close_channel", name="plain")
+        p.append(b"lost")
+        with pytest.raises(NetmeshError, match="could not store"):
+            p.flush()
+        assert p.refused_total == 1
+        assert c.metrics(fresh=True)["nodes"][0]["counters"]["ring_rejected_events"] == 1
+        c.kill(0)
+        with pytest.raises(Closed):
+            p.append(b"after the node died")
+
+
+def test_quorum_restart_without_data_dir_is_refused() -> None:
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("q", ReplicationConfig(factor=2, heartbeat_ms=HB, ack="quorum"))
+        c.kill(1)
+        with pytest.raises(ConfigError, match="data_dir"):
+            c.restart(1)
+
+
+def test_kill_leader_while_a_producer_streams_loses_no_quorum_ack(tmp_path: Path) -> None:
+    with Cluster(nodes=3, heartbeat_ms=HB, data_dir=str(tmp_path)) as c:
+        c.open_channel("m", ReplicationConfig(factor=3, heartbeat_ms=HB, ack="quorum"))
+        old = leader_of(c, "m")
+        acked: list[bytes] = []
+        sent: list[bytes] = []
+        errors: list[BaseException] = []
+        p = c.producer(old, "m")
+
+        def stream() -> None:
+            i = 0
+            try:
+                while True:
+                    batch = [b"m-%d" % (i + j) for j in range(50)]
+                    p.append_batch(batch, timeout=2)
+                    sent.extend(batch)
+                    p.flush(timeout=2)
+                    acked.extend(batch)
+                    i += 50
+            except NetmeshError as exc:  # the node died under us: stop streaming
+                errors.append(exc)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        wait_until(lambda: len(acked) >= 2000, timeout=10, message="streaming")
+        c.kill(old)  # mid-stream: the producer is appending right now
+        t.join(10)
+        assert not t.is_alive() and errors
+        new = leader_of(c, "m")
+        assert new != old
+        final = history(c, new, "m")
+        assert final[: len(acked)] == acked  # every acknowledged event, in order
+        assert final == sent[: len(final)]  # nothing else but what was sent, in order
+        with c.producer(new, "m") as p2:  # producers continue on the new leader
+            p2.append_batch([b"after"] * 10)
+            p2.flush()
+        assert c.next_seq(new, "m") == len(final) + 10
