@@ -4,6 +4,9 @@ Every figure is measured across real processes: the benchmark process is the
 producer (it writes into shared-memory rings), each node is its own process, node
 traffic is encrypted UDP on loopback. 64 B payloads unless named.
 
+``netmesh bench peers [--netmesh-json OUT]`` measures Redis streams and the Rust wheel
+on the same machine and prints netmesh/peer ratios (see ``netmesh.bench_peers``).
+
 ``netmesh bench all [--quick] [--json OUT] [--plot OUT.png]`` runs (rates are medians
 of three trials):
 
@@ -280,6 +283,11 @@ def plot(results: dict[str, Any], path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "peers":  # Redis and the Rust wheel, same machine, same run
+        from netmesh import bench_peers
+
+        bench_peers.main(argv[1:])
+        return 0
     ap = argparse.ArgumentParser(prog="netmesh bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="?", default="all",

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from netmesh.core import control
-from netmesh.errors import Closed, NetmeshError, NodeUnresponsive
+from netmesh.errors import Closed, DecodeError, NetmeshError, NodeUnresponsive
 from netmesh.shm_ring import unlink_ring
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Worker:
     decoder: control.FrameDecoder = field(default_factory=control.FrameDecoder)
     events: list[list[Any]] = field(default_factory=list)
     responses: dict[int, list[Any]] = field(default_factory=dict)
+    abandoned: set[int] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -111,6 +112,7 @@ class Supervisor:
         while req_id not in w.responses:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                w.abandoned.add(req_id)  # a late answer is dropped, not kept forever
                 raise NodeUnresponsive(f"node {index} did not answer {op!r} within {timeout}s")
             self._pump(w, remaining)
         _, _, ok, value = w.responses.pop(req_id)
@@ -147,9 +149,17 @@ class Supervisor:
         if not data:
             w.proc.wait(5)
             raise NodeUnresponsive(f"node {w.index} exited with code {w.proc.returncode}")
-        for msg in w.decoder.feed(data):
+        try:
+            messages = w.decoder.feed(data)
+        except DecodeError as exc:
+            raise NodeUnresponsive(f"node {w.index} sent garbage on its control channel "
+                                   f"({exc})") from None
+        for msg in messages:
             if msg[0] == control.RESPONSE:
-                w.responses[msg[1]] = msg
+                if msg[1] in w.abandoned:
+                    w.abandoned.discard(msg[1])
+                else:
+                    w.responses[msg[1]] = msg
             else:
                 w.events.append(msg)
 

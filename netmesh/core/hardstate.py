@@ -13,6 +13,7 @@ import msgpack
 from crc32c import crc32c
 
 from netmesh.core.coordinator import HardState
+from netmesh.core.messages import MAX_SEQ, MAX_TERM
 from netmesh.errors import DecodeError
 
 MAGIC = b"NMHS"
@@ -40,9 +41,9 @@ def decode(data: bytes) -> HardState:
         epochs = tuple((int(t), int(s)) for t, s in epochs)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise DecodeError(f"bad hard state body: {exc}") from None
-    if not _u64(term) or not (voted_for is None or _u64(voted_for)):
+    if not (_u64(term) and term <= MAX_TERM) or not (voted_for is None or _u64(voted_for)):
         raise DecodeError("hard state term or vote out of range")
-    if any(not (_u64(t) and _u64(s)) for t, s in epochs):
+    if any(not (_u64(t) and t <= MAX_TERM and _u64(s) and s <= MAX_SEQ) for t, s in epochs):
         raise DecodeError("hard state epoch out of range")
     return HardState(term, voted_for, epochs)
 

@@ -11,7 +11,9 @@ from netmesh.core.coordinator import HardState
 from netmesh.errors import DecodeError
 
 u64 = st.integers(0, 2**64 - 1)
-states = st.builds(HardState, u64, st.none() | u64, st.lists(st.tuples(u64, u64)).map(tuple))
+small = st.integers(0, 2**62)
+states = st.builds(HardState, small, st.none() | u64,
+                   st.lists(st.tuples(small, small)).map(tuple))
 
 
 @given(states)
@@ -35,3 +37,8 @@ def test_every_prefix_and_bit_flip_is_rejected() -> None:
 def test_garbage_raises_only_decode_error(junk: bytes) -> None:
     with pytest.raises(DecodeError):
         hardstate.decode(junk)
+
+
+def test_terms_beyond_the_wire_bound_are_rejected() -> None:
+    with pytest.raises(DecodeError):
+        hardstate.decode(hardstate.encode(HardState(2**63, None, ())))

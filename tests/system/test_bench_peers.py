@@ -1,4 +1,4 @@
-"""tools/bench_peers.py, Redis part: real redis-server processes, started and stopped by it."""
+"""netmesh bench peers, Redis part: real redis-server processes, started and stopped by it."""
 
 from __future__ import annotations
 
@@ -14,15 +14,11 @@ import pytest
 
 pytestmark = pytest.mark.system
 
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench_peers.py"
-
 
 def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from netmesh import bench_peers
+
+    return bench_peers
 
 
 def test_redis_part_measures_and_leaves_no_server(tmp_path: Path) -> None:
