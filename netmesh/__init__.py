@@ -32,8 +32,11 @@ from netmesh.redex import Redex
 from netmesh.redex_file import RedexEvent, RedexFile
 
 # process-level pieces load on first use (they pull in the worker and rich)
-_LAZY = {"Cluster": "netmesh.cluster", "Producer": "netmesh.producer",
-         "ShmRing": "netmesh.shm_ring"}
+_LAZY = {
+    "Cluster": "netmesh.cluster",
+    "Producer": "netmesh.producer",
+    "ShmRing": "netmesh.shm_ring",
+}
 
 
 def __getattr__(name: str) -> Any:

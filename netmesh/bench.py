@@ -80,8 +80,11 @@ def bench_ingest(n: int, trials: int) -> dict[str, float]:
         single = med(_timed_appends(c, 0, "bench/ingest", n // 4, 64, 1) for _ in range(trials))
         batched = med(_timed_appends(c, 0, "bench/ingest", n, 64, 64) for _ in range(trials))
         big = med(_timed_appends(c, 0, "bench/ingest", n // 4, 1024, 64) for _ in range(trials))
-    return {"ingest_single_eps": n // 4 / single, "ingest_batched_eps": n // 64 * 64 / batched,
-            "ingest_batched_1k_mb_s": n // 4 // 64 * 64 * 1024 / big / 1e6}
+    return {
+        "ingest_single_eps": n // 4 / single,
+        "ingest_batched_eps": n // 64 * 64 / batched,
+        "ingest_batched_1k_mb_s": n // 4 // 64 * 64 * 1024 / big / 1e6,
+    }
 
 
 def _replicated_rate(n: int, ack: str) -> float:
@@ -97,17 +100,21 @@ def _replicated_rate(n: int, ack: str) -> float:
                 p.append_batch(chunk)
             p.flush(timeout=120)
             total = n // 64 * 64
-            c.wait_until(lambda: c.next_seq(other, "bench/r") >= total, timeout=120,
-                         interval=0.001, message="replica holds every event")
+            c.wait_until(
+                lambda: c.next_seq(other, "bench/r") >= total,
+                timeout=120,
+                interval=0.001,
+                message="replica holds every event",
+            )
             return total / (time.perf_counter() - t0)
 
 
 def bench_replicated(n: int, trials: int) -> dict[str, float]:
     return {
-        "replicated_eps": statistics.median(_replicated_rate(n, "leader")
-                                            for _ in range(trials)),
-        "replicated_quorum_eps": statistics.median(_replicated_rate(n, "quorum")
-                                                   for _ in range(trials)),
+        "replicated_eps": statistics.median(_replicated_rate(n, "leader") for _ in range(trials)),
+        "replicated_quorum_eps": statistics.median(
+            _replicated_rate(n, "quorum") for _ in range(trials)
+        ),
     }
 
 
@@ -115,8 +122,9 @@ def bench_overhead(n: int, trials: int) -> dict[str, float]:
     """The reference's method: N single appends, replicated vs not, medians of trials."""
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         c.open_channel("bench/plain")
-        c.open_channel("bench/repl", ReplicationConfig(factor=2, heartbeat_ms=500,
-                                                       leader_pinned=c.node_ids[0]))
+        c.open_channel(
+            "bench/repl", ReplicationConfig(factor=2, heartbeat_ms=500, leader_pinned=c.node_ids[0])
+        )
         c.wait_until(lambda: c.leader("bench/repl") == 0, timeout=10, message="pinned leader")
         _timed_appends(c, 0, "bench/plain", n // 10, 64, 1)  # warm-up
         _timed_appends(c, 0, "bench/repl", n // 10, 64, 1)
@@ -138,44 +146,61 @@ def bench_failover(trials: int) -> dict[str, float]:
                 p.flush()
             t0 = time.perf_counter()
             c.kill(old)
-            c.wait_until(lambda old=old: c.leader("bench/f") not in (None, old), timeout=10,
-                         interval=0.002, message="a new leader")
+            c.wait_until(
+                lambda old=old: c.leader("bench/f") not in (None, old),
+                timeout=10,
+                interval=0.002,
+                message="a new leader",
+            )
             samples.append((time.perf_counter() - t0) * 1000)
             c.restart(old)
             c.wait_until(lambda old=old: c.role(old, "bench/f") == "REPLICA", timeout=10)
-    return {"failover_ms_p50": _pct(samples, 50), "failover_ms_p99": _pct(samples, 99),
-            "failover_trials": len(samples)}
+    return {
+        "failover_ms_p50": _pct(samples, 50),
+        "failover_ms_p99": _pct(samples, 99),
+        "failover_trials": len(samples),
+    }
 
 
 def bench_catchup(n: int) -> dict[str, float]:
     """Default budget (0.5 x 125 MB/s: the bucket's 62.5 MB burst, then 62.5 MB/s) and
     an unconstrained budget (10 GB/s NIC peak), to show the budget and the raw path."""
-    return {"catchup_mb_s": _catchup(n, None), "catchup_unbudgeted_mb_s": _catchup(n, 10**10),
-            "catchup_events": n // 64 * 64}
+    return {
+        "catchup_mb_s": _catchup(n, None),
+        "catchup_unbudgeted_mb_s": _catchup(n, 10**10),
+        "catchup_events": n // 64 * 64,
+    }
 
 
 def _catchup(n: int, nic_peak: int | None) -> float:
     size = 1024
     extra = {} if nic_peak is None else {"nic_peak_bytes_per_s": nic_peak}
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
-        c.open_channel("bench/c", ReplicationConfig(factor=2, heartbeat_ms=HB,
-                                                    leader_pinned=c.node_ids[0], **extra))
+        c.open_channel(
+            "bench/c",
+            ReplicationConfig(factor=2, heartbeat_ms=HB, leader_pinned=c.node_ids[0], **extra),
+        )
         c.wait_until(lambda: c.leader("bench/c") == 0, timeout=10, message="pinned leader")
         c.kill(1)
         _timed_appends(c, 0, "bench/c", n, size, 64)
         total = n // 64 * 64
         c.restart(1)
         t0 = time.perf_counter()
-        c.wait_until(lambda: c.next_seq(1, "bench/c") >= total, timeout=300, interval=0.005,
-                     message="catch-up")
+        c.wait_until(
+            lambda: c.next_seq(1, "bench/c") >= total,
+            timeout=300,
+            interval=0.005,
+            message="catch-up",
+        )
         elapsed = time.perf_counter() - t0
     return total * size / elapsed / 1e6
 
 
 def bench_latency(seconds: float, rate: int = 10_000) -> dict[str, float]:
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
-        c.open_channel("bench/l", ReplicationConfig(factor=2, heartbeat_ms=HB,
-                                                    leader_pinned=c.node_ids[0]))
+        c.open_channel(
+            "bench/l", ReplicationConfig(factor=2, heartbeat_ms=HB, leader_pinned=c.node_ids[0])
+        )
         c.wait_until(lambda: c.leader("bench/l") == 0, timeout=10, message="pinned leader")
         with c.producer(0, "bench/l") as p:  # warm-up: the replica acks, so it streams
             p.append_batch([b"w" * 64] * 100)
@@ -196,8 +221,12 @@ def bench_latency(seconds: float, rate: int = 10_000) -> dict[str, float]:
             p.flush()
         c.wait_until(lambda: c.next_seq(1, "bench/l") >= warm + sent, timeout=10)
         lat = c.sup.call(1, "probe_stop", channel="bench/l")
-    return {"replica_latency_ms_p50": _pct(lat, 50), "replica_latency_ms_p99": _pct(lat, 99),
-            "replica_latency_samples": len(lat), "offered_eps": rate}
+    return {
+        "replica_latency_ms_p50": _pct(lat, 50),
+        "replica_latency_ms_p99": _pct(lat, 99),
+        "replica_latency_samples": len(lat),
+        "offered_eps": rate,
+    }
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -210,8 +239,11 @@ def _pct(xs: list[float], q: float) -> float:
 def versions() -> dict[str, Any]:
     from importlib.metadata import version
 
-    out: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                           "platform": platform.platform()}
+    out: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     for pkg in ("netmesh", "msgpack", "cryptography", "posix-ipc", "psutil"):
         try:
             out[f"{pkg}_version"] = version(pkg)
@@ -220,11 +252,17 @@ def versions() -> dict[str, Any]:
     return out
 
 
-BAR = {"ingest_batched_eps": (">=", 1_500_000), "ingest_single_eps": (">=", 400_000),
-       "replicated_eps": (">=", 300_000), "replicated_quorum_eps": (">=", 150_000),
-       "replication_overhead_ratio": ("<=", 1.15), "failover_ms_p99": ("<=", 600),
-       "catchup_mb_s": (">=", 50), "replica_latency_ms_p50": ("<=", 1),
-       "replica_latency_ms_p99": ("<=", 5)}
+BAR = {
+    "ingest_batched_eps": (">=", 1_500_000),
+    "ingest_single_eps": (">=", 400_000),
+    "replicated_eps": (">=", 300_000),
+    "replicated_quorum_eps": (">=", 150_000),
+    "replication_overhead_ratio": ("<=", 1.15),
+    "failover_ms_p99": ("<=", 600),
+    "catchup_mb_s": (">=", 50),
+    "replica_latency_ms_p50": ("<=", 1),
+    "replica_latency_ms_p99": ("<=", 5),
+}
 
 
 def suite(quick: bool) -> list[tuple[str, Callable[[], dict[str, float]]]]:
@@ -248,10 +286,17 @@ def report(results: dict[str, Any]) -> Table:
         if not isinstance(value, float | int) or key.endswith("_version"):
             continue
         op, bar = BAR.get(key, ("", None))
-        meets = "" if bar is None else ("yes" if (value >= bar if op == ">=" else value <= bar)
-                                        else "NO")
-        t.add_row(key, f"{value:,.3f}" if value < 100 else f"{value:,.0f}",
-                  f"{op} {bar:,}" if bar is not None else "", meets)
+        meets = (
+            ""
+            if bar is None
+            else ("yes" if (value >= bar if op == ">=" else value <= bar) else "NO")
+        )
+        t.add_row(
+            key,
+            f"{value:,.3f}" if value < 100 else f"{value:,.0f}",
+            f"{op} {bar:,}" if bar is not None else "",
+            meets,
+        )
     return t
 
 
@@ -263,14 +308,30 @@ def plot(results: dict[str, Any], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    keys = [k for k in ("ingest_single_eps", "ingest_batched_eps", "replicated_eps",
-                        "replicated_quorum_eps") if k in results]
+    keys = [
+        k
+        for k in (
+            "ingest_single_eps",
+            "ingest_batched_eps",
+            "replicated_eps",
+            "replicated_quorum_eps",
+        )
+        if k in results
+    ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.bar(keys, [results[k] for k in keys], color="#3b7dd8")
     ax1.set_ylabel("events/s (64 B)")
     ax1.tick_params(axis="x", rotation=20)
-    lat = [k for k in ("replica_latency_ms_p50", "replica_latency_ms_p99", "failover_ms_p50",
-                       "failover_ms_p99") if k in results]
+    lat = [
+        k
+        for k in (
+            "replica_latency_ms_p50",
+            "replica_latency_ms_p99",
+            "failover_ms_p50",
+            "failover_ms_p99",
+        )
+        if k in results
+    ]
     ax2.bar(lat, [results[k] for k in lat], color="#d8833b")
     ax2.set_ylabel("ms")
     ax2.set_yscale("log")
@@ -288,11 +349,17 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_peers.main(argv[1:])
         return 0
-    ap = argparse.ArgumentParser(prog="netmesh bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", nargs="?", default="all",
-                    choices=["all", "ingest", "replicated", "overhead", "failover", "catchup",
-                             "latency"])
+    ap = argparse.ArgumentParser(
+        prog="netmesh bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "which",
+        nargs="?",
+        default="all",
+        choices=["all", "ingest", "replicated", "overhead", "failover", "catchup", "latency"],
+    )
     ap.add_argument("--quick", action="store_true", help="smaller runs (< 3 minutes)")
     ap.add_argument("--json", help="write the figures to this JSON file")
     ap.add_argument("--plot", help="write a PNG plot (needs the 'bench' extra: matplotlib)")

@@ -63,23 +63,42 @@ TMP_PREFIX = "netmesh-peers-redis-"
 
 # netmesh figure -> peer figure comparisons (first netmesh key found is used).
 RATIO_SPECS: list[tuple[str, tuple[str, ...], str]] = [
-    ("replicated vs Redis XADD + async replica, 64 B",
-     ("replicated_eps",), "redis_replica_async_64b_eps"),
-    ("replicated (quorum-acked) vs Redis XADD + WAIT 1, 64 B",
-     ("replicated_acked_eps", "replicated_quorum_eps", "replicated_eps"),
-     "redis_replica_wait1_64b_eps"),
-    ("replicated vs Redis XADD, no replica, 64 B",
-     ("replicated_eps",), "redis_no_replica_64b_eps"),
-    ("ingest single vs net-mesh wheel append, 64 B",
-     ("ingest_single_eps",), "net_mesh_append_single_64b_eps"),
-    ("ingest batched vs net-mesh wheel append_batch, 64 B",
-     ("ingest_batched_eps",), "net_mesh_append_batch_64b_eps"),
-    ("ingest batched vs Redis XADD pipelined, no replica, 64 B",
-     ("ingest_batched_eps",), "redis_no_replica_64b_eps"),
-    ("ingest batched MB/s vs net-mesh wheel append_batch MB/s, 1 KiB",
-     ("ingest_batched_1k_mb_s",), "net_mesh_append_batch_1024b_mb_s"),
-    ("ingest batched MB/s vs Redis XADD, no replica MB/s, 1 KiB",
-     ("ingest_batched_1k_mb_s",), "redis_no_replica_1024b_mb_s"),
+    (
+        "replicated vs Redis XADD + async replica, 64 B",
+        ("replicated_eps",),
+        "redis_replica_async_64b_eps",
+    ),
+    (
+        "replicated (quorum-acked) vs Redis XADD + WAIT 1, 64 B",
+        ("replicated_acked_eps", "replicated_quorum_eps", "replicated_eps"),
+        "redis_replica_wait1_64b_eps",
+    ),
+    ("replicated vs Redis XADD, no replica, 64 B", ("replicated_eps",), "redis_no_replica_64b_eps"),
+    (
+        "ingest single vs net-mesh wheel append, 64 B",
+        ("ingest_single_eps",),
+        "net_mesh_append_single_64b_eps",
+    ),
+    (
+        "ingest batched vs net-mesh wheel append_batch, 64 B",
+        ("ingest_batched_eps",),
+        "net_mesh_append_batch_64b_eps",
+    ),
+    (
+        "ingest batched vs Redis XADD pipelined, no replica, 64 B",
+        ("ingest_batched_eps",),
+        "redis_no_replica_64b_eps",
+    ),
+    (
+        "ingest batched MB/s vs net-mesh wheel append_batch MB/s, 1 KiB",
+        ("ingest_batched_1k_mb_s",),
+        "net_mesh_append_batch_1024b_mb_s",
+    ),
+    (
+        "ingest batched MB/s vs Redis XADD, no replica MB/s, 1 KiB",
+        ("ingest_batched_1k_mb_s",),
+        "redis_no_replica_1024b_mb_s",
+    ),
 ]
 
 
@@ -173,15 +192,33 @@ class RedisServer:
                 f.write(str(os.getpid()))
             self.port = _free_port()
             self.log_path = os.path.join(self.tmpdir, "redis.log")
-            cmd = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no", "--daemonize", "no",
-                   "--dir", self.tmpdir, "--repl-diskless-sync-delay", "0"]
+            cmd = [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                self.tmpdir,
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
             if self.replicaof is not None:
                 cmd += ["--replicaof", "127.0.0.1", str(self.replicaof)]
             self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT,
-                                         preexec_fn=_parent_death_signal)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_parent_death_signal,
+            )
             deadline = time.monotonic() + READY_TIMEOUT_S
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -251,8 +288,9 @@ def _sweep_stale_tmpdirs() -> list[str]:
 
 def _redis_server_version(exe: str) -> str | None:
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10,
-                             check=False).stdout
+        out = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"v=(\S+)", out)
@@ -267,9 +305,11 @@ def _wait_replica_link(primary: Any, replica: Any, timeout: float) -> float:
         r_info = replica.info("replication")
         p_info = primary.info("replication")
         slave0 = p_info.get("slave0") or {}
-        if (r_info.get("master_link_status") == "up"
-                and int(p_info.get("connected_slaves", 0)) >= 1
-                and (not isinstance(slave0, dict) or slave0.get("state", "online") == "online")):
+        if (
+            r_info.get("master_link_status") == "up"
+            and int(p_info.get("connected_slaves", 0)) >= 1
+            and (not isinstance(slave0, dict) or slave0.get("state", "online") == "online")
+        ):
             # "online" can precede the command stream (Redis 7 starts it on the replica's
             # first REPLCONF ACK, up to ~1 s later): require one write acknowledged by WAIT.
             primary.set("netmesh-peers:link", b"1")
@@ -277,17 +317,20 @@ def _wait_replica_link(primary: Any, replica: Any, timeout: float) -> float:
                 primary.delete("netmesh-peers:link")
                 return time.monotonic() - t0
         if time.monotonic() > deadline:
-            raise RuntimeError(f"replica link not up after {timeout}s: "
-                               f"replica={r_info.get('master_link_status')!r} "
-                               f"primary connected_slaves={p_info.get('connected_slaves')}")
+            raise RuntimeError(
+                f"replica link not up after {timeout}s: "
+                f"replica={r_info.get('master_link_status')!r} "
+                f"primary connected_slaves={p_info.get('connected_slaves')}"
+            )
         time.sleep(0.02)  # polling cadence while the replica syncs
 
 
 # --------------------------------------------------------------------------- redis cases
 
 
-def _xadd_batches(client: Any, key: str, payload: bytes, n: int, batch: int,
-                  wait_timeout_ms: int | None) -> int:
+def _xadd_batches(
+    client: Any, key: str, payload: bytes, n: int, batch: int, wait_timeout_ms: int | None
+) -> int:
     """Pipelined XADDs in batches; with ``wait_timeout_ms`` append WAIT 1 to every batch.
 
     Returns the number of batches whose WAIT saw no replica acknowledgement."""
@@ -311,12 +354,21 @@ def _xadd_batches(client: Any, key: str, payload: bytes, n: int, batch: int,
     return wait_misses
 
 
-def _run_case(mode: str, primary: Any, replica: Any | None, key: str, payload: bytes, n: int,
-              batch: int, wait_timeout_ms: int) -> dict[str, Any]:
+def _run_case(
+    mode: str,
+    primary: Any,
+    replica: Any | None,
+    key: str,
+    payload: bytes,
+    n: int,
+    batch: int,
+    wait_timeout_ms: int,
+) -> dict[str, Any]:
     c0 = time.process_time()
     t0 = time.perf_counter()
-    misses = _xadd_batches(primary, key, payload, n, batch,
-                           wait_timeout_ms if mode == "replica_wait1" else None)
+    misses = _xadd_batches(
+        primary, key, payload, n, batch, wait_timeout_ms if mode == "replica_wait1" else None
+    )
     t_primary = time.perf_counter()
     c1 = time.process_time()
     out: dict[str, Any] = {}
@@ -354,8 +406,14 @@ REDIS_MODES = [
 ]
 
 
-def bench_redis(sizes: list[int], events: int, runs: int, batch: int, wait_timeout_ms: int,
-                log: Callable[[str], None]) -> dict[str, Any]:
+def bench_redis(
+    sizes: list[int],
+    events: int,
+    runs: int,
+    batch: int,
+    wait_timeout_ms: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     result: dict[str, Any] = {"available": False, "cases": [], "server_pids": []}
     exe = shutil.which("redis-server")
     if exe is None:
@@ -397,8 +455,10 @@ def bench_redis(sizes: list[int], events: int, runs: int, batch: int, wait_timeo
         c_solo, c_prim, c_repl = connect(solo.port), connect(prim.port), connect(repl.port)
         result["replica_link_up_s"] = round(_wait_replica_link(c_prim, c_repl, LINK_TIMEOUT_S), 3)
         result["redis_server_info_version"] = c_solo.info("server").get("redis_version")
-        log(f"redis: servers up (pids {result['server_pids']}), replica link up in "
-            f"{result['replica_link_up_s']}s")
+        log(
+            f"redis: servers up (pids {result['server_pids']}), replica link up in "
+            f"{result['replica_link_up_s']}s"
+        )
         # Warm-up: one batch per primary, not measured.
         for c in (c_solo, c_prim):
             _xadd_batches(c, "warmup", b"w" * 64, batch, batch, None)
@@ -412,19 +472,28 @@ def bench_redis(sizes: list[int], events: int, runs: int, batch: int, wait_timeo
                     primary = c_solo if mode == "no_replica" else c_prim
                     replica = None if mode == "no_replica" else c_repl
                     key = f"bench:{mode}:{size}:{run}"
-                    s = _run_case(mode, primary, replica, key, payload, events, batch,
-                                  wait_timeout_ms)
+                    s = _run_case(
+                        mode, primary, replica, key, payload, events, batch, wait_timeout_ms
+                    )
                     samples.setdefault((mode, size), []).append(s)
-                    log(f"redis: {mode:14s} {size:5d} B run {run + 1}/{runs}: "
-                        f"{_fmt_eps(s['eps'])} ev/s")
+                    log(
+                        f"redis: {mode:14s} {size:5d} B run {run + 1}/{runs}: "
+                        f"{_fmt_eps(s['eps'])} ev/s"
+                    )
         for size in sizes:
             for mode, label in REDIS_MODES:
                 ss = samples[(mode, size)]
                 eps = _median([s["eps"] for s in ss])
                 case: dict[str, Any] = {
-                    "name": f"redis_{mode}_{size}b", "system": "redis", "mode": mode,
-                    "label": label, "payload_bytes": size, "events": events, "batch": batch,
-                    "eps": eps, "mb_s": eps * size / 1e6,
+                    "name": f"redis_{mode}_{size}b",
+                    "system": "redis",
+                    "mode": mode,
+                    "label": label,
+                    "payload_bytes": size,
+                    "events": events,
+                    "batch": batch,
+                    "eps": eps,
+                    "mb_s": eps * size / 1e6,
                     "runs_eps": [s["eps"] for s in ss],
                     "client_cpu_pct": _median([s["client_cpu_pct"] for s in ss]),
                 }
@@ -454,15 +523,20 @@ def bench_redis(sizes: list[int], events: int, runs: int, batch: int, wait_timeo
 # --------------------------------------------------------------------------- net-mesh wheel
 
 
-def bench_net_mesh_wheel(sizes: list[int], events: int, runs: int, batch: int,
-                         log: Callable[[str], None]) -> dict[str, Any]:
-    result: dict[str, Any] = {"available": False, "cases": [],
-                              "net_mesh_version": _version("net-mesh")}
+def bench_net_mesh_wheel(
+    sizes: list[int], events: int, runs: int, batch: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "available": False,
+        "cases": [],
+        "net_mesh_version": _version("net-mesh"),
+    }
     try:
         import net  # the Rust crate's wheel: pip install net-mesh==0.24.0
     except Exception as e:  # ImportError, or a broken binary module
-        result["error"] = (f"net-mesh wheel not importable ({type(e).__name__}: {e}); "
-                           "pip install net-mesh==0.24.0")
+        result["error"] = (
+            f"net-mesh wheel not importable ({type(e).__name__}: {e}); pip install net-mesh==0.24.0"
+        )
         return result
     redex_cls = getattr(net, "Redex", None)
     if redex_cls is None or not hasattr(redex_cls, "open_file"):
@@ -505,17 +579,26 @@ def bench_net_mesh_wheel(sizes: list[int], events: int, runs: int, batch: int,
                     finally:
                         f.close()
                         del f, redex
-                    log(f"net-mesh: {variant:13s} {size:5d} B run {run + 1}/{runs}: "
-                        f"{_fmt_eps(runs_eps[-1])} ev/s")
+                    log(
+                        f"net-mesh: {variant:13s} {size:5d} B run {run + 1}/{runs}: "
+                        f"{_fmt_eps(runs_eps[-1])} ev/s"
+                    )
                 eps = _median(runs_eps)
-                result["cases"].append({
-                    "name": f"net_mesh_{variant}_{size}b", "system": "net-mesh wheel",
-                    "mode": variant,
-                    "label": f"net-mesh {result['net_mesh_version']} wheel "
-                    f"{'append' if b is None else f'append_batch({b})'}, heap",
-                    "payload_bytes": size, "events": n, "batch": b or 1, "eps": eps,
-                    "mb_s": eps * size / 1e6, "runs_eps": runs_eps,
-                })
+                result["cases"].append(
+                    {
+                        "name": f"net_mesh_{variant}_{size}b",
+                        "system": "net-mesh wheel",
+                        "mode": variant,
+                        "label": f"net-mesh {result['net_mesh_version']} wheel "
+                        f"{'append' if b is None else f'append_batch({b})'}, heap",
+                        "payload_bytes": size,
+                        "events": n,
+                        "batch": b or 1,
+                        "eps": eps,
+                        "mb_s": eps * size / 1e6,
+                        "runs_eps": runs_eps,
+                    }
+                )
         if not has_batch:
             result["note"] = "RedexFile has no append_batch: only single appends measured"
         result["available"] = True
@@ -560,8 +643,16 @@ def compute_ratios(netmesh: dict[str, float], peers: dict[str, float]) -> list[d
         nm = netmesh.get(nm_key) if nm_key else None
         peer = peers.get(peer_key)
         ratio = nm / peer if nm is not None and peer else None
-        out.append({"label": label, "netmesh_key": nm_key or nm_keys[0], "netmesh_value": nm,
-                    "peer_key": peer_key, "peer_value": peer, "ratio": ratio})
+        out.append(
+            {
+                "label": label,
+                "netmesh_key": nm_key or nm_keys[0],
+                "netmesh_value": nm,
+                "peer_key": peer_key,
+                "peer_value": peer,
+                "ratio": ratio,
+            }
+        )
     return out
 
 
@@ -574,25 +665,42 @@ def _render(report: dict[str, Any]) -> None:
     for c in cases:
         extra = ""
         if "catch_up_ms" in c:
-            extra = (f"primary alone {_fmt_eps(c['primary_only_eps'])}/s; "
-                     f"replica caught up {'/'.join(f'{x:g}' for x in c['catch_up_ms'])} ms later")
+            extra = (
+                f"primary alone {_fmt_eps(c['primary_only_eps'])}/s; "
+                f"replica caught up {'/'.join(f'{x:g}' for x in c['catch_up_ms'])} ms later"
+            )
         elif "wait_misses" in c:
             extra = f"WAIT timeout {c['wait_timeout_ms']} ms, misses {c['wait_misses']}"
         cpu = c.get("client_cpu_pct")
-        rows.append([c["label"], f"{c['payload_bytes']}", _fmt_eps(c["eps"]), f"{c['mb_s']:.2f}",
-                     "-" if cpu is None else f"{cpu:.0f}", extra])
+        rows.append(
+            [
+                c["label"],
+                f"{c['payload_bytes']}",
+                _fmt_eps(c["eps"]),
+                f"{c['mb_s']:.2f}",
+                "-" if cpu is None else f"{cpu:.0f}",
+                extra,
+            ]
+        )
     head = ["system / mode", "payload B", "ev/s", "MB/s", "client CPU %", "notes"]
     notes = []
     for part in ("redis", "net_mesh_wheel"):
         if report[part].get("error"):
             notes.append(f"{part}: NOT MEASURED: {report[part]['error']}")
-    ratio_rows = [[r["label"], _fmt_figure(r["netmesh_key"], r["netmesh_value"]),
-                   _fmt_figure(r["peer_key"], r["peer_value"]),
-                   "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"]
-                  for r in report.get("ratios", [])]
+    ratio_rows = [
+        [
+            r["label"],
+            _fmt_figure(r["netmesh_key"], r["netmesh_value"]),
+            _fmt_figure(r["peer_key"], r["peer_value"]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+        ]
+        for r in report.get("ratios", [])
+    ]
     ratio_head = ["netmesh / peer", "netmesh", "peer", "ratio"]
-    title = (f"Peers on this machine ({report['machine']['cpu_count']} CPUs, "
-             f"{report['params']['runs']} run(s), median)")
+    title = (
+        f"Peers on this machine ({report['machine']['cpu_count']} CPUs, "
+        f"{report['params']['runs']} run(s), median)"
+    )
     try:
         from rich.console import Console
         from rich.table import Table
@@ -617,8 +725,14 @@ def _render(report: dict[str, Any]) -> None:
         console.print(n, markup=False)
 
 
-def _render_plain(title: str, head: list[str], rows: list[list[str]], ratio_head: list[str],
-                  ratio_rows: list[list[str]], notes: list[str]) -> None:
+def _render_plain(
+    title: str,
+    head: list[str],
+    rows: list[list[str]],
+    ratio_head: list[str],
+    ratio_rows: list[list[str]],
+    notes: list[str],
+) -> None:
     def table(h: list[str], rs: list[list[str]]) -> None:
         widths = [max(len(x) for x in col) for col in zip(h, *rs, strict=False)]
         print("  ".join(x.ljust(w) for x, w in zip(h, widths, strict=True)))
@@ -640,20 +754,36 @@ def _render_plain(title: str, head: list[str], rows: list[list[str]], ratio_head
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small counts, one run (< ~60 s)")
-    p.add_argument("--parts", default="redis,wheel",
-                   help="comma list of parts to run: redis, wheel (default both)")
+    p.add_argument(
+        "--parts",
+        default="redis,wheel",
+        help="comma list of parts to run: redis, wheel (default both)",
+    )
     p.add_argument("--sizes", default="64,1024", help="payload sizes in bytes (default 64,1024)")
-    p.add_argument("--events", type=int, default=None,
-                   help="events per Redis case (default 100000; --quick 20000)")
-    p.add_argument("--wheel-events", type=int, default=None,
-                   help="events per net-mesh wheel case (default 1000000; --quick 200000)")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="events per Redis case (default 100000; --quick 20000)",
+    )
+    p.add_argument(
+        "--wheel-events",
+        type=int,
+        default=None,
+        help="events per net-mesh wheel case (default 1000000; --quick 200000)",
+    )
     p.add_argument("--runs", type=int, default=None, help="runs per case (default 3; --quick 1)")
     p.add_argument("--batch", type=int, default=500, help="XADDs per Redis pipeline batch")
-    p.add_argument("--wheel-batch", type=int, default=64,
-                   help="payloads per net-mesh append_batch (default 64, as netmesh bench)")
+    p.add_argument(
+        "--wheel-batch",
+        type=int,
+        default=64,
+        help="payloads per net-mesh append_batch (default 64, as netmesh bench)",
+    )
     p.add_argument("--wait-timeout-ms", type=int, default=1000, help="WAIT 1 <timeout> in ms")
     p.add_argument("--netmesh-json", metavar="PATH", help="JSON from `netmesh bench all --json`")
     p.add_argument("--json", metavar="OUT", help="write all figures to this JSON file")
@@ -687,22 +817,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            "cpu_affinity": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
             else None,
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "params": {"quick": a.quick, "sizes": a.sizes, "events": a.events,
-                   "wheel_events": a.wheel_events, "runs": a.runs, "batch": a.batch,
-                   "wheel_batch": a.wheel_batch,
-                   "wait_timeout_ms": a.wait_timeout_ms, "parts": sorted(a.parts)},
+        "params": {
+            "quick": a.quick,
+            "sizes": a.sizes,
+            "events": a.events,
+            "wheel_events": a.wheel_events,
+            "runs": a.runs,
+            "batch": a.batch,
+            "wheel_batch": a.wheel_batch,
+            "wait_timeout_ms": a.wait_timeout_ms,
+            "parts": sorted(a.parts),
+        },
     }
     skipped = {"available": False, "cases": [], "error": "skipped (--parts)"}
-    report["redis"] = (bench_redis(a.sizes, a.events, a.runs, a.batch, a.wait_timeout_ms, log)
-                       if "redis" in a.parts else dict(skipped))
-    report["net_mesh_wheel"] = (bench_net_mesh_wheel(a.sizes, a.wheel_events, a.runs,
-                                                     a.wheel_batch, log)
-                                if "wheel" in a.parts else dict(skipped))
+    report["redis"] = (
+        bench_redis(a.sizes, a.events, a.runs, a.batch, a.wait_timeout_ms, log)
+        if "redis" in a.parts
+        else dict(skipped)
+    )
+    report["net_mesh_wheel"] = (
+        bench_net_mesh_wheel(a.sizes, a.wheel_events, a.runs, a.wheel_batch, log)
+        if "wheel" in a.parts
+        else dict(skipped)
+    )
     report["versions"] = {
         "python": platform.python_version(),
         "redis_server": report["redis"].get("redis_server_version"),

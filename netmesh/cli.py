@@ -52,8 +52,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console = _console()
     n = args.events
     with Cluster(nodes=3, heartbeat_ms=args.heartbeat_ms) as c:
-        console.print(f"3 node processes up: pids {[c.info[i]['pid'] for i in range(3)]}, "
-                      "encrypted UDP mesh on 127.0.0.1")
+        console.print(
+            f"3 node processes up: pids {[c.info[i]['pid'] for i in range(3)]}, "
+            "encrypted UDP mesh on 127.0.0.1"
+        )
         c.open_channel(CHANNEL, ReplicationConfig(factor=3, heartbeat_ms=args.heartbeat_ms))
         lead = _leader(c, CHANNEL)
         console.print(f"node {lead} was elected leader of {CHANNEL!r}")
@@ -63,10 +65,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 p.append_batch([b"order-%d" % j for j in range(i, min(n, i + 1000))])
             last = p.flush()
         dt = time.perf_counter() - t0
-        console.print(f"appended {last + 1:,} events through a shared-memory ring in {dt:.2f}s "
-                      f"({(last + 1) / dt:,.0f} events/s)")
-        c.wait_until(lambda: all(c.next_seq(i, CHANNEL) == n for i in range(3)), timeout=20,
-                     message="replicas catch up")
+        console.print(
+            f"appended {last + 1:,} events through a shared-memory ring in {dt:.2f}s "
+            f"({(last + 1) / dt:,.0f} events/s)"
+        )
+        c.wait_until(
+            lambda: all(c.next_seq(i, CHANNEL) == n for i in range(3)),
+            timeout=20,
+            message="replicas catch up",
+        )
         console.print(f"replicas caught up {time.perf_counter() - t0:.2f}s after the first append")
         _show(console, c, "after the appends")
         t1 = time.perf_counter()
@@ -78,8 +85,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             p.append_batch([b"after-failover-%d" % j for j in range(1000)])
             last = p.flush()
         c.restart(lead)
-        c.wait_until(lambda: all(c.next_seq(i, CHANNEL) == last + 1 for i in range(3)),
-                     timeout=20, message="restarted node catches up")
+        c.wait_until(
+            lambda: all(c.next_seq(i, CHANNEL) == last + 1 for i in range(3)),
+            timeout=20,
+            message="restarted node catches up",
+        )
         console.print(f"node {lead} restarted and caught up to seq {last}")
         _show(console, c, "after failover and restart")
         histories = [c.read_range(i, CHANNEL, 0, last + 1) for i in range(3)]
@@ -99,12 +109,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     cfg = ReplicationConfig(factor=args.factor, heartbeat_ms=args.heartbeat_ms, ack=args.ack)
-    with Cluster(nodes=args.nodes, heartbeat_ms=args.heartbeat_ms,
-                 data_dir=args.data_dir) as c:
+    with Cluster(nodes=args.nodes, heartbeat_ms=args.heartbeat_ms, data_dir=args.data_dir) as c:
         c.open_channel(args.channel, cfg)
-        run_path = status.write_run_file(os.getpid(), {
-            "pages": [c.pages[i].name for i in range(c.size)],
-            "pids": [c.info[i]["pid"] for i in range(c.size)], "node_ids": c.node_ids})
+        run_path = status.write_run_file(
+            os.getpid(),
+            {
+                "pages": [c.pages[i].name for i in range(c.size)],
+                "pids": [c.info[i]["pid"] for i in range(c.size)],
+                "node_ids": c.node_ids,
+            },
+        )
         try:
             _up_loop(console, c, args, lambda: stop)
         finally:
@@ -126,17 +140,22 @@ def _up_loop(console: Console, c: Cluster, args: argparse.Namespace, stopped: An
                 producer = _feed(c, args, producer, payload)
             if tick - prev_t >= 0.5 or prev is None:
                 snap = c.metrics()
-                live.update(status.table(status.rows(snap, prev, tick - prev_t),
-                                         title=f"netmesh up: {args.nodes} nodes, "
-                                               f"channel {args.channel!r} (Ctrl-C stops)"))
+                live.update(
+                    status.table(
+                        status.rows(snap, prev, tick - prev_t),
+                        title=f"netmesh up: {args.nodes} nodes, "
+                        f"channel {args.channel!r} (Ctrl-C stops)",
+                    )
+                )
                 prev, prev_t = snap, tick
             time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
     if producer is not None:
         producer.close()
 
 
-def _feed(c: Cluster, args: argparse.Namespace, producer: Producer | None,
-          payload: bytes) -> Producer | None:
+def _feed(
+    c: Cluster, args: argparse.Namespace, producer: Producer | None, payload: bytes
+) -> Producer | None:
     """Append ``rate / 10`` events (called every 100 ms) on the current leader."""
     lead = c.leader(args.channel)
     if lead is None:
@@ -191,8 +210,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="netmesh", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="netmesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     demo = sub.add_parser("demo", help="3-node replication + failover demo; exits 0")
     demo.add_argument("--events", type=int, default=100_000)

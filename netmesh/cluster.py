@@ -42,10 +42,18 @@ T = TypeVar("T")
 class Cluster:
     """Supervisor of ``nodes`` node processes on loopback; see the module doc."""
 
-    def __init__(self, nodes: int = 3, psk: bytes | None = None, heartbeat_ms: int = 150,
-                 data_dir: str | None = None, ring_bytes: int = 1 << 22,
-                 mesh_heartbeat: float = 0.25, session_timeout: float = 2.0,
-                 max_datagram: int = 32768, start: bool = True) -> None:
+    def __init__(
+        self,
+        nodes: int = 3,
+        psk: bytes | None = None,
+        heartbeat_ms: int = 150,
+        data_dir: str | None = None,
+        ring_bytes: int = 1 << 22,
+        mesh_heartbeat: float = 0.25,
+        session_timeout: float = 2.0,
+        max_datagram: int = 32768,
+        start: bool = True,
+    ) -> None:
         if nodes < 1:
             raise ConfigError("a cluster needs at least one node")
         if psk is not None and len(psk) != 32:
@@ -96,9 +104,13 @@ class Cluster:
             for i in range(self.size):
                 me = self.node_ids[i]
                 initiate = [p["node_id"] for p in peers if p["node_id"] > me]
-                self.sup.call(i, "connect", timeout=15,
-                              peers=[p for p in peers if p["node_id"] != me],
-                              initiate=initiate if initiate_pass else [])
+                self.sup.call(
+                    i,
+                    "connect",
+                    timeout=15,
+                    peers=[p for p in peers if p["node_id"] != me],
+                    initiate=initiate if initiate_pass else [],
+                )
         self.wait_until(self._fully_connected, timeout=10, message="full mesh")
 
     def _spawn(self, i: int) -> None:
@@ -108,14 +120,26 @@ class Cluster:
             page = self.pages[i] = MetricsPage.create(self.sup.name("metrics", i))
         data_dir = os.path.join(self.data_dir, f"node{i}") if self.data_dir else None
         self.info[i] = self.sup.call(
-            i, "init", timeout=20, index=i, private_key=self.keys[i].private_key, psk=self.psk,
-            heartbeat_interval=self.mesh_heartbeat, session_timeout=self.session_timeout,
-            max_datagram=self.max_datagram, data_dir=data_dir, metrics_page=page.name)
+            i,
+            "init",
+            timeout=20,
+            index=i,
+            private_key=self.keys[i].private_key,
+            psk=self.psk,
+            heartbeat_interval=self.mesh_heartbeat,
+            session_timeout=self.session_timeout,
+            max_datagram=self.max_datagram,
+            data_dir=data_dir,
+            metrics_page=page.name,
+        )
         self.info[i]["alive"] = True
 
     def _peer_entry(self, i: int) -> dict[str, Any]:
-        return {"node_id": self.node_ids[i], "public_key": self.keys[i].public_key,
-                "addr": self.info[i]["addr"]}
+        return {
+            "node_id": self.node_ids[i],
+            "public_key": self.keys[i].public_key,
+            "addr": self.info[i]["addr"],
+        }
 
     def _fully_connected(self) -> bool:
         for i in self.running():
@@ -148,21 +172,24 @@ class Cluster:
         if self.sup.exit_code(i) is None:
             raise NetmeshError(f"node {i} is still running")
         if self.data_dir is None and any(
-                cfg is not None and cfg.ack == "quorum" and self._holds(i, name)
-                for name, cfg in self.channels.items()):
+            cfg is not None and cfg.ack == "quorum" and self._holds(i, name)
+            for name, cfg in self.channels.items()
+        ):
             # Raft's rule: a member that forgot its log and votes could elect a leader
             # without a committed event. Like etcd, refuse rather than risk it.
-            raise ConfigError(f"node {i} holds ack='quorum' channels and would restart "
-                              "without its log and votes: use Cluster(data_dir=...)")
+            raise ConfigError(
+                f"node {i} holds ack='quorum' channels and would restart "
+                "without its log and votes: use Cluster(data_dir=...)"
+            )
         self._spawn(i)
         others = [j for j in self.running() if j != i]
         peers = [self._peer_entry(j) for j in range(self.size) if j != i]
-        self.sup.call(i, "connect", timeout=15, peers=peers,
-                      initiate=[self.node_ids[j] for j in others])
+        self.sup.call(
+            i, "connect", timeout=15, peers=peers, initiate=[self.node_ids[j] for j in others]
+        )
         for name, cfg in self.channels.items():
             if self._holds(i, name):
-                self.sup.call(i, "open_channel", name=name,
-                              replication=replication_to_dict(cfg))
+                self.sup.call(i, "open_channel", name=name, replication=replication_to_dict(cfg))
         if self.blocked[i]:
             self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
 
@@ -187,15 +214,17 @@ class Cluster:
         the first ``factor`` nodes unless ``replication.placement`` is pinned already."""
         if replication is not None and replication.placement.kind != "pinned":
             members = self.node_ids[: replication.factor]
-            replication = ReplicationConfig(**{**replication.__dict__,
-                                               "placement": PlacementStrategy.pinned(members)})
+            replication = ReplicationConfig(
+                **{**replication.__dict__, "placement": PlacementStrategy.pinned(members)}
+            )
         if replication is not None:
             replication.validate()
         self.channels[name] = replication
         for i in self.running():
             if self._holds(i, name):
-                self.sup.call(i, "open_channel", name=name,
-                              replication=replication_to_dict(replication))
+                self.sup.call(
+                    i, "open_channel", name=name, replication=replication_to_dict(replication)
+                )
 
     def _holds(self, i: int, name: str) -> bool:
         """Whether node ``i`` holds channel ``name`` (every node, or the pinned members)."""
@@ -252,11 +281,12 @@ class Cluster:
         return int(self.sup.call(node, "next_seq", channel=channel))
 
     def read_range(self, node: int, channel: str, start: int, end: int) -> list[bytes]:
-        return list(self.sup.call(node, "read_range", channel=channel, start=start, end=end,
-                                  timeout=30))
+        return list(
+            self.sup.call(node, "read_range", channel=channel, start=start, end=end, timeout=30)
+        )
 
     def role(self, node: int, channel: str) -> str | None:
-        """"LEADER", "REPLICA", "CANDIDATE", "IDLE", or None (not replicated)."""
+        """ "LEADER", "REPLICA", "CANDIDATE", "IDLE", or None (not replicated)."""
         return self.sup.call(node, "role", channel=channel)  # type: ignore[no-any-return]
 
     def leader(self, channel: str) -> int | None:
@@ -275,8 +305,11 @@ class Cluster:
         """Drop all traffic between nodes of different groups (both directions)."""
         group_of = {i: g for g, members in enumerate(groups) for i in members}
         for i in range(self.size):
-            self.blocked[i] = {self.node_ids[j] for j in range(self.size)
-                               if j != i and group_of.get(j) != group_of.get(i)}
+            self.blocked[i] = {
+                self.node_ids[j]
+                for j in range(self.size)
+                if j != i and group_of.get(j) != group_of.get(i)
+            }
         for i in self.running():
             self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
 
@@ -287,8 +320,13 @@ class Cluster:
         self.blocked = {i: set() for i in range(self.size)}
 
     # -- observation -----------------------------------------------------------------
-    def wait_until(self, predicate: Callable[[], T], timeout: float = 5.0,
-                   interval: float = 0.005, message: str = "condition") -> T:
+    def wait_until(
+        self,
+        predicate: Callable[[], T],
+        timeout: float = 5.0,
+        interval: float = 0.005,
+        message: str = "condition",
+    ) -> T:
         """Poll ``predicate`` until truthy (see netmesh.testing.wait); TimeoutError."""
         return wait_until(predicate, timeout, interval, message)
 
@@ -300,9 +338,15 @@ class Cluster:
         channel instead.
         """
         nodes = [
-            node_entry(i, self.node_ids[i], self.info.get(i, {}).get("pid"),
-                       self.sup.exit_code(i) is None, self.sup.exit_code(i),
-                       self._node_metrics(i, fresh), self.sup.process_stats(i))
+            node_entry(
+                i,
+                self.node_ids[i],
+                self.info.get(i, {}).get("pid"),
+                self.sup.exit_code(i) is None,
+                self.sup.exit_code(i),
+                self._node_metrics(i, fresh),
+                self.sup.process_stats(i),
+            )
             for i in range(self.size)
         ]
         return with_totals(nodes)

@@ -78,9 +78,21 @@ BatchHandler = Callable[[int, list[bytes]], object]
 
 PEER_EVENTS = "peer"
 PROLOGUE = b"netmesh/IKpsk2/v1"
-DROP_REASONS = ("tampered", "truncated", "replayed", "oversized", "unknown_session",
-                "bad_handshake", "wrong_psk_or_key", "decode", "blocked", "no_session",
-                "reassembly", "reserved_channel", "expired")
+DROP_REASONS = (
+    "tampered",
+    "truncated",
+    "replayed",
+    "oversized",
+    "unknown_session",
+    "bad_handshake",
+    "wrong_psk_or_key",
+    "decode",
+    "blocked",
+    "no_session",
+    "reassembly",
+    "reserved_channel",
+    "expired",
+)
 _KEEPALIVE = b"\x90"
 _U64 = struct.Struct("<Q")
 
@@ -96,9 +108,12 @@ class MeshNode:
             session_timeout=config.session_timeout,
             handshake_timeout=config.handshake_timeout,
             handshake_retries=config.handshake_retries,
-            reconnect_interval=max(config.handshake_timeout, config.heartbeat_interval))
-        self.session_limits = SessionLimits(rekey_after_time=config.rekey_after_time,
-                                            reject_after_time=1.5 * config.rekey_after_time)
+            reconnect_interval=max(config.handshake_timeout, config.heartbeat_interval),
+        )
+        self.session_limits = SessionLimits(
+            rekey_after_time=config.rekey_after_time,
+            reject_after_time=1.5 * config.rekey_after_time,
+        )
         self._budget = config.max_datagram - codec.DATA_OVERHEAD
         self._max_datagram = config.max_datagram
         self.peers_by_id: dict[int, Peer] = {}
@@ -121,9 +136,20 @@ class MeshNode:
         self._transport: UdpTransport | None = None
         self._loop = asyncio.get_running_loop()
         self._m: dict[str, int] = dict.fromkeys(
-            ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "messages_in",
-             "messages_out", "handshakes_initiated", "handshakes_completed",
-             "handler_errors", "send_errors"), 0)
+            (
+                "datagrams_in",
+                "datagrams_out",
+                "bytes_in",
+                "bytes_out",
+                "messages_in",
+                "messages_out",
+                "handshakes_initiated",
+                "handshakes_completed",
+                "handler_errors",
+                "send_errors",
+            ),
+            0,
+        )
         self._drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     # ------------------------------------------------------------ lifecycle
@@ -133,8 +159,9 @@ class MeshNode:
         config.validate()
         self = cls(keypair, config)
         host, port = config.host_port()
-        self._transport = await UdpTransport.bind(host, port, self._on_datagram,
-                                                  config.recv_buffer, config.send_buffer)
+        self._transport = await UdpTransport.bind(
+            host, port, self._on_datagram, config.recv_buffer, config.send_buffer
+        )
         self._ticker = asyncio.create_task(self._tick_loop(), name="meshnode-timers")
         return self
 
@@ -248,8 +275,11 @@ class MeshNode:
 
     def peers(self) -> list[int]:
         """Node ids with a live, confirmed session (reported up)."""
-        return [nid for nid, p in self.peers_by_id.items()
-                if p.timers.up and p.usable_session() is not None]
+        return [
+            nid
+            for nid, p in self.peers_by_id.items()
+            if p.timers.up and p.usable_session() is not None
+        ]
 
     def peer_is_up(self, node_id: int) -> bool:
         p = self.peers_by_id.get(node_id)
@@ -324,7 +354,7 @@ class MeshNode:
                 continue
             session = peer.usable_session()
             if session is not None and session.expired(now):
-                session = None   # the next timer tick forgets it and rehandshakes
+                session = None  # the next timer tick forgets it and rehandshakes
             if session is None or peer.node_id in self._blocked:
                 reason = "blocked" if peer.node_id in self._blocked else "no_session"
                 self._drops[reason] += sum(len(g[1]) for g in groups)
@@ -472,8 +502,9 @@ class MeshNode:
                         log.exception("handler for %r failed", channel)
 
     def _on_initiation(self, msg: codec.Initiation, addr: Addr) -> None:
-        responder = Responder(self.keypair.private_key, self.config.psk,
-                              self.prologue(self.node_id))
+        responder = Responder(
+            self.keypair.private_key, self.config.psk, self.prologue(self.node_id)
+        )
         try:
             remote_static = responder.consume_initiation(msg.noise)
         except AuthenticationError:

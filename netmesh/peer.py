@@ -37,8 +37,9 @@ Addr = tuple[str, int]
 class Peer:
     """State of the link to one remote node (owned by a :class:`MeshNode`)."""
 
-    def __init__(self, node: MeshNode, node_id: int, public_key: bytes, addr: Addr | None,
-                 now: float) -> None:
+    def __init__(
+        self, node: MeshNode, node_id: int, public_key: bytes, addr: Addr | None, now: float
+    ) -> None:
         self.node = node
         self.node_id = node_id
         self.public_key = public_key
@@ -56,8 +57,7 @@ class Peer:
         cfg = node.config
         budget = cfg.max_datagram - codec.DATA_OVERHEAD
         min_chunk = max(64, budget - codec.BODY_OVERHEAD - 26 - 258)
-        self.reassembler = Reassembler(cfg.max_message, cfg.reassembly_bytes,
-                                       min_chunk=min_chunk)
+        self.reassembler = Reassembler(cfg.max_message, cfg.reassembly_bytes, min_chunk=min_chunk)
 
     # ------------------------------------------------------------ handshake
     def begin_handshake(self, now: float, attempts: int | None = None) -> None:
@@ -72,8 +72,13 @@ class Peer:
             return
         index = node.alloc_index()
         eph = X25519PrivateKey.generate().private_bytes_raw()
-        init = Initiator(node.keypair.private_key, self.public_key, node.config.psk, eph,
-                         node.prologue(self.node_id))
+        init = Initiator(
+            node.keypair.private_key,
+            self.public_key,
+            node.config.psk,
+            eph,
+            node.prologue(self.node_id),
+        )
         msg = codec.encode_initiation(index, init.create_initiation(node.timestamp()))
         self.pending_index = index
         self.pending = init
@@ -88,8 +93,9 @@ class Peer:
         self.pending_index = None
         self.pending = None
 
-    def complete_as_initiator(self, keys: SessionKeys, remote_index: int, addr: Addr,
-                              now: float) -> None:
+    def complete_as_initiator(
+        self, keys: SessionKeys, remote_index: int, addr: Addr, now: float
+    ) -> None:
         index = self.pending_index
         assert index is not None
         self.node.pending_initiations.pop(index, None)
@@ -171,11 +177,18 @@ class Peer:
                 w = self.connect_waiter
                 self.connect_waiter = None
                 if w is not None and not w.done():
-                    w.set_exception(HandshakeError(
-                        f"no valid handshake response from {self.node_id:#x} after "
-                        f"{node.config.handshake_retries} attempts"))
-            elif action is Action.RECONNECT and self.ever_up and self.addr is not None \
-                    and not node.is_blocked(self.node_id):
+                    w.set_exception(
+                        HandshakeError(
+                            f"no valid handshake response from {self.node_id:#x} after "
+                            f"{node.config.handshake_retries} attempts"
+                        )
+                    )
+            elif (
+                action is Action.RECONNECT
+                and self.ever_up
+                and self.addr is not None
+                and not node.is_blocked(self.node_id)
+            ):
                 log.debug("probing down peer %x", self.node_id)
                 self.begin_handshake(now, attempts=1)
         s = self.current
@@ -183,8 +196,7 @@ class Peer:
             if s.expired(now):
                 node.forget_session(s)
                 self.current = None
-            elif (s.is_initiator and self.pending is None and self.timers.up
-                  and s.needs_rekey(now)):
+            elif s.is_initiator and self.pending is None and self.timers.up and s.needs_rekey(now):
                 log.debug("rekeying session with %x", self.node_id)
                 self.begin_handshake(now)
         if self.previous is not None and self.previous.expired(now):

@@ -37,9 +37,13 @@ REFUSED_NONE, REFUSED_NOT_LEADER, REFUSED_TOO_LARGE, REFUSED_STORE_FAILED = 0, 1
 class Producer:
     """The producer end of a (producer, node) ring; one thread uses it."""
 
-    def __init__(self, ring_name: str, channel: str,
-                 on_close: Callable[[Producer], None] | None = None,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(
+        self,
+        ring_name: str,
+        channel: str,
+        on_close: Callable[[Producer], None] | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
         self.ring = ShmRing.attach(ring_name)
         self.ring_name = ring_name
         self.channel = channel
@@ -98,11 +102,14 @@ class Producer:
             if count >= self.sent:
                 break
             if self.ring.consumer_closed():
-                raise RingClosed(f"{self.channel}: the node went away with "
-                                 f"{self.sent - count} events unacknowledged")
+                raise RingClosed(
+                    f"{self.channel}: the node went away with "
+                    f"{self.sent - count} events unacknowledged"
+                )
             if time.monotonic() > deadline:
                 raise NodeUnresponsive(
-                    f"{self.channel}: {self.sent - count} events not acknowledged in {timeout}s")
+                    f"{self.channel}: {self.sent - count} events not acknowledged in {timeout}s"
+                )
             time.sleep(pause)  # backoff poll of the ack word; flush is not a hot path
             pause = min(pause * 2, 1e-3)
         if rejected != self.refused_total:

@@ -263,8 +263,9 @@ class RedexFile:
                 continue
             stem = n[: -len(SEGMENT_SUFFIX)]
             if len(stem) != 20 or not stem.isdigit():
-                raise LogCorrupt(os.path.join(directory, n), 0,
-                                 "not a segment name (<20-digit first seq>.seg)")
+                raise LogCorrupt(
+                    os.path.join(directory, n), 0, "not a segment name (<20-digit first seq>.seg)"
+                )
             names.append(n)
         names.sort()
         expect: int | None = None

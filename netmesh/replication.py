@@ -144,8 +144,9 @@ class CoordinatorHandle:
 class ChannelRuntime:
     """The replication shell of one channel on one node."""
 
-    def __init__(self, hub: ReplicationHub, name: str, file: RedexFile,
-                 config: ReplicationConfig) -> None:
+    def __init__(
+        self, hub: ReplicationHub, name: str, file: RedexFile, config: ReplicationConfig
+    ) -> None:
         self.hub = hub
         self.node = hub.node
         self.name = name
@@ -154,9 +155,15 @@ class ChannelRuntime:
         self.loop = asyncio.get_running_loop()
         members = self._members(config)
         self.coord = ReplicationCoordinator(
-            self.node.node_id, config, members, now=self.now(), tail_seq=file.next_seq,
-            hard_state=self._load_hard_state(), rng=random.Random(),
-            max_inflight=PUSH_WINDOW)
+            self.node.node_id,
+            config,
+            members,
+            now=self.now(),
+            tail_seq=file.next_seq,
+            hard_state=self._load_hard_state(),
+            rng=random.Random(),
+            max_inflight=PUSH_WINDOW,
+        )
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
         self.decode_errors = 0
         self.send_errors = 0
@@ -239,8 +246,13 @@ class ChannelRuntime:
             # (replicas hold the leader's seqs, without gaps). Known limitation: keep
             # retention larger than any replica's lag.
             self.behind_retention += 1
-            log.warning("%s: %#x asks from seq %d, below the retained head %d", self.name,
-                        out.to, out.from_seq, first)
+            log.warning(
+                "%s: %#x asks from seq %d, below the retained head %d",
+                self.name,
+                out.to,
+                out.from_seq,
+                first,
+            )
             payloads = []
         size, n = 0, 0
         for p in payloads:
@@ -271,8 +283,9 @@ class ChannelRuntime:
     def _do_truncate(self, out: Truncate) -> None:
         dropped = self.file.truncate_from(out.from_seq)
         if dropped:
-            log.warning("%s: discarded %d divergent events from seq %d", self.name, dropped,
-                        out.from_seq)
+            log.warning(
+                "%s: discarded %d divergent events from seq %d", self.name, dropped, out.from_seq
+            )
         self.run(self.coord.applied(self.file.next_seq))
 
     def _do_commit(self, out: CommitAdvanced) -> None:
@@ -304,8 +317,13 @@ class ChannelRuntime:
             os.close(fd)
 
     _output_handlers: dict[type, Callable[[ChannelRuntime, Any], None]] = {
-        Send: _do_send, ServeSync: _do_serve, Apply: _do_apply, Truncate: _do_truncate,
-        CommitAdvanced: _do_commit, RoleChanged: _do_role, SaveHardState: _do_save,
+        Send: _do_send,
+        ServeSync: _do_serve,
+        Apply: _do_apply,
+        Truncate: _do_truncate,
+        CommitAdvanced: _do_commit,
+        RoleChanged: _do_role,
+        SaveHardState: _do_save,
     }
 
     def _load_hard_state(self) -> HardState | None:
@@ -349,17 +367,24 @@ class ChannelRuntime:
     def metrics(self) -> ChannelMetrics:
         m = asdict(self.coord.metrics)
         m["role"] = self.coord.role.name
-        return ChannelMetrics(channel=self.name, decode_errors_total=self.decode_errors,
-                              send_errors_total=self.send_errors,
-                              behind_retention_total=self.behind_retention, **m)
+        return ChannelMetrics(
+            channel=self.name,
+            decode_errors_total=self.decode_errors,
+            send_errors_total=self.send_errors,
+            behind_retention_total=self.behind_retention,
+            **m,
+        )
 
     def close(self) -> None:
         if self._closed:
             return
         with contextlib.suppress(NetmeshError):
             if self.coord.role is not ReplicaRole.IDLE:
-                self.run(self.coord.transition_to(ReplicaRole.IDLE,
-                                                  TransitionSignal.CHANNEL_CLOSE, self.now()))
+                self.run(
+                    self.coord.transition_to(
+                        ReplicaRole.IDLE, TransitionSignal.CHANNEL_CLOSE, self.now()
+                    )
+                )
         self._closed = True
         self._ticker.cancel()
         self.node.unsubscribe(self.kind, self._on_messages)

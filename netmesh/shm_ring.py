@@ -291,8 +291,12 @@ class ShmRing:
         """Producer: (records handled, seq of the last stored, records refused, reason)."""
         words = self._words
         count = words[L.W_ACK_COUNT]
-        return (int(count), int(words[L.W_ACK_SEQ]), int(words[L.W_ACK_REJECTED]),
-                int(words[L.W_ACK_REASON]))
+        return (
+            int(count),
+            int(words[L.W_ACK_SEQ]),
+            int(words[L.W_ACK_REJECTED]),
+            int(words[L.W_ACK_REASON]),
+        )
 
     # -- lifetime --------------------------------------------------------------------
     def used_bytes(self) -> int:

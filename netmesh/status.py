@@ -36,14 +36,28 @@ class Row:
     rss_mb: float
 
 
-def node_entry(index: int, node_id: int, pid: int | None, alive: bool,
-               exit_code: int | None, page: dict[str, Any] | None,
-               proc: dict[str, Any]) -> dict[str, Any]:
+def node_entry(
+    index: int,
+    node_id: int,
+    pid: int | None,
+    alive: bool,
+    exit_code: int | None,
+    page: dict[str, Any] | None,
+    proc: dict[str, Any],
+) -> dict[str, Any]:
     """One node's entry of a cluster snapshot (metrics page + process figures)."""
     page = page or {}
-    return {"node": index, "node_id": node_id, "pid": pid, "alive": alive,
-            "exit_code": exit_code, **proc, "channels": page.get("channels", {}),
-            "mesh": page.get("mesh", {}), "counters": page.get("counters", {})}
+    return {
+        "node": index,
+        "node_id": node_id,
+        "pid": pid,
+        "alive": alive,
+        "exit_code": exit_code,
+        **proc,
+        "channels": page.get("channels", {}),
+        "mesh": page.get("mesh", {}),
+        "counters": page.get("counters", {}),
+    }
 
 
 def with_totals(nodes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -73,42 +87,79 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None, dt: float) -> list[
         for ch, m in sorted(chans.items()):
             tail = int(m.get("next_seq", 0))
             rate = (tail - prev.get((n["node"], ch), tail)) / dt if dt > 0 else 0.0
-            out.append(Row(
-                node=n["node"], alive=n["alive"], pid=n.get("pid"), channel=ch,
-                role=m.get("role", "-") if n["alive"] else "DOWN", term=int(m.get("term", 0)),
-                tail_seq=tail, commit_seq=int(m.get("commit_seq", 0)),
-                lag_events=int(m.get("replica_lag_events", 0)),
-                lag_s=m.get("replica_lag_seconds"), events_per_s=max(rate, 0.0),
-                cpu_percent=float(n.get("cpu_percent", 0.0)),
-                rss_mb=n.get("rss_bytes", 0) / 1e6))
+            out.append(
+                Row(
+                    node=n["node"],
+                    alive=n["alive"],
+                    pid=n.get("pid"),
+                    channel=ch,
+                    role=m.get("role", "-") if n["alive"] else "DOWN",
+                    term=int(m.get("term", 0)),
+                    tail_seq=tail,
+                    commit_seq=int(m.get("commit_seq", 0)),
+                    lag_events=int(m.get("replica_lag_events", 0)),
+                    lag_s=m.get("replica_lag_seconds"),
+                    events_per_s=max(rate, 0.0),
+                    cpu_percent=float(n.get("cpu_percent", 0.0)),
+                    rss_mb=n.get("rss_bytes", 0) / 1e6,
+                )
+            )
     return out
 
 
 def table(rs: list[Row], title: str = "netmesh") -> Table:
     t = Table(title=title)
-    for col in ("node", "pid", "channel", "role", "term", "tail", "commit", "lag ev",
-                "lag s", "events/s", "cpu %", "rss MB"):
+    for col in (
+        "node",
+        "pid",
+        "channel",
+        "role",
+        "term",
+        "tail",
+        "commit",
+        "lag ev",
+        "lag s",
+        "events/s",
+        "cpu %",
+        "rss MB",
+    ):
         t.add_column(col, justify="right" if col not in ("channel", "role") else "left")
     for r in rs:
         lag = "-" if r.lag_s is None else f"{r.lag_s:.3f}"
         style = "bold green" if r.role == "LEADER" else ("red" if not r.alive else "")
-        t.add_row(str(r.node), str(r.pid or "-"), r.channel, r.role, str(r.term),
-                  f"{r.tail_seq:,}", f"{r.commit_seq:,}", f"{r.lag_events:,}", lag,
-                  f"{r.events_per_s:,.0f}", f"{r.cpu_percent:.0f}", f"{r.rss_mb:.0f}",
-                  style=style)
+        t.add_row(
+            str(r.node),
+            str(r.pid or "-"),
+            r.channel,
+            r.role,
+            str(r.term),
+            f"{r.tail_seq:,}",
+            f"{r.commit_seq:,}",
+            f"{r.lag_events:,}",
+            lag,
+            f"{r.events_per_s:,.0f}",
+            f"{r.cpu_percent:.0f}",
+            f"{r.rss_mb:.0f}",
+            style=style,
+        )
     return t
 
 
 def prometheus(snapshot: dict[str, Any]) -> str:
     """Prometheus text exposition of a ``Cluster.metrics()`` snapshot."""
     lines: list[str] = []
-    gauges = {"netmesh_node_up": "1 if the node process runs",
-              "netmesh_node_cpu_percent": "cpu percent of the node process",
-              "netmesh_node_rss_bytes": "resident memory of the node process"}
+    gauges = {
+        "netmesh_node_up": "1 if the node process runs",
+        "netmesh_node_cpu_percent": "cpu percent of the node process",
+        "netmesh_node_rss_bytes": "resident memory of the node process",
+    }
     for name, help_text in gauges.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        key = {"netmesh_node_up": "alive", "netmesh_node_cpu_percent": "cpu_percent",
-               "netmesh_node_rss_bytes": "rss_bytes"}[name]
+        key = {
+            "netmesh_node_up": "alive",
+            "netmesh_node_cpu_percent": "cpu_percent",
+            "netmesh_node_rss_bytes": "rss_bytes",
+        }[name]
         for n in snapshot["nodes"]:
             lines.append(f'{name}{{node="{n["node"]}"}} {float(n.get(key, 0))}')
     seen: set[str] = set()

@@ -85,8 +85,16 @@ class Supervisor:
         if self._closed:
             raise Closed("supervisor is closed")
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "workers.node", "--control-fd", str(theirs.fileno()),
-               "--parent-pid", str(os.getpid()), *(args or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "workers.node",
+            "--control-fd",
+            str(theirs.fileno()),
+            "--parent-pid",
+            str(os.getpid()),
+            *(args or []),
+        ]
         proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
         theirs.close()
         w = Worker(index, proc, ours)
@@ -152,8 +160,9 @@ class Supervisor:
         try:
             messages = w.decoder.feed(data)
         except DecodeError as exc:
-            raise NodeUnresponsive(f"node {w.index} sent garbage on its control channel "
-                                   f"({exc})") from None
+            raise NodeUnresponsive(
+                f"node {w.index} sent garbage on its control channel ({exc})"
+            ) from None
         for msg in messages:
             if msg[0] == control.RESPONSE:
                 if msg[1] in w.abandoned:
@@ -207,8 +216,11 @@ class Supervisor:
         try:
             p = _psutil_process(w.pid)
             with p.oneshot():
-                return {"cpu_percent": p.cpu_percent(None), "rss_bytes": p.memory_info().rss,
-                        "threads": p.num_threads()}
+                return {
+                    "cpu_percent": p.cpu_percent(None),
+                    "rss_bytes": p.memory_info().rss,
+                    "threads": p.num_threads(),
+                }
         except psutil.Error:
             return {"cpu_percent": 0.0, "rss_bytes": 0, "threads": 0}
 

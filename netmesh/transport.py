@@ -50,8 +50,14 @@ class UdpTransport:
         self.local_addr: Addr = ("", 0)
 
     @classmethod
-    async def bind(cls, host: str, port: int, on_datagram: Callable[[bytes, Addr], None],
-                   recv_buffer: int, send_buffer: int) -> UdpTransport:
+    async def bind(
+        cls,
+        host: str,
+        port: int,
+        on_datagram: Callable[[bytes, Addr], None],
+        recv_buffer: int,
+        send_buffer: int,
+    ) -> UdpTransport:
         """Bind ``host:port`` (port 0: any free port); TransportError on OSError."""
         self = cls(on_datagram)
         loop = asyncio.get_running_loop()
@@ -66,8 +72,7 @@ class UdpTransport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
             sock.bind(sockaddr)
             sock.setblocking(False)
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
-                                                               sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         except OSError as exc:
             sock.close()
             raise TransportError(f"cannot bind {host}:{port}: {exc}") from exc

@@ -55,8 +55,12 @@ def _orphan_workers() -> list[psutil.Process]:
     return orphans
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.005,
-               message: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    interval: float = 0.005,
+    message: str = "condition",
+) -> T:
     """Poll ``predicate`` until it returns a truthy value; fail the test at the deadline."""
     try:
         return poll(predicate, timeout, interval, message)
@@ -73,8 +77,11 @@ def no_leaks() -> Iterator[None]:
     me = psutil.Process()
     deadline = time.monotonic() + 5.0
     while True:
-        children = [c for c in me.children(recursive=True) if c.is_running()
-                    and c.status() != psutil.STATUS_ZOMBIE]
+        children = [
+            c
+            for c in me.children(recursive=True)
+            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+        ]
         orphans = _orphan_workers()
         leaked = _leaked_names(before)
         if not children and not orphans and not leaked:
@@ -82,6 +89,8 @@ def no_leaks() -> Iterator[None]:
         if time.monotonic() > deadline:
             for c in children + orphans:
                 c.kill()
-            pytest.fail(f"leaked children={[c.pid for c in children]} "
-                        f"orphans={[o.pid for o in orphans]} shm={sorted(leaked)}")
+            pytest.fail(
+                f"leaked children={[c.pid for c in children]} "
+                f"orphans={[o.pid for o in orphans]} shm={sorted(leaked)}"
+            )
         time.sleep(0.01)

@@ -19,9 +19,13 @@ MAX_DGRAM = 1400
 
 
 def cfg(**kw: Any) -> MeshNodeConfig:
-    base: dict[str, Any] = dict(heartbeat_interval=0.05, session_timeout=0.6,
-                                handshake_retries=3, handshake_timeout=0.3,
-                                max_datagram=MAX_DGRAM)
+    base: dict[str, Any] = dict(
+        heartbeat_interval=0.05,
+        session_timeout=0.6,
+        handshake_retries=3,
+        handshake_timeout=0.3,
+        max_datagram=MAX_DGRAM,
+    )
     base.update(kw)
     bind = base.pop("bind", "127.0.0.1:0")
     return MeshNodeConfig(bind, PSK, **base)
@@ -30,6 +34,7 @@ def cfg(**kw: Any) -> MeshNodeConfig:
 def run(coro_fn: Callable[[], Coroutine[Any, Any, None]], timeout: float = 30.0) -> None:
     async def main() -> None:
         await asyncio.wait_for(coro_fn(), timeout)
+
     asyncio.run(main())
 
 
@@ -43,8 +48,10 @@ async def wait_for(pred: Callable[[], object], timeout: float = 10.0, what: str 
 
 
 async def link(server: MeshNode, client: MeshNode) -> None:
-    await asyncio.gather(server.accept(client.node_id),
-                         client.connect(server.local_addr, server.public_key, server.node_id))
+    await asyncio.gather(
+        server.accept(client.node_id),
+        client.connect(server.local_addr, server.public_key, server.node_id),
+    )
 
 
 def payload(rng: random.Random, max_size: int) -> bytes:
@@ -72,23 +79,33 @@ class Sink:
             self.got.setdefault((src, ch), []).extend(digest(m) for m in msgs)
             self.count += len(msgs)
             self.count_from[src] = self.count_from.get(src, 0) + len(msgs)
+
         return handler
 
 
-async def paced_send(sender: MeshNode, dst: int, sink: Sink, plan: list[tuple[str, bytes]],
-                     window: int = 1500, chunk: int = 300) -> None:
+async def paced_send(
+    sender: MeshNode,
+    dst: int,
+    sink: Sink,
+    plan: list[tuple[str, bytes]],
+    window: int = 1500,
+    chunk: int = 300,
+) -> None:
     """Flow control done by the test: keep at most `window` messages from `sender`
     in flight to `dst` (counted per source, so senders sharing a sink don't mix)."""
     src = sender.node_id
     base = sink.count_from.get(src, 0)
     sent = 0
     for i in range(0, len(plan), chunk):
-        for ch, m in plan[i:i + chunk]:
+        for ch, m in plan[i : i + chunk]:
             sender.send(dst, ch, m)
-        sent += len(plan[i:i + chunk])
+        sent += len(plan[i : i + chunk])
         await asyncio.sleep(0)
-        await wait_for(lambda s=sent: sink.count_from.get(src, 0) - base >= s - window, 20.0,
-                       "receiver progress")
+        await wait_for(
+            lambda s=sent: sink.count_from.get(src, 0) - base >= s - window,
+            20.0,
+            "receiver progress",
+        )
 
 
 def test_two_nodes_exchange_100k_messages_intact_and_in_order() -> None:
@@ -104,10 +121,13 @@ def test_two_nodes_exchange_100k_messages_intact_and_in_order() -> None:
             rng = random.Random(7)
             plans = {}
             for src in (a, b):
-                plans[src.node_id] = [(rng.choice(chans), payload(rng, 4 * MAX_DGRAM))
-                                      for _ in range(50_000)]
-            await asyncio.gather(paced_send(a, b.node_id, sink_b, plans[a.node_id]),
-                                 paced_send(b, a.node_id, sink_a, plans[b.node_id]))
+                plans[src.node_id] = [
+                    (rng.choice(chans), payload(rng, 4 * MAX_DGRAM)) for _ in range(50_000)
+                ]
+            await asyncio.gather(
+                paced_send(a, b.node_id, sink_b, plans[a.node_id]),
+                paced_send(b, a.node_id, sink_a, plans[b.node_id]),
+            )
             await wait_for(lambda: sink_a.count == sink_b.count == 50_000, 20.0, "all messages")
             for src, sink in ((a, sink_b), (b, sink_a)):
                 for ch in chans:
@@ -121,6 +141,7 @@ def test_two_nodes_exchange_100k_messages_intact_and_in_order() -> None:
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body, 50.0)
 
 
@@ -130,9 +151,12 @@ def test_three_nodes_full_mesh_exchange_100k_messages_intact_and_in_order() -> N
         try:
             a, b, c = nodes
             await link(b, a)
-            await asyncio.gather(c.accept(a.node_id), c.accept(b.node_id),
-                                 a.connect(c.local_addr, c.public_key, c.node_id),
-                                 b.connect(c.local_addr, c.public_key, c.node_id))
+            await asyncio.gather(
+                c.accept(a.node_id),
+                c.accept(b.node_id),
+                a.connect(c.local_addr, c.public_key, c.node_id),
+                b.connect(c.local_addr, c.public_key, c.node_id),
+            )
             for n in nodes:
                 n.start()
             for n in nodes:
@@ -141,18 +165,26 @@ def test_three_nodes_full_mesh_exchange_100k_messages_intact_and_in_order() -> N
             sinks = {n.node_id: Sink(n, chans) for n in nodes}
             rng = random.Random(3)
             pairs = [(s.node_id, d.node_id) for s in nodes for d in nodes if s is not d]
-            total = 100_000   # in total over the six directed links
-            plans = {pair: [(rng.choice(chans), payload(rng, 4 * MAX_DGRAM))
-                            for _ in range(total // 6 + (k < total % 6))]
-                     for k, pair in enumerate(pairs)}
+            total = 100_000  # in total over the six directed links
+            plans = {
+                pair: [
+                    (rng.choice(chans), payload(rng, 4 * MAX_DGRAM))
+                    for _ in range(total // 6 + (k < total % 6))
+                ]
+                for k, pair in enumerate(pairs)
+            }
             assert sum(map(len, plans.values())) == total
             by_id = {n.node_id: n for n in nodes}
-            await asyncio.gather(*(paced_send(by_id[s], d, sinks[d], plans[(s, d)], window=700)
-                                   for s, d in pairs))
-            expected = {n.node_id: sum(len(p) for (_, d), p in plans.items() if d == n.node_id)
-                        for n in nodes}
-            await wait_for(lambda: all(sinks[n].count == expected[n] for n in expected), 20.0,
-                           "all messages")
+            await asyncio.gather(
+                *(paced_send(by_id[s], d, sinks[d], plans[(s, d)], window=700) for s, d in pairs)
+            )
+            expected = {
+                n.node_id: sum(len(p) for (_, d), p in plans.items() if d == n.node_id)
+                for n in nodes
+            }
+            await wait_for(
+                lambda: all(sinks[n].count == expected[n] for n in expected), 20.0, "all messages"
+            )
             for (s, d), plan in plans.items():
                 for ch in chans:
                     assert sinks[d].got[(s, ch)] == [digest(m) for c, m in plan if c == ch]
@@ -163,6 +195,7 @@ def test_three_nodes_full_mesh_exchange_100k_messages_intact_and_in_order() -> N
         finally:
             for n in nodes:
                 await n.shutdown()
+
     run(body, 50.0)
 
 
@@ -186,8 +219,9 @@ def test_peer_down_then_rejoins_after_restart() -> None:
             assert events[-1] == (b.node_id, b"down")
             assert b.node_id not in a.peers()
             # same keypair, same port; a's reconnect probes find it via allowed_peers
-            b2 = await MeshNode.create(kb, cfg(bind=f"127.0.0.1:{port}",
-                                               allowed_peers={a.node_id: a.public_key}))
+            b2 = await MeshNode.create(
+                kb, cfg(bind=f"127.0.0.1:{port}", allowed_peers={a.node_id: a.public_key})
+            )
             b2.subscribe("m", lambda nid, m: got.append(m))
             b2.start()
             await wait_for(lambda: a.peer_is_up(b.node_id), 10.0, "back up")
@@ -199,6 +233,7 @@ def test_peer_down_then_rejoins_after_restart() -> None:
             await b.shutdown()
             if b2 is not None:
                 await b2.shutdown()
+
     run(body)
 
 
@@ -211,12 +246,12 @@ def test_restarted_node_reconnects_on_another_port() -> None:
         a.subscribe("m", lambda nid, m: got.append((nid, m)))
         b2 = None
         try:
-            await link(a, b)   # b initiated
+            await link(a, b)  # b initiated
             a.start()
             b.start()
             await b.shutdown()
-            b2 = await MeshNode.create(kb, cfg())       # new port
-            await b2.connect(a.local_addr, a.public_key, a.node_id)   # a knows b's key
+            b2 = await MeshNode.create(kb, cfg())  # new port
+            await b2.connect(a.local_addr, a.public_key, a.node_id)  # a knows b's key
             b2.start()
             b2.send(a.node_id, "m", b"hi")
             await wait_for(lambda: got == [(b.node_id, b"hi")], 10.0)
@@ -225,6 +260,7 @@ def test_restarted_node_reconnects_on_another_port() -> None:
             for n in (a, b, b2):
                 if n is not None:
                     await n.shutdown()
+
     run(body)
 
 
@@ -240,18 +276,23 @@ def test_block_and_unblock_peer() -> None:
             b.start()
             a.block_peer(b.node_id)
             a.send(b.node_id, "m", b"lost")
-            await wait_for(lambda: not a.peer_is_up(b.node_id) and not b.peer_is_up(a.node_id),
-                           10.0, "both sides down")
+            await wait_for(
+                lambda: not a.peer_is_up(b.node_id) and not b.peer_is_up(a.node_id),
+                10.0,
+                "both sides down",
+            )
             assert got == []
             assert a.metrics()["drops"]["blocked"] >= 1
             a.unblock_peer(b.node_id)
-            await wait_for(lambda: a.peer_is_up(b.node_id) and b.peer_is_up(a.node_id),
-                           10.0, "both up again")
+            await wait_for(
+                lambda: a.peer_is_up(b.node_id) and b.peer_is_up(a.node_id), 10.0, "both up again"
+            )
             a.send(b.node_id, "m", b"through")
             await wait_for(lambda: got == [b"through"], 10.0)
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body)
 
 
@@ -264,15 +305,17 @@ def test_runtime_allowed_peer_and_accept_after_start() -> None:
             with pytest.raises(LocalProtocolError):
                 await c.accept(a.node_id)
             from netmesh.errors import HandshakeError
+
             with pytest.raises(HandshakeError):
                 await a.connect(c.local_addr, c.public_key, c.node_id)
-            assert c.metrics()["drops"]["wrong_psk_or_key"] >= 1   # unexpected initiator
+            assert c.metrics()["drops"]["wrong_psk_or_key"] >= 1  # unexpected initiator
             c.add_allowed_peer(a.node_id, a.public_key)
             assert await a.connect(c.local_addr, c.public_key, c.node_id) == c.node_id
             await wait_for(lambda: c.peer_is_up(a.node_id), 10.0)
         finally:
             await a.shutdown()
             await c.shutdown()
+
     run(body)
 
 
@@ -291,9 +334,9 @@ def test_rekey_replaces_sessions_while_traffic_flows() -> None:
             deadline = loop.time() + 15.0
             i = 0
             while a.metrics()["handshakes_completed"] < 3:
-                a.send(b.node_id, "m", b"%d" % i)   # one message per datagram
+                a.send(b.node_id, "m", b"%d" % i)  # one message per datagram
                 i += 1
-                await asyncio.sleep(0.01)          # pacing, not synchronisation
+                await asyncio.sleep(0.01)  # pacing, not synchronisation
                 assert loop.time() < deadline, "no rekey happened"
             assert a.peers_by_id[b.node_id].current is not first
             a.send(b.node_id, "m", b"last")
@@ -306,13 +349,16 @@ def test_rekey_replaces_sessions_while_traffic_flows() -> None:
             # a handful may be lost at a session switch, and every loss is accounted for
             lost = len(sent) - len(got)
             assert lost <= 5, f"{lost} of {len(sent)} messages lost across 2 rekeys"
-            accounted = (a.metrics()["drops"]["no_session"]      # type: ignore[index]
-                         + sum(b.metrics()["drops"].values()))   # type: ignore[union-attr]
+            accounted = (
+                a.metrics()["drops"]["no_session"]  # type: ignore[index]
+                + sum(b.metrics()["drops"].values())
+            )  # type: ignore[union-attr]
             assert lost <= accounted, (lost, a.metrics()["drops"], b.metrics()["drops"])
             assert a.peer_is_up(b.node_id) and b.peer_is_up(a.node_id)
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body)
 
 
@@ -322,8 +368,9 @@ def test_api_misuse_and_config_validation() -> None:
             await MeshNode.create(EntityKeypair.generate(), MeshNodeConfig("127.0.0.1:0", b"x"))
         with pytest.raises(ConfigError):
             await MeshNode.create(EntityKeypair.generate(), cfg(max_datagram=100))
-        a = await MeshNode.create(EntityKeypair.generate(), cfg(max_message=1000,
-                                                                 reassembly_bytes=1000))
+        a = await MeshNode.create(
+            EntityKeypair.generate(), cfg(max_message=1000, reassembly_bytes=1000)
+        )
         try:
             with pytest.raises(LocalProtocolError):
                 a.send(12345, "m", b"x")
@@ -340,6 +387,8 @@ def test_api_misuse_and_config_validation() -> None:
         finally:
             await a.shutdown()
         from netmesh.errors import Closed
+
         with pytest.raises(Closed):
             a.send(1, "m", b"")
+
     run(body)

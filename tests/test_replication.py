@@ -32,21 +32,29 @@ async def one_node() -> tuple[MeshNode, Redex]:
 def test_failed_attach_leaves_no_writable_unreplicated_file() -> None:
     async def body() -> None:
         node, redex = await one_node()
-        cfg = RedexFileConfig(replication=ReplicationConfig(
-            factor=1, placement=PlacementStrategy.pinned([node.node_id ^ 1])))
+        cfg = RedexFileConfig(
+            replication=ReplicationConfig(
+                factor=1, placement=PlacementStrategy.pinned([node.node_id ^ 1])
+            )
+        )
         for _ in range(2):  # a retry must fail the same way, not return a plain file
             with pytest.raises(LocalProtocolError, match="not a member"):
                 redex.open_file("orphan", cfg)
         assert redex.get_file("orphan") is None and redex.replication_runtime_count() == 0
         await node.shutdown()
+
     asyncio.run(body())
 
 
 def test_corrupt_hard_state_is_reported_as_log_corrupt(tmp_path: Path) -> None:
     async def body() -> None:
         node, redex = await one_node()
-        cfg = RedexFileConfig(path=str(tmp_path), replication=ReplicationConfig(
-            factor=1, heartbeat_ms=50, placement=PlacementStrategy.pinned([node.node_id])))
+        cfg = RedexFileConfig(
+            path=str(tmp_path),
+            replication=ReplicationConfig(
+                factor=1, heartbeat_ms=50, placement=PlacementStrategy.pinned([node.node_id])
+            ),
+        )
         f = redex.open_file("hs", cfg)
         deadline = asyncio.get_running_loop().time() + 5
         while not (tmp_path / "hardstate").exists():  # the lone member elects itself
@@ -61,4 +69,5 @@ def test_corrupt_hard_state_is_reported_as_log_corrupt(tmp_path: Path) -> None:
             r2.open_file("hs", cfg)
         assert r2.get_file("hs") is None
         await node.shutdown()
+
     asyncio.run(body())

@@ -32,17 +32,25 @@ PSK = bytes([0x42]) * 32
 
 
 def mesh_config() -> MeshNodeConfig:
-    return MeshNodeConfig("127.0.0.1:0", PSK, heartbeat_interval=0.2, session_timeout=5.0,
-                          handshake_retries=3, handshake_timeout=2.0,
-                          recv_buffer=256 * 1024, send_buffer=256 * 1024)
+    return MeshNodeConfig(
+        "127.0.0.1:0",
+        PSK,
+        heartbeat_interval=0.2,
+        session_timeout=5.0,
+        handshake_retries=3,
+        handshake_timeout=2.0,
+        recv_buffer=256 * 1024,
+        send_buffer=256 * 1024,
+    )
 
 
 async def build_nodes(n: int) -> list[MeshNode]:
     nodes = [await MeshNode.create(EntityKeypair.generate(), mesh_config()) for _ in range(n)]
     for i, a in enumerate(nodes):
         for b in nodes[i + 1 :]:
-            await asyncio.gather(b.accept(a.node_id),
-                                 a.connect(b.local_addr, b.public_key, b.node_id))
+            await asyncio.gather(
+                b.accept(a.node_id), a.connect(b.local_addr, b.public_key, b.node_id)
+            )
     for node in nodes:
         node.start()
     return nodes
@@ -66,13 +74,19 @@ async def drive_leader_and_replicas(leader: Redex, replicas: list[Redex], name: 
     await ca.transition_to(ReplicaRole.LEADER, TransitionSignal.ELECTION_WON)
     for r in replicas:
         await r.replication_coordinator_for(name).transition_to(
-            ReplicaRole.REPLICA, TransitionSignal.CAPABILITY_SELECTED)
+            ReplicaRole.REPLICA, TransitionSignal.CAPABILITY_SELECTED
+        )
 
 
 def repl_config(nodes: list[MeshNode], hb: int = 150, **kw: Any) -> RedexFileConfig:
-    return RedexFileConfig(replication=ReplicationConfig(
-        factor=len(nodes), heartbeat_ms=hb,
-        placement=PlacementStrategy.pinned([n.node_id for n in nodes]), **kw))
+    return RedexFileConfig(
+        replication=ReplicationConfig(
+            factor=len(nodes),
+            heartbeat_ms=hb,
+            placement=PlacementStrategy.pinned([n.node_id for n in nodes]),
+            **kw,
+        )
+    )
 
 
 async def setup(n: int, name: str, **kw: Any) -> tuple[list[MeshNode], list[Redex], list[Any]]:
@@ -116,6 +130,7 @@ def test_two_node_replication_catches_replica_up() -> None:
         assert chan.sync_bytes_total > 0
         assert chan.leader_changes_total == 1
         await teardown(nodes, [ra, rb])
+
     run(body)
 
 
@@ -126,13 +141,17 @@ def test_two_node_heartbeat_records_believed_leader() -> None:
         await drive_leader_and_replicas(ra, [rb], name)
         snap_b = rb.replication_metrics_snapshot()
         assert snap_b.channel(name).replica_lag_seconds is None  # nothing heard yet
-        await poll(lambda: rb.replication_metrics_snapshot().channel(name).replica_lag_seconds
-                   is not None, 3.0, "a leader heartbeat on B")
+        await poll(
+            lambda: rb.replication_metrics_snapshot().channel(name).replica_lag_seconds is not None,
+            3.0,
+            "a leader heartbeat on B",
+        )
         assert rb.replication_coordinator_for(name).leader_id == nodes[0].node_id
         assert rb.replication_metrics_snapshot().channel(name).heartbeats_received_total > 0
         assert ra.replication_coordinator_for(name).role is ReplicaRole.LEADER
         assert rb.replication_coordinator_for(name).role is ReplicaRole.REPLICA
         await teardown(nodes, [ra, rb])
+
     run(body)
 
 
@@ -141,15 +160,22 @@ def test_leader_close_triggers_replica_election_and_promotion() -> None:
         name = "repl/failover"
         nodes, (ra, rb), _files = await setup(2, name)
         await drive_leader_and_replicas(ra, [rb], name)
-        await poll(lambda: rb.replication_metrics_snapshot().channel(name).replica_lag_seconds
-                   is not None, 3.0, "a leader heartbeat on B")
+        await poll(
+            lambda: rb.replication_metrics_snapshot().channel(name).replica_lag_seconds is not None,
+            3.0,
+            "a leader heartbeat on B",
+        )
         ra.close_file(name)
         t0 = time.monotonic()
-        await poll(lambda: rb.replication_coordinator_for(name).role is ReplicaRole.LEADER,
-                   3.0, "B promoted to leader")
+        await poll(
+            lambda: rb.replication_coordinator_for(name).role is ReplicaRole.LEADER,
+            3.0,
+            "B promoted to leader",
+        )
         assert time.monotonic() - t0 < 3.0
         assert rb.replication_metrics_snapshot().channel(name).elections_total >= 1
         await teardown(nodes, [ra, rb])
+
     run(body)
 
 
@@ -166,6 +192,7 @@ def test_three_node_replication_fans_out_to_every_replica() -> None:
         assert [e.payload for e in fb.read_range(0, n)] == expected
         assert [e.payload for e in fc.read_range(0, n)] == expected
         await teardown(nodes, [ra, rb, rc])
+
     run(body)
 
 
@@ -181,6 +208,7 @@ def test_bandwidth_budget_metric_field_is_plumbed() -> None:
         assert chan.sync_bytes_total > 0
         assert chan.under_capacity_total == 0
         await teardown(nodes, [ra, rb])
+
     run(body)
 
 
@@ -193,6 +221,7 @@ def test_appends_on_a_replica_are_refused() -> None:
             fb.append(b"nope")
         assert fb.next_seq == 0
         await teardown(nodes, [ra, rb])
+
     run(body)
 
 
@@ -205,15 +234,24 @@ def test_bootstraps_and_elects_pinned_leader_without_manual_drive() -> None:
         files = []
         for node, redex in zip(nodes, redexes, strict=True):
             redex.enable_replication(node)
-            cfg = RedexFileConfig(replication=ReplicationConfig(
-                factor=3, heartbeat_ms=100, leader_pinned=pinned,
-                placement=PlacementStrategy.pinned([n.node_id for n in nodes])))
+            cfg = RedexFileConfig(
+                replication=ReplicationConfig(
+                    factor=3,
+                    heartbeat_ms=100,
+                    leader_pinned=pinned,
+                    placement=PlacementStrategy.pinned([n.node_id for n in nodes]),
+                )
+            )
             files.append(redex.open_file(name, cfg))
-        await poll(lambda: redexes[1].replication_coordinator_for(name).role
-                   is ReplicaRole.LEADER, 5.0, "pinned leader elected")
+        await poll(
+            lambda: redexes[1].replication_coordinator_for(name).role is ReplicaRole.LEADER,
+            5.0,
+            "pinned leader elected",
+        )
         files[1].append_batch([b"a", b"b", b"c"])
         await poll(lambda: files[0].next_seq == 3 and files[2].next_seq == 3, 5.0, "fan-out")
         roles = [r.replication_coordinator_for(name).role for r in redexes]
         assert roles.count(ReplicaRole.LEADER) == 1
         await teardown(nodes, redexes)
+
     run(body)

@@ -25,6 +25,7 @@ def capture(node: MeshNode) -> list[bytes]:
     def tap(data: bytes, addr: Any) -> None:
         seen.append(data)
         orig(data, addr)
+
     t.sendto = tap  # type: ignore[method-assign]
     return seen
 
@@ -43,8 +44,11 @@ def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
             b.start()
             a.send(b.node_id, "m", b"one")
             await wait_for(lambda: got == [b"one"])
-            data = next(d for d in reversed(sent)
-                        if d[1] == codec.TYPE_DATA and len(d) > codec.DATA_OVERHEAD + 1)
+            data = next(
+                d
+                for d in reversed(sent)
+                if d[1] == codec.TYPE_DATA and len(d) > codec.DATA_OVERHEAD + 1
+            )
             initiation = next(d for d in sent if d[1] == codec.TYPE_INITIATION)
             drops = b.metrics()["drops"]
             assert all(v == 0 for v in drops.values()), drops
@@ -67,8 +71,14 @@ def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
             # traffic continues through the storm
             a.send(b.node_id, "m", b"two")
             want = {k: len(v) for k, v in cases.items()}
-            await wait_for(lambda: all(b.metrics()["drops"][k] >= n for k, n in want.items())
-                           and got == [b"one", b"two"], 10.0, "drops counted")
+            await wait_for(
+                lambda: (
+                    all(b.metrics()["drops"][k] >= n for k, n in want.items())
+                    and got == [b"one", b"two"]
+                ),
+                10.0,
+                "drops counted",
+            )
             assert b.metrics()["drops"] == {**drops, **want}
             assert b.peer_is_up(a.node_id) and a.peer_is_up(b.node_id)
             b.send(a.node_id, "m", b"back")
@@ -77,13 +87,15 @@ def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
             raw.close()
             await a.shutdown()
             await b.shutdown()
+
     run(body)
 
 
 def test_wrong_psk_connect_fails_in_bounded_time() -> None:
     async def body() -> None:
-        a = await MeshNode.create(EntityKeypair.generate(),
-                                  cfg(handshake_retries=2, handshake_timeout=0.2))
+        a = await MeshNode.create(
+            EntityKeypair.generate(), cfg(handshake_retries=2, handshake_timeout=0.2)
+        )
         kb = EntityKeypair.generate()
         b_cfg = replace(cfg(allowed_peers={a.node_id: a.public_key}), psk=bytes(32))
         b = await MeshNode.create(kb, b_cfg)
@@ -97,13 +109,14 @@ def test_wrong_psk_connect_fails_in_bounded_time() -> None:
             # retried rather than failed at once, and bounded rather than a hang: the
             # nominal time is retries * timeout = 0.4 s; allow 10x for a loaded machine
             assert 0.3 <= elapsed < 10 * 2 * 0.2
-            assert a.metrics()["drops"]["wrong_psk_or_key"] == 2   # one per attempt
+            assert a.metrics()["drops"]["wrong_psk_or_key"] == 2  # one per attempt
             assert a.metrics()["handshakes_initiated"] == 2
             assert not b.peer_is_up(a.node_id) and b.peers() == []
             assert a.peers() == []
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body)
 
 
@@ -132,6 +145,7 @@ def test_unexpected_static_keys_are_refused() -> None:
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body)
 
 
@@ -140,10 +154,12 @@ def test_bind_conflict_raises_transport_error() -> None:
         a = await MeshNode.create(EntityKeypair.generate(), cfg())
         try:
             with pytest.raises(TransportError):
-                await MeshNode.create(EntityKeypair.generate(),
-                                      cfg(bind=f"127.0.0.1:{a.local_addr[1]}"))
+                await MeshNode.create(
+                    EntityKeypair.generate(), cfg(bind=f"127.0.0.1:{a.local_addr[1]}")
+                )
         finally:
             await a.shutdown()
+
     run(body)
 
 
@@ -165,6 +181,7 @@ def test_datagrams_never_exceed_max_datagram() -> None:
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body)
 
 
@@ -172,6 +189,7 @@ def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
     """An authenticated peer that bypasses ``send``'s check and writes entries on the
     reserved "peer" channel (a fake "down", and a fragmented message) reaches no
     subscriber and no reassembly buffer; the entries are counted and the link lives on."""
+
     async def body() -> None:
         a = await MeshNode.create(EntityKeypair.generate(), cfg())
         b = await MeshNode.create(EntityKeypair.generate(), cfg())
@@ -194,9 +212,11 @@ def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
             budget = a.config.max_datagram - codec.DATA_OVERHEAD
             # what a modified peer would send: one run of small forged events plus one
             # forged event too large for a datagram (fragments), then honest traffic
-            bodies, _ = codec.pack_bodies([("peer", [b"down", b"down"]),
-                                           ("peer", [b"d" * (3 * budget)]),
-                                           ("m", [b"after"])], budget, 1 << 30)
+            bodies, _ = codec.pack_bodies(
+                [("peer", [b"down", b"down"]), ("peer", [b"d" * (3 * budget)]), ("m", [b"after"])],
+                budget,
+                1 << 30,
+            )
             entries = [e for bd in bodies for e in codec.unpack_body(bd)]
             forged = sum(1 for e in entries if e[1] == "peer")
             assert forged >= 3 and any(e[0] != codec.ENTRY_MESSAGES for e in entries)
@@ -213,4 +233,5 @@ def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
         finally:
             await a.shutdown()
             await b.shutdown()
+
     run(body)

@@ -35,12 +35,20 @@ PSK = b"bench-psk-0123456789abcdef012345"
 
 
 def _cfg(max_datagram: int) -> MeshNodeConfig:
-    return MeshNodeConfig("127.0.0.1:0", PSK, heartbeat_interval=0.5, session_timeout=10.0,
-                          max_datagram=max_datagram, recv_buffer=4 << 20, send_buffer=4 << 20)
+    return MeshNodeConfig(
+        "127.0.0.1:0",
+        PSK,
+        heartbeat_interval=0.5,
+        session_timeout=10.0,
+        max_datagram=max_datagram,
+        recv_buffer=4 << 20,
+        send_buffer=4 << 20,
+    )
 
 
-def receiver_main(conn: Connection, key: bytes, sender_key: bytes, max_datagram: int,
-                  total: int, ack_every: int) -> None:
+def receiver_main(
+    conn: Connection, key: bytes, sender_key: bytes, max_datagram: int, total: int, ack_every: int
+) -> None:
     if os.environ.get("NETMESH_BENCH_DEBUG"):
         logging.basicConfig(level=logging.DEBUG, format="receiver %(name)s %(message)s")
 
@@ -69,15 +77,23 @@ def receiver_main(conn: Connection, key: bytes, sender_key: bytes, max_datagram:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(done.wait(), 1.0)
             log.debug("received %d of %d; metrics %s", count, total, node.metrics())
-        await asyncio.sleep(0.05)   # let the final ack leave
+        await asyncio.sleep(0.05)  # let the final ack leave
         conn.send(node.metrics())
         await node.shutdown()
 
     asyncio.run(main())
 
 
-async def sender(addr: tuple[str, int], rkp: EntityKeypair, skp: EntityKeypair, size: int,
-                 total: int, batch: int, window: int, max_datagram: int) -> dict[str, float]:
+async def sender(
+    addr: tuple[str, int],
+    rkp: EntityKeypair,
+    skp: EntityKeypair,
+    size: int,
+    total: int,
+    batch: int,
+    window: int,
+    max_datagram: int,
+) -> dict[str, float]:
     node = await MeshNode.create(skp, _cfg(max_datagram))
     acked = 0
     progressed = asyncio.Event()
@@ -93,13 +109,13 @@ async def sender(addr: tuple[str, int], rkp: EntityKeypair, skp: EntityKeypair, 
     msgs = [os.urandom(size) for _ in range(batch)]
     sent = 0
     t0 = time.perf_counter()
+
     async def wait_progress() -> None:
         progressed.clear()
         try:
             await asyncio.wait_for(progressed.wait(), 10.0)
         except TimeoutError:
-            raise RuntimeError(f"sent {sent}, acked {acked} of {total}; "
-                               f"{node.metrics()}") from None
+            raise RuntimeError(f"sent {sent}, acked {acked} of {total}; {node.metrics()}") from None
 
     while sent < total:
         while sent - acked >= window:
@@ -121,8 +137,10 @@ def run_case(size: int, total: int, max_datagram: int, batch: int, window: int) 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     ack_every = max(1, window // 8)
-    proc = ctx.Process(target=receiver_main, args=(child, rkp.private_key, skp.private_key,
-                                                   max_datagram, total, ack_every))
+    proc = ctx.Process(
+        target=receiver_main,
+        args=(child, rkp.private_key, skp.private_key, max_datagram, total, ack_every),
+    )
     proc.start()
     try:
         addr = parent.recv()
@@ -136,10 +154,12 @@ def run_case(size: int, total: int, max_datagram: int, batch: int, window: int) 
     rate = total / res["elapsed"]
     per_dgram = total / res["datagrams"]
     drops = {k: v for k, v in rmetrics["drops"].items() if v}
-    print(f"{size:>5} B  max_datagram={max_datagram:<5} msgs={total:>9,}  "
-          f"{rate / 1e6:6.3f} M msgs/s  {rate * size / 1e6:8.1f} MB/s  "
-          f"{per_dgram:6.1f} msgs/datagram  {res['elapsed']:.2f} s  drops={drops or 0}",
-          flush=True)
+    print(
+        f"{size:>5} B  max_datagram={max_datagram:<5} msgs={total:>9,}  "
+        f"{rate / 1e6:6.3f} M msgs/s  {rate * size / 1e6:8.1f} MB/s  "
+        f"{per_dgram:6.1f} msgs/datagram  {res['elapsed']:.2f} s  drops={drops or 0}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -156,7 +176,7 @@ def main() -> None:
         for size in sizes:
             total = args.count or (3_000_000 if size <= 128 else 400_000)
             per_dgram = max(1, (max_datagram - 40) // (size + 3))
-            window = 256 * per_dgram        # datagrams in flight << receiver SO_RCVBUF
+            window = 256 * per_dgram  # datagrams in flight << receiver SO_RCVBUF
             run_case(size, total, max_datagram, min(args.batch, window // 2), window)
 
 

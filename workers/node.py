@@ -153,16 +153,29 @@ class NodeService:
         self.page: MetricsPage | None = None
         self.done = asyncio.get_running_loop().create_future()
         self.graceful = False
-        self.counters = {"ring_events": 0, "ring_rejected_events": 0, "ring_errors": 0,
-                         "control_requests": 0, "control_errors": 0}
+        self.counters = {
+            "ring_events": 0,
+            "ring_rejected_events": 0,
+            "ring_errors": 0,
+            "control_requests": 0,
+            "control_errors": 0,
+        }
         self.ops = {
-            "init": self.op_init, "connect": self.op_connect,
-            "open_channel": self.op_open_channel, "close_channel": self.op_close_channel,
-            "attach_ring": self.op_attach_ring, "detach_ring": self.op_detach_ring,
-            "append": self.op_append, "next_seq": self.op_next_seq, "role": self.op_role,
-            "read_range": self.op_read_range, "block": self.op_block,
-            "unblock": self.op_unblock, "metrics": self.op_metrics,
-            "shutdown": self.op_shutdown, "probe_start": self.op_probe_start,
+            "init": self.op_init,
+            "connect": self.op_connect,
+            "open_channel": self.op_open_channel,
+            "close_channel": self.op_close_channel,
+            "attach_ring": self.op_attach_ring,
+            "detach_ring": self.op_detach_ring,
+            "append": self.op_append,
+            "next_seq": self.op_next_seq,
+            "role": self.op_role,
+            "read_range": self.op_read_range,
+            "block": self.op_block,
+            "unblock": self.op_unblock,
+            "metrics": self.op_metrics,
+            "shutdown": self.op_shutdown,
+            "probe_start": self.op_probe_start,
             "probe_stop": self.op_probe_stop,
         }
 
@@ -197,11 +210,14 @@ class NodeService:
         self.spec = spec
         kp = EntityKeypair.from_private_bytes(spec["private_key"])
         cfg = MeshNodeConfig(
-            bind=spec.get("bind", "127.0.0.1:0"), psk=spec["psk"],
+            bind=spec.get("bind", "127.0.0.1:0"),
+            psk=spec["psk"],
             heartbeat_interval=spec.get("heartbeat_interval", 0.25),
             session_timeout=spec.get("session_timeout", 2.0),
             max_datagram=spec.get("max_datagram", 1400),
-            handshake_retries=3, handshake_timeout=1.0)
+            handshake_retries=3,
+            handshake_timeout=1.0,
+        )
         self.node = await MeshNode.create(kp, cfg)
         self.node.start()
         self.redex.enable_replication(self.node)
@@ -209,15 +225,22 @@ class NodeService:
             self.page = MetricsPage.attach(spec["metrics_page"])
             asyncio.get_running_loop().create_task(self._publish_metrics())
         host, port = self.node.local_addr[:2]
-        return {"node_id": kp.node_id, "public_key": kp.public_key, "addr": [host, port],
-                "pid": os.getpid()}
+        return {
+            "node_id": kp.node_id,
+            "public_key": kp.public_key,
+            "addr": [host, port],
+            "pid": os.getpid(),
+        }
 
     async def op_connect(self, peers: list[dict[str, Any]], initiate: list[int]) -> list[int]:
         node = self._node()
         for p in peers:
             node.add_allowed_peer(p["node_id"], p["public_key"])
-        jobs = [node.connect(tuple(p["addr"]), p["public_key"], p["node_id"])
-                for p in peers if p["node_id"] in initiate]
+        jobs = [
+            node.connect(tuple(p["addr"]), p["public_key"], p["node_id"])
+            for p in peers
+            if p["node_id"] in initiate
+        ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
@@ -227,8 +250,11 @@ class NodeService:
     def op_open_channel(self, name: str, replication: dict[str, Any] | None = None) -> int:
         data_dir = self.spec.get("data_dir")
         path = os.path.join(data_dir, *name.split("/")) if data_dir else None
-        cfg = RedexFileConfig(path=path, fsync="never" if path is None else "batch",
-                              replication=replication_from_dict(replication))
+        cfg = RedexFileConfig(
+            path=path,
+            fsync="never" if path is None else "batch",
+            replication=replication_from_dict(replication),
+        )
         return self.redex.open_file(name, cfg).next_seq
 
     def op_close_channel(self, name: str) -> None:
@@ -330,8 +356,9 @@ class NodeService:
             if last is not None and needed >= 0:
                 state = self.redex.is_committed(drainer.channel, needed)
                 if state is False:
-                    self.redex.on_commit(drainer.channel, needed,
-                                         lambda d=drainer: self.release_acks(d))
+                    self.redex.on_commit(
+                        drainer.channel, needed, lambda d=drainer: self.release_acks(d)
+                    )
                     return
                 if state is None:  # leadership lost before a majority held them
                     last, reason = None, REFUSED_NOT_LEADER
@@ -350,18 +377,25 @@ class NodeService:
         node = self.node
         channels: dict[str, Any] = {}
         for f in self.redex.open_files():
-            ch: dict[str, Any] = {"next_seq": f.next_seq,
-                                  "first_retained_seq": f.first_retained_seq,
-                                  "torn_tail_truncations": f.torn_tail_truncations}
+            ch: dict[str, Any] = {
+                "next_seq": f.next_seq,
+                "first_retained_seq": f.first_retained_seq,
+                "torn_tail_truncations": f.torn_tail_truncations,
+            }
             ch.update(self.redex.channel_metrics(f.name))
             channels[f.name] = ch
         return {
-            "node": self.spec.get("index"), "node_id": node.node_id if node else None,
-            "pid": os.getpid(), "channels": channels,
-            "peers": node.peers() if node else [], "mesh": node.metrics() if node else {},
+            "node": self.spec.get("index"),
+            "node_id": node.node_id if node else None,
+            "pid": os.getpid(),
+            "channels": channels,
+            "peers": node.peers() if node else [],
+            "mesh": node.metrics() if node else {},
             "counters": dict(self.counters),
-            "rings": {n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
-                      for n, d in self.drainers.items()},
+            "rings": {
+                n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
+                for n, d in self.drainers.items()
+            },
         }
 
     async def _publish_metrics(self) -> None:

@@ -27,8 +27,7 @@ class TokenBucket:
         self._last = now
 
     @classmethod
-    def for_replication(cls, fraction: float, nic_peak_bytes_per_s: int,
-                        now: float) -> TokenBucket:
+    def for_replication(cls, fraction: float, nic_peak_bytes_per_s: int, now: float) -> TokenBucket:
         """The budget of ``ReplicationConfig`` (fraction x NIC peak)."""
         return cls(fraction * nic_peak_bytes_per_s, now)
 

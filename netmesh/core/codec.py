@@ -111,7 +111,7 @@ def decode(datagram: bytes) -> Initiation | Response | DataHeader:
         _, _, reserved, sender = INITIATION_HEADER.unpack_from(datagram)
         if reserved:
             raise DecodeError("reserved bits set")
-        return Initiation(sender, bytes(datagram[INITIATION_HEADER.size:]))
+        return Initiation(sender, bytes(datagram[INITIATION_HEADER.size :]))
     if kind == TYPE_RESPONSE:
         if n < RESPONSE_SIZE:
             raise Truncated(f"response of {n} bytes")
@@ -120,11 +120,12 @@ def decode(datagram: bytes) -> Initiation | Response | DataHeader:
         _, _, reserved, sender, receiver = RESPONSE_HEADER.unpack_from(datagram)
         if reserved:
             raise DecodeError("reserved bits set")
-        return Response(sender, receiver, bytes(datagram[RESPONSE_HEADER.size:]))
+        return Response(sender, receiver, bytes(datagram[RESPONSE_HEADER.size :]))
     raise DecodeError(f"unknown datagram type {kind}")
 
 
 # ---------------------------------------------------------------- bodies
+
 
 def _bin_size(n: int) -> int:
     return n + (2 if n < 256 else 3 if n < 65536 else 5)
@@ -148,8 +149,9 @@ def fragment_chunk_size(budget: int, channel: str) -> int:
     return budget - BODY_OVERHEAD - _FRAG_ENTRY_FIXED - _str_size(channel)
 
 
-def pack_bodies(groups: list[tuple[str, list[bytes]]], budget: int,
-                next_frag_id: int) -> tuple[list[bytes], int]:
+def pack_bodies(
+    groups: list[tuple[str, list[bytes]]], budget: int, next_frag_id: int
+) -> tuple[list[bytes], int]:
     """Pack ``(channel, messages)`` groups, in order, into msgpack bodies.
 
     Each returned body is at most ``budget`` bytes (one datagram's plaintext). Order
@@ -200,7 +202,7 @@ def pack_bodies(groups: list[tuple[str, list[bytes]]], budget: int,
             fid = next_frag_id
             next_frag_id += 1
             for k in range(count):
-                piece = message[k * chunk:(k + 1) * chunk]
+                piece = message[k * chunk : (k + 1) * chunk]
                 entry = [ENTRY_FRAGMENT, channel, fid, k, count, piece]
                 if k < count - 1:
                     bodies.append(packb([entry]))
@@ -234,9 +236,14 @@ def unpack_body(body: bytes) -> list[list]:
                 if type(m) is not bytes:
                     raise DecodeError("message is not bytes")
         elif kind == ENTRY_FRAGMENT:
-            if (len(e) != 6 or type(e[1]) is not str or type(e[2]) is not int
-                    or type(e[3]) is not int or type(e[4]) is not int
-                    or type(e[5]) is not bytes):
+            if (
+                len(e) != 6
+                or type(e[1]) is not str
+                or type(e[2]) is not int
+                or type(e[3]) is not int
+                or type(e[4]) is not int
+                or type(e[5]) is not bytes
+            ):
                 raise DecodeError("bad fragment entry")
             if e[2] < 0 or not 0 <= e[3] < e[4]:
                 raise DecodeError("bad fragment numbering")
@@ -256,8 +263,9 @@ class Reassembler:
     (``evicted`` counts them). Duplicate fragments are ignored.
     """
 
-    def __init__(self, max_message: int, max_bytes: int, max_pending: int = 64,
-                 min_chunk: int = 256) -> None:
+    def __init__(
+        self, max_message: int, max_bytes: int, max_pending: int = 64, min_chunk: int = 256
+    ) -> None:
         self.max_message = max_message
         self.max_bytes = max_bytes
         self.max_pending = max_pending
@@ -266,8 +274,7 @@ class Reassembler:
         self.buffered = 0
         self.evicted = 0
 
-    def add(self, channel: str, frag_id: int, index: int, count: int,
-            chunk: bytes) -> bytes | None:
+    def add(self, channel: str, frag_id: int, index: int, count: int, chunk: bytes) -> bytes | None:
         if count > self.max_count or len(chunk) > self.max_message:
             raise DecodeError(f"fragment count {count} exceeds the limit")
         key = (channel, frag_id)
@@ -289,8 +296,9 @@ class Reassembler:
             if len(data) > self.max_message:
                 raise DecodeError("reassembled message exceeds the limit")
             return data
-        while (self.buffered > self.max_bytes or len(self._pending) > self.max_pending) \
-                and self._pending:
+        while (
+            self.buffered > self.max_bytes or len(self._pending) > self.max_pending
+        ) and self._pending:
             self._evict_oldest()
         return None
 

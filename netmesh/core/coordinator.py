@@ -100,6 +100,7 @@ Sig = TransitionSignal
 
 # ----------------------------------------------------------------------------- outputs
 
+
 @dataclass(frozen=True)
 class Send:
     """Send ``msg`` (encode with ``messages.encode``) to node ``to`` on this channel."""
@@ -193,6 +194,7 @@ class ReplicationMetrics:
 
 # ----------------------------------------------------------------------- epoch helpers
 
+
 def term_at(epochs: Sequence[Epoch], seq: int) -> int:
     """Term of the event at ``seq`` according to ``epochs`` (0 for seq < 0 or none)."""
     if seq < 0:
@@ -234,8 +236,9 @@ def overlapping(epochs: Sequence[Epoch], first: int, end: int) -> tuple[Epoch, .
     return tuple(out)
 
 
-def first_conflict(own: Sequence[Epoch], theirs: Sequence[Epoch],
-                   first: int, stop: int) -> int | None:
+def first_conflict(
+    own: Sequence[Epoch], theirs: Sequence[Epoch], first: int, stop: int
+) -> int | None:
     """First seq in ``[first, stop)`` whose term differs between the two histories."""
     points = {first} | {s for _, s in (*own, *theirs) if first < s < stop}
     for seq in sorted(points):
@@ -271,6 +274,7 @@ class _Campaign:
 
 # -------------------------------------------------------------------------- coordinator
 
+
 class ReplicationCoordinator:
     """Replication state machine of one channel on one node; see the module docstring.
 
@@ -289,10 +293,19 @@ class ReplicationCoordinator:
         LocalProtocolError: ``self_id`` not in ``members``.
     """
 
-    def __init__(self, self_id: int, config: ReplicationConfig, members: Sequence[int], *,
-                 now: float = 0.0, tail_seq: int = 0, hard_state: HardState | None = None,
-                 rng: random.Random | None = None, auto_bootstrap: bool = True,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+    def __init__(
+        self,
+        self_id: int,
+        config: ReplicationConfig,
+        members: Sequence[int],
+        *,
+        now: float = 0.0,
+        tail_seq: int = 0,
+        hard_state: HardState | None = None,
+        rng: random.Random | None = None,
+        auto_bootstrap: bool = True,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    ) -> None:
         self.members = tuple(sorted(set(members)))
         if self_id not in self.members:
             raise LocalProtocolError(f"node {self_id} is not a member of {list(self.members)}")
@@ -313,7 +326,8 @@ class ReplicationCoordinator:
         self.leader_id: int | None = None
         self.metrics = ReplicationMetrics()
         self.budget = TokenBucket.for_replication(
-            config.replication_budget_fraction, config.nic_peak_bytes_per_s, now)
+            config.replication_budget_fraction, config.nic_peak_bytes_per_s, now
+        )
         self._peers = {p: _Peer() for p in self.members if p != self_id}
         self._progress: dict[int, _Progress] = {}
         self._campaign = _Campaign()
@@ -330,13 +344,18 @@ class ReplicationCoordinator:
         self._backoff_until = float("-inf")
         self._next_rid = (rng.getrandbits(48) if rng is not None else 0) | 1
         self._handlers: dict[type, Callable[[int, Any], None]] = {
-            Heartbeat: self._on_heartbeat, SyncRequest: self._on_sync_request,
-            SyncResponse: self._on_sync_response, Nack: self._on_nack,
-            VoteRequest: self._on_vote_request, VoteResponse: self._on_vote_response,
+            Heartbeat: self._on_heartbeat,
+            SyncRequest: self._on_sync_request,
+            SyncResponse: self._on_sync_response,
+            Nack: self._on_nack,
+            VoteRequest: self._on_vote_request,
+            VoteResponse: self._on_vote_response,
             Ack: self._on_ack,
         }
         self._tickers: dict[ReplicaRole, Callable[[], None]] = {
-            R: self._tick_replica, C: self._tick_candidate, L: self._tick_leader,
+            R: self._tick_replica,
+            C: self._tick_candidate,
+            L: self._tick_leader,
         }
 
     # ------------------------------------------------------------------ public inputs
@@ -401,15 +420,16 @@ class ReplicationCoordinator:
         """Answer a :class:`ServeSync` with the events the shell read."""
         self._begin(now)
         if self.role is L and req.to in self._progress and req.from_seq <= self.tail:
-            self._respond(req.to, req.request_id, req.from_seq,
-                          tuple(payloads)[: self.tail - req.from_seq])
+            self._respond(
+                req.to, req.request_id, req.from_seq, tuple(payloads)[: self.tail - req.from_seq]
+            )
         elif req.request_id:
-            self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER,
-                                    req.from_seq))
+            self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER, req.from_seq))
         return self._end()
 
-    def transition_to(self, role: ReplicaRole, signal: TransitionSignal,
-                      now: float | None = None) -> list[Output]:
+    def transition_to(
+        self, role: ReplicaRole, signal: TransitionSignal, now: float | None = None
+    ) -> list[Output]:
         """Drive a role change by hand (the reference tests do).
 
         Asking for the role the coordinator already has (with a signal that can lead
@@ -419,8 +439,9 @@ class ReplicationCoordinator:
             InvalidTransition: the table has no ``(current role, signal) -> role``.
         """
         self._begin(self._now if now is None else now)
-        if role is self.role and any(t is role and s is signal
-                                     for (_, s), t in TRANSITIONS.items()):
+        if role is self.role and any(
+            t is role and s is signal for (_, s), t in TRANSITIONS.items()
+        ):
             return self._end()
         transition(self.role, signal, role)
         self._manual(signal)
@@ -499,8 +520,11 @@ class ReplicationCoordinator:
         return (peer.epoch_term if self.quorum_mode else peer.last_term), peer.tail
 
     def _healthy(self) -> set[int]:
-        return {p for p, peer in self._peers.items()
-                if peer.heard_at is not None and self._now - peer.heard_at < self.silence}
+        return {
+            p
+            for p, peer in self._peers.items()
+            if peer.heard_at is not None and self._now - peer.heard_at < self.silence
+        }
 
     def _quorum_reachable(self) -> bool:
         return len(self._healthy()) + 1 >= majority(len(self.members))
@@ -509,8 +533,11 @@ class ReplicationCoordinator:
         return not self.quorum_mode or self._quorum_reachable()
 
     def _in_sync(self) -> bool:
-        return (self.leader_id is not None and self.tail == self._leader_tail
-                and self._epoch_term() == self.term)
+        return (
+            self.leader_id is not None
+            and self.tail == self._leader_tail
+            and self._epoch_term() == self.term
+        )
 
     def _next_owned_term(self) -> int:
         n, idx = len(self.members), self.members.index(self.self_id)
@@ -529,8 +556,12 @@ class ReplicationCoordinator:
         if self.leader_id is not None:
             self.metrics.replica_lag_seconds = self._now - self._leader_heard_at
             self.metrics.replica_lag_events = max(0, self._leader_tail - self.tail)
-        if (self.leader_id is None and self.self_id == self.pinned
-                and self._now - self._last_campaign_at >= self.silence and self._may_campaign()):
+        if (
+            self.leader_id is None
+            and self.self_id == self.pinned
+            and self._now - self._last_campaign_at >= self.silence
+            and self._may_campaign()
+        ):
             self._set_role(Sig.MISSED_HEARTBEATS)
             self._start_campaign()
         elif self._now - self._leader_heard_at >= self.silence:
@@ -546,8 +577,11 @@ class ReplicationCoordinator:
         if self._maybe_heartbeat():
             for prog in self._progress.values():
                 prog.inflight, prog.sent = 0, prog.match
-        if (self.quorum_mode and self._now - self._leader_since >= self.silence
-                and not self._quorum_reachable()):
+        if (
+            self.quorum_mode
+            and self._now - self._leader_since >= self.silence
+            and not self._quorum_reachable()
+        ):
             self._set_role(Sig.MISSED_HEARTBEATS)
             self.leader_id = None
             self._leader_heard_at = self._now
@@ -556,8 +590,15 @@ class ReplicationCoordinator:
         if self._now < self._next_hb_at:
             return False
         self._next_hb_at = self._now + self.hb
-        hb = Heartbeat(self.term, self.leader_id or 0, self.role, self.tail, self.commit,
-                       self._epoch_term(), self._last_term())
+        hb = Heartbeat(
+            self.term,
+            self.leader_id or 0,
+            self.role,
+            self.tail,
+            self.commit,
+            self._epoch_term(),
+            self._last_term(),
+        )
         for p in self._peers:
             self._send(p, hb)
         self.metrics.heartbeats_sent_total += len(self._peers)
@@ -589,8 +630,9 @@ class ReplicationCoordinator:
         self._dirty = True
         self._outstanding = None
         self._last_campaign_at = self._now
-        self._campaign = _Campaign({self.self_id}, set(), self._healthy(),
-                                   self._now + self.silence, manual)
+        self._campaign = _Campaign(
+            {self.self_id}, set(), self._healthy(), self._now + self.silence, manual
+        )
         req = VoteRequest(self.term, self._epoch_term(), self._last_term(), self.tail)
         for p in self._peers:
             self._send(p, req)
@@ -630,8 +672,7 @@ class ReplicationCoordinator:
             self._send(frm, VoteResponse(self.term, False))
             return
         theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
-        ok = (self.role is not L and self.voted_for in (None, frm)
-              and theirs >= self._own_key())
+        ok = self.role is not L and self.voted_for in (None, frm) and theirs >= self._own_key()
         if ok:
             self.voted_for = frm
             self._dirty = True
@@ -678,8 +719,11 @@ class ReplicationCoordinator:
     def _maybe_challenge(self, m: Heartbeat) -> None:
         if self._now - self._last_campaign_at < self.silence:
             return
-        challenge = (not self.quorum_mode and self._epoch_term() != self.term
-                     and (self._last_term(), self.tail) > (m.last_term, m.tail_seq))
+        challenge = (
+            not self.quorum_mode
+            and self._epoch_term() != self.term
+            and (self._last_term(), self.tail) > (m.last_term, m.tail_seq)
+        )
         handoff = self.self_id == self.pinned and self._in_sync()
         if challenge or handoff:
             self._set_role(Sig.MISSED_HEARTBEATS)
@@ -693,8 +737,10 @@ class ReplicationCoordinator:
         if self._now < self._backoff_until:
             return
         rid, self._next_rid = self._next_rid, (self._next_rid + 1) & ((1 << 64) - 1) or 1
-        self._send(self.leader_id, SyncRequest(self.term, self.tail, self._last_term(),
-                                               self.config.sync_chunk_bytes, rid))
+        self._send(
+            self.leader_id,
+            SyncRequest(self.term, self.tail, self._last_term(), self.config.sync_chunk_bytes, rid),
+        )
         self._outstanding = (rid, self._now)
         self.metrics.sync_requests_total += 1
 
@@ -716,7 +762,7 @@ class ReplicationCoordinator:
         if conflict is not None and not self._truncate(conflict):
             return
         if end > self.tail:
-            self._out.append(Apply(self.tail, m.payloads[self.tail - first:]))
+            self._out.append(Apply(self.tail, m.payloads[self.tail - first :]))
             self.tail = end
         if self.tail != end:
             return
@@ -754,8 +800,9 @@ class ReplicationCoordinator:
         elif m.reason is NackReason.DIVERGED and current and m.from_seq == self.tail:
             self._truncate(min(m.epoch_end, own_end(self.epochs, m.epoch_term, self.tail)))
             self._maybe_request()
-        elif m.reason in (NackReason.NOT_LEADER, NackReason.CHANNEL_CLOSED) \
-                and self.leader_id == frm:
+        elif (
+            m.reason in (NackReason.NOT_LEADER, NackReason.CHANNEL_CLOSED) and self.leader_id == frm
+        ):
             self.leader_id = None
 
     # ------------------------------------------------------------------ leader side
@@ -766,8 +813,7 @@ class ReplicationCoordinator:
             return
         if m.from_seq > self.tail or term_at(self.epochs, m.from_seq - 1) != m.last_term:
             t, end = epoch_end(self.epochs, m.last_term, self.tail)
-            self._send(frm, Nack(self.term, m.request_id, NackReason.DIVERGED,
-                                 m.from_seq, t, end))
+            self._send(frm, Nack(self.term, m.request_id, NackReason.DIVERGED, m.from_seq, t, end))
             return
         if m.from_seq == self.tail:
             self._respond(frm, m.request_id, m.from_seq, ())
@@ -790,8 +836,18 @@ class ReplicationCoordinator:
         end = first + len(payloads)
         if not rid:
             prog.sent = end
-        self._send(to, SyncResponse(self.term, rid, first, term_at(self.epochs, first - 1),
-                                    self.commit, overlapping(self.epochs, first, end), payloads))
+        self._send(
+            to,
+            SyncResponse(
+                self.term,
+                rid,
+                first,
+                term_at(self.epochs, first - 1),
+                self.commit,
+                overlapping(self.epochs, first, end),
+                payloads,
+            ),
+        )
 
     def _maybe_push(self, p: int) -> None:
         prog = self._progress[p]

@@ -93,7 +93,8 @@ def dh(private_key: bytes, public_key: bytes) -> bytes:
     """X25519; raises HandshakeError for a malformed or low-order public key."""
     try:
         return X25519PrivateKey.from_private_bytes(private_key).exchange(
-            X25519PublicKey.from_public_bytes(public_key))
+            X25519PublicKey.from_public_bytes(public_key)
+        )
     except ValueError as exc:
         raise HandshakeError(f"bad DH public key: {exc}") from None
 
@@ -227,11 +228,20 @@ class Initiator:
     attacker cannot abort the handshake by injecting garbage).
     """
 
-    def __init__(self, static_private: bytes, responder_static: bytes, psk: bytes,
-                 ephemeral_private: bytes, prologue: bytes = b"") -> None:
-        for name, value in (("static_private", static_private),
-                            ("responder_static", responder_static), ("psk", psk),
-                            ("ephemeral_private", ephemeral_private)):
+    def __init__(
+        self,
+        static_private: bytes,
+        responder_static: bytes,
+        psk: bytes,
+        ephemeral_private: bytes,
+        prologue: bytes = b"",
+    ) -> None:
+        for name, value in (
+            ("static_private", static_private),
+            ("responder_static", responder_static),
+            ("psk", psk),
+            ("ephemeral_private", ephemeral_private),
+        ):
             _check_key(name, value)
         self._s = bytes(static_private)
         self._s_pub = public_key_of(self._s)
@@ -249,10 +259,10 @@ class Initiator:
         _check_key("timestamp", timestamp, TIMESTAMP_LEN)
         ss = self._ss
         ss.mix_hash(self._e_pub)
-        ss.mix_key(self._e_pub)                   # psk mode: "e" also mixes the key
-        ss.mix_key(dh(self._e, self._rs))         # es
+        ss.mix_key(self._e_pub)  # psk mode: "e" also mixes the key
+        ss.mix_key(dh(self._e, self._rs))  # es
         enc_s = ss.encrypt_and_hash(self._s_pub)  # s
-        ss.mix_key(dh(self._s, self._rs))         # ss
+        ss.mix_key(dh(self._s, self._rs))  # ss
         enc_ts = ss.encrypt_and_hash(bytes(timestamp))
         self._state = "sent"
         return self._e_pub + enc_s + enc_ts
@@ -271,9 +281,9 @@ class Initiator:
             re = bytes(message[:DHLEN])
             ss.mix_hash(re)
             ss.mix_key(re)
-            ss.mix_key(dh(self._e, re))           # ee
-            ss.mix_key(dh(self._s, re))           # se (initiator's s, responder's e)
-            ss.mix_key_and_hash(self._psk)        # psk
+            ss.mix_key(dh(self._e, re))  # ee
+            ss.mix_key(dh(self._s, re))  # se (initiator's s, responder's e)
+            ss.mix_key_and_hash(self._psk)  # psk
             ss.decrypt_and_hash(bytes(message[DHLEN:]))
         except (AuthenticationError, HandshakeError):
             # roll back so a forged message cannot spoil a later genuine one
@@ -318,10 +328,10 @@ class Responder:
         re = bytes(message[:DHLEN])
         ss.mix_hash(re)
         ss.mix_key(re)
-        ss.mix_key(dh(self._s, re))                               # es
-        rs = ss.decrypt_and_hash(bytes(message[DHLEN:DHLEN + DHLEN + TAGLEN]))  # s
-        ss.mix_key(dh(self._s, rs))                               # ss
-        ts = ss.decrypt_and_hash(bytes(message[DHLEN + DHLEN + TAGLEN:]))
+        ss.mix_key(dh(self._s, re))  # es
+        rs = ss.decrypt_and_hash(bytes(message[DHLEN : DHLEN + DHLEN + TAGLEN]))  # s
+        ss.mix_key(dh(self._s, rs))  # ss
+        ts = ss.decrypt_and_hash(bytes(message[DHLEN + DHLEN + TAGLEN :]))
         self._re = re
         self.remote_static = rs
         self.timestamp = ts
@@ -338,9 +348,9 @@ class Responder:
         ss = self._ss
         ss.mix_hash(e_pub)
         ss.mix_key(e_pub)
-        ss.mix_key(dh(e, self._re))                 # ee
-        ss.mix_key(dh(e, self.remote_static))       # se
-        ss.mix_key_and_hash(self._psk)              # psk
+        ss.mix_key(dh(e, self._re))  # ee
+        ss.mix_key(dh(e, self.remote_static))  # se
+        ss.mix_key_and_hash(self._psk)  # psk
         tag = ss.encrypt_and_hash(b"")
         self._state = "done"
         k1, k2 = ss.split()

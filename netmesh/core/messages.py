@@ -80,8 +80,8 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class SyncRequest:
-    """Replica -> leader: send events from ``from_seq``; my event ``from_seq-1`` has ``last_term``.
-    """
+    """Replica -> leader: send events from ``from_seq``; my event ``from_seq - 1`` has
+    term ``last_term``."""
 
     term: int
     from_seq: int

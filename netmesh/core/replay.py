@@ -8,8 +8,8 @@ it passes over (RFC 6479 section 3), so the cost does not depend on the jump siz
 from __future__ import annotations
 
 BLOCK_BITS = 64
-BLOCKS = 64                     # power of two
-WINDOW_SIZE = (BLOCKS - 1) * BLOCK_BITS   # 4032 counters
+BLOCKS = 64  # power of two
+WINDOW_SIZE = (BLOCKS - 1) * BLOCK_BITS  # 4032 counters
 _MASK = BLOCKS - 1
 
 

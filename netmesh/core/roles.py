@@ -81,8 +81,9 @@ TRANSITIONS: dict[tuple[ReplicaRole, TransitionSignal], ReplicaRole] = {
 del R, S
 
 
-def transition(role: ReplicaRole, signal: TransitionSignal,
-               target: ReplicaRole | None = None) -> ReplicaRole:
+def transition(
+    role: ReplicaRole, signal: TransitionSignal, target: ReplicaRole | None = None
+) -> ReplicaRole:
     """Return the role ``signal`` moves ``role`` to.
 
     Args:
@@ -99,7 +100,8 @@ def transition(role: ReplicaRole, signal: TransitionSignal,
         raise InvalidTransition(f"no transition from {role.name} on {signal.name}")
     if target is not None and new is not target:
         raise InvalidTransition(
-            f"{role.name} on {signal.name} leads to {new.name}, not {target.name}")
+            f"{role.name} on {signal.name} leads to {new.name}, not {target.name}"
+        )
     return new
 
 

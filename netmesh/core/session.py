@@ -56,12 +56,29 @@ class Session:
         first packet authenticates (key confirmation). Do not send before that.
     """
 
-    __slots__ = ("_open_aead", "_seal_aead", "confirmed", "created", "is_initiator",
-                 "limits", "local_index", "recv_counter_max", "remote_index",
-                 "remote_static", "replay", "send_counter")
+    __slots__ = (
+        "_open_aead",
+        "_seal_aead",
+        "confirmed",
+        "created",
+        "is_initiator",
+        "limits",
+        "local_index",
+        "recv_counter_max",
+        "remote_index",
+        "remote_static",
+        "replay",
+        "send_counter",
+    )
 
-    def __init__(self, keys: SessionKeys, local_index: int, remote_index: int, created: float,
-                 limits: SessionLimits | None = None) -> None:
+    def __init__(
+        self,
+        keys: SessionKeys,
+        local_index: int,
+        remote_index: int,
+        created: float,
+        limits: SessionLimits | None = None,
+    ) -> None:
         self.limits = limits or SessionLimits()
         self._seal_aead = ChaCha20Poly1305(keys.send_key)
         self._open_aead = ChaCha20Poly1305(keys.recv_key)
@@ -100,9 +117,11 @@ class Session:
         if now - self.created >= self.limits.reject_after_time:
             raise SessionExpired("session too old to receive on")
         try:
-            body = self._open_aead.decrypt(_ZERO4 + counter.to_bytes(8, "little"),
-                                           datagram[DATA_HEADER_LEN:],
-                                           datagram[:DATA_HEADER_LEN])
+            body = self._open_aead.decrypt(
+                _ZERO4 + counter.to_bytes(8, "little"),
+                datagram[DATA_HEADER_LEN:],
+                datagram[:DATA_HEADER_LEN],
+            )
         except InvalidTag:
             raise AuthenticationError("data packet failed authentication") from None
         if not self.replay.check_and_update(counter):
@@ -112,10 +131,14 @@ class Session:
 
     def needs_rekey(self, now: float) -> bool:
         lim = self.limits
-        return (self.send_counter >= lim.rekey_after_messages
-                or now - self.created >= lim.rekey_after_time)
+        return (
+            self.send_counter >= lim.rekey_after_messages
+            or now - self.created >= lim.rekey_after_time
+        )
 
     def expired(self, now: float) -> bool:
         lim = self.limits
-        return (self.send_counter >= lim.reject_after_messages
-                or now - self.created >= lim.reject_after_time)
+        return (
+            self.send_counter >= lim.reject_after_messages
+            or now - self.created >= lim.reject_after_time
+        )

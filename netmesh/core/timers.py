@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 
 class Action(enum.Enum):
-    SEND_KEEPALIVE = "send_keepalive"     # nothing sent for heartbeat_interval
-    PEER_DOWN = "peer_down"               # nothing received for session_timeout
-    RETRY_HANDSHAKE = "retry_handshake"   # an attempt timed out and attempts remain
+    SEND_KEEPALIVE = "send_keepalive"  # nothing sent for heartbeat_interval
+    PEER_DOWN = "peer_down"  # nothing received for session_timeout
+    RETRY_HANDSHAKE = "retry_handshake"  # an attempt timed out and attempts remain
     HANDSHAKE_FAILED = "handshake_failed"  # the last attempt timed out
-    RECONNECT = "reconnect"               # a peer that was up and is down: probe it
+    RECONNECT = "reconnect"  # a peer that was up and is down: probe it
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ class PeerTimers:
         self.handshake_started = now
         self.last_probe = now
         self.attempts = 1
-        self.max_attempts = max_attempts if max_attempts is not None \
-            else self.config.handshake_retries
+        self.max_attempts = (
+            max_attempts if max_attempts is not None else self.config.handshake_retries
+        )
 
     def on_handshake_done(self, now: float) -> None:
         self.handshake_started = None
@@ -77,8 +78,10 @@ class PeerTimers:
     def poll(self, now: float) -> list[Action]:
         cfg = self.config
         actions: list[Action] = []
-        if self.handshake_started is not None \
-                and now - self.handshake_started >= cfg.handshake_timeout:
+        if (
+            self.handshake_started is not None
+            and now - self.handshake_started >= cfg.handshake_timeout
+        ):
             if self.attempts < self.max_attempts:
                 self.attempts += 1
                 self.handshake_started = now
@@ -95,8 +98,11 @@ class PeerTimers:
                 actions.append(Action.PEER_DOWN)
             elif now - self.last_sent >= cfg.heartbeat_interval:
                 actions.append(Action.SEND_KEEPALIVE)
-        elif (self.was_up and self.handshake_started is None
-              and now - self.last_probe >= cfg.reconnect_interval):
+        elif (
+            self.was_up
+            and self.handshake_started is None
+            and now - self.last_probe >= cfg.reconnect_interval
+        ):
             self.last_probe = now
             actions.append(Action.RECONNECT)
         return actions

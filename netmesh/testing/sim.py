@@ -74,19 +74,34 @@ class SimCluster:
         sync_chunk_bytes: max bytes per SyncResponse.
     """
 
-    def __init__(self, n: int = 3, seed: int = 0, *, ack: AckMode = "quorum",
-                 heartbeat_ms: int = 100, pinned: int | None = None, drop: float = 0.0,
-                 duplicate: float = 0.0, max_delay: float | None = None,
-                 budget_bytes_per_s: int = 125_000_000, sync_chunk_bytes: int = 4096,
-                 auto_bootstrap: bool = True) -> None:
+    def __init__(
+        self,
+        n: int = 3,
+        seed: int = 0,
+        *,
+        ack: AckMode = "quorum",
+        heartbeat_ms: int = 100,
+        pinned: int | None = None,
+        drop: float = 0.0,
+        duplicate: float = 0.0,
+        max_delay: float | None = None,
+        budget_bytes_per_s: int = 125_000_000,
+        sync_chunk_bytes: int = 4096,
+        auto_bootstrap: bool = True,
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = sorted(self.rng.sample(range(1, 1 << 20), n))
         self.config = ReplicationConfig(
-            factor=n, heartbeat_ms=heartbeat_ms, placement=PlacementStrategy.pinned(self.ids),
-            leader_pinned=None if pinned is None else self.ids[pinned], ack=ack,
-            replication_budget_fraction=1.0, nic_peak_bytes_per_s=budget_bytes_per_s,
-            sync_chunk_bytes=sync_chunk_bytes)
+            factor=n,
+            heartbeat_ms=heartbeat_ms,
+            placement=PlacementStrategy.pinned(self.ids),
+            leader_pinned=None if pinned is None else self.ids[pinned],
+            ack=ack,
+            replication_budget_fraction=1.0,
+            nic_peak_bytes_per_s=budget_bytes_per_s,
+            sync_chunk_bytes=sync_chunk_bytes,
+        )
         self.config.validate()
         self.quorum = ack == "quorum"
         self.dt = heartbeat_ms / 4000.0
@@ -107,8 +122,15 @@ class SimCluster:
 
     def _coordinator(self, node_id: int, hs: HardState, tail: int) -> ReplicationCoordinator:
         return ReplicationCoordinator(
-            node_id, self.config, self.ids, now=self.now, tail_seq=tail, hard_state=hs,
-            rng=random.Random(self.rng.getrandbits(32)), auto_bootstrap=self.auto_bootstrap)
+            node_id,
+            self.config,
+            self.ids,
+            now=self.now,
+            tail_seq=tail,
+            hard_state=hs,
+            rng=random.Random(self.rng.getrandbits(32)),
+            auto_bootstrap=self.auto_bootstrap,
+        )
 
     def fail(self, what: str) -> InvariantViolation:
         return InvariantViolation(f"seed={self.seed} step={self.steps} t={self.now:.3f}: {what}")
@@ -125,11 +147,12 @@ class SimCluster:
                 pending[0:0] = node.coord.serve(out, self._read(node, out), self.now)
             elif isinstance(out, Apply):
                 if out.first_seq != len(node.log):
-                    raise self.fail(f"node {node.node_id} Apply at {out.first_seq}, "
-                                    f"log has {len(node.log)}")
+                    raise self.fail(
+                        f"node {node.node_id} Apply at {out.first_seq}, log has {len(node.log)}"
+                    )
                 node.log.extend(out.payloads)
             elif isinstance(out, Truncate):
-                del node.log[out.from_seq:]
+                del node.log[out.from_seq :]
             elif isinstance(out, SaveHardState):
                 node.hard_state = out.state
             elif isinstance(out, CommitAdvanced):
@@ -139,7 +162,7 @@ class SimCluster:
     def _read(node: SimNode, req: ServeSync) -> list[bytes]:
         out: list[bytes] = []
         size = 0
-        for payload in node.log[req.from_seq:]:
+        for payload in node.log[req.from_seq :]:
             if out and size + len(payload) > req.max_bytes:
                 break
             out.append(payload)
@@ -208,7 +231,7 @@ class SimCluster:
     def partition(self, *groups: list[int]) -> None:
         """Cut every link between nodes of different groups (node ids)."""
         for gi, a_group in enumerate(groups):
-            for b_group in groups[gi + 1:]:
+            for b_group in groups[gi + 1 :]:
                 self._cut.update(frozenset((a, b)) for a in a_group for b in b_group)
 
     def isolate(self, node_id: int) -> None:
@@ -262,15 +285,20 @@ class SimCluster:
         if len(leaders) != 1:
             return False
         lead = self.nodes[leaders[0]]
-        return all(n.log == lead.log and n.coord.term == lead.coord.term
-                   and (not self.quorum or n.coord.commit_seq == len(lead.log))
-                   for n in self.nodes.values() if n.alive)
+        return all(
+            n.log == lead.log
+            and n.coord.term == lead.coord.term
+            and (not self.quorum or n.coord.commit_seq == len(lead.log))
+            for n in self.nodes.values()
+            if n.alive
+        )
 
     def describe(self) -> str:
         return "; ".join(
             f"{i}:{n.coord.role.name}{'' if n.alive else '(dead)'} t{n.coord.term} "
             f"tail{len(n.log)} c{n.coord.commit_seq} ep{list(n.coord.epochs)}"
-            for i, n in self.nodes.items())
+            for i, n in self.nodes.items()
+        )
 
     # ------------------------------------------------------------------ invariants
 
@@ -278,8 +306,10 @@ class SimCluster:
         for node_id, node in self.nodes.items():
             coord = node.coord
             if coord.tail_seq != len(node.log):
-                raise self.fail(f"node {node_id} coordinator tail {coord.tail_seq} "
-                                f"!= log length {len(node.log)}")
+                raise self.fail(
+                    f"node {node_id} coordinator tail {coord.tail_seq} "
+                    f"!= log length {len(node.log)}"
+                )
             if coord.role is ReplicaRole.LEADER:
                 first = self.leaders_by_term.setdefault(coord.term, node_id)
                 if first != node_id:
@@ -294,8 +324,10 @@ class SimCluster:
         node.last_commit = commit
         held = min(commit, len(self.committed))
         if node.log[:held] != self.committed[:held]:
-            raise self.fail(f"node {node.node_id} disagrees with the committed prefix "
-                            f"below {held}: {self.describe()}")
+            raise self.fail(
+                f"node {node.node_id} disagrees with the committed prefix "
+                f"below {held}: {self.describe()}"
+            )
         if commit > len(self.committed):
             self.committed = list(node.log[:commit])
 

@@ -9,8 +9,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.005,
-               message: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    interval: float = 0.005,
+    message: str = "condition",
+) -> T:
     """Call ``predicate`` every ``interval`` s until it returns a truthy value, and
     return that value; raise TimeoutError naming ``message`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -33,7 +33,7 @@ def test_every_prefix_raises_decode_error(datagram: bytes) -> None:
         with pytest.raises(DecodeError):
             codec.decode(datagram[:n])
     with pytest.raises(codec.Truncated):
-        codec.decode(datagram[:minimum - 1])
+        codec.decode(datagram[: minimum - 1])
 
 
 @pytest.mark.parametrize("datagram", [INIT, RESP], ids=["init", "resp"])
@@ -42,9 +42,15 @@ def test_trailing_garbage_on_fixed_messages_raises(datagram: bytes) -> None:
         codec.decode(datagram + b"\x00")
 
 
-@pytest.mark.parametrize("mutate", [lambda d: b"\x02" + d[1:], lambda d: d[:1] + b"\x09" + d[2:],
-                                    lambda d: d[:2] + b"\x01\x00" + d[4:]],
-                         ids=["version", "type", "reserved"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: b"\x02" + d[1:],
+        lambda d: d[:1] + b"\x09" + d[2:],
+        lambda d: d[:2] + b"\x01\x00" + d[4:],
+    ],
+    ids=["version", "type", "reserved"],
+)
 def test_bad_header_fields(mutate) -> None:
     for d in (INIT, RESP, DATA):
         with pytest.raises(DecodeError):
@@ -59,13 +65,21 @@ def test_fuzz_decode_only_decode_error_escapes(data: bytes) -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(st.binary(max_size=200),
-                 st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                              | st.binary()
-                              | st.text() | st.floats(allow_nan=False),
-                              lambda c: st.lists(c, max_size=6)
-                              | st.dictionaries(st.text(max_size=3), c, max_size=3),
-                              max_leaves=20).map(msgpack.packb)))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.binary()
+            | st.text()
+            | st.floats(allow_nan=False),
+            lambda c: st.lists(c, max_size=6) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+            max_leaves=20,
+        ).map(msgpack.packb),
+    )
+)
 def test_fuzz_unpack_body_only_decode_error_escapes(data: bytes) -> None:
     try:
         entries = unpack_body(data)
@@ -90,11 +104,22 @@ def test_body_prefixes_and_trailing_garbage() -> None:
         unpack_body(body + b"\x00")
 
 
-@pytest.mark.parametrize("bad", [
-    [[2, "c", []]], [[0, "c"]], [[0, 5, []]], [[0, "c", ["str"]]], [[True, "c", []]],
-    [[1, "c", 0, 2, 2, b"x"]], [[1, "c", -1, 0, 1, b"x"]], [[1, "c", 0, 0, 1, "x"]], [[]], [5],
-    {"a": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [[2, "c", []]],
+        [[0, "c"]],
+        [[0, 5, []]],
+        [[0, "c", ["str"]]],
+        [[True, "c", []]],
+        [[1, "c", 0, 2, 2, b"x"]],
+        [[1, "c", -1, 0, 1, b"x"]],
+        [[1, "c", 0, 0, 1, "x"]],
+        [[]],
+        [5],
+        {"a": 1},
+    ],
+)
 def test_structurally_bad_bodies(bad: object) -> None:
     with pytest.raises(DecodeError):
         unpack_body(msgpack.packb(bad))
@@ -115,9 +140,16 @@ def _unpack_all(bodies: list[bytes]) -> list[tuple[str, bytes]]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["a", "chan/b", "é" * 40]),
-                          st.lists(st.binary(max_size=5000), max_size=20)), max_size=6),
-       st.integers(200, 9000))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "chan/b", "é" * 40]),
+            st.lists(st.binary(max_size=5000), max_size=20),
+        ),
+        max_size=6,
+    ),
+    st.integers(200, 9000),
+)
 def test_pack_bodies_respects_budget_and_order(groups, budget: int) -> None:
     bodies, next_id = pack_bodies(groups, budget, 5)
     assert all(len(b) <= budget for b in bodies)

@@ -57,8 +57,13 @@ def replica(config: ReplicationConfig | None = None, **kw: object) -> Replicatio
     return c
 
 
-def leader_hb(term: int, tail: int, commit: int = 0, epoch_term: int | None = None,
-              last_term: int | None = None) -> Heartbeat:
+def leader_hb(
+    term: int,
+    tail: int,
+    commit: int = 0,
+    epoch_term: int | None = None,
+    last_term: int | None = None,
+) -> Heartbeat:
     et = term if epoch_term is None else epoch_term
     return Heartbeat(term, A, R.LEADER, tail, commit, et, et if last_term is None else last_term)
 
@@ -72,10 +77,17 @@ def manual_leader(c: ReplicationCoordinator, now: float = 0.0) -> list:
 
 # ------------------------------------------------------------------ epoch helpers
 
-@pytest.mark.parametrize(("epochs", "seq", "term"), [
-    ((), 5, 0), (((1, 0),), -1, 0), (((1, 0), (3, 5)), 4, 1), (((1, 0), (3, 5)), 5, 3),
-    (((2, 3),), 1, 0),
-])
+
+@pytest.mark.parametrize(
+    ("epochs", "seq", "term"),
+    [
+        ((), 5, 0),
+        (((1, 0),), -1, 0),
+        (((1, 0), (3, 5)), 4, 1),
+        (((1, 0), (3, 5)), 5, 3),
+        (((2, 3),), 1, 0),
+    ],
+)
 def test_term_at(epochs: tuple, seq: int, term: int) -> None:
     assert term_at(epochs, seq) == term
 
@@ -96,6 +108,7 @@ def test_first_conflict() -> None:
 
 
 # ------------------------------------------------------------------ roles, manual drive
+
 
 def test_not_a_member_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
@@ -135,6 +148,7 @@ def test_step_down_and_close() -> None:
 
 
 # ------------------------------------------------------------------ elections
+
 
 def test_lone_survivor_in_leader_mode_wins_after_silence() -> None:
     c = replica()
@@ -205,6 +219,7 @@ def test_bootstrap_elects_exactly_one_leader(ack: str, n: int) -> None:
 
 # ------------------------------------------------------------------ catch-up
 
+
 def test_behind_replica_requests_and_applies() -> None:
     c = replica()
     out = c.step(A, leader_hb(1, 3, commit=0), 0.05)
@@ -252,8 +267,9 @@ def test_leader_serves_in_chunks_and_counts_bytes() -> None:
 
 
 def test_backpressure_nack_then_retry() -> None:
-    a = ReplicationCoordinator(A, cfg(nic_peak_bytes_per_s=100, replication_budget_fraction=1.0),
-                               [A, B])
+    a = ReplicationCoordinator(
+        A, cfg(nic_peak_bytes_per_s=100, replication_budget_fraction=1.0), [A, B]
+    )
     a.tick(0.0)
     manual_leader(a)
     a.local_appended(2, 0.0)
@@ -288,6 +304,7 @@ def test_push_to_streaming_follower_after_local_append() -> None:
 
 # ------------------------------------------------------------------ terms and divergence
 
+
 def test_higher_term_fences_old_leader() -> None:
     a = ReplicationCoordinator(A, cfg(), [A, B])
     a.tick(0.0)
@@ -306,8 +323,9 @@ def test_divergent_suffix_is_truncated_then_refetched() -> None:
     out = b.step(A, leader_hb(3, 6, epoch_term=3, last_term=3), 0.05)
     req = sends(out, SyncRequest)[0].msg
     assert (req.from_seq, req.last_term) == (8, 2)
-    a = ReplicationCoordinator(A, cfg(), [A, B], tail_seq=5,
-                               hard_state=HardState(2, None, ((1, 0),)))
+    a = ReplicationCoordinator(
+        A, cfg(), [A, B], tail_seq=5, hard_state=HardState(2, None, ((1, 0),))
+    )
     a.tick(0.0)
     manual_leader(a)
     a.local_appended(6, 0.01)
@@ -336,8 +354,7 @@ def test_conflicting_push_truncates_from_first_conflict() -> None:
 
 def test_quorum_commit_counts_current_term_acks_only() -> None:
     c3 = cfg(ack="quorum", placement=PlacementStrategy.pinned([A, B, C]), factor=3)
-    a = ReplicationCoordinator(A, c3, [A, B, C], tail_seq=4,
-                               hard_state=HardState(1, A, ((1, 0),)))
+    a = ReplicationCoordinator(A, c3, [A, B, C], tail_seq=4, hard_state=HardState(1, A, ((1, 0),)))
     a.tick(0.0)
     manual_leader(a, 0.0)
     assert a.commit_seq == 0

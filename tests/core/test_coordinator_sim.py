@@ -47,9 +47,15 @@ def run_faults(sim: SimCluster, rng: random.Random, steps: int) -> list[bytes]:
 def make(seed: int, ack: str) -> tuple[SimCluster, random.Random]:
     rng = random.Random(seed * 7919 + (ack == "leader"))
     n = rng.choice([3, 3, 5]) if ack == "quorum" else rng.choice([2, 3, 3, 5])
-    sim = SimCluster(n, seed=seed, ack=ack,  # type: ignore[arg-type]
-                     drop=rng.choice([0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.05, 0.2]),
-                     max_delay=rng.choice([None, 0.05, 0.25]), pinned=rng.choice([None, 0]))
+    sim = SimCluster(
+        n,
+        seed=seed,
+        ack=ack,  # type: ignore[arg-type]
+        drop=rng.choice([0.0, 0.05, 0.2]),
+        duplicate=rng.choice([0.0, 0.05, 0.2]),
+        max_delay=rng.choice([None, 0.05, 0.25]),
+        pinned=rng.choice([None, 0]),
+    )
     return sim, rng
 
 

@@ -28,8 +28,9 @@ PROLOGUE = b"netmesh-test"
 TS = encode_timestamp(1_700_000_000_123_456_789)
 
 
-def run(psk_i: bytes = PSK, psk_r: bytes = PSK, rs: bytes | None = None,
-        prologue_r: bytes = PROLOGUE) -> tuple[SessionKeys, SessionKeys]:
+def run(
+    psk_i: bytes = PSK, psk_r: bytes = PSK, rs: bytes | None = None, prologue_r: bytes = PROLOGUE
+) -> tuple[SessionKeys, SessionKeys]:
     init = Initiator(SI, rs or public_key_of(SR), psk_i, EI, PROLOGUE)
     resp = Responder(SR, psk_r, prologue_r)
     m1 = init.create_initiation(TS)

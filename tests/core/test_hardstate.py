@@ -12,8 +12,7 @@ from netmesh.errors import DecodeError
 
 u64 = st.integers(0, 2**64 - 1)
 small = st.integers(0, 2**62)
-states = st.builds(HardState, small, st.none() | u64,
-                   st.lists(st.tuples(small, small)).map(tuple))
+states = st.builds(HardState, small, st.none() | u64, st.lists(st.tuples(small, small)).map(tuple))
 
 
 @given(states)

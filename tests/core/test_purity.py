@@ -8,9 +8,28 @@ import pathlib
 import pytest
 
 CORE = pathlib.Path(__file__).resolve().parents[2] / "netmesh" / "core"
-FORBIDDEN = {"socket", "asyncio", "time", "os", "signal", "threading", "multiprocessing",
-             "mmap", "posix_ipc", "random", "secrets", "subprocess", "select", "selectors",
-             "psutil", "io", "pathlib", "shutil", "tempfile", "logging"}
+FORBIDDEN = {
+    "socket",
+    "asyncio",
+    "time",
+    "os",
+    "signal",
+    "threading",
+    "multiprocessing",
+    "mmap",
+    "posix_ipc",
+    "random",
+    "secrets",
+    "subprocess",
+    "select",
+    "selectors",
+    "psutil",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "logging",
+}
 
 
 def _imports(path: pathlib.Path) -> set[str]:

@@ -41,8 +41,7 @@ def test_basic_cases() -> None:
     assert not w.check_and_update(10_000 + 1)  # now far behind
 
 
-counters = st.one_of(st.integers(0, 300), st.integers(0, 20_000),
-                     st.integers(0, (1 << 64) - 1))
+counters = st.one_of(st.integers(0, 300), st.integers(0, 20_000), st.integers(0, (1 << 64) - 1))
 
 
 @settings(max_examples=300, deadline=None)

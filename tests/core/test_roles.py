@@ -40,11 +40,13 @@ def test_every_pair(role: ReplicaRole, signal: TransitionSignal) -> None:
             transition(role, signal)
 
 
-@pytest.mark.parametrize(("role", "signal", "target"),
-                         [(r, s, t) for r, s, t in itertools.product(R, S, R)
-                          if EXPECTED.get((r, s)) not in (None, t)])
-def test_wrong_target_is_rejected(role: ReplicaRole, signal: TransitionSignal,
-                                  target: ReplicaRole) -> None:
+@pytest.mark.parametrize(
+    ("role", "signal", "target"),
+    [(r, s, t) for r, s, t in itertools.product(R, S, R) if EXPECTED.get((r, s)) not in (None, t)],
+)
+def test_wrong_target_is_rejected(
+    role: ReplicaRole, signal: TransitionSignal, target: ReplicaRole
+) -> None:
     with pytest.raises(InvalidTransition):
         transition(role, signal, target)
 

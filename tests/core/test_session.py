@@ -11,7 +11,7 @@ from netmesh.core.handshake import Initiator, Responder, encode_timestamp, publi
 from netmesh.core.session import Session, SessionExpired, SessionLimits
 from netmesh.errors import AuthenticationError, Replayed
 
-NOW = 100.0   # the sessions' creation time in pair()
+NOW = 100.0  # the sessions' creation time in pair()
 
 
 def key(label: str) -> bytes:
@@ -86,8 +86,12 @@ def test_wrong_direction_fails() -> None:
 
 
 def test_rekey_and_reject_limits() -> None:
-    limits = SessionLimits(rekey_after_messages=3, reject_after_messages=5,
-                           rekey_after_time=10.0, reject_after_time=20.0)
+    limits = SessionLimits(
+        rekey_after_messages=3,
+        reject_after_messages=5,
+        rekey_after_time=10.0,
+        reject_after_time=20.0,
+    )
     a, b = pair(limits)
     assert not a.needs_rekey(100.0)
     assert a.needs_rekey(110.0) and not a.expired(110.0)
@@ -109,11 +113,11 @@ def test_reject_after_time_refuses_open_and_seal() -> None:
     early = a.seal(b"early", 119.9)
     late_sealed = a.seal(b"late", 119.9)
     assert receive(b, early, 119.99) == b"early"
-    with pytest.raises(SessionExpired):      # the boundary itself is expired
+    with pytest.raises(SessionExpired):  # the boundary itself is expired
         a.seal(b"x", 120.0)
     with pytest.raises(SessionExpired):
         a.seal(b"x", 500.0)
-    with pytest.raises(SessionExpired):      # genuine, fresh counter, but too old a session
+    with pytest.raises(SessionExpired):  # genuine, fresh counter, but too old a session
         receive(b, late_sealed, 120.0)
     with pytest.raises(SessionExpired):
         receive(b, late_sealed, 1e9)

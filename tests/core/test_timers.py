@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from netmesh.core.timers import Action, PeerTimers, TimerConfig
 
-CFG = TimerConfig(heartbeat_interval=1.0, session_timeout=5.0, handshake_timeout=2.0,
-                  handshake_retries=3, reconnect_interval=2.0)
+CFG = TimerConfig(
+    heartbeat_interval=1.0,
+    session_timeout=5.0,
+    handshake_timeout=2.0,
+    handshake_retries=3,
+    reconnect_interval=2.0,
+)
 
 
 def test_keepalive_after_heartbeat_interval_of_silence() -> None:

@@ -15,9 +15,23 @@ pytestmark = pytest.mark.system
 def test_bench_ingest_quick_writes_json_and_plot(tmp_path: Path) -> None:
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "netmesh.cli", "bench", "ingest", "--quick",
-         "--json", str(out_json), "--plot", str(out_png)],
-        capture_output=True, text=True, timeout=180, check=False)
+        [
+            sys.executable,
+            "-m",
+            "netmesh.cli",
+            "bench",
+            "ingest",
+            "--quick",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out_json.read_text())
     for key in ("ingest_single_eps", "ingest_batched_eps", "ingest_batched_1k_mb_s"):

@@ -27,13 +27,24 @@ def test_redis_part_measures_and_leaves_no_server(tmp_path: Path) -> None:
     if importlib.util.find_spec("redis") is None:
         pytest.skip("redis-py not installed (pip install redis hiredis)")
     out = tmp_path / "peers.json"
-    report = _load_script().main(["--quick", "--parts", "redis", "--sizes", "64",
-                                  "--events", "5000", "--no-table", "--json", str(out)])
+    report = _load_script().main(
+        [
+            "--quick",
+            "--parts",
+            "redis",
+            "--sizes",
+            "64",
+            "--events",
+            "5000",
+            "--no-table",
+            "--json",
+            str(out),
+        ]
+    )
 
     redis = report["redis"]
     assert redis["available"], redis.get("error")
-    assert {c["mode"] for c in redis["cases"]} == {"no_replica", "replica_async",
-                                                    "replica_wait1"}
+    assert {c["mode"] for c in redis["cases"]} == {"no_replica", "replica_async", "replica_wait1"}
     for case in redis["cases"]:
         assert case["eps"] > 0, case
     assert report["versions"]["redis_server"]

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.system
 
 
 def netmesh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "netmesh.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "netmesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_demo_replicates_fails_over_and_exits_zero() -> None:
@@ -29,21 +34,35 @@ def test_demo_replicates_fails_over_and_exits_zero() -> None:
 
 def test_up_shows_status_and_stops_cleanly_on_sigint(tmp_path: object) -> None:
     env = {**os.environ, "NETMESH_RUN_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "netmesh.cli", "up", "--nodes", "3",
-                             "--rate", "5000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netmesh.cli", "up", "--nodes", "3", "--rate", "5000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         run_file = status.run_file(proc.pid).replace(status.RUN_DIR, str(tmp_path))
         wait_until(lambda: os.path.exists(run_file), timeout=20, message="run file")
+
         def status_out(*extra: str) -> str:
-            st = subprocess.run([sys.executable, "-m", "netmesh.cli", "status", *extra],
-                                capture_output=True, text=True, timeout=30, env=env,
-                                check=False)
+            st = subprocess.run(
+                [sys.executable, "-m", "netmesh.cli", "status", *extra],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=env,
+                check=False,
+            )
             assert st.returncode == 0, st.stderr
             return st.stdout
 
-        wait_until(lambda: "LEADER" in status_out(), timeout=15, interval=0.2,
-                   message="a leader in `netmesh status`")
+        wait_until(
+            lambda: "LEADER" in status_out(),
+            timeout=15,
+            interval=0.2,
+            message="a leader in `netmesh status`",
+        )
         st = subprocess.CompletedProcess([], 0, status_out("--prometheus"), "")
         assert 'netmesh_node_up{node="2"} 1.0' in st.stdout
         assert "netmesh_channel_tail_seq" in st.stdout

@@ -56,8 +56,11 @@ def test_replicates_to_every_member(factor: int) -> None:
                 p.append_batch(events[i : i + 500])
             assert p.flush() == len(events) - 1
         members = range(factor)
-        wait_until(lambda: all(c.next_seq(i, "orders") == len(events) for i in members),
-                   timeout=10, message="replicas catch up")
+        wait_until(
+            lambda: all(c.next_seq(i, "orders") == len(events) for i in members),
+            timeout=10,
+            message="replicas catch up",
+        )
         for i in members:
             assert history(c, i, "orders") == events
         if factor == 2:
@@ -101,7 +104,7 @@ def test_kill_leader_mid_stream_then_continue_and_restart_catches_up(tmp_path: P
             p.append_batch(more)
             p.flush()
         final = history(c, new, "s")
-        assert final[: len(acked)] == acked and final[len(acked):] == more
+        assert final[: len(acked)] == acked and final[len(acked) :] == more
         c.restart(old)
         wait_until(lambda: c.next_seq(old, "s") == len(final), timeout=10, message="catch-up")
         assert history(c, old, "s") == final
@@ -119,14 +122,16 @@ def test_partitioned_minority_leader_is_fenced_and_converges_after_heal() -> Non
         rest = [i for i in range(3) if i != old]
         c.partition([old], rest)
         wait_until(lambda: c.role(old, "p") != "LEADER", timeout=5, message="old leader fenced")
-        new = wait_until(lambda: some(next((i for i in rest if c.role(i, "p") == "LEADER"),
-                                           None)), timeout=5, message="majority elects")[0]
+        new = wait_until(
+            lambda: some(next((i for i in rest if c.role(i, "p") == "LEADER"), None)),
+            timeout=5,
+            message="majority elects",
+        )[0]
         with c.producer(new, "p") as p:
             p.append_batch([b"during-%d" % i for i in range(50)])
             p.flush()
         c.heal()
-        final = wait_until(lambda: (h := history(c, new, "p")) and len(h) == 100 and h,
-                           timeout=5)
+        final = wait_until(lambda: (h := history(c, new, "p")) and len(h) == 100 and h, timeout=5)
         wait_until(lambda: history(c, old, "p") == final, timeout=10, message="convergence")
         assert c.leader("p") == new
 
@@ -186,8 +191,9 @@ SUPERVISOR_SCRIPT = textwrap.dedent("""
 
 
 def test_sigkilled_supervisor_leaves_nothing_behind() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR_SCRIPT], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stdout.readline().split()  # type: ignore[union-attr]
         assert len(line) == 4, line
@@ -195,11 +201,21 @@ def test_sigkilled_supervisor_leaves_nothing_behind() -> None:
         assert any(prefix in n for n in os.listdir("/dev/shm"))
         proc.kill()
         proc.wait(10)
-        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
-                                   != psutil.STATUS_ZOMBIE for p in pids),
-                   timeout=1.0, message="workers end within a second")
-        wait_until(lambda: not any(prefix in n for n in os.listdir("/dev/shm")), timeout=2.0,
-                   message="shm names unlinked")
+        wait_until(
+            lambda: (
+                not any(
+                    psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                    for p in pids
+                )
+            ),
+            timeout=1.0,
+            message="workers end within a second",
+        )
+        wait_until(
+            lambda: not any(prefix in n for n in os.listdir("/dev/shm")),
+            timeout=2.0,
+            message="shm names unlinked",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
