@@ -24,7 +24,12 @@ import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from netmesh.config import PlacementStrategy, ReplicationConfig
+from netmesh.config import (
+    DEFAULT_MAX_PAYLOAD,
+    PlacementStrategy,
+    RedexFileConfig,
+    ReplicationConfig,
+)
 from netmesh.errors import ConfigError, NetmeshError, NodeUnresponsive
 from netmesh.identity import EntityKeypair
 from netmesh.metrics_page import MetricsPage
@@ -73,6 +78,7 @@ class Cluster:
         self.node_ids = [k.node_id for k in self.keys]
         self.info: dict[int, dict[str, Any]] = {}
         self.channels: dict[str, ReplicationConfig | None] = {}
+        self.channel_options: dict[str, dict[str, Any]] = {}
         self.pages: dict[int, MetricsPage] = {}
         self.producers: dict[str, tuple[int, ShmRing, Producer]] = {}
         self.blocked: dict[int, set[int]] = {i: set() for i in range(nodes)}
@@ -189,7 +195,13 @@ class Cluster:
         )
         for name, cfg in self.channels.items():
             if self._holds(i, name):
-                self.sup.call(i, "open_channel", name=name, replication=replication_to_dict(cfg))
+                self.sup.call(
+                    i,
+                    "open_channel",
+                    name=name,
+                    replication=replication_to_dict(cfg),
+                    options=self.channel_options.get(name, {}),
+                )
         if self.blocked[i]:
             self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
 
@@ -209,9 +221,17 @@ class Cluster:
         self.close()
 
     # -- channels and data -----------------------------------------------------------
-    def open_channel(self, name: str, replication: ReplicationConfig | None = None) -> None:
+    def open_channel(
+        self, name: str, replication: ReplicationConfig | None = None, **options: Any
+    ) -> None:
         """Open ``name``: without replication on every node, else on the members only:
-        the first ``factor`` nodes unless ``replication.placement`` is pinned already."""
+        the first ``factor`` nodes unless ``replication.placement`` is pinned already.
+
+        ``options``: event-file settings (RedexFileConfig fields ``max_payload``,
+        ``retention_max_events``, ``retention_max_bytes``, ``fsync``, ``segment_bytes``);
+        checked here, ConfigError if invalid.
+        """
+        RedexFileConfig(**options).validate()
         if replication is not None and replication.placement.kind != "pinned":
             members = self.node_ids[: replication.factor]
             replication = ReplicationConfig(
@@ -220,10 +240,15 @@ class Cluster:
         if replication is not None:
             replication.validate()
         self.channels[name] = replication
+        self.channel_options[name] = options
         for i in self.running():
             if self._holds(i, name):
                 self.sup.call(
-                    i, "open_channel", name=name, replication=replication_to_dict(replication)
+                    i,
+                    "open_channel",
+                    name=name,
+                    replication=replication_to_dict(replication),
+                    options=options,
                 )
 
     def _holds(self, i: int, name: str) -> bool:
@@ -242,7 +267,13 @@ class Cluster:
             ring.close()
             ring.unlink()
             raise
-        prod = Producer(name, channel, on_close=lambda p: self._close_producer(p.ring_name))
+        max_payload = self.channel_options.get(channel, {}).get("max_payload", DEFAULT_MAX_PAYLOAD)
+        prod = Producer(
+            name,
+            channel,
+            on_close=lambda p: self._close_producer(p.ring_name),
+            max_payload=max_payload,
+        )
         self.producers[name] = (node, ring, prod)
         return prod
 

@@ -224,18 +224,25 @@ class ShmRing:
             return False
         data, cap = self._data, self.capacity
         out = self._pending
+        append = out.append
+        unpack_single = L.SINGLE_HEAD.unpack_from
         pos = tail
         while pos < head:
             off = pos % cap
-            total = L.FRAME_HEAD.unpack_from(data, off)[0]
+            total, count = L.FRAME_HEAD.unpack_from(data, off)
             if total < 8 or total > head - pos:
                 raise ValueError(f"{self.name}: corrupt frame head at {pos}")
-            first = min(total, cap - off)
-            if first == total:
-                frame = bytes(data[off : off + total])
+            end = off + total
+            if end <= cap and count == 1:
+                # the common single-record frame: one copy straight out of the ring
+                n = unpack_single(data, off)[2]
+                if 12 + n > total:
+                    raise ValueError(f"{self.name}: corrupt frame at {pos}")
+                append(bytes(data[off + 12 : off + 12 + n]))
+            elif end <= cap:
+                out.extend(L.decode_frame(bytes(data[off:end])))
             else:
-                frame = bytes(data[off:cap]) + bytes(data[: total - first])
-            out.extend(L.decode_frame(frame))
+                out.extend(L.decode_frame(bytes(data[off:cap]) + bytes(data[: end - cap])))
             pos += total
         words[L.W_TAIL] = pos
         fence()

@@ -11,7 +11,8 @@ identity and UDP address. Control ops (each answers once; errors come back as
                           public_key, addr}
 ``connect``               peers: [{node_id, public_key, addr}], initiate: [node_id]
                           -> allow all, handshake with ``initiate`` -> connected ids
-``open_channel``          name, replication (dict or None) -> next_seq
+``open_channel``          name, replication (dict or None), options (RedexFileConfig
+                          fields) -> next_seq
 ``close_channel``         name
 ``attach_ring``           ring, channel: drain that shm ring into the channel
 ``detach_ring``           ring
@@ -61,6 +62,16 @@ from netmesh.shm_ring import ShmRing, unlink_ring
 
 log = logging.getLogger("netmesh.worker")
 METRICS_PERIOD = 0.1
+FILE_OPTIONS = frozenset(
+    {
+        "max_payload",
+        "retention_max_events",
+        "retention_max_bytes",
+        "fsync",
+        "segment_bytes",
+        "fsync_interval_s",
+    }
+)
 PR_SET_PDEATHSIG = 1
 
 
@@ -104,6 +115,11 @@ class RingDrainer:
         self.last_seq = 0  # seq of the last stored event acknowledged
         # (events, last seq or None if refused, commit_seq to wait for or -1, reason)
         self.pending: deque[tuple[int, int | None, int, int]] = deque()
+        # Batches travel thread -> loop through this deque; ``scheduled`` says a loop
+        # callback is pending. The loop clears it *before* draining and the thread
+        # appends *before* reading it, so no batch is left behind (both under the GIL).
+        self.batches: deque[list[bytes]] = deque()
+        self.scheduled = False
         self._slots = threading.Semaphore(self.SLOTS)
         self._stop = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -125,7 +141,10 @@ class RingDrainer:
                 self._loop.call_soon_threadsafe(self.service.on_ring_error, self, exc)
                 return
             if batch:
-                self._loop.call_soon_threadsafe(self.service.on_ring_batch, self, batch)
+                self.batches.append(batch)
+                if not self.scheduled:  # wake the loop once per run of batches
+                    self.scheduled = True
+                    self._loop.call_soon_threadsafe(self.service.on_ring_batches, self)
             else:
                 self._slots.release()
 
@@ -247,14 +266,20 @@ class NodeService:
             raise NetmeshError(f"{len(failed)} handshakes failed: {failed[0]!r}")
         return node.peers()
 
-    def op_open_channel(self, name: str, replication: dict[str, Any] | None = None) -> int:
+    def op_open_channel(
+        self,
+        name: str,
+        replication: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> int:
+        """Open a channel; ``options``: RedexFileConfig fields (max_payload, retention_*,
+        fsync, segment_bytes). Persisted under data_dir when the node has one."""
         data_dir = self.spec.get("data_dir")
         path = os.path.join(data_dir, *name.split("/")) if data_dir else None
-        cfg = RedexFileConfig(
-            path=path,
-            fsync="never" if path is None else "batch",
-            replication=replication_from_dict(replication),
-        )
+        opts = {"fsync": "never" if path is None else "batch", **(options or {})}
+        if set(opts) - FILE_OPTIONS:
+            raise NetmeshError(f"unknown channel options {sorted(set(opts) - FILE_OPTIONS)}")
+        cfg = RedexFileConfig(path=path, replication=replication_from_dict(replication), **opts)
         return self.redex.open_file(name, cfg).next_seq
 
     def op_close_channel(self, name: str) -> None:
@@ -313,6 +338,13 @@ class NodeService:
         asyncio.get_running_loop().call_soon(self._finish)
 
     # -- rings -----------------------------------------------------------------------
+    def on_ring_batches(self, drainer: RingDrainer) -> None:
+        """Loop side of the drainer: handle every batch queued so far."""
+        drainer.scheduled = False
+        batches = drainer.batches
+        while batches:
+            self.on_ring_batch(drainer, batches.popleft())
+
     def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
         """Append one ring batch (loop thread); queue its acknowledgement.
 

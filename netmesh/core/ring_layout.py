@@ -92,10 +92,10 @@ def encode_single(payload: bytes) -> bytes:
     """A frame holding one payload (the fast path of ``put``)."""
     n = len(payload)
     total = align(12 + n)
-    return b"".join((_SINGLE.pack(total, 1, n), payload, bytes(total - 12 - n)))
+    return b"".join((SINGLE_HEAD.pack(total, 1, n), payload, bytes(total - 12 - n)))
 
 
-_SINGLE = struct.Struct("<III")
+SINGLE_HEAD = struct.Struct("<III")  # total, count (= 1), length of the one payload
 
 
 def decode_frame(frame: bytes) -> list[bytes]:

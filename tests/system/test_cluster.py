@@ -288,3 +288,16 @@ def test_kill_leader_while_a_producer_streams_loses_no_quorum_ack(tmp_path: Path
             p2.append_batch([b"after"] * 10)
             p2.flush()
         assert c.next_seq(new, "m") == len(final) + 10
+
+
+def test_channel_options_reach_the_node_files() -> None:
+    with Cluster(nodes=1) as c:
+        c.open_channel("r", retention_max_events=100, max_payload=16)
+        with c.producer(0, "r") as p:
+            with pytest.raises(PayloadTooLarge):
+                p.append(b"x" * 17)
+            p.append_batch([b"%d" % i for i in range(1000)])
+            assert p.flush() == 999
+        assert c.read_range(0, "r", 0, 1000) == [b"%d" % i for i in range(900, 1000)]
+        with pytest.raises(ConfigError):
+            c.open_channel("bad", retention_max_events=0)
