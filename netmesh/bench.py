@@ -273,7 +273,7 @@ def suite(quick: bool) -> list[tuple[str, Callable[[], dict[str, float]]]]:
     return [
         ("ingest", lambda: bench_ingest(400_000 * k, trials)),
         ("replicated", lambda: bench_replicated(200_000 * k, trials)),
-        ("overhead", lambda: bench_overhead(50_000 * (1 if quick else 2), 5 if quick else 9)),
+        ("overhead", lambda: bench_overhead(100_000, 7 if quick else 11)),
         ("failover", lambda: bench_failover(8 if quick else 20)),
         ("catchup", lambda: bench_catchup(50_000 if quick else 200_000)),
         ("latency", lambda: bench_latency(2.0 if quick else 5.0)),
