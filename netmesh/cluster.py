@@ -18,9 +18,12 @@ Channels opened with :meth:`open_channel` are reopened on restart.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -81,6 +84,7 @@ class Cluster:
         self.channel_options: dict[str, dict[str, Any]] = {}
         self.pages: dict[int, MetricsPage] = {}
         self.producers: dict[str, tuple[int, ShmRing, Producer]] = {}
+        self.producer_processes: list[ProducerProcess] = []
         self.blocked: dict[int, set[int]] = {i: set() for i in range(nodes)}
         self._ring_no = 0
         if start:
@@ -207,6 +211,8 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every node and remove every shared-memory object; idempotent."""
+        for handle in list(self.producer_processes):
+            handle.kill()
         for key in list(self.producers):
             self._close_producer(key)
         for page in self.pages.values():
@@ -276,6 +282,54 @@ class Cluster:
         )
         self.producers[name] = (node, ring, prod)
         return prod
+
+    def spawn_producer(
+        self,
+        node: int,
+        channel: str,
+        events: int,
+        batch: int = 64,
+        size: int = 64,
+        rate: int = 0,
+    ) -> ProducerProcess:
+        """Start a producer *process* (``python -m workers.producer``) appending
+        ``events`` generated events to ``channel`` on ``node``; see ProducerProcess."""
+        self._ring_no += 1
+        name = self.sup.name("ring", node, self._ring_no)
+        ring = ShmRing.create(name, self.ring_bytes)
+        try:
+            self.sup.call(node, "attach_ring", ring=name, channel=channel)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.producer",
+                    "--ring",
+                    name,
+                    "--channel",
+                    channel,
+                    "--events",
+                    str(events),
+                    "--batch",
+                    str(batch),
+                    "--size",
+                    str(size),
+                    "--rate",
+                    str(rate),
+                    "--parent-pid",
+                    str(os.getpid()),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except BaseException:
+            ring.close()
+            ring.unlink()
+            raise
+        handle = ProducerProcess(self, node, name, ring, proc)
+        self.producer_processes.append(handle)
+        return handle
 
     def _close_producer(self, name: str) -> None:
         entry = self.producers.pop(name, None)
@@ -389,3 +443,54 @@ class Cluster:
             except NetmeshError:
                 pass
         return self.pages[i].read() if i in self.pages else None
+
+
+class ProducerProcess:
+    """A running ``workers.producer`` process and its ring (owned by the Cluster)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        node: int,
+        ring_name: str,
+        ring: ShmRing,
+        proc: subprocess.Popen[str],
+    ) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.ring_name = ring_name
+        self.ring = ring
+        self.proc = proc
+        self._done = False
+
+    def wait(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait for the process; its JSON result. NetmeshError if it failed."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self._release()
+        if self.proc.returncode != 0:
+            raise NetmeshError(f"producer process exited {self.proc.returncode}: {err.strip()}")
+        return dict(json.loads(out))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+        self._release()
+
+    def _release(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        c = self.cluster
+        if c.sup.exit_code(self.node) is None:
+            try:
+                c.sup.call(self.node, "detach_ring", ring=self.ring_name, timeout=5)
+            except NetmeshError:
+                log.warning("node %d did not detach ring %s", self.node, self.ring_name)
+        self.ring.close()
+        self.ring.unlink()
+        c.sup.forget_name(self.ring_name)
+        if self in c.producer_processes:
+            c.producer_processes.remove(self)

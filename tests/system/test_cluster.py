@@ -301,3 +301,25 @@ def test_channel_options_reach_the_node_files() -> None:
         assert c.read_range(0, "r", 0, 1000) == [b"%d" % i for i in range(900, 1000)]
         with pytest.raises(ConfigError):
             c.open_channel("bad", retention_max_events=0)
+
+
+def test_producer_processes_append_concurrently_to_two_nodes() -> None:
+    with Cluster(nodes=2) as c:
+        c.open_channel("a")
+        jobs = [c.spawn_producer(i, "a", events=50_000, batch=64, size=32) for i in range(2)]
+        results = [j.wait(timeout=60) for j in jobs]
+        for i, r in enumerate(results):
+            assert r["events"] == 50_000 and r["last_seq"] == 49_999 and r["events_per_s"] > 0
+            assert c.next_seq(i, "a") == 50_000
+            assert c.read_range(i, "a", 49_999, 50_000) == [b"x" * 32]
+        pids = [j.proc.pid for j in jobs]
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_producer_process_reports_refusal() -> None:
+    with Cluster(nodes=2, heartbeat_ms=HB) as c:
+        c.open_channel("x", ReplicationConfig(factor=2, heartbeat_ms=HB))
+        lead = leader_of(c, "x")
+        job = c.spawn_producer(1 - lead, "x", events=10)
+        with pytest.raises(NetmeshError, match="NotLeader"):
+            job.wait(timeout=30)
