@@ -144,6 +144,9 @@ class RedexFileConfig:
             raise ConfigError("retention_max_bytes must be >= 1")
         if self.replication is not None:
             self.replication.validate()
+            if self.replication.ack == "quorum" and self.path is not None and self.fsync != "batch":
+                # a follower's ack counts toward the majority: it must be durable
+                raise ConfigError("ack='quorum' on a persisted file needs fsync='batch'")
 
 
 @dataclass(frozen=True)

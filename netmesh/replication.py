@@ -49,7 +49,6 @@ from netmesh.errors import (
     LogCorrupt,
     NetmeshError,
     NotLeader,
-    OutOfOrder,
 )
 from netmesh.redex_file import RedexFile
 
@@ -92,6 +91,7 @@ class ChannelMetrics:
     decode_errors_total: int = 0
     send_errors_total: int = 0
     behind_retention_total: int = 0
+    output_errors_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,6 +168,8 @@ class ChannelRuntime:
         self.decode_errors = 0
         self.send_errors = 0
         self.behind_retention = 0
+        self.output_errors = 0
+        self._resyncing = False
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._waiter_no = 0
         self._closed = False
@@ -226,11 +228,31 @@ class ChannelRuntime:
 
     # -- outputs ---------------------------------------------------------------------
     def run(self, outputs: list[Any]) -> None:
-        """Execute coordinator outputs in order (outputs may produce more outputs)."""
+        """Execute coordinator outputs in order (outputs may produce more outputs).
+
+        If one fails (a disk error, a log that refuses the append), the rest of the
+        list is dropped: an Ack or a vote must not leave after a log change or hard
+        state save that did not happen. The coordinator is told the log's real tail;
+        the next tick or message retries.
+        """
         for out in outputs:
             handler = self._output_handlers.get(type(out))
-            if handler is not None:
+            if handler is None:
+                continue
+            try:
                 handler(self, out)
+            except Exception:
+                self.output_errors += 1
+                log.exception(
+                    "%s: %s failed; dropping the rest of this step", self.name, type(out).__name__
+                )
+                if not self._resyncing:
+                    self._resyncing = True
+                    try:
+                        self.run(self.coord.applied(self.file.next_seq))
+                    finally:
+                        self._resyncing = False
+                return
 
     def _do_send(self, out: Send) -> None:
         try:
@@ -265,11 +287,8 @@ class ChannelRuntime:
     def _do_apply(self, out: Apply) -> None:
         if self.probe is not None:
             self._measure(out.payloads)
-        try:
-            self.file.apply_batch(list(out.payloads), expect_seq=out.first_seq)
-        except OutOfOrder as exc:
-            log.warning("%s: %s", self.name, exc)
-        self.run(self.coord.applied(self.file.next_seq))
+        # raises OutOfOrder / OSError / PayloadTooLarge: run() drops the rest (the Ack)
+        self.file.apply_batch(list(out.payloads), expect_seq=out.first_seq)
 
     def _measure(self, payloads: tuple[bytes, ...]) -> None:
         """Latency probe: payloads that start with PROBE_MAGIC carry their append time."""
@@ -361,7 +380,11 @@ class ChannelRuntime:
         commit = self.coord.commit_seq
         while self._waiters and (all_of_them or self._waiters[0][0] <= commit):
             _, _, cb = heapq.heappop(self._waiters)
-            cb()
+            try:
+                cb()
+            except Exception:  # one bad waiter must not strand the others
+                self.output_errors += 1
+                log.exception("%s: commit waiter failed", self.name)
 
     # -- lifetime --------------------------------------------------------------------
     def metrics(self) -> ChannelMetrics:
@@ -372,6 +395,7 @@ class ChannelRuntime:
             decode_errors_total=self.decode_errors,
             send_errors_total=self.send_errors,
             behind_retention_total=self.behind_retention,
+            output_errors_total=self.output_errors,
             **m,
         )
 

@@ -307,6 +307,9 @@ class ShmRing:
 
     # -- lifetime --------------------------------------------------------------------
     def used_bytes(self) -> int:
+        """Bytes written and not yet consumed (0 once this end is closed)."""
+        if self._closed:
+            return 0
         return int(self._words[L.W_HEAD] - self._words[L.W_TAIL])
 
     def close(self) -> None:

@@ -84,6 +84,10 @@ class Supervisor:
         """Start worker ``index`` (``python -m workers.node``) with a control socketpair."""
         if self._closed:
             raise Closed("supervisor is closed")
+        old = self.workers.get(index)
+        if old is not None:  # a restart: the previous incarnation's channel is done
+            old.sock.close()
+            _PROCS.pop(old.pid, None)
         ours, theirs = socket.socketpair()
         cmd = [
             sys.executable,

@@ -120,6 +120,7 @@ class RingDrainer:
         # appends *before* reading it, so no batch is left behind (both under the GIL).
         self.batches: deque[list[bytes]] = deque()
         self.scheduled = False
+        self.detached = False
         self._slots = threading.Semaphore(self.SLOTS)
         self._stop = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -289,10 +290,11 @@ class NodeService:
         self._file(channel)
         self.drainers[ring] = RingDrainer(self, ring, channel)
 
-    def op_detach_ring(self, ring: str) -> None:
+    async def op_detach_ring(self, ring: str) -> None:
         d = self.drainers.pop(ring, None)
         if d is not None:
-            d.stop()
+            d.detached = True  # pending acknowledgements have nobody to go to
+            await asyncio.to_thread(d.stop)  # joining the thread must not stall the loop
 
     def op_append(self, channel: str, payloads: list[bytes]) -> int:
         return self.redex.append(channel, payloads)
@@ -383,6 +385,9 @@ class NodeService:
         acknowledged as refused (the producer's flush raises NotLeader).
         """
         pending = drainer.pending
+        if drainer.detached:  # its producer is gone and the ring may be unmapped
+            pending.clear()
+            return
         while pending:
             n, last, needed, reason = pending[0]
             if last is not None and needed >= 0:
@@ -446,10 +451,11 @@ class NodeService:
 
     async def close(self) -> None:
         for d in self.drainers.values():
+            d.detached = True
             d._stop.set()  # all threads wind down together, then each is joined
+        self.redex.close()  # releases quorum waiters; detached drainers ack nothing
         for d in list(self.drainers.values()):
             d.stop()
-        self.redex.close()
         if self.node is not None:
             await self.node.shutdown()
         if self.page is not None:

@@ -83,7 +83,7 @@ from netmesh.core.messages import (
 )
 from netmesh.core.quorum import committed_seq, majority, vote_outcome
 from netmesh.core.roles import TRANSITIONS, ReplicaRole, TransitionSignal, transition
-from netmesh.errors import LocalProtocolError
+from netmesh.errors import InvalidTransition, LocalProtocolError
 
 if TYPE_CHECKING:
     import random
@@ -247,6 +247,21 @@ def first_conflict(
     return None
 
 
+def _order_for_durability(out: list[Output], save: SaveHardState) -> list[Output]:
+    """Log changes first, then the hard state, then everything that leaves the node.
+
+    The epoch history in the hard state labels the log's events with terms; saving it
+    before a Truncate/Apply is executed would, after a crash in between, label old
+    events with a new term (and so hide a divergence). Saving it after them leaves at
+    worst events labelled with an older term, which the DIVERGED path repairs. The
+    save still precedes every Send, so a vote or an ack never leaves before it is
+    durable.
+    """
+    log_changes = [o for o in out if isinstance(o, Truncate | Apply)]
+    others = [o for o in out if not isinstance(o, Truncate | Apply)]
+    return [*log_changes, save, *others]
+
+
 @dataclass
 class _Peer:
     heard_at: float | None = None
@@ -338,7 +353,10 @@ class ReplicationCoordinator:
         self._leader_heard_at = now
         self._leader_tail = 0
         self._leader_since = now
-        self._last_campaign_at = float("-inf")
+        # a (re)started node waits one silence window before it may campaign, so a
+        # restarted pinned node cannot win alone with a short log before it has heard
+        # the current leader
+        self._last_campaign_at = now
         self._next_hb_at = now
         self._outstanding: tuple[int, float] | None = None
         self._backoff_until = float("-inf")
@@ -457,7 +475,7 @@ class ReplicationCoordinator:
         out, self._out = self._out, []
         if self._dirty:
             self._dirty = False
-            out.insert(0, SaveHardState(self.hard_state))
+            out = _order_for_durability(out, SaveHardState(self.hard_state))
         m = self.metrics
         m.role, m.term, m.tail_seq, m.commit_seq = self.role, self.term, self.tail, self.commit
         return out
@@ -495,6 +513,12 @@ class ReplicationCoordinator:
             self._set_role(signal)
             self._start_campaign(manual=True)
         elif signal is Sig.ELECTION_WON:
+            if self.quorum_mode and not self._has_majority_grants():
+                # quorum safety rests on the vote: a hand-made leader could commit over
+                # a log that lacks committed events
+                raise InvalidTransition(
+                    "ack='quorum': ELECTION_WON needs a majority of granted votes"
+                )
             self._become_leader()
         else:
             self._set_role(signal)
@@ -653,6 +677,9 @@ class ReplicationCoordinator:
         elif outcome is False:
             self._lose()
 
+    def _has_majority_grants(self) -> bool:
+        return len(self._campaign.granted) >= majority(len(self.members))
+
     def _lose(self) -> None:
         self._set_role(Sig.ELECTION_LOST)
         self._leader_heard_at = self._now
@@ -800,10 +827,11 @@ class ReplicationCoordinator:
         elif m.reason is NackReason.DIVERGED and current and m.from_seq == self.tail:
             self._truncate(min(m.epoch_end, own_end(self.epochs, m.epoch_term, self.tail)))
             self._maybe_request()
-        elif (
-            m.reason in (NackReason.NOT_LEADER, NackReason.CHANNEL_CLOSED) and self.leader_id == frm
-        ):
+        elif m.reason is NackReason.CHANNEL_CLOSED and self.leader_id == frm:
             self.leader_id = None
+        # NOT_LEADER from the leader we follow in this very term is stale (sent while it
+        # was still a candidate): a leader only stops leading by moving to a higher
+        # term, which step() has already adopted, clearing leader_id
 
     # ------------------------------------------------------------------ leader side
 

@@ -72,6 +72,8 @@ class SimCluster:
         max_delay: max one-way delay in seconds (default: a quarter heartbeat).
         budget_bytes_per_s: leader sync budget (fraction 1.0 of this NIC peak).
         sync_chunk_bytes: max bytes per SyncResponse.
+        crash_mid_output: probability that a node crashes just before executing an
+            Apply or Truncate output (the rest of that output list is lost).
     """
 
     def __init__(
@@ -88,8 +90,10 @@ class SimCluster:
         budget_bytes_per_s: int = 125_000_000,
         sync_chunk_bytes: int = 4096,
         auto_bootstrap: bool = True,
+        crash_mid_output: float = 0.0,
     ) -> None:
         self.seed = seed
+        self.crash_mid_output = crash_mid_output
         self.rng = random.Random(seed)
         self.ids = sorted(self.rng.sample(range(1, 1 << 20), n))
         self.config = ReplicationConfig(
@@ -141,6 +145,13 @@ class SimCluster:
         pending = list(outputs)
         while pending:
             out = pending.pop(0)
+            if (
+                self.crash_mid_output
+                and isinstance(out, Apply | Truncate)
+                and self.rng.random() < self.crash_mid_output
+            ):
+                self.crash(node.node_id)  # power cut half-way through a Ready
+                return
             if isinstance(out, Send):
                 self._transmit(node.node_id, out.to, encode(out.msg))
             elif isinstance(out, ServeSync):
@@ -305,7 +316,7 @@ class SimCluster:
     def check(self) -> None:
         for node_id, node in self.nodes.items():
             coord = node.coord
-            if coord.tail_seq != len(node.log):
+            if node.alive and coord.tail_seq != len(node.log):
                 raise self.fail(
                     f"node {node_id} coordinator tail {coord.tail_seq} "
                     f"!= log length {len(node.log)}"

@@ -356,7 +356,12 @@ def test_quorum_commit_counts_current_term_acks_only() -> None:
     c3 = cfg(ack="quorum", placement=PlacementStrategy.pinned([A, B, C]), factor=3)
     a = ReplicationCoordinator(A, c3, [A, B, C], tail_seq=4, hard_state=HardState(1, A, ((1, 0),)))
     a.tick(0.0)
-    manual_leader(a, 0.0)
+    a.transition_to(R.CANDIDATE, S.MISSED_HEARTBEATS, 0.0)
+    with pytest.raises(InvalidTransition, match="majority"):  # quorum: no hand-made leader
+        a.transition_to(R.LEADER, S.ELECTION_WON, 0.0)
+    assert a.role is R.CANDIDATE
+    a.step(B, VoteResponse(a.term, True), 0.0)  # B's grant makes the majority
+    assert a.role is R.LEADER
     assert a.commit_seq == 0
     a.local_appended(6, 0.01)
     a.step(B, Ack(a.term, 5), 0.02)
