@@ -171,6 +171,7 @@ class NodeService:
         self.spec: dict[str, Any] = {}
         self.drainers: dict[str, RingDrainer] = {}
         self.page: MetricsPage | None = None
+        self.metrics_task: asyncio.Task[None] | None = None
         self.done = asyncio.get_running_loop().create_future()
         self.graceful = False
         self.counters = {
@@ -243,7 +244,7 @@ class NodeService:
         self.redex.enable_replication(self.node)
         if spec.get("metrics_page"):
             self.page = MetricsPage.attach(spec["metrics_page"])
-            asyncio.get_running_loop().create_task(self._publish_metrics())
+            self.metrics_task = asyncio.get_running_loop().create_task(self._publish_metrics())
         host, port = self.node.local_addr[:2]
         return {
             "node_id": kp.node_id,
@@ -459,6 +460,8 @@ class NodeService:
         if self.node is not None:
             await self.node.shutdown()
         if self.page is not None:
+            if self.metrics_task is not None:
+                self.metrics_task.cancel()  # it must not write into the unmapped page
             self.page.close()
         with contextlib.suppress(Exception):
             await self.writer.drain()
