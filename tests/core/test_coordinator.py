@@ -287,6 +287,20 @@ def test_backpressure_nack_then_retry() -> None:
     assert sends(b.tick(0.07), SyncRequest)  # retried
 
 
+def test_min_push_gap_holds_back_pushes_and_says_when() -> None:
+    a = ReplicationCoordinator(A, cfg(), [A, B], max_inflight=8, min_push_gap=0.001)
+    a.tick(0.0)
+    manual_leader(a)
+    a.step(B, Ack(a.term, 0), 0.010)  # streaming now
+    assert a.local_appended(1, 0.0100) == [ServeSync(B, 0, a.config.sync_chunk_bytes, 0)]
+    assert a.local_appended(3, 0.0104) == []  # 0.4 ms after the last push: held back
+    assert a.push_due == pytest.approx(0.011)
+    assert a.local_appended(5, 0.0106) == [] and a.push_due == pytest.approx(0.011)
+    out = a.local_appended(5, 0.0111)  # due: one push carries everything held back
+    assert out == [ServeSync(B, 1, a.config.sync_chunk_bytes, 0)]
+    assert a.push_due is None
+
+
 def test_push_to_streaming_follower_after_local_append() -> None:
     a = ReplicationCoordinator(A, cfg(), [A, B])
     a.tick(0.0)
