@@ -56,6 +56,12 @@ class LogCorrupt(NetmeshError):
         self.reason = reason
 
 
+class Lagged(NetmeshError):
+    """A tail subscriber fell behind what the file still holds: events it needs were
+    dropped by retention, or a divergent suffix it already saw was truncated by
+    replication. Re-read from ``first_retained_seq`` (or a known good seq)."""
+
+
 class OutOfOrder(NetmeshError):
     """An append carried a sequence number other than the file's ``next_seq``."""
 

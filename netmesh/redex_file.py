@@ -21,15 +21,16 @@ Not thread-safe: one owner (a node's event loop) calls it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from netmesh.config import RedexFileConfig
 from netmesh.core import record
-from netmesh.errors import Closed, LogCorrupt, OutOfOrder, PayloadTooLarge
+from netmesh.errors import Closed, Lagged, LogCorrupt, OutOfOrder, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class RedexFile:
         #: (so a burst of appends costs one call, not one per append)
         self.on_append: Callable[[], None] | None = None
         self.append_pending = False
+        self._tails: set[asyncio.Event] = set()
         if self.config.path is not None:
             self._recover(self.config.path)
 
@@ -116,6 +118,41 @@ class RedexFile:
         """Retained events with ``start <= seq < end``, ascending (empty if none)."""
         payloads, first = self.read_payloads(start, end)
         return [RedexEvent(RedexEntry(first + i, len(p)), p) for i, p in enumerate(payloads)]
+
+    async def tail(self, from_seq: int = 0, max_batch: int = 1024) -> AsyncIterator[RedexEvent]:
+        """Every event with seq >= ``from_seq``: first those held (backfill), then each
+        new one as it is appended (locally or by replication), with no gap or
+        duplicate at the boundary. Ends when the file closes.
+
+        Raises Lagged if events the subscriber needs are gone (retention dropped them
+        or replication truncated a suffix it had already yielded). Must be iterated on
+        the event loop that appends to the file.
+        """
+        seq = from_seq
+        while True:
+            if seq < self._first_seq or seq > self.next_seq:
+                raise Lagged(
+                    f"{self.name}: tail at seq {seq}, the file holds "
+                    f"[{self._first_seq}, {self.next_seq})"
+                )
+            payloads, first = self.read_payloads(seq, seq + max_batch)
+            if payloads:
+                for i, p in enumerate(payloads):
+                    yield RedexEvent(RedexEntry(first + i, len(p)), p)
+                seq = first + len(payloads)
+                continue
+            if self._closed:
+                return
+            wakeup = asyncio.Event()
+            self._tails.add(wakeup)
+            try:
+                await wakeup.wait()
+            finally:
+                self._tails.discard(wakeup)
+
+    def _wake_tails(self) -> None:
+        for wakeup in self._tails:
+            wakeup.set()
 
     def read_payloads(self, start: int, end: int) -> tuple[list[bytes], int]:
         """Like read_range without per-event objects: (payloads, seq of the first one)."""
@@ -171,6 +208,8 @@ class RedexFile:
         self._apply_retention()
         if self._fd >= 0 and self._segments[-1].size >= self.config.segment_bytes:
             self._start_segment(self.next_seq)
+        if self._tails:
+            self._wake_tails()
         return first
 
     def truncate_from(self, seq: int) -> int:
@@ -189,6 +228,7 @@ class RedexFile:
         del self._payloads[keep:]
         if self._fd >= 0:
             self._truncate_disk(seq)
+        self._wake_tails()
         return dropped
 
     def sync(self) -> None:
@@ -202,6 +242,7 @@ class RedexFile:
         if self._closed:
             return
         self._closed = True
+        self._wake_tails()
         if self._fd >= 0:
             try:
                 os.fdatasync(self._fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import signal
@@ -16,6 +17,7 @@ from netmesh.errors import (
     ChannelNameError,
     Closed,
     ConfigError,
+    Lagged,
     LogCorrupt,
     OutOfOrder,
     PayloadTooLarge,
@@ -225,3 +227,48 @@ def test_stray_segment_name_is_corruption_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "log" / "notes.seg").write_bytes(b"hello")
     with pytest.raises(LogCorrupt, match="not a segment name"):
         RedexFile("n", cfg)
+
+
+def test_tail_backfills_then_follows_live_appends_without_gaps() -> None:
+    async def body() -> list[tuple[int, bytes]]:
+        f = RedexFile("t")
+        f.append_batch([b"a", b"b", b"c"])
+        got: list[tuple[int, bytes]] = []
+
+        async def reader() -> None:
+            async for ev in f.tail(1):
+                got.append((ev.entry.seq, ev.payload))
+
+        task = asyncio.create_task(reader())
+        while len(got) < 2:  # backfill arrives first
+            await asyncio.sleep(0)
+        f.append(b"d")
+        f.append_batch([b"e", b"f"])
+        while len(got) < 5:
+            await asyncio.sleep(0)
+        f.close()  # ends the iteration
+        await asyncio.wait_for(task, 5)
+        return got
+
+    got = asyncio.run(body())
+    assert got == [(1, b"b"), (2, b"c"), (3, b"d"), (4, b"e"), (5, b"f")]
+
+
+def test_tail_reports_lost_history() -> None:
+    async def body() -> None:
+        f = RedexFile("l", RedexFileConfig(retention_max_events=2))
+        f.append_batch([b"1", b"2", b"3"])
+        with pytest.raises(Lagged, match="holds"):
+            async for _ in f.tail(0):
+                pass
+        g = RedexFile("g")
+        g.append_batch([b"x", b"y", b"z"])
+        seen = []
+        with pytest.raises(Lagged):
+            async for ev in g.tail(0):
+                seen.append(ev.payload)
+                if len(seen) == 3:
+                    g.truncate_from(1)  # replication discarded what we already saw
+        assert seen == [b"x", b"y", b"z"]
+
+    asyncio.run(body())

@@ -255,3 +255,27 @@ def test_bootstraps_and_elects_pinned_leader_without_manual_drive() -> None:
         await teardown(nodes, redexes)
 
     run(body)
+
+
+def test_tail_on_a_replica_follows_replicated_events() -> None:
+    async def body() -> None:
+        name = "repl/tail"
+        nodes, (ra, rb), (fa, fb) = await setup(2, name)
+        await drive_leader_and_replicas(ra, [rb], name)
+        got: list[bytes] = []
+
+        async def subscriber() -> None:
+            async for ev in fb.tail(0):
+                got.append(ev.payload)
+                if len(got) == 20:
+                    return
+
+        task = asyncio.create_task(subscriber())
+        for i in range(20):
+            fa.append(b"live-%d" % i)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(task, 5)
+        assert got == [b"live-%d" % i for i in range(20)]
+        await teardown(nodes, [ra, rb])
+
+    run(body)
