@@ -109,7 +109,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     cfg = ReplicationConfig(factor=args.factor, heartbeat_ms=args.heartbeat_ms, ack=args.ack)
-    with Cluster(nodes=args.nodes, heartbeat_ms=args.heartbeat_ms, data_dir=args.data_dir) as c:
+    with Cluster(
+        nodes=args.nodes,
+        heartbeat_ms=args.heartbeat_ms,
+        data_dir=args.data_dir,
+        restart_policy=args.restart_policy,
+    ) as c:
         c.open_channel(args.channel, cfg)
         run_path = status.write_run_file(
             os.getpid(),
@@ -136,6 +141,11 @@ def _up_loop(console: Console, c: Cluster, args: argparse.Namespace, stopped: An
     with Live(console=console, refresh_per_second=4) as live:
         while not stopped() and time.monotonic() < end:
             tick = time.monotonic()
+            for node, code in c.check_nodes():
+                console.print(
+                    f"node {node} exited with code {code}"
+                    + (", restarted" if args.restart_policy == "on-failure" else "")
+                )
             if args.rate:
                 producer = _feed(c, args, producer, payload)
             if tick - prev_t >= 0.5 or prev is None:
@@ -228,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--payload", type=int, default=64, help="payload bytes")
     up.add_argument("--data-dir", default=None, help="persist identities and event files")
     up.add_argument("--duration", type=float, default=0, help="stop after N s (0: Ctrl-C)")
+    up.add_argument(
+        "--restart-policy",
+        choices=["never", "on-failure"],
+        default="never",
+        help="restart nodes that die without being asked",
+    )
     up.set_defaults(func=cmd_up)
     st = sub.add_parser("status", help="show the status of a running `netmesh up`")
     st.add_argument("--prometheus", action="store_true", help="Prometheus text format")

@@ -24,8 +24,9 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from netmesh.config import (
     DEFAULT_MAX_PAYLOAD,
@@ -44,6 +45,7 @@ from netmesh.testing.wait import wait_until
 from workers.node import replication_to_dict
 
 log = logging.getLogger(__name__)
+RestartPolicy = Literal["never", "on-failure"]
 T = TypeVar("T")
 
 
@@ -60,13 +62,22 @@ class Cluster:
         mesh_heartbeat: float = 0.25,
         session_timeout: float = 2.0,
         max_datagram: int = 32768,
+        restart_policy: RestartPolicy = "never",
         start: bool = True,
     ) -> None:
+        if restart_policy not in ("never", "on-failure"):
+            raise ConfigError(
+                f"restart_policy must be 'never' or 'on-failure', got {restart_policy!r}"
+            )
         if nodes < 1:
             raise ConfigError("a cluster needs at least one node")
         if psk is not None and len(psk) != 32:
             raise ConfigError("psk must be 32 bytes")
         self.size = nodes
+        self.restart_policy = restart_policy
+        #: nodes that died without being asked, as (node, exit code, monotonic time)
+        self.crashes: list[tuple[int, int, float]] = []
+        self._down_on_purpose: set[int] = set()
         self.psk = psk or secrets.token_bytes(32)
         self.heartbeat_ms = heartbeat_ms
         self.data_dir = data_dir
@@ -162,8 +173,33 @@ class Cluster:
     def running(self) -> list[int]:
         return [i for i in range(self.size) if self.sup.exit_code(i) is None]
 
+    def check_nodes(self) -> list[tuple[int, int]]:
+        """Report nodes that died without being asked since the last check, as
+        (node, exit code); with ``restart_policy="on-failure"`` restart them.
+
+        Call it periodically (``netmesh up`` does, every 100 ms). A restart that is
+        refused (a quorum member without ``data_dir``) is logged and left to you.
+        """
+        found = []
+        for i in range(self.size):
+            code = self.sup.exit_code(i)
+            if code is None or i in self._down_on_purpose or not self.info[i]["alive"]:
+                continue
+            self.info[i]["alive"] = False
+            self._drop_producers(i)
+            self.crashes.append((i, code, time.monotonic()))
+            found.append((i, code))
+            log.warning("node %d exited with code %d", i, code)
+            if self.restart_policy == "on-failure":
+                try:
+                    self.restart(i)
+                except NetmeshError as exc:
+                    log.error("node %d not restarted: %s", i, exc)
+        return found
+
     def kill(self, i: int) -> int | None:
         """SIGKILL node ``i``; its producers become unusable. Returns the exit code."""
+        self._down_on_purpose.add(i)
         code = self.sup.kill(i)
         self.info[i]["alive"] = False
         self._drop_producers(i)
@@ -171,6 +207,7 @@ class Cluster:
 
     def stop(self, i: int) -> int | None:
         """Stop node ``i`` gracefully (shutdown request, then SIGTERM/SIGKILL)."""
+        self._down_on_purpose.add(i)
         code = self.sup.stop(i)
         self.info[i]["alive"] = False
         self._drop_producers(i)
@@ -192,6 +229,7 @@ class Cluster:
                 "without its log and votes: use Cluster(data_dir=...)"
             )
         self._spawn(i)
+        self._down_on_purpose.discard(i)
         others = [j for j in self.running() if j != i]
         peers = [self._peer_entry(j) for j in range(self.size) if j != i]
         self.sup.call(

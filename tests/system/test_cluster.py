@@ -323,3 +323,22 @@ def test_producer_process_reports_refusal() -> None:
         job = c.spawn_producer(1 - lead, "x", events=10)
         with pytest.raises(NetmeshError, match="NotLeader"):
             job.wait(timeout=30)
+
+
+@pytest.mark.parametrize("policy", ["never", "on-failure"])
+def test_a_crashed_node_is_reported_and_restarted_only_per_policy(policy: str) -> None:
+    with Cluster(nodes=2, heartbeat_ms=HB, restart_policy=policy) as c:  # type: ignore[arg-type]
+        c.open_channel("c", ReplicationConfig(factor=2, heartbeat_ms=HB))
+        pid = c.info[1]["pid"]
+        os.kill(pid, signal.SIGKILL)  # a crash: not asked through the cluster
+        reported = wait_until(lambda: c.check_nodes(), timeout=5, message="crash report")
+        assert reported == [(1, -signal.SIGKILL)]
+        assert c.crashes[0][:2] == (1, -signal.SIGKILL)
+        assert c.check_nodes() == []  # reported once
+        if policy == "never":
+            assert c.running() == [0] and c.metrics()["nodes"][1]["exit_code"] == -9
+        else:
+            assert c.running() == [0, 1] and c.info[1]["pid"] != pid
+            assert c.role(1, "c") in ("REPLICA", "LEADER", "CANDIDATE")
+        c.kill(0)  # asked: not a crash
+        assert c.check_nodes() == []
