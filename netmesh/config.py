@@ -170,6 +170,8 @@ class MeshNodeConfig:
         means fragments (default 16 MiB).
     reassembly_bytes: per-peer memory for incomplete fragmented messages (default
         32 MiB); beyond it the oldest incomplete message is dropped.
+    handshake_rate: initiations per second (node-wide, burst of the same size) that
+        get past the mac1 check to the Diffie-Hellman work (default 1000).
     """
 
     bind: str = "127.0.0.1:0"
@@ -185,6 +187,7 @@ class MeshNodeConfig:
     rekey_after_time: float = 120.0
     max_message: int = 16 << 20
     reassembly_bytes: int = 32 << 20
+    handshake_rate: float = 1000.0
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.bind.rpartition(":")
@@ -217,3 +220,5 @@ class MeshNodeConfig:
             raise ConfigError(f"max_message must be in 1..2^30, got {self.max_message}")
         if self.reassembly_bytes < self.max_message:
             raise ConfigError("reassembly_bytes must be >= max_message")
+        if not (math.isfinite(self.handshake_rate) and self.handshake_rate >= 1):
+            raise ConfigError(f"handshake_rate must be >= 1, got {self.handshake_rate}")

@@ -36,6 +36,20 @@ Handlers
 Bad input (tampered, truncated, replayed, oversized, unknown-session datagrams,
 handshakes with a wrong PSK or an unexpected static key) is dropped, logged at debug
 and counted in ``metrics()["drops"]`` by reason; it never disturbs sessions.
+
+Handshake flood resistance
+    Every handshake datagram carries a mac1 (see ``netmesh.core.handshake``) that only
+    PSK holders knowing our static public key can compute; it is checked with one
+    keyed hash before any Diffie-Hellman ("bad_mac" drops). Initiations that pass it
+    are further limited node-wide to ``config.handshake_rate`` per second (token
+    bucket, burst of one second's worth; "handshake_rate" drops).
+
+Clock
+    Initiations carry a wall-clock timestamp and a responder refuses any that is not
+    newer than the last one it accepted from the same key (WireGuard's rule). If the
+    wall clock of a restarted node stepped backwards, its peers refuse it as a
+    replay until the clock passes the last timestamp they accepted (no counter is
+    persisted across restarts).
 """
 
 from __future__ import annotations
@@ -53,9 +67,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from netmesh.config import MeshNodeConfig
 from netmesh.core import codec
 from netmesh.core.codec import DATA_HEADER, TYPE_DATA, VERSION, unpack_body
-from netmesh.core.handshake import InitiationReplayGuard, Responder
+from netmesh.core.handshake import (
+    InitiationReplayGuard,
+    ResponderTemplate,
+    mac1_key,
+    mac1_ok,
+)
 from netmesh.core.session import Session, SessionExpired, SessionLimits
-from netmesh.core.timers import TimerConfig
+from netmesh.core.timers import TimerConfig, TokenBucket
 from netmesh.errors import (
     AuthenticationError,
     Closed,
@@ -92,6 +111,8 @@ DROP_REASONS = (
     "reassembly",
     "reserved_channel",
     "expired",
+    "bad_mac",
+    "handshake_rate",
 )
 _KEEPALIVE = b"\x90"
 _U64 = struct.Struct("<Q")
@@ -129,12 +150,21 @@ class MeshNode:
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._replay_guard = InitiationReplayGuard()
+        # handshake work cached once: the mac1 key of messages sent to us, and the
+        # responder's public key and initial symmetric state
+        self._mac_key = mac1_key(config.psk, keypair.public_key)
+        self._responder_template = ResponderTemplate(
+            keypair.private_key, config.psk, self.prologue(keypair.node_id)
+        )
         self._last_ts = 0
         self._started = False
         self._closed = False
         self._ticker: asyncio.Task[None] | None = None
         self._transport: UdpTransport | None = None
         self._loop = asyncio.get_running_loop()
+        self._handshake_bucket = TokenBucket(
+            config.handshake_rate, config.handshake_rate, self._loop.time()
+        )
         self._m: dict[str, int] = dict.fromkeys(
             (
                 "datagrams_in",
@@ -373,14 +403,16 @@ class MeshNode:
         if self._flush_scheduled:
             self._flush()
 
-    def send_raw(self, peer: Peer, datagram: bytes) -> None:
-        """Send a prepared datagram to ``peer`` (handshakes, keepalives)."""
+    def send_raw(self, peer: Peer, datagram: bytes, addr: Addr | None = None) -> None:
+        """Send a prepared datagram to ``peer`` (handshakes, keepalives), at ``addr``
+        if given (a handshake response goes to the initiation's source)."""
         if peer.node_id in self._blocked:
             self._drops["blocked"] += 1
             return
-        if peer.addr is None or self._closed:
+        addr = addr or peer.addr
+        if addr is None or self._closed:
             return
-        self._sendto(datagram, peer.addr)
+        self._sendto(datagram, addr)
         peer.timers.last_sent = self._loop.time()
 
     def _sendto(self, datagram: bytes, addr: Addr) -> None:
@@ -424,7 +456,13 @@ class MeshNode:
         except DecodeError as exc:
             self._drop("decode", addr, exc)
             return
+        if not mac1_ok(self._mac_key, data):  # before any DH
+            self._drop("bad_mac", addr)
+            return
         if isinstance(msg, codec.Initiation):
+            if not self._handshake_bucket.take(self._loop.time()):
+                self._drop("handshake_rate", addr)
+                return
             self._on_initiation(msg, addr)
         elif isinstance(msg, codec.Response):
             self._on_response(msg, addr)
@@ -460,9 +498,9 @@ class MeshNode:
         except DecodeError as exc:
             self._drop("decode", addr, exc)
             return
-        self._dispatch(peer, entries)
+        self._dispatch(peer, entries, index)
 
-    def _dispatch(self, peer: Peer, entries: list[list]) -> None:
+    def _dispatch(self, peer: Peer, entries: list[list], stream: int) -> None:
         nid = peer.node_id
         for e in entries:
             if e[1] == PEER_EVENTS:  # reserved: a peer must not forge up/down events
@@ -472,7 +510,7 @@ class MeshNode:
                 channel, msgs = e[1], e[2]
             else:
                 try:
-                    whole = peer.reassembler.add(e[1], e[2], e[3], e[4], e[5])
+                    whole = peer.reassembler.add(e[1], e[2], e[3], e[4], e[5], stream)
                 except DecodeError as exc:
                     self._drop("reassembly", peer.addr or ("", 0), exc)
                     continue
@@ -502,9 +540,7 @@ class MeshNode:
                         log.exception("handler for %r failed", channel)
 
     def _on_initiation(self, msg: codec.Initiation, addr: Addr) -> None:
-        responder = Responder(
-            self.keypair.private_key, self.config.psk, self.prologue(self.node_id)
-        )
+        responder = self._responder_template.new()
         try:
             remote_static = responder.consume_initiation(msg.noise)
         except AuthenticationError:
@@ -531,9 +567,13 @@ class MeshNode:
         index = self.alloc_index()
         now = self._loop.time()
         session = Session(keys, index, msg.sender_index, now, self.session_limits)
-        peer = self._peer_for(nid, remote_static, addr)
+        # not authenticated yet (msg1 may be replayed from elsewhere): answer the
+        # source, but move the peer there only once the session confirms
+        peer = self._peer_for(nid, remote_static, None)
         peer.offer_as_responder(session, addr)
-        self.send_raw(peer, codec.encode_response(index, msg.sender_index, noise))
+        self.send_raw(
+            peer, codec.encode_response(index, msg.sender_index, noise, peer.mac_key), addr
+        )
 
     def _acceptable(self, nid: int, remote_static: bytes) -> bool:
         allowed = self._allowed.get(nid)
@@ -574,6 +614,9 @@ class MeshNode:
         log.debug("peer %x %s", node_id, "up" if up else "down")
         self._deliver(node_id, PEER_EVENTS, [b"up" if up else b"down"])
 
+    def now(self) -> float:
+        return self._loop.time()
+
     def prologue(self, responder_id: int) -> bytes:
         return PROLOGUE + _U64.pack(responder_id)
 
@@ -599,6 +642,7 @@ class MeshNode:
         if entry is not None and entry[1] is session:
             del self.sessions[session.local_index]
             self.release_index(session.local_index)
+            entry[0].reassembler.drop_stream(session.local_index)
 
     def metrics_inc(self, name: str) -> None:
         self._m[name] += 1
@@ -613,7 +657,9 @@ class MeshNode:
         blocked, no_session (messages sent while no session), reassembly,
         reserved_channel (an entry - a run of messages or one fragment - a peer sent
         on the reserved ``"peer"`` channel), expired (data for a session past
-        ``reject_after_time``)."""
+        ``reject_after_time``), bad_mac (handshake message whose mac1 is wrong: no
+        PSK, or not meant for our key), handshake_rate (initiation over the
+        node-wide ``handshake_rate``)."""
         out: dict[str, object] = dict(self._m)
         out["drops"] = dict(self._drops)
         out["peers_up"] = len(self.peers())

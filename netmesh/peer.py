@@ -9,19 +9,38 @@ A :class:`Peer` holds up to three sessions with one remote node:
 
 Handshake attempts are retried by the timers; a ``connect`` waiter is failed with
 :class:`~netmesh.errors.HandshakeError` once the attempts are spent.
+
+Rekeying: the initiator of ``current`` rekeys after ``rekey_after_time``; the
+responder rekeys too, after an extra random delay of 10-25% of ``rekey_after_time``
+(see ``Session.rekey_due``), so a link never stalls when both ends hold
+responder-side sessions. Crossed handshakes (both ends initiate at once, e.g. a
+simultaneous ``connect`` or both probing after a partition heals) are settled
+deterministically: both ends keep the session initiated by the lower node id, the
+other one is kept for receiving only. Blocked peers are never rekeyed.
+
+``addr`` changes only on authenticated input (a packet that decrypts on one of our
+sessions, or a handshake response that authenticates); an initiation is answered
+at its source address without moving the peer there.
+
+Fragments are reassembled per receiving session (``Reassembler`` stream = our
+session index; a forgotten session drops its incomplete messages), and the
+fragment ids we send start at a random value, so fragments of two incarnations of a
+sender never combine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import secrets
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from netmesh.core import codec
-from netmesh.core.codec import Reassembler
-from netmesh.core.handshake import Initiator, SessionKeys
+from netmesh.core.codec import MIN_FRAGMENT_CHUNK, Reassembler
+from netmesh.core.handshake import Initiator, SessionKeys, mac1_key
 from netmesh.core.session import Session
 from netmesh.core.timers import Action, PeerTimers
 from netmesh.errors import HandshakeError
@@ -50,14 +69,29 @@ class Peer:
         self.next: Session | None = None
         self.pending_index: int | None = None
         self.pending: Initiator | None = None
+        #: node clock when the pending initiation was sent
+        self.pending_sent = 0.0
+        #: mac1 key of handshake messages we send to this peer
+        self.mac_key = mac1_key(node.config.psk, public_key)
+        #: extra delay before the responder side of ``current`` rekeys (jittered)
+        self.responder_rekey_delay = self._draw_responder_delay()
         self.connect_waiter: asyncio.Future[int] | None = None
         self.ever_up = False
         self.outbox: list[tuple[str, list[bytes]]] = []
-        self.frag_id = 0
+        # random start: a restarted sender does not reuse the ids of its previous life
+        self.frag_id = secrets.randbits(62)
         cfg = node.config
         budget = cfg.max_datagram - codec.DATA_OVERHEAD
         min_chunk = max(64, budget - codec.BODY_OVERHEAD - 26 - 258)
-        self.reassembler = Reassembler(cfg.max_message, cfg.reassembly_bytes, min_chunk=min_chunk)
+        self.reassembler = Reassembler(
+            cfg.max_message,
+            cfg.reassembly_bytes,
+            min_chunk=min_chunk,
+            min_part=min(MIN_FRAGMENT_CHUNK, min_chunk),
+        )
+
+    def _draw_responder_delay(self) -> float:
+        return self.node.config.rekey_after_time * (0.10 + 0.15 * random.random())
 
     # ------------------------------------------------------------ handshake
     def begin_handshake(self, now: float, attempts: int | None = None) -> None:
@@ -78,10 +112,13 @@ class Peer:
             node.config.psk,
             eph,
             node.prologue(self.node_id),
+            static_public=node.keypair.public_key,
         )
-        msg = codec.encode_initiation(index, init.create_initiation(node.timestamp()))
+        noise = init.create_initiation(node.timestamp())
+        msg = codec.encode_initiation(index, noise, self.mac_key)
         self.pending_index = index
         self.pending = init
+        self.pending_sent = node.now()
         node.pending_initiations[index] = self
         node.metrics_inc("handshakes_initiated")
         node.send_raw(self, msg)
@@ -104,7 +141,18 @@ class Peer:
         self.addr = addr
         session = Session(keys, index, remote_index, now, self.node.session_limits)
         self.node.sessions[index] = (self, session)
-        self._promote(session)
+        cur = self.current
+        if (
+            cur is not None
+            and not cur.is_initiator
+            and cur.created >= self.pending_sent
+            and self.node_id < self.node.node_id
+        ):
+            # crossed: the peer's initiation reached us while ours was in flight and
+            # its session is already confirmed; the lower id's session wins
+            self._retain(session)
+        else:
+            self._promote(session)
         self.timers.on_handshake_done(now)
         self.node.metrics_inc("handshakes_completed")
         # key confirmation for the responder, and our first sign of life
@@ -116,12 +164,15 @@ class Peer:
         self.connect_waiter = None
 
     def offer_as_responder(self, session: Session, addr: Addr) -> None:
-        """Install a responder-side session that awaits key confirmation."""
+        """Install a responder-side session that awaits key confirmation.
+
+        ``addr`` (the initiation's source) is not adopted until a packet on the
+        session authenticates (:meth:`on_authenticated`).
+        """
         if self.next is not None:
             self.node.forget_session(self.next)
         self.next = session
         self.node.sessions[session.local_index] = (self, session)
-        self.addr = addr
 
     def _promote(self, session: Session) -> None:
         if self.previous is not None and self.previous is not session:
@@ -130,11 +181,38 @@ class Peer:
         self.current = session
         if self.next is session:
             self.next = None
+        self.responder_rekey_delay = self._draw_responder_delay()
+
+    def _retain(self, session: Session) -> None:
+        """Keep ``session`` for receiving only (it lost a crossed-handshake tie-break)."""
+        if self.next is session:
+            self.next = None
+        if self.previous is not None and self.previous is not session:
+            self.node.forget_session(self.previous)
+        self.previous = session
+
+    def _crossed_loser(self, responder_session: Session) -> bool:
+        """Whether ``responder_session`` (awaiting promotion) lost to ``current``.
+
+        Crossed handshakes: ``current`` is our own initiator session completed after
+        ``responder_session`` was offered. Both ends then keep the session initiated
+        by the lower node id; here that is ours if our id is lower.
+        """
+        cur = self.current
+        return (
+            cur is not None
+            and cur.is_initiator
+            and cur.created >= responder_session.created
+            and self.node.node_id < self.node_id
+        )
 
     def on_authenticated(self, session: Session, addr: Addr, now: float) -> None:
         """A packet on ``session`` authenticated: liveness, confirmation, roaming."""
         if session is self.next:
-            self._promote(session)
+            if self._crossed_loser(session):
+                self._retain(session)
+            else:
+                self._promote(session)
             self.node.metrics_inc("handshakes_completed")
         self.addr = addr
         self.mark_alive(now)
@@ -196,7 +274,12 @@ class Peer:
             if s.expired(now):
                 node.forget_session(s)
                 self.current = None
-            elif s.is_initiator and self.pending is None and self.timers.up and s.needs_rekey(now):
+            elif (
+                self.pending is None
+                and self.timers.up
+                and s.rekey_due(now, self.responder_rekey_delay)
+                and not node.is_blocked(self.node_id)
+            ):
                 log.debug("rekeying session with %x", self.node_id)
                 self.begin_handshake(now)
         if self.previous is not None and self.previous.expired(now):

@@ -38,5 +38,46 @@ def test_save_load_round_trip_with_mode_0600(tmp_path) -> None:
 def test_load_rejects_malformed_files(tmp_path, content: bytes) -> None:
     path = tmp_path / "bad.key"
     path.write_bytes(content)
-    with pytest.raises(ConfigError):
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="32 bytes"):
         EntityKeypair.load(path)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
+def test_load_refuses_key_files_others_can_access(tmp_path, mode: int) -> None:
+    kp = EntityKeypair.generate()
+    path = tmp_path / "node.key"
+    kp.save(path)
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        EntityKeypair.load(path)
+    path.chmod(0o400)
+    assert EntityKeypair.load(path) == kp
+
+
+def test_load_refuses_non_regular_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="regular"):
+        EntityKeypair.load(tmp_path)  # a directory
+
+
+def test_save_never_writes_through_a_planted_temp_name(tmp_path) -> None:
+    # the old fixed name "<path>.tmp<pid>" could be pre-created as a symlink
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    path = tmp_path / "node.key"
+    (tmp_path / f"node.key.tmp{os.getpid()}").symlink_to(victim)
+    kp = EntityKeypair.generate()
+    kp.save(path)
+    assert victim.read_bytes() == b"untouched"
+    assert not path.is_symlink() and EntityKeypair.load(path) == kp
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:
+    def boom(src: object, dst: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        EntityKeypair.generate().save(tmp_path / "node.key")
+    assert list(tmp_path.iterdir()) == []

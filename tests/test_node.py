@@ -392,3 +392,186 @@ def test_api_misuse_and_config_validation() -> None:
             a.send(1, "m", b"")
 
     run(body)
+
+
+async def _steady_traffic(
+    src: MeshNode, dst: MeshNode, seconds: float, events: list[tuple[str, bytes]]
+) -> tuple[int, list[bytes]]:
+    """Send one message per 10 ms from src to dst for ``seconds``; returns (sent, got)."""
+    got: list[bytes] = []
+    dst.subscribe("m", lambda nid, m: got.append(m))
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    sent = 0
+    while loop.time() < end:
+        src.send(dst.node_id, "m", b"%d" % sent)
+        sent += 1
+        await asyncio.sleep(0.01)  # pacing, not synchronisation
+    src.send(dst.node_id, "m", b"last")
+    await wait_for(lambda: got and got[-1] == b"last", 5.0, "last message")
+    return sent + 1, got
+
+
+def _watch(nodes: list[MeshNode]) -> list[tuple[str, bytes]]:
+    events: list[tuple[str, bytes]] = []
+    for n in nodes:
+        n.subscribe("peer", lambda nid, ev, n=n: events.append((f"{n.node_id:x}", ev)))
+    return events
+
+
+def test_crossed_handshakes_settle_on_the_lower_id_and_keep_rekeying() -> None:
+    # both ends connect at once; before the fix both kept the session the *other*
+    # initiated, nobody rekeyed and the link went down every reject_after_time
+    async def body() -> None:
+        rekey = 0.6  # sessions refused after 0.9 s
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(rekey_after_time=rekey))
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(rekey_after_time=rekey))
+        try:
+            a.add_allowed_peer(b.node_id, b.public_key)
+            b.add_allowed_peer(a.node_id, a.public_key)
+            a.start()
+            b.start()
+            events = _watch([a, b])
+            await asyncio.gather(
+                a.connect(b.local_addr, b.public_key, b.node_id),
+                b.connect(a.local_addr, a.public_key, a.node_id),
+            )
+            low, high = sorted((a, b), key=lambda n: n.node_id)
+            pl, ph = low.peers_by_id[high.node_id], high.peers_by_id[low.node_id]
+
+            def settled() -> bool:
+                cl, ch = pl.current, ph.current
+                return (
+                    cl is not None
+                    and ch is not None
+                    and cl.is_initiator
+                    and not ch.is_initiator
+                    and cl.remote_index == ch.local_index
+                )
+
+            # well before any rekey could: the tie-break, not the responder fallback
+            await wait_for(settled, rekey, "the lower id's session on both ends")
+            sent, got = await _steady_traffic(a, b, 4 * rekey * 1.5, events)
+            assert got == [b"%d" % i for i in range(sent - 1)] + [b"last"]
+            assert [e for e in events if e[1] == b"down"] == []
+            assert low.metrics()["handshakes_initiated"] >= 1 + 3  # connect + rekeys
+            assert a.peer_is_up(b.node_id) and b.peer_is_up(a.node_id)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_responder_rekeys_when_the_initiator_does_not() -> None:
+    # a initiates but (its config) would rekey only after 100 s; b's sessions expire
+    # after 0.9 s, so b has to rekey as the responder, with no loss and no down event
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(rekey_after_time=100.0))
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(rekey_after_time=0.6))
+        try:
+            await link(b, a)
+            a.start()
+            b.start()
+            assert not b.peers_by_id[a.node_id].current.is_initiator  # type: ignore[union-attr]
+            events = _watch([a, b])
+            sent, got = await _steady_traffic(a, b, 2.5, events)
+            assert got == [b"%d" % i for i in range(sent - 1)] + [b"last"]
+            assert events == []
+            assert b.metrics()["handshakes_initiated"] >= 2
+            assert b.metrics()["drops"]["expired"] == 0
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_no_rekey_towards_a_blocked_peer() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(
+            EntityKeypair.generate(), cfg(rekey_after_time=50.0, session_timeout=1000.0)
+        )
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        try:
+            await link(b, a)
+            peer = a.peers_by_id[b.node_id]
+            s = peer.current
+            assert s is not None and s.is_initiator
+            due = s.created + 50.0 + 0.001  # explicit clock: no waiting
+            before = a.metrics()["handshakes_initiated"]
+            a.block_peer(b.node_id)
+            peer.tick(due)
+            assert peer.pending is None and a.metrics()["handshakes_initiated"] == before
+            a.unblock_peer(b.node_id)
+            peer.tick(due)
+            assert peer.pending is not None and a.metrics()["handshakes_initiated"] == before + 1
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_fragments_never_splice_across_a_sender_restart() -> None:
+    async def body() -> None:
+        ka = EntityKeypair.generate()
+        slow = dict(session_timeout=5.0, heartbeat_interval=0.2)
+        a = await MeshNode.create(ka, cfg(**slow))
+        b = await MeshNode.create(
+            EntityKeypair.generate(), cfg(allowed_peers={ka.node_id: ka.public_key}, **slow)
+        )
+        a2 = None
+        got: list[bytes] = []
+        b.subscribe("m", lambda nid, m: got.append(m))
+        try:
+            await link(b, a)
+            a.start()
+            b.start()
+            # lose exactly the 2nd fragment of a multi-datagram message
+            orig, count = a._sendto, [0]
+
+            def lossy(dg: bytes, addr: Any) -> None:
+                count[0] += 1
+                if count[0] != 2:
+                    orig(dg, addr)
+
+            a._sendto = lossy  # type: ignore[method-assign]
+            a.send(b.node_id, "m", b"A" * 4000)
+            a.flush()
+            bpeer = b.peers_by_id[ka.node_id]
+            await wait_for(lambda: bpeer.reassembler.pending == 1, 5.0, "partial message")
+            old = bpeer.current
+            await a.shutdown()
+            # restarted within session_timeout: b still holds the old session
+            a2 = await MeshNode.create(ka, cfg(**slow))
+            assert a2.peers_by_id == {}
+            await a2.connect(b.local_addr, b.public_key, b.node_id)
+            a2.start()
+            await wait_for(lambda: bpeer.current is not old, 5.0, "new session on b")
+            assert a2.peers_by_id[b.node_id].frag_id != a.peers_by_id[b.node_id].frag_id
+            a2.send(b.node_id, "m", b"B" * 4000)
+            a2.send(b.node_id, "m", b"end")
+            await wait_for(lambda: got and got[-1] == b"end", 5.0, "end marker")
+            assert got == [b"B" * 4000, b"end"]
+        finally:
+            for n in (a, a2, b):
+                if n is not None:
+                    await n.shutdown()
+
+    run(body)
+
+
+def test_fragment_ids_start_at_random_values() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        try:
+            await link(b, a)
+            starts = {a.peers_by_id[b.node_id].frag_id, b.peers_by_id[a.node_id].frag_id}
+            assert len(starts) == 2 and all(0 <= s < 1 << 62 for s in starts)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)

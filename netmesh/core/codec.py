@@ -3,10 +3,15 @@
 Three datagram kinds, all integers little-endian, first byte = protocol version::
 
     INITIATION  version u8 | type=1 u8 | reserved u16=0 | sender_index u32 | noise msg1 (120 B)
+                | mac1 (16 B)
     RESPONSE    version u8 | type=2 u8 | reserved u16=0 | sender_index u32 | receiver_index u32
-                | noise msg2 (48 B)
+                | noise msg2 (48 B) | mac1 (16 B)
     DATA        version u8 | type=3 u8 | reserved u16=0 | receiver_index u32 | counter u64
                 | ChaCha20-Poly1305(body) (>= 16 B)
+
+``mac1`` is keyed BLAKE2s-128 over every byte before it, keyed for the *receiver*
+(:func:`netmesh.core.handshake.mac1_key`); :func:`decode` only frames it, the
+receiver checks it with :func:`netmesh.core.handshake.mac1_ok` before any DH.
 
 The 16-byte DATA header is the AEAD associated data; ``counter`` is the nonce (see
 ``netmesh.core.session``). The decrypted body is one msgpack array of *entries*::
@@ -16,7 +21,9 @@ The 16-byte DATA header is the AEAD associated data; ``counter`` is the nonce (s
 
 An empty array is a keepalive. :func:`pack_bodies` packs a batch of messages into as
 few bodies as fit a datagram budget, splitting messages that fit no datagram into
-fragments; :class:`Reassembler` puts fragments back together with bounded memory.
+fragments; :class:`Reassembler` puts fragments back together with bounded memory,
+per *stream* (the receiver uses one stream per session, so fragments of different
+sessions - e.g. before and after a sender restart - are never spliced).
 
 Every decode function raises only :class:`~netmesh.errors.DecodeError` (the
 :class:`Truncated` subclass when the datagram is too short for its kind).
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from netmesh.core.handshake import INITIATION_LEN, RESPONSE_LEN
+from netmesh.core.handshake import INITIATION_LEN, MAC_LEN, RESPONSE_LEN, mac1
 from netmesh.errors import DecodeError
 
 VERSION = 1
@@ -44,8 +51,8 @@ DATA_HEADER_LEN = DATA_HEADER.size  # 16
 TAG_LEN = 16
 #: bytes of a DATA datagram that are not body: header + AEAD tag
 DATA_OVERHEAD = DATA_HEADER_LEN + TAG_LEN
-INITIATION_SIZE = INITIATION_HEADER.size + INITIATION_LEN
-RESPONSE_SIZE = RESPONSE_HEADER.size + RESPONSE_LEN
+INITIATION_SIZE = INITIATION_HEADER.size + INITIATION_LEN + MAC_LEN
+RESPONSE_SIZE = RESPONSE_HEADER.size + RESPONSE_LEN + MAC_LEN
 
 ENTRY_MESSAGES = 0
 ENTRY_FRAGMENT = 1
@@ -76,12 +83,23 @@ class DataHeader:
     counter: int
 
 
-def encode_initiation(sender_index: int, noise: bytes) -> bytes:
-    return INITIATION_HEADER.pack(VERSION, TYPE_INITIATION, 0, sender_index) + noise
+def _with_mac(data: bytes, mac_key: bytes | None) -> bytes:
+    return data + (mac1(mac_key, data) if mac_key is not None else bytes(MAC_LEN))
 
 
-def encode_response(sender_index: int, receiver_index: int, noise: bytes) -> bytes:
-    return RESPONSE_HEADER.pack(VERSION, TYPE_RESPONSE, 0, sender_index, receiver_index) + noise
+def encode_initiation(sender_index: int, noise: bytes, mac_key: bytes | None = None) -> bytes:
+    """``mac_key``: ``mac1_key(psk, responder_static)``; None writes an all-zero mac1,
+    which any receiver rejects (tests and tools only)."""
+    data = INITIATION_HEADER.pack(VERSION, TYPE_INITIATION, 0, sender_index) + noise
+    return _with_mac(data, mac_key)
+
+
+def encode_response(
+    sender_index: int, receiver_index: int, noise: bytes, mac_key: bytes | None = None
+) -> bytes:
+    """``mac_key``: ``mac1_key(psk, initiator_static)`` (see :func:`encode_initiation`)."""
+    data = RESPONSE_HEADER.pack(VERSION, TYPE_RESPONSE, 0, sender_index, receiver_index) + noise
+    return _with_mac(data, mac_key)
 
 
 def encode_data_header(receiver_index: int, counter: int) -> bytes:
@@ -111,7 +129,7 @@ def decode(datagram: bytes) -> Initiation | Response | DataHeader:
         _, _, reserved, sender = INITIATION_HEADER.unpack_from(datagram)
         if reserved:
             raise DecodeError("reserved bits set")
-        return Initiation(sender, bytes(datagram[INITIATION_HEADER.size :]))
+        return Initiation(sender, bytes(datagram[INITIATION_HEADER.size : -MAC_LEN]))
     if kind == TYPE_RESPONSE:
         if n < RESPONSE_SIZE:
             raise Truncated(f"response of {n} bytes")
@@ -120,7 +138,7 @@ def decode(datagram: bytes) -> Initiation | Response | DataHeader:
         _, _, reserved, sender, receiver = RESPONSE_HEADER.unpack_from(datagram)
         if reserved:
             raise DecodeError("reserved bits set")
-        return Response(sender, receiver, bytes(datagram[RESPONSE_HEADER.size :]))
+        return Response(sender, receiver, bytes(datagram[RESPONSE_HEADER.size : -MAC_LEN]))
     raise DecodeError(f"unknown datagram type {kind}")
 
 
@@ -142,6 +160,15 @@ BODY_OVERHEAD = 5
 _MSGS_ENTRY_FIXED = 1 + 1 + 5
 #: array(6) + kind + frag_id(<=9) + index(<=5) + count(<=5) + bin header(<=5)
 _FRAG_ENTRY_FIXED = 1 + 1 + 9 + 5 + 5 + 5
+
+
+#: smallest non-final fragment chunk any valid sender produces: the smallest
+#: datagram (576) minus DATA_OVERHEAD gives a 544-byte budget, minus the body and
+#: fragment framing with a 255-byte channel name (5 + 26 + 258) = 255.
+MIN_FRAGMENT_CHUNK = 255
+#: bookkeeping bytes charged per buffered fragment on top of its chunk, so the
+#: memory bound also holds for many small parts
+FRAGMENT_PART_OVERHEAD = 128
 
 
 def fragment_chunk_size(budget: int, channel: str) -> int:
@@ -255,29 +282,50 @@ def unpack_body(body: bytes) -> list[list]:
 class Reassembler:
     """Reassembles fragments from one peer with bounded memory.
 
-    ``add(channel, frag_id, index, count, chunk)`` returns the whole message when
-    its last missing fragment arrives, else None. Limits: at most ``max_message``
-    bytes per message (``count`` beyond ``max_message/min chunk`` is refused with
-    DecodeError), at most ``max_bytes`` buffered in total and ``max_pending``
-    incomplete messages; when over a limit the oldest incomplete message is evicted
-    (``evicted`` counts them). Duplicate fragments are ignored.
+    ``add(channel, frag_id, index, count, chunk, stream)`` returns the whole message
+    when its last missing fragment arrives, else None. Fragments only ever combine
+    with fragments of the same ``stream`` (any hashable; the node passes the
+    receiving session's index) and ``(channel, frag_id)``; :meth:`drop_stream`
+    forgets a stream's incomplete messages (the node calls it when the session is
+    forgotten). Limits: at most ``max_message`` bytes per message (``count`` beyond
+    ``max_message/min_chunk`` is refused with DecodeError), non-final chunks of at
+    least ``min_part`` bytes (shorter ones are refused), at most ``max_bytes``
+    buffered in total, counting ``FRAGMENT_PART_OVERHEAD`` per buffered part, and
+    ``max_pending`` incomplete messages; when over a limit the oldest incomplete
+    message is evicted (``evicted`` counts them). Duplicate fragments are ignored.
     """
 
     def __init__(
-        self, max_message: int, max_bytes: int, max_pending: int = 64, min_chunk: int = 256
+        self,
+        max_message: int,
+        max_bytes: int,
+        max_pending: int = 64,
+        min_chunk: int = 256,
+        min_part: int = MIN_FRAGMENT_CHUNK,
     ) -> None:
         self.max_message = max_message
         self.max_bytes = max_bytes
         self.max_pending = max_pending
         self.max_count = max(1, -(-max_message // min_chunk))
-        self._pending: dict[tuple[str, int], tuple[int, dict[int, bytes]]] = {}
+        self.min_part = min_part
+        self._pending: dict[tuple[object, str, int], tuple[int, dict[int, bytes]]] = {}
         self.buffered = 0
         self.evicted = 0
 
-    def add(self, channel: str, frag_id: int, index: int, count: int, chunk: bytes) -> bytes | None:
+    def add(
+        self,
+        channel: str,
+        frag_id: int,
+        index: int,
+        count: int,
+        chunk: bytes,
+        stream: object = 0,
+    ) -> bytes | None:
         if count > self.max_count or len(chunk) > self.max_message:
             raise DecodeError(f"fragment count {count} exceeds the limit")
-        key = (channel, frag_id)
+        if index < count - 1 and len(chunk) < self.min_part:
+            raise DecodeError(f"non-final fragment of {len(chunk)} bytes is too short")
+        key = (stream, channel, frag_id)
         slot = self._pending.get(key)
         if slot is None:
             slot = (count, {})
@@ -288,25 +336,29 @@ class Reassembler:
         if index in parts:
             return None
         parts[index] = chunk
-        self.buffered += len(chunk)
+        self.buffered += len(chunk) + FRAGMENT_PART_OVERHEAD
         if len(parts) == count:
             del self._pending[key]
             data = b"".join(parts[k] for k in range(count))
-            self.buffered -= len(data)
+            self.buffered -= len(data) + FRAGMENT_PART_OVERHEAD * count
             if len(data) > self.max_message:
                 raise DecodeError("reassembled message exceeds the limit")
             return data
         while (
             self.buffered > self.max_bytes or len(self._pending) > self.max_pending
         ) and self._pending:
-            self._evict_oldest()
+            self._evict(next(iter(self._pending)))
+            self.evicted += 1
         return None
 
-    def _evict_oldest(self) -> None:
-        key = next(iter(self._pending))
+    def _evict(self, key: tuple[object, str, int]) -> None:
         _, parts = self._pending.pop(key)
-        self.buffered -= sum(len(p) for p in parts.values())
-        self.evicted += 1
+        self.buffered -= sum(len(p) for p in parts.values()) + FRAGMENT_PART_OVERHEAD * len(parts)
+
+    def drop_stream(self, stream: object) -> None:
+        """Forget every incomplete message of ``stream`` (not counted as evictions)."""
+        for key in [k for k in self._pending if k[0] == stream]:
+            self._evict(key)
 
     def clear(self) -> None:
         self._pending.clear()

@@ -19,7 +19,9 @@ class ReplayWindow:
     ``check_and_update(counter)`` returns True the first time a counter below
     ``limit`` is seen and still within ``WINDOW_SIZE`` of the greatest counter seen;
     it returns False (and changes nothing) otherwise. Call it only after the packet
-    authenticated, so forged packets never move the window.
+    authenticated, so forged packets never move the window. ``check(counter)`` is the
+    same test without the update: call it *before* decrypting so a replayed datagram
+    costs no AEAD work.
     """
 
     __slots__ = ("_last", "_ring", "limit")
@@ -28,6 +30,17 @@ class ReplayWindow:
         self._ring = [0] * BLOCKS
         self._last = 0
         self.limit = limit
+
+    def check(self, counter: int) -> bool:
+        """Whether ``check_and_update(counter)`` would accept ``counter`` (read-only)."""
+        if counter >= self.limit or counter < 0:
+            return False
+        last = self._last
+        if counter > last:
+            return True
+        if last - counter > WINDOW_SIZE:
+            return False
+        return not self._ring[(counter >> 6) & _MASK] & (1 << (counter & 63))
 
     def check_and_update(self, counter: int) -> bool:
         if counter >= self.limit or counter < 0:

@@ -3,15 +3,20 @@
 A session is born from :class:`~netmesh.core.handshake.SessionKeys`. Sending: each
 datagram gets the next counter (starting at 0) as its nonce (4 zero bytes + u64 LE,
 as in Noise and WireGuard); the 16-byte DATA header, which carries the peer's
-receiver index and the counter, is the associated data. Receiving: decrypt first,
-then admit the counter into the :class:`~netmesh.core.replay.ReplayWindow`; a failed
-decrypt never touches the window.
+receiver index and the counter, is the associated data. Receiving: a read-only test
+of the counter against the :class:`~netmesh.core.replay.ReplayWindow` first (a
+replayed or too old datagram is refused without decrypting it), then decrypt, then
+admit the counter into the window; a failed decrypt never touches the window.
 
 Limits are inputs (WireGuard's constants are the defaults of
 :class:`SessionLimits`): after ``rekey_after_messages`` sends or ``rekey_after_time``
 seconds the owner should start a new handshake (:meth:`Session.needs_rekey`); after
 ``reject_after_messages`` / ``reject_after_time`` the session refuses to seal or
-open (:meth:`Session.expired`; :class:`SessionExpired`). Times are whatever clock
+open (:meth:`Session.expired`; :class:`SessionExpired`). Only the initiator rekeys on
+time at ``rekey_after_time``; :meth:`Session.rekey_due` lets the responder of a
+session rekey too after an extra delay the caller picks (with jitter), so a link on
+which both ends hold responder-side sessions - crossed handshakes - still rekeys
+before ``reject_after_time``. Times are whatever clock
 the caller uses, passed in: ``seal(body, now)`` and ``open(datagram, counter, now)``
 check the age, ``seal`` also the send counter; the receive counter is bounded by the
 replay window (a counter at or past ``reject_after_messages`` is Replayed).
@@ -110,12 +115,15 @@ class Session:
 
         Raises SessionExpired (older than ``reject_after_time``; checked first, the
         datagram is not even decrypted), AuthenticationError (tag mismatch: tampered
-        or not ours) or Replayed (counter seen before or older than the window).
+        or not ours) or Replayed (counter seen before or older than the window;
+        tested before decrypting, so a replay costs no AEAD work).
         Marks the session confirmed. Errors leave the window and confirmation as
         they were.
         """
         if now - self.created >= self.limits.reject_after_time:
             raise SessionExpired("session too old to receive on")
+        if not self.replay.check(counter):
+            raise Replayed(f"counter {counter} replayed or too old")
         try:
             body = self._open_aead.decrypt(
                 _ZERO4 + counter.to_bytes(8, "little"),
@@ -134,6 +142,22 @@ class Session:
         return (
             self.send_counter >= lim.rekey_after_messages
             or now - self.created >= lim.rekey_after_time
+        )
+
+    def rekey_due(self, now: float, responder_delay: float) -> bool:
+        """Whether this side should start a new handshake now.
+
+        The initiator: :meth:`needs_rekey`. The responder: its send counter passed
+        ``rekey_after_messages``, or the session is ``rekey_after_time +
+        responder_delay`` old (the initiator normally rekeys first; this is the
+        fallback when it does not, e.g. when both ends hold responder sessions).
+        """
+        if self.is_initiator:
+            return self.needs_rekey(now)
+        lim = self.limits
+        return (
+            self.send_counter >= lim.rekey_after_messages
+            or now - self.created >= lim.rekey_after_time + responder_delay
         )
 
     def expired(self, now: float) -> bool:

@@ -6,6 +6,9 @@ is due at ``now``. The shell calls ``poll`` periodically with a real clock; test
 it with explicit values. ``poll`` is idempotent between events except for
 ``PEER_DOWN``, which is reported once per silence, and the handshake actions, whose
 firing updates the attempt bookkeeping.
+
+:class:`TokenBucket` is the node-wide limit on handshake messages that get as far as
+Diffie-Hellman work (after their mac1 checked out).
 """
 
 from __future__ import annotations
@@ -106,3 +109,28 @@ class PeerTimers:
             self.last_probe = now
             actions.append(Action.RECONNECT)
         return actions
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` banked; ``take(now)`` spends one.
+
+    Starts full. ``take`` returns False (and spends nothing) when the bucket is empty.
+    """
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -10,12 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmesh.core import codec
-from netmesh.core.codec import Reassembler, pack_bodies, unpack_body
-from netmesh.core.handshake import INITIATION_LEN, RESPONSE_LEN
+from netmesh.core.codec import (
+    FRAGMENT_PART_OVERHEAD,
+    MIN_FRAGMENT_CHUNK,
+    Reassembler,
+    fragment_chunk_size,
+    pack_bodies,
+    unpack_body,
+)
+from netmesh.core.handshake import INITIATION_LEN, MAC_LEN, RESPONSE_LEN, mac1_key, mac1_ok
 from netmesh.errors import DecodeError
 
-INIT = codec.encode_initiation(7, bytes(range(INITIATION_LEN)))
-RESP = codec.encode_response(8, 9, bytes(RESPONSE_LEN))
+MAC_KEY = mac1_key(b"p" * 32, b"r" * 32)
+INIT = codec.encode_initiation(7, bytes(range(INITIATION_LEN)), MAC_KEY)
+RESP = codec.encode_response(8, 9, bytes(RESPONSE_LEN), MAC_KEY)
 DATA = codec.encode_data_header(10, 2**40) + b"\x01" * 30
 
 
@@ -24,6 +32,23 @@ def test_round_trips() -> None:
     assert codec.decode(RESP) == codec.Response(8, 9, bytes(RESPONSE_LEN))
     assert codec.decode(DATA) == codec.DataHeader(10, 2**40)
     assert len(codec.encode_data_header(1, 2)) == codec.DATA_HEADER_LEN == 16
+    assert len(INIT) == codec.INITIATION_SIZE == 8 + INITIATION_LEN + MAC_LEN
+    assert len(RESP) == codec.RESPONSE_SIZE == 12 + RESPONSE_LEN + MAC_LEN
+
+
+@pytest.mark.parametrize("datagram", [INIT, RESP], ids=["init", "resp"])
+def test_mac1_covers_the_whole_handshake_datagram(datagram: bytes) -> None:
+    assert mac1_ok(MAC_KEY, datagram)
+    other = mac1_key(b"q" * 32, b"r" * 32)  # another PSK
+    assert not mac1_ok(other, datagram)
+    assert not mac1_ok(mac1_key(b"p" * 32, b"s" * 32), datagram)  # another receiver
+    for i in range(len(datagram)):  # header (indices), noise message and mac itself
+        bad = bytearray(datagram)
+        bad[i] ^= 1
+        assert not mac1_ok(MAC_KEY, bytes(bad)), i
+    assert not mac1_ok(MAC_KEY, datagram[:-1]) and not mac1_ok(MAC_KEY, b"")
+    unkeyed = codec.encode_initiation(7, bytes(range(INITIATION_LEN)))
+    assert unkeyed.endswith(bytes(MAC_LEN)) and not mac1_ok(MAC_KEY, unkeyed)
 
 
 @pytest.mark.parametrize("datagram", [INIT, RESP, DATA], ids=["init", "resp", "data"])
@@ -127,7 +152,7 @@ def test_structurally_bad_bodies(bad: object) -> None:
 
 def _unpack_all(bodies: list[bytes]) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
-    r = Reassembler(max_message=1 << 24, max_bytes=1 << 25)
+    r = Reassembler(max_message=1 << 24, max_bytes=1 << 25, min_part=1)
     for b in bodies:
         for e in unpack_body(b):
             if e[0] == 0:
@@ -175,19 +200,62 @@ def test_large_message_is_fragmented() -> None:
 
 
 def test_reassembler_bounds_memory_and_ignores_duplicates() -> None:
+    over = FRAGMENT_PART_OVERHEAD
     r = Reassembler(max_message=4000, max_bytes=5000, max_pending=2, min_chunk=1000)
     assert r.add("c", 1, 0, 3, b"x" * 1000) is None
     assert r.add("c", 1, 0, 3, b"x" * 1000) is None  # duplicate
-    assert r.buffered == 1000
+    assert r.buffered == 1000 + over
     assert r.add("c", 2, 0, 2, b"y" * 1000) is None
     assert r.add("c", 3, 0, 2, b"z" * 1000) is None  # third pending: oldest evicted
     assert r.evicted == 1 and r.pending == 2
-    assert r.add("c", 1, 1, 3, b"x") is None  # id 1 restarted: evicts id 2
+    assert r.add("c", 1, 1, 3, b"x" * 300) is None  # id 1 restarted: evicts id 2
     assert r.evicted == 2
     assert r.add("c", 3, 1, 2, b"z" * 10) == b"z" * 1010
-    assert r.pending == 1 and r.buffered == 1
+    assert r.pending == 1 and r.buffered == 300 + over
     with pytest.raises(DecodeError):
         r.add("c", 9, 0, 5, b"")  # count above max_message / min_chunk
     with pytest.raises(DecodeError):
-        r.add("c", 1, 0, 4, b"")  # count changed
+        r.add("c", 1, 0, 4, b"x" * 300)  # count changed
     assert r.buffered <= 5000
+
+
+def test_reassembler_refuses_short_non_final_chunks() -> None:
+    r = Reassembler(max_message=1 << 20, max_bytes=1 << 21, min_chunk=1000)
+    for short in (b"", b"x" * (MIN_FRAGMENT_CHUNK - 1)):
+        with pytest.raises(DecodeError):
+            r.add("c", 1, 0, 3, short)
+    assert r.pending == 0 and r.buffered == 0
+    assert r.add("c", 1, 0, 2, b"x" * MIN_FRAGMENT_CHUNK) is None
+    assert r.add("c", 1, 1, 2, b"") == b"x" * MIN_FRAGMENT_CHUNK  # the last may be short
+    # every sender config (max_datagram >= 576, channel <= 255 bytes) is accepted
+    assert fragment_chunk_size(576 - codec.DATA_OVERHEAD, "c" * 255) >= MIN_FRAGMENT_CHUNK
+
+
+def test_reassembler_charges_per_part_overhead() -> None:
+    # the reviewer's attack: many pending messages each missing one small part
+    limit = 1 << 20
+    r = Reassembler(max_message=16 << 20, max_bytes=limit, min_chunk=1079)
+    chunk = b"x" * MIN_FRAGMENT_CHUNK
+    for fid in range(64):
+        for i in range(200):
+            r.add("c", fid, i, r.max_count, chunk)
+            assert r.buffered <= limit
+    real = sum(
+        len(p) + FRAGMENT_PART_OVERHEAD for _, parts in r._pending.values() for p in parts.values()
+    )
+    assert real == r.buffered and r.evicted > 0
+
+
+def test_reassembler_streams_never_splice() -> None:
+    # a lost middle fragment of an old sender incarnation, then the same frag id on
+    # a new session: nothing is delivered spliced
+    r = Reassembler(16 << 20, 32 << 20, min_chunk=256)
+    old = [bytes([0xAA]) * 300] * 3
+    new = [bytes([0xBB]) * 300] * 3
+    r.add("c", 0, 0, 3, old[0], stream=111)
+    r.add("c", 0, 2, 3, old[2], stream=111)
+    out = [r.add("c", 0, i, 3, new[i], stream=222) for i in range(3)]
+    assert out[:2] == [None, None] and out[2] == b"".join(new)
+    assert r.pending == 1
+    r.drop_stream(111)
+    assert r.pending == 0 and r.buffered == 0 and r.evicted == 0

@@ -8,12 +8,17 @@ import pytest
 
 from netmesh.core.handshake import (
     INITIATION_LEN,
+    MAC_LEN,
     RESPONSE_LEN,
     InitiationReplayGuard,
     Initiator,
     Responder,
+    ResponderTemplate,
     SessionKeys,
     encode_timestamp,
+    mac1,
+    mac1_key,
+    mac1_ok,
     public_key_of,
 )
 from netmesh.errors import AuthenticationError, HandshakeError, Replayed
@@ -153,3 +158,27 @@ def test_timestamp_bytes_sort_like_time() -> None:
     encoded = [encode_timestamp(v) for v in values]
     assert encoded == sorted(encoded)
     assert all(len(e) == 12 for e in encoded)
+
+
+def test_responder_template_matches_a_fresh_responder_and_is_reusable() -> None:
+    tpl = ResponderTemplate(SR, PSK, PROLOGUE)
+    assert tpl.static_public == public_key_of(SR)
+    for ei in (EI, key("ei2")):
+        init = Initiator(SI, public_key_of(SR), PSK, ei, PROLOGUE, static_public=public_key_of(SI))
+        m1 = init.create_initiation(TS)
+        fresh, cached = Responder(SR, PSK, PROLOGUE), tpl.new()
+        assert fresh.consume_initiation(m1) == cached.consume_initiation(m1) == public_key_of(SI)
+        assert fresh.timestamp == cached.timestamp == TS
+        m2a, ka = fresh.create_response(ER)
+        m2b, kb = cached.create_response(ER)
+        assert (m2a, ka) == (m2b, kb)
+        assert init.consume_response(m2b).send_key == kb.recv_key
+
+
+def test_mac1_key_needs_psk_and_receiver_key() -> None:
+    k = mac1_key(PSK, public_key_of(SR))
+    assert len(k) == 32 and len(mac1(k, b"data")) == MAC_LEN == 16
+    assert k != mac1_key(key("other psk"), public_key_of(SR))
+    assert k != mac1_key(PSK, public_key_of(SI))
+    assert mac1_ok(k, b"data" + mac1(k, b"data"))
+    assert not mac1_ok(mac1_key(key("other psk"), public_key_of(SR)), b"data" + mac1(k, b"data"))

@@ -64,3 +64,16 @@ def test_in_order_stream_all_accepted_once() -> None:
     w = ReplayWindow()
     assert all(w.check_and_update(i) for i in range(20_000))
     assert not any(w.check_and_update(i) for i in range(19_000, 20_000))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 3 * WINDOW_SIZE), max_size=200))
+def test_check_predicts_check_and_update_without_changing_anything(counters: list[int]) -> None:
+    w = ReplayWindow(limit=2 * WINDOW_SIZE)
+    for c in counters:
+        before = (list(w._ring), w.greatest)
+        predicted = w.check(c)
+        assert (list(w._ring), w.greatest) == before
+        assert w.check(c) == predicted  # still read-only
+        assert w.check_and_update(c) == predicted
+    assert not w.check(-1) and not w.check(2 * WINDOW_SIZE)

@@ -8,6 +8,7 @@ import pytest
 
 from netmesh.core import codec
 from netmesh.core.handshake import Initiator, Responder, encode_timestamp, public_key_of
+from netmesh.core.replay import WINDOW_SIZE
 from netmesh.core.session import Session, SessionExpired, SessionLimits
 from netmesh.errors import AuthenticationError, Replayed
 
@@ -133,3 +134,61 @@ def test_expired_open_does_not_confirm_a_responder_session() -> None:
     with pytest.raises(SessionExpired):
         receive(b, d, NOW + 20.0)
     assert not b.confirmed
+
+
+class _CountingAead:
+    """Stands in for a session's ChaCha20Poly1305 opener and counts decrypts."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def decrypt(self, nonce: bytes, data: bytes, ad: bytes) -> bytes:
+        self.calls += 1
+        return self.inner.decrypt(nonce, data, ad)  # type: ignore[attr-defined]
+
+
+def test_replay_is_refused_before_decrypting() -> None:
+    a, b = pair()
+    counting = _CountingAead(b._open_aead)
+    b._open_aead = counting
+    d0, d1 = a.seal(b"zero", NOW), a.seal(b"one", NOW)
+    assert receive(b, d1) == b"one" and receive(b, d0) == b"zero"
+    assert counting.calls == 2
+    for d in (d0, d1):
+        with pytest.raises(Replayed):
+            receive(b, d)
+    # a replayed counter with garbage ciphertext: still Replayed, never decrypted
+    forged = d1[:16] + bytes(len(d1) - 16)
+    with pytest.raises(Replayed):
+        receive(b, forged)
+    # a counter too old for the window, likewise
+    old = codec.encode_data_header(22, 0) + bytes(20)
+    for _ in range(WINDOW_SIZE + 2):
+        a.seal(b"", NOW)
+    assert receive(b, a.seal(b"far", NOW)) == b"far"
+    calls = counting.calls
+    with pytest.raises(Replayed):
+        receive(b, old)
+    assert counting.calls == calls == 3
+
+
+def test_forgery_on_a_fresh_counter_leaves_the_window_alone() -> None:
+    a, b = pair()
+    d = a.seal(b"x", NOW)
+    bad = bytearray(d)
+    bad[-1] ^= 1
+    with pytest.raises(AuthenticationError):
+        receive(b, bytes(bad))
+    assert receive(b, d) == b"x"  # the forged attempt did not mark counter 0 as seen
+
+
+def test_rekey_due_initiator_on_time_responder_after_extra_delay() -> None:
+    lim = SessionLimits(rekey_after_messages=5, rekey_after_time=10.0, reject_after_time=15.0)
+    a, b = pair(lim)
+    assert a.is_initiator and not b.is_initiator
+    assert not a.rekey_due(NOW + 9.9, 2.0) and a.rekey_due(NOW + 10.0, 2.0)
+    assert not b.rekey_due(NOW + 11.9, 2.0) and b.rekey_due(NOW + 12.0, 2.0)
+    for _ in range(5):
+        b.seal(b"", NOW)
+    assert b.rekey_due(NOW, 2.0)  # the message limit applies to both roles
