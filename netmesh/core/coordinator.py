@@ -304,9 +304,10 @@ class ReplicationCoordinator:
         rng: seeds request ids (optional; ids only need to differ between restarts).
         auto_bootstrap: go Idle -> Replica on the first tick.
         max_inflight: unacked pushes per streaming follower.
-        min_push_gap: least seconds between two pushes to one follower; a push held
-            back sets ``push_due`` (so under load events travel in fewer, larger
-            pushes; at low rates nothing changes).
+        min_push_gap: least seconds between two pushes to one follower, unless at
+            least ``push_batch_events`` events wait; a push held back sets
+            ``push_due`` (under load small batches travel in fewer, larger pushes;
+            bulk transfers and low rates are not delayed).
 
     Raises:
         LocalProtocolError: ``self_id`` not in ``members``.
@@ -325,9 +326,11 @@ class ReplicationCoordinator:
         auto_bootstrap: bool = True,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         min_push_gap: float = 0.0,
+        push_batch_events: int = 512,
     ) -> None:
         self.members = tuple(sorted(set(members)))
         self.min_push_gap = min_push_gap
+        self.push_batch_events = push_batch_events
         #: earliest time a push held back by ``min_push_gap`` may go; the shell calls
         #: ``local_appended`` again then (None: nothing held back)
         self.push_due: float | None = None
@@ -892,7 +895,8 @@ class ReplicationCoordinator:
         prog = self._progress[p]
         if prog.streaming and prog.inflight < self.max_inflight and prog.sent < self.tail:
             due = prog.last_push + self.min_push_gap
-            if self._now < due:  # under load, let events pile up into fewer pushes
+            small = self.tail - prog.sent < self.push_batch_events
+            if small and self._now < due:  # under load, let events pile up a little
                 self.push_due = due if self.push_due is None else min(self.push_due, due)
                 return
             self._out.append(ServeSync(p, prog.sent, self.config.sync_chunk_bytes, 0))

@@ -299,6 +299,9 @@ def test_min_push_gap_holds_back_pushes_and_says_when() -> None:
     out = a.local_appended(5, 0.0111)  # due: one push carries everything held back
     assert out == [ServeSync(B, 1, a.config.sync_chunk_bytes, 0)]
     assert a.push_due is None
+    a.step(B, Ack(a.term, 5), 0.0112)
+    big = 5 + a.push_batch_events  # a bulk of events is never held back
+    assert a.local_appended(big, 0.0113) == [ServeSync(B, 5, a.config.sync_chunk_bytes, 0)]
 
 
 def test_push_to_streaming_follower_after_local_append() -> None:
