@@ -194,16 +194,21 @@ class RedexFile:
             raise OutOfOrder(f"{self.name}: batch starts at {expect_seq}, next_seq is {first}")
         if not payloads:
             return first
-        limit = self.config.max_payload
-        size = 0
-        for p in payloads:
-            n = len(p)
-            if n > limit:
-                raise PayloadTooLarge(n, limit)
-            size += n
+        if len(payloads) == 1:  # the single append: no per-batch machinery
+            p = payloads[0]
+            size = biggest = len(p)
+            if type(p) is not bytes:
+                payloads = [bytes(p)]
+        else:  # per batch, not per event: C-level map/max/sum/set, no Python loop
+            lens = list(map(len, payloads))
+            biggest, size = max(lens), sum(lens)
+            if set(map(type, payloads)) != {bytes}:  # immutable copies of anything else
+                payloads = [bytes(p) for p in payloads]
+        if biggest > self.config.max_payload:
+            raise PayloadTooLarge(biggest, self.config.max_payload)
         if self._fd >= 0:
             self._write(record.encode_batch(first, payloads))
-        self._payloads.extend(bytes(p) if type(p) is not bytes else p for p in payloads)
+        self._payloads.extend(payloads)
         self._retained_bytes += size
         self._apply_retention()
         if self._fd >= 0 and self._segments[-1].size >= self.config.segment_bytes:

@@ -226,16 +226,19 @@ class ShmRing:
         out = self._pending
         append = out.append
         unpack_single = L.SINGLE_HEAD.unpack_from
+        unpack_head = L.FRAME_HEAD.unpack_from
         pos = tail
         while pos < head:
             off = pos % cap
-            total, count = L.FRAME_HEAD.unpack_from(data, off)
+            if off + 12 <= cap:  # frame head and first length word in one unpack
+                total, count, n = unpack_single(data, off)
+            else:
+                total, count = unpack_head(data, off)
             if total < 8 or total > head - pos:
                 raise ValueError(f"{self.name}: corrupt frame head at {pos}")
             end = off + total
-            if end <= cap and count == 1:
+            if count == 1 and end <= cap:
                 # the common single-record frame: one copy straight out of the ring
-                n = unpack_single(data, off)[2]
                 if 12 + n > total:
                     raise ValueError(f"{self.name}: corrupt frame at {pos}")
                 append(bytes(data[off + 12 : off + 12 + n]))

@@ -45,6 +45,7 @@ import threading
 from collections import deque
 from typing import Any
 
+from netmesh.channel import ChannelName
 from netmesh.config import MeshNodeConfig, PlacementStrategy, RedexFileConfig, ReplicationConfig
 from netmesh.core import control
 from netmesh.errors import NetmeshError, NotLeader, PayloadTooLarge, RingClosed
@@ -106,7 +107,7 @@ class RingDrainer:
 
     def __init__(self, service: NodeService, ring_name: str, channel: str) -> None:
         self.service = service
-        self.channel = channel
+        self.channel = ChannelName(channel)  # validated once, not per batch
         self.ring = ShmRing.attach(ring_name)
         self.name = ring_name
         self.count = 0  # events acknowledged (stored or refused)
