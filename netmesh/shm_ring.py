@@ -76,6 +76,7 @@ class ShmRing:
         self._pending: list[bytes] = []  # consumer: records decoded but not yet returned
         self.peak_used = 0
         self._closed = False
+        self._interrupted = False
 
     @classmethod
     def create(cls, name: str, capacity: int = 1 << 22) -> ShmRing:
@@ -267,11 +268,17 @@ class ShmRing:
                 words[L.W_CONSUMER_WAITING] = 0
                 raise RingClosed(f"{self.name}: producer closed the ring")
             wait = _SAFETY_WAIT if deadline is None else deadline - time.monotonic()
-            if wait <= 0 or timeout == 0:
+            if wait <= 0 or timeout == 0 or self._interrupted:
                 words[L.W_CONSUMER_WAITING] = 0
                 return False
             with contextlib.suppress(posix_ipc.BusyError):
                 self._sem_data.acquire(min(wait, _SAFETY_WAIT))
+
+    def interrupt(self) -> None:
+        """Consumer side, from another thread of this process: make a blocked (and
+        every later) ``get_batch`` return at once; used to stop a draining thread."""
+        self._interrupted = True
+        self._sem_data.release()
 
     def consumer_closed(self) -> bool:
         """Producer: whether the consumer side said it will read no more."""

@@ -124,11 +124,19 @@ class RingDrainer:
         self.detached = False
         self._slots = threading.Semaphore(self.SLOTS)
         self._stop = threading.Event()
+        self._close_lock = threading.Lock()
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name=f"drain-{ring_name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._drain_until_stopped()
+        finally:
+            if self._stop.is_set():
+                self._close_ring()  # detached: the loop no longer touches the ring
+
+    def _drain_until_stopped(self) -> None:
         ring = self.ring
         while not self._stop.is_set():
             if not self._slots.acquire(timeout=0.2):
@@ -154,10 +162,17 @@ class RingDrainer:
         self._slots.release()
 
     def stop(self) -> None:
-        """Stop the thread; unmap the ring once it has exited (else leave it mapped)."""
+        """Stop the thread: wake it out of its waits, give it a moment to leave, and
+        unmap the ring (the thread unmaps it itself if it is slower than that)."""
         self._stop.set()
-        self._thread.join(0.5)
+        self.ring.interrupt()
+        self._slots.release()
+        self._thread.join(0.05)
         if not self._thread.is_alive():
+            self._close_ring()
+
+    def _close_ring(self) -> None:
+        with self._close_lock:  # the thread and the loop may both get here
             self.ring.close()
 
 
@@ -292,11 +307,11 @@ class NodeService:
         self._file(channel)
         self.drainers[ring] = RingDrainer(self, ring, channel)
 
-    async def op_detach_ring(self, ring: str) -> None:
+    def op_detach_ring(self, ring: str) -> None:
         d = self.drainers.pop(ring, None)
         if d is not None:
             d.detached = True  # pending acknowledgements have nobody to go to
-            await asyncio.to_thread(d.stop)  # joining the thread must not stall the loop
+            d.stop()
 
     def op_append(self, channel: str, payloads: list[bytes]) -> int:
         return self.redex.append(channel, payloads)
@@ -434,6 +449,7 @@ class NodeService:
             "rings": {
                 n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
                 for n, d in self.drainers.items()
+                if not d.detached
             },
         }
 
@@ -452,17 +468,16 @@ class NodeService:
             self.done.set_result(None)
 
     async def close(self) -> None:
+        if self.metrics_task is not None:
+            self.metrics_task.cancel()  # no snapshot of rings or a page being unmapped
         for d in self.drainers.values():
             d.detached = True
-            d._stop.set()  # all threads wind down together, then each is joined
         self.redex.close()  # releases quorum waiters; detached drainers ack nothing
-        for d in list(self.drainers.values()):
-            d.stop()
+        for d in self.drainers.values():
+            d.stop()  # each thread unmaps its ring within 0.2 s
         if self.node is not None:
             await self.node.shutdown()
         if self.page is not None:
-            if self.metrics_task is not None:
-                self.metrics_task.cancel()  # it must not write into the unmapped page
             self.page.close()
         with contextlib.suppress(Exception):
             await self.writer.drain()
