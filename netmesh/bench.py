@@ -17,7 +17,8 @@ ingest_batched_1k_mb_s         same with 1 KiB payloads, payload MB/s (10^6)
 replicated_eps                 factor 2, batched, until the replica holds every event
 replicated_quorum_eps          same with ``ack="quorum"`` (acknowledged by a majority)
 replication_overhead_ratio     time of N single appends (acked by the leader) on a
-                               replicated channel / on an unreplicated one, same cluster
+                               replicated channel / on an unreplicated one, same cluster,
+                               producer pinned apart from the nodes (``_shared``: unpinned)
 failover_ms_p50 / _p99         SIGKILL the leader -> another node reports LEADER, hb 150 ms
 catchup_mb_s                   an empty replica restarted 200k (quick: 50k) 1 KiB events
                                behind: payload MB/s until it holds them all (default
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -45,6 +47,7 @@ from rich.table import Table
 from netmesh.cluster import Cluster
 from netmesh.config import ReplicationConfig
 from netmesh.replication import probe_payload
+from workers.producer import produce
 
 HB = 150
 
@@ -58,19 +61,8 @@ def _leader(c: Cluster, channel: str, timeout: float = 10.0) -> int:
 
 def _timed_appends(c: Cluster, node: int, channel: str, n: int, size: int, batch: int) -> float:
     """Seconds for ``n`` events through a fresh producer ring, until acknowledged."""
-    payload = b"x" * size
     with c.producer(node, channel) as p:
-        t0 = time.perf_counter()
-        if batch == 1:
-            append = p.append
-            for _ in range(n):
-                append(payload)
-        else:
-            chunk = [payload] * batch
-            for _ in range(n // batch):
-                p.append_batch(chunk)
-        p.flush(timeout=120)
-        return time.perf_counter() - t0
+        return produce(p, n, batch, size, rate=0)[1]
 
 
 def bench_ingest(n: int, trials: int) -> dict[str, float]:
@@ -84,8 +76,8 @@ def bench_ingest(n: int, trials: int) -> dict[str, float]:
         big = med(_timed_appends(c, 0, "bench/ingest", n // 4, 1024, 64) for _ in range(trials))
     return {
         "ingest_single_eps": n // 4 / single,
-        "ingest_batched_eps": n // 64 * 64 / batched,
-        "ingest_batched_1k_mb_s": n // 4 // 64 * 64 * 1024 / big / 1e6,
+        "ingest_batched_eps": n / batched,
+        "ingest_batched_1k_mb_s": n // 4 * 1024 / big / 1e6,
     }
 
 
@@ -97,11 +89,8 @@ def _replicated_rate(n: int, ack: str) -> float:
         payload = b"x" * 64
         with c.producer(lead, "bench/r") as p:
             t0 = time.perf_counter()
-            chunk = [payload] * 64
-            for _ in range(n // 64):
-                p.append_batch(chunk)
-            p.flush(timeout=120)
-            total = n // 64 * 64
+            produce(p, n, 64, len(payload), rate=0)
+            total = n
             c.wait_until(
                 lambda: c.next_seq(other, "bench/r") >= total,
                 timeout=120,
@@ -121,20 +110,54 @@ def bench_replicated(n: int, trials: int) -> dict[str, float]:
 
 
 def bench_overhead(n: int, trials: int) -> dict[str, float]:
-    """The reference's method: N single appends, replicated vs not, medians of trials."""
+    """The reference's method: N single appends acknowledged by the leader, replicated
+    vs not, medians of interleaved trials.
+
+    ``replication_overhead_ratio`` isolates the load generator (this process, the
+    producer) on CPU 0 and puts the node processes on the other CPUs, as one would
+    pin wrk or redis-benchmark: otherwise, on 2 cores, the replica's CPU comes out of
+    the producer's core and the figure measures the client's starvation.
+    ``replication_overhead_ratio_shared`` is the same run with no pinning at all.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = _overhead_ratio(n, trials, cpus[:1], cpus[1:]) if len(cpus) > 1 else None
+    shared = _overhead_ratio(n, trials, None, None)
+    return {
+        "replication_overhead_ratio": pinned if pinned is not None else shared,
+        "replication_overhead_ratio_shared": shared,
+    }
+
+
+def _overhead_ratio(
+    n: int, trials: int, client: list[int] | None, nodes: list[int] | None
+) -> float:
+    before = os.sched_getaffinity(0)
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         c.open_channel("bench/plain")
         c.open_channel(
             "bench/repl", ReplicationConfig(factor=2, heartbeat_ms=500, leader_pinned=c.node_ids[0])
         )
         c.wait_until(lambda: c.leader("bench/repl") == 0, timeout=10, message="pinned leader")
-        _timed_appends(c, 0, "bench/plain", n // 10, 64, 1)  # warm-up
-        _timed_appends(c, 0, "bench/repl", n // 10, 64, 1)
-        plain, repl = [], []
-        for _ in range(trials):  # interleaved so machine noise hits both alike
-            plain.append(_timed_appends(c, 0, "bench/plain", n, 64, 1))
-            repl.append(_timed_appends(c, 0, "bench/repl", n, 64, 1))
-    return {"replication_overhead_ratio": statistics.median(repl) / statistics.median(plain)}
+        try:
+            if client is not None and nodes is not None:
+                os.sched_setaffinity(0, client)
+                for i in range(c.size):
+                    _pin_process(c.info[i]["pid"], nodes)
+            _timed_appends(c, 0, "bench/plain", n // 10, 64, 1)  # warm-up
+            _timed_appends(c, 0, "bench/repl", n // 10, 64, 1)
+            plain, repl = [], []
+            for _ in range(trials):  # interleaved so machine noise hits both alike
+                plain.append(_timed_appends(c, 0, "bench/plain", n, 64, 1))
+                repl.append(_timed_appends(c, 0, "bench/repl", n, 64, 1))
+        finally:
+            os.sched_setaffinity(0, before)
+    return statistics.median(repl) / statistics.median(plain)
+
+
+def _pin_process(pid: int, cpus: list[int]) -> None:
+    """Every thread of ``pid`` (threads it starts later inherit the mask)."""
+    for thread in psutil.Process(pid).threads():
+        os.sched_setaffinity(thread.id, cpus)
 
 
 def bench_failover(trials: int) -> dict[str, float]:
@@ -170,7 +193,7 @@ def bench_catchup(n: int) -> dict[str, float]:
     return {
         "catchup_mb_s": _catchup(n, None),
         "catchup_unbudgeted_mb_s": _catchup(n, 10**10),
-        "catchup_events": n // 64 * 64,
+        "catchup_events": n,
     }
 
 
@@ -185,7 +208,7 @@ def _catchup(n: int, nic_peak: int | None) -> float:
         c.wait_until(lambda: c.leader("bench/c") == 0, timeout=10, message="pinned leader")
         c.kill(1)
         _timed_appends(c, 0, "bench/c", n, size, 64)
-        total = n // 64 * 64
+        total = n
         c.restart(1)
         t0 = time.perf_counter()
         c.wait_until(

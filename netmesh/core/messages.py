@@ -166,6 +166,8 @@ def _wire(value: Any) -> Any:
     if isinstance(value, enum.IntEnum):
         return int(value)
     if isinstance(value, tuple):
+        if value and type(value[0]) is bytes:  # payloads: per batch, not per event
+            return list(value)
         return [_wire(v) for v in value]
     return value
 
@@ -219,7 +221,7 @@ def _epochs(v: Any) -> tuple[Epoch, ...]:
 
 
 def _payloads(v: Any) -> tuple[bytes, ...]:
-    if type(v) is not list or any(type(p) is not bytes for p in v):
+    if type(v) is not list or not set(map(type, v)) <= {bytes}:  # C-level, per batch
         raise DecodeError("payloads must be a list of bin")
     return tuple(v)
 
