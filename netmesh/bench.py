@@ -52,13 +52,6 @@ from workers.producer import produce
 HB = 150
 
 
-def _leader(c: Cluster, channel: str, timeout: float = 10.0) -> int:
-    c.wait_until(lambda: c.leader(channel) is not None, timeout=timeout, message="a leader")
-    lead = c.leader(channel)
-    assert lead is not None
-    return lead
-
-
 def _timed_appends(c: Cluster, node: int, channel: str, n: int, size: int, batch: int) -> float:
     """Seconds for ``n`` events through a fresh producer ring, until acknowledged."""
     with c.producer(node, channel) as p:
@@ -84,7 +77,7 @@ def bench_ingest(n: int, trials: int) -> dict[str, float]:
 def _replicated_rate(n: int, ack: str) -> float:
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         c.open_channel("bench/r", ReplicationConfig(factor=2, heartbeat_ms=HB, ack=ack))
-        lead = _leader(c, "bench/r")
+        lead = c.wait_for_leader("bench/r")
         other = 1 - lead
         payload = b"x" * 64
         with c.producer(lead, "bench/r") as p:
@@ -165,7 +158,7 @@ def bench_failover(trials: int) -> dict[str, float]:
     with Cluster(nodes=3, heartbeat_ms=HB) as c:
         c.open_channel("bench/f", ReplicationConfig(factor=3, heartbeat_ms=HB))
         for _ in range(trials):
-            old = _leader(c, "bench/f")
+            old = c.wait_for_leader("bench/f")
             with c.producer(old, "bench/f") as p:
                 p.append_batch([b"f" * 64] * 100)
                 p.flush()

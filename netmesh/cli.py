@@ -33,13 +33,6 @@ from netmesh.producer import Producer
 CHANNEL = "demo/orders"
 
 
-def _leader(c: Cluster, channel: str, timeout: float = 10.0) -> int:
-    c.wait_until(lambda: c.leader(channel) is not None, timeout=timeout, message="a leader")
-    lead = c.leader(channel)
-    assert lead is not None
-    return lead
-
-
 def _show(console: Console, c: Cluster, title: str) -> None:
     console.print(status.table(status.rows(c.metrics(fresh=True), None, 0.0), title=title))
 
@@ -57,7 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "encrypted UDP mesh on 127.0.0.1"
         )
         c.open_channel(CHANNEL, ReplicationConfig(factor=3, heartbeat_ms=args.heartbeat_ms))
-        lead = _leader(c, CHANNEL)
+        lead = c.wait_for_leader(CHANNEL)
         console.print(f"node {lead} was elected leader of {CHANNEL!r}")
         t0 = time.perf_counter()
         with c.producer(lead, CHANNEL) as p:
@@ -79,7 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         c.kill(lead)
         console.print(f"SIGKILLed the leader, node {lead}")
-        new = _leader(c, CHANNEL)
+        new = c.wait_for_leader(CHANNEL)
         console.print(f"node {new} took over after {(time.perf_counter() - t1) * 1000:.0f} ms")
         with c.producer(new, CHANNEL) as p:
             p.append_batch([b"after-failover-%d" % j for j in range(1000)])

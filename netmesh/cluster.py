@@ -200,15 +200,14 @@ class Cluster:
     def kill(self, i: int) -> int | None:
         """SIGKILL node ``i``; its producers become unusable. Returns the exit code."""
         self._down_on_purpose.add(i)
-        code = self.sup.kill(i)
-        self.info[i]["alive"] = False
-        self._drop_producers(i)
-        return code
+        return self._gone(i, self.sup.kill(i))
 
     def stop(self, i: int) -> int | None:
         """Stop node ``i`` gracefully (shutdown request, then SIGTERM/SIGKILL)."""
         self._down_on_purpose.add(i)
-        code = self.sup.stop(i)
+        return self._gone(i, self.sup.stop(i))
+
+    def _gone(self, i: int, code: int | None) -> int | None:
         self.info[i]["alive"] = False
         self._drop_producers(i)
         return code
@@ -416,6 +415,20 @@ class Cluster:
         """Index of the one running node that reports LEADER for ``channel``, else None."""
         leaders = [i for i in self.running() if self._role_or_none(i, channel) == "LEADER"]
         return leaders[0] if len(leaders) == 1 else None
+
+    def wait_for_leader(self, channel: str, timeout: float = 10.0) -> int:
+        """Poll until exactly one running node leads ``channel``; its index.
+        TimeoutError at the deadline."""
+        found: list[int] = []
+
+        def one_leader() -> bool:
+            lead = self.leader(channel)
+            if lead is not None:
+                found.append(lead)
+            return lead is not None
+
+        self.wait_until(one_leader, timeout=timeout, message=f"a leader of {channel!r}")
+        return found[-1]
 
     def _role_or_none(self, i: int, channel: str) -> str | None:
         try:

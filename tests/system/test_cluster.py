@@ -38,7 +38,10 @@ def some(value: int | None) -> list[int] | None:
 
 
 def leader_of(c: Cluster, channel: str, timeout: float = 5.0) -> int:
-    return wait_until(lambda: some(c.leader(channel)), timeout=timeout, message="a leader")[0]
+    try:
+        return c.wait_for_leader(channel, timeout)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def history(c: Cluster, node: int, channel: str) -> list[bytes]:
