@@ -9,7 +9,6 @@ from netmesh.config import (
     RedexFileConfig,
     ReplicationConfig,
 )
-from netmesh.core.roles import ReplicaRole, TransitionSignal
 from netmesh.errors import (
     ChannelNameError,
     Closed,
@@ -27,15 +26,16 @@ from netmesh.errors import (
     RingFull,
 )
 from netmesh.identity import EntityKeypair
-from netmesh.node import MeshNode
-from netmesh.redex import Redex
-from netmesh.redex_file import RedexEvent, RedexFile
+from netmesh.link.node import MeshNode
+from netmesh.log.file import RedexEvent, RedexFile
+from netmesh.replication.registry import Redex
+from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
 # process-level pieces load on first use (they pull in the worker and rich)
 _LAZY = {
-    "Cluster": "netmesh.cluster",
-    "Producer": "netmesh.producer",
-    "ShmRing": "netmesh.shm_ring",
+    "Cluster": "netmesh.cluster.cluster",
+    "Producer": "netmesh.cluster.producer",
+    "ShmRing": "netmesh.ring.shm",
 }
 
 

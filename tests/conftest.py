@@ -45,7 +45,7 @@ def _orphan_workers() -> list[psutil.Process]:
     orphans = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "workers.node" in cmd and "--parent-pid" in cmd:
+        if "netmesh.cluster.node_worker" in cmd and "--parent-pid" in cmd:
             parent = int(cmd[cmd.index("--parent-pid") + 1])
             try:
                 if not psutil.pid_exists(parent) and p.status() != psutil.STATUS_ZOMBIE:

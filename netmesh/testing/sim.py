@@ -5,7 +5,7 @@ Theory of operation
 Everything is driven by one ``random.Random(seed)`` and a simulated clock, so a seed
 replays exactly. Time advances in steps of ``heartbeat/4``: each :meth:`step`
 delivers the datagrams due by then and ticks every live node. Every message is
-encoded and decoded with ``netmesh.core.messages`` on the way (the codec is tested
+encoded and decoded with ``netmesh.replication.messages`` on the way (the codec is tested
 too and messages never alias). The network can drop, duplicate, delay (hence
 reorder) datagrams, cut links (``partition``/``isolate``/``heal``) and crash nodes;
 a crashed node keeps its log and its last saved HardState, and ``restart`` builds a
@@ -30,10 +30,10 @@ import random
 from dataclasses import dataclass, field
 
 from netmesh.config import AckMode, PlacementStrategy, ReplicationConfig
-from netmesh.core.coordinator import (
+from netmesh.log.hardstate import HardState
+from netmesh.replication.coordinator import (
     Apply,
     CommitAdvanced,
-    HardState,
     Output,
     ReplicationCoordinator,
     SaveHardState,
@@ -41,8 +41,8 @@ from netmesh.core.coordinator import (
     ServeSync,
     Truncate,
 )
-from netmesh.core.messages import decode, encode
-from netmesh.core.roles import ReplicaRole
+from netmesh.replication.messages import decode, encode
+from netmesh.replication.roles import ReplicaRole
 
 
 class InvariantViolation(AssertionError):

@@ -17,6 +17,7 @@ def test_bench_ingest_quick_writes_json_and_plot(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
+            "-P",
             "-m",
             "netmesh.cli",
             "bench",

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.system
 
 
 def _load_script() -> ModuleType:
-    from netmesh import bench_peers
+    from benchmarks import peers as bench_peers
 
     return bench_peers
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from netmesh import status
+from netmesh.cli import status
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.system
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.system
 
 def netmesh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "netmesh.cli", *args],
+        [sys.executable, "-P", "-m", "netmesh.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -35,7 +35,7 @@ def test_demo_replicates_fails_over_and_exits_zero() -> None:
 def test_up_shows_status_and_stops_cleanly_on_sigint(tmp_path: object) -> None:
     env = {**os.environ, "NETMESH_RUN_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "netmesh.cli", "up", "--nodes", "3", "--rate", "5000"],
+        [sys.executable, "-P", "-m", "netmesh.cli", "up", "--nodes", "3", "--rate", "5000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -47,7 +47,7 @@ def test_up_shows_status_and_stops_cleanly_on_sigint(tmp_path: object) -> None:
 
         def status_out(*extra: str) -> str:
             st = subprocess.run(
-                [sys.executable, "-m", "netmesh.cli", "status", *extra],
+                [sys.executable, "-P", "-m", "netmesh.cli", "status", *extra],
                 capture_output=True,
                 text=True,
                 timeout=30,

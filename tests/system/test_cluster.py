@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from netmesh.cluster import Cluster
+from netmesh.cluster.cluster import Cluster
+from netmesh.cluster.supervisor import WorkerError
 from netmesh.config import ReplicationConfig
 from netmesh.errors import (
     Closed,
@@ -25,7 +26,6 @@ from netmesh.errors import (
     NotLeader,
     PayloadTooLarge,
 )
-from netmesh.supervisor import WorkerError
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.system
@@ -180,7 +180,7 @@ def test_node_that_stops_answering_is_reported() -> None:
 
 SUPERVISOR_SCRIPT = textwrap.dedent("""
     import sys, time
-    from netmesh.cluster import Cluster
+    from netmesh.cluster.cluster import Cluster
     from netmesh.config import ReplicationConfig
     c = Cluster(nodes=3, heartbeat_ms=150)
     c.open_channel("z", ReplicationConfig(factor=3, heartbeat_ms=150))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from netmesh.bench import bench_overhead
+from benchmarks.bench import bench_overhead
 
 pytestmark = [pytest.mark.system, pytest.mark.perf]
 

@@ -1,0 +1,1 @@
+"""netmesh benchmarks: `netmesh bench` suites and peer comparisons (source checkout only)."""

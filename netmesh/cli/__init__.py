@@ -1,0 +1,1 @@
+"""The ``netmesh`` command line (argparse) and its status rendering."""

@@ -1,0 +1,548 @@
+"""Cluster: a local replicated netmesh, one OS process per node (the supervisor API).
+
+::
+
+    with Cluster(nodes=3, heartbeat_ms=150) as c:
+        c.open_channel("orders", ReplicationConfig(factor=3))
+        with c.producer(node=0, channel="orders") as p:
+            p.append_batch(batch); last = p.flush()
+        c.wait_until(lambda: c.next_seq(1, "orders") == last + 1)
+        c.kill(0); c.restart(0); c.partition([0], [1, 2]); c.heal()
+
+Startup: every node process binds 127.0.0.1:0 and reports its identity; the
+supervisor then tells each node all peers (allow-list) and which to handshake with
+(the one with the smaller node id initiates). A restarted node keeps its keypair (and,
+with ``data_dir``, its event files) and handshakes with every running peer itself.
+Channels opened with :meth:`open_channel` are reopened on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from netmesh.cluster.metrics_page import MetricsPage
+from netmesh.cluster.node_worker import replication_to_dict
+from netmesh.cluster.producer import Producer
+from netmesh.cluster.snapshot import node_entry, with_totals
+from netmesh.cluster.supervisor import Supervisor
+from netmesh.config import (
+    DEFAULT_MAX_PAYLOAD,
+    PlacementStrategy,
+    RedexFileConfig,
+    ReplicationConfig,
+)
+from netmesh.errors import ConfigError, NetmeshError, NodeUnresponsive
+from netmesh.identity import EntityKeypair
+from netmesh.ring.shm import ShmRing
+from netmesh.testing.wait import wait_until
+
+log = logging.getLogger(__name__)
+RestartPolicy = Literal["never", "on-failure"]
+T = TypeVar("T")
+
+
+class Cluster:
+    """Supervisor of ``nodes`` node processes on loopback; see the module doc."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        psk: bytes | None = None,
+        heartbeat_ms: int = 150,
+        data_dir: str | None = None,
+        ring_bytes: int = 1 << 22,
+        mesh_heartbeat: float = 0.25,
+        session_timeout: float = 2.0,
+        max_datagram: int = 32768,
+        restart_policy: RestartPolicy = "never",
+        start: bool = True,
+    ) -> None:
+        if restart_policy not in ("never", "on-failure"):
+            raise ConfigError(
+                f"restart_policy must be 'never' or 'on-failure', got {restart_policy!r}"
+            )
+        if nodes < 1:
+            raise ConfigError("a cluster needs at least one node")
+        if psk is not None and len(psk) != 32:
+            raise ConfigError("psk must be 32 bytes")
+        self.size = nodes
+        self.restart_policy = restart_policy
+        #: nodes that died without being asked, as (node, exit code, monotonic time)
+        self.crashes: list[tuple[int, int, float]] = []
+        self._down_on_purpose: set[int] = set()
+        self.psk = psk or secrets.token_bytes(32)
+        self.heartbeat_ms = heartbeat_ms
+        self.data_dir = data_dir
+        self.ring_bytes = ring_bytes
+        self.mesh_heartbeat = mesh_heartbeat
+        self.session_timeout = session_timeout
+        # loopback carries 64 KiB datagrams; fewer, larger datagrams mean fewer AEAD
+        # calls and syscalls per event (pass 1400 to model an Ethernet MTU)
+        self.max_datagram = max_datagram
+        self.sup = Supervisor()
+        self.keys = [self._keypair(i) for i in range(nodes)]
+        self.node_ids = [k.node_id for k in self.keys]
+        self.info: dict[int, dict[str, Any]] = {}
+        self.channels: dict[str, ReplicationConfig | None] = {}
+        self.channel_options: dict[str, dict[str, Any]] = {}
+        self.pages: dict[int, MetricsPage] = {}
+        self.producers: dict[str, tuple[int, ShmRing, Producer]] = {}
+        self.producer_processes: list[ProducerProcess] = []
+        self.blocked: dict[int, set[int]] = {i: set() for i in range(nodes)}
+        self._ring_no = 0
+        if start:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+
+    def _keypair(self, i: int) -> EntityKeypair:
+        if self.data_dir is None:
+            return EntityKeypair.generate()
+        path = os.path.join(self.data_dir, f"node{i}", "node.key")
+        if os.path.exists(path):
+            return EntityKeypair.load(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        kp = EntityKeypair.generate()
+        kp.save(path)
+        return kp
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.size):
+            self._spawn(i)
+        peers = [self._peer_entry(i) for i in range(self.size)]
+        for initiate_pass in (False, True):  # allow-lists everywhere first, then handshakes
+            for i in range(self.size):
+                me = self.node_ids[i]
+                initiate = [p["node_id"] for p in peers if p["node_id"] > me]
+                self.sup.call(
+                    i,
+                    "connect",
+                    timeout=15,
+                    peers=[p for p in peers if p["node_id"] != me],
+                    initiate=initiate if initiate_pass else [],
+                )
+        self.wait_until(self._fully_connected, timeout=10, message="full mesh")
+
+    def _spawn(self, i: int) -> None:
+        self.sup.spawn(i)
+        page = self.pages.get(i)
+        if page is None:
+            page = self.pages[i] = MetricsPage.create(self.sup.name("metrics", i))
+        data_dir = os.path.join(self.data_dir, f"node{i}") if self.data_dir else None
+        self.info[i] = self.sup.call(
+            i,
+            "init",
+            timeout=20,
+            index=i,
+            private_key=self.keys[i].private_key,
+            psk=self.psk,
+            heartbeat_interval=self.mesh_heartbeat,
+            session_timeout=self.session_timeout,
+            max_datagram=self.max_datagram,
+            data_dir=data_dir,
+            metrics_page=page.name,
+        )
+        self.info[i]["alive"] = True
+
+    def _peer_entry(self, i: int) -> dict[str, Any]:
+        return {
+            "node_id": self.node_ids[i],
+            "public_key": self.keys[i].public_key,
+            "addr": self.info[i]["addr"],
+        }
+
+    def _fully_connected(self) -> bool:
+        for i in self.running():
+            others = {self.node_ids[j] for j in self.running() if j != i}
+            m = self.pages[i].read()
+            if m is None or not others <= set(m.get("peers", [])):
+                return False
+        return True
+
+    def running(self) -> list[int]:
+        return [i for i in range(self.size) if self.sup.exit_code(i) is None]
+
+    def check_nodes(self) -> list[tuple[int, int]]:
+        """Report nodes that died without being asked since the last check, as
+        (node, exit code); with ``restart_policy="on-failure"`` restart them.
+
+        Call it periodically (``netmesh up`` does, every 100 ms). A restart that is
+        refused (a quorum member without ``data_dir``) is logged and left to you.
+        """
+        found = []
+        for i in range(self.size):
+            code = self.sup.exit_code(i)
+            if code is None or i in self._down_on_purpose or not self.info[i]["alive"]:
+                continue
+            self.info[i]["alive"] = False
+            self._drop_producers(i)
+            self.crashes.append((i, code, time.monotonic()))
+            found.append((i, code))
+            log.warning("node %d exited with code %d", i, code)
+            if self.restart_policy == "on-failure":
+                try:
+                    self.restart(i)
+                except NetmeshError as exc:
+                    log.error("node %d not restarted: %s", i, exc)
+        return found
+
+    def kill(self, i: int) -> int | None:
+        """SIGKILL node ``i``; its producers become unusable. Returns the exit code."""
+        self._down_on_purpose.add(i)
+        return self._gone(i, self.sup.kill(i))
+
+    def stop(self, i: int) -> int | None:
+        """Stop node ``i`` gracefully (shutdown request, then SIGTERM/SIGKILL)."""
+        self._down_on_purpose.add(i)
+        return self._gone(i, self.sup.stop(i))
+
+    def _gone(self, i: int, code: int | None) -> int | None:
+        self.info[i]["alive"] = False
+        self._drop_producers(i)
+        return code
+
+    def restart(self, i: int) -> None:
+        """Start node ``i`` again with its identity (and data with ``data_dir``),
+        reopen its channels and handshake with every running peer."""
+        if self.sup.exit_code(i) is None:
+            raise NetmeshError(f"node {i} is still running")
+        if self.data_dir is None and any(
+            cfg is not None and cfg.ack == "quorum" and self._holds(i, name)
+            for name, cfg in self.channels.items()
+        ):
+            # Raft's rule: a member that forgot its log and votes could elect a leader
+            # without a committed event. Like etcd, refuse rather than risk it.
+            raise ConfigError(
+                f"node {i} holds ack='quorum' channels and would restart "
+                "without its log and votes: use Cluster(data_dir=...)"
+            )
+        self._spawn(i)
+        self._down_on_purpose.discard(i)
+        others = [j for j in self.running() if j != i]
+        peers = [self._peer_entry(j) for j in range(self.size) if j != i]
+        self.sup.call(
+            i, "connect", timeout=15, peers=peers, initiate=[self.node_ids[j] for j in others]
+        )
+        for name, cfg in self.channels.items():
+            if self._holds(i, name):
+                self.sup.call(
+                    i,
+                    "open_channel",
+                    name=name,
+                    replication=replication_to_dict(cfg),
+                    options=self.channel_options.get(name, {}),
+                )
+        if self.blocked[i]:
+            self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
+
+    def close(self) -> None:
+        """Stop every node and remove every shared-memory object; idempotent."""
+        for handle in list(self.producer_processes):
+            handle.kill()
+        for key in list(self.producers):
+            self._close_producer(key)
+        for page in self.pages.values():
+            page.close()
+        self.pages.clear()
+        self.sup.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- channels and data -----------------------------------------------------------
+    def open_channel(
+        self, name: str, replication: ReplicationConfig | None = None, **options: Any
+    ) -> None:
+        """Open ``name``: without replication on every node, else on the members only:
+        the first ``factor`` nodes unless ``replication.placement`` is pinned already.
+
+        ``options``: event-file settings (RedexFileConfig fields ``max_payload``,
+        ``retention_max_events``, ``retention_max_bytes``, ``fsync``, ``segment_bytes``);
+        checked here, ConfigError if invalid.
+        """
+        RedexFileConfig(**options).validate()
+        if replication is not None and replication.placement.kind != "pinned":
+            members = self.node_ids[: replication.factor]
+            replication = ReplicationConfig(
+                **{**replication.__dict__, "placement": PlacementStrategy.pinned(members)}
+            )
+        if replication is not None:
+            replication.validate()
+        self.channels[name] = replication
+        self.channel_options[name] = options
+        for i in self.running():
+            if self._holds(i, name):
+                self.sup.call(
+                    i,
+                    "open_channel",
+                    name=name,
+                    replication=replication_to_dict(replication),
+                    options=options,
+                )
+
+    def _holds(self, i: int, name: str) -> bool:
+        """Whether node ``i`` holds channel ``name`` (every node, or the pinned members)."""
+        cfg = self.channels.get(name)
+        return cfg is None or self.node_ids[i] in cfg.placement.nodes
+
+    def producer(self, node: int, channel: str, capacity: int | None = None) -> Producer:
+        """A producer appending to ``channel`` on ``node`` through a new shm ring."""
+        self._ring_no += 1
+        name = self.sup.name("ring", node, self._ring_no)
+        ring = ShmRing.create(name, capacity or self.ring_bytes)
+        try:
+            self.sup.call(node, "attach_ring", ring=name, channel=channel)
+        except BaseException:
+            ring.close()
+            ring.unlink()
+            raise
+        max_payload = self.channel_options.get(channel, {}).get("max_payload", DEFAULT_MAX_PAYLOAD)
+        prod = Producer(
+            name,
+            channel,
+            on_close=lambda p: self._close_producer(p.ring_name),
+            max_payload=max_payload,
+        )
+        self.producers[name] = (node, ring, prod)
+        return prod
+
+    def spawn_producer(
+        self,
+        node: int,
+        channel: str,
+        events: int,
+        batch: int = 64,
+        size: int = 64,
+        rate: int = 0,
+    ) -> ProducerProcess:
+        """Start a producer *process* (``python -m netmesh.cluster.producer_worker``) appending
+        ``events`` generated events to ``channel`` on ``node``; see ProducerProcess."""
+        self._ring_no += 1
+        name = self.sup.name("ring", node, self._ring_no)
+        ring = ShmRing.create(name, self.ring_bytes)
+        try:
+            self.sup.call(node, "attach_ring", ring=name, channel=channel)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "netmesh.cluster.producer_worker",
+                    "--ring",
+                    name,
+                    "--channel",
+                    channel,
+                    "--events",
+                    str(events),
+                    "--batch",
+                    str(batch),
+                    "--size",
+                    str(size),
+                    "--rate",
+                    str(rate),
+                    "--parent-pid",
+                    str(os.getpid()),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except BaseException:
+            ring.close()
+            ring.unlink()
+            raise
+        handle = ProducerProcess(self, node, name, ring, proc)
+        self.producer_processes.append(handle)
+        return handle
+
+    def _close_producer(self, name: str) -> None:
+        entry = self.producers.pop(name, None)
+        if entry is None:
+            return
+        node, ring, prod = entry
+        if self.sup.exit_code(node) is None:
+            try:
+                self.sup.call(node, "detach_ring", ring=name, timeout=5)
+            except NetmeshError:
+                log.warning("node %d did not detach ring %s", node, name)
+        prod.close()  # idempotent; on the user's own close this is a no-op
+        ring.close()
+        ring.unlink()
+        self.sup.forget_name(name)
+
+    def _drop_producers(self, node: int) -> None:
+        """The node is gone: its producers' rings say so (their owners, maybe other
+        threads, get RingClosed from then on and close them); the names are unlinked
+        now, the mappings live until each producer closes."""
+        for name, (n, ring, _prod) in list(self.producers.items()):
+            if n == node:
+                del self.producers[name]
+                ring.close_consumer()
+                ring.close()
+                ring.unlink()
+                self.sup.forget_name(name)
+
+    def append(self, node: int, channel: str, payloads: list[bytes]) -> int:
+        """Append through the control channel (slow path); returns the first seq."""
+        return int(self.sup.call(node, "append", channel=channel, payloads=payloads))
+
+    def next_seq(self, node: int, channel: str) -> int:
+        return int(self.sup.call(node, "next_seq", channel=channel))
+
+    def read_range(self, node: int, channel: str, start: int, end: int) -> list[bytes]:
+        return list(
+            self.sup.call(node, "read_range", channel=channel, start=start, end=end, timeout=30)
+        )
+
+    def role(self, node: int, channel: str) -> str | None:
+        """ "LEADER", "REPLICA", "CANDIDATE", "IDLE", or None (not replicated)."""
+        return self.sup.call(node, "role", channel=channel)  # type: ignore[no-any-return]
+
+    def leader(self, channel: str) -> int | None:
+        """Index of the one running node that reports LEADER for ``channel``, else None."""
+        leaders = [i for i in self.running() if self._role_or_none(i, channel) == "LEADER"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def wait_for_leader(self, channel: str, timeout: float = 10.0) -> int:
+        """Poll until exactly one running node leads ``channel``; its index.
+        TimeoutError at the deadline."""
+        found: list[int] = []
+
+        def one_leader() -> bool:
+            lead = self.leader(channel)
+            if lead is not None:
+                found.append(lead)
+            return lead is not None
+
+        self.wait_until(one_leader, timeout=timeout, message=f"a leader of {channel!r}")
+        return found[-1]
+
+    def _role_or_none(self, i: int, channel: str) -> str | None:
+        try:
+            return self.role(i, channel)
+        except NodeUnresponsive:
+            return None
+
+    # -- faults ----------------------------------------------------------------------
+    def partition(self, *groups: list[int]) -> None:
+        """Drop all traffic between nodes of different groups (both directions)."""
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        for i in range(self.size):
+            self.blocked[i] = {
+                self.node_ids[j]
+                for j in range(self.size)
+                if j != i and group_of.get(j) != group_of.get(i)
+            }
+        for i in self.running():
+            self.sup.call(i, "block", node_ids=sorted(self.blocked[i]))
+
+    def heal(self) -> None:
+        """Undo :meth:`partition`."""
+        for i in self.running():
+            self.sup.call(i, "unblock", node_ids=sorted(self.blocked[i]))
+        self.blocked = {i: set() for i in range(self.size)}
+
+    # -- observation -----------------------------------------------------------------
+    def wait_until(
+        self,
+        predicate: Callable[[], T],
+        timeout: float = 5.0,
+        interval: float = 0.005,
+        message: str = "condition",
+    ) -> T:
+        """Poll ``predicate`` until truthy (see netmesh.testing.wait); TimeoutError."""
+        return wait_until(predicate, timeout, interval, message)
+
+    def metrics(self, fresh: bool = False) -> dict[str, Any]:
+        """Every node's metrics plus psutil figures, and cluster totals.
+
+        By default each node's shared-memory metrics page is read without asking the
+        node (at most ~100 ms old); ``fresh=True`` asks running nodes over the control
+        channel instead.
+        """
+        nodes = [
+            node_entry(
+                i,
+                self.node_ids[i],
+                self.info.get(i, {}).get("pid"),
+                self.sup.exit_code(i) is None,
+                self.sup.exit_code(i),
+                self._node_metrics(i, fresh),
+                self.sup.process_stats(i),
+            )
+            for i in range(self.size)
+        ]
+        return with_totals(nodes)
+
+    def _node_metrics(self, i: int, fresh: bool) -> dict[str, Any] | None:
+        if fresh and self.sup.exit_code(i) is None:
+            try:
+                return dict(self.sup.call(i, "metrics", timeout=5))
+            except NetmeshError:
+                pass
+        return self.pages[i].read() if i in self.pages else None
+
+
+class ProducerProcess:
+    """A running ``netmesh.cluster.producer_worker`` process and its ring (owned by the Cluster)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        node: int,
+        ring_name: str,
+        ring: ShmRing,
+        proc: subprocess.Popen[str],
+    ) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.ring_name = ring_name
+        self.ring = ring
+        self.proc = proc
+        self._done = False
+
+    def wait(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait for the process; its JSON result. NetmeshError if it failed."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self._release()
+        if self.proc.returncode != 0:
+            raise NetmeshError(f"producer process exited {self.proc.returncode}: {err.strip()}")
+        return dict(json.loads(out))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+        self._release()
+
+    def _release(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        c = self.cluster
+        if c.sup.exit_code(self.node) is None:
+            try:
+                c.sup.call(self.node, "detach_ring", ring=self.ring_name, timeout=5)
+            except NetmeshError:
+                log.warning("node %d did not detach ring %s", self.node, self.ring_name)
+        self.ring.close()
+        self.ring.unlink()
+        c.sup.forget_name(self.ring_name)
+        if self in c.producer_processes:
+            c.producer_processes.remove(self)

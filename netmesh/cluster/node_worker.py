@@ -1,0 +1,544 @@
+"""Node process: one MeshNode, one Redex, ring drainers, control requests, metrics page.
+
+Started by the supervisor as
+``python -P -m netmesh.cluster.node_worker --control-fd N --parent-pid P``.
+The first control request is ``init`` (the node's spec); the node answers with its
+identity and UDP address. Control ops (each answers once; errors come back as
+``"ErrorType: message"``):
+
+========================  ==============================================================
+``init``                  spec: index, private_key, psk, bind, heartbeat_interval,
+                          session_timeout, data_dir, metrics_page -> {node_id,
+                          public_key, addr}
+``connect``               peers: [{node_id, public_key, addr}], initiate: [node_id]
+                          -> allow all, handshake with ``initiate`` -> connected ids
+``open_channel``          name, replication (dict or None), options (RedexFileConfig
+                          fields) -> next_seq
+``close_channel``         name
+``attach_ring``           ring, channel: drain that shm ring into the channel
+``detach_ring``           ring
+``append``                channel, payloads -> first seq (leader only)
+``next_seq`` / ``role``   channel
+``read_range``            channel, start, end -> [payload]
+``block`` / ``unblock``   node_ids: drop all traffic to/from them (partitions)
+``metrics``               -> the same dict the metrics page holds
+``probe_start/stop``      channel: record append-to-apply latency (ms) of stamped
+                          payloads on a replica; stop returns the samples
+``shutdown``              graceful stop (exit code 0)
+========================  ==============================================================
+
+Exit codes: 0 graceful, 2 bad arguments, 3 supervisor gone (names unlinked), 1 crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections import deque
+from typing import Any
+
+from netmesh.channel import ChannelName
+from netmesh.cluster import control
+from netmesh.cluster.metrics_page import MetricsPage
+from netmesh.cluster.producer import (
+    REFUSED_NONE,
+    REFUSED_NOT_LEADER,
+    REFUSED_STORE_FAILED,
+    REFUSED_TOO_LARGE,
+)
+from netmesh.config import MeshNodeConfig, PlacementStrategy, RedexFileConfig, ReplicationConfig
+from netmesh.errors import NetmeshError, NotLeader, PayloadTooLarge, RingClosed
+from netmesh.identity import EntityKeypair
+from netmesh.link.node import MeshNode
+from netmesh.replication.registry import Redex
+from netmesh.ring.shm import ShmRing, unlink_ring
+
+log = logging.getLogger("netmesh.worker")
+METRICS_PERIOD = 0.1
+FILE_OPTIONS = frozenset(
+    {
+        "max_payload",
+        "retention_max_events",
+        "retention_max_bytes",
+        "fsync",
+        "segment_bytes",
+        "fsync_interval_s",
+    }
+)
+PR_SET_PDEATHSIG = 1
+
+
+def replication_from_dict(d: dict[str, Any] | None) -> ReplicationConfig | None:
+    if d is None:
+        return None
+    d = dict(d)
+    placement = d.pop("placement", None)
+    if placement is not None:
+        d["placement"] = PlacementStrategy(placement["kind"], tuple(placement["nodes"]))
+    return ReplicationConfig(**d)
+
+
+def replication_to_dict(cfg: ReplicationConfig | None) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    d = dataclasses.asdict(cfg)
+    d["placement"] = {"kind": cfg.placement.kind, "nodes": list(cfg.placement.nodes)}
+    return d
+
+
+class RingDrainer:
+    """Moves batches from one producer ring into a channel, acknowledging in order.
+
+    A thread sleeps on the ring (no spinning) and hands each batch to the event loop;
+    at most ``SLOTS`` batches are in flight, so a slow node makes the ring fill and
+    the producer block (backpressure). A corrupt frame stops the drainer (logged and
+    counted in ``ring_errors``); the producer then times out.
+    """
+
+    SLOTS = 4
+
+    def __init__(self, service: NodeService, ring_name: str, channel: str) -> None:
+        self.service = service
+        self.channel = ChannelName(channel)  # validated once, not per batch
+        self.ring = ShmRing.attach(ring_name)
+        self.name = ring_name
+        self.count = 0  # events acknowledged (stored or refused)
+        self.rejected = 0  # events refused (not leader, too large, store failed)
+        self.reason = REFUSED_NONE
+        self.last_seq = 0  # seq of the last stored event acknowledged
+        # (events, last seq or None if refused, commit_seq to wait for or -1, reason)
+        self.pending: deque[tuple[int, int | None, int, int]] = deque()
+        # Batches travel thread -> loop through this deque; ``scheduled`` says a loop
+        # callback is pending. The loop clears it *before* draining and the thread
+        # appends *before* reading it, so no batch is left behind (both under the GIL).
+        self.batches: deque[list[bytes]] = deque()
+        self.scheduled = False
+        self.detached = False
+        self._slots = threading.Semaphore(self.SLOTS)
+        self._stop = threading.Event()
+        self._close_lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=f"drain-{ring_name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._drain_until_stopped()
+        finally:
+            if self._stop.is_set():
+                self._close_ring()  # detached: the loop no longer touches the ring
+
+    def _drain_until_stopped(self) -> None:
+        ring = self.ring
+        while not self._stop.is_set():
+            if not self._slots.acquire(timeout=0.2):
+                continue  # the loop is still busy with earlier batches
+            try:
+                batch = ring.get_batch(1 << 16, timeout=0.2)
+            except RingClosed:
+                self._slots.release()
+                return
+            except ValueError as exc:  # a corrupt frame: shared memory was scribbled on
+                self._slots.release()
+                self._loop.call_soon_threadsafe(self.service.on_ring_error, self, exc)
+                return
+            if batch:
+                self.batches.append(batch)
+                if not self.scheduled:  # wake the loop once per run of batches
+                    self.scheduled = True
+                    self._loop.call_soon_threadsafe(self.service.on_ring_batches, self)
+            else:
+                self._slots.release()
+
+    def handled(self) -> None:
+        self._slots.release()
+
+    def stop(self) -> None:
+        """Stop the thread: wake it out of its waits, give it a moment to leave, and
+        unmap the ring (the thread unmaps it itself if it is slower than that)."""
+        self._stop.set()
+        self.ring.interrupt()
+        self._slots.release()
+        self._thread.join(0.05)
+        if not self._thread.is_alive():
+            self._close_ring()
+
+    def _close_ring(self) -> None:
+        with self._close_lock:  # the thread and the loop may both get here
+            self.ring.close()
+
+
+class NodeService:
+    """Everything one node process runs, on one asyncio loop."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.node: MeshNode | None = None
+        self.redex = Redex()
+        self.spec: dict[str, Any] = {}
+        self.drainers: dict[str, RingDrainer] = {}
+        self.page: MetricsPage | None = None
+        self.metrics_task: asyncio.Task[None] | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.graceful = False
+        self.counters = {
+            "ring_events": 0,
+            "ring_rejected_events": 0,
+            "ring_errors": 0,
+            "control_requests": 0,
+            "control_errors": 0,
+        }
+        self.ops = {
+            "init": self.op_init,
+            "connect": self.op_connect,
+            "open_channel": self.op_open_channel,
+            "close_channel": self.op_close_channel,
+            "attach_ring": self.op_attach_ring,
+            "detach_ring": self.op_detach_ring,
+            "append": self.op_append,
+            "next_seq": self.op_next_seq,
+            "role": self.op_role,
+            "read_range": self.op_read_range,
+            "block": self.op_block,
+            "unblock": self.op_unblock,
+            "metrics": self.op_metrics,
+            "shutdown": self.op_shutdown,
+            "probe_start": self.op_probe_start,
+            "probe_stop": self.op_probe_stop,
+        }
+
+    # -- control loop ----------------------------------------------------------------
+    async def serve(self) -> None:
+        decoder = control.FrameDecoder()
+        while True:
+            data = await self.reader.read(1 << 20)
+            if not data:
+                return  # supervisor gone
+            for msg in decoder.feed(data):
+                if msg[0] == control.REQUEST:
+                    await self.handle(msg[1], msg[2], msg[3])
+
+    async def handle(self, req_id: int, op: str, args: dict[str, Any]) -> None:
+        self.counters["control_requests"] += 1
+        fn = self.ops.get(op)
+        try:
+            if fn is None:
+                raise NetmeshError(f"unknown op {op!r}")
+            result = fn(**args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            self.writer.write(control.response(req_id, True, result))
+        except Exception as exc:  # every failure goes back to the caller, node survives
+            self.counters["control_errors"] += 1
+            log.debug("op %s failed", op, exc_info=True)
+            self.writer.write(control.response(req_id, False, f"{type(exc).__name__}: {exc}"))
+
+    # -- ops -------------------------------------------------------------------------
+    async def op_init(self, **spec: Any) -> dict[str, Any]:
+        self.spec = spec
+        kp = EntityKeypair.from_private_bytes(spec["private_key"])
+        cfg = MeshNodeConfig(
+            bind=spec.get("bind", "127.0.0.1:0"),
+            psk=spec["psk"],
+            heartbeat_interval=spec.get("heartbeat_interval", 0.25),
+            session_timeout=spec.get("session_timeout", 2.0),
+            max_datagram=spec.get("max_datagram", 1400),
+            handshake_retries=3,
+            handshake_timeout=1.0,
+        )
+        self.node = await MeshNode.create(kp, cfg)
+        self.node.start()
+        self.redex.enable_replication(self.node)
+        if spec.get("metrics_page"):
+            self.page = MetricsPage.attach(spec["metrics_page"])
+            self.metrics_task = asyncio.get_running_loop().create_task(self._publish_metrics())
+        host, port = self.node.local_addr[:2]
+        return {
+            "node_id": kp.node_id,
+            "public_key": kp.public_key,
+            "addr": [host, port],
+            "pid": os.getpid(),
+        }
+
+    async def op_connect(self, peers: list[dict[str, Any]], initiate: list[int]) -> list[int]:
+        node = self._node()
+        for p in peers:
+            node.add_allowed_peer(p["node_id"], p["public_key"])
+        jobs = [
+            node.connect(tuple(p["addr"]), p["public_key"], p["node_id"])
+            for p in peers
+            if p["node_id"] in initiate
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise NetmeshError(f"{len(failed)} handshakes failed: {failed[0]!r}")
+        return node.peers()
+
+    def op_open_channel(
+        self,
+        name: str,
+        replication: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> int:
+        """Open a channel; ``options``: RedexFileConfig fields (max_payload, retention_*,
+        fsync, segment_bytes). Persisted under data_dir when the node has one."""
+        data_dir = self.spec.get("data_dir")
+        path = os.path.join(data_dir, *name.split("/")) if data_dir else None
+        opts = {"fsync": "never" if path is None else "batch", **(options or {})}
+        if set(opts) - FILE_OPTIONS:
+            raise NetmeshError(f"unknown channel options {sorted(set(opts) - FILE_OPTIONS)}")
+        cfg = RedexFileConfig(path=path, replication=replication_from_dict(replication), **opts)
+        return self.redex.open_file(name, cfg).next_seq
+
+    def op_close_channel(self, name: str) -> None:
+        self.redex.close_file(name)
+
+    def op_attach_ring(self, ring: str, channel: str) -> None:
+        self._file(channel)
+        self.drainers[ring] = RingDrainer(self, ring, channel)
+
+    def op_detach_ring(self, ring: str) -> None:
+        d = self.drainers.pop(ring, None)
+        if d is not None:
+            d.detached = True  # pending acknowledgements have nobody to go to
+            d.stop()
+
+    def op_append(self, channel: str, payloads: list[bytes]) -> int:
+        return self.redex.append(channel, payloads)
+
+    def op_next_seq(self, channel: str) -> int:
+        return self._file(channel).next_seq
+
+    def op_role(self, channel: str) -> str | None:
+        coord = self.redex.replication_coordinator_for(channel)
+        return None if coord is None else coord.role.name
+
+    def op_read_range(self, channel: str, start: int, end: int) -> list[bytes]:
+        return self._file(channel).read_payloads(start, end)[0]
+
+    def op_block(self, node_ids: list[int]) -> None:
+        for nid in node_ids:
+            self._node().block_peer(nid)
+
+    def op_unblock(self, node_ids: list[int]) -> None:
+        for nid in node_ids:
+            self._node().unblock_peer(nid)
+
+    def op_metrics(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    def op_probe_start(self, channel: str) -> None:
+        """Start recording append-to-apply latencies of stamped payloads (replicas)."""
+        self._runtime(channel).probe = []
+
+    def op_probe_stop(self, channel: str) -> list[float]:
+        rt = self._runtime(channel)
+        out, rt.probe = rt.probe or [], None
+        return out
+
+    def _runtime(self, channel: str) -> Any:
+        rt = self.redex.replication_runtime(channel)
+        if rt is None:
+            raise NetmeshError(f"channel {channel!r} is not replicated on this node")
+        return rt
+
+    def op_shutdown(self) -> None:
+        self.graceful = True
+        asyncio.get_running_loop().call_soon(self._finish)
+
+    # -- rings -----------------------------------------------------------------------
+    def on_ring_batches(self, drainer: RingDrainer) -> None:
+        """Loop side of the drainer: handle every batch queued so far."""
+        drainer.scheduled = False
+        batches = drainer.batches
+        while batches:
+            self.on_ring_batch(drainer, batches.popleft())
+
+    def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
+        """Append one ring batch (loop thread); queue its acknowledgement.
+
+        Every failure is a refusal of the whole batch, reported to the producer with
+        a reason code, logged and counted; the node keeps running.
+        """
+        last: int | None = None
+        needed, reason = -1, REFUSED_NONE
+        try:
+            first = self.redex.append(drainer.channel, batch)
+            last = first + len(batch) - 1
+            needed = self.redex.commit_target(drainer.channel, last)
+            self.counters["ring_events"] += len(batch)
+        except NotLeader as exc:
+            reason = REFUSED_NOT_LEADER
+            log.info("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
+        except PayloadTooLarge as exc:
+            reason = REFUSED_TOO_LARGE
+            log.warning("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
+        except Exception:  # a disk error, a closed file: refuse, never lose the ack
+            reason = REFUSED_STORE_FAILED
+            log.exception("ring %s: %d events could not be stored", drainer.name, len(batch))
+        finally:
+            drainer.handled()
+        drainer.pending.append((len(batch), last, needed, reason))
+        self.release_acks(drainer)
+
+    def on_ring_error(self, drainer: RingDrainer, exc: Exception) -> None:
+        self.counters["ring_errors"] += 1
+        log.error("ring %s: corrupt frame, drainer stopped: %s", drainer.name, exc)
+
+    def release_acks(self, drainer: RingDrainer) -> None:
+        """Acknowledge, in order, every queued batch whose commit condition holds.
+
+        A quorum batch whose leader lost leadership before a majority held it is
+        acknowledged as refused (the producer's flush raises NotLeader).
+        """
+        pending = drainer.pending
+        if drainer.detached:  # its producer is gone and the ring may be unmapped
+            pending.clear()
+            return
+        while pending:
+            n, last, needed, reason = pending[0]
+            if last is not None and needed >= 0:
+                state = self.redex.is_committed(drainer.channel, needed)
+                if state is False:
+                    self.redex.on_commit(
+                        drainer.channel, needed, lambda d=drainer: self.release_acks(d)
+                    )
+                    return
+                if state is None:  # leadership lost before a majority held them
+                    last, reason = None, REFUSED_NOT_LEADER
+            pending.popleft()
+            drainer.count += n
+            if last is None:
+                drainer.rejected += n
+                drainer.reason = reason
+                self.counters["ring_rejected_events"] += n
+            else:
+                drainer.last_seq = last
+            drainer.ring.ack(drainer.count, drainer.last_seq, drainer.rejected, drainer.reason)
+
+    # -- metrics ---------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        node = self.node
+        channels: dict[str, Any] = {}
+        for f in self.redex.open_files():
+            ch: dict[str, Any] = {
+                "next_seq": f.next_seq,
+                "first_retained_seq": f.first_retained_seq,
+                "torn_tail_truncations": f.torn_tail_truncations,
+            }
+            ch.update(self.redex.channel_metrics(f.name))
+            channels[f.name] = ch
+        return {
+            "node": self.spec.get("index"),
+            "node_id": node.node_id if node else None,
+            "pid": os.getpid(),
+            "channels": channels,
+            "peers": node.peers() if node else [],
+            "mesh": node.metrics() if node else {},
+            "counters": dict(self.counters),
+            "rings": {
+                n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
+                for n, d in self.drainers.items()
+                if not d.detached
+            },
+        }
+
+    async def _publish_metrics(self) -> None:
+        assert self.page is not None
+        while True:
+            try:
+                self.page.write(self.snapshot())
+            except Exception:  # metrics must never take the node down
+                log.exception("metrics snapshot failed")
+            await asyncio.sleep(METRICS_PERIOD)
+
+    # -- shutdown --------------------------------------------------------------------
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def close(self) -> None:
+        if self.metrics_task is not None:
+            self.metrics_task.cancel()  # no snapshot of rings or a page being unmapped
+        for d in self.drainers.values():
+            d.detached = True
+        self.redex.close()  # releases quorum waiters; detached drainers ack nothing
+        for d in self.drainers.values():
+            d.stop()  # each thread unmaps its ring within 0.2 s
+        if self.node is not None:
+            await self.node.shutdown()
+        if self.page is not None:
+            self.page.close()
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+
+    def owned_names(self) -> list[str]:
+        names = list(self.drainers)
+        if self.spec.get("metrics_page"):
+            names.append(self.spec["metrics_page"])
+        return names
+
+    def _node(self) -> MeshNode:
+        if self.node is None:
+            raise NetmeshError("node not initialised")
+        return self.node
+
+    def _file(self, channel: str) -> Any:
+        f = self.redex.get_file(channel)
+        if f is None:
+            raise NetmeshError(f"channel {channel!r} is not open on this node")
+        return f
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies; exit now if it already did."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        sys.exit(3)
+
+
+async def amain(control_fd: int) -> int:
+    sock = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    service = NodeService(reader, writer)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, service._finish)
+    server = loop.create_task(service.serve())
+    server.add_done_callback(lambda _t: service._finish())
+    await service.done
+    server.cancel()
+    names = service.owned_names()
+    await service.close()
+    if not service.graceful:
+        for n in names:  # supervisor gone or asked us to die: leave nothing behind
+            unlink_ring(n)
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="netmesh.cluster.node_worker")
+    ap.add_argument("--control-fd", type=int, required=True)
+    ap.add_argument("--parent-pid", type=int, required=True)
+    ap.add_argument("--log-level", default=os.environ.get("NETMESH_LOG", "WARNING"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s node %(process)d %(message)s")
+    _die_with_parent(args.parent_pid)
+    return asyncio.run(amain(args.control_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

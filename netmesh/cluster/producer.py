@@ -1,0 +1,148 @@
+"""Producer: appends to a channel on one node through a shared-memory ring.
+
+``append``/``append_batch`` only copy into the ring (blocking while it is full, which
+is the node's backpressure). ``flush()`` waits until the node has handled every event
+put so far and returns the seq of the last one: with ``ack="leader"`` once the leader
+stored it, with ``ack="quorum"`` once a majority holds it.
+
+Refusals: if the node refused events since the previous flush, ``flush`` raises, by
+the node's reason code in the ring's ack words: NotLeader (the node does not lead the
+channel, or lost leadership before a majority held them: such events may or may not
+survive, like a timed-out write in any consensus system), PayloadTooLarge, or
+NetmeshError (the node could not store them, e.g. a disk error; see its log). The
+node refuses whole drained batches, so a refusal may cover events of several
+``append_batch`` calls; ``refused_total`` counts them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from netmesh.config import DEFAULT_MAX_PAYLOAD
+from netmesh.errors import (
+    Closed,
+    NetmeshError,
+    NodeUnresponsive,
+    NotLeader,
+    PayloadTooLarge,
+    RingClosed,
+)
+from netmesh.ring.shm import ShmRing
+
+# refusal reason codes in the ring's ACK_REASON word (node -> producer)
+REFUSED_NONE, REFUSED_NOT_LEADER, REFUSED_TOO_LARGE, REFUSED_STORE_FAILED = 0, 1, 2, 3
+
+
+class Producer:
+    """The producer end of a (producer, node) ring; one thread uses it."""
+
+    def __init__(
+        self,
+        ring_name: str,
+        channel: str,
+        on_close: Callable[[Producer], None] | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self.ring = ShmRing.attach(ring_name)
+        self.ring_name = ring_name
+        self.channel = channel
+        self.max_payload = max_payload
+        self.sent = 0
+        self.refused_total = 0
+        self._on_close = on_close
+        self._closed = False
+
+    def append(self, payload: bytes, timeout: float | None = 10.0) -> None:
+        """Queue one event. Raises PayloadTooLarge, Closed, RingFull (no room within
+        ``timeout`` s), RingClosed (the node went away)."""
+        self._check(payload)
+        self.ring.put(payload, timeout)
+        self.sent += 1
+
+    def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
+        """Queue events in order (one frame per ring-sized chunk); nothing is queued if
+        one of them is too large."""
+        if self._closed:
+            raise Closed(f"producer for {self.channel!r} is closed")
+        if self.ring.consumer_closed():
+            raise RingClosed(f"producer for {self.channel!r}: the node went away")
+        if payloads:
+            biggest = max(map(len, payloads))
+            if biggest > self.max_payload:
+                raise PayloadTooLarge(biggest, self.max_payload)
+        self.ring.put_batch(payloads, timeout)
+        self.sent += len(payloads)
+
+    def _check(self, payload: bytes) -> None:
+        if self._closed:
+            raise Closed(f"producer for {self.channel!r} is closed")
+        if self.ring.consumer_closed():
+            raise RingClosed(f"producer for {self.channel!r}: the node went away")
+        if len(payload) > self.max_payload:
+            raise PayloadTooLarge(len(payload), self.max_payload)
+
+    def acked(self) -> int:
+        """Events the node has handled so far (stored or refused)."""
+        return self.ring.acked()[0]
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait until every queued event is handled; return the last stored event's seq.
+
+        Raises NotLeader / PayloadTooLarge / NetmeshError for refusals since the last
+        flush (see the module doc), NodeUnresponsive if the node does not catch up
+        within ``timeout``, Closed.
+        """
+        if self._closed:
+            raise Closed(f"producer for {self.channel!r} is closed")
+        deadline = time.monotonic() + timeout
+        pause = 20e-6
+        while True:
+            count, seq, rejected, reason = self.ring.acked()
+            if count >= self.sent:
+                break
+            if self.ring.consumer_closed():
+                raise RingClosed(
+                    f"{self.channel}: the node went away with "
+                    f"{self.sent - count} events unacknowledged"
+                )
+            if time.monotonic() > deadline:
+                raise NodeUnresponsive(
+                    f"{self.channel}: {self.sent - count} events not acknowledged in {timeout}s"
+                )
+            time.sleep(pause)  # backoff poll of the ack word; flush is not a hot path
+            pause = min(pause * 2, 1e-3)
+        if rejected != self.refused_total:
+            refused = rejected - self.refused_total
+            self.refused_total = rejected
+            raise _refusal(self.channel, refused, reason)
+        return seq
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.ring.close()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _refusal(channel: str, refused: int, reason: int) -> NetmeshError:
+    what = f"{refused} events refused by the node"
+    err: NetmeshError
+    if reason == REFUSED_NOT_LEADER:
+        err = NotLeader(channel)
+    elif reason == REFUSED_TOO_LARGE:
+        err = PayloadTooLarge(0, 0)
+        err.args = (f"{what}: a payload exceeds the channel's max_payload",)
+        return err
+    else:
+        return NetmeshError(f"{what}: the node could not store them (see its log)")
+    err.args = (f"{what}: {err.args[0]}",)
+    return err

@@ -1,0 +1,279 @@
+"""Supervisor: starts, calls, kills and stops worker processes; owns every shm name.
+
+Each worker is ``python -m netmesh.cluster.node_worker --control-fd N`` with one end of a socketpair
+as its control channel (protocol: :mod:`netmesh.cluster.control`). Workers die with the
+supervisor: they set PR_SET_PDEATHSIG and also exit when the control channel reaches
+EOF, unlinking the shared-memory names they were given. Every name carries this run's
+prefix ``netmesh-<supervisor pid>-<token>``; ``close()`` unlinks them all, and a new
+supervisor removes names left by runs whose supervisor pid is dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from netmesh.cluster import control
+from netmesh.errors import Closed, DecodeError, NetmeshError, NodeUnresponsive
+from netmesh.ring.shm import unlink_ring
+
+log = logging.getLogger(__name__)
+SHM_DIR = "/dev/shm"
+_RUN_NAME = re.compile(r"^(?:sem\.)?netmesh-(\d+)-[0-9a-f]+-")
+
+
+class WorkerError(NetmeshError):
+    """A worker answered a control request with an error (the message says which)."""
+
+
+@dataclass
+class Worker:
+    """One worker process and its control channel."""
+
+    index: int
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    decoder: control.FrameDecoder = field(default_factory=control.FrameDecoder)
+    events: list[list[Any]] = field(default_factory=list)
+    responses: dict[int, list[Any]] = field(default_factory=dict)
+    abandoned: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Supervisor:
+    """Process manager for one run; use as a context manager or call ``close()``."""
+
+    def __init__(self) -> None:
+        self.prefix = f"netmesh-{os.getpid()}-{secrets.token_hex(4)}"
+        self.workers: dict[int, Worker] = {}
+        self._names: set[str] = set()
+        self._next_id = 1
+        self._closed = False
+        remove_stale_names()
+
+    # -- names -----------------------------------------------------------------------
+    def name(self, *parts: object) -> str:
+        """A new shm/semaphore name of this run (registered for cleanup)."""
+        n = "/" + "-".join([self.prefix, *map(str, parts)])
+        self._names.add(n)
+        return n
+
+    def forget_name(self, name: str) -> None:
+        self._names.discard(name)
+
+    # -- processes -------------------------------------------------------------------
+    def spawn(self, index: int, args: list[str] | None = None) -> Worker:
+        """Start worker ``index`` (``python -P -m netmesh.cluster.node_worker``)."""
+        if self._closed:
+            raise Closed("supervisor is closed")
+        old = self.workers.get(index)
+        if old is not None:  # a restart: the previous incarnation's channel is done
+            old.sock.close()
+            _PROCS.pop(old.pid, None)
+        ours, theirs = socket.socketpair()
+        cmd = [
+            sys.executable,
+            "-P",
+            "-m",
+            "netmesh.cluster.node_worker",
+            "--control-fd",
+            str(theirs.fileno()),
+            "--parent-pid",
+            str(os.getpid()),
+            *(args or []),
+        ]
+        proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
+        theirs.close()
+        w = Worker(index, proc, ours)
+        self.workers[index] = w
+        return w
+
+    def call(self, index: int, op: str, /, timeout: float = 10.0, **args: Any) -> Any:
+        """Send a control request and wait for its answer.
+
+        Raises NodeUnresponsive (no answer in time, or the worker died), WorkerError
+        (the worker reported an error), Closed.
+        """
+        w = self.workers.get(index)
+        if w is None or not w.alive():
+            raise NodeUnresponsive(f"node {index} is not running")
+        req_id = self._next_id
+        self._next_id += 1
+        try:
+            w.sock.sendall(control.request(req_id, op, args))
+        except OSError as exc:
+            raise NodeUnresponsive(f"node {index}: control channel broken ({exc})") from None
+        deadline = time.monotonic() + timeout
+        while req_id not in w.responses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                w.abandoned.add(req_id)  # a late answer is dropped, not kept forever
+                raise NodeUnresponsive(f"node {index} did not answer {op!r} within {timeout}s")
+            self._pump(w, remaining)
+        _, _, ok, value = w.responses.pop(req_id)
+        if not ok:
+            raise WorkerError(f"node {index} {op}: {value}")
+        return value
+
+    def wait_event(self, index: int, kind: str, timeout: float = 10.0) -> Any:
+        """Wait for an unsolicited event ``kind`` from worker ``index``."""
+        w = self.workers[index]
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(w.events):
+                if ev[2] == kind:
+                    del w.events[i]
+                    return ev[3]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NodeUnresponsive(f"node {index} sent no {kind!r} within {timeout}s")
+            self._pump(w, remaining)
+
+    def _pump(self, w: Worker, timeout: float) -> None:
+        w.sock.settimeout(min(timeout, 0.2))
+        try:
+            data = w.sock.recv(1 << 20)
+        except TimeoutError:
+            if not w.alive():
+                raise NodeUnresponsive(
+                    f"node {w.index} exited with code {w.proc.returncode}"
+                ) from None
+            return
+        except OSError as exc:
+            raise NodeUnresponsive(f"node {w.index}: control channel broken ({exc})") from None
+        if not data:
+            w.proc.wait(5)
+            raise NodeUnresponsive(f"node {w.index} exited with code {w.proc.returncode}")
+        try:
+            messages = w.decoder.feed(data)
+        except DecodeError as exc:
+            raise NodeUnresponsive(
+                f"node {w.index} sent garbage on its control channel ({exc})"
+            ) from None
+        for msg in messages:
+            if msg[0] == control.RESPONSE:
+                if msg[1] in w.abandoned:
+                    w.abandoned.discard(msg[1])
+                else:
+                    w.responses[msg[1]] = msg
+            else:
+                w.events.append(msg)
+
+    def kill(self, index: int) -> int | None:
+        """SIGKILL worker ``index`` and reap it; returns its exit code."""
+        w = self.workers.get(index)
+        if w is None:
+            return None
+        if w.alive():
+            w.proc.send_signal(signal.SIGKILL)
+        code = w.proc.wait(10)
+        w.sock.close()
+        return code
+
+    def stop(self, index: int, grace: float = 3.0) -> int | None:
+        """Ask worker ``index`` to shut down, SIGTERM then SIGKILL after ``grace`` s."""
+        w = self.workers.get(index)
+        if w is None:
+            return None
+        if w.alive():
+            with contextlib.suppress(NetmeshError):
+                self.call(index, "shutdown", timeout=grace)
+            try:
+                w.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                w.proc.terminate()
+                try:
+                    w.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait(5)
+        w.sock.close()
+        return w.proc.returncode
+
+    def exit_code(self, index: int) -> int | None:
+        """None while worker ``index`` runs, else its exit code (negative: signal)."""
+        w = self.workers.get(index)
+        return None if w is None else w.proc.poll()
+
+    def process_stats(self, index: int) -> dict[str, Any]:
+        """psutil figures of worker ``index``: cpu_percent since last call, rss, threads."""
+        w = self.workers.get(index)
+        if w is None or not w.alive():
+            return {"cpu_percent": 0.0, "rss_bytes": 0, "threads": 0}
+        try:
+            p = _psutil_process(w.pid)
+            with p.oneshot():
+                return {
+                    "cpu_percent": p.cpu_percent(None),
+                    "rss_bytes": p.memory_info().rss,
+                    "threads": p.num_threads(),
+                }
+        except psutil.Error:
+            return {"cpu_percent": 0.0, "rss_bytes": 0, "threads": 0}
+
+    # -- shutdown --------------------------------------------------------------------
+    def close(self, grace: float = 3.0) -> None:
+        """Stop every worker and unlink every name of this run; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for index in list(self.workers):
+                self.stop(index, grace)
+        finally:
+            for n in self._names:
+                unlink_ring(n)
+            self._names.clear()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_PROCS: dict[int, psutil.Process] = {}
+
+
+def _psutil_process(pid: int) -> psutil.Process:
+    # keep one Process per pid so cpu_percent(None) measures since the previous call
+    p = _PROCS.get(pid)
+    if p is None:
+        p = _PROCS[pid] = psutil.Process(pid)
+    return p
+
+
+def remove_stale_names() -> list[str]:
+    """Unlink names of runs whose supervisor process no longer exists; returns them."""
+    removed: list[str] = []
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        m = _RUN_NAME.match(entry)
+        if m and not psutil.pid_exists(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(SHM_DIR, entry))
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed

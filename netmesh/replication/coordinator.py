@@ -1,0 +1,917 @@
+"""Per-channel replication coordinator: a pure state machine (no IO, no clock).
+
+Theory of operation
+-------------------
+The shell feeds inputs and executes the returned outputs, in list order, before the
+next input (etcd's Ready loop, flattened):
+
+* inputs: ``tick(now)``, ``step(from_id, msg, now)``, ``local_appended(tail, now)``,
+  ``serve(req, payloads, now)``, ``applied(tail)``, ``transition_to(role, signal)``.
+* outputs: :class:`SaveHardState` (persist before anything after it is sent),
+  :class:`Truncate` / :class:`Apply` (change the local log), :class:`Send`,
+  :class:`ServeSync` (read the log, call :meth:`ReplicationCoordinator.serve`),
+  :class:`CommitAdvanced`, :class:`RoleChanged` (notifications).
+
+Logs and seqs. Seqs start at 0; ``tail_seq`` is the next seq (= events held);
+``commit_seq`` is exclusive too. Each node keeps an *epoch history* ``[(term,
+start_seq)]`` (Kafka leader epochs): the leader of ``term`` wrote its first event at
+``start_seq``. A new leader appends ``(term, tail)`` at once, so its newest epoch may
+be empty: it plays the role of Raft's no-op entry without taking a seq. Terms are
+unique per candidate (``term % n == index of the candidate in the sorted member
+list``), so each term has at most one leader even where no majority is required.
+
+Log matching. Two logs holding the same term at the same seq hold the same prefix.
+A follower asks ``SyncRequest(from_seq=tail, last_term=term of event tail-1)``; the
+leader serves only if its own event ``from_seq-1`` has that term.
+
+Divergence rule. Otherwise the leader answers ``Nack(DIVERGED, epoch_term=T,
+epoch_end=E)`` where T is its newest epoch term <= the follower's ``last_term`` and
+E the end (exclusive) of that epoch in the leader's log. The follower truncates to
+``min(E, end of its own epochs up to T, tail)`` and asks again; every round strictly
+shortens the log until the terms match (at seq 0 they always do). Entries pushed or
+served with a conflicting term for a seq the follower holds also truncate from the
+first conflicting seq. The discarded suffix is never mixed into the new history: it
+is dropped with a :class:`Truncate` output and counted in ``truncated_events_total``.
+With ``ack="quorum"`` those events were never committed (acknowledged), so nothing
+acknowledged is lost; with ``ack="leader"`` a split brain loses the suffix of the side
+whose newest event has the older term.
+
+Election. A Replica that hears nothing from its leader for ``missed_heartbeats`` x
+``heartbeat_ms`` becomes Candidate and computes the deterministic winner among itself
+and the members it heard within that window: the most up-to-date log, then the pinned
+leader, then the lowest node id. If it is the winner it campaigns (VoteRequest at its
+next owned term), else it returns to Replica and waits a further window. Log order:
+``(epoch_term, tail)`` in quorum mode (safe with the virtual no-op), ``(last event
+term, tail)`` in leader mode. Voters grant once per term to a log at least as up to
+date as theirs. ``ack="quorum"``: a majority of grants wins; a Replica only campaigns
+when it heard a majority (pre-vote), and a leader that has not heard a majority for
+the window steps down. ``ack="leader"``: the candidate wins when every member it heard
+within the window granted (a lone survivor wins alone); a replica whose newest event
+is newer than its leader's challenges it. The pinned leader campaigns as soon as it is
+in sync with a leader that is not itself (or, with no leader, as soon as it may).
+
+Replication. A follower not in sync with its leader's heartbeat keeps one SyncRequest
+outstanding (retried after one heartbeat); each response is applied idempotently
+(held prefix skipped, gaps and term mismatches ignored). A follower acks what it
+holds once it has adopted the leader's epoch; acked followers are *streaming*: the
+leader pushes new events to them right after ``local_appended`` (request_id 0), at
+most ``max_inflight`` unacked pushes each. Leader commit = highest seq held by a
+majority of current-term acks. Sync responses are charged to a token bucket; over
+budget the leader NACKs BACKPRESSURE and the follower retries after half a heartbeat.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from netmesh.errors import InvalidTransition, LocalProtocolError
+from netmesh.log.hardstate import HardState
+from netmesh.replication.budget import TokenBucket
+from netmesh.replication.messages import (
+    MAX_TERM,
+    Ack,
+    Epoch,
+    Heartbeat,
+    Message,
+    Nack,
+    NackReason,
+    SyncRequest,
+    SyncResponse,
+    VoteRequest,
+    VoteResponse,
+)
+from netmesh.replication.quorum import committed_seq, majority, vote_outcome
+from netmesh.replication.roles import TRANSITIONS, ReplicaRole, TransitionSignal, transition
+
+if TYPE_CHECKING:
+    import random
+
+    from netmesh.config import ReplicationConfig
+
+RESPONSE_OVERHEAD = 47
+EVENT_OVERHEAD = 12
+DEFAULT_MAX_INFLIGHT = 4
+
+L, R, C, IDLE = ReplicaRole.LEADER, ReplicaRole.REPLICA, ReplicaRole.CANDIDATE, ReplicaRole.IDLE
+Sig = TransitionSignal
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``msg`` (encode with ``messages.encode``) to node ``to`` on this channel."""
+
+    to: int
+    msg: Message
+
+
+@dataclass(frozen=True)
+class ServeSync:
+    """Read events from ``from_seq`` (at least one, then while the payload bytes fit
+    ``max_bytes``) and pass them to :meth:`ReplicationCoordinator.serve`."""
+
+    to: int
+    from_seq: int
+    max_bytes: int
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Append ``payloads`` to the local log; the first gets seq ``first_seq`` (= tail)."""
+
+    first_seq: int
+    payloads: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Truncate:
+    """Discard local events with seq >= ``from_seq`` (a divergent, unacknowledged suffix)."""
+
+    from_seq: int
+
+
+@dataclass(frozen=True)
+class CommitAdvanced:
+    """Events below ``commit_seq`` are held by a majority (quorum-mode appends may return)."""
+
+    commit_seq: int
+
+
+@dataclass(frozen=True)
+class RoleChanged:
+    old: ReplicaRole
+    new: ReplicaRole
+    term: int
+
+
+@dataclass(frozen=True)
+class SaveHardState:
+    """Persist ``state`` before executing the outputs that follow it."""
+
+    state: HardState
+
+
+Output = Send | ServeSync | Apply | Truncate | CommitAdvanced | RoleChanged | SaveHardState
+
+
+@dataclass
+class ReplicationMetrics:
+    """Per-channel counters and gauges (snapshot with ``dataclasses.asdict``).
+
+    sync_requests_total counts SyncRequests this node sent; sync_bytes_total the
+    estimated bytes of SyncResponses it shipped (47 + 12/event + payload).
+    """
+
+    role: ReplicaRole = ReplicaRole.IDLE
+    term: int = 0
+    tail_seq: int = 0
+    commit_seq: int = 0
+    sync_bytes_total: int = 0
+    sync_requests_total: int = 0
+    leader_changes_total: int = 0
+    elections_total: int = 0
+    under_capacity_total: int = 0
+    heartbeats_sent_total: int = 0
+    heartbeats_received_total: int = 0
+    replica_lag_seconds: float | None = None
+    replica_lag_events: int = 0
+    truncated_events_total: int = 0
+
+
+# ----------------------------------------------------------------------- epoch helpers
+
+
+def term_at(epochs: Sequence[Epoch], seq: int) -> int:
+    """Term of the event at ``seq`` according to ``epochs`` (0 for seq < 0 or none)."""
+    if seq < 0:
+        return 0
+    i = bisect.bisect_right([s for _, s in epochs], seq)
+    return epochs[i - 1][0] if i else 0
+
+
+def add_epoch(epochs: tuple[Epoch, ...], term: int, start: int) -> tuple[Epoch, ...]:
+    """Append ``(term, start)``; an empty newest epoch at the same start is replaced."""
+    if epochs and epochs[-1][0] == term:
+        return epochs
+    if epochs and epochs[-1][1] >= start:
+        return (*epochs[:-1], (term, start))
+    return (*epochs, (term, start))
+
+
+def epoch_end(epochs: Sequence[Epoch], term: int, tail: int) -> tuple[int, int]:
+    """(T, end): T = newest epoch term <= ``term``; end = where epoch T ends (exclusive)."""
+    for i in range(len(epochs) - 1, -1, -1):
+        if epochs[i][0] <= term:
+            end = epochs[i + 1][1] if i + 1 < len(epochs) else tail
+            return epochs[i][0], end
+    return 0, 0
+
+
+def own_end(epochs: Sequence[Epoch], term: int, tail: int) -> int:
+    """Start of the first epoch newer than ``term``, else ``tail``."""
+    return next((s for t, s in epochs if t > term), tail)
+
+
+def overlapping(epochs: Sequence[Epoch], first: int, end: int) -> tuple[Epoch, ...]:
+    """Epochs covering some seq in ``[first, end]`` (end inclusive)."""
+    out = []
+    for i, (t, s) in enumerate(epochs):
+        nxt = epochs[i + 1][1] if i + 1 < len(epochs) else None
+        if s <= end and (nxt is None or nxt > first):
+            out.append((t, s))
+    return tuple(out)
+
+
+def first_conflict(
+    own: Sequence[Epoch], theirs: Sequence[Epoch], first: int, stop: int
+) -> int | None:
+    """First seq in ``[first, stop)`` whose term differs between the two histories."""
+    points = {first} | {s for _, s in (*own, *theirs) if first < s < stop}
+    for seq in sorted(points):
+        if seq < stop and term_at(own, seq) != term_at(theirs, seq):
+            return seq
+    return None
+
+
+def _order_for_durability(out: list[Output], save: SaveHardState) -> list[Output]:
+    """Log changes first, then the hard state, then everything that leaves the node.
+
+    The epoch history in the hard state labels the log's events with terms; saving it
+    before a Truncate/Apply is executed would, after a crash in between, label old
+    events with a new term (and so hide a divergence). Saving it after them leaves at
+    worst events labelled with an older term, which the DIVERGED path repairs. The
+    save still precedes every Send, so a vote or an ack never leaves before it is
+    durable.
+    """
+    log_changes = [o for o in out if isinstance(o, Truncate | Apply)]
+    others = [o for o in out if not isinstance(o, Truncate | Apply)]
+    return [*log_changes, save, *others]
+
+
+@dataclass
+class _Peer:
+    heard_at: float | None = None
+    epoch_term: int = 0
+    last_term: int = 0
+    tail: int = 0
+
+
+@dataclass
+class _Progress:
+    match: int = 0
+    sent: int = 0
+    inflight: int = 0
+    streaming: bool = False
+    last_push: float = float("-inf")
+
+
+@dataclass
+class _Campaign:
+    granted: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)
+    required: set[int] = field(default_factory=set)
+    deadline: float = 0.0
+    manual: bool = False
+
+
+# -------------------------------------------------------------------------- coordinator
+
+
+class ReplicationCoordinator:
+    """Replication state machine of one channel on one node; see the module docstring.
+
+    Args:
+        self_id: this node's id (must be in ``members``).
+        config: the channel's :class:`~netmesh.config.ReplicationConfig`.
+        members: node ids holding the channel (self included); order is irrelevant.
+        now: current time in seconds (monotonic, any origin).
+        tail_seq: the local log's ``next_seq`` at start.
+        hard_state: what a previous incarnation saved (None: fresh).
+        rng: seeds request ids (optional; ids only need to differ between restarts).
+        auto_bootstrap: go Idle -> Replica on the first tick.
+        max_inflight: unacked pushes per streaming follower.
+        min_push_gap: least seconds between two pushes to one follower, unless at
+            least ``push_batch_events`` events wait; a push held back sets
+            ``push_due`` (under load small batches travel in fewer, larger pushes;
+            bulk transfers and low rates are not delayed).
+
+    Raises:
+        LocalProtocolError: ``self_id`` not in ``members``.
+    """
+
+    def __init__(
+        self,
+        self_id: int,
+        config: ReplicationConfig,
+        members: Sequence[int],
+        *,
+        now: float = 0.0,
+        tail_seq: int = 0,
+        hard_state: HardState | None = None,
+        rng: random.Random | None = None,
+        auto_bootstrap: bool = True,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        min_push_gap: float = 0.0,
+        push_batch_events: int = 512,
+    ) -> None:
+        self.members = tuple(sorted(set(members)))
+        self.min_push_gap = min_push_gap
+        self.push_batch_events = push_batch_events
+        #: earliest time a push held back by ``min_push_gap`` may go; the shell calls
+        #: ``local_appended`` again then (None: nothing held back)
+        self.push_due: float | None = None
+        if self_id not in self.members:
+            raise LocalProtocolError(f"node {self_id} is not a member of {list(self.members)}")
+        self.self_id = self_id
+        self.config = config
+        self.pinned = config.leader_pinned
+        self.hb = config.heartbeat_ms / 1000.0
+        self.silence = config.missed_heartbeats * self.hb
+        self.quorum_mode = config.ack == "quorum"
+        self.max_inflight = max_inflight
+        self.auto_bootstrap = auto_bootstrap
+        hs = hard_state or HardState()
+        self.term, self.voted_for = hs.term, hs.voted_for
+        self.epochs = tuple(e for e in hs.epochs if e[1] <= tail_seq)
+        self.tail = tail_seq
+        self.commit = 0
+        self.role = ReplicaRole.IDLE
+        self.leader_id: int | None = None
+        self.metrics = ReplicationMetrics()
+        self.budget = TokenBucket.for_replication(
+            config.replication_budget_fraction, config.nic_peak_bytes_per_s, now
+        )
+        self._peers = {p: _Peer() for p in self.members if p != self_id}
+        self._progress: dict[int, _Progress] = {}
+        self._campaign = _Campaign()
+        self._now = now
+        self._out: list[Output] = []
+        self._dirty = False
+        self._bootstrapped = False
+        self._leader_heard_at = now
+        self._leader_tail = 0
+        self._leader_since = now
+        # a (re)started node waits one silence window before it may campaign, so a
+        # restarted pinned node cannot win alone with a short log before it has heard
+        # the current leader
+        self._last_campaign_at = now
+        self._next_hb_at = now
+        self._outstanding: tuple[int, float] | None = None
+        self._backoff_until = float("-inf")
+        self._next_rid = (rng.getrandbits(48) if rng is not None else 0) | 1
+        self._handlers: dict[type, Callable[[int, Any], None]] = {
+            Heartbeat: self._on_heartbeat,
+            SyncRequest: self._on_sync_request,
+            SyncResponse: self._on_sync_response,
+            Nack: self._on_nack,
+            VoteRequest: self._on_vote_request,
+            VoteResponse: self._on_vote_response,
+            Ack: self._on_ack,
+        }
+        self._tickers: dict[ReplicaRole, Callable[[], None]] = {
+            R: self._tick_replica,
+            C: self._tick_candidate,
+            L: self._tick_leader,
+        }
+
+    # ------------------------------------------------------------------ public inputs
+
+    @property
+    def tail_seq(self) -> int:
+        return self.tail
+
+    @property
+    def commit_seq(self) -> int:
+        return self.commit
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for, self.epochs)
+
+    def tick(self, now: float) -> list[Output]:
+        """Advance timers: bootstrap, heartbeats, silence detection, retries."""
+        self._begin(now)
+        if self.role is IDLE and self.auto_bootstrap and not self._bootstrapped:
+            self._bootstrap()
+        ticker = self._tickers.get(self.role)
+        if ticker is not None:
+            ticker()
+        return self._end()
+
+    def step(self, from_id: int, msg: Message, now: float) -> list[Output]:
+        """Handle one decoded message from member ``from_id`` (others are dropped)."""
+        self._begin(now)
+        peer = self._peers.get(from_id)
+        if peer is not None and self.role is not IDLE:
+            peer.heard_at = now
+            if msg.term > self.term:
+                self._adopt_term(msg.term)
+            self._handlers[type(msg)](from_id, msg)
+        return self._end()
+
+    def local_appended(self, tail_seq: int, now: float) -> list[Output]:
+        """The shell appended locally; the log's next seq is now ``tail_seq``.
+
+        Only the leader should append (the shell refuses appends elsewhere); an event
+        appended on a non-leader is a divergent suffix and will be truncated.
+        """
+        self._begin(now)
+        self.tail = max(self.tail, tail_seq)
+        if self.role is L:
+            for p in self._progress:
+                self._maybe_push(p)
+            self._maybe_commit()
+        return self._end()
+
+    def applied(self, new_tail: int) -> list[Output]:
+        """Correct the coordinator if executing Apply/Truncate left another tail."""
+        self._begin(self._now)
+        if new_tail != self.tail:
+            self.tail = new_tail
+            self._set_epochs(tuple(e for e in self.epochs if e[1] <= new_tail))
+            self.commit = min(self.commit, new_tail)
+        return self._end()
+
+    def serve(self, req: ServeSync, payloads: Sequence[bytes], now: float) -> list[Output]:
+        """Answer a :class:`ServeSync` with the events the shell read."""
+        self._begin(now)
+        if self.role is L and req.to in self._progress and req.from_seq <= self.tail:
+            self._respond(
+                req.to, req.request_id, req.from_seq, tuple(payloads)[: self.tail - req.from_seq]
+            )
+        elif req.request_id:
+            self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER, req.from_seq))
+        return self._end()
+
+    def transition_to(
+        self, role: ReplicaRole, signal: TransitionSignal, now: float | None = None
+    ) -> list[Output]:
+        """Drive a role change by hand (the reference tests do).
+
+        Asking for the role the coordinator already has (with a signal that can lead
+        there) is a no-op: the automatic machinery may have got there first.
+
+        Raises:
+            InvalidTransition: the table has no ``(current role, signal) -> role``.
+        """
+        self._begin(self._now if now is None else now)
+        if role is self.role and any(
+            t is role and s is signal for (_, s), t in TRANSITIONS.items()
+        ):
+            return self._end()
+        transition(self.role, signal, role)
+        self._manual(signal)
+        return self._end()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _begin(self, now: float) -> None:
+        self._now = max(self._now, now)
+        self._out = []
+        if self.push_due is not None and self._now >= self.push_due:
+            self.push_due = None  # its time has come: this input re-evaluates pushes
+
+    def _end(self) -> list[Output]:
+        out, self._out = self._out, []
+        if self._dirty:
+            self._dirty = False
+            out = _order_for_durability(out, SaveHardState(self.hard_state))
+        m = self.metrics
+        m.role, m.term, m.tail_seq, m.commit_seq = self.role, self.term, self.tail, self.commit
+        return out
+
+    def _send(self, to: int, msg: Message) -> None:
+        self._out.append(Send(to, msg))
+
+    def _set_role(self, signal: TransitionSignal) -> None:
+        old = self.role
+        self.role = transition(old, signal)
+        if self.role is L:
+            self.metrics.leader_changes_total += 1
+        elif self.role is C:
+            self.metrics.elections_total += 1
+        if self.role is not old:
+            self._out.append(RoleChanged(old, self.role, self.term))
+
+    def _set_epochs(self, epochs: tuple[Epoch, ...]) -> None:
+        if epochs != self.epochs:
+            self.epochs = epochs
+            self._dirty = True
+
+    def _adopt_term(self, term: int) -> None:
+        self.term, self.voted_for, self.leader_id = term, None, None
+        self._dirty = True
+        self._outstanding = None
+        if self.role in (L, C):
+            self._set_role(Sig.HIGHER_TERM_SEEN)
+            self._leader_heard_at = self._now
+
+    def _manual(self, signal: TransitionSignal) -> None:
+        if signal is Sig.CAPABILITY_SELECTED:
+            self._bootstrap()
+        elif signal is Sig.MISSED_HEARTBEATS and self.role is R:
+            self._set_role(signal)
+            self._start_campaign(manual=True)
+        elif signal is Sig.ELECTION_WON:
+            if self.quorum_mode and not self._has_majority_grants():
+                # quorum safety rests on the vote: a hand-made leader could commit over
+                # a log that lacks committed events
+                raise InvalidTransition(
+                    "ack='quorum': ELECTION_WON needs a majority of granted votes"
+                )
+            self._become_leader()
+        else:
+            self._set_role(signal)
+            if self.role is not R or self.leader_id == self.self_id:
+                self.leader_id = None
+            self._leader_heard_at = self._now
+            self._bootstrapped = True
+
+    # ------------------------------------------------------------------ log views
+
+    def _epoch_term(self) -> int:
+        return self.epochs[-1][0] if self.epochs else 0
+
+    def _last_term(self) -> int:
+        return term_at(self.epochs, self.tail - 1)
+
+    def _own_key(self) -> tuple[int, int]:
+        first = self._epoch_term() if self.quorum_mode else self._last_term()
+        return first, self.tail
+
+    def _peer_key(self, p: int) -> tuple[int, int]:
+        peer = self._peers[p]
+        return (peer.epoch_term if self.quorum_mode else peer.last_term), peer.tail
+
+    def _healthy(self) -> set[int]:
+        return {
+            p
+            for p, peer in self._peers.items()
+            if peer.heard_at is not None and self._now - peer.heard_at < self.silence
+        }
+
+    def _quorum_reachable(self) -> bool:
+        return len(self._healthy()) + 1 >= majority(len(self.members))
+
+    def _may_campaign(self) -> bool:
+        return not self.quorum_mode or self._quorum_reachable()
+
+    def _in_sync(self) -> bool:
+        return (
+            self.leader_id is not None
+            and self.tail == self._leader_tail
+            and self._epoch_term() == self.term
+        )
+
+    def _next_owned_term(self) -> int:
+        n, idx = len(self.members), self.members.index(self.self_id)
+        return self.term + 1 + ((idx - (self.term + 1)) % n)
+
+    # ------------------------------------------------------------------ ticks
+
+    def _bootstrap(self) -> None:
+        self._set_role(Sig.CAPABILITY_SELECTED)
+        self._bootstrapped = True
+        self._leader_heard_at = self._now
+        self._next_hb_at = self._now
+
+    def _tick_replica(self) -> None:
+        self._maybe_heartbeat()
+        if self.leader_id is not None:
+            self.metrics.replica_lag_seconds = self._now - self._leader_heard_at
+            self.metrics.replica_lag_events = max(0, self._leader_tail - self.tail)
+        if (
+            self.leader_id is None
+            and self.self_id == self.pinned
+            and self._now - self._last_campaign_at >= self.silence
+            and self._may_campaign()
+        ):
+            self._set_role(Sig.MISSED_HEARTBEATS)
+            self._start_campaign()
+        elif self._now - self._leader_heard_at >= self.silence:
+            self._on_silence()
+        else:
+            self._maybe_request()
+
+    def _tick_candidate(self) -> None:
+        if self._now >= self._campaign.deadline:
+            self._lose()
+
+    def _tick_leader(self) -> None:
+        if self._maybe_heartbeat():
+            for prog in self._progress.values():
+                prog.inflight, prog.sent = 0, prog.match
+        if (
+            self.quorum_mode
+            and self._now - self._leader_since >= self.silence
+            and not self._quorum_reachable()
+        ):
+            self._set_role(Sig.MISSED_HEARTBEATS)
+            self.leader_id = None
+            self._leader_heard_at = self._now
+
+    def _maybe_heartbeat(self) -> bool:
+        if self._now < self._next_hb_at:
+            return False
+        self._next_hb_at = self._now + self.hb
+        hb = Heartbeat(
+            self.term,
+            self.leader_id or 0,
+            self.role,
+            self.tail,
+            self.commit,
+            self._epoch_term(),
+            self._last_term(),
+        )
+        for p in self._peers:
+            self._send(p, hb)
+        self.metrics.heartbeats_sent_total += len(self._peers)
+        return True
+
+    # ------------------------------------------------------------------ elections
+
+    def _on_silence(self) -> None:
+        self.leader_id = None
+        self._set_role(Sig.MISSED_HEARTBEATS)
+        if self._winner() == self.self_id and self._may_campaign():
+            self._start_campaign()
+        else:
+            self._lose()
+
+    def _winner(self) -> int:
+        keys = {p: self._peer_key(p) for p in self._healthy()}
+        keys[self.self_id] = self._own_key()
+        return max(keys, key=lambda p: (keys[p], p == self.pinned, -p))
+
+    def _start_campaign(self, manual: bool = False) -> None:
+        term = self._next_owned_term()
+        if term > MAX_TERM:  # only a hostile term gets here; peers would reject ours
+            self._last_campaign_at = self._now
+            self._lose()
+            return
+        self.term = term
+        self.voted_for, self.leader_id = self.self_id, None
+        self._dirty = True
+        self._outstanding = None
+        self._last_campaign_at = self._now
+        self._campaign = _Campaign(
+            {self.self_id}, set(), self._healthy(), self._now + self.silence, manual
+        )
+        req = VoteRequest(self.term, self._epoch_term(), self._last_term(), self.tail)
+        for p in self._peers:
+            self._send(p, req)
+        self._check_votes()
+
+    def _check_votes(self) -> None:
+        c = self._campaign
+        if self.quorum_mode:
+            outcome = vote_outcome(len(c.granted), len(c.rejected), len(self.members))
+        elif c.rejected:
+            outcome = False
+        else:
+            outcome = True if c.required <= c.granted else None
+        if outcome is False and c.manual:
+            outcome = None
+        if outcome is True:
+            self._become_leader()
+        elif outcome is False:
+            self._lose()
+
+    def _has_majority_grants(self) -> bool:
+        return len(self._campaign.granted) >= majority(len(self.members))
+
+    def _lose(self) -> None:
+        self._set_role(Sig.ELECTION_LOST)
+        self._leader_heard_at = self._now
+
+    def _become_leader(self) -> None:
+        self._set_role(Sig.ELECTION_WON)
+        self.leader_id = self.self_id
+        self._set_epochs(add_epoch(self.epochs, self.term, self.tail))
+        self._progress = {p: _Progress() for p in self._peers}
+        self._leader_since = self._now
+        self._next_hb_at = self._now
+        self._maybe_heartbeat()
+        self._maybe_commit()
+
+    def _on_vote_request(self, frm: int, m: VoteRequest) -> None:
+        if m.term < self.term:
+            self._send(frm, VoteResponse(self.term, False))
+            return
+        theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
+        ok = self.role is not L and self.voted_for in (None, frm) and theirs >= self._own_key()
+        if ok:
+            self.voted_for = frm
+            self._dirty = True
+            self._leader_heard_at = self._now
+        self._send(frm, VoteResponse(self.term, ok))
+
+    def _on_vote_response(self, frm: int, m: VoteResponse) -> None:
+        if self.role is C and m.term == self.term:
+            (self._campaign.granted if m.granted else self._campaign.rejected).add(frm)
+            self._check_votes()
+
+    # ------------------------------------------------------------------ follower side
+
+    def _on_heartbeat(self, frm: int, m: Heartbeat) -> None:
+        peer = self._peers[frm]
+        peer.epoch_term, peer.last_term, peer.tail = m.epoch_term, m.last_term, m.tail_seq
+        self.metrics.heartbeats_received_total += 1
+        if m.term < self.term:
+            return
+        if m.role is L and self.role is R:
+            self._follow(frm, m.tail_seq)
+            self.metrics.replica_lag_seconds = 0.0
+            self.metrics.replica_lag_events = max(0, m.tail_seq - self.tail)
+            self._learn_commit(m.commit_seq)
+            self._maybe_challenge(m)
+            self._maybe_request()
+        elif self.role is L and m.epoch_term == self.term:
+            self._record_match(frm, m.tail_seq, acked=False)
+
+    def _follow(self, leader: int, leader_tail: int) -> None:
+        if self.leader_id != leader:
+            self.leader_id, self._leader_tail = leader, 0
+        self._leader_heard_at = self._now
+        self._leader_tail = max(self._leader_tail, leader_tail)
+
+    def _learn_commit(self, commit: int) -> None:
+        if self._epoch_term() != self.term or self.leader_id is None:
+            return
+        new = min(commit, self.tail)
+        if new > self.commit:
+            self.commit = new
+            self._out.append(CommitAdvanced(new))
+
+    def _maybe_challenge(self, m: Heartbeat) -> None:
+        if self._now - self._last_campaign_at < self.silence:
+            return
+        challenge = (
+            not self.quorum_mode
+            and self._epoch_term() != self.term
+            and (self._last_term(), self.tail) > (m.last_term, m.tail_seq)
+        )
+        handoff = self.self_id == self.pinned and self._in_sync()
+        if challenge or handoff:
+            self._set_role(Sig.MISSED_HEARTBEATS)
+            self._start_campaign()
+
+    def _maybe_request(self) -> None:
+        if self.role is not R or self.leader_id is None or self._in_sync():
+            return
+        if self._outstanding is not None and self._now - self._outstanding[1] < self.hb:
+            return
+        if self._now < self._backoff_until:
+            return
+        rid, self._next_rid = self._next_rid, (self._next_rid + 1) & ((1 << 64) - 1) or 1
+        self._send(
+            self.leader_id,
+            SyncRequest(self.term, self.tail, self._last_term(), self.config.sync_chunk_bytes, rid),
+        )
+        self._outstanding = (rid, self._now)
+        self.metrics.sync_requests_total += 1
+
+    def _on_sync_response(self, frm: int, m: SyncResponse) -> None:
+        if m.term != self.term or self.role is not R:
+            return
+        self._follow(frm, m.first_seq + len(m.payloads))
+        if self._outstanding is not None and self._outstanding[0] == m.request_id:
+            self._outstanding = None
+        self._apply(frm, m)
+        self._learn_commit(m.commit_seq)
+        self._maybe_request()
+
+    def _apply(self, frm: int, m: SyncResponse) -> None:
+        first, end = m.first_seq, m.first_seq + len(m.payloads)
+        if first > self.tail or term_at(self.epochs, first - 1) != m.prev_term:
+            return
+        conflict = first_conflict(self.epochs, m.epochs, first, min(self.tail, end))
+        if conflict is not None and not self._truncate(conflict):
+            return
+        if end > self.tail:
+            self._out.append(Apply(self.tail, m.payloads[self.tail - first :]))
+            self.tail = end
+        if self.tail != end:
+            return
+        epochs = tuple(e for e in self.epochs if e[1] < first)
+        for t, s in m.epochs:
+            if s >= first:
+                epochs = add_epoch(epochs, t, s)
+        self._set_epochs(epochs)
+        if self._epoch_term() == self.term:
+            self._send(frm, Ack(self.term, self.tail))
+
+    def _truncate(self, seq: int) -> bool:
+        """Drop events >= ``seq``; refuses (False) to cut committed events in quorum mode."""
+        removed = self.tail - seq
+        if removed <= 0:
+            return True
+        if self.quorum_mode and seq < self.commit:
+            return False  # a stale message: committed events are never cut
+        self._out.append(Truncate(seq))
+        self.metrics.truncated_events_total += removed
+        self.tail = seq
+        self._set_epochs(tuple(e for e in self.epochs if e[1] < seq))
+        if self.commit > seq:
+            self.commit = seq
+        return True
+
+    def _on_nack(self, frm: int, m: Nack) -> None:
+        if m.term < self.term or self.role is not R:
+            return
+        current = self._outstanding is not None and self._outstanding[0] == m.request_id
+        if current:
+            self._outstanding = None
+        if m.reason is NackReason.BACKPRESSURE:
+            self._backoff_until = self._now + self.hb / 2
+        elif m.reason is NackReason.DIVERGED and current and m.from_seq == self.tail:
+            self._truncate(min(m.epoch_end, own_end(self.epochs, m.epoch_term, self.tail)))
+            self._maybe_request()
+        elif m.reason is NackReason.CHANNEL_CLOSED and self.leader_id == frm:
+            self.leader_id = None
+        # NOT_LEADER from the leader we follow in this very term is stale (sent while it
+        # was still a candidate): a leader only stops leading by moving to a higher
+        # term, which step() has already adopted, clearing leader_id
+
+    # ------------------------------------------------------------------ leader side
+
+    def _on_sync_request(self, frm: int, m: SyncRequest) -> None:
+        if self.role is not L or m.term != self.term:
+            self._send(frm, Nack(self.term, m.request_id, NackReason.NOT_LEADER, m.from_seq))
+            return
+        if m.from_seq > self.tail or term_at(self.epochs, m.from_seq - 1) != m.last_term:
+            t, end = epoch_end(self.epochs, m.last_term, self.tail)
+            self._send(frm, Nack(self.term, m.request_id, NackReason.DIVERGED, m.from_seq, t, end))
+            return
+        if m.from_seq == self.tail:
+            self._respond(frm, m.request_id, m.from_seq, ())
+        else:
+            max_bytes = min(m.max_bytes, self.config.sync_chunk_bytes)
+            self._out.append(ServeSync(frm, m.from_seq, max_bytes, m.request_id))
+
+    def _respond(self, to: int, rid: int, first: int, payloads: tuple[bytes, ...]) -> None:
+        prog = self._progress[to]
+        cost = RESPONSE_OVERHEAD + sum(len(p) + EVENT_OVERHEAD for p in payloads)
+        if not self.budget.try_consume(cost, self._now):
+            self.metrics.under_capacity_total += 1
+            if rid:
+                self._send(to, Nack(self.term, rid, NackReason.BACKPRESSURE, first))
+            else:
+                prog.inflight = max(0, prog.inflight - 1)
+                prog.sent = prog.match
+            return
+        self.metrics.sync_bytes_total += cost
+        end = first + len(payloads)
+        if not rid:
+            prog.sent = end
+        self._send(
+            to,
+            SyncResponse(
+                self.term,
+                rid,
+                first,
+                term_at(self.epochs, first - 1),
+                self.commit,
+                overlapping(self.epochs, first, end),
+                payloads,
+            ),
+        )
+
+    def _maybe_push(self, p: int) -> None:
+        prog = self._progress[p]
+        if prog.streaming and prog.inflight < self.max_inflight and prog.sent < self.tail:
+            due = prog.last_push + self.min_push_gap
+            small = self.tail - prog.sent < self.push_batch_events
+            if small and self._now < due:  # under load, let events pile up a little
+                self.push_due = due if self.push_due is None else min(self.push_due, due)
+                return
+            self._out.append(ServeSync(p, prog.sent, self.config.sync_chunk_bytes, 0))
+            prog.inflight += 1
+            prog.sent = self.tail
+            prog.last_push = self._now
+
+    def _on_ack(self, frm: int, m: Ack) -> None:
+        if self.role is L and m.term == self.term:
+            self._record_match(frm, m.tail_seq, acked=True)
+
+    def _record_match(self, p: int, tail: int, acked: bool) -> None:
+        prog = self._progress[p]
+        prog.match = max(prog.match, min(tail, self.tail))
+        prog.streaming = True
+        if acked:
+            prog.inflight = max(0, prog.inflight - 1)
+        prog.sent = max(prog.sent, prog.match)
+        self._maybe_commit()
+        self._maybe_push(p)
+
+    def _maybe_commit(self) -> None:
+        c = committed_seq([self.tail, *(prog.match for prog in self._progress.values())])
+        if c > self.commit:
+            self.commit = c
+            self._out.append(CommitAdvanced(c))

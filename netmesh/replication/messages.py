@@ -1,0 +1,256 @@
+"""Replication messages and their msgpack codec.
+
+Theory of operation
+-------------------
+Each message is a frozen dataclass. On the wire it is ONE msgpack array:
+``[version, tag, field1, field2, ...]`` in declaration order; payload lists are a
+msgpack array of bin values, epoch histories an array of ``[term, start_seq]`` pairs.
+One ``packb``/``unpackb`` call per message.
+
+* No channel name or id inside: the transport's ``send(node_id, channel, bytes)``
+  already carries the channel and the sender's authenticated node id, so the shell
+  routes by channel and passes ``from_id`` to ``ReplicationCoordinator.step``.
+* Every message carries the sender's ``term``: any receiver that sees a higher term
+  adopts it (and a leader or candidate steps down).
+* Sequence bounds are exclusive "next seq" values (``tail_seq`` = number of events
+  held = the next seq to assign), except ``first_seq``/``from_seq``, which name the
+  first event of a range.
+* ``decode`` raises only :class:`~netmesh.errors.DecodeError`: for truncated bytes,
+  garbage, an unknown version or tag, a wrong field count or a field of the wrong
+  type or range.
+* Bounds: terms are at most :data:`MAX_TERM` and sequence numbers (``*_seq``,
+  ``epoch_end``, epoch starts) at most :data:`MAX_SEQ`, both 2**62; ``decode``
+  rejects larger values. Honest nodes never get near them (a term grows by at most
+  the member count per election, a seq by one per event), and the headroom below
+  2**64 means ``term + members`` or ``seq + count`` computed from accepted input
+  still encodes as a msgpack uint64 (a peer's term near 2**64 used to make the
+  next owned term unencodable). The coordinator never campaigns past
+  ``MAX_TERM``. Node ids, request ids and ``max_bytes`` are plain uint64.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from netmesh.errors import DecodeError
+from netmesh.log.hardstate import MAX_SEQ, MAX_TERM, Epoch
+from netmesh.replication.roles import ReplicaRole
+
+WIRE_VERSION = 1
+MAX_U64 = (1 << 64) - 1
+
+
+class NackReason(enum.IntEnum):
+    """Why a leader refused a SyncRequest (1..4 are the reference codes)."""
+
+    NOT_LEADER = 1
+    BAD_RANGE = 2
+    BACKPRESSURE = 3
+    CHANNEL_CLOSED = 4
+    DIVERGED = 5
+    """The requester's log diverges; ``epoch_term``/``epoch_end`` say where (see coordinator)."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent every heartbeat by leaders AND replicas to every other member.
+
+    ``epoch_term`` is the term of the sender's newest epoch (the newest leader whose
+    history it has adopted); ``last_term`` the term of its last event (0 if empty).
+    """
+
+    term: int
+    leader_id: int
+    role: ReplicaRole
+    tail_seq: int
+    commit_seq: int
+    epoch_term: int
+    last_term: int
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """Replica -> leader: send events from ``from_seq``; my event ``from_seq - 1`` has
+    term ``last_term``."""
+
+    term: int
+    from_seq: int
+    last_term: int
+    max_bytes: int
+    request_id: int
+
+
+@dataclass(frozen=True)
+class SyncResponse:
+    """Leader -> replica: events ``[first_seq, first_seq+len(payloads))``.
+
+    ``request_id`` 0 marks an unsolicited push. ``prev_term`` is the term of event
+    ``first_seq-1`` (0 for seq -1); ``epochs`` are the leader's epochs overlapping
+    ``[first_seq, end]`` (end inclusive, so an empty newest epoch is included).
+    """
+
+    term: int
+    request_id: int
+    first_seq: int
+    prev_term: int
+    commit_seq: int
+    epochs: tuple[Epoch, ...]
+    payloads: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Nack:
+    """Leader -> replica: a SyncRequest was refused (``reason``)."""
+
+    term: int
+    request_id: int
+    reason: NackReason
+    from_seq: int
+    epoch_term: int = 0
+    epoch_end: int = 0
+
+
+@dataclass(frozen=True)
+class VoteRequest:
+    """Candidate -> member: vote for me in ``term``; my log is (epoch_term, last_term, tail)."""
+
+    term: int
+    epoch_term: int
+    last_term: int
+    tail_seq: int
+
+
+@dataclass(frozen=True)
+class VoteResponse:
+    """Member -> candidate."""
+
+    term: int
+    granted: bool
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Replica -> leader: I hold ``[0, tail_seq)`` identical to yours (quorum commit)."""
+
+    term: int
+    tail_seq: int
+
+
+Message = Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResponse | Ack
+
+# field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
+# s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, e = epochs, p = payloads
+_SCHEMA: dict[int, tuple[type, str]] = {
+    1: (Heartbeat, "tursstt"),
+    2: (SyncRequest, "tstuu"),
+    3: (SyncResponse, "tustsep"),
+    4: (Nack, "tunsts"),
+    5: (VoteRequest, "ttts"),
+    6: (VoteResponse, "tb"),
+    7: (Ack, "ts"),
+}
+_TAGS: dict[type, int] = {cls: tag for tag, (cls, _) in _SCHEMA.items()}
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, enum.IntEnum):
+        return int(value)
+    if isinstance(value, tuple):
+        if value and type(value[0]) is bytes:  # payloads: per batch, not per event
+            return list(value)
+        return [_wire(v) for v in value]
+    return value
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise ``msg`` (one msgpack call)."""
+    body = [WIRE_VERSION, _TAGS[type(msg)], *(_wire(v) for v in vars(msg).values())]
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _uint(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_U64:
+        raise DecodeError(f"expected uint64, got {v!r:.40}")
+    return v
+
+
+def _term(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_TERM:
+        raise DecodeError(f"expected a term in [0, 2**62], got {v!r:.40}")
+    return v
+
+
+def _seq(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_SEQ:
+        raise DecodeError(f"expected a seq in [0, 2**62], got {v!r:.40}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise DecodeError(f"expected bool, got {v!r:.40}")
+    return v
+
+
+def _enum(cls: type[enum.IntEnum], v: Any) -> Any:
+    try:
+        return cls(_uint(v))
+    except ValueError:
+        raise DecodeError(f"bad {cls.__name__} {v!r}") from None
+
+
+def _epochs(v: Any) -> tuple[Epoch, ...]:
+    if type(v) is not list:
+        raise DecodeError("epochs must be a list")
+    out = []
+    for e in v:
+        if type(e) is not list or len(e) != 2:
+            raise DecodeError("epoch must be [term, start_seq]")
+        out.append((_term(e[0]), _seq(e[1])))
+    return tuple(out)
+
+
+def _payloads(v: Any) -> tuple[bytes, ...]:
+    if type(v) is not list or not set(map(type, v)) <= {bytes}:  # C-level, per batch
+        raise DecodeError("payloads must be a list of bin")
+    return tuple(v)
+
+
+_KINDS = {
+    "u": _uint,
+    "t": _term,
+    "s": _seq,
+    "b": _bool,
+    "r": lambda v: _enum(ReplicaRole, v),
+    "n": lambda v: _enum(NackReason, v),
+    "e": _epochs,
+    "p": _payloads,
+}
+
+
+def decode(data: bytes) -> Message:
+    """Parse one message.
+
+    Raises:
+        DecodeError: for anything that is not exactly one well-formed message.
+    """
+    try:
+        body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack message: {type(exc).__name__}") from None
+    if type(body) is not list or len(body) < 2:
+        raise DecodeError("message must be an array [version, tag, ...]")
+    if body[0] != WIRE_VERSION or type(body[0]) is not int:
+        raise DecodeError(f"unsupported wire version {body[0]!r:.20}")
+    entry = _SCHEMA.get(body[1]) if type(body[1]) is int else None
+    if entry is None:
+        raise DecodeError(f"unknown message tag {body[1]!r:.20}")
+    cls, kinds = entry
+    fields = body[2:]
+    if len(fields) != len(kinds):
+        raise DecodeError(f"{cls.__name__} needs {len(kinds)} fields, got {len(fields)}")
+    return cls(*(_KINDS[k](v) for k, v in zip(kinds, fields, strict=True)))

@@ -1,0 +1,361 @@
+"""Hostile and broken input over real UDP: every bad datagram is dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from netmesh import EntityKeypair, MeshNode
+from netmesh.errors import HandshakeError, TransportError
+from netmesh.link import codec
+from netmesh.link.handshake import mac1_key
+from tests.test_node import cfg, link, run, wait_for
+
+
+def capture(node: MeshNode) -> list[bytes]:
+    """Record every datagram ``node`` sends (a tap on its transport)."""
+    seen: list[bytes] = []
+    t = node._transport
+    assert t is not None
+    orig = t.sendto
+
+    def tap(data: bytes, addr: Any) -> None:
+        seen.append(data)
+        orig(data, addr)
+
+    t.sendto = tap  # type: ignore[method-assign]
+    return seen
+
+
+def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        got: list[bytes] = []
+        b.subscribe("m", lambda nid, m: got.append(m))
+        try:
+            sent = capture(a)
+            await link(b, a)
+            a.start()
+            b.start()
+            a.send(b.node_id, "m", b"one")
+            await wait_for(lambda: got == [b"one"])
+            data = next(
+                d
+                for d in reversed(sent)
+                if d[1] == codec.TYPE_DATA and len(d) > codec.DATA_OVERHEAD + 1
+            )
+            initiation = next(d for d in sent if d[1] == codec.TYPE_INITIATION)
+            drops = b.metrics()["drops"]
+            assert all(v == 0 for v in drops.values()), drops
+            # a fresh counter, or the replay pre-check refuses it before decrypting
+            fresh = (int.from_bytes(data[8:16], "little") + 1000).to_bytes(8, "little")
+            tampered = bytearray(data)
+            tampered[8:16] = fresh
+            tampered[-5] ^= 0x40
+            zeroed = data[:8] + fresh + bytes(len(data) - 16)
+            unknown = bytearray(data)
+            unknown[4:8] = (int.from_bytes(data[4:8], "little") ^ 0x5A5A).to_bytes(4, "little")
+            b_mac = mac1_key(b.config.psk, b.public_key)
+            other_index = bytearray(initiation)
+            other_index[4] ^= 1  # mac1 covers the sender index
+            cases = {
+                "tampered": [bytes(tampered), zeroed],
+                "replayed": [data, data, initiation],
+                "truncated": [data[:20], b"\x01", initiation[:50]],
+                "oversized": [bytes(b.config.max_datagram + 1)],
+                "unknown_session": [bytes(unknown)],
+                "decode": [b"\x07garbage", b"\x01\x09" + bytes(40), bytes(initiation) + b"x"],
+                "bad_handshake": [codec.encode_response(1, 2, bytes(48), b_mac)],
+                "bad_mac": [
+                    codec.encode_response(1, 2, bytes(48)),
+                    codec.encode_initiation(1, initiation[8:-16]),
+                    codec.encode_response(1, 2, bytes(48), mac1_key(bytes(32), b.public_key)),
+                    bytes(other_index),
+                ],
+            }
+            for _, datagrams in cases.items():
+                for d in datagrams:
+                    raw.sendto(d, b.local_addr)
+            # traffic continues through the storm
+            a.send(b.node_id, "m", b"two")
+            want = {k: len(v) for k, v in cases.items()}
+            await wait_for(
+                lambda: (
+                    all(b.metrics()["drops"][k] >= n for k, n in want.items())
+                    and got == [b"one", b"two"]
+                ),
+                10.0,
+                "drops counted",
+            )
+            assert b.metrics()["drops"] == {**drops, **want}
+            assert b.peer_is_up(a.node_id) and a.peer_is_up(b.node_id)
+            b.send(a.node_id, "m", b"back")
+            await wait_for(lambda: a.metrics()["messages_in"] == 1, 10.0)
+        finally:
+            raw.close()
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_wrong_psk_connect_fails_in_bounded_time() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(
+            EntityKeypair.generate(), cfg(handshake_retries=2, handshake_timeout=0.2)
+        )
+        kb = EntityKeypair.generate()
+        b_cfg = replace(cfg(allowed_peers={a.node_id: a.public_key}), psk=bytes(32))
+        b = await MeshNode.create(kb, b_cfg)
+        try:
+            b.start()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, b.public_key, b.node_id)
+            elapsed = loop.time() - t0
+            # retried rather than failed at once, and bounded rather than a hang: the
+            # nominal time is retries * timeout = 0.4 s; allow 10x for a loaded machine
+            assert 0.3 <= elapsed < 10 * 2 * 0.2
+            # b cannot check the mac1 without a's PSK: refused before any DH, no answer
+            assert b.metrics()["drops"]["bad_mac"] == 2  # one per attempt
+            assert b.metrics()["drops"]["wrong_psk_or_key"] == 0
+            assert a.metrics()["handshakes_initiated"] == 2
+            assert not b.peer_is_up(a.node_id) and b.peers() == []
+            assert a.peers() == []
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_unexpected_static_keys_are_refused() -> None:
+    async def body() -> None:
+        fast = dict(handshake_retries=1, handshake_timeout=0.2)
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(**fast))
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(**fast))
+        c = EntityKeypair.generate()
+        try:
+            # responder expects c, a shows up instead
+            accept = asyncio.ensure_future(b.accept(c.node_id))
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, b.public_key, b.node_id)
+            assert b.metrics()["drops"]["wrong_psk_or_key"] == 1
+            assert not accept.done()
+            accept.cancel()
+            # initiator expects c's key at b's address: the mac1 is keyed for c
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, c.public_key, c.node_id)
+            assert b.metrics()["drops"]["wrong_psk_or_key"] == 1
+            assert b.metrics()["drops"]["bad_mac"] == 1
+            # a key that does not hash to the claimed id is refused before sending
+            with pytest.raises(HandshakeError):
+                await a.connect(b.local_addr, c.public_key, b.node_id)
+            assert a.metrics()["handshakes_initiated"] == 2
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_bind_conflict_raises_transport_error() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        try:
+            with pytest.raises(TransportError):
+                await MeshNode.create(
+                    EntityKeypair.generate(), cfg(bind=f"127.0.0.1:{a.local_addr[1]}")
+                )
+        finally:
+            await a.shutdown()
+
+    run(body)
+
+
+def test_datagrams_never_exceed_max_datagram() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(max_datagram=600))
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(max_datagram=600))
+        got: list[bytes] = []
+        b.subscribe_batch("m", lambda nid, ms: got.extend(ms))
+        try:
+            sent = capture(a)
+            await link(b, a)
+            msgs = [bytes([i % 256]) * (i * 37 % 3000) for i in range(300)]
+            a.send_many(b.node_id, "m", msgs)
+            await wait_for(lambda: len(got) == 300, 10.0)
+            assert got == msgs
+            assert max(len(d) for d in sent) <= 600
+            assert a.metrics()["datagrams_out"] == len(sent)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
+    """An authenticated peer that bypasses ``send``'s check and writes entries on the
+    reserved "peer" channel (a fake "down", and a fragmented message) reaches no
+    subscriber and no reassembly buffer; the entries are counted and the link lives on."""
+
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        events: list[tuple[int, bytes]] = []
+        batches: list[list[bytes]] = []
+        got: list[bytes] = []
+        b.subscribe("peer", lambda nid, ev: events.append((nid, ev)))
+        b.subscribe_batch("peer", lambda nid, evs: batches.append(evs))
+        b.subscribe("m", lambda nid, m: got.append(m))
+        try:
+            await link(b, a)
+            a.start()
+            b.start()
+            assert events == [(a.node_id, b"up")]
+            events.clear()
+            batches.clear()
+            peer = a.peers_by_id[b.node_id]
+            session = peer.usable_session()
+            assert session is not None
+            budget = a.config.max_datagram - codec.DATA_OVERHEAD
+            # what a modified peer would send: one run of small forged events plus one
+            # forged event too large for a datagram (fragments), then honest traffic
+            bodies, _ = codec.pack_bodies(
+                [("peer", [b"down", b"down"]), ("peer", [b"d" * (3 * budget)]), ("m", [b"after"])],
+                budget,
+                1 << 30,
+            )
+            entries = [e for bd in bodies for e in codec.unpack_body(bd)]
+            forged = sum(1 for e in entries if e[1] == "peer")
+            assert forged >= 3 and any(e[0] != codec.ENTRY_MESSAGES for e in entries)
+            now = asyncio.get_running_loop().time()
+            for bd in bodies:
+                a.send_raw(peer, session.seal(bd, now))
+            await wait_for(lambda: got == [b"after"], 10.0, "honest message after the forgery")
+            assert events == [] and batches == []
+            drops = b.metrics()["drops"]
+            assert drops["reserved_channel"] == forged
+            assert all(v == 0 for k, v in drops.items() if k != "reserved_channel"), drops
+            assert b.peers_by_id[a.node_id].reassembler.pending == 0
+            assert b.peer_is_up(a.node_id)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_handshakes_without_a_valid_mac1_never_reach_diffie_hellman() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sent = capture(a)
+            await link(b, a)
+            initiation = next(d for d in sent if d[1] == codec.TYPE_INITIATION)
+
+            class NoDH:
+                def new(self) -> Any:
+                    raise AssertionError("DH work for a bad mac1")
+
+            real = b._responder_template
+            b._responder_template = NoDH()  # type: ignore[assignment]
+            # well-formed Noise message, wrong or missing mac1: what an attacker
+            # who knows b's public key but not the PSK can send
+            forged = [
+                codec.encode_initiation(5, initiation[8:-16]),
+                codec.encode_initiation(5, initiation[8:-16], mac1_key(bytes(32), b.public_key)),
+                initiation[:-1] + bytes([initiation[-1] ^ 1]),
+            ]
+            for d in forged:
+                raw.sendto(d, b.local_addr)
+            await wait_for(lambda: b.metrics()["drops"]["bad_mac"] == 3, 10.0)
+            b._responder_template = real
+            assert b.metrics()["drops"]["replayed"] == 0
+        finally:
+            raw.close()
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_initiations_past_the_rate_limit_are_dropped_and_counted() -> None:
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(handshake_rate=1.0))
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sent = capture(a)
+            await link(b, a)  # spends b's single token
+            initiation = next(d for d in sent if d[1] == codec.TYPE_INITIATION)
+            for _ in range(5):
+                raw.sendto(initiation, b.local_addr)
+            await wait_for(
+                lambda: (
+                    b.metrics()["drops"]["handshake_rate"] + b.metrics()["drops"]["replayed"] == 5
+                ),
+                10.0,
+            )
+            assert b.metrics()["drops"]["handshake_rate"] >= 4
+            assert b.peer_is_up(a.node_id)
+        finally:
+            raw.close()
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_an_initiation_from_elsewhere_does_not_move_the_peer() -> None:
+    # a fresh initiation of a, relayed by someone else (it is not authenticated
+    # until its session confirms): b answers the relay but keeps a's address
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        relay.bind(("127.0.0.1", 0))
+        relay.setblocking(False)
+        try:
+            await link(b, a)
+            a.start()
+            b.start()
+            t = a._transport
+            assert t is not None
+            orig, held = t.sendto, []
+            t.sendto = lambda data, addr: held.append(data)  # type: ignore[method-assign]
+            a.peers_by_id[b.node_id].begin_handshake(a.now())
+            t.sendto = orig  # type: ignore[method-assign]
+            assert len(held) == 1 and held[0][1] == codec.TYPE_INITIATION
+            relay.sendto(held[0], b.local_addr)
+            replies: list[bytes] = []
+
+            def replied() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    replies.append(relay.recv(2048))
+                return bool(replies)
+
+            await wait_for(replied, 10.0, "b answers the source of the initiation")
+            assert replies[0][1] == codec.TYPE_RESPONSE
+            assert b.peer_addr(a.node_id) == a.local_addr
+            got: list[bytes] = []
+            a.subscribe("m", lambda nid, m: got.append(m))
+            b.send(a.node_id, "m", b"still here")
+            await wait_for(lambda: got == [b"still here"], 10.0)
+        finally:
+            relay.close()
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
