@@ -86,8 +86,9 @@ from netmesh.link.handshake import (
 )
 from netmesh.link.peer import Peer
 from netmesh.link.session import Session, SessionExpired, SessionLimits
-from netmesh.link.timers import TimerConfig, TokenBucket
+from netmesh.link.timers import TimerConfig
 from netmesh.link.transport import UdpTransport
+from netmesh.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ class MeshNode:
         self._ticker: asyncio.Task[None] | None = None
         self._transport: UdpTransport | None = None
         self._loop = asyncio.get_running_loop()
-        self._handshake_bucket = TokenBucket(
-            config.handshake_rate, config.handshake_rate, self._loop.time()
-        )
+        self._handshake_bucket = TokenBucket(config.handshake_rate, self._loop.time())
         self._m: dict[str, int] = dict.fromkeys(
             (
                 "datagrams_in",
@@ -460,7 +459,7 @@ class MeshNode:
             self._drop("bad_mac", addr)
             return
         if isinstance(msg, codec.Initiation):
-            if not self._handshake_bucket.take(self._loop.time()):
+            if not self._handshake_bucket.try_consume(1, self._loop.time()):
                 self._drop("handshake_rate", addr)
                 return
             self._on_initiation(msg, addr)

@@ -109,28 +109,3 @@ class PeerTimers:
             self.last_probe = now
             actions.append(Action.RECONNECT)
         return actions
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` banked; ``take(now)`` spends one.
-
-    Starts full. ``take`` returns False (and spends nothing) when the bucket is empty.
-    """
-
-    __slots__ = ("_last", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._last = now
-
-    def take(self, now: float) -> bool:
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-            self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False

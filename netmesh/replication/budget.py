@@ -1,57 +1,15 @@
-"""Leader-side replication bandwidth budget: a token bucket in bytes.
+"""Leader-side replication bandwidth budget: a token bucket in bytes (pure).
 
-Theory of operation
--------------------
-``rate = capacity = fraction x nic_peak_bytes_per_s``. The bucket starts full and
-refills continuously from the ``now`` values it is given (seconds, any monotonic
-origin; a ``now`` earlier than the last one refills nothing). ``try_consume(cost)``
-admits when ``available >= cost`` and subtracts. A cost larger than the whole
-capacity is admitted only when the bucket is full, draining it to 0 (so one huge
-response can never be starved forever). A cost of 0 is always admitted.
+``rate = capacity = fraction x nic_peak_bytes_per_s`` (``ReplicationConfig``), so the
+burst is one second of budget. Over budget the leader answers a SyncRequest with a
+Backpressure NACK and counts ``under_capacity_total`` (DESIGN.md, "Protocol decisions").
 """
 
 from __future__ import annotations
 
-from netmesh.errors import LocalProtocolError
+from netmesh.ratelimit import TokenBucket
 
 
-class TokenBucket:
-    """Byte budget; see the module docstring."""
-
-    def __init__(self, rate: float, now: float, capacity: float | None = None) -> None:
-        if not rate > 0:
-            raise LocalProtocolError(f"token bucket rate must be positive, got {rate}")
-        self.rate = float(rate)
-        self.capacity = float(capacity if capacity is not None else rate)
-        self.available = self.capacity
-        self._last = now
-
-    @classmethod
-    def for_replication(cls, fraction: float, nic_peak_bytes_per_s: int, now: float) -> TokenBucket:
-        """The budget of ``ReplicationConfig`` (fraction x NIC peak)."""
-        return cls(fraction * nic_peak_bytes_per_s, now)
-
-    def refill(self, now: float) -> None:
-        """Add ``rate x elapsed`` tokens, capped at capacity."""
-        if now > self._last:
-            self.available = min(self.capacity, self.available + (now - self._last) * self.rate)
-            self._last = now
-
-    def try_consume(self, cost: int, now: float) -> bool:
-        """Admit (and charge) ``cost`` bytes at ``now``; False means over budget."""
-        self.refill(now)
-        if cost <= 0:
-            return True
-        if cost > self.capacity:
-            if self.available >= self.capacity:
-                self.available = 0.0
-                return True
-            return False
-        if self.available >= cost:
-            self.available -= cost
-            return True
-        return False
-
-    def refund(self, cost: int) -> None:
-        """Give back ``cost`` bytes (e.g. the send failed), capped at capacity."""
-        self.available = min(self.capacity, self.available + max(0, cost))
+def replication_budget(fraction: float, nic_peak_bytes_per_s: int, now: float) -> TokenBucket:
+    """The byte budget of ``ReplicationConfig``: ``fraction x nic_peak_bytes_per_s`` per s."""
+    return TokenBucket(fraction * nic_peak_bytes_per_s, now)

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 from netmesh.errors import InvalidTransition, LocalProtocolError
 from netmesh.log.hardstate import HardState
-from netmesh.replication.budget import TokenBucket
+from netmesh.replication.budget import replication_budget
 from netmesh.replication.messages import (
     MAX_TERM,
     Ack,
@@ -344,7 +344,7 @@ class ReplicationCoordinator:
         self.role = ReplicaRole.IDLE
         self.leader_id: int | None = None
         self.metrics = ReplicationMetrics()
-        self.budget = TokenBucket.for_replication(
+        self.budget = replication_budget(
             config.replication_budget_fraction, config.nic_peak_bytes_per_s, now
         )
         self._peers = {p: _Peer() for p in self.members if p != self_id}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netmesh.link.timers import Action, PeerTimers, TimerConfig, TokenBucket
+from netmesh.link.timers import Action, PeerTimers, TimerConfig
 
 CFG = TimerConfig(
     heartbeat_interval=1.0,
@@ -63,13 +63,3 @@ def test_single_attempt_probe_and_success_stops_retries() -> None:
     t.on_handshake_done(3.5)
     t.on_up(3.5)
     assert t.poll(5.0) == [Action.SEND_KEEPALIVE]
-
-
-def test_token_bucket_rate_and_burst() -> None:
-    b = TokenBucket(rate=10.0, burst=3.0, now=0.0)
-    assert [b.take(0.0) for _ in range(4)] == [True, True, True, False]
-    assert not b.take(0.05)  # half a token
-    assert b.take(0.1)
-    assert not b.take(0.1)
-    assert [b.take(100.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
-    assert not b.take(99.0)  # a clock going backwards refills nothing

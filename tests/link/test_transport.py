@@ -14,7 +14,7 @@ from netmesh import EntityKeypair, MeshNode
 from netmesh.errors import HandshakeError, TransportError
 from netmesh.link import codec
 from netmesh.link.handshake import mac1_key
-from tests.test_node import cfg, link, run, wait_for
+from tests.link.test_node import cfg, link, run, wait_for
 
 
 def capture(node: MeshNode) -> list[bytes]:

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netmesh.errors import LocalProtocolError
-from netmesh.replication.budget import TokenBucket
+from netmesh.ratelimit import TokenBucket
+from netmesh.replication.budget import replication_budget
 
 
 def test_starts_full_and_denies_when_empty() -> None:
@@ -53,7 +54,7 @@ def test_zero_cost_always_admitted_and_refund() -> None:
 
 
 def test_for_replication_uses_fraction_of_nic_peak() -> None:
-    b = TokenBucket.for_replication(0.5, 125_000_000, now=0.0)
+    b = replication_budget(0.5, 125_000_000, now=0.0)
     assert b.rate == b.capacity == 62_500_000
 
 
@@ -72,3 +73,18 @@ def test_never_admits_more_than_capacity_plus_refill(ops: list[tuple[float, int]
             admitted += cost
         assert 0 <= b.available <= 1000
     assert admitted <= 1000 + now * 1000 + 1e-6
+
+
+def test_token_bucket_rate_and_burst() -> None:
+    b = TokenBucket(rate=10.0, now=0.0, capacity=3.0)
+    assert [b.try_consume(1, 0.0) for _ in range(4)] == [True, True, True, False]
+    assert not b.try_consume(1, 0.05)  # half a token
+    assert b.try_consume(1, 0.1)
+    assert not b.try_consume(1, 0.1)
+    assert [b.try_consume(1, 100.0) for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]  # capped at burst
+    assert not b.try_consume(1, 99.0)  # a clock going backwards refills nothing
