@@ -1,5 +1,7 @@
 """netmesh: a multi-process, encrypted, replicated event log and event bus."""
 
+__version__ = "0.1.0"  # keep equal to [project] version in pyproject.toml (tested)
+
 from typing import Any
 
 from netmesh.channel import ChannelName
@@ -10,20 +12,28 @@ from netmesh.config import (
     ReplicationConfig,
 )
 from netmesh.errors import (
+    AuthenticationError,
     ChannelNameError,
     Closed,
     ConfigError,
     DecodeError,
     HandshakeError,
     InvalidTransition,
+    Lagged,
+    LocalProtocolError,
     LogCorrupt,
     NetmeshError,
+    NodeError,
     NodeUnresponsive,
     NotLeader,
     OutOfOrder,
     PayloadTooLarge,
+    ProtocolError,
+    RemoteProtocolError,
+    Replayed,
     RingClosed,
     RingFull,
+    TransportError,
 )
 from netmesh.identity import EntityKeypair
 from netmesh.link.node import MeshNode
@@ -48,6 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AuthenticationError",
     "ChannelName",
     "ChannelNameError",
     "Closed",
@@ -57,24 +68,31 @@ __all__ = [
     "EntityKeypair",
     "HandshakeError",
     "InvalidTransition",
+    "Lagged",
+    "LocalProtocolError",
     "LogCorrupt",
     "MeshNode",
     "MeshNodeConfig",
     "NetmeshError",
+    "NodeError",
     "NodeUnresponsive",
     "NotLeader",
     "OutOfOrder",
     "PayloadTooLarge",
     "PlacementStrategy",
     "Producer",
+    "ProtocolError",
     "Redex",
     "RedexEvent",
     "RedexFile",
     "RedexFileConfig",
+    "RemoteProtocolError",
+    "Replayed",
     "ReplicaRole",
     "ReplicationConfig",
     "RingClosed",
     "RingFull",
     "ShmRing",
     "TransitionSignal",
+    "TransportError",
 ]

@@ -117,3 +117,39 @@ class Replayed(RemoteProtocolError):
 
 class NodeUnresponsive(NetmeshError):
     """A node process did not answer a control request within its timeout."""
+
+
+class NodeError(NetmeshError):
+    """A node process failed a control request with an error that is not a netmesh
+    error (an OSError, a bug); the message names the node, the request and the
+    original exception type. Netmesh errors cross the process boundary as themselves."""
+
+
+class Truncated(NetmeshError):
+    """Replication truncated events a subscriber had already received (a divergent,
+    never-committed suffix of leader mode): the subscriber saw a history that is gone.
+
+    ``seq`` is the first seq that was removed; re-read from it to follow the new history.
+    """
+
+    def __init__(self, channel: str, seq: int) -> None:
+        super().__init__(f"{channel}: events from seq {seq} on were truncated by replication")
+        self.channel = channel
+        self.seq = seq
+
+
+class StorageFailed(NetmeshError):
+    """A write, fsync, truncate or rename of an event file failed. The file stops (fail-
+    stop, like etcd and PostgreSQL after a failed fsync): nothing more is written and every
+    later append raises this, until the file is closed and reopened (which recovers
+    what is durable). ``cause`` is the OS error."""
+
+    def __init__(self, channel: str, cause: BaseException) -> None:
+        super().__init__(f"{channel}: storage failed, channel stopped: {cause}")
+        self.channel = channel
+        self.cause = cause
+
+
+class LogLocked(NetmeshError):
+    """Another process (or another open in this one) holds the event file's directory
+    lock: two writers on one log would corrupt it."""
