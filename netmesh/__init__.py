@@ -14,6 +14,7 @@ from netmesh.config import (
 from netmesh.errors import (
     AuthenticationError,
     ChannelNameError,
+    ChannelNotOpen,
     Closed,
     ConfigError,
     DecodeError,
@@ -61,6 +62,7 @@ __all__ = [
     "AuthenticationError",
     "ChannelName",
     "ChannelNameError",
+    "ChannelNotOpen",
     "Closed",
     "Cluster",
     "ConfigError",

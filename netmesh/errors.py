@@ -153,3 +153,8 @@ class StorageFailed(NetmeshError):
 class LogLocked(NetmeshError):
     """Another process (or another open in this one) holds the event file's directory
     lock: two writers on one log would corrupt it."""
+
+
+class ChannelNotOpen(NetmeshError, LookupError):
+    """The channel named is not open on the node (or cluster) asked; the message names
+    the channel and where it was looked up."""
