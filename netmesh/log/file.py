@@ -6,9 +6,19 @@ also written to segment files in ``dir`` (format: :mod:`netmesh.log.record`), on
 ``write`` per batch, and restored on reopen:
 
 * a torn tail (the last write cut short by a crash) is truncated and counted in
-  ``torn_tail_truncations`` / ``torn_bytes_truncated``;
+  ``torn_tail_truncations``;
 * a corrupt record anywhere else raises :class:`LogCorrupt` naming the file and offset;
-  nothing is ever skipped silently.
+  nothing is ever skipped silently; a log that comes back shorter at its head than
+  the ``HEAD`` marker retention keeps (a deleted first segment) is corrupt too;
+* each batch record carries the term it was written in, so the **epochs** (term, first
+  seq) are rebuilt from the log itself (:attr:`RedexFile.epochs`);
+* the directory is locked (``flock`` on ``LOCK``): a second opener, in this process
+  or another, gets :class:`LogLocked`.
+
+Fail-stop storage: any failed write, fsync, truncate or segment roll puts the file in a
+FAILED state (logged once, :attr:`RedexFile.failed`); every later write raises
+:class:`StorageFailed` and nothing more reaches the disk until the file is reopened.
+Truncation works on the open descriptor (``ftruncate``), disk first, then memory.
 
 Durability per ``fsync`` policy: ``"batch"`` fdatasyncs before ``append``/
 ``append_batch`` return (an acknowledged event survives a power cut); ``"interval"``
@@ -22,6 +32,9 @@ Not thread-safe: one owner (a node's event loop) calls it.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -29,12 +42,24 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from netmesh.config import RedexFileConfig
-from netmesh.errors import Closed, Lagged, LogCorrupt, OutOfOrder, PayloadTooLarge
+from netmesh.errors import (
+    Closed,
+    ConfigError,
+    Lagged,
+    LogCorrupt,
+    LogLocked,
+    OutOfOrder,
+    PayloadTooLarge,
+    StorageFailed,
+    Truncated,
+)
 from netmesh.log import record
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".seg"
+HEAD_FILE = "HEAD"
+LOCK_FILE = "LOCK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +104,17 @@ class RedexFile:
         self._fd = -1
         self._segments: list[_Segment] = []
         self._last_sync = 0.0
+        self._lock_fd = -1
+        self._failed: StorageFailed | None = None
+        #: (term, first seq) of each run of events written in one term, ascending
+        self._epochs: list[tuple[int, int]] = []
+        #: the term stamped on local appends (the replication runtime sets it)
+        self.append_term = 0
+        #: retention never removes events at or above this seq (quorum: the commit)
+        self._retention_floor: int | None = None
+        #: from-seq of every truncation that removed events (subscribers check it)
+        self._truncations: list[int] = []
         self.torn_tail_truncations = 0
-        self.torn_bytes_truncated = 0
         #: when set, user appends raise it (replication: NotLeader on a replica)
         self.refusal: Exception | None = None
         #: called after a user append when ``append_pending`` was False; it is set to
@@ -90,7 +124,11 @@ class RedexFile:
         self.append_pending = False
         self._tails: set[asyncio.Event] = set()
         if self.config.path is not None:
-            self._recover(self.config.path)
+            try:
+                self._recover(self.config.path)
+            except BaseException:
+                self._release()
+                raise
 
     # -- reading ---------------------------------------------------------------------
     @property
@@ -114,6 +152,30 @@ class RedexFile:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def failed(self) -> StorageFailed | None:
+        """The storage error that stopped this file, or None (see the module doc)."""
+        return self._failed
+
+    @property
+    def epochs(self) -> tuple[tuple[int, int], ...]:
+        """``(term, first_seq)`` per term, ascending, from the first retained event on
+        (the first epoch may start before ``first_retained_seq``). Rebuilt from the
+        records on open."""
+        return tuple(self._epochs)
+
+    @property
+    def last_term(self) -> int:
+        """Term of the last event (0 for an empty file)."""
+        return self._epochs[-1][0] if self._epochs else 0
+
+    def term_at(self, seq: int) -> int | None:
+        """Term of the retained event ``seq``, or None when it is not held."""
+        if not self._first_seq <= seq < self.next_seq:
+            return None
+        i = bisect.bisect_right(self._epochs, seq, key=lambda e: e[1]) - 1
+        return self._epochs[i][0] if i >= 0 else None
+
     def read_range(self, start: int, end: int) -> list[RedexEvent]:
         """Retained events with ``start <= seq < end``, ascending (empty if none)."""
         payloads, first = self.read_payloads(start, end)
@@ -124,12 +186,24 @@ class RedexFile:
         new one as it is appended (locally or by replication), with no gap or
         duplicate at the boundary. Ends when the file closes.
 
-        Raises Lagged if events the subscriber needs are gone (retention dropped them
-        or replication truncated a suffix it had already yielded). Must be iterated on
-        the event loop that appends to the file.
+        Raises Lagged if events the subscriber needs were dropped by retention, and
+        Truncated if replication removed events it had already yielded (never two
+        histories mixed, even when the truncation and the new events arrive in the
+        same loop turn). Must be iterated on the event loop that appends to the file.
         """
         seq = from_seq
+        seen = len(self._truncations)
+
+        def check_truncated() -> None:
+            nonlocal seen
+            if len(self._truncations) != seen:
+                low = min(self._truncations[seen:])
+                seen = len(self._truncations)
+                if low < seq:
+                    raise Truncated(self.name, low)
+
         while True:
+            check_truncated()
             if seq < self._first_seq or seq > self.next_seq:
                 raise Lagged(
                     f"{self.name}: tail at seq {seq}, the file holds "
@@ -137,9 +211,12 @@ class RedexFile:
                 )
             payloads, first = self.read_payloads(seq, seq + max_batch)
             if payloads:
+                generation = len(self._truncations)
                 for i, p in enumerate(payloads):
+                    if len(self._truncations) != generation:
+                        break  # this batch may be stale: check, then read again
                     yield RedexEvent(RedexEntry(first + i, len(p)), p)
-                seq = first + len(payloads)
+                    seq = first + i + 1
                 continue
             if self._closed:
                 return
@@ -165,18 +242,19 @@ class RedexFile:
 
     # -- writing ---------------------------------------------------------------------
     def append(self, payload: bytes) -> int:
-        """Append one event; returns its seq. Raises PayloadTooLarge, Closed, OSError."""
+        """Append one event; returns its seq. Raises PayloadTooLarge, Closed,
+        StorageFailed."""
         return self.append_batch([payload])
 
     def append_batch(self, payloads: list[bytes], expect_seq: int | None = None) -> int:
         """Append events with contiguous seqs, all or nothing; returns the first seq.
 
         ``expect_seq``: if given, the batch must start at exactly this seq, else
-        OutOfOrder is raised (replicas use it so their seqs equal the leader's).
-        An empty batch appends nothing and returns ``next_seq``.
+        OutOfOrder is raised. An empty batch appends nothing and returns ``next_seq``.
+        The events are stamped with :attr:`append_term`. Raises Closed, StorageFailed,
+        PayloadTooLarge, and ``refusal`` when set (replication: NotLeader on a replica).
         """
-        if self._closed:
-            raise Closed(f"event file {self.name!r} is closed")
+        self._check_writable()
         if self.refusal is not None:
             raise self.refusal
         first = self.apply_batch(payloads, expect_seq)
@@ -185,15 +263,22 @@ class RedexFile:
             self.on_append()
         return first
 
-    def apply_batch(self, payloads: list[bytes], expect_seq: int | None = None) -> int:
-        """``append_batch`` without the append guard (replicas applying the leader's log)."""
-        if self._closed:
-            raise Closed(f"event file {self.name!r} is closed")
+    def apply_batch(
+        self, payloads: list[bytes], expect_seq: int | None = None, term: int | None = None
+    ) -> int:
+        """``append_batch`` without the append guard (replicas applying the leader's log);
+        ``term``: the term the events were written in (default :attr:`append_term`).
+        A term lower than the last event's is refused (OutOfOrder): terms never go back
+        within a log (Raft's log matching)."""
+        self._check_writable()
         first = self.next_seq
         if expect_seq is not None and expect_seq != first:
             raise OutOfOrder(f"{self.name}: batch starts at {expect_seq}, next_seq is {first}")
         if not payloads:
             return first
+        term = self.append_term if term is None else term
+        if term < self.last_term:
+            raise OutOfOrder(f"{self.name}: batch of term {term} after term {self.last_term}")
         if len(payloads) == 1:  # the single append: no per-batch machinery
             p = payloads[0]
             size = biggest = len(p)
@@ -207,12 +292,14 @@ class RedexFile:
         if biggest > self.config.max_payload:
             raise PayloadTooLarge(biggest, self.config.max_payload)
         if self._fd >= 0:
-            self._write(record.encode_batch(first, payloads))
+            self._write(record.encode_batch(first, payloads, term))  # disk first
         self._payloads.extend(payloads)
         self._retained_bytes += size
+        if not self._epochs or self._epochs[-1][0] != term:
+            self._epochs.append((term, first))
         self._apply_retention()
         if self._fd >= 0 and self._segments[-1].size >= self.config.segment_bytes:
-            self._start_segment(self.next_seq)
+            self._guarded(self._start_segment, self.next_seq)
         if self._tails:
             self._wake_tails()
         return first
@@ -220,26 +307,39 @@ class RedexFile:
     def truncate_from(self, seq: int) -> int:
         """Drop every event with seq >= ``seq``; returns how many were dropped.
 
-        Used by replication to discard a divergent, never-committed suffix.
+        Used by replication to discard a divergent, never-committed suffix. Disk first
+        (``ftruncate`` on the open descriptor), then memory; tail subscribers that had
+        received a dropped event get Truncated. Raises Closed, StorageFailed.
         """
-        if self._closed:
-            raise Closed(f"event file {self.name!r} is closed")
+        self._check_writable()
         seq = max(seq, self._first_seq)
         dropped = self.next_seq - seq
         if dropped <= 0:
             return 0
-        keep = self._head + (seq - self._first_seq)
-        self._retained_bytes -= sum(len(p) for p in self._payloads[keep:])
-        del self._payloads[keep:]
         if self._fd >= 0:
-            self._truncate_disk(seq)
+            self._guarded(self._truncate_disk, seq)
+        keep = self._head + (seq - self._first_seq)
+        self._retained_bytes -= sum(map(len, self._payloads[keep:]))
+        del self._payloads[keep:]
+        while self._epochs and self._epochs[-1][1] >= seq:
+            self._epochs.pop()
+        self._truncations.append(seq)
         self._wake_tails()
         return dropped
 
+    def set_retention_floor(self, seq: int | None) -> None:
+        """Retention keeps every event with seq >= ``seq`` (None: no floor). Quorum
+        replication sets it to the commit index, so retention never removes events a
+        majority does not hold yet (issue 10 §4); raising the floor applies retention."""
+        self._retention_floor = seq
+        if not self._closed and self._failed is None:
+            self._apply_retention()
+
     def sync(self) -> None:
-        """fdatasync the active segment (no-op in memory)."""
+        """fdatasync the active segment (no-op in memory). Raises StorageFailed."""
         if self._fd >= 0:
-            os.fdatasync(self._fd)
+            self._check_writable()
+            self._guarded(os.fdatasync, self._fd)
             self._last_sync = time.monotonic()
 
     def close(self) -> None:
@@ -248,12 +348,38 @@ class RedexFile:
             return
         self._closed = True
         self._wake_tails()
-        if self._fd >= 0:
-            try:
+        try:
+            if self._fd >= 0 and self._failed is None:
                 os.fdatasync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = -1
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for attr in ("_fd", "_lock_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise Closed(f"event file {self.name!r} is closed")
+        if self._failed is not None:
+            raise self._failed
+
+    def _guarded(self, op: Callable[..., object], *args: object) -> None:
+        """Run a storage operation; an OSError stops the file (fail-stop)."""
+        try:
+            op(*args)
+        except OSError as exc:
+            raise self._fail(exc) from exc
+
+    def _fail(self, exc: OSError) -> StorageFailed:
+        if self._failed is None:
+            self._failed = StorageFailed(self.name, exc)
+            log.error("%s: storage failed, file stopped until reopened: %s", self.name, exc)
+            self._wake_tails()
+        return self._failed
 
     # -- retention -------------------------------------------------------------------
     def _apply_retention(self) -> None:
@@ -269,18 +395,23 @@ class RedexFile:
                 freed += len(self._payloads[i])
                 i += 1
             drop = max(drop, i - self._head)
-        if drop:
+        if self._retention_floor is not None:
+            drop = min(drop, max(0, self._retention_floor - self._first_seq))
+        if drop > 0:
             self._drop_head(drop)
 
     def _drop_head(self, n: int) -> None:
         stop = self._head + n
-        self._retained_bytes -= sum(len(p) for p in self._payloads[self._head : stop])
+        self._retained_bytes -= sum(map(len, self._payloads[self._head : stop]))
         self._head = stop
         self._first_seq += n
         if self._head > 4096 and self._head * 2 > len(self._payloads):
             del self._payloads[: self._head]  # amortised O(1) per dropped event
             self._head = 0
-        self._delete_old_segments()
+        while len(self._epochs) > 1 and self._epochs[1][1] <= self._first_seq:
+            self._epochs.pop(0)
+        if self._fd >= 0:
+            self._guarded(self._delete_old_segments)
 
     # -- disk ------------------------------------------------------------------------
     def _write(self, buf: bytes) -> None:
@@ -290,19 +421,32 @@ class RedexFile:
         try:
             while written < len(buf):
                 written += os.write(self._fd, view[written:])
-        except OSError:
-            os.ftruncate(self._fd, seg.size)  # leave no partial batch behind
-            raise
+            policy = self.config.fsync
+            if policy == "batch" or (
+                policy == "interval"
+                and time.monotonic() - self._last_sync >= self.config.fsync_interval_s
+            ):
+                os.fdatasync(self._fd)
+                self._last_sync = time.monotonic()
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # no partial batch left (best effort)
+                os.ftruncate(self._fd, seg.size)
+            raise self._fail(exc) from exc
         seg.size += written
-        policy = self.config.fsync
-        if policy == "batch" or (
-            policy == "interval"
-            and time.monotonic() - self._last_sync >= self.config.fsync_interval_s
-        ):
-            self.sync()
 
     def _recover(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._lock_fd = os.open(
+                os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644
+            )
+        except OSError as exc:
+            raise ConfigError(f"path {directory!r} is not a usable directory: {exc}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogLocked(f"{directory}: the event file is open elsewhere (LOCK held)") from None
+        head = self._read_head(directory)
         names = []
         for n in os.listdir(directory):
             if not n.endswith(SEGMENT_SUFFIX):
@@ -314,6 +458,15 @@ class RedexFile:
                 )
             names.append(n)
         names.sort()
+        if names and int(names[0][: -len(SEGMENT_SUFFIX)]) > head:
+            raise LogCorrupt(
+                directory,
+                0,
+                f"segments before seq {int(names[0][:20])} are missing (retention kept"
+                f" from seq {head}, {HEAD_FILE})",
+            )
+        if not names and head > 0:
+            raise LogCorrupt(directory, 0, f"no segment files, but {HEAD_FILE} says seq {head}")
         expect: int | None = None
         for i, n in enumerate(names):
             path = os.path.join(directory, n)
@@ -326,7 +479,21 @@ class RedexFile:
             self._start_segment(0)
         else:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        if head > self._first_seq:  # retention was cut short after writing HEAD
+            self._drop_head(min(head, self.next_seq) - self._first_seq)
         self._apply_retention()
+
+    def _read_head(self, directory: str) -> int:
+        path = os.path.join(directory, HEAD_FILE)
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return 0
+        res = record.scan(raw)
+        if res.end is not record.ScanEnd.CLEAN or len(res.batches) != 1:
+            raise LogCorrupt(path, 0, f"unreadable retention head: {res.reason or 'empty'}")
+        return res.batches[0].first_seq
 
     def _load_segment(self, path: str, first_seq: int, last: bool) -> int:
         with open(path, "rb") as fh:
@@ -339,7 +506,7 @@ class RedexFile:
             with open(path, "wb") as fh:
                 fh.write(record.FILE_HEADER)
             buf = record.FILE_HEADER
-        res = record.scan(buf, record.FILE_HEADER_SIZE, expect_seq=first_seq)
+        res = record.scan(buf, record.FILE_HEADER_SIZE, first_seq, self.last_term)
         if res.end is record.ScanEnd.CORRUPT or (res.end is record.ScanEnd.TORN and not last):
             raise LogCorrupt(path, res.consumed, res.reason)
         if res.end is record.ScanEnd.TORN:
@@ -347,57 +514,107 @@ class RedexFile:
             os.truncate(path, res.consumed)
         if not self._segments:
             self._first_seq = first_seq
-        self._payloads.extend(res.payloads)
-        self._retained_bytes += sum(len(p) for p in res.payloads)
+        for b in res.batches:
+            self._payloads.extend(b.payloads)
+            self._retained_bytes += sum(map(len, b.payloads))
+            if b.payloads and (not self._epochs or self._epochs[-1][0] != b.term):
+                self._epochs.append((b.term, b.first_seq))
         self._segments.append(_Segment(first_seq, path, res.consumed))
-        return first_seq + len(res.payloads)
+        return res.batches[-1].end_seq if res.batches else first_seq
 
     def _count_torn(self, path: str, nbytes: int, offset: int) -> None:
         self.torn_tail_truncations += 1
-        self.torn_bytes_truncated += nbytes
         log.warning("%s: truncated a torn tail of %d bytes at offset %d", path, nbytes, offset)
 
     def _start_segment(self, first_seq: int) -> None:
         assert self.config.path is not None
+        if self._fd >= 0:
+            os.fdatasync(self._fd)  # the old segment is complete: durable before the new one
         path = os.path.join(self.config.path, f"{first_seq:020d}{SEGMENT_SUFFIX}")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(fd, record.FILE_HEADER)
-        os.fdatasync(fd)
-        _fsync_dir(self.config.path)
+        try:
+            os.write(fd, record.FILE_HEADER)
+            os.fdatasync(fd)
+            _fsync_dir(self.config.path)
+        except BaseException:
+            os.close(fd)
+            raise
         if self._fd >= 0:
-            os.fdatasync(self._fd)  # the old segment is complete: make it durable
             os.close(self._fd)
         self._fd = fd
         self._segments.append(_Segment(first_seq, path, record.FILE_HEADER_SIZE))
 
     def _delete_old_segments(self) -> None:
-        # a segment may go once the next one starts at or below the first retained seq
-        deleted = False
-        while len(self._segments) > 1 and self._segments[1].first_seq <= self._first_seq:
-            os.unlink(self._segments.pop(0).path)
-            deleted = True
-        if deleted and self.config.path is not None:
-            _fsync_dir(self.config.path)
+        # a segment may go once the next one starts at or below the first retained seq;
+        # HEAD records the retained head first, so a missing first segment is detectable
+        doomed = 0
+        while doomed + 1 < len(self._segments) and (
+            self._segments[doomed + 1].first_seq <= self._first_seq
+        ):
+            doomed += 1
+        if not doomed:
+            return
+        assert self.config.path is not None
+        _write_atomic(
+            os.path.join(self.config.path, HEAD_FILE),
+            record.encode_batch(self._segments[doomed].first_seq, [b"head"]),
+        )
+        for seg in self._segments[:doomed]:
+            os.unlink(seg.path)
+        del self._segments[:doomed]
+        _fsync_dir(self.config.path)
 
     def _truncate_disk(self, seq: int) -> None:
-        while len(self._segments) > 1 and self._segments[-1].first_seq > seq:
-            os.unlink(self._segments.pop().path)
+        """Cut the log at ``seq`` on disk: later segments go, the segment holding
+        ``seq`` is cut at the start of its batch (``ftruncate`` on an open descriptor)
+        and the batch's events below ``seq`` are written back with their term."""
         assert self.config.path is not None
-        _fsync_dir(self.config.path)
-        seg = self._segments[-1]
+        idx = len(self._segments) - 1
+        while idx > 0 and self._segments[idx].first_seq > seq:
+            idx -= 1
+        seg = self._segments[idx]
         with open(seg.path, "rb") as fh:
-            buf = fh.read()
-        res = record.scan(buf, record.FILE_HEADER_SIZE, expect_seq=seg.first_seq)
-        offset = record.FILE_HEADER_SIZE
-        for s, p in zip(res.seqs, res.payloads, strict=True):
-            if s >= seq:
+            buf = fh.read(seg.size)
+        res = record.scan(buf, record.FILE_HEADER_SIZE, seg.first_seq)
+        cut, keep, term = seg.size, [], 0
+        for b in res.batches:
+            if b.end_seq > seq:
+                cut, keep, term = b.offset, b.payloads[: seq - b.first_seq], b.term
                 break
-            offset += record.RECORD_HEADER_SIZE + len(p)
-        os.close(self._fd)
-        os.truncate(seg.path, offset)
-        seg.size = offset
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
-        self.sync()
+        fd = (
+            self._fd
+            if idx == len(self._segments) - 1
+            else os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        )
+        try:
+            os.ftruncate(fd, cut)
+            tail = record.encode_batch(seq - len(keep), keep, term)
+            if tail:
+                os.write(fd, tail)
+            os.fdatasync(fd)
+        except BaseException:
+            if fd != self._fd:
+                os.close(fd)
+            raise
+        for later in self._segments[idx + 1 :]:
+            os.unlink(later.path)
+        if fd != self._fd:
+            os.close(self._fd)
+            self._fd = fd
+        del self._segments[idx + 1 :]
+        seg.size = cut + len(tail)
+        _fsync_dir(self.config.path)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def _fsync_dir(path: str) -> None:

@@ -10,39 +10,44 @@ from netmesh.log import record
 from netmesh.log.record import ScanEnd
 
 payload_lists = st.lists(st.binary(max_size=300), max_size=20)
+batches = st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=4), min_size=1, max_size=4)
 
 
-@given(first=st.integers(0, 2**63), payloads=payload_lists)
-def test_round_trip(first: int, payloads: list[bytes]) -> None:
-    buf = record.encode_batch(first, payloads)
+@given(first=st.integers(0, 2**62), term=st.integers(0, 2**62), payloads=payload_lists)
+def test_round_trip(first: int, term: int, payloads: list[bytes]) -> None:
+    buf = record.encode_batch(first, payloads, term)
     res = record.scan(buf, expect_seq=first)
     assert res.end is ScanEnd.CLEAN
     assert res.payloads == payloads
     assert res.seqs == list(range(first, first + len(payloads)))
     assert res.consumed == len(buf)
+    assert all(b.term == term for b in res.batches)
+    assert len(buf) == (record.record_size(payloads) if payloads else 0)
 
 
 def test_encode_record_matches_batch_of_one() -> None:
-    assert record.encode_record(7, b"abc") == record.encode_batch(7, [b"abc"])
+    assert record.encode_record(7, b"abc", 2) == record.encode_batch(7, [b"abc"], 2)
 
 
-def _boundaries(payloads: list[bytes]) -> list[int]:
-    ends, pos = [0], 0
-    for p in payloads:
-        pos += record.RECORD_HEADER_SIZE + len(p)
-        ends.append(pos)
-    return ends
+def _encode(groups: list[list[bytes]]) -> tuple[bytes, list[int]]:
+    """Batches with consecutive seqs and rising terms; the record end offsets."""
+    out, ends, seq = b"", [0], 0
+    for term, g in enumerate(groups):
+        out += record.encode_batch(seq, g, term)
+        seq += len(g)
+        ends.append(len(out))
+    return out, ends
 
 
 @settings(max_examples=30)
-@given(payloads=st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=6))
-def test_every_truncation_recovers_the_whole_records_before_it(payloads: list[bytes]) -> None:
-    buf = record.encode_batch(0, payloads)
-    ends = _boundaries(payloads)
+@given(groups=batches)
+def test_every_truncation_recovers_the_whole_records_before_it(groups: list[list[bytes]]) -> None:
+    buf, ends = _encode(groups)
     for cut in range(len(buf) + 1):
         res = record.scan(buf[:cut], expect_seq=0)
         whole = max(i for i, e in enumerate(ends) if e <= cut)
-        assert res.payloads == payloads[:whole], cut
+        assert res.payloads == [p for g in groups[:whole] for p in g], cut
+        assert [b.term for b in res.batches] == list(range(whole))
         assert res.consumed == ends[whole]
         assert res.end is (ScanEnd.CLEAN if cut == ends[whole] else ScanEnd.TORN), cut
 
@@ -53,21 +58,41 @@ def test_zero_filled_tail_is_torn_not_corrupt() -> None:
     assert res.end is ScanEnd.TORN and res.payloads == [b"a", b"b"]
 
 
+def test_last_record_with_unwritten_sectors_is_torn() -> None:
+    """The blocks of an unfinished write read back as zeros: a tear, not corruption."""
+    first = record.encode_batch(0, [b"x" * 100])
+    last = bytearray(record.encode_batch(1, [bytes(range(256)) * 8], 1))
+    buf = bytearray(first + last)
+    sector = (len(first) + record.RECORD_HEADER_SIZE + 511) // 512 * 512
+    buf[sector : sector + 512] = bytes(512)
+    res = record.scan(bytes(buf), expect_seq=0)
+    assert res.end is ScanEnd.TORN and res.payloads == [b"x" * 100]
+    assert res.consumed == len(first)
+
+
+def test_complete_last_record_with_a_bad_byte_is_corrupt_not_torn() -> None:
+    """Issue 10 §7: a whole last record whose payload changed is damage to an event that
+    may have been acknowledged (fsync="batch"): LogCorrupt, never dropped as torn."""
+    buf = bytearray(record.encode_batch(0, [b"one"]) + record.encode_batch(1, [b"two"], 1))
+    buf[-1] ^= 0x01
+    res = record.scan(bytes(buf), expect_seq=0)
+    assert res.end is ScanEnd.CORRUPT and "body checksum" in res.reason
+    assert res.payloads == [b"one"]
+
+
 @settings(max_examples=15)
-@given(payloads=st.lists(st.binary(min_size=1, max_size=24), min_size=2, max_size=4))
-def test_every_bit_flip_is_detected(payloads: list[bytes]) -> None:
-    buf = record.encode_batch(0, payloads)
-    last_start = _boundaries(payloads)[-2]
+@given(groups=batches)
+def test_every_bit_flip_is_detected_as_corruption(groups: list[list[bytes]]) -> None:
+    buf, _ = _encode(groups)
     for i in range(len(buf)):
         for bit in range(8):
             bad = bytearray(buf)
             bad[i] ^= 1 << bit
             res = record.scan(bytes(bad), expect_seq=0)
-            assert res.end is not ScanEnd.CLEAN, (i, bit)
+            assert res.end is ScanEnd.CORRUPT, (i, bit)
             # the records before the damaged one are intact and nothing else is returned
-            assert res.payloads == payloads[: len(res.payloads)]
-            if i < last_start:
-                assert res.end is ScanEnd.CORRUPT, (i, bit)
+            got = res.payloads
+            assert got == [p for g in groups for p in g][: len(got)]
 
 
 def test_sequence_gap_is_corrupt() -> None:
@@ -76,9 +101,20 @@ def test_sequence_gap_is_corrupt() -> None:
     assert res.end is ScanEnd.CORRUPT and "expected 1" in res.reason
 
 
+def test_term_going_backwards_is_corrupt() -> None:
+    buf = record.encode_batch(0, [b"a"], 5) + record.encode_batch(1, [b"b"], 4)
+    res = record.scan(buf, expect_seq=0)
+    assert res.end is ScanEnd.CORRUPT and "term 4 after term 5" in res.reason
+    assert record.scan(buf[: len(buf) // 2 + 20], min_term=6).end is ScanEnd.CORRUPT
+
+
 @pytest.mark.parametrize(
     ("head", "reason"),
-    [(b"", "short file header"), (b"XXXX\x01\0\0\0", "bad magic"), (b"NMRX\x09\0\0\0", "version")],
+    [
+        (b"", "short file header"),
+        (b"XXXX\x01\0\0\0", "bad magic"),
+        (b"NMRX\x01\0\0\0", "unsupported version 1"),
+    ],
 )
 def test_file_header_checks(head: bytes, reason: str) -> None:
     result = record.check_file_header(head)
