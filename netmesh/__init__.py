@@ -23,6 +23,7 @@ from netmesh.errors import (
     Lagged,
     LocalProtocolError,
     LogCorrupt,
+    LogLocked,
     NetmeshError,
     NodeError,
     NodeUnresponsive,
@@ -34,7 +35,9 @@ from netmesh.errors import (
     Replayed,
     RingClosed,
     RingFull,
+    StorageFailed,
     TransportError,
+    Truncated,
 )
 from netmesh.identity import EntityKeypair
 from netmesh.link.node import MeshNode
@@ -73,6 +76,7 @@ __all__ = [
     "Lagged",
     "LocalProtocolError",
     "LogCorrupt",
+    "LogLocked",
     "MeshNode",
     "MeshNodeConfig",
     "NetmeshError",
@@ -95,6 +99,8 @@ __all__ = [
     "RingClosed",
     "RingFull",
     "ShmRing",
+    "StorageFailed",
     "TransitionSignal",
     "TransportError",
+    "Truncated",
 ]
