@@ -16,13 +16,13 @@ receiver checks it with :func:`netmesh.link.handshake.mac1_ok` before any DH.
 The 16-byte DATA header is the AEAD associated data; ``counter`` is the nonce (see
 ``netmesh.link.session``). The decrypted body is one msgpack array of *entries*::
 
-    [0, channel: str, [message: bytes, ...]]                       a run of messages
-    [1, channel: str, frag_id: int, index: int, count: int, chunk: bytes]  a fragment
+    [0, stream: str, [message: bytes, ...]]                       a run of messages
+    [1, stream: str, frag_id: int, index: int, count: int, chunk: bytes]  a fragment
 
 An empty array is a keepalive. :func:`pack_bodies` packs a batch of messages into as
 few bodies as fit a datagram budget, splitting messages that fit no datagram into
 fragments; :class:`Reassembler` puts fragments back together with bounded memory,
-per *stream* (the receiver uses one stream per session, so fragments of different
+per receiving *session* (the receiver passes its session index, so fragments of different
 sessions - e.g. before and after a sender restart - are never spliced).
 
 Every decode function raises only :class:`~netmesh.errors.DecodeError` (the
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -156,7 +157,7 @@ def _str_size(s: str) -> int:
 
 #: upper bound of the body's outer array header
 BODY_OVERHEAD = 5
-#: array(3) + kind + msgs array header, plus the channel string
+#: array(3) + kind + msgs array header, plus the stream name
 _MSGS_ENTRY_FIXED = 1 + 1 + 5
 #: array(6) + kind + frag_id(<=9) + index(<=5) + count(<=5) + bin header(<=5)
 _FRAG_ENTRY_FIXED = 1 + 1 + 9 + 5 + 5 + 5
@@ -164,22 +165,22 @@ _FRAG_ENTRY_FIXED = 1 + 1 + 9 + 5 + 5 + 5
 
 #: smallest non-final fragment chunk any valid sender produces: the smallest
 #: datagram (576) minus DATA_OVERHEAD gives a 544-byte budget, minus the body and
-#: fragment framing with a 255-byte channel name (5 + 26 + 258) = 255.
+#: fragment framing with a 255-byte stream name (5 + 26 + 258) = 255.
 MIN_FRAGMENT_CHUNK = 255
 #: bookkeeping bytes charged per buffered fragment on top of its chunk, so the
 #: memory bound also holds for many small parts
 FRAGMENT_PART_OVERHEAD = 128
 
 
-def fragment_chunk_size(budget: int, channel: str) -> int:
+def fragment_chunk_size(budget: int, stream: str) -> int:
     """Payload bytes per fragment when bodies may be at most ``budget`` bytes."""
-    return budget - BODY_OVERHEAD - _FRAG_ENTRY_FIXED - _str_size(channel)
+    return budget - BODY_OVERHEAD - _FRAG_ENTRY_FIXED - _str_size(stream)
 
 
 def pack_bodies(
     groups: list[tuple[str, list[bytes]]], budget: int, next_frag_id: int
 ) -> tuple[list[bytes], int]:
-    """Pack ``(channel, messages)`` groups, in order, into msgpack bodies.
+    """Pack ``(stream, messages)`` groups, in order, into msgpack bodies.
 
     Each returned body is at most ``budget`` bytes (one datagram's plaintext). Order
     of messages is preserved within and across groups. A message too large for one
@@ -191,11 +192,11 @@ def pack_bodies(
         raise ValueError("budget too small")
     packb = msgpack.packb
     bodies: list[bytes] = []
-    cur: list[list] = []
+    cur: list[list[Any]] = []
     full_room = budget - BODY_OVERHEAD
     room = full_room
-    for channel, msgs in groups:
-        entry_fixed = _MSGS_ENTRY_FIXED + _str_size(channel)
+    for stream, msgs in groups:
+        entry_fixed = _MSGS_ENTRY_FIXED + _str_size(stream)
         i = 0
         n = len(msgs)
         while i < n:
@@ -210,7 +211,7 @@ def pack_bodies(
                 used += c
                 j += 1
             if j > i:
-                cur.append([ENTRY_MESSAGES, channel, msgs[i:j]])
+                cur.append([ENTRY_MESSAGES, stream, msgs[i:j]])
                 room -= entry_fixed + used
                 i = j
                 continue
@@ -221,7 +222,7 @@ def pack_bodies(
                 cur = []
                 room = full_room
                 continue
-            chunk = fragment_chunk_size(budget, channel)
+            chunk = fragment_chunk_size(budget, stream)
             count = -(-len(message) // chunk)
             if cur:
                 bodies.append(packb(cur))
@@ -230,19 +231,19 @@ def pack_bodies(
             next_frag_id += 1
             for k in range(count):
                 piece = message[k * chunk : (k + 1) * chunk]
-                entry = [ENTRY_FRAGMENT, channel, fid, k, count, piece]
+                entry = [ENTRY_FRAGMENT, stream, fid, k, count, piece]
                 if k < count - 1:
                     bodies.append(packb([entry]))
                 else:
                     cur = [entry]
-                    room = full_room - (_FRAG_ENTRY_FIXED + _str_size(channel) + len(piece))
+                    room = full_room - (_FRAG_ENTRY_FIXED + _str_size(stream) + len(piece))
             i += 1
     if cur:
         bodies.append(packb(cur))
     return bodies, next_frag_id
 
 
-def unpack_body(body: bytes) -> list[list]:
+def unpack_body(body: bytes) -> list[list[Any]]:
     """Decode and validate a body; returns its entries (see module doc)."""
     try:
         entries = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
@@ -282,11 +283,11 @@ def unpack_body(body: bytes) -> list[list]:
 class Reassembler:
     """Reassembles fragments from one peer with bounded memory.
 
-    ``add(channel, frag_id, index, count, chunk, stream)`` returns the whole message
+    ``add(stream, frag_id, index, count, chunk, session)`` returns the whole message
     when its last missing fragment arrives, else None. Fragments only ever combine
-    with fragments of the same ``stream`` (any hashable; the node passes the
-    receiving session's index) and ``(channel, frag_id)``; :meth:`drop_stream`
-    forgets a stream's incomplete messages (the node calls it when the session is
+    with fragments of the same ``session`` (any hashable; the node passes the
+    receiving session's index) and ``(stream, frag_id)``; :meth:`drop_session`
+    forgets a session's incomplete messages (the node calls it when the session is
     forgotten). Limits: at most ``max_message`` bytes per message (``count`` beyond
     ``max_message/min_chunk`` is refused with DecodeError), non-final chunks of at
     least ``min_part`` bytes (shorter ones are refused), at most ``max_bytes``
@@ -314,18 +315,18 @@ class Reassembler:
 
     def add(
         self,
-        channel: str,
+        stream: str,
         frag_id: int,
         index: int,
         count: int,
         chunk: bytes,
-        stream: object = 0,
+        session: object = 0,
     ) -> bytes | None:
         if count > self.max_count or len(chunk) > self.max_message:
             raise DecodeError(f"fragment count {count} exceeds the limit")
         if index < count - 1 and len(chunk) < self.min_part:
             raise DecodeError(f"non-final fragment of {len(chunk)} bytes is too short")
-        key = (stream, channel, frag_id)
+        key = (session, stream, frag_id)
         slot = self._pending.get(key)
         if slot is None:
             slot = (count, {})
@@ -355,9 +356,9 @@ class Reassembler:
         _, parts = self._pending.pop(key)
         self.buffered -= sum(len(p) for p in parts.values()) + FRAGMENT_PART_OVERHEAD * len(parts)
 
-    def drop_stream(self, stream: object) -> None:
-        """Forget every incomplete message of ``stream`` (not counted as evictions)."""
-        for key in [k for k in self._pending if k[0] == stream]:
+    def drop_session(self, session: object) -> None:
+        """Forget every incomplete message of ``session`` (not counted as evictions)."""
+        for key in [k for k in self._pending if k[0] == session]:
             self._evict(key)
 
     def clear(self) -> None:

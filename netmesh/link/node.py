@@ -3,8 +3,10 @@
 Lifecycle (as the reference): ``node = await MeshNode.create(keypair, config)`` →
 ``connect``/``accept`` → ``start()`` → traffic → ``await shutdown()``.
 
-Messages
-    ``send(node_id, channel, message)`` / ``send_many(node_id, channel, messages)``
+Messages and streams
+    A *stream* is a named flow of messages between two nodes (``"redex/orders"``,
+    ``"peer"``); it is not a channel (a channel is an event log, ``netmesh.log``).
+    ``send(node_id, stream, message)`` / ``send_many(node_id, stream, messages)``
     queue bytes for a peer; everything queued in one event-loop turn is flushed once
     per peer at the end of the turn, packed into as few datagrams as fit
     ``max_datagram`` (one msgpack call and one AEAD call per datagram). A message
@@ -18,12 +20,12 @@ Delivery guarantees (best-effort datagrams, like the reference)
       lost; the replication layer recovers through SyncRequest. Messages sent while
       a peer has no confirmed session are dropped and counted ("no_session");
     * order: netmesh never reorders. Messages to one peer leave in ``send`` order
-      (across channels too); the network may reorder datagrams (loopback does not),
+      (across streams too); the network may reorder datagrams (loopback does not),
       and a reordered datagram is still delivered if it is within the window.
 
 Handlers
     ``subscribe(kind, handler)``: ``handler(from_node_id: int, message: bytes)`` per
-    message on channel ``kind``; ``subscribe_batch(kind, handler)``:
+    message on stream ``kind``; ``subscribe_batch(kind, handler)``:
     ``handler(from_node_id, messages: list[bytes])`` once per datagram run. Handlers
     run synchronously in the event loop, must not block, and may call ``send``;
     exceptions are logged and counted ("handler_errors"), never propagated.
@@ -31,7 +33,7 @@ Handlers
     ``(node_id, b"up")`` when a peer's session becomes live and ``(node_id, b"down")``
     when it has been silent for ``session_timeout``. Nobody can send on it: ``send``
     refuses it locally, and entries a peer sends on it are dropped and counted
-    ("reserved_channel") so a peer cannot forge peer events.
+    ("reserved_stream") so a peer cannot forge peer events.
 
 Bad input (tampered, truncated, replayed, oversized, unknown-session datagrams,
 handshakes with a wrong PSK or an unexpected static key) is dropped, logged at debug
@@ -61,6 +63,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -84,7 +87,8 @@ from netmesh.link.handshake import (
     mac1_key,
     mac1_ok,
 )
-from netmesh.link.peer import Peer
+from netmesh.link.index import PeerIndex
+from netmesh.link.peer import KEEPALIVE, LinkContext, Peer
 from netmesh.link.session import Session, SessionExpired, SessionLimits
 from netmesh.link.timers import TimerConfig
 from netmesh.link.transport import UdpTransport
@@ -110,12 +114,11 @@ DROP_REASONS = (
     "blocked",
     "no_session",
     "reassembly",
-    "reserved_channel",
+    "reserved_stream",
     "expired",
     "bad_mac",
     "handshake_rate",
 )
-_KEEPALIVE = b"\x90"
 _U64 = struct.Struct("<Q")
 
 
@@ -138,11 +141,21 @@ class MeshNode:
         )
         self._budget = config.max_datagram - codec.DATA_OVERHEAD
         self._max_datagram = config.max_datagram
-        self.peers_by_id: dict[int, Peer] = {}
-        #: our receiver index -> (peer, session)
-        self.sessions: dict[int, tuple[Peer, Session]] = {}
-        self.pending_initiations: dict[int, Peer] = {}
-        self._indices: set[int] = set()
+        #: peers by node id, sessions and pending initiations by our index
+        self.index: PeerIndex[Peer, Session] = PeerIndex(secrets.randbits)
+        self._link = LinkContext(
+            node_id=keypair.node_id,
+            static_private=keypair.private_key,
+            static_public=keypair.public_key,
+            psk=bytes(config.psk),
+            prologue=self.prologue,
+            timers=self.timer_config,
+            limits=self.session_limits,
+            handshake_retries=config.handshake_retries,
+            max_message=config.max_message,
+            reassembly_bytes=config.reassembly_bytes,
+            max_datagram=config.max_datagram,
+        )
         self._allowed: dict[int, bytes] = dict(config.allowed_peers)
         self._accept_waiters: dict[int, asyncio.Future[Addr]] = {}
         self._blocked: set[int] = set()
@@ -222,13 +235,14 @@ class MeshNode:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        waiters = list(self._accept_waiters.values())
+        waiters: list[asyncio.Future[Any]] = list(self._accept_waiters.values())
         self._accept_waiters.clear()
-        for peer in self.peers_by_id.values():
-            waiters.append(peer.connect_waiter)
+        for peer in self.index.peers():
+            if peer.connect_waiter is not None:
+                waiters.append(peer.connect_waiter)
             peer.close()
         for fut in waiters:
-            if fut is not None and not fut.done():
+            if not fut.done():
                 fut.set_exception(Closed("node shut down"))
                 fut.exception()  # awaiting callers still get it; nobody else must
         if self._transport is not None:
@@ -304,18 +318,14 @@ class MeshNode:
 
     def peers(self) -> list[int]:
         """Node ids with a live, confirmed session (reported up)."""
-        return [
-            nid
-            for nid, p in self.peers_by_id.items()
-            if p.timers.up and p.usable_session() is not None
-        ]
+        return [p.node_id for p in self.index.peers() if p.timers.up and p.usable_session()]
 
     def peer_is_up(self, node_id: int) -> bool:
-        p = self.peers_by_id.get(node_id)
+        p = self.index.peer(node_id)
         return p is not None and p.timers.up
 
     def peer_addr(self, node_id: int) -> Addr | None:
-        p = self.peers_by_id.get(node_id)
+        p = self.index.peer(node_id)
         return p.addr if p is not None else None
 
     # ------------------------------------------------------------ messages
@@ -333,37 +343,41 @@ class MeshNode:
             if hs and handler in hs:
                 hs.remove(handler)  # type: ignore[arg-type]
 
-    def send(self, node_id: int, channel: str, message: bytes) -> None:
-        """Queue one message (best-effort; see the module doc)."""
-        peer = self._outbox_peer(node_id, channel)
+    def send(self, node_id: int, stream: str, message: bytes) -> None:
+        """Queue one message on ``stream`` (best-effort; see the module doc).
+
+        Raises LocalProtocolError (unknown peer, reserved or over-long stream name),
+        PayloadTooLarge (over ``max_message``), Closed (node shut down).
+        """
+        peer = self._outbox_peer(node_id, stream)
         if len(message) > self.config.max_message:
             raise PayloadTooLarge(len(message), self.config.max_message)
         box = peer.outbox
-        if box and box[-1][0] == channel:
+        if box and box[-1][0] == stream:
             box[-1][1].append(bytes(message))
         else:
-            box.append((channel, [bytes(message)]))
+            box.append((stream, [bytes(message)]))
 
-    def send_many(self, node_id: int, channel: str, messages: Iterable[bytes]) -> None:
-        """Queue many messages (each must be ``bytes``) in order."""
-        peer = self._outbox_peer(node_id, channel)
+    def send_many(self, node_id: int, stream: str, messages: Iterable[bytes]) -> None:
+        """Queue many messages (each must be ``bytes``) in order; raises as :meth:`send`."""
+        peer = self._outbox_peer(node_id, stream)
         msgs = list(messages)
         limit = self.config.max_message
         if msgs and max(map(len, msgs)) > limit:
             raise PayloadTooLarge(max(map(len, msgs)), limit)
         box = peer.outbox
-        if box and box[-1][0] == channel:
+        if box and box[-1][0] == stream:
             box[-1][1].extend(msgs)
         else:
-            box.append((channel, msgs))
+            box.append((stream, msgs))
 
-    def _outbox_peer(self, node_id: int, channel: str) -> Peer:
+    def _outbox_peer(self, node_id: int, stream: str) -> Peer:
         self._check_open()
-        if channel == PEER_EVENTS:
-            raise LocalProtocolError(f"channel {PEER_EVENTS!r} is reserved for peer events")
-        if len(channel.encode()) > 255:
-            raise LocalProtocolError("channel name longer than 255 bytes")
-        peer = self.peers_by_id.get(node_id)
+        if stream == PEER_EVENTS:
+            raise LocalProtocolError(f"stream {PEER_EVENTS!r} is reserved for peer events")
+        if len(stream.encode()) > 255:
+            raise LocalProtocolError("stream name longer than 255 bytes")
+        peer = self.index.peer(node_id)
         if peer is None:
             raise LocalProtocolError(f"unknown peer {node_id:#x}")
         if not peer.outbox:
@@ -384,13 +398,15 @@ class MeshNode:
             session = peer.usable_session()
             if session is not None and session.expired(now):
                 session = None  # the next timer tick forgets it and rehandshakes
-            if session is None or peer.node_id in self._blocked:
+            addr = peer.addr
+            if session is None or addr is None or peer.node_id in self._blocked:
+                # a confirmed session always comes with an address (it is adopted on
+                # the packet that confirms it); a peer without either has no route
                 reason = "blocked" if peer.node_id in self._blocked else "no_session"
                 self._drops[reason] += sum(len(g[1]) for g in groups)
                 continue
             bodies, peer.frag_id = codec.pack_bodies(groups, self._budget, peer.frag_id)
             self._m["messages_out"] += sum(len(g[1]) for g in groups)
-            addr = peer.addr
             seal = session.seal
             sendto = self._sendto
             for body in bodies:
@@ -402,9 +418,12 @@ class MeshNode:
         if self._flush_scheduled:
             self._flush()
 
-    def send_raw(self, peer: Peer, datagram: bytes, addr: Addr | None = None) -> None:
+    # ------------------------------------------------------------ PeerHost
+    def transmit(self, peer: Peer, datagram: bytes, addr: Addr | None = None) -> None:
         """Send a prepared datagram to ``peer`` (handshakes, keepalives), at ``addr``
-        if given (a handshake response goes to the initiation's source)."""
+        if given (a handshake response goes to the initiation's source). Counted as
+        a "blocked" drop if the peer is blocked; nothing is sent to a peer that has
+        no address yet (a responder-side peer before its session confirms)."""
         if peer.node_id in self._blocked:
             self._drops["blocked"] += 1
             return
@@ -414,12 +433,19 @@ class MeshNode:
         self._sendto(datagram, addr)
         peer.timers.last_sent = self._loop.time()
 
+    def count(self, name: str) -> None:
+        self._m[name] += 1
+
     def _sendto(self, datagram: bytes, addr: Addr) -> None:
         m = self._m
         m["datagrams_out"] += 1
         m["bytes_out"] += len(datagram)
+        transport = self._transport
+        if transport is None:  # never bound (create failed): nothing to send on
+            m["send_errors"] += 1
+            return
         try:
-            self._transport.sendto(datagram, addr)  # type: ignore[union-attr]
+            transport.sendto(datagram, addr)
         except (TransportError, Closed) as exc:
             m["send_errors"] += 1
             log.debug("send to %s failed: %s", addr, exc)
@@ -469,7 +495,7 @@ class MeshNode:
             self._drop("truncated", addr)
 
     def _on_data(self, data: bytes, index: int, counter: int, addr: Addr) -> None:
-        entry = self.sessions.get(index)
+        entry = self.index.session(index)
         if entry is None:
             self._drop("unknown_session", addr, index)
             return
@@ -490,7 +516,7 @@ class MeshNode:
             self._drop("expired", addr, index)
             return
         peer.on_authenticated(session, addr, now)
-        if body == _KEEPALIVE:
+        if body == KEEPALIVE:
             return
         try:
             entries = unpack_body(body)
@@ -499,36 +525,37 @@ class MeshNode:
             return
         self._dispatch(peer, entries, index)
 
-    def _dispatch(self, peer: Peer, entries: list[list], stream: int) -> None:
+    def _dispatch(self, peer: Peer, entries: list[list[Any]], session_index: int) -> None:
         nid = peer.node_id
+        where = peer.addr or ("", 0)
         for e in entries:
             if e[1] == PEER_EVENTS:  # reserved: a peer must not forge up/down events
-                self._drop("reserved_channel", peer.addr or ("", 0), f"from {nid:#x}")
+                self._drop("reserved_stream", where, f"from {nid:#x}")
                 continue
             if e[0] == codec.ENTRY_MESSAGES:
-                channel, msgs = e[1], e[2]
+                stream, msgs = e[1], e[2]
             else:
                 try:
-                    whole = peer.reassembler.add(e[1], e[2], e[3], e[4], e[5], stream)
+                    whole = peer.reassembler.add(e[1], e[2], e[3], e[4], e[5], session_index)
                 except DecodeError as exc:
-                    self._drop("reassembly", peer.addr or ("", 0), exc)
+                    self._drop("reassembly", where, exc)
                     continue
                 if whole is None:
                     continue
-                channel, msgs = e[1], [whole]
+                stream, msgs = e[1], [whole]
             self._m["messages_in"] += len(msgs)
-            self._deliver(nid, channel, msgs)
+            self._deliver(nid, stream, msgs)
 
-    def _deliver(self, nid: int, channel: str, msgs: list[bytes]) -> None:
-        bhs = self._batch_handlers.get(channel)
+    def _deliver(self, nid: int, stream: str, msgs: list[bytes]) -> None:
+        bhs = self._batch_handlers.get(stream)
         if bhs:
             for bh in bhs:
                 try:
                     bh(nid, msgs)
                 except Exception:
                     self._m["handler_errors"] += 1
-                    log.exception("batch handler for %r failed", channel)
-        hs = self._handlers.get(channel)
+                    log.exception("batch handler for %r failed", stream)
+        hs = self._handlers.get(stream)
         if hs:
             for h in hs:
                 for msg in msgs:
@@ -536,7 +563,7 @@ class MeshNode:
                         h(nid, msg)
                     except Exception:
                         self._m["handler_errors"] += 1
-                        log.exception("handler for %r failed", channel)
+                        log.exception("handler for %r failed", stream)
 
     def _on_initiation(self, msg: codec.Initiation, addr: Addr) -> None:
         responder = self._responder_template.new()
@@ -563,14 +590,14 @@ class MeshNode:
         self._replay_guard.record(remote_static, responder.timestamp)
         eph = X25519PrivateKey.generate().private_bytes_raw()
         noise, keys = responder.create_response(eph)
-        index = self.alloc_index()
+        index = self.index.alloc()
         now = self._loop.time()
         session = Session(keys, index, msg.sender_index, now, self.session_limits)
         # not authenticated yet (msg1 may be replayed from elsewhere): answer the
         # source, but move the peer there only once the session confirms
         peer = self._peer_for(nid, remote_static, None)
-        peer.offer_as_responder(session, addr)
-        self.send_raw(
+        peer.offer_as_responder(session)
+        self.transmit(
             peer, codec.encode_response(index, msg.sender_index, noise, peer.mac_key), addr
         )
 
@@ -578,7 +605,7 @@ class MeshNode:
         allowed = self._allowed.get(nid)
         if allowed is not None and allowed != remote_static:
             return False
-        known = self.peers_by_id.get(nid)
+        known = self.index.peer(nid)
         if known is not None and known.public_key != remote_static:
             return False
         if nid in self._accept_waiters:
@@ -586,7 +613,7 @@ class MeshNode:
         return self._started and (allowed is not None or known is not None)
 
     def _on_response(self, msg: codec.Response, addr: Addr) -> None:
-        peer = self.pending_initiations.get(msg.receiver_index)
+        peer = self.index.pending(msg.receiver_index)
         if peer is None or peer.pending is None:
             self._drop("bad_handshake", addr, "response to no pending initiation")
             return
@@ -603,48 +630,28 @@ class MeshNode:
             return
         peer.complete_as_initiator(keys, msg.sender_index, addr, self._loop.time())
 
-    # ------------------------------------------------------------ helpers for Peer
+    # ------------------------------------------------------------ PeerHost (cont.)
     def peer_event(self, node_id: int, up: bool) -> None:
         if up:
             fut = self._accept_waiters.get(node_id)
-            peer = self.peers_by_id.get(node_id)
+            peer = self.index.peer(node_id)
             if fut is not None and not fut.done() and peer is not None and peer.addr:
                 fut.set_result(peer.addr)
         log.debug("peer %x %s", node_id, "up" if up else "down")
         self._deliver(node_id, PEER_EVENTS, [b"up" if up else b"down"])
 
-    def now(self) -> float:
-        return self._loop.time()
-
-    def prologue(self, responder_id: int) -> bytes:
-        return PROLOGUE + _U64.pack(responder_id)
-
-    def timestamp(self) -> bytes:
+    def handshake_timestamp(self) -> bytes:
         """A strictly increasing 12-byte wall-clock timestamp for initiations."""
         ns = max(time.time_ns(), self._last_ts + 1)
         self._last_ts = ns
         secs, nanos = divmod(ns, 1_000_000_000)
         return struct.pack(">QI", secs, nanos)
 
-    def alloc_index(self) -> int:
-        while True:
-            i = secrets.randbits(32)
-            if i and i not in self._indices:
-                self._indices.add(i)
-                return i
+    def now(self) -> float:
+        return self._loop.time()
 
-    def release_index(self, index: int) -> None:
-        self._indices.discard(index)
-
-    def forget_session(self, session: Session) -> None:
-        entry = self.sessions.get(session.local_index)
-        if entry is not None and entry[1] is session:
-            del self.sessions[session.local_index]
-            self.release_index(session.local_index)
-            entry[0].reassembler.drop_stream(session.local_index)
-
-    def metrics_inc(self, name: str) -> None:
-        self._m[name] += 1
+    def prologue(self, responder_id: int) -> bytes:
+        return PROLOGUE + _U64.pack(responder_id)
 
     def metrics(self) -> dict[str, object]:
         """Counters: datagrams/bytes/messages in and out, handshakes, handler errors,
@@ -654,8 +661,8 @@ class MeshNode:
         unsolicited handshake message), wrong_psk_or_key (handshake AEAD failure or an
         initiator whose static key is not expected), decode (bad framing or body),
         blocked, no_session (messages sent while no session), reassembly,
-        reserved_channel (an entry - a run of messages or one fragment - a peer sent
-        on the reserved ``"peer"`` channel), expired (data for a session past
+        reserved_stream (an entry - a run of messages or one fragment - a peer sent
+        on the reserved ``"peer"`` stream), expired (data for a session past
         ``reject_after_time``), bad_mac (handshake message whose mac1 is wrong: no
         PSK, or not meant for our key), handshake_rate (initiation over the
         node-wide ``handshake_rate``)."""
@@ -665,18 +672,15 @@ class MeshNode:
         return out
 
     def _peer_for(self, node_id: int, public_key: bytes, addr: Addr | None) -> Peer:
-        peer = self.peers_by_id.get(node_id)
+        peer = self.index.peer(node_id)
         if peer is None:
-            peer = Peer(self, node_id, public_key, addr, self._loop.time())
-            self.peers_by_id[node_id] = peer
+            peer = Peer(self._link, self, self.index, node_id, public_key, addr, self._loop.time())
         elif addr is not None:
-            peer.addr = addr
+            peer.move_to(addr)
         return peer
 
     def _remove_peer(self, peer: Peer) -> None:
         peer.close()
-        if self.peers_by_id.get(peer.node_id) is peer:
-            del self.peers_by_id[peer.node_id]
 
     async def _tick_loop(self) -> None:
         cfg = self.config
@@ -685,7 +689,7 @@ class MeshNode:
         while True:
             await asyncio.sleep(period)
             now = self._loop.time()
-            for peer in list(self.peers_by_id.values()):
+            for peer in self.index.peers():
                 try:
                     peer.tick(now)
                 except Exception:  # a bug here must not stop every peer's timers

@@ -24,7 +24,7 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: UdpTransport) -> None:
         self._owner = owner
 
-    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         self._owner.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -76,7 +76,7 @@ class UdpTransport:
         except OSError as exc:
             sock.close()
             raise TransportError(f"cannot bind {host}:{port}: {exc}") from exc
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         name = sock.getsockname()
         self.local_addr = (name[0], name[1])
         return self
@@ -92,9 +92,11 @@ class UdpTransport:
             raise TransportError(f"sendto {addr}: {exc}") from exc
 
     def write_buffer_size(self) -> int:
-        """Bytes asyncio holds because the socket would block."""
+        """Bytes asyncio holds because the socket would block (0 if the loop's
+        datagram transport does not report it)."""
         t = self._transport
-        return t.get_write_buffer_size() if t is not None else 0
+        size = getattr(t, "get_write_buffer_size", None)
+        return int(size()) if size is not None else 0
 
     async def close(self) -> None:
         t = self._transport

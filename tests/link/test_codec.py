@@ -252,10 +252,10 @@ def test_reassembler_streams_never_splice() -> None:
     r = Reassembler(16 << 20, 32 << 20, min_chunk=256)
     old = [bytes([0xAA]) * 300] * 3
     new = [bytes([0xBB]) * 300] * 3
-    r.add("c", 0, 0, 3, old[0], stream=111)
-    r.add("c", 0, 2, 3, old[2], stream=111)
-    out = [r.add("c", 0, i, 3, new[i], stream=222) for i in range(3)]
+    r.add("c", 0, 0, 3, old[0], session=111)
+    r.add("c", 0, 2, 3, old[2], session=111)
+    out = [r.add("c", 0, i, 3, new[i], session=222) for i in range(3)]
     assert out[:2] == [None, None] and out[2] == b"".join(new)
     assert r.pending == 1
-    r.drop_stream(111)
+    r.drop_session(111)
     assert r.pending == 0 and r.buffered == 0 and r.evicted == 0

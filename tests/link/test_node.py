@@ -13,6 +13,7 @@ import pytest
 
 from netmesh import EntityKeypair, MeshNode, MeshNodeConfig
 from netmesh.errors import ConfigError, LocalProtocolError, PayloadTooLarge
+from netmesh.link.peer import Peer
 
 PSK = bytes(range(32))
 MAX_DGRAM = 1400
@@ -52,6 +53,13 @@ async def link(server: MeshNode, client: MeshNode) -> None:
         server.accept(client.node_id),
         client.connect(server.local_addr, server.public_key, server.node_id),
     )
+
+
+def peer_of(node: MeshNode, node_id: int) -> Peer:
+    """The link state ``node`` holds for ``node_id`` (must exist)."""
+    peer = node.index.peer(node_id)
+    assert peer is not None, f"{node_id:#x} is not a peer"
+    return peer
 
 
 def payload(rng: random.Random, max_size: int) -> bytes:
@@ -329,7 +337,7 @@ def test_rekey_replaces_sessions_while_traffic_flows() -> None:
             await link(b, a)
             a.start()
             b.start()
-            first = a.peers_by_id[b.node_id].current
+            first = peer_of(a, b.node_id).current
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 15.0
             i = 0
@@ -338,7 +346,7 @@ def test_rekey_replaces_sessions_while_traffic_flows() -> None:
                 i += 1
                 await asyncio.sleep(0.01)  # pacing, not synchronisation
                 assert loop.time() < deadline, "no rekey happened"
-            assert a.peers_by_id[b.node_id].current is not first
+            assert peer_of(a, b.node_id).current is not first
             a.send(b.node_id, "m", b"last")
             await wait_for(lambda: got and got[-1] == b"last", 10.0)
             sent = [b"%d" % k for k in range(i)] + [b"last"]
@@ -437,7 +445,7 @@ def test_crossed_handshakes_settle_on_the_lower_id_and_keep_rekeying() -> None:
                 b.connect(a.local_addr, a.public_key, a.node_id),
             )
             low, high = sorted((a, b), key=lambda n: n.node_id)
-            pl, ph = low.peers_by_id[high.node_id], high.peers_by_id[low.node_id]
+            pl, ph = peer_of(low, high.node_id), peer_of(high, low.node_id)
 
             def settled() -> bool:
                 cl, ch = pl.current, ph.current
@@ -473,7 +481,7 @@ def test_responder_rekeys_when_the_initiator_does_not() -> None:
             await link(b, a)
             a.start()
             b.start()
-            assert not b.peers_by_id[a.node_id].current.is_initiator  # type: ignore[union-attr]
+            assert not peer_of(b, a.node_id).current.is_initiator  # type: ignore[union-attr]
             events = _watch([a, b])
             sent, got = await _steady_traffic(a, b, 2.5, events)
             assert got == [b"%d" % i for i in range(sent - 1)] + [b"last"]
@@ -495,7 +503,7 @@ def test_no_rekey_towards_a_blocked_peer() -> None:
         b = await MeshNode.create(EntityKeypair.generate(), cfg())
         try:
             await link(b, a)
-            peer = a.peers_by_id[b.node_id]
+            peer = peer_of(a, b.node_id)
             s = peer.current
             assert s is not None and s.is_initiator
             due = s.created + 50.0 + 0.001  # explicit clock: no waiting
@@ -539,17 +547,19 @@ def test_fragments_never_splice_across_a_sender_restart() -> None:
             a._sendto = lossy  # type: ignore[method-assign]
             a.send(b.node_id, "m", b"A" * 4000)
             a.flush()
-            bpeer = b.peers_by_id[ka.node_id]
+            bpeer = peer_of(b, ka.node_id)
             await wait_for(lambda: bpeer.reassembler.pending == 1, 5.0, "partial message")
             old = bpeer.current
+            old_frag_id = peer_of(a, b.node_id).frag_id
             await a.shutdown()
+            assert len(a.index) == 0  # shutdown closes every link
             # restarted within session_timeout: b still holds the old session
             a2 = await MeshNode.create(ka, cfg(**slow))
-            assert a2.peers_by_id == {}
+            assert len(a2.index) == 0
             await a2.connect(b.local_addr, b.public_key, b.node_id)
             a2.start()
             await wait_for(lambda: bpeer.current is not old, 5.0, "new session on b")
-            assert a2.peers_by_id[b.node_id].frag_id != a.peers_by_id[b.node_id].frag_id
+            assert peer_of(a2, b.node_id).frag_id != old_frag_id
             a2.send(b.node_id, "m", b"B" * 4000)
             a2.send(b.node_id, "m", b"end")
             await wait_for(lambda: got and got[-1] == b"end", 5.0, "end marker")
@@ -568,7 +578,7 @@ def test_fragment_ids_start_at_random_values() -> None:
         b = await MeshNode.create(EntityKeypair.generate(), cfg())
         try:
             await link(b, a)
-            starts = {a.peers_by_id[b.node_id].frag_id, b.peers_by_id[a.node_id].frag_id}
+            starts = {peer_of(a, b.node_id).frag_id, peer_of(b, a.node_id).frag_id}
             assert len(starts) == 2 and all(0 <= s < 1 << 62 for s in starts)
         finally:
             await a.shutdown()

@@ -14,7 +14,7 @@ from netmesh import EntityKeypair, MeshNode
 from netmesh.errors import HandshakeError, TransportError
 from netmesh.link import codec
 from netmesh.link.handshake import mac1_key
-from tests.link.test_node import cfg, link, run, wait_for
+from tests.link.test_node import cfg, link, peer_of, run, wait_for
 
 
 def capture(node: MeshNode) -> list[bytes]:
@@ -203,7 +203,7 @@ def test_datagrams_never_exceed_max_datagram() -> None:
     run(body)
 
 
-def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
+def test_peer_cannot_forge_peer_events_on_the_reserved_stream() -> None:
     """An authenticated peer that bypasses ``send``'s check and writes entries on the
     reserved "peer" channel (a fake "down", and a fragmented message) reaches no
     subscriber and no reassembly buffer; the entries are counted and the link lives on."""
@@ -224,7 +224,7 @@ def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
             assert events == [(a.node_id, b"up")]
             events.clear()
             batches.clear()
-            peer = a.peers_by_id[b.node_id]
+            peer = peer_of(a, b.node_id)
             session = peer.usable_session()
             assert session is not None
             budget = a.config.max_datagram - codec.DATA_OVERHEAD
@@ -240,13 +240,13 @@ def test_peer_cannot_forge_peer_events_on_the_reserved_channel() -> None:
             assert forged >= 3 and any(e[0] != codec.ENTRY_MESSAGES for e in entries)
             now = asyncio.get_running_loop().time()
             for bd in bodies:
-                a.send_raw(peer, session.seal(bd, now))
+                a.transmit(peer, session.seal(bd, now))
             await wait_for(lambda: got == [b"after"], 10.0, "honest message after the forgery")
             assert events == [] and batches == []
             drops = b.metrics()["drops"]
-            assert drops["reserved_channel"] == forged
-            assert all(v == 0 for k, v in drops.items() if k != "reserved_channel"), drops
-            assert b.peers_by_id[a.node_id].reassembler.pending == 0
+            assert drops["reserved_stream"] == forged
+            assert all(v == 0 for k, v in drops.items() if k != "reserved_stream"), drops
+            assert peer_of(b, a.node_id).reassembler.pending == 0
             assert b.peer_is_up(a.node_id)
         finally:
             await a.shutdown()
@@ -335,7 +335,7 @@ def test_an_initiation_from_elsewhere_does_not_move_the_peer() -> None:
             assert t is not None
             orig, held = t.sendto, []
             t.sendto = lambda data, addr: held.append(data)  # type: ignore[method-assign]
-            a.peers_by_id[b.node_id].begin_handshake(a.now())
+            peer_of(a, b.node_id).begin_handshake(a.now())
             t.sendto = orig  # type: ignore[method-assign]
             assert len(held) == 1 and held[0][1] == codec.TYPE_INITIATION
             relay.sendto(held[0], b.local_addr)
