@@ -12,6 +12,18 @@ next input (etcd's Ready loop, flattened):
   :class:`ServeSync` (read the log, call :meth:`ReplicationCoordinator.serve`),
   :class:`CommitAdvanced`, :class:`RoleChanged` (notifications).
 
+Dispatch. As etcd-raft's ``Step``, :meth:`ReplicationCoordinator.step` settles the
+term once (a higher term is adopted first), then calls the handler of the resulting
+role from :data:`STEP_TABLE`, a printable ``(role, message type) -> handler`` table
+(``format_step_table()``); ticks go through :data:`TICK_TABLE`. No handler re-tests
+the role. Idle and Failed take no input. ``storage_failed`` moves any role to FAILED
+(fail-stop; see ``netmesh.replication.executor``).
+
+Vocabulary. One word per concept in this package: a **tail** is always a *next seq*
+(the number of events a log holds; ``tail_seq`` on the wire and in the public API,
+``tail`` inside); ``commit`` is the exclusive commit seq; an **epoch** is a
+``(term, start_seq)`` pair; a **window** is ``missed_heartbeats`` x heartbeat.
+
 Logs and seqs. Seqs start at 0; ``tail_seq`` is the next seq (= events held);
 ``commit_seq`` is exclusive too. Each node keeps an *epoch history* ``[(term,
 start_seq)]`` (Kafka leader epochs): the leader of ``term`` wrote its first event at
@@ -68,12 +80,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from netmesh.errors import InvalidTransition, LocalProtocolError
-from netmesh.log.hardstate import HardState
+from netmesh.log.hardstate import MAX_TERM, Epoch, HardState
 from netmesh.replication.budget import replication_budget
 from netmesh.replication.messages import (
-    MAX_TERM,
     Ack,
-    Epoch,
     Heartbeat,
     Message,
     Nack,
@@ -96,6 +106,7 @@ EVENT_OVERHEAD = 12
 DEFAULT_MAX_INFLIGHT = 4
 
 L, R, C, IDLE = ReplicaRole.LEADER, ReplicaRole.REPLICA, ReplicaRole.CANDIDATE, ReplicaRole.IDLE
+FAILED = ReplicaRole.FAILED
 Sig = TransitionSignal
 
 
@@ -365,20 +376,6 @@ class ReplicationCoordinator:
         self._outstanding: tuple[int, float] | None = None
         self._backoff_until = float("-inf")
         self._next_rid = (rng.getrandbits(48) if rng is not None else 0) | 1
-        self._handlers: dict[type, Callable[[int, Any], None]] = {
-            Heartbeat: self._on_heartbeat,
-            SyncRequest: self._on_sync_request,
-            SyncResponse: self._on_sync_response,
-            Nack: self._on_nack,
-            VoteRequest: self._on_vote_request,
-            VoteResponse: self._on_vote_response,
-            Ack: self._on_ack,
-        }
-        self._tickers: dict[ReplicaRole, Callable[[], None]] = {
-            R: self._tick_replica,
-            C: self._tick_candidate,
-            L: self._tick_leader,
-        }
 
     # ------------------------------------------------------------------ public inputs
 
@@ -395,24 +392,41 @@ class ReplicationCoordinator:
         return HardState(self.term, self.voted_for, self.epochs)
 
     def tick(self, now: float) -> list[Output]:
-        """Advance timers: bootstrap, heartbeats, silence detection, retries."""
+        """Advance timers: bootstrap, heartbeats, silence detection, retries
+        (dispatched per role through :data:`TICK_TABLE`)."""
         self._begin(now)
-        if self.role is IDLE and self.auto_bootstrap and not self._bootstrapped:
-            self._bootstrap()
-        ticker = self._tickers.get(self.role)
-        if ticker is not None:
-            ticker()
+        TICK_TABLE[self.role](self)
         return self._end()
 
     def step(self, from_id: int, msg: Message, now: float) -> list[Output]:
-        """Handle one decoded message from member ``from_id`` (others are dropped)."""
+        """Handle one decoded message from member ``from_id`` (others are dropped).
+
+        As etcd-raft's ``Step``: the term is settled once, here (a higher term is
+        adopted, which may turn a leader or candidate into a replica), then the message
+        goes to the handler of the *resulting* role in :data:`STEP_TABLE`. Idle and
+        Failed take no input (their rows are all drops).
+        """
         self._begin(now)
         peer = self._peers.get(from_id)
-        if peer is not None and self.role is not IDLE:
+        if peer is not None and self.role not in (IDLE, FAILED):
             peer.heard_at = now
             if msg.term > self.term:
                 self._adopt_term(msg.term)
-            self._handlers[type(msg)](from_id, msg)
+            STEP_TABLE[(self.role, type(msg))](self, from_id, msg)
+        return self._end()
+
+    def storage_failed(self, now: float) -> list[Output]:
+        """The shell's storage failed: stop for good (role FAILED, nothing is sent).
+
+        Only a new coordinator over the reopened log leaves FAILED. Returns the
+        RoleChanged notification (no hard state is saved: storage is what failed).
+        """
+        self._begin(now)
+        if self.role is not FAILED:
+            self._set_role(Sig.STORAGE_FAILED)
+            self.leader_id = None
+            self._progress = {}
+        self._dirty = False
         return self._end()
 
     def local_appended(self, tail_seq: int, now: float) -> list[Output]:
@@ -581,6 +595,14 @@ class ReplicationCoordinator:
         self._leader_heard_at = self._now
         self._next_hb_at = self._now
 
+    def _tick_idle(self) -> None:
+        if self.auto_bootstrap and not self._bootstrapped:
+            self._bootstrap()
+            self._tick_replica()
+
+    def _tick_failed(self) -> None:
+        """Failed: no timer runs (fail-stop)."""
+
     def _tick_replica(self) -> None:
         self._maybe_heartbeat()
         if self.leader_id is not None:
@@ -622,7 +644,6 @@ class ReplicationCoordinator:
         self._next_hb_at = self._now + self.hb
         hb = Heartbeat(
             self.term,
-            self.leader_id or 0,
             self.role,
             self.tail,
             self.commit,
@@ -700,39 +721,52 @@ class ReplicationCoordinator:
         self._maybe_heartbeat()
         self._maybe_commit()
 
-    def _on_vote_request(self, frm: int, m: VoteRequest) -> None:
+    def _vote(self, frm: int, m: VoteRequest) -> None:
+        """Replica or candidate: grant once per term to a log at least as up to date."""
         if m.term < self.term:
             self._send(frm, VoteResponse(self.term, False))
             return
         theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
-        ok = self.role is not L and self.voted_for in (None, frm) and theirs >= self._own_key()
+        ok = self.voted_for in (None, frm) and theirs >= self._own_key()
         if ok:
             self.voted_for = frm
             self._dirty = True
             self._leader_heard_at = self._now
         self._send(frm, VoteResponse(self.term, ok))
 
-    def _on_vote_response(self, frm: int, m: VoteResponse) -> None:
-        if self.role is C and m.term == self.term:
+    def _leader_vote(self, frm: int, m: VoteRequest) -> None:
+        """Leader: a request of our own term or older is refused (a higher term has
+        already made us a replica before dispatch)."""
+        self._send(frm, VoteResponse(self.term, False))
+
+    def _candidate_vote_response(self, frm: int, m: VoteResponse) -> None:
+        if m.term == self.term:
             (self._campaign.granted if m.granted else self._campaign.rejected).add(frm)
             self._check_votes()
 
     # ------------------------------------------------------------------ follower side
 
-    def _on_heartbeat(self, frm: int, m: Heartbeat) -> None:
+    def _note_heartbeat(self, frm: int, m: Heartbeat) -> None:
+        """Every role that takes input: remember the sender's log position."""
         peer = self._peers[frm]
         peer.epoch_term, peer.last_term, peer.tail = m.epoch_term, m.last_term, m.tail_seq
         self.metrics.heartbeats_received_total += 1
-        if m.term < self.term:
+
+    def _replica_heartbeat(self, frm: int, m: Heartbeat) -> None:
+        self._note_heartbeat(frm, m)
+        if m.term < self.term or m.role is not L:
             return
-        if m.role is L and self.role is R:
-            self._follow(frm, m.tail_seq)
-            self.metrics.replica_lag_seconds = 0.0
-            self.metrics.replica_lag_events = max(0, m.tail_seq - self.tail)
-            self._learn_commit(m.commit_seq)
-            self._maybe_challenge(m)
-            self._maybe_request()
-        elif self.role is L and m.epoch_term == self.term:
+        self._follow(frm, m.tail_seq)
+        self.metrics.replica_lag_seconds = 0.0
+        self.metrics.replica_lag_events = max(0, m.tail_seq - self.tail)
+        self._learn_commit(m.commit_seq)
+        self._maybe_challenge(m)
+        self._maybe_request()
+
+    def _leader_heartbeat(self, frm: int, m: Heartbeat) -> None:
+        """A replica's heartbeat tells its tail: a follower of our epoch is matched."""
+        self._note_heartbeat(frm, m)
+        if m.term == self.term and m.epoch_term == self.term:
             self._record_match(frm, m.tail_seq, acked=False)
 
     def _follow(self, leader: int, leader_tail: int) -> None:
@@ -777,8 +811,8 @@ class ReplicationCoordinator:
         self._outstanding = (rid, self._now)
         self.metrics.sync_requests_total += 1
 
-    def _on_sync_response(self, frm: int, m: SyncResponse) -> None:
-        if m.term != self.term or self.role is not R:
+    def _replica_sync_response(self, frm: int, m: SyncResponse) -> None:
+        if m.term != self.term:
             return
         self._follow(frm, m.first_seq + len(m.payloads))
         if self._outstanding is not None and self._outstanding[0] == m.request_id:
@@ -822,8 +856,8 @@ class ReplicationCoordinator:
             self.commit = seq
         return True
 
-    def _on_nack(self, frm: int, m: Nack) -> None:
-        if m.term < self.term or self.role is not R:
+    def _replica_nack(self, frm: int, m: Nack) -> None:
+        if m.term < self.term:
             return
         current = self._outstanding is not None and self._outstanding[0] == m.request_id
         if current:
@@ -833,17 +867,19 @@ class ReplicationCoordinator:
         elif m.reason is NackReason.DIVERGED and current and m.from_seq == self.tail:
             self._truncate(min(m.epoch_end, own_end(self.epochs, m.epoch_term, self.tail)))
             self._maybe_request()
-        elif m.reason is NackReason.CHANNEL_CLOSED and self.leader_id == frm:
-            self.leader_id = None
         # NOT_LEADER from the leader we follow in this very term is stale (sent while it
         # was still a candidate): a leader only stops leading by moving to a higher
         # term, which step() has already adopted, clearing leader_id
 
     # ------------------------------------------------------------------ leader side
 
-    def _on_sync_request(self, frm: int, m: SyncRequest) -> None:
-        if self.role is not L or m.term != self.term:
-            self._send(frm, Nack(self.term, m.request_id, NackReason.NOT_LEADER, m.from_seq))
+    def _refuse_sync(self, frm: int, m: SyncRequest) -> None:
+        """Replica or candidate: only a leader serves."""
+        self._send(frm, Nack(self.term, m.request_id, NackReason.NOT_LEADER, m.from_seq))
+
+    def _leader_sync_request(self, frm: int, m: SyncRequest) -> None:
+        if m.term != self.term:
+            self._refuse_sync(frm, m)
             return
         if m.from_seq > self.tail or term_at(self.epochs, m.from_seq - 1) != m.last_term:
             t, end = epoch_end(self.epochs, m.last_term, self.tail)
@@ -896,8 +932,8 @@ class ReplicationCoordinator:
             prog.sent = self.tail
             prog.last_push = self._now
 
-    def _on_ack(self, frm: int, m: Ack) -> None:
-        if self.role is L and m.term == self.term:
+    def _leader_ack(self, frm: int, m: Ack) -> None:
+        if m.term == self.term:
             self._record_match(frm, m.tail_seq, acked=True)
 
     def _record_match(self, p: int, tail: int, acked: bool) -> None:
@@ -915,3 +951,64 @@ class ReplicationCoordinator:
         if c > self.commit:
             self.commit = c
             self._out.append(CommitAdvanced(c))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _drop(self, frm: int, msg: Message) -> None:
+        """This role ignores this message type (an explicit row of :data:`STEP_TABLE`)."""
+
+
+Handler = Callable[[ReplicationCoordinator, int, Any], None]
+_RC = ReplicationCoordinator
+_DROP: Handler = _RC._drop
+
+STEP_TABLE: dict[tuple[ReplicaRole, type], Handler] = {
+    **{
+        (role, t): _DROP
+        for role in (IDLE, FAILED)
+        for t in (Heartbeat, SyncRequest, SyncResponse, Nack, VoteRequest, VoteResponse, Ack)
+    },
+    # stepFollower
+    (R, Heartbeat): _RC._replica_heartbeat,
+    (R, SyncRequest): _RC._refuse_sync,
+    (R, SyncResponse): _RC._replica_sync_response,
+    (R, Nack): _RC._replica_nack,
+    (R, VoteRequest): _RC._vote,
+    (R, VoteResponse): _DROP,  # a late answer to a campaign already over
+    (R, Ack): _DROP,  # a late ack to a leadership already over
+    # stepCandidate
+    (C, Heartbeat): _RC._note_heartbeat,  # terms are owned: no leader shares our term
+    (C, SyncRequest): _RC._refuse_sync,
+    (C, SyncResponse): _DROP,
+    (C, Nack): _DROP,
+    (C, VoteRequest): _RC._vote,  # refused unless from ourselves: we voted for us
+    (C, VoteResponse): _RC._candidate_vote_response,
+    (C, Ack): _DROP,
+    # stepLeader
+    (L, Heartbeat): _RC._leader_heartbeat,
+    (L, SyncRequest): _RC._leader_sync_request,
+    (L, SyncResponse): _DROP,  # only a leader sends them, and terms are owned
+    (L, Nack): _DROP,
+    (L, VoteRequest): _RC._leader_vote,
+    (L, VoteResponse): _DROP,  # late answers after winning
+    (L, Ack): _RC._leader_ack,
+}
+"""(role after the term is settled, message type) -> handler: etcd-raft's stepLeader /
+stepCandidate / stepFollower as one printable table. Every pair is present; ``_drop``
+names an explicit ignore."""
+
+TICK_TABLE: dict[ReplicaRole, Callable[[ReplicationCoordinator], None]] = {
+    IDLE: _RC._tick_idle,
+    R: _RC._tick_replica,
+    C: _RC._tick_candidate,
+    L: _RC._tick_leader,
+    FAILED: _RC._tick_failed,
+}
+"""role -> what a timer tick does in it."""
+
+
+def format_step_table() -> str:
+    """:data:`STEP_TABLE` as aligned text, one row per (role, message type)."""
+    return "\n".join(
+        f"{role.name:<9} {t.__name__:<12} -> {h.__name__}" for (role, t), h in STEP_TABLE.items()
+    )

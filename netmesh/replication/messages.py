@@ -40,17 +40,23 @@ from netmesh.errors import DecodeError
 from netmesh.log.hardstate import MAX_SEQ, MAX_TERM, Epoch
 from netmesh.replication.roles import ReplicaRole
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: Heartbeat lost its unread leader_id
 MAX_U64 = (1 << 64) - 1
 
 
 class NackReason(enum.IntEnum):
-    """Why a leader refused a SyncRequest (1..4 are the reference codes)."""
+    """Why a leader refused a SyncRequest (1..3 are the reference codes; the
+    reference's 4, CHANNEL_CLOSED, is never sent here: a closed channel stops
+    listening instead, and the requester's silence timer takes over)."""
 
     NOT_LEADER = 1
+    """The receiver does not lead this term; the requester waits for a heartbeat."""
     BAD_RANGE = 2
+    """``from_seq`` is below the leader's retained head ``epoch_end`` (retention dropped
+    it); ``epoch_term`` is the term of event ``epoch_end - 1``. The requester restarts
+    its log at that head (counted as a gap), as Redis falls back to a full resync."""
     BACKPRESSURE = 3
-    CHANNEL_CLOSED = 4
+    """The leader's replication budget is spent; retry after half a heartbeat."""
     DIVERGED = 5
     """The requester's log diverges; ``epoch_term``/``epoch_end`` say where (see coordinator)."""
 
@@ -59,12 +65,12 @@ class NackReason(enum.IntEnum):
 class Heartbeat:
     """Sent every heartbeat by leaders AND replicas to every other member.
 
+    The sender is the leader iff ``role`` is LEADER (so no leader id travels).
     ``epoch_term`` is the term of the sender's newest epoch (the newest leader whose
     history it has adopted); ``last_term`` the term of its last event (0 if empty).
     """
 
     term: int
-    leader_id: int
     role: ReplicaRole
     tail_seq: int
     commit_seq: int
@@ -145,7 +151,7 @@ Message = Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResp
 # field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
 # s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, e = epochs, p = payloads
 _SCHEMA: dict[int, tuple[type, str]] = {
-    1: (Heartbeat, "tursstt"),
+    1: (Heartbeat, "trsstt"),
     2: (SyncRequest, "tstuu"),
     3: (SyncResponse, "tustsep"),
     4: (Nack, "tunsts"),
@@ -169,7 +175,8 @@ def _wire(value: Any) -> Any:
 def encode(msg: Message) -> bytes:
     """Serialise ``msg`` (one msgpack call)."""
     body = [WIRE_VERSION, _TAGS[type(msg)], *(_wire(v) for v in vars(msg).values())]
-    return msgpack.packb(body, use_bin_type=True)
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
 
 
 def _uint(v: Any) -> int:
@@ -253,4 +260,5 @@ def decode(data: bytes) -> Message:
     fields = body[2:]
     if len(fields) != len(kinds):
         raise DecodeError(f"{cls.__name__} needs {len(kinds)} fields, got {len(fields)}")
-    return cls(*(_KINDS[k](v) for k, v in zip(kinds, fields, strict=True)))
+    msg: Message = cls(*(_KINDS[k](v) for k, v in zip(kinds, fields, strict=True)))
+    return msg

@@ -25,8 +25,13 @@ Signals (reference names where one exists):
   pressure withdraw).
 * ``CHANNEL_CLOSE``: any role -> Idle, including Idle -> Idle (the close path must
   never fail; the reference allows exactly this one self-transition).
+* ``STORAGE_FAILED``: any live role -> Failed. A write, fsync, truncate or hard-state
+  save failed; the channel stops (fail-stop, h11's ERROR state) until it is closed
+  and reopened. Failed takes no input and sends nothing; only ``CHANNEL_CLOSE``
+  leaves it.
 
-Wire bytes of the roles follow the reference: Leader=0, Replica=1, Candidate=2, Idle=3.
+Wire bytes of the roles follow the reference: Leader=0, Replica=1, Candidate=2, Idle=3;
+Failed=4 is ours (a failed node sends nothing, so it never appears on the wire).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class ReplicaRole(enum.IntEnum):
     REPLICA = 1
     CANDIDATE = 2
     IDLE = 3
+    FAILED = 4
 
 
 class TransitionSignal(enum.Enum):
@@ -55,6 +61,7 @@ class TransitionSignal(enum.Enum):
     HIGHER_TERM_SEEN = "higher_term_seen"
     STEP_DOWN = "step_down"
     CHANNEL_CLOSE = "channel_close"
+    STORAGE_FAILED = "storage_failed"
 
 
 R = ReplicaRole
@@ -75,6 +82,11 @@ TRANSITIONS: dict[tuple[ReplicaRole, TransitionSignal], ReplicaRole] = {
     (R.REPLICA, S.CHANNEL_CLOSE): R.IDLE,
     (R.CANDIDATE, S.CHANNEL_CLOSE): R.IDLE,
     (R.LEADER, S.CHANNEL_CLOSE): R.IDLE,
+    (R.FAILED, S.CHANNEL_CLOSE): R.IDLE,
+    (R.IDLE, S.STORAGE_FAILED): R.FAILED,
+    (R.REPLICA, S.STORAGE_FAILED): R.FAILED,
+    (R.CANDIDATE, S.STORAGE_FAILED): R.FAILED,
+    (R.LEADER, S.STORAGE_FAILED): R.FAILED,
 }
 """(from role, signal) -> new role. Every pair not listed is illegal."""
 

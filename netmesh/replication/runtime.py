@@ -2,11 +2,17 @@
 
 One :class:`ChannelRuntime` per replicated channel; it is the shell of etcd's Ready
 loop: every input (a timer tick, a received message, a local append) goes to the
-coordinator, and the outputs are executed in order: SaveHardState (written before
-anything after it is sent), Truncate/Apply (the local log), Send, ServeSync (read the
-log, hand the events back to the coordinator), CommitAdvanced (release quorum waiters).
+coordinator, and the outputs go to the channel's
+:class:`~netmesh.replication.executor.OutputExecutor` (the one implementation, which
+the simulation runs too) over a :class:`FileStorage` (the RedexFile and its hard state)
+and the MeshNode. The runtime only adds what is shell-specific: timers, decoding,
+logging, the append guard (``RedexFile.refusal``) and quorum waiters.
 
-Messages travel on the MeshNode channel ``"redex/<channel name>"``. Local appends are
+Fail-stop: a storage error moves the channel to role FAILED (the executor's rule 1):
+logged once, counted in ``storage_errors_total``, appends raise StorageFailed, the tick
+loop stops, nothing more is written until the file is closed and reopened.
+
+Messages travel on the MeshNode message kind ``"redex/<channel name>"``. Local appends are
 pushed to streaming followers once per event-loop turn (not per append), so a tight
 append loop pays one push per turn. Appends on a node that is not the channel's leader
 raise NotLeader (nothing is appended).
@@ -25,7 +31,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,27 +42,19 @@ from netmesh.errors import (
     LogCorrupt,
     NetmeshError,
     NotLeader,
+    StorageFailed,
 )
 from netmesh.log import hardstate
 from netmesh.log.file import RedexFile
 from netmesh.log.hardstate import HardState
 from netmesh.replication import messages
-from netmesh.replication.coordinator import (
-    Apply,
-    CommitAdvanced,
-    ReplicationCoordinator,
-    RoleChanged,
-    SaveHardState,
-    Send,
-    ServeSync,
-    Truncate,
-)
+from netmesh.replication.coordinator import Apply, Output, ReplicationCoordinator, RoleChanged
+from netmesh.replication.executor import ExecutorHooks, OutputExecutor
 from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
 log = logging.getLogger(__name__)
 KIND_PREFIX = "redex/"
 HARD_STATE_FILE = "hardstate"
-READ_CHUNK = 4096
 PROBE_MAGIC = b"NMTS"
 # Unacknowledged pushes per follower. One keeps a push in flight per round trip: at
 # low rates every append goes out at once, under load appends pile up behind the ack
@@ -97,6 +95,7 @@ class ChannelMetrics:
     send_errors_total: int = 0
     behind_retention_total: int = 0
     output_errors_total: int = 0
+    storage_errors_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,6 +145,109 @@ class CoordinatorHandle:
         rt.run(rt.coord.transition_to(role, signal, rt.now()))
 
 
+class FileStorage:
+    """:class:`~netmesh.replication.executor.LogStorage` over a RedexFile and its hard
+    state (``<path>/hardstate``, or the hub's memory for an in-memory file)."""
+
+    def __init__(self, hub: ReplicationHub, name: str, file: RedexFile) -> None:
+        self.hub, self.name, self.file = hub, name, file
+
+    @property
+    def next_seq(self) -> int:
+        return self.file.next_seq
+
+    def append(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+        # raises OutOfOrder (executor resyncs), OSError / StorageFailed / PayloadTooLarge
+        # (executor fails the channel)
+        self.file.apply_batch(list(payloads), expect_seq=first_seq)
+
+    def truncate(self, from_seq: int) -> int:
+        return self.file.truncate_from(from_seq)
+
+    def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
+        return self.file.read_payloads(from_seq, end_seq)
+
+    def save_hard_state(self, state: HardState) -> None:
+        """tmp, fsync, rename, fsync the directory."""
+        path = self.file.config.path
+        if path is None:
+            self.hub.memory_hard_states[self.name] = state
+            return
+        tmp = os.path.join(path, HARD_STATE_FILE + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(hardstate.encode(state))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, os.path.join(path, HARD_STATE_FILE))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def load_hard_state(self) -> HardState | None:
+        """The saved hard state; None if none was saved. LogCorrupt if unreadable."""
+        path = self.file.config.path
+        if path is None:
+            return self.hub.memory_hard_states.get(self.name)
+        full = os.path.join(path, HARD_STATE_FILE)
+        try:
+            with open(full, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return hardstate.decode(data)
+        except DecodeError as exc:
+            raise LogCorrupt(full, 0, str(exc)) from None
+
+
+class _Hooks(ExecutorHooks):
+    """The runtime's side of the executor: logging, the append guard, quorum waiters."""
+
+    def __init__(self, rt: ChannelRuntime) -> None:
+        self.rt = rt
+
+    def on_apply(self, out: Apply) -> None:
+        if self.rt.probe is not None:
+            self.rt.measure(out.payloads)
+
+    def on_truncated(self, from_seq: int, dropped: int) -> None:
+        log.warning(
+            "%s: discarded %d divergent events from seq %d", self.rt.name, dropped, from_seq
+        )
+
+    def on_behind_retention(self, to: int, from_seq: int, head: int) -> None:
+        log.warning(
+            "%s: %#x asks from seq %d, below the retained head %d",
+            self.rt.name,
+            to,
+            from_seq,
+            head,
+        )
+
+    def on_commit(self, commit_seq: int) -> None:
+        self.rt.release_waiters()
+
+    def on_role(self, change: RoleChanged) -> None:
+        rt = self.rt
+        log.info("%s: %s -> %s (term %d)", rt.name, change.old.name, change.new.name, change.term)
+        rt.update_refusal()
+        if change.old is ReplicaRole.LEADER:
+            rt.release_waiters(all_of_them=True)  # they learn their fate from is_committed
+
+    def on_failed(self, exc: BaseException, out: Output) -> None:
+        log.error(
+            "%s: storage failed executing %s, channel stopped until reopened: %r",
+            self.rt.name,
+            type(out).__name__,
+            exc,
+        )
+
+    def on_resync(self, exc: BaseException, out: Output) -> None:
+        log.info("%s: %s met a moved log end (%s); resynced", self.rt.name, type(out).__name__, exc)
+
+
 class ChannelRuntime:
     """The replication shell of one channel on one node."""
 
@@ -159,23 +261,23 @@ class ChannelRuntime:
         self.file = file
         self.loop = asyncio.get_running_loop()
         members = self._members(config)
+        self.storage = FileStorage(hub, name, file)
         self.coord = ReplicationCoordinator(
             self.node.node_id,
             config,
             members,
             now=self.now(),
             tail_seq=file.next_seq,
-            hard_state=self._load_hard_state(),
+            hard_state=self.storage.load_hard_state(),
             rng=random.Random(),
             max_inflight=PUSH_WINDOW,
             min_push_gap=MIN_PUSH_GAP,
         )
+        self.executor = OutputExecutor(self.coord, self.storage, self._send, self.now, _Hooks(self))
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
         self.decode_errors = 0
         self.send_errors = 0
-        self.behind_retention = 0
-        self.output_errors = 0
-        self._resyncing = False
+        self.waiter_errors = 0
         self._push_timer_at: float | None = None
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._waiter_no = 0
@@ -183,7 +285,7 @@ class ChannelRuntime:
         #: when a list, replica applies record append-to-apply latencies (ms) of
         #: payloads stamped by ``probe_payload`` (CLOCK_MONOTONIC is system-wide)
         self.probe: list[float] | None = None
-        self._update_refusal()
+        self.update_refusal()
         file.on_append = self._on_local_append
         self.node.subscribe_batch(self.kind, self._on_messages)
         self._ticker = self.loop.create_task(self._tick_loop(), name=f"repl-{name}")
@@ -196,12 +298,20 @@ class ChannelRuntime:
             return list(config.placement.nodes)
         me = self.node.node_id
         others = sorted(p for p in self.node.peers() if p != me)
-        return sorted([me, *others[: max(0, config.factor - 1)]])
+        members = sorted([me, *others[: max(0, config.effective_factor() - 1)]])
+        if len(members) < config.effective_factor():
+            log.warning(
+                "%s: only %d of %d holders reachable at open; the channel runs under-replicated",
+                self.name,
+                len(members),
+                config.effective_factor(),
+            )
+        return members
 
     # -- inputs ----------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         await asyncio.sleep(0)  # let the opener drive manual transitions first
-        while not self._closed:
+        while not self._closed and not self.executor.stopped:
             try:
                 self.run(self.coord.tick(self.now()))
             except Exception:
@@ -219,11 +329,29 @@ class ChannelRuntime:
                 continue
             self.run(self.coord.step(from_id, msg, now))
 
-    def _update_refusal(self) -> None:
-        if self.coord.role is ReplicaRole.LEADER or self._closed:
+    def update_refusal(self) -> None:
+        """Set the file's append guard from the role: None on the leader (or once
+        closed), StorageFailed once FAILED, else NotLeader naming the believed leader."""
+        if self._closed:
+            self.file.refusal = None
+        elif self.executor.failed is not None:
+            failed = self.executor.failed
+            self.file.refusal = (
+                failed if isinstance(failed, StorageFailed) else StorageFailed(self.name, failed)
+            )
+        elif self.coord.role is ReplicaRole.LEADER:
             self.file.refusal = None
         else:
             self.file.refusal = NotLeader(self.name, self.coord.leader_id)
+
+    def measure(self, payloads: tuple[bytes, ...]) -> None:
+        """Latency probe: payloads that start with PROBE_MAGIC carry their append time."""
+        now = time.monotonic_ns()
+        probe = self.probe
+        assert probe is not None
+        for p in payloads:
+            if p[:4] == PROBE_MAGIC:
+                probe.append((now - int.from_bytes(p[4:12], "little")) / 1e6)
 
     def _on_local_append(self) -> None:
         self.loop.call_soon(self._push)
@@ -238,143 +366,22 @@ class ChannelRuntime:
             self.run(self.coord.local_appended(self.file.next_seq, self.now()))
 
     # -- outputs ---------------------------------------------------------------------
-    def run(self, outputs: list[Any]) -> None:
-        """Execute coordinator outputs in order (outputs may produce more outputs).
-
-        If one fails (a disk error, a log that refuses the append), the rest of the
-        list is dropped: an Ack or a vote must not leave after a log change or hard
-        state save that did not happen. The coordinator is told the log's real tail;
-        the next tick or message retries.
-        """
+    def run(self, outputs: Sequence[Output]) -> None:
+        """Execute coordinator outputs through the channel's :class:`OutputExecutor`
+        (the one implementation, shared with the simulation), after arming the push
+        timer the coordinator asked for."""
         due = self.coord.push_due
         if due is not None and (self._push_timer_at is None or due < self._push_timer_at):
             self._push_timer_at = due
             self.loop.call_at(due, self._deferred_push)
-        for out in outputs:
-            handler = self._output_handlers.get(type(out))
-            if handler is None:
-                continue
-            try:
-                handler(self, out)
-            except Exception:
-                self.output_errors += 1
-                log.exception(
-                    "%s: %s failed; dropping the rest of this step", self.name, type(out).__name__
-                )
-                if not self._resyncing:
-                    self._resyncing = True
-                    try:
-                        self.run(self.coord.applied(self.file.next_seq))
-                    finally:
-                        self._resyncing = False
-                return
+        self.executor.run(outputs)
 
-    def _do_send(self, out: Send) -> None:
+    def _send(self, to: int, msg: messages.Message) -> None:
         try:
-            self.node.send(out.to, self.kind, messages.encode(out.msg))
+            self.node.send(to, self.kind, messages.encode(msg))
         except (LocalProtocolError, NetmeshError) as exc:
             self.send_errors += 1
-            log.debug("%s: send to %#x failed: %s", self.name, out.to, exc)
-
-    def _do_serve(self, out: ServeSync) -> None:
-        payloads, first = self.file.read_payloads(out.from_seq, out.from_seq + READ_CHUNK)
-        if first != out.from_seq:
-            # Retention dropped what the follower needs: it cannot catch up from here
-            # (replicas hold the leader's seqs, without gaps). Known limitation: keep
-            # retention larger than any replica's lag.
-            self.behind_retention += 1
-            log.warning(
-                "%s: %#x asks from seq %d, below the retained head %d",
-                self.name,
-                out.to,
-                out.from_seq,
-                first,
-            )
-            payloads = []
-        size, n = 0, 0
-        for p in payloads:
-            size += len(p)
-            if n and size > out.max_bytes:
-                break
-            n += 1
-        self.run(self.coord.serve(out, payloads[:n], self.now()))
-
-    def _do_apply(self, out: Apply) -> None:
-        if self.probe is not None:
-            self._measure(out.payloads)
-        # raises OutOfOrder / OSError / PayloadTooLarge: run() drops the rest (the Ack)
-        self.file.apply_batch(list(out.payloads), expect_seq=out.first_seq)
-
-    def _measure(self, payloads: tuple[bytes, ...]) -> None:
-        """Latency probe: payloads that start with PROBE_MAGIC carry their append time."""
-        now = time.monotonic_ns()
-        probe = self.probe
-        assert probe is not None
-        for p in payloads:
-            if p[:4] == PROBE_MAGIC:
-                probe.append((now - int.from_bytes(p[4:12], "little")) / 1e6)
-
-    def _do_truncate(self, out: Truncate) -> None:
-        dropped = self.file.truncate_from(out.from_seq)
-        if dropped:
-            log.warning(
-                "%s: discarded %d divergent events from seq %d", self.name, dropped, out.from_seq
-            )
-        self.run(self.coord.applied(self.file.next_seq))
-
-    def _do_commit(self, out: CommitAdvanced) -> None:
-        self._release_waiters()
-
-    def _do_role(self, out: RoleChanged) -> None:
-        log.info("%s: %s -> %s (term %d)", self.name, out.old.name, out.new.name, out.term)
-        self._update_refusal()
-        if out.old is ReplicaRole.LEADER:
-            self._release_waiters(all_of_them=True)  # they learn their fate from is_committed
-
-    def _do_save(self, out: SaveHardState) -> None:
-        """Persist the hard state before anything after it is sent (tmp, fsync, rename,
-        fsync the directory)."""
-        path = self.file.config.path
-        if path is None:
-            self.hub.memory_hard_states[self.name] = out.state
-            return
-        tmp = os.path.join(path, HARD_STATE_FILE + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(hardstate.encode(out.state))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(path, HARD_STATE_FILE))
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    _output_handlers: dict[type, Callable[[ChannelRuntime, Any], None]] = {
-        Send: _do_send,
-        ServeSync: _do_serve,
-        Apply: _do_apply,
-        Truncate: _do_truncate,
-        CommitAdvanced: _do_commit,
-        RoleChanged: _do_role,
-        SaveHardState: _do_save,
-    }
-
-    def _load_hard_state(self) -> HardState | None:
-        """The saved hard state; None if none was saved. LogCorrupt if unreadable."""
-        path = self.file.config.path
-        if path is None:
-            return self.hub.memory_hard_states.get(self.name)
-        full = os.path.join(path, HARD_STATE_FILE)
-        try:
-            with open(full, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            return None
-        try:
-            return hardstate.decode(data)
-        except DecodeError as exc:
-            raise LogCorrupt(full, 0, str(exc)) from None
+            log.debug("%s: send to %#x failed: %s", self.name, to, exc)
 
     # -- quorum acknowledgements -----------------------------------------------------
     def is_committed(self, seq_exclusive: int) -> bool | None:
@@ -391,14 +398,14 @@ class ChannelRuntime:
         self._waiter_no += 1
         heapq.heappush(self._waiters, (seq_exclusive, self._waiter_no, callback))
 
-    def _release_waiters(self, all_of_them: bool = False) -> None:
+    def release_waiters(self, all_of_them: bool = False) -> None:
         commit = self.coord.commit_seq
         while self._waiters and (all_of_them or self._waiters[0][0] <= commit):
             _, _, cb = heapq.heappop(self._waiters)
             try:
                 cb()
             except Exception:  # one bad waiter must not strand the others
-                self.output_errors += 1
+                self.waiter_errors += 1
                 log.exception("%s: commit waiter failed", self.name)
 
     # -- lifetime --------------------------------------------------------------------
@@ -409,8 +416,9 @@ class ChannelRuntime:
             channel=self.name,
             decode_errors_total=self.decode_errors,
             send_errors_total=self.send_errors,
-            behind_retention_total=self.behind_retention,
-            output_errors_total=self.output_errors,
+            behind_retention_total=self.executor.behind_retention,
+            output_errors_total=self.executor.resyncs + self.waiter_errors,
+            storage_errors_total=self.executor.storage_errors,
             **m,
         )
 
@@ -429,7 +437,7 @@ class ChannelRuntime:
         self.node.unsubscribe(self.kind, self._on_messages)
         self.file.refusal = None
         self.file.on_append = None
-        self._release_waiters(all_of_them=True)
+        self.release_waiters(all_of_them=True)
 
 
 class ReplicationHub:

@@ -11,8 +11,11 @@ reorder) datagrams, cut links (``partition``/``isolate``/``heal``) and crash nod
 a crashed node keeps its log and its last saved HardState, and ``restart`` builds a
 fresh coordinator from them (exactly what a real node restores).
 
-Each node's "shell" is :meth:`SimCluster._execute`: it applies the coordinator's
-outputs to a list-of-payloads log, in order, like the real runtime will.
+Each node's shell is the shipped :class:`~netmesh.replication.executor.OutputExecutor`
+(the one the node runtime uses) over a :class:`MemoryStorage` (a list-of-payloads log
+and a saved HardState) and a send callable into the simulated network, so every seed
+exercises the executor that ships. Its crash hook places power cuts at output
+boundaries (``crash_mid_output``, ``crash_points``).
 
 Invariants, checked after every step (the seed is in every failure message):
 
@@ -27,22 +30,27 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from netmesh.config import AckMode, PlacementStrategy, ReplicationConfig
+from netmesh.errors import OutOfOrder
 from netmesh.log.hardstate import HardState
 from netmesh.replication.coordinator import (
     Apply,
-    CommitAdvanced,
     Output,
     ReplicationCoordinator,
-    SaveHardState,
-    Send,
-    ServeSync,
     Truncate,
 )
-from netmesh.replication.messages import decode, encode
+from netmesh.replication.executor import CrashPoint, ExecutorHooks, OutputExecutor
+from netmesh.replication.messages import Message, decode, encode
 from netmesh.replication.roles import ReplicaRole
+
+#: the output boundaries where ``crash_mid_output`` may cut power, by default: just
+#: before a log change (the rest of the output list is lost)
+LOG_CHANGE_CRASHES: frozenset[tuple[CrashPoint, type]] = frozenset(
+    {("before", Apply), ("before", Truncate)}
+)
 
 
 class InvariantViolation(AssertionError):
@@ -50,13 +58,72 @@ class InvariantViolation(AssertionError):
 
 
 @dataclass
+class MemoryStorage:
+    """:class:`~netmesh.replication.executor.LogStorage` in memory: what survives a
+    simulated crash (the log and the last saved hard state)."""
+
+    log: list[bytes] = field(default_factory=list)
+    hard_state: HardState = field(default_factory=HardState)
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.log)
+
+    def append(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+        if first_seq != len(self.log):
+            raise OutOfOrder(f"Apply at {first_seq}, log has {len(self.log)}")
+        self.log.extend(payloads)
+
+    def truncate(self, from_seq: int) -> int:
+        dropped = max(0, len(self.log) - from_seq)
+        del self.log[from_seq:]
+        return dropped
+
+    def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
+        return self.log[from_seq:end_seq], from_seq
+
+    def save_hard_state(self, state: HardState) -> None:
+        self.hard_state = state
+
+
+class _SimHooks(ExecutorHooks):
+    def __init__(self, sim: SimCluster, node_id: int) -> None:
+        self.sim, self.node_id = sim, node_id
+
+    def crash_point(self, when: CrashPoint, out: Output) -> bool:
+        sim = self.sim
+        if (
+            sim.crash_mid_output
+            and (when, type(out)) in sim.crash_points
+            and sim.rng.random() < sim.crash_mid_output
+        ):
+            sim.crash(self.node_id)  # a power cut at this output boundary
+            return True
+        return False
+
+    def on_commit(self, commit_seq: int) -> None:
+        self.sim.on_commit(self.sim.nodes[self.node_id], commit_seq)
+
+    def on_resync(self, exc: BaseException, out: Output) -> None:
+        raise self.sim.fail(f"node {self.node_id}: {exc}")
+
+
+@dataclass
 class SimNode:
     node_id: int
     coord: ReplicationCoordinator
-    log: list[bytes] = field(default_factory=list)
-    hard_state: HardState = field(default_factory=HardState)
+    executor: OutputExecutor
+    storage: MemoryStorage
     alive: bool = True
     last_commit: int = 0
+
+    @property
+    def log(self) -> list[bytes]:
+        return self.storage.log
+
+    @property
+    def hard_state(self) -> HardState:
+        return self.storage.hard_state
 
 
 class SimCluster:
@@ -72,8 +139,10 @@ class SimCluster:
         max_delay: max one-way delay in seconds (default: a quarter heartbeat).
         budget_bytes_per_s: leader sync budget (fraction 1.0 of this NIC peak).
         sync_chunk_bytes: max bytes per SyncResponse.
-        crash_mid_output: probability that a node crashes just before executing an
-            Apply or Truncate output (the rest of that output list is lost).
+        crash_mid_output: probability that a node crashes at each of the
+            ``crash_points`` it meets (the rest of that output list is lost).
+        crash_points: ``(when, output type)`` boundaries where crashes may happen
+            (``when`` is ``"before"`` or ``"after"``); default: before log changes.
     """
 
     def __init__(
@@ -91,9 +160,11 @@ class SimCluster:
         sync_chunk_bytes: int = 4096,
         auto_bootstrap: bool = True,
         crash_mid_output: float = 0.0,
+        crash_points: frozenset[tuple[CrashPoint, type]] = LOG_CHANGE_CRASHES,
     ) -> None:
         self.seed = seed
         self.crash_mid_output = crash_mid_output
+        self.crash_points = crash_points
         self.rng = random.Random(seed)
         self.ids = sorted(self.rng.sample(range(1, 1 << 20), n))
         self.config = ReplicationConfig(
@@ -114,7 +185,9 @@ class SimCluster:
         self.auto_bootstrap = auto_bootstrap
         self.now = 0.0
         self.steps = 0
-        self.nodes = {i: SimNode(i, self._coordinator(i, HardState(), 0)) for i in self.ids}
+        self.nodes: dict[int, SimNode] = {}
+        for i in self.ids:
+            self.nodes[i] = self._node(i, MemoryStorage())
         self._queue: list[tuple[float, int, int, int, bytes]] = []
         self._counter = 0
         self._cut: set[frozenset[int]] = set()
@@ -124,17 +197,24 @@ class SimCluster:
 
     # ------------------------------------------------------------------ building
 
-    def _coordinator(self, node_id: int, hs: HardState, tail: int) -> ReplicationCoordinator:
-        return ReplicationCoordinator(
+    def _node(self, node_id: int, storage: MemoryStorage) -> SimNode:
+        """A fresh coordinator and executor over what ``storage`` kept (a (re)start)."""
+        coord = ReplicationCoordinator(
             node_id,
             self.config,
             self.ids,
             now=self.now,
-            tail_seq=tail,
-            hard_state=hs,
+            tail_seq=storage.next_seq,
+            hard_state=storage.hard_state,
             rng=random.Random(self.rng.getrandbits(32)),
             auto_bootstrap=self.auto_bootstrap,
         )
+
+        def send(to: int, msg: Message) -> None:
+            self._transmit(node_id, to, encode(msg))
+
+        executor = OutputExecutor(coord, storage, send, lambda: self.now, _SimHooks(self, node_id))
+        return SimNode(node_id, coord, executor, storage)
 
     def fail(self, what: str) -> InvariantViolation:
         return InvariantViolation(f"seed={self.seed} step={self.steps} t={self.now:.3f}: {what}")
@@ -142,45 +222,10 @@ class SimCluster:
     # ------------------------------------------------------------------ the shell
 
     def _execute(self, node: SimNode, outputs: list[Output]) -> None:
-        pending = list(outputs)
-        while pending:
-            out = pending.pop(0)
-            if (
-                self.crash_mid_output
-                and isinstance(out, Apply | Truncate)
-                and self.rng.random() < self.crash_mid_output
-            ):
-                self.crash(node.node_id)  # power cut half-way through a Ready
-                return
-            if isinstance(out, Send):
-                self._transmit(node.node_id, out.to, encode(out.msg))
-            elif isinstance(out, ServeSync):
-                pending[0:0] = node.coord.serve(out, self._read(node, out), self.now)
-            elif isinstance(out, Apply):
-                if out.first_seq != len(node.log):
-                    raise self.fail(
-                        f"node {node.node_id} Apply at {out.first_seq}, log has {len(node.log)}"
-                    )
-                node.log.extend(out.payloads)
-            elif isinstance(out, Truncate):
-                del node.log[out.from_seq :]
-            elif isinstance(out, SaveHardState):
-                node.hard_state = out.state
-            elif isinstance(out, CommitAdvanced):
-                self._on_commit(node, out.commit_seq)
+        node.executor.run(outputs)
 
-    @staticmethod
-    def _read(node: SimNode, req: ServeSync) -> list[bytes]:
-        out: list[bytes] = []
-        size = 0
-        for payload in node.log[req.from_seq :]:
-            if out and size + len(payload) > req.max_bytes:
-                break
-            out.append(payload)
-            size += len(payload)
-        return out
-
-    def _on_commit(self, node: SimNode, commit: int) -> None:
+    def on_commit(self, node: SimNode, commit: int) -> None:
+        """CommitAdvanced on ``node``: its new committed prefix must extend the known one."""
         if not self.quorum:
             return
         if commit > len(self.committed):
@@ -255,9 +300,8 @@ class SimCluster:
         self.nodes[node_id].alive = False
 
     def restart(self, node_id: int) -> None:
-        node = self.nodes[node_id]
-        node.coord = self._coordinator(node_id, node.hard_state, len(node.log))
-        node.alive, node.last_commit = True, 0
+        """Start a crashed node again: a new coordinator and executor over its storage."""
+        self.nodes[node_id] = self._node(node_id, self.nodes[node_id].storage)
 
     def quiet(self) -> None:
         """Stop injecting faults (drops, duplicates, long delays); heal and restart everything."""

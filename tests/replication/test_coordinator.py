@@ -65,7 +65,7 @@ def leader_hb(
     last_term: int | None = None,
 ) -> Heartbeat:
     et = term if epoch_term is None else epoch_term
-    return Heartbeat(term, A, R.LEADER, tail, commit, et, et if last_term is None else last_term)
+    return Heartbeat(term, R.LEADER, tail, commit, et, et if last_term is None else last_term)
 
 
 def manual_leader(c: ReplicationCoordinator, now: float = 0.0) -> list:
@@ -167,7 +167,7 @@ def test_quorum_mode_needs_a_majority_and_prevote() -> None:
     c.tick(0.0)
     c.tick(1.0)  # heard nobody: no campaign (pre-vote), stays replica at term 0
     assert c.role is R.REPLICA and c.term == 0
-    c.step(C, Heartbeat(0, 0, R.REPLICA, 0, 0, 0, 0), 1.05)
+    c.step(C, Heartbeat(0, R.REPLICA, 0, 0, 0, 0), 1.05)
     out = c.tick(1.31)
     assert c.role is R.CANDIDATE and len(sends(out, VoteRequest)) == 2
     out = c.step(C, VoteResponse(c.term, True), 1.32)
@@ -327,7 +327,7 @@ def test_higher_term_fences_old_leader() -> None:
     a.tick(0.0)
     manual_leader(a)
     old = a.term
-    out = a.step(B, Heartbeat(old + 1, B, R.LEADER, 0, 0, old + 1, 0), 0.1)
+    out = a.step(B, Heartbeat(old + 1, R.LEADER, 0, 0, old + 1, 0), 0.1)
     assert a.role is R.REPLICA and a.term == old + 1
     assert RoleChanged(R.LEADER, R.REPLICA, old + 1) in out
     out = a.step(B, SyncRequest(old, 0, 0, 100, 1), 0.11)
@@ -383,7 +383,7 @@ def test_quorum_commit_counts_current_term_acks_only() -> None:
     a.local_appended(6, 0.01)
     a.step(B, Ack(a.term, 5), 0.02)
     assert a.commit_seq == 5
-    a.step(C, Heartbeat(a.term, A, R.REPLICA, 6, 0, a.term, a.term), 0.03)
+    a.step(C, Heartbeat(a.term, R.REPLICA, 6, 0, a.term, a.term), 0.03)
     assert a.commit_seq == 6
     a.step(B, Ack(a.term - 1, 6), 0.04)
     assert a.metrics.commit_seq == 6
@@ -430,3 +430,24 @@ def test_three_node_fan_out_like_reference() -> None:
         assert node.log == [f"event-{i}".encode() for i in range(24)]
     m = sim.nodes[lead].coord.metrics
     assert m.sync_bytes_total > 0 and m.under_capacity_total == 0 and m.heartbeats_sent_total > 0
+
+
+# ------------------------------------------------------------------ dispatch table
+
+
+def test_step_table_covers_every_role_and_message_type() -> None:
+    from typing import get_args
+
+    from netmesh.replication.coordinator import STEP_TABLE, TICK_TABLE, format_step_table
+    from netmesh.replication.messages import Message
+
+    types = get_args(Message)
+    assert set(STEP_TABLE) == {(r, t) for r in R for t in types}
+    assert set(TICK_TABLE) == set(R)
+    text = format_step_table()
+    print(text)
+    assert len(text.splitlines()) == len(R) * len(types)
+    for role in (R.IDLE, R.FAILED):  # take no input at all
+        assert all(STEP_TABLE[(role, t)].__name__ == "_drop" for t in types)
+    assert STEP_TABLE[(R.LEADER, Ack)].__name__ == "_leader_ack"
+    assert STEP_TABLE[(R.CANDIDATE, VoteResponse)].__name__ == "_candidate_vote_response"

@@ -16,6 +16,7 @@ from netmesh.replication.messages import (
     MAX_SEQ,
     MAX_TERM,
     MAX_U64,
+    WIRE_VERSION,
     Ack,
     Heartbeat,
     Nack,
@@ -29,6 +30,7 @@ from netmesh.replication.messages import (
 )
 from netmesh.replication.roles import ReplicaRole
 
+V = WIRE_VERSION
 u64 = st.integers(0, MAX_U64)  # node ids, request ids, max_bytes
 terms = st.integers(0, MAX_TERM)
 seqs = st.integers(0, MAX_SEQ)
@@ -37,7 +39,7 @@ epochs = st.lists(st.tuples(small, small), max_size=5).map(tuple)
 payloads = st.lists(st.binary(max_size=64), max_size=8).map(tuple)
 
 messages = st.one_of(
-    st.builds(Heartbeat, terms, u64, st.sampled_from(ReplicaRole), seqs, seqs, terms, terms),
+    st.builds(Heartbeat, terms, st.sampled_from(ReplicaRole), seqs, seqs, terms, terms),
     st.builds(SyncRequest, terms, seqs, terms, u64, u64),
     st.builds(SyncResponse, terms, u64, seqs, terms, seqs, epochs, payloads),
     st.builds(Nack, terms, u64, st.sampled_from(NackReason), seqs, terms, seqs),
@@ -57,7 +59,7 @@ def test_round_trip(msg: object) -> None:
 
 
 def test_roles_and_reasons_decode_as_enums() -> None:
-    hb = decode(encode(Heartbeat(1, 2, ReplicaRole.LEADER, 3, 4, 5, 6)))
+    hb = decode(encode(Heartbeat(1, ReplicaRole.LEADER, 3, 4, 5, 6)))
     assert isinstance(hb, Heartbeat) and hb.role is ReplicaRole.LEADER
     nack = decode(encode(Nack(1, 2, NackReason.BACKPRESSURE, 3)))
     assert isinstance(nack, Nack) and nack.reason is NackReason.BACKPRESSURE
@@ -79,21 +81,23 @@ def test_trailing_bytes_are_a_decode_error() -> None:
     "body",
     [
         [],
-        [1],
-        [2, 1, 0, 0, 1, 0, 0, 0, 0],
-        [1, 99, 0],
-        [1, "x", 0],
-        [1, 7, 1],
-        [1, 7, 1, 2, 3],
-        [1, 7, -1, 2],
-        [1, 7, 1, -(1 << 63)],
-        [1, 7, 1.5, 2],
-        [1, 6, 1, 1],
-        [1, 1, 1, 2, 9, 3, 4, 5, 6],
-        [1, 4, 1, 2, 42, 3, 0, 0],
-        [1, 3, 1, 2, 3, 4, 5, [[1]], []],
-        [1, 3, 1, 2, 3, 4, 5, [], ["text"]],
-        [1, 3, 1, 2, 3, 4, 5, [], b"notalist"],
+        [V],
+        [V + 1, 1, 0, 1, 0, 0, 0, 0],
+        [V - 1, 7, 3, 100],  # the previous wire version
+        [V, 99, 0],
+        [V, "x", 0],
+        [V, 7, 1],
+        [V, 7, 1, 2, 3],
+        [V, 7, -1, 2],
+        [V, 7, 1, -(1 << 63)],
+        [V, 7, 1.5, 2],
+        [V, 6, 1, 1],
+        [V, 1, 1, 9, 3, 4, 5, 6],
+        [V, 4, 1, 2, 42, 3, 0, 0],
+        [V, 4, 1, 2, 4, 3, 0, 0],  # CHANNEL_CLOSED is not a reason we use
+        [V, 3, 1, 2, 3, 4, 5, [[1]], []],
+        [V, 3, 1, 2, 3, 4, 5, [], ["text"]],
+        [V, 3, 1, 2, 3, 4, 5, [], b"notalist"],
         {"a": 1},
         "str",
         None,
@@ -120,7 +124,7 @@ def test_bit_flips_raise_only_decode_error(msg: object, pos: int, byte: int) -> 
 
 def test_one_msgpack_array_and_compact() -> None:
     data = encode(Ack(3, 100))
-    assert msgpack.unpackb(data) == [1, 7, 3, 100]
+    assert msgpack.unpackb(data) == [V, 7, 3, 100]
     assert len(data) <= 8
 
 
@@ -128,7 +132,7 @@ def test_one_msgpack_array_and_compact() -> None:
 
 
 def _hb(**kw: int) -> Heartbeat:
-    base = dict(term=1, leader_id=MAX_U64, tail_seq=2, commit_seq=1, epoch_term=1, last_term=1)
+    base = dict(term=1, tail_seq=2, commit_seq=1, epoch_term=1, last_term=1)
     base.update(kw)
     return Heartbeat(role=ReplicaRole.REPLICA, **base)  # type: ignore[arg-type]
 
@@ -211,14 +215,14 @@ def test_coordinator_fed_the_largest_term_only_emits_decodable_messages(ack: str
     )
     coord = ReplicationCoordinator(b, config, [a, b, c])
     out = coord.tick(0.0)
-    hostile = decode(encode(Heartbeat(MAX_TERM, a, ReplicaRole.LEADER, 0, 0, MAX_TERM, 0)))
+    hostile = decode(encode(Heartbeat(MAX_TERM, ReplicaRole.LEADER, 0, 0, MAX_TERM, 0)))
     out += coord.step(a, hostile, 0.0)
     assert coord.term == MAX_TERM
     now = 0.0
     for _ in range(100):  # long silence from the "leader": b would campaign every window
         now += 0.1
         out += coord.tick(now)
-        out += coord.step(c, Heartbeat(MAX_TERM, 0, ReplicaRole.REPLICA, 0, 0, 0, 0), now)
+        out += coord.step(c, Heartbeat(MAX_TERM, ReplicaRole.REPLICA, 0, 0, 0, 0), now)
     sent = [o.msg for o in out if isinstance(o, Send)]
     assert sent, "the coordinator went quiet"
     for m in sent:

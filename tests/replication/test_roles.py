@@ -27,6 +27,7 @@ EXPECTED = {
     (R.LEADER, S.MISSED_HEARTBEATS): R.REPLICA,
     **{(r, S.STEP_DOWN): R.IDLE for r in (R.REPLICA, R.CANDIDATE, R.LEADER)},
     **{(r, S.CHANNEL_CLOSE): R.IDLE for r in R},
+    **{(r, S.STORAGE_FAILED): R.FAILED for r in R if r is not R.FAILED},
 }
 
 PAIRS = list(itertools.product(R, S))
@@ -66,7 +67,7 @@ def test_reference_invalid_pairs_and_error_kind() -> None:
 
 
 def test_wire_bytes_and_printable_table() -> None:
-    assert [int(r) for r in (R.LEADER, R.REPLICA, R.CANDIDATE, R.IDLE)] == [0, 1, 2, 3]
+    assert [int(r) for r in (R.LEADER, R.REPLICA, R.CANDIDATE, R.IDLE, R.FAILED)] == [0, 1, 2, 3, 4]
     text = format_table()
     assert len(text.splitlines()) == len(TRANSITIONS)
     assert "CANDIDATE" in text and "ELECTION_WON" in text

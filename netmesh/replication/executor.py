@@ -1,0 +1,240 @@
+"""The ONE executor of coordinator outputs (pure: storage and network come in as objects).
+
+Theory of operation
+-------------------
+:class:`~netmesh.replication.coordinator.ReplicationCoordinator` returns work; this
+module does it, in list order, before the next input (etcd's Ready loop, ``doc.go``
+steps 1-4, flattened). The same :class:`OutputExecutor` runs in the node
+(``ChannelRuntime``: a :class:`~netmesh.log.file.RedexFile` and a MeshNode) and in the
+simulation (``SimCluster``: an in-memory log and a simulated network), so every
+simulated seed exercises the code that ships (DESIGN.md, "the simulator runs the
+shipped shell"; wireguard-go runs one test over fake and real sockets).
+
+Outputs and what executing them means:
+
+* ``Apply`` -> :meth:`LogStorage.append` (the first event must get ``first_seq``);
+* ``Truncate`` -> :meth:`LogStorage.truncate`, then the coordinator is told the
+  log's real ``next_seq`` (:meth:`~ReplicationCoordinator.applied`);
+* ``SaveHardState`` -> :meth:`LogStorage.save_hard_state` (durable before anything
+  after it leaves the node);
+* ``Send`` -> the ``send(to, msg)`` callable (network errors are the callable's to
+  count; a lost datagram is normal);
+* ``ServeSync`` -> :meth:`LogStorage.read`, trimmed to ``max_bytes`` (at least one
+  event), handed back to :meth:`~ReplicationCoordinator.serve`; its outputs run next,
+  before the rest of the list;
+* ``CommitAdvanced`` / ``RoleChanged`` -> :class:`ExecutorHooks` notifications.
+
+Rules:
+
+1. **Fail-stop storage** (h11's ERROR state; etcd and PostgreSQL treat a failed fsync
+   as fatal). Any exception a storage call raises, except :class:`OutOfOrder` (below)
+   and :class:`Closed`, moves the executor to FAILED: the rest of the list is dropped
+   (an Ack or a vote must not leave after a log change or a save that did not
+   happen), the coordinator is told (:meth:`~ReplicationCoordinator.storage_failed`:
+   role FAILED, it sends nothing more), ``storage_errors`` counts it,
+   :meth:`ExecutorHooks.on_failed` is called once (the shell logs it once), and every
+   later :meth:`run` does nothing. Only a reopen (a new coordinator and executor over
+   the recovered log) leaves FAILED.
+2. ``OutOfOrder`` from an append means the coordinator's idea of the log's end is
+   stale (a local append raced a role change): the rest of the list is dropped and
+   the coordinator is told the real ``next_seq``; the next input retries. Counted in
+   ``resyncs``.
+3. **Crash points.** ``hooks.crash_point(when, out)`` is asked before (``"before"``)
+   and after (``"after"``) every output. ``True`` means the process died there: the
+   executor stops for good (``crashed``), leaving storage exactly as a power cut at
+   that boundary would. The simulation places crashes at every output boundary
+   through it; the runtime never crashes on purpose.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+from netmesh.errors import Closed, OutOfOrder
+from netmesh.log.hardstate import HardState
+from netmesh.replication.coordinator import (
+    Apply,
+    CommitAdvanced,
+    Output,
+    ReplicationCoordinator,
+    RoleChanged,
+    SaveHardState,
+    Send,
+    ServeSync,
+    Truncate,
+)
+from netmesh.replication.messages import Message
+
+#: events read per ServeSync before trimming to ``max_bytes``
+READ_CHUNK = 4096
+
+CrashPoint = Literal["before", "after"]
+
+
+class LogStorage(Protocol):
+    """What the executor needs from a channel's log and hard state.
+
+    Every method may raise OSError (or a netmesh error the shell's storage uses, e.g.
+    StorageFailed); see rule 1 of the module docstring for what follows.
+    """
+
+    @property
+    def next_seq(self) -> int:
+        """Seq the next appended event gets (= events ever held)."""
+        ...
+
+    def append(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+        """Append ``payloads``; the first gets ``first_seq`` (else raise OutOfOrder)."""
+        ...
+
+    def truncate(self, from_seq: int) -> int:
+        """Drop events with seq >= ``from_seq``; return how many were dropped."""
+        ...
+
+    def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
+        """Held payloads with ``from_seq <= seq < end_seq`` and the seq of the first one
+        (above ``from_seq`` when retention dropped the head)."""
+        ...
+
+    def save_hard_state(self, state: HardState) -> None:
+        """Persist ``state`` durably (temp file, fsync, rename, fsync the directory)."""
+        ...
+
+
+class ExecutorHooks:
+    """Notifications from the executor to its shell; every method defaults to a no-op."""
+
+    def crash_point(self, when: CrashPoint, out: Output) -> bool:
+        """Return True to die at this output boundary (simulation only)."""
+        return False
+
+    def on_apply(self, out: Apply) -> None:
+        """Called before ``out`` is appended (the runtime's latency probe reads it)."""
+
+    def on_truncated(self, from_seq: int, dropped: int) -> None:
+        """``dropped`` divergent events from ``from_seq`` on were discarded."""
+
+    def on_behind_retention(self, to: int, from_seq: int, head: int) -> None:
+        """Follower ``to`` asked from ``from_seq``, below the retained head ``head``."""
+
+    def on_commit(self, commit_seq: int) -> None:
+        """Events below ``commit_seq`` are held by a majority."""
+
+    def on_role(self, change: RoleChanged) -> None:
+        """The coordinator changed role."""
+
+    def on_failed(self, exc: BaseException, out: Output) -> None:
+        """Storage failed executing ``out``; called once, when the executor stops."""
+
+    def on_resync(self, exc: BaseException, out: Output) -> None:
+        """``out`` met a log whose end moved (rule 2); the coordinator was resynced."""
+
+
+class OutputExecutor:
+    """Executes one channel's coordinator outputs over ``storage`` and ``send``.
+
+    Args:
+        coord: the channel's coordinator (its ``serve``/``applied``/``storage_failed``
+            inputs are called back from here).
+        storage: the log and hard state (:class:`LogStorage`).
+        send: ``send(to_node_id, message)``; encoding and transport are its business.
+        clock: current time in seconds (the coordinator's clock).
+        hooks: notifications (:class:`ExecutorHooks`; default: none).
+    """
+
+    def __init__(
+        self,
+        coord: ReplicationCoordinator,
+        storage: LogStorage,
+        send: Callable[[int, Message], None],
+        clock: Callable[[], float],
+        hooks: ExecutorHooks | None = None,
+    ) -> None:
+        self.coord = coord
+        self.storage = storage
+        self.send = send
+        self.clock = clock
+        self.hooks = hooks or ExecutorHooks()
+        #: the storage error that stopped this executor (rule 1), or None
+        self.failed: BaseException | None = None
+        #: a crash point fired (rule 3): nothing more runs
+        self.crashed = False
+        self.storage_errors = 0
+        self.resyncs = 0
+        self.behind_retention = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.failed is not None or self.crashed
+
+    def run(self, outputs: Sequence[Output]) -> None:
+        """Execute ``outputs`` in order (and the outputs their execution produces)."""
+        pending: deque[Output] = deque(outputs)
+        hooks = self.hooks
+        while pending and not self.stopped:
+            out = pending.popleft()
+            if hooks.crash_point("before", out):
+                self.crashed = True
+                return
+            try:
+                more = self._execute(out)
+            except Closed:
+                return  # the channel is closing: nothing after this matters
+            except OutOfOrder as exc:
+                self.resyncs += 1
+                hooks.on_resync(exc, out)
+                pending = deque(self.coord.applied(self.storage.next_seq))
+                continue
+            except Exception as exc:  # fail-stop: any storage error (rule 1)
+                self._fail(exc, out)
+                return
+            if hooks.crash_point("after", out):
+                self.crashed = True
+                return
+            pending.extendleft(reversed(more))
+
+    def _execute(self, out: Output) -> list[Output]:
+        """Do one output; return the outputs it produced (to run next)."""
+        if isinstance(out, Send):
+            self.send(out.to, out.msg)
+        elif isinstance(out, Apply):
+            self.hooks.on_apply(out)
+            self.storage.append(out.first_seq, out.payloads)
+        elif isinstance(out, SaveHardState):
+            self.storage.save_hard_state(out.state)
+        elif isinstance(out, Truncate):
+            dropped = self.storage.truncate(out.from_seq)
+            if dropped:
+                self.hooks.on_truncated(out.from_seq, dropped)
+            return self.coord.applied(self.storage.next_seq)
+        elif isinstance(out, ServeSync):
+            return self._serve(out)
+        elif isinstance(out, CommitAdvanced):
+            self.hooks.on_commit(out.commit_seq)
+        elif isinstance(out, RoleChanged):
+            self.hooks.on_role(out)
+        return []
+
+    def _serve(self, out: ServeSync) -> list[Output]:
+        payloads, first = self.storage.read(out.from_seq, out.from_seq + READ_CHUNK)
+        if first != out.from_seq:
+            self.behind_retention += 1
+            self.hooks.on_behind_retention(out.to, out.from_seq, first)
+            payloads = []
+        size, n = 0, 0
+        for p in payloads:
+            size += len(p)
+            if n and size > out.max_bytes:
+                break
+            n += 1
+        return self.coord.serve(out, payloads[:n], self.clock())
+
+    def _fail(self, exc: BaseException, out: Output) -> None:
+        self.failed = exc
+        self.storage_errors += 1
+        self.hooks.on_failed(exc, out)
+        for note in self.coord.storage_failed(self.clock()):
+            if isinstance(note, RoleChanged):
+                self.hooks.on_role(note)
