@@ -47,6 +47,7 @@ from rich.table import Table
 from netmesh.cluster.cluster import Cluster
 from netmesh.cluster.producer_worker import produce
 from netmesh.config import ReplicationConfig
+from netmesh.replication.roles import ReplicaRole
 from netmesh.replication.runtime import probe_payload
 
 HB = 150
@@ -172,7 +173,7 @@ def bench_failover(trials: int) -> dict[str, float]:
             )
             samples.append((time.perf_counter() - t0) * 1000)
             c.restart(old)
-            c.wait_until(lambda old=old: c.role(old, "bench/f") == "REPLICA", timeout=10)
+            c.wait_until(lambda old=old: c.role(old, "bench/f") is ReplicaRole.REPLICA, timeout=10)
     return {
         "failover_ms_p50": _pct(samples, 50),
         "failover_ms_p99": _pct(samples, 99),

@@ -21,6 +21,29 @@ MAX_REPLICATION_FACTOR = 16
 DEFAULT_NIC_PEAK_BYTES_PER_S = 125_000_000  # 1 Gbit/s, the reference's placeholder
 
 
+class DefaultInt(int):
+    """An int that remembers it is a field's default, not a value the caller chose.
+
+    It behaves as a plain int everywhere (arithmetic, msgpack, equality); only
+    :func:`is_default` tells them apart. ``Cluster`` uses it to give channels whose
+    ``ReplicationConfig`` leaves ``heartbeat_ms`` unset the cluster's heartbeat while
+    an explicit ``heartbeat_ms=500`` still wins.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+def is_default(value: object) -> bool:
+    """Whether ``value`` is a field default left untouched (see :class:`DefaultInt`)."""
+    return type(value) is DefaultInt
+
+
+DEFAULT_HEARTBEAT_MS = DefaultInt(500)
+
+
 @dataclass(frozen=True)
 class PlacementStrategy:
     """Which nodes hold a replicated channel.
@@ -47,8 +70,9 @@ class ReplicationConfig:
     """How a channel is replicated.
 
     factor: number of holders (1..16); for pinned placement the pinned list's length.
-    heartbeat_ms: leader heartbeat period (50..300000 ms); silence detection is
-        ``missed_heartbeats`` x this.
+    heartbeat_ms: leader heartbeat period (50..300000 ms, default 500); silence
+        detection is ``missed_heartbeats`` x this. Left unset, a ``Cluster`` uses its
+        own ``heartbeat_ms``.
     placement: see :class:`PlacementStrategy`.
     leader_pinned: node id that wins elections whenever it is healthy (must be in a
         pinned set).
@@ -63,7 +87,7 @@ class ReplicationConfig:
     """
 
     factor: int = 3
-    heartbeat_ms: int = 500
+    heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     placement: PlacementStrategy = field(default_factory=PlacementStrategy.standard)
     leader_pinned: int | None = None
     replication_budget_fraction: float = 0.5
@@ -73,6 +97,8 @@ class ReplicationConfig:
     sync_chunk_bytes: int = 256 * 1024
 
     def effective_factor(self) -> int:
+        """Number of holders: the pinned list's length with pinned placement, else
+        ``factor``."""
         if self.placement.kind == "pinned":
             return len(self.placement.nodes)
         return self.factor
@@ -117,6 +143,14 @@ class RedexFileConfig:
     segment_bytes: a new segment file starts once the current one exceeds this.
     retention_max_events / retention_max_bytes: keep only the newest events (applied
         after each append batch; whole segments are deleted on disk).
+    retention_max_age_s: drop events older than this many seconds (by the append time
+        recorded in each batch record; checked on append and by ``expire()``), at the
+        granularity of the sparse index (about ``index_interval_bytes`` of records).
+    cache_bytes: persisted files serve reads from their segment files (``pread``); the
+        most recent ``cache_bytes`` of payloads are also kept in memory (default 8 MiB).
+    index_interval_bytes: a persisted file keeps one in-memory index entry (seq, offset,
+        time: 24 bytes) per this many bytes of records (default 4096, like Kafka's
+        ``index.interval.bytes``), plus 4 bytes per retained event (its length).
     replication: replicate this channel (needs ``Redex.enable_replication``).
     """
 
@@ -127,6 +161,9 @@ class RedexFileConfig:
     segment_bytes: int = 64 << 20
     retention_max_events: int | None = None
     retention_max_bytes: int | None = None
+    retention_max_age_s: float | None = None
+    cache_bytes: int = 8 << 20
+    index_interval_bytes: int = 4096
     replication: ReplicationConfig | None = None
 
     def validate(self) -> None:
@@ -142,6 +179,12 @@ class RedexFileConfig:
             raise ConfigError("retention_max_events must be >= 1")
         if self.retention_max_bytes is not None and self.retention_max_bytes < 1:
             raise ConfigError("retention_max_bytes must be >= 1")
+        if self.retention_max_age_s is not None and not self.retention_max_age_s > 0:
+            raise ConfigError("retention_max_age_s must be positive")
+        if self.cache_bytes < 0:
+            raise ConfigError("cache_bytes must be >= 0")
+        if not 64 <= self.index_interval_bytes <= 1 << 30:
+            raise ConfigError("index_interval_bytes must be in 64..2^30")
         if self.replication is not None:
             self.replication.validate()
             if self.replication.ack == "quorum" and self.path is not None and self.fsync != "batch":
@@ -171,7 +214,14 @@ class MeshNodeConfig:
     reassembly_bytes: per-peer memory for incomplete fragmented messages (default
         32 MiB); beyond it the oldest incomplete message is dropped.
     handshake_rate: initiations per second (node-wide, burst of the same size) that
-        get past the mac1 check to the Diffie-Hellman work (default 1000).
+        get past the mac1 check to the Diffie-Hellman work without a cookie (default
+        1000); beyond it the node is under load and answers with cookie replies.
+    handshake_rate_per_source: initiations per second per source IP (burst of the same
+        size), counted apart for initiations without and with a valid cookie (mac2)
+        (default 20, WireGuard's per-IP limit); see ``netmesh.link.cookie``.
+    clock_file: where the handshake clock persists (``netmesh.identity.HandshakeClock``);
+        default: next to the key file when the keypair was loaded from one, else in
+        memory only.
     """
 
     bind: str = "127.0.0.1:0"
@@ -188,6 +238,8 @@ class MeshNodeConfig:
     max_message: int = 16 << 20
     reassembly_bytes: int = 32 << 20
     handshake_rate: float = 1000.0
+    handshake_rate_per_source: float = 20.0
+    clock_file: str | None = None
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.bind.rpartition(":")
@@ -222,3 +274,6 @@ class MeshNodeConfig:
             raise ConfigError("reassembly_bytes must be >= max_message")
         if not (math.isfinite(self.handshake_rate) and self.handshake_rate >= 1):
             raise ConfigError(f"handshake_rate must be >= 1, got {self.handshake_rate}")
+        per_source = self.handshake_rate_per_source
+        if not (math.isfinite(per_source) and per_source >= 1):
+            raise ConfigError(f"handshake_rate_per_source must be >= 1, got {per_source}")

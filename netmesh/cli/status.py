@@ -55,7 +55,7 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None, dt: float) -> list[
                     alive=n["alive"],
                     pid=n.get("pid"),
                     channel=ch,
-                    role=m.get("role", "-") if n["alive"] else "DOWN",
+                    role=_role_text(m.get("role")) if n["alive"] else "DOWN",
                     term=int(m.get("term", 0)),
                     tail_seq=tail,
                     commit_seq=int(m.get("commit_seq", 0)),
@@ -67,6 +67,10 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None, dt: float) -> list[
                 )
             )
     return out
+
+
+def _role_text(role: Any) -> str:
+    return "-" if role is None else getattr(role, "name", str(role))
 
 
 def table(rs: list[Row], title: str = "netmesh") -> Table:

@@ -14,10 +14,17 @@ supervisor then tells each node all peers (allow-list) and which to handshake wi
 (the one with the smaller node id initiates). A restarted node keeps its keypair (and,
 with ``data_dir``, its event files) and handshakes with every running peer itself.
 Channels opened with :meth:`open_channel` are reopened on restart.
+
+Errors: arguments are checked where they enter, before any process is asked, and a
+bad one raises :class:`~netmesh.errors.ConfigError` naming the argument (a node index
+out of range, a factor larger than the cluster, a negative ``start``...). An error a
+node raises comes back as the same :mod:`netmesh.errors` class, its message starting
+with ``"node <index> <request>: "`` (see :mod:`netmesh.cluster.control`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from netmesh.channel import ChannelName
 from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.node_worker import replication_to_dict
 from netmesh.cluster.producer import Producer
@@ -38,9 +46,12 @@ from netmesh.config import (
     PlacementStrategy,
     RedexFileConfig,
     ReplicationConfig,
+    is_default,
 )
-from netmesh.errors import ConfigError, NetmeshError, NodeUnresponsive
+from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NodeUnresponsive
 from netmesh.identity import EntityKeypair
+from netmesh.replication.roles import ReplicaRole
+from netmesh.ring import layout
 from netmesh.ring.shm import ShmRing
 from netmesh.testing.wait import wait_until
 
@@ -50,7 +61,20 @@ T = TypeVar("T")
 
 
 class Cluster:
-    """Supervisor of ``nodes`` node processes on loopback; see the module doc."""
+    """Supervisor of ``nodes`` node processes on loopback; see the module doc.
+
+    nodes: number of node processes (>= 1). psk: 32 bytes shared by the nodes
+        (default: random). heartbeat_ms: default leader heartbeat of the cluster's
+        replicated channels (50..300000; a ``ReplicationConfig`` that sets its own
+        wins). data_dir: a writable directory for identities and event files (None:
+        memory only). ring_bytes: capacity of each producer ring (multiple of 8,
+        >= 4096). mesh_heartbeat / session_timeout: seconds between link keepalives /
+        of silence before a peer is down. max_datagram: largest UDP payload
+        (576..65000). restart_policy: ``"never"`` or ``"on-failure"`` (see
+        :meth:`check_nodes`). start: start the processes now.
+
+    Raises ConfigError naming the argument; nothing is started then.
+    """
 
     def __init__(
         self,
@@ -65,14 +89,15 @@ class Cluster:
         restart_policy: RestartPolicy = "never",
         start: bool = True,
     ) -> None:
+        _check_args(
+            nodes, psk, heartbeat_ms, ring_bytes, mesh_heartbeat, session_timeout, max_datagram
+        )
         if restart_policy not in ("never", "on-failure"):
             raise ConfigError(
                 f"restart_policy must be 'never' or 'on-failure', got {restart_policy!r}"
             )
-        if nodes < 1:
-            raise ConfigError("a cluster needs at least one node")
-        if psk is not None and len(psk) != 32:
-            raise ConfigError("psk must be 32 bytes")
+        if data_dir is not None:
+            _check_data_dir(data_dir)
         self.size = nodes
         self.restart_policy = restart_policy
         #: nodes that died without being asked, as (node, exit code, monotonic time)
@@ -197,13 +222,27 @@ class Cluster:
                     log.error("node %d not restarted: %s", i, exc)
         return found
 
+    def _node(self, i: int) -> int:
+        """``i`` if it is a node index of this cluster, else ConfigError."""
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.size:
+            raise ConfigError(f"node must be a node index in 0..{self.size - 1}, got {i!r}")
+        return i
+
+    def _open(self, channel: str) -> str:
+        """``channel`` if it was opened on this cluster, else ChannelNotOpen."""
+        if channel not in self.channels:
+            raise ChannelNotOpen(f"channel {channel!r} was not opened on this cluster")
+        return channel
+
     def kill(self, i: int) -> int | None:
         """SIGKILL node ``i``; its producers become unusable. Returns the exit code."""
+        self._node(i)
         self._down_on_purpose.add(i)
         return self._gone(i, self.sup.kill(i))
 
     def stop(self, i: int) -> int | None:
         """Stop node ``i`` gracefully (shutdown request, then SIGTERM/SIGKILL)."""
+        self._node(i)
         self._down_on_purpose.add(i)
         return self._gone(i, self.sup.stop(i))
 
@@ -215,7 +254,7 @@ class Cluster:
     def restart(self, i: int) -> None:
         """Start node ``i`` again with its identity (and data with ``data_dir``),
         reopen its channels and handshake with every running peer."""
-        if self.sup.exit_code(i) is None:
+        if self.sup.exit_code(self._node(i)) is None:
             raise NetmeshError(f"node {i} is still running")
         if self.data_dir is None and any(
             cfg is not None and cfg.ack == "quorum" and self._holds(i, name)
@@ -269,23 +308,40 @@ class Cluster:
     ) -> None:
         """Open ``name``: without replication on every node, else on the members only:
         the first ``factor`` nodes unless ``replication.placement`` is pinned already.
+        A ``replication`` that leaves ``heartbeat_ms`` unset gets the cluster's.
 
         ``options``: event-file settings (RedexFileConfig fields ``max_payload``,
-        ``retention_max_events``, ``retention_max_bytes``, ``fsync``, ``segment_bytes``);
-        checked here, ConfigError if invalid.
+        ``retention_max_events``, ``retention_max_bytes``, ``fsync``, ``segment_bytes``,
+        ``fsync_interval_s``).
+
+        Raises ChannelNameError (bad name), ConfigError (an unknown or invalid option,
+        a factor larger than the cluster, pinned ids that are not its nodes), or the
+        error a node raised. A refused channel leaves no trace: it is closed again on
+        the nodes that had opened it and is not reopened by :meth:`restart`.
         """
-        RedexFileConfig(**options).validate()
-        if replication is not None and replication.placement.kind != "pinned":
-            members = self.node_ids[: replication.factor]
-            replication = ReplicationConfig(
-                **{**replication.__dict__, "placement": PlacementStrategy.pinned(members)}
+        ChannelName(name)
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RedexFileConfig)})
+        unknown += [k for k in ("path", "replication") if k in options]
+        if unknown:
+            raise ConfigError(
+                f"unknown channel option(s) {unknown}; valid: max_payload, "
+                "retention_max_events, retention_max_bytes, fsync, fsync_interval_s, "
+                "segment_bytes"
             )
+        RedexFileConfig(**options).validate()
         if replication is not None:
-            replication.validate()
-        self.channels[name] = replication
-        self.channel_options[name] = options
-        for i in self.running():
-            if self._holds(i, name):
+            replication = self._placed(replication)
+            RedexFileConfig(replication=replication, **options).validate()
+        if name in self.channels:
+            raise ConfigError(f"channel {name!r} is already open on this cluster")
+        holders = [
+            i
+            for i in self.running()
+            if replication is None or self.node_ids[i] in replication.placement.nodes
+        ]
+        opened: list[int] = []
+        try:
+            for i in holders:
                 self.sup.call(
                     i,
                     "open_channel",
@@ -293,6 +349,39 @@ class Cluster:
                     replication=replication_to_dict(replication),
                     options=options,
                 )
+                opened.append(i)
+        except BaseException:
+            for i in opened:  # leave no trace of a refused channel
+                try:
+                    self.sup.call(i, "close_channel", name=name, timeout=5)
+                except NetmeshError as exc:
+                    log.warning("node %d: could not close refused channel %r: %s", i, name, exc)
+            raise
+        self.channels[name] = replication
+        self.channel_options[name] = options
+
+    def _placed(self, cfg: ReplicationConfig) -> ReplicationConfig:
+        """``cfg`` with the cluster's heartbeat if unset and placement pinned to node ids:
+        the first ``factor`` nodes unless pinned already. ConfigError if it does not fit."""
+        if is_default(cfg.heartbeat_ms):
+            cfg = dataclasses.replace(cfg, heartbeat_ms=self.heartbeat_ms)
+        if cfg.placement.kind == "pinned":
+            strangers = [n for n in cfg.placement.nodes if n not in self.node_ids]
+            if strangers:
+                raise ConfigError(
+                    f"placement pins node ids {[hex(n) for n in strangers]} that are "
+                    "not nodes of this cluster (see Cluster.node_ids)"
+                )
+        elif cfg.factor > self.size:
+            raise ConfigError(
+                f"factor {cfg.factor} is larger than the cluster ({self.size} nodes): "
+                "a channel cannot have more copies than there are nodes"
+            )
+        else:
+            members = self.node_ids[: cfg.factor]
+            cfg = dataclasses.replace(cfg, placement=PlacementStrategy.pinned(members))
+        cfg.validate()
+        return cfg
 
     def _holds(self, i: int, name: str) -> bool:
         """Whether node ``i`` holds channel ``name`` (every node, or the pinned members)."""
@@ -300,7 +389,17 @@ class Cluster:
         return cfg is None or self.node_ids[i] in cfg.placement.nodes
 
     def producer(self, node: int, channel: str, capacity: int | None = None) -> Producer:
-        """A producer appending to ``channel`` on ``node`` through a new shm ring."""
+        """A producer appending to ``channel`` on ``node`` through a new shm ring of
+        ``capacity`` bytes (default ``ring_bytes``).
+
+        Raises ConfigError (bad node or capacity), ChannelNotOpen, NotLeader (the node
+        is a replica that knows another node leads; refusals the node only learns
+        later are raised by ``flush``), NodeUnresponsive.
+        """
+        self._node(node)
+        self._open(channel)
+        if capacity is not None:
+            _check_ring_bytes("capacity", capacity)
         self._ring_no += 1
         name = self.sup.name("ring", node, self._ring_no)
         ring = ShmRing.create(name, capacity or self.ring_bytes)
@@ -309,6 +408,7 @@ class Cluster:
         except BaseException:
             ring.close()
             ring.unlink()
+            self.sup.forget_name(name)
             raise
         max_payload = self.channel_options.get(channel, {}).get("max_payload", DEFAULT_MAX_PAYLOAD)
         prod = Producer(
@@ -330,7 +430,19 @@ class Cluster:
         rate: int = 0,
     ) -> ProducerProcess:
         """Start a producer *process* (``python -m netmesh.cluster.producer_worker``) appending
-        ``events`` generated events to ``channel`` on ``node``; see ProducerProcess."""
+        ``events`` generated events of ``size`` bytes, ``batch`` per append, at most
+        ``rate`` events/s (0: unpaced) to ``channel`` on ``node``; see ProducerProcess.
+        Raises like :meth:`producer`, ConfigError for a negative count."""
+        self._node(node)
+        self._open(channel)
+        for field_name, value, low in (
+            ("events", events, 0),
+            ("batch", batch, 1),
+            ("size", size, 0),
+            ("rate", rate, 0),
+        ):
+            if value < low:
+                raise ConfigError(f"{field_name} must be >= {low}, got {value}")
         self._ring_no += 1
         name = self.sup.name("ring", node, self._ring_no)
         ring = ShmRing.create(name, self.ring_bytes)
@@ -360,10 +472,12 @@ class Cluster:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                start_new_session=True,  # the terminal's Ctrl-C is the supervisor's
             )
         except BaseException:
             ring.close()
             ring.unlink()
+            self.sup.forget_name(name)
             raise
         handle = ProducerProcess(self, node, name, ring, proc)
         self.producer_processes.append(handle)
@@ -397,24 +511,43 @@ class Cluster:
                 self.sup.forget_name(name)
 
     def append(self, node: int, channel: str, payloads: list[bytes]) -> int:
-        """Append through the control channel (slow path); returns the first seq."""
-        return int(self.sup.call(node, "append", channel=channel, payloads=payloads))
+        """Append through the control connection (slow path); returns the first seq."""
+        self._node(node)
+        return int(self.sup.call(node, "append", channel=self._open(channel), payloads=payloads))
 
     def next_seq(self, node: int, channel: str) -> int:
-        return int(self.sup.call(node, "next_seq", channel=channel))
+        """The seq the next event appended on ``node`` gets (= events it holds, counting
+        from 0). ChannelNotOpen if the channel is not open there."""
+        self._node(node)
+        return int(self.sup.call(node, "next_seq", channel=self._open(channel)))
 
     def read_range(self, node: int, channel: str, start: int, end: int) -> list[bytes]:
+        """Payloads of seqs ``start`` to ``end`` (exclusive) held by ``node``.
+        ConfigError unless 0 <= start <= end."""
+        self._node(node)
+        if not 0 <= start <= end:
+            raise ConfigError(f"read_range needs 0 <= start <= end, got start={start} end={end}")
         return list(
-            self.sup.call(node, "read_range", channel=channel, start=start, end=end, timeout=30)
+            self.sup.call(
+                node, "read_range", channel=self._open(channel), start=start, end=end, timeout=30
+            )
         )
 
-    def role(self, node: int, channel: str) -> str | None:
-        """ "LEADER", "REPLICA", "CANDIDATE", "IDLE", or None (not replicated)."""
-        return self.sup.call(node, "role", channel=channel)  # type: ignore[no-any-return]
+    def role(self, node: int, channel: str) -> ReplicaRole | None:
+        """The :class:`ReplicaRole` of ``node`` for ``channel`` (None: not replicated).
+        ChannelNotOpen if the channel is not open on that node."""
+        self._node(node)
+        name = self.sup.call(node, "role", channel=self._open(channel))
+        return None if name is None else ReplicaRole[name]
 
     def leader(self, channel: str) -> int | None:
         """Index of the one running node that reports LEADER for ``channel``, else None."""
-        leaders = [i for i in self.running() if self._role_or_none(i, channel) == "LEADER"]
+        self._open(channel)
+        leaders = [
+            i
+            for i in self.running()
+            if self._holds(i, channel) and self._role_or_none(i, channel) == ReplicaRole.LEADER
+        ]
         return leaders[0] if len(leaders) == 1 else None
 
     def wait_for_leader(self, channel: str, timeout: float = 10.0) -> int:
@@ -431,7 +564,7 @@ class Cluster:
         self.wait_until(one_leader, timeout=timeout, message=f"a leader of {channel!r}")
         return found[-1]
 
-    def _role_or_none(self, i: int, channel: str) -> str | None:
+    def _role_or_none(self, i: int, channel: str) -> ReplicaRole | None:
         try:
             return self.role(i, channel)
         except NodeUnresponsive:
@@ -439,8 +572,16 @@ class Cluster:
 
     # -- faults ----------------------------------------------------------------------
     def partition(self, *groups: list[int]) -> None:
-        """Drop all traffic between nodes of different groups (both directions)."""
-        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        """Drop all traffic between nodes of different groups (both directions); nodes
+        in no group keep talking to each other. ConfigError if a node index is out of
+        range or in two groups."""
+        group_of: dict[int, int] = {}
+        for g, members in enumerate(groups):
+            for i in members:
+                self._node(i)
+                if i in group_of:
+                    raise ConfigError(f"node {i} is in two partition groups: {list(groups)}")
+                group_of[i] = g
         for i in range(self.size):
             self.blocked[i] = {
                 self.node_ids[j]
@@ -472,7 +613,7 @@ class Cluster:
 
         By default each node's shared-memory metrics page is read without asking the
         node (at most ~100 ms old); ``fresh=True`` asks running nodes over the control
-        channel instead.
+        connection instead.
         """
         nodes = [
             node_entry(
@@ -546,3 +687,54 @@ class ProducerProcess:
         c.sup.forget_name(self.ring_name)
         if self in c.producer_processes:
             c.producer_processes.remove(self)
+
+
+def _check_args(
+    nodes: int,
+    psk: bytes | None,
+    heartbeat_ms: int,
+    ring_bytes: int,
+    mesh_heartbeat: float,
+    session_timeout: float,
+    max_datagram: int,
+) -> None:
+    """ConfigError naming the first bad ``Cluster`` argument."""
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(f"nodes must be an int >= 1, got {nodes!r}")
+    if isinstance(psk, str):
+        raise ConfigError(
+            "psk must be 32 bytes, got a str: pass bytes (e.g. bytes.fromhex(hex_psk) "
+            "or secrets.token_bytes(32))"
+        )
+    if psk is not None and (not isinstance(psk, bytes | bytearray) or len(psk) != 32):
+        raise ConfigError(f"psk must be exactly 32 bytes, got {len(psk)} bytes")
+    if not 50 <= heartbeat_ms <= 300_000:
+        raise ConfigError(f"heartbeat_ms must be in 50..300000, got {heartbeat_ms}")
+    _check_ring_bytes("ring_bytes", ring_bytes)
+    if not mesh_heartbeat > 0:
+        raise ConfigError(f"mesh_heartbeat must be positive, got {mesh_heartbeat}")
+    if not session_timeout > mesh_heartbeat:
+        raise ConfigError(
+            f"session_timeout ({session_timeout}) must exceed mesh_heartbeat ({mesh_heartbeat})"
+        )
+    if not 576 <= max_datagram <= 65000:
+        raise ConfigError(f"max_datagram must be in 576..65000, got {max_datagram}")
+
+
+def _check_ring_bytes(name: str, value: int) -> None:
+    if value < layout.MIN_CAPACITY or value % layout.ALIGN:
+        raise ConfigError(
+            f"{name} must be a multiple of {layout.ALIGN} and >= {layout.MIN_CAPACITY}, got {value}"
+        )
+
+
+def _check_data_dir(data_dir: str) -> None:
+    """Create ``data_dir`` if needed; ConfigError unless it is a writable directory."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir {data_dir!r} cannot be created: {exc.strerror}") from None
+    if not os.path.isdir(data_dir):
+        raise ConfigError(f"data_dir {data_dir!r} is not a directory")
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"data_dir {data_dir!r} is not writable")

@@ -4,12 +4,13 @@ Layout: ``version u64 | length u64 | msgpack blob``. The single writer (the node
 ``version`` odd, writes the blob and length, then makes it even again (a seqlock). A
 reader copies the blob between two reads of ``version`` and retries if they differ or
 are odd, so it never decodes a half-written snapshot. The supervisor creates and
-unlinks the page; the node attaches to it.
+unlinks the page (its name is one of the supervisor's run names); the node attaches
+to it. ``dropped`` counts snapshots too large for the page (the node reports it as
+``metrics_pages_dropped``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import time
 from typing import Any
@@ -82,7 +83,3 @@ class MetricsPage:
     def close(self) -> None:
         self._words.release()
         self._mm.close()
-
-    def unlink(self) -> None:
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_shared_memory(self.name)

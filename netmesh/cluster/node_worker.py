@@ -3,8 +3,9 @@
 Started by the supervisor as
 ``python -P -m netmesh.cluster.node_worker --control-fd N --parent-pid P``.
 The first control request is ``init`` (the node's spec); the node answers with its
-identity and UDP address. Control ops (each answers once; errors come back as
-``"ErrorType: message"``):
+identity and UDP address. Control ops arrive over the control connection (each is
+answered once; a failure comes back as its exception class, message and attributes,
+see :func:`netmesh.cluster.control.error_value`):
 
 ========================  ==============================================================
 ``init``                  spec: index, private_key, psk, bind, heartbeat_interval,
@@ -16,9 +17,11 @@ identity and UDP address. Control ops (each answers once; errors come back as
                           fields) -> next_seq
 ``close_channel``         name
 ``attach_ring``           ring, channel: drain that shm ring into the channel
+                          (NotLeader if a replica of it that knows its leader)
 ``detach_ring``           ring
 ``append``                channel, payloads -> first seq (leader only)
-``next_seq`` / ``role``   channel
+``next_seq`` / ``role``   channel (ChannelNotOpen if not open here); role: the
+                          ReplicaRole name, None if the channel is not replicated
 ``read_range``            channel, start, end -> [payload]
 ``block`` / ``unblock``   node_ids: drop all traffic to/from them (partitions)
 ``metrics``               -> the same dict the metrics page holds
@@ -28,6 +31,9 @@ identity and UDP address. Control ops (each answers once; errors come back as
 ========================  ==============================================================
 
 Exit codes: 0 graceful, 2 bad arguments, 3 supervisor gone (names unlinked), 1 crash.
+Terminal signals: the supervisor starts nodes in their own session; SIGINT is ignored
+all the same (a node run by hand in a shell's process group is stopped by its
+supervisor, not by Ctrl-C), SIGTERM stops the node like a supervisor that went away.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import socket
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from netmesh.channel import ChannelName
@@ -56,10 +63,19 @@ from netmesh.cluster.producer import (
     REFUSED_TOO_LARGE,
 )
 from netmesh.config import MeshNodeConfig, PlacementStrategy, RedexFileConfig, ReplicationConfig
-from netmesh.errors import NetmeshError, NotLeader, PayloadTooLarge, RingClosed
+from netmesh.errors import (
+    ChannelNotOpen,
+    ConfigError,
+    NetmeshError,
+    NotLeader,
+    PayloadTooLarge,
+    RingClosed,
+)
 from netmesh.identity import EntityKeypair
 from netmesh.link.node import MeshNode
+from netmesh.log.file import RedexFile
 from netmesh.replication.registry import Redex
+from netmesh.replication.roles import ReplicaRole
 from netmesh.ring.shm import ShmRing, unlink_ring
 
 log = logging.getLogger("netmesh.worker")
@@ -198,7 +214,7 @@ class NodeService:
             "control_requests": 0,
             "control_errors": 0,
         }
-        self.ops = {
+        self.ops: dict[str, Callable[..., Any]] = {
             "init": self.op_init,
             "connect": self.op_connect,
             "open_channel": self.op_open_channel,
@@ -241,7 +257,7 @@ class NodeService:
         except Exception as exc:  # every failure goes back to the caller, node survives
             self.counters["control_errors"] += 1
             log.debug("op %s failed", op, exc_info=True)
-            self.writer.write(control.response(req_id, False, f"{type(exc).__name__}: {exc}"))
+            self.writer.write(control.response(req_id, False, control.error_value(exc)))
 
     # -- ops -------------------------------------------------------------------------
     async def op_init(self, **spec: Any) -> dict[str, Any]:
@@ -297,7 +313,7 @@ class NodeService:
         path = os.path.join(data_dir, *name.split("/")) if data_dir else None
         opts = {"fsync": "never" if path is None else "batch", **(options or {})}
         if set(opts) - FILE_OPTIONS:
-            raise NetmeshError(f"unknown channel options {sorted(set(opts) - FILE_OPTIONS)}")
+            raise ConfigError(f"unknown channel options {sorted(set(opts) - FILE_OPTIONS)}")
         cfg = RedexFileConfig(path=path, replication=replication_from_dict(replication), **opts)
         return self.redex.open_file(name, cfg).next_seq
 
@@ -306,6 +322,14 @@ class NodeService:
 
     def op_attach_ring(self, ring: str, channel: str) -> None:
         self._file(channel)
+        coord = self.redex.replication_coordinator_for(channel)
+        node = self._node()
+        if (
+            coord is not None
+            and coord.role == ReplicaRole.REPLICA
+            and coord.leader_id not in (None, node.node_id)
+        ):  # it knows another node leads: refuse now rather than at the first flush
+            raise NotLeader(channel, coord.leader_id)
         self.drainers[ring] = RingDrainer(self, ring, channel)
 
     def op_detach_ring(self, ring: str) -> None:
@@ -321,6 +345,7 @@ class NodeService:
         return self._file(channel).next_seq
 
     def op_role(self, channel: str) -> str | None:
+        self._file(channel)
         coord = self.redex.replication_coordinator_for(channel)
         return None if coord is None else coord.role.name
 
@@ -371,6 +396,9 @@ class NodeService:
         Every failure is a refusal of the whole batch, reported to the producer with
         a reason code, logged and counted; the node keeps running.
         """
+        if drainer.detached:  # shutting down or detached: nobody awaits an ack
+            drainer.handled()
+            return
         last: int | None = None
         needed, reason = -1, REFUSED_NONE
         try:
@@ -446,7 +474,10 @@ class NodeService:
             "channels": channels,
             "peers": node.peers() if node else [],
             "mesh": node.metrics() if node else {},
-            "counters": dict(self.counters),
+            "counters": {
+                **self.counters,
+                "metrics_pages_dropped": self.page.dropped if self.page else 0,
+            },
             "rings": {
                 n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
                 for n, d in self.drainers.items()
@@ -494,10 +525,10 @@ class NodeService:
             raise NetmeshError("node not initialised")
         return self.node
 
-    def _file(self, channel: str) -> Any:
+    def _file(self, channel: str) -> RedexFile:
         f = self.redex.get_file(channel)
         if f is None:
-            raise NetmeshError(f"channel {channel!r} is not open on this node")
+            raise ChannelNotOpen(f"channel {channel!r} is not open on this node")
         return f
 
 
@@ -537,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s node %(process)d %(message)s")
     _die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles the terminal
     return asyncio.run(amain(args.control_fd))
 
 

@@ -2,11 +2,15 @@
 
 ``Cluster.metrics()`` and ``netmesh status`` build ``{"nodes": [...], "totals": {...}}``
 from each node's metrics page and its process figures (psutil) with these functions.
+A channel's ``role`` is a :class:`~netmesh.replication.roles.ReplicaRole` here (the
+page carries its name), the same type ``Cluster.role()`` returns.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from netmesh.replication.roles import ReplicaRole
 
 
 def node_entry(
@@ -27,10 +31,18 @@ def node_entry(
         "alive": alive,
         "exit_code": exit_code,
         **proc,
-        "channels": page.get("channels", {}),
+        "channels": {name: _with_role(ch) for name, ch in dict(page.get("channels", {})).items()},
         "mesh": page.get("mesh", {}),
         "counters": page.get("counters", {}),
     }
+
+
+def _with_role(channel: dict[str, Any]) -> dict[str, Any]:
+    """``channel`` with its ``role`` (a ReplicaRole name, if any) as a ReplicaRole."""
+    role = channel.get("role")
+    if isinstance(role, str) and role in ReplicaRole.__members__:
+        return {**channel, "role": ReplicaRole[role]}
+    return channel
 
 
 def with_totals(nodes: list[dict[str, Any]]) -> dict[str, Any]:

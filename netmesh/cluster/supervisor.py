@@ -1,9 +1,13 @@
 """Supervisor: starts, calls, kills and stops worker processes; owns every shm name.
 
-Each worker is ``python -m netmesh.cluster.node_worker --control-fd N`` with one end of a socketpair
-as its control channel (protocol: :mod:`netmesh.cluster.control`). Workers die with the
-supervisor: they set PR_SET_PDEATHSIG and also exit when the control channel reaches
-EOF, unlinking the shared-memory names they were given. Every name carries this run's
+Each worker is ``python -P -m netmesh.cluster.node_worker --control-fd N`` with one end of a
+socketpair as its control connection (protocol: :mod:`netmesh.cluster.control`). Workers
+die with the supervisor: they set PR_SET_PDEATHSIG and also exit when the control
+connection reaches EOF, unlinking the shared-memory names they were given.
+
+Workers run in their own session (``start_new_session``), so the terminal's signals
+(Ctrl-C sends SIGINT to the whole foreground process group) reach the supervisor
+only; it stops the workers in order. Every name carries this run's
 prefix ``netmesh-<supervisor pid>-<token>``; ``close()`` unlinks them all, and a new
 supervisor removes names left by runs whose supervisor pid is dead.
 """
@@ -26,7 +30,7 @@ from typing import Any
 import psutil
 
 from netmesh.cluster import control
-from netmesh.errors import Closed, DecodeError, NetmeshError, NodeUnresponsive
+from netmesh.errors import Closed, DecodeError, NetmeshError, NodeError, NodeUnresponsive
 from netmesh.ring.shm import unlink_ring
 
 log = logging.getLogger(__name__)
@@ -34,19 +38,18 @@ SHM_DIR = "/dev/shm"
 _RUN_NAME = re.compile(r"^(?:sem\.)?netmesh-(\d+)-[0-9a-f]+-")
 
 
-class WorkerError(NetmeshError):
-    """A worker answered a control request with an error (the message says which)."""
+#: former name of :class:`netmesh.errors.NodeError`
+WorkerError = NodeError
 
 
 @dataclass
 class Worker:
-    """One worker process and its control channel."""
+    """One worker process and its control connection."""
 
     index: int
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     decoder: control.FrameDecoder = field(default_factory=control.FrameDecoder)
-    events: list[list[Any]] = field(default_factory=list)
     responses: dict[int, list[Any]] = field(default_factory=dict)
     abandoned: set[int] = field(default_factory=set)
 
@@ -85,7 +88,7 @@ class Supervisor:
         if self._closed:
             raise Closed("supervisor is closed")
         old = self.workers.get(index)
-        if old is not None:  # a restart: the previous incarnation's channel is done
+        if old is not None:  # a restart: the previous incarnation's connection is done
             old.sock.close()
             _PROCS.pop(old.pid, None)
         ours, theirs = socket.socketpair()
@@ -100,7 +103,10 @@ class Supervisor:
             str(os.getpid()),
             *(args or []),
         ]
-        proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
+        # own session: Ctrl-C at a terminal reaches the supervisor only (module doc)
+        proc = subprocess.Popen(
+            cmd, pass_fds=[theirs.fileno()], close_fds=True, start_new_session=True
+        )
         theirs.close()
         w = Worker(index, proc, ours)
         self.workers[index] = w
@@ -109,8 +115,9 @@ class Supervisor:
     def call(self, index: int, op: str, /, timeout: float = 10.0, **args: Any) -> Any:
         """Send a control request and wait for its answer.
 
-        Raises NodeUnresponsive (no answer in time, or the worker died), WorkerError
-        (the worker reported an error), Closed.
+        Raises NodeUnresponsive (no answer in time, or the worker died), the
+        :mod:`netmesh.errors` class the worker raised (its message prefixed with
+        ``"node <index> <op>: "``), or NodeError for any other exception of the worker.
         """
         w = self.workers.get(index)
         if w is None or not w.alive():
@@ -120,7 +127,7 @@ class Supervisor:
         try:
             w.sock.sendall(control.request(req_id, op, args))
         except OSError as exc:
-            raise NodeUnresponsive(f"node {index}: control channel broken ({exc})") from None
+            raise NodeUnresponsive(f"node {index}: control connection broken ({exc})") from None
         deadline = time.monotonic() + timeout
         while req_id not in w.responses:
             remaining = deadline - time.monotonic()
@@ -130,22 +137,8 @@ class Supervisor:
             self._pump(w, remaining)
         _, _, ok, value = w.responses.pop(req_id)
         if not ok:
-            raise WorkerError(f"node {index} {op}: {value}")
+            raise control.error_from_value(value, f"node {index} {op}")
         return value
-
-    def wait_event(self, index: int, kind: str, timeout: float = 10.0) -> Any:
-        """Wait for an unsolicited event ``kind`` from worker ``index``."""
-        w = self.workers[index]
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, ev in enumerate(w.events):
-                if ev[2] == kind:
-                    del w.events[i]
-                    return ev[3]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise NodeUnresponsive(f"node {index} sent no {kind!r} within {timeout}s")
-            self._pump(w, remaining)
 
     def _pump(self, w: Worker, timeout: float) -> None:
         w.sock.settimeout(min(timeout, 0.2))
@@ -158,7 +151,7 @@ class Supervisor:
                 ) from None
             return
         except OSError as exc:
-            raise NodeUnresponsive(f"node {w.index}: control channel broken ({exc})") from None
+            raise NodeUnresponsive(f"node {w.index}: control connection broken ({exc})") from None
         if not data:
             w.proc.wait(5)
             raise NodeUnresponsive(f"node {w.index} exited with code {w.proc.returncode}")
@@ -166,16 +159,15 @@ class Supervisor:
             messages = w.decoder.feed(data)
         except DecodeError as exc:
             raise NodeUnresponsive(
-                f"node {w.index} sent garbage on its control channel ({exc})"
+                f"node {w.index} sent garbage on its control connection ({exc})"
             ) from None
         for msg in messages:
-            if msg[0] == control.RESPONSE:
-                if msg[1] in w.abandoned:
-                    w.abandoned.discard(msg[1])
-                else:
-                    w.responses[msg[1]] = msg
+            if msg[0] != control.RESPONSE:
+                raise NodeUnresponsive(f"node {w.index} sent a request to its supervisor")
+            if msg[1] in w.abandoned:
+                w.abandoned.discard(msg[1])
             else:
-                w.events.append(msg)
+                w.responses[msg[1]] = msg
 
     def kill(self, index: int) -> int | None:
         """SIGKILL worker ``index`` and reap it; returns its exit code."""

@@ -14,7 +14,8 @@ a store may pass a later load, so each side puts a full fence between its store 
 load (an uncontended lock round trip, a locked instruction). A wake-up can therefore
 not be lost; waits still carry a timeout as a last resort.
 
-Blocking calls have ``_nowait`` twins; batch calls move many records per frame, one
+The producer's calls have ``_nowait`` twins that raise RingFull instead of waiting
+(the consumer's ``get_batch(timeout=0)`` never waits); batch calls move many records per frame, one
 memcpy and at most one semaphore post per batch. The creator owns the names and must
 ``unlink()`` them; both sides ``close()`` their mapping.
 """
@@ -74,7 +75,6 @@ class ShmRing:
         self.max_frame = L.max_frame(self.capacity)
         self._tail_seen = self._words[L.W_TAIL]  # producer's cached copy of TAIL
         self._pending: list[bytes] = []  # consumer: records decoded but not yet returned
-        self.peak_used = 0
         self._closed = False
         self._interrupted = False
 
@@ -140,9 +140,9 @@ class ShmRing:
         return frames
 
     def _free(self) -> int:
-        head = self._words[L.W_HEAD]
-        free = self.capacity - (head - self._tail_seen)
-        return free
+        """Free bytes by the producer's cached TAIL (checked: ValueError if the shared
+        indices are inconsistent, i.e. the header was scribbled on)."""
+        return L.free_bytes(self._words[L.W_HEAD], self._tail_seen, self.capacity)
 
     def _put_frames(self, frames: list[bytes], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -165,9 +165,6 @@ class ShmRing:
         else:
             self._data[off : off + first] = frame
         words[L.W_HEAD] = head + len(frame)  # publish: one aligned 8-byte store
-        used = head + len(frame) - self._tail_seen
-        if used > self.peak_used:
-            self.peak_used = used
         fence()
         if words[L.W_CONSUMER_WAITING]:
             words[L.W_CONSUMER_WAITING] = 0
@@ -211,10 +208,6 @@ class ShmRing:
         out = pending[:max_n]
         del pending[:max_n]
         return out
-
-    def get_batch_nowait(self, max_n: int = 1024) -> list[bytes]:
-        """Up to ``max_n`` records available now ([] if none)."""
-        return self.get_batch(max_n, 0)
 
     def _drain(self) -> bool:
         """Move every published frame into ``_pending``; True if anything came."""
@@ -338,13 +331,7 @@ class ShmRing:
         self._unlink_names()
 
     def _unlink_names(self) -> None:
-        for unlink in (
-            lambda: posix_ipc.unlink_shared_memory(self.name),
-            lambda: posix_ipc.unlink_semaphore(self.name + "-d"),
-            lambda: posix_ipc.unlink_semaphore(self.name + "-s"),
-        ):
-            with contextlib.suppress(posix_ipc.ExistentialError):
-                unlink()
+        unlink_ring(self.name)
 
     def __enter__(self) -> ShmRing:
         return self

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netmesh import errors
 from netmesh.cluster import control
-from netmesh.errors import DecodeError
+from netmesh.errors import DecodeError, NodeError, NotLeader
 
 values = st.one_of(st.integers(-5, 2**40), st.binary(max_size=20))
 args = st.dictionaries(st.text(max_size=5), values)
@@ -33,3 +34,34 @@ def test_garbage_raises_decode_error_only(junk: bytes) -> None:
 def test_oversized_length_rejected() -> None:
     with pytest.raises(DecodeError):
         control.FrameDecoder().feed((control.MAX_FRAME + 1).to_bytes(4, "little"))
+
+
+def test_a_netmesh_error_comes_back_as_its_own_class_with_its_attributes() -> None:
+    wire = control.response(7, False, control.error_value(NotLeader("orders", 0x2A)))
+    (msg,) = control.FrameDecoder().feed(wire)
+    err = control.error_from_value(msg[3], "node 1 append")
+    assert type(err) is NotLeader
+    assert err.channel == "orders" and err.leader == 0x2A
+    assert str(err).startswith("node 1 append: this node is not the leader of 'orders'")
+
+
+def test_every_public_error_class_survives_the_round_trip() -> None:
+    for name in dir(errors):
+        cls = getattr(errors, name)
+        if isinstance(cls, type) and issubclass(cls, errors.NetmeshError):
+            exc = cls.__new__(cls)
+            Exception.__init__(exc, "boom")
+            err = control.error_from_value(control.error_value(exc), "node 0 op")
+            assert type(err) is cls and str(err) == "node 0 op: boom"
+
+
+def test_a_foreign_error_becomes_a_node_error_naming_its_type() -> None:
+    value = control.error_value(PermissionError(13, "Permission denied"))
+    err = control.error_from_value(value, "node 2 open_channel")
+    assert type(err) is NodeError
+    assert str(err) == "node 2 open_channel: PermissionError: [Errno 13] Permission denied"
+
+
+def test_only_requests_and_responses_are_accepted() -> None:
+    with pytest.raises(DecodeError, match="shape"):
+        control.FrameDecoder().feed(control.encode([2, 0, "hello", None]))

@@ -1,4 +1,4 @@
-"""Supervisor control channel against a hand-driven peer (a real socketpair)."""
+"""Supervisor control connection against a hand-driven peer (a real socketpair)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _read_request(sock: socket.socket) -> list:
     return msgs[0]
 
 
-def test_garbage_on_the_control_channel_is_reported_not_raised_raw() -> None:
+def test_garbage_on_the_control_connection_is_reported_not_raised_raw() -> None:
     with Supervisor() as sup:
         theirs, proc = _fake_worker(sup)
         theirs.sendall(b"\x05\x00\x00\x00garbage!")

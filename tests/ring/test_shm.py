@@ -13,6 +13,7 @@ import posix_ipc
 import pytest
 
 from netmesh.errors import PayloadTooLarge, RingClosed, RingFull
+from netmesh.ring import layout as L
 from netmesh.ring.shm import ShmRing, unlink_ring
 from tests.conftest import wait_until
 
@@ -216,7 +217,20 @@ def test_nowait_sees_space_freed_by_the_consumer(ring_name: str) -> None:
         ring.put_batch_nowait([b"z" * 1500])
         assert peer.get_batch(10, timeout=0) == [b"z" * 1500]
     ring.put_batch_nowait([b"z" * 1500])  # the producer's cached tail is stale here
-    assert ring.peak_used > 0
+    assert ring.used_bytes() == 1512  # one frame: 8 head + 4 length + 1500, aligned
+    for r in (peer, ring):
+        r.close()
+    ring.unlink()
+
+
+def test_the_producer_uses_the_checked_free_space_function(ring_name: str) -> None:
+    """One free-space function (layout.free_bytes): a scribbled header is an error,
+    not a negative free count that lets the producer overwrite unread frames."""
+    ring = ShmRing.create(ring_name, 4096)
+    peer = ShmRing.attach(ring_name)
+    peer._words[L.W_HEAD] = 10_000  # more written than the ring holds: corrupt
+    with pytest.raises(ValueError, match="inconsistent ring indices"):
+        ring.put_batch_nowait([b"x" * 100])
     for r in (peer, ring):
         r.close()
     ring.unlink()

@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from netmesh.cluster.cluster import Cluster
-from netmesh.cluster.supervisor import WorkerError
 from netmesh.config import ReplicationConfig
 from netmesh.errors import (
+    ChannelNotOpen,
     Closed,
     ConfigError,
     NetmeshError,
@@ -26,6 +26,7 @@ from netmesh.errors import (
     NotLeader,
     PayloadTooLarge,
 )
+from netmesh.replication.roles import ReplicaRole
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.system
@@ -67,22 +68,29 @@ def test_replicates_to_every_member(factor: int) -> None:
         for i in members:
             assert history(c, i, "orders") == events
         if factor == 2:
-            with pytest.raises(WorkerError, match="not open"):
+            with pytest.raises(ChannelNotOpen, match=r"node 2 next_seq: .*not open"):
                 c.next_seq(2, "orders")  # not a member: does not hold the channel
         m = c.metrics(fresh=True)  # the pages may be up to 100 ms old
         assert m["totals"]["alive"] == 3
-        assert m["nodes"][lead]["channels"]["orders"]["role"] == "LEADER"
+        assert m["nodes"][lead]["channels"]["orders"]["role"] is ReplicaRole.LEADER
 
 
 def test_producer_on_a_replica_is_refused() -> None:
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         c.open_channel("x", ReplicationConfig(factor=2, heartbeat_ms=HB))
         lead = leader_of(c, "x")
-        with c.producer(1 - lead, "x") as p:
-            p.append(b"nope")
-            with pytest.raises(NotLeader):
-                p.flush()
-        assert c.next_seq(1 - lead, "x") == 0
+        follower = 1 - lead
+        wait_until(  # a leader heartbeat reached the follower: it knows who leads
+            lambda: (
+                c.metrics(fresh=True)["nodes"][follower]["channels"]["x"]["replica_lag_seconds"]
+                is not None
+            ),
+            timeout=5,
+        )
+        with pytest.raises(NotLeader, match=f"node {follower} attach_ring") as info:
+            c.producer(follower, "x")
+        assert info.value.leader == c.node_ids[lead]
+        assert c.producers == {} and c.next_seq(follower, "x") == 0
 
 
 def test_kill_leader_mid_stream_then_continue_and_restart_catches_up(tmp_path: Path) -> None:
@@ -111,7 +119,7 @@ def test_kill_leader_mid_stream_then_continue_and_restart_catches_up(tmp_path: P
         c.restart(old)
         wait_until(lambda: c.next_seq(old, "s") == len(final), timeout=10, message="catch-up")
         assert history(c, old, "s") == final
-        assert c.role(old, "s") == "REPLICA"
+        assert c.role(old, "s") is ReplicaRole.REPLICA
 
 
 def test_partitioned_minority_leader_is_fenced_and_converges_after_heal() -> None:
@@ -124,9 +132,11 @@ def test_partitioned_minority_leader_is_fenced_and_converges_after_heal() -> Non
             p.flush()
         rest = [i for i in range(3) if i != old]
         c.partition([old], rest)
-        wait_until(lambda: c.role(old, "p") != "LEADER", timeout=5, message="old leader fenced")
+        wait_until(
+            lambda: c.role(old, "p") != ReplicaRole.LEADER, timeout=5, message="old leader fenced"
+        )
         new = wait_until(
-            lambda: some(next((i for i in rest if c.role(i, "p") == "LEADER"), None)),
+            lambda: some(next((i for i in rest if c.role(i, "p") is ReplicaRole.LEADER), None)),
             timeout=5,
             message="majority elects",
         )[0]
@@ -320,11 +330,10 @@ def test_producer_processes_append_concurrently_to_two_nodes() -> None:
 
 
 def test_producer_process_reports_refusal() -> None:
-    with Cluster(nodes=2, heartbeat_ms=HB) as c:
-        c.open_channel("x", ReplicationConfig(factor=2, heartbeat_ms=HB))
-        lead = leader_of(c, "x")
-        job = c.spawn_producer(1 - lead, "x", events=10)
-        with pytest.raises(NetmeshError, match="NotLeader"):
+    with Cluster(nodes=1) as c:
+        c.open_channel("x", max_payload=100)  # the producer process does not know it
+        job = c.spawn_producer(0, "x", events=10, size=200)
+        with pytest.raises(NetmeshError, match="PayloadTooLarge"):
             job.wait(timeout=30)
 
 
@@ -342,6 +351,10 @@ def test_a_crashed_node_is_reported_and_restarted_only_per_policy(policy: str) -
             assert c.running() == [0] and c.metrics()["nodes"][1]["exit_code"] == -9
         else:
             assert c.running() == [0, 1] and c.info[1]["pid"] != pid
-            assert c.role(1, "c") in ("REPLICA", "LEADER", "CANDIDATE")
+            assert c.role(1, "c") in (
+                ReplicaRole.REPLICA,
+                ReplicaRole.LEADER,
+                ReplicaRole.CANDIDATE,
+            )
         c.kill(0)  # asked: not a crash
         assert c.check_nodes() == []
