@@ -1,9 +1,13 @@
 """RedexFile: one append-only event file (a channel's log), in memory or on disk.
 
-Sequence numbers start at 0 and grow by one per event. Every retained payload is kept
-in memory (reads never touch the disk); with ``RedexFileConfig(path=dir)`` the file is
-also written to segment files in ``dir`` (format: :mod:`netmesh.log.record`), one
-``write`` per batch, and restored on reopen:
+Sequence numbers start at 0 and grow by one per event. In memory (no ``path``) the
+retained payloads are a list, bounded by retention. With ``RedexFileConfig(path=dir)``
+the log lives in segment files in ``dir`` (format: :mod:`netmesh.log.record`), one
+``write`` per batch, and **reads are served from the files** (``pread`` located through
+a sparse seq -> offset index per segment, rebuilt and checked against the records on
+open), with the newest ``cache_bytes`` of payloads also kept in memory. What a
+persisted file holds in memory is bounded: 4 bytes per retained event (its length), 24
+bytes per ``index_interval_bytes`` of records, the cache, and the epochs. On reopen:
 
 * a torn tail (the last write cut short by a crash) is truncated and counted in
   ``torn_tail_truncations``;
@@ -38,8 +42,10 @@ import fcntl
 import logging
 import os
 import time
+from array import array
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netmesh.config import RedexFileConfig
 from netmesh.errors import (
@@ -60,6 +66,7 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".seg"
 HEAD_FILE = "HEAD"
 LOCK_FILE = "LOCK"
+READ_BYTES = 1 << 20  # bytes per pread of cold records
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,34 +87,80 @@ class RedexEvent:
 
 @dataclass(slots=True)
 class _Segment:
+    """One segment file: its sparse index (seq and offset of the batch records that
+    start an index interval; the first batch is always indexed) and a read descriptor."""
+
     first_seq: int
     path: str
     size: int
+    idx_seq: array[int] = field(default_factory=lambda: array("Q"))
+    idx_off: array[int] = field(default_factory=lambda: array("Q"))
+    rfd: int = -1
+
+    def index(self, seq: int, offset: int, interval: int) -> None:
+        if not self.idx_off or offset - self.idx_off[-1] >= interval:
+            self.idx_seq.append(seq)
+            self.idx_off.append(offset)
+
+    def cut_index(self, offset: int) -> None:
+        n = bisect.bisect_left(self.idx_off, offset)
+        del self.idx_seq[n:]
+        del self.idx_off[n:]
+
+    def close_reader(self) -> None:
+        if self.rfd >= 0:
+            fd, self.rfd = self.rfd, -1
+            os.close(fd)
 
 
 class RedexFile:
     """An append-only event file; see the module docstring for the guarantees."""
 
-    def __init__(self, name: str, config: RedexFileConfig | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: RedexFileConfig | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         """Open (and for a persisted file, recover) the file ``name``.
 
-        Raises ConfigError for a bad config, LogCorrupt for a corrupt segment.
+        ``clock``: append times in Unix nanoseconds (recorded per batch; retention by
+        age compares them with it).
+
+        Raises ChannelNameError, ConfigError for a bad config or an unusable ``path``,
+        LogCorrupt for a corrupt or incomplete log, LogLocked when it is open elsewhere.
         """
-        self.name = str(name)
+        from netmesh.channel import ChannelName  # validated where it enters (issue 16)
+
+        self.name = str(ChannelName(name))
         self.config = config or RedexFileConfig()
         self.config.validate()
-        self._payloads: list[bytes] = []
-        self._head = 0  # index in _payloads of the first retained event
-        self._first_seq = 0  # seq of _payloads[_head]
+        self._persisted = self.config.path is not None
+        self._payloads: list[bytes] = []  # in memory only: the retained payloads
+        self._lens = array("I")  # the length of every retained event (both modes)
+        self._head = 0  # index in _lens (and _payloads) of the first retained event
+        self._first_seq = 0  # seq of the first retained event
+        self._next_seq = 0
         self._retained_bytes = 0
         self._closed = False
         self._fd = -1
         self._segments: list[_Segment] = []
+        self._seg_firsts: list[int] = []
+        # persisted: recent payloads, newest last (first seqs, batches, head index)
+        self._cache_seqs: list[int] = []
+        self._cache: list[list[bytes]] = []
+        self._cache_head = 0
+        self._cache_bytes = 0
         self._last_sync = 0.0
         self._lock_fd = -1
         self._failed: StorageFailed | None = None
         #: (term, first seq) of each run of events written in one term, ascending
         self._epochs: list[tuple[int, int]] = []
+        #: [first seq, newest append time ns] per index interval: retention by age
+        self._ages: deque[list[int]] = deque()
+        self._ages_bytes = 0  # bytes appended since the last _ages entry
+        self._last_append_ns = 0
+        self.clock = clock
         #: the term stamped on local appends (the replication runtime sets it)
         self.append_term = 0
         #: retention never removes events at or above this seq (quorum: the commit)
@@ -134,7 +187,7 @@ class RedexFile:
     @property
     def next_seq(self) -> int:
         """The seq the next appended event gets (= events ever appended)."""
-        return self._first_seq + len(self._payloads) - self._head
+        return self._next_seq
 
     @property
     def first_retained_seq(self) -> int:
@@ -142,11 +195,17 @@ class RedexFile:
         return self._first_seq
 
     def __len__(self) -> int:
-        return len(self._payloads) - self._head
+        return self._next_seq - self._first_seq
 
     @property
     def retained_bytes(self) -> int:
+        """Payload bytes of the retained events."""
         return self._retained_bytes
+
+    @property
+    def cached_bytes(self) -> int:
+        """Payload bytes a persisted file holds in memory (bounded by ``cache_bytes``)."""
+        return self._cache_bytes if self._persisted else self._retained_bytes
 
     @property
     def closed(self) -> bool:
@@ -171,7 +230,7 @@ class RedexFile:
 
     def term_at(self, seq: int) -> int | None:
         """Term of the retained event ``seq``, or None when it is not held."""
-        if not self._first_seq <= seq < self.next_seq:
+        if not self._first_seq <= seq < self._next_seq:
             return None
         i = bisect.bisect_right(self._epochs, seq, key=lambda e: e[1]) - 1
         return self._epochs[i][0] if i >= 0 else None
@@ -232,13 +291,67 @@ class RedexFile:
             wakeup.set()
 
     def read_payloads(self, start: int, end: int) -> tuple[list[bytes], int]:
-        """Like read_range without per-event objects: (payloads, seq of the first one)."""
+        """Like read_range without per-event objects: (payloads, seq of the first one).
+
+        In memory: a slice. Persisted: from the recent-payload cache when it holds
+        ``start``, else from the segment files (``pread`` through the sparse index; each
+        record read is checked against its CRC, LogCorrupt otherwise)."""
         lo = max(start, self._first_seq)
-        hi = min(end, self.next_seq)
+        hi = min(end, self._next_seq)
         if hi <= lo:
             return [], lo
-        base = self._head - self._first_seq
-        return self._payloads[base + lo : base + hi], lo
+        if not self._persisted:
+            base = self._head - self._first_seq
+            return self._payloads[base + lo : base + hi], lo
+        if self._cache_head < len(self._cache_seqs) and lo >= self._cache_seqs[self._cache_head]:
+            return self._read_cache(lo, hi), lo
+        return self._read_disk(lo, hi), lo
+
+    def _read_cache(self, lo: int, hi: int) -> list[bytes]:
+        seqs, batches = self._cache_seqs, self._cache
+        i = bisect.bisect_right(seqs, lo, self._cache_head) - 1
+        out: list[bytes] = []
+        seq = lo
+        while seq < hi and i < len(seqs):
+            first, batch = seqs[i], batches[i]
+            out += batch[seq - first : hi - first]
+            seq = first + len(batch)
+            i += 1
+        return out
+
+    def _read_disk(self, lo: int, hi: int) -> list[bytes]:
+        out: list[bytes] = []
+        seq = lo
+        si = bisect.bisect_right(self._seg_firsts, seq) - 1
+        while seq < hi and 0 <= si < len(self._segments):
+            seg = self._segments[si]
+            j = bisect.bisect_right(seg.idx_seq, seq) - 1
+            off = seg.idx_off[j] if j >= 0 else record.FILE_HEADER_SIZE
+            if seg.rfd < 0:
+                seg.rfd = os.open(seg.path, os.O_RDONLY)
+            while seq < hi and off < seg.size:
+                batches, off = self._read_records(seg, off)
+                for b in batches:
+                    if b.end_seq <= seq:
+                        continue
+                    out += b.payloads[seq - b.first_seq : hi - b.first_seq]
+                    seq = min(hi, b.end_seq)
+                    if seq >= hi:
+                        break
+            si += 1
+        return out
+
+    def _read_records(self, seg: _Segment, off: int) -> tuple[list[record.Batch], int]:
+        """Whole batch records from ``off`` (about READ_BYTES of them, at least one)."""
+        buf = os.pread(seg.rfd, min(READ_BYTES, seg.size - off), off)
+        res = record.scan(buf)
+        if not res.batches and res.end is record.ScanEnd.TORN and len(buf) >= 4:
+            need = record.RECORD_HEADER_SIZE + int.from_bytes(buf[:4], "little")
+            buf = os.pread(seg.rfd, min(need, seg.size - off), off)  # one large record
+            res = record.scan(buf)
+        if not res.batches:
+            raise LogCorrupt(seg.path, off, res.reason or "unreadable record")
+        return res.batches, off + res.consumed
 
     # -- writing ---------------------------------------------------------------------
     def append(self, payload: bytes) -> int:
@@ -271,7 +384,7 @@ class RedexFile:
         A term lower than the last event's is refused (OutOfOrder): terms never go back
         within a log (Raft's log matching)."""
         self._check_writable()
-        first = self.next_seq
+        first = self._next_seq
         if expect_seq is not None and expect_seq != first:
             raise OutOfOrder(f"{self.name}: batch starts at {expect_seq}, next_seq is {first}")
         if not payloads:
@@ -284,25 +397,70 @@ class RedexFile:
             size = biggest = len(p)
             if type(p) is not bytes:
                 payloads = [bytes(p)]
+            lens: array[int] | list[int] = [size]
         else:  # per batch, not per event: C-level map/max/sum/set, no Python loop
-            lens = list(map(len, payloads))
+            lens = array("I", map(len, payloads))
             biggest, size = max(lens), sum(lens)
             if set(map(type, payloads)) != {bytes}:  # immutable copies of anything else
                 payloads = [bytes(p) for p in payloads]
         if biggest > self.config.max_payload:
             raise PayloadTooLarge(biggest, self.config.max_payload)
-        if self._fd >= 0:
-            self._write(record.encode_batch(first, payloads, term))  # disk first
-        self._payloads.extend(payloads)
+        now = self.clock()
+        if self._persisted:
+            offset = self._segments[-1].size
+            self._write(record.encode_batch(first, payloads, term, now))  # disk first
+            self._segments[-1].index(first, offset, self.config.index_interval_bytes)
+            self._cache_add(first, payloads, size)
+        else:
+            self._payloads.extend(payloads)
+        self._lens.extend(lens)
+        self._next_seq = first + len(payloads)
         self._retained_bytes += size
         if not self._epochs or self._epochs[-1][0] != term:
             self._epochs.append((term, first))
+        self._note_age(first, now, size)
         self._apply_retention()
-        if self._fd >= 0 and self._segments[-1].size >= self.config.segment_bytes:
-            self._guarded(self._start_segment, self.next_seq)
+        if self._persisted and self._segments[-1].size >= self.config.segment_bytes:
+            self._guarded(self._start_segment, self._next_seq)
         if self._tails:
             self._wake_tails()
         return first
+
+    def _cache_add(self, first: int, payloads: list[bytes], size: int) -> None:
+        limit = self.config.cache_bytes
+        if size > limit:
+            self._cache_clear()  # the cache must stay contiguous up to next_seq
+            return
+        self._cache_seqs.append(first)
+        self._cache.append(payloads)
+        self._cache_bytes += size
+        while self._cache_bytes > limit:
+            self._cache_evict()
+
+    def _cache_evict(self) -> None:
+        i = self._cache_head
+        self._cache_bytes -= sum(map(len, self._cache[i]))
+        self._cache[i] = []
+        self._cache_head = i + 1
+        if self._cache_head > 1024 and self._cache_head * 2 > len(self._cache):
+            del self._cache[: self._cache_head]
+            del self._cache_seqs[: self._cache_head]
+            self._cache_head = 0
+
+    def _cache_clear(self) -> None:
+        self._cache_seqs.clear()
+        self._cache.clear()
+        self._cache_head = 0
+        self._cache_bytes = 0
+
+    def _note_age(self, first: int, now: int, size: int) -> None:
+        self._last_append_ns = now
+        self._ages_bytes += size
+        if not self._ages or self._ages_bytes >= self.config.index_interval_bytes:
+            self._ages.append([first, now])
+            self._ages_bytes = 0
+        else:
+            self._ages[-1][1] = max(self._ages[-1][1], now)
 
     def truncate_from(self, seq: int) -> int:
         """Drop every event with seq >= ``seq``; returns how many were dropped.
@@ -313,16 +471,29 @@ class RedexFile:
         """
         self._check_writable()
         seq = max(seq, self._first_seq)
-        dropped = self.next_seq - seq
+        dropped = self._next_seq - seq
         if dropped <= 0:
             return 0
-        if self._fd >= 0:
+        if self._persisted:
             self._guarded(self._truncate_disk, seq)
+            while self._cache_head < len(self._cache_seqs) and self._cache_seqs[-1] >= seq:
+                self._cache_bytes -= sum(map(len, self._cache.pop()))
+                self._cache_seqs.pop()
+            if self._cache_head < len(self._cache_seqs):
+                last = self._cache[-1]
+                cut = seq - self._cache_seqs[-1]
+                self._cache_bytes -= sum(map(len, last[cut:]))
+                del last[cut:]
         keep = self._head + (seq - self._first_seq)
-        self._retained_bytes -= sum(map(len, self._payloads[keep:]))
-        del self._payloads[keep:]
+        self._retained_bytes -= sum(self._lens[keep:])
+        del self._lens[keep:]
+        if not self._persisted:
+            del self._payloads[keep:]
+        self._next_seq = seq
         while self._epochs and self._epochs[-1][1] >= seq:
             self._epochs.pop()
+        while self._ages and self._ages[-1][0] >= seq:
+            self._ages.pop()
         self._truncations.append(seq)
         self._wake_tails()
         return dropped
@@ -334,6 +505,15 @@ class RedexFile:
         self._retention_floor = seq
         if not self._closed and self._failed is None:
             self._apply_retention()
+
+    def expire(self) -> int:
+        """Apply retention now (by age, for a channel with no appends); returns how many
+        events it removed. Raises StorageFailed."""
+        if self._closed or self._failed is not None:
+            return 0
+        before = self._first_seq
+        self._apply_retention()
+        return self._first_seq - before
 
     def sync(self) -> None:
         """fdatasync the active segment (no-op in memory). Raises StorageFailed."""
@@ -355,6 +535,8 @@ class RedexFile:
             self._release()
 
     def _release(self) -> None:
+        for seg in self._segments:
+            seg.close_reader()
         for attr in ("_fd", "_lock_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
@@ -385,32 +567,54 @@ class RedexFile:
     def _apply_retention(self) -> None:
         cfg = self.config
         drop = 0
-        count = len(self._payloads) - self._head
+        count = self._next_seq - self._first_seq
         if cfg.retention_max_events is not None and count > cfg.retention_max_events:
             drop = count - cfg.retention_max_events
         if cfg.retention_max_bytes is not None and self._retained_bytes > cfg.retention_max_bytes:
             excess = self._retained_bytes - cfg.retention_max_bytes
-            i, freed = self._head, 0
+            i, freed, lens = self._head, 0, self._lens
             while freed < excess:
-                freed += len(self._payloads[i])
+                freed += lens[i]
                 i += 1
             drop = max(drop, i - self._head)
+        if cfg.retention_max_age_s is not None and self._ages:
+            drop = max(drop, self._expired(self.clock() - int(cfg.retention_max_age_s * 1e9)))
         if self._retention_floor is not None:
             drop = min(drop, max(0, self._retention_floor - self._first_seq))
         if drop > 0:
             self._drop_head(drop)
 
+    def _expired(self, cutoff_ns: int) -> int:
+        """How many events from the head are older than ``cutoff_ns``: whole age entries
+        (about ``index_interval_bytes`` of events each) whose newest append is older."""
+        ages = self._ages
+        upto = self._first_seq
+        for i, (_, newest) in enumerate(ages):
+            if newest >= cutoff_ns:
+                break
+            upto = ages[i + 1][0] if i + 1 < len(ages) else self._next_seq
+        return max(0, upto - self._first_seq)
+
     def _drop_head(self, n: int) -> None:
         stop = self._head + n
-        self._retained_bytes -= sum(map(len, self._payloads[self._head : stop]))
+        self._retained_bytes -= sum(self._lens[self._head : stop])
         self._head = stop
         self._first_seq += n
-        if self._head > 4096 and self._head * 2 > len(self._payloads):
-            del self._payloads[: self._head]  # amortised O(1) per dropped event
+        if self._head > 4096 and self._head * 2 > len(self._lens):
+            del self._lens[: self._head]  # amortised O(1) per dropped event
+            if not self._persisted:
+                del self._payloads[: self._head]
             self._head = 0
         while len(self._epochs) > 1 and self._epochs[1][1] <= self._first_seq:
             self._epochs.pop(0)
-        if self._fd >= 0:
+        while len(self._ages) > 1 and self._ages[1][0] <= self._first_seq:
+            self._ages.popleft()
+        if self._persisted:
+            seqs, batches = self._cache_seqs, self._cache
+            while self._cache_head < len(seqs) and (
+                seqs[self._cache_head] + len(batches[self._cache_head]) <= self._first_seq
+            ):
+                self._cache_evict()
             self._guarded(self._delete_old_segments)
 
     # -- disk ------------------------------------------------------------------------
@@ -437,9 +641,8 @@ class RedexFile:
     def _recover(self, directory: str) -> None:
         try:
             os.makedirs(directory, exist_ok=True)
-            self._lock_fd = os.open(
-                os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644
-            )
+            lock_path = os.path.join(directory, LOCK_FILE)
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise ConfigError(f"path {directory!r} is not a usable directory: {exc}") from exc
         try:
@@ -480,7 +683,7 @@ class RedexFile:
         else:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
         if head > self._first_seq:  # retention was cut short after writing HEAD
-            self._drop_head(min(head, self.next_seq) - self._first_seq)
+            self._drop_head(min(head, self._next_seq) - self._first_seq)
         self._apply_retention()
 
     def _read_head(self, directory: str) -> int:
@@ -506,21 +709,29 @@ class RedexFile:
             with open(path, "wb") as fh:
                 fh.write(record.FILE_HEADER)
             buf = record.FILE_HEADER
-        res = record.scan(buf, record.FILE_HEADER_SIZE, first_seq, self.last_term)
+        res = record.scan(buf, record.FILE_HEADER_SIZE, first_seq, self.last_term, payloads=False)
+        del buf
         if res.end is record.ScanEnd.CORRUPT or (res.end is record.ScanEnd.TORN and not last):
             raise LogCorrupt(path, res.consumed, res.reason)
         if res.end is record.ScanEnd.TORN:
-            self._count_torn(path, len(buf) - res.consumed, res.consumed)
+            self._count_torn(path, os.path.getsize(path) - res.consumed, res.consumed)
             os.truncate(path, res.consumed)
         if not self._segments:
-            self._first_seq = first_seq
+            self._first_seq = self._next_seq = first_seq
+        seg = _Segment(first_seq, path, res.consumed)
+        interval = self.config.index_interval_bytes
         for b in res.batches:
-            self._payloads.extend(b.payloads)
-            self._retained_bytes += sum(map(len, b.payloads))
-            if b.payloads and (not self._epochs or self._epochs[-1][0] != b.term):
+            seg.index(b.first_seq, b.offset, interval)
+            self._lens.extend(b.lengths)
+            size = sum(b.lengths)
+            self._retained_bytes += size
+            if b.lengths and (not self._epochs or self._epochs[-1][0] != b.term):
                 self._epochs.append((b.term, b.first_seq))
-        self._segments.append(_Segment(first_seq, path, res.consumed))
-        return res.batches[-1].end_seq if res.batches else first_seq
+            self._note_age(b.first_seq, b.time_ns, size)
+            self._next_seq = b.end_seq
+        self._segments.append(seg)
+        self._seg_firsts.append(first_seq)
+        return self._next_seq
 
     def _count_torn(self, path: str, nbytes: int, offset: int) -> None:
         self.torn_tail_truncations += 1
@@ -543,6 +754,7 @@ class RedexFile:
             os.close(self._fd)
         self._fd = fd
         self._segments.append(_Segment(first_seq, path, record.FILE_HEADER_SIZE))
+        self._seg_firsts.append(first_seq)
 
     def _delete_old_segments(self) -> None:
         # a segment may go once the next one starts at or below the first retained seq;
@@ -560,8 +772,10 @@ class RedexFile:
             record.encode_batch(self._segments[doomed].first_seq, [b"head"]),
         )
         for seg in self._segments[:doomed]:
+            seg.close_reader()
             os.unlink(seg.path)
         del self._segments[:doomed]
+        del self._seg_firsts[:doomed]
         _fsync_dir(self.config.path)
 
     def _truncate_disk(self, seq: int) -> None:
@@ -573,22 +787,23 @@ class RedexFile:
         while idx > 0 and self._segments[idx].first_seq > seq:
             idx -= 1
         seg = self._segments[idx]
+        j = bisect.bisect_right(seg.idx_seq, seq) - 1
+        off = seg.idx_off[j] if j >= 0 else record.FILE_HEADER_SIZE
         with open(seg.path, "rb") as fh:
-            buf = fh.read(seg.size)
-        res = record.scan(buf, record.FILE_HEADER_SIZE, seg.first_seq)
-        cut, keep, term = seg.size, [], 0
+            fh.seek(off)
+            buf = fh.read(seg.size - off)
+        res = record.scan(buf)
+        cut, keep, term, ts = seg.size, [], 0, 0
         for b in res.batches:
             if b.end_seq > seq:
-                cut, keep, term = b.offset, b.payloads[: seq - b.first_seq], b.term
+                cut, keep = off + b.offset, b.payloads[: seq - b.first_seq]
+                term, ts = b.term, b.time_ns
                 break
-        fd = (
-            self._fd
-            if idx == len(self._segments) - 1
-            else os.open(seg.path, os.O_WRONLY | os.O_APPEND)
-        )
+        active = idx == len(self._segments) - 1
+        fd = self._fd if active else os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        tail = record.encode_batch(seq - len(keep), keep, term, ts)
         try:
             os.ftruncate(fd, cut)
-            tail = record.encode_batch(seq - len(keep), keep, term)
             if tail:
                 os.write(fd, tail)
             os.fdatasync(fd)
@@ -597,12 +812,17 @@ class RedexFile:
                 os.close(fd)
             raise
         for later in self._segments[idx + 1 :]:
+            later.close_reader()
             os.unlink(later.path)
         if fd != self._fd:
             os.close(self._fd)
             self._fd = fd
         del self._segments[idx + 1 :]
+        del self._seg_firsts[idx + 1 :]
         seg.size = cut + len(tail)
+        seg.cut_index(cut)
+        if tail:
+            seg.index(seq - len(keep), cut, self.config.index_interval_bytes)
         _fsync_dir(self.config.path)
 
 

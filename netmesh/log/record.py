@@ -4,13 +4,14 @@ A segment file is an 8-byte file header followed by **batch records**, one per
 ``append_batch`` (or per replicated batch)::
 
     file header  : magic b"NMRX" | version u8 (=2) | 3 reserved zero bytes
-    batch record : header (32 B) | lengths u32[count] | payloads, back to back
-    header       : body_len u32 | first_seq u64 | term u64 | count u32
+    batch record : header (40 B) | lengths u32[count] | payloads, back to back
+    header       : body_len u32 | first_seq u64 | term u64 | time_ns u64 | count u32
                    | body_crc u32 | header_crc u32
 
 All integers little-endian. ``body_crc`` is CRC32C of the body (lengths and payloads);
-``header_crc`` is CRC32C of the 28 header bytes before it, so a flipped bit in a length,
-seq or term is detected before the length is trusted. Every batch carries the **term**
+``header_crc`` is CRC32C of the 36 header bytes before it, so a flipped bit in a length,
+seq or term is detected before the length is trusted. ``time_ns`` is the append time
+(Unix nanoseconds; retention by age reads it). Every batch carries the **term**
 of the leader that wrote it, so the log describes itself: the epochs (term, first seq)
 of a log are rebuilt from its records on open, and no crash between a log write and a
 hard-state save can mislabel events (Raft §5.3 stores a term with every entry; we store
@@ -50,9 +51,9 @@ FILE_VERSION = 2
 FILE_HEADER = FILE_MAGIC + bytes([FILE_VERSION, 0, 0, 0])
 FILE_HEADER_SIZE = len(FILE_HEADER)
 
-_HEAD = struct.Struct("<IQQII")  # body_len, first_seq, term, count, body_crc
+_HEAD = struct.Struct("<IQQQII")  # body_len, first_seq, term, time_ns, count, body_crc
 _HEAD_CRC = struct.Struct("<I")
-RECORD_HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 32
+RECORD_HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 40
 LENGTH_SIZE = 4
 MAX_BODY = (1 << 32) - 1
 SECTOR = 512
@@ -68,17 +69,20 @@ class ScanEnd(Enum):
 
 @dataclass(frozen=True)
 class Batch:
-    """One decoded batch record: ``offset`` in the scanned buffer, ``size`` in bytes."""
+    """One decoded batch record: ``offset`` in the scanned buffer, ``size`` in bytes,
+    ``lengths`` of its payloads; ``payloads`` is empty when scanned without them."""
 
     first_seq: int
     term: int
+    time_ns: int
     offset: int
     size: int
+    lengths: tuple[int, ...]
     payloads: list[bytes]
 
     @property
     def end_seq(self) -> int:
-        return self.first_seq + len(self.payloads)
+        return self.first_seq + len(self.lengths)
 
 
 @dataclass
@@ -103,15 +107,15 @@ class ScanResult:
         return [s for b in self.batches for s in range(b.first_seq, b.end_seq)]
 
 
-def encode_record(seq: int, payload: bytes, term: int = 0) -> bytes:
+def encode_record(seq: int, payload: bytes, term: int = 0, time_ns: int = 0) -> bytes:
     """One event as a batch record of one."""
-    return encode_batch(seq, [payload], term)
+    return encode_batch(seq, [payload], term, time_ns)
 
 
-def encode_batch(first_seq: int, payloads: list[bytes], term: int = 0) -> bytes:
+def encode_batch(first_seq: int, payloads: list[bytes], term: int = 0, time_ns: int = 0) -> bytes:
     """Frame ``payloads`` (seqs ``first_seq``, ``first_seq + 1``, ...) written in
-    ``term`` as batch records: one record, or several when the body would pass 4 GiB.
-    An empty list encodes to ``b""``."""
+    ``term`` at ``time_ns`` as batch records: one record, or several when the body
+    would pass 4 GiB. An empty list encodes to ``b""``."""
     if not payloads:
         return b""
     n = len(payloads)
@@ -119,11 +123,11 @@ def encode_batch(first_seq: int, payloads: list[bytes], term: int = 0) -> bytes:
     body_len = LENGTH_SIZE * n + sum(lens)
     if body_len > MAX_BODY:
         half = n // 2
-        return encode_batch(first_seq, payloads[:half], term) + encode_batch(
-            first_seq + half, payloads[half:], term
+        return encode_batch(first_seq, payloads[:half], term, time_ns) + encode_batch(
+            first_seq + half, payloads[half:], term, time_ns
         )
     body = struct.pack(f"<{n}I", *lens) + b"".join(payloads)
-    head = _HEAD.pack(body_len, first_seq, term, n, crc32c(body))
+    head = _HEAD.pack(body_len, first_seq, term, time_ns, n, crc32c(body))
     return head + _HEAD_CRC.pack(crc32c(head)) + body
 
 
@@ -159,11 +163,14 @@ def scan(
     start: int = 0,
     expect_seq: int | None = None,
     min_term: int = 0,
+    payloads: bool = True,
 ) -> ScanResult:
     """Decode batch records from ``buf[start:]``; stop at the first problem (see the
     module rules). ``expect_seq``: the seq the first record must start at (None accepts
-    any); ``min_term``: the lowest term the first record may carry.
+    any); ``min_term``: the lowest term the first record may carry; ``payloads=False``
+    checks every byte but keeps only the lengths (rebuilding an index).
     """
+    want = payloads
     mv = memoryview(buf)
     total = len(mv)
     pos = start
@@ -182,7 +189,7 @@ def scan(
             else:
                 res.end, res.reason = ScanEnd.CORRUPT, "header checksum mismatch"
             return res
-        body_len, first, term, count, bcrc = _HEAD.unpack_from(mv, pos)
+        body_len, first, term, time_ns, count, bcrc = _HEAD.unpack_from(mv, pos)
         body = pos + RECORD_HEADER_SIZE
         end = body + body_len
         if end > total:
@@ -208,9 +215,11 @@ def scan(
         if lens_end + offs[-1] != end:
             res.end, res.reason = ScanEnd.CORRUPT, "lengths do not add up to the body"
             return res
-        raw = bytes(mv[lens_end:end])
-        payloads = list(map(raw.__getitem__, map(slice, offs[:-1], offs[1:])))
-        res.batches.append(Batch(first, term, pos, end - pos, payloads))
+        got: list[bytes] = []
+        if want:
+            raw = bytes(mv[lens_end:end])
+            got = list(map(raw.__getitem__, map(slice, offs[:-1], offs[1:])))
+        res.batches.append(Batch(first, term, time_ns, pos, end - pos, lens, got))
         nxt = first + count
         term_floor = term
         pos = end
