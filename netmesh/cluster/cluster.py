@@ -196,7 +196,10 @@ class Cluster:
         return True
 
     def running(self) -> list[int]:
-        return [i for i in range(self.size) if self.sup.exit_code(i) is None]
+        """Indexes of the node processes that run now."""
+        return [
+            i for i in range(self.size) if i in self.sup.workers and self.sup.exit_code(i) is None
+        ]
 
     def check_nodes(self) -> list[tuple[int, int]]:
         """Report nodes that died without being asked since the last check, as
@@ -730,11 +733,11 @@ def _check_ring_bytes(name: str, value: int) -> None:
 
 def _check_data_dir(data_dir: str) -> None:
     """Create ``data_dir`` if needed; ConfigError unless it is a writable directory."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ConfigError(f"data_dir {data_dir!r} is not a directory")
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"data_dir {data_dir!r} cannot be created: {exc.strerror}") from None
-    if not os.path.isdir(data_dir):
-        raise ConfigError(f"data_dir {data_dir!r} is not a directory")
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"data_dir {data_dir!r} is not writable")
