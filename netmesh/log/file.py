@@ -46,6 +46,10 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from crc32c import crc32c
 
 from netmesh.config import RedexFileConfig
 from netmesh.errors import (
@@ -67,6 +71,7 @@ SEGMENT_SUFFIX = ".seg"
 HEAD_FILE = "HEAD"
 LOCK_FILE = "LOCK"
 READ_BYTES = 1 << 20  # bytes per pread of cold records
+INDEX_SUFFIX = ".idx"  # a sealed segment's index sidecar
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,8 +411,10 @@ class RedexFile:
         if biggest > self.config.max_payload:
             raise PayloadTooLarge(biggest, self.config.max_payload)
         now = self.clock()
+        fresh = False
         if self._persisted:
             offset = self._segments[-1].size
+            fresh = offset == record.FILE_HEADER_SIZE
             self._write(record.encode_batch(first, payloads, term, now))  # disk first
             self._segments[-1].index(first, offset, self.config.index_interval_bytes)
             self._cache_add(first, payloads, size)
@@ -418,7 +425,7 @@ class RedexFile:
         self._retained_bytes += size
         if not self._epochs or self._epochs[-1][0] != term:
             self._epochs.append((term, first))
-        self._note_age(first, now, size)
+        self._note_age(first, now, size, fresh)
         self._apply_retention()
         if self._persisted and self._segments[-1].size >= self.config.segment_bytes:
             self._guarded(self._start_segment, self._next_seq)
@@ -453,10 +460,12 @@ class RedexFile:
         self._cache_head = 0
         self._cache_bytes = 0
 
-    def _note_age(self, first: int, now: int, size: int) -> None:
+    def _note_age(self, first: int, now: int, size: int, fresh: bool = False) -> None:
+        """Record an append time; ``fresh``: the batch starts a segment (age entries
+        never span segments, so a segment's index sidecar holds its own)."""
         self._last_append_ns = now
         self._ages_bytes += size
-        if not self._ages or self._ages_bytes >= self.config.index_interval_bytes:
+        if fresh or not self._ages or self._ages_bytes >= self.config.index_interval_bytes:
             self._ages.append([first, now])
             self._ages_bytes = 0
         else:
@@ -699,6 +708,9 @@ class RedexFile:
         return res.batches[0].first_seq
 
     def _load_segment(self, path: str, first_seq: int, last: bool) -> int:
+        if not last and self._load_sidecar(path, first_seq):
+            return self._next_seq
+        _remove(path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX)
         with open(path, "rb") as fh:
             buf = fh.read()
         bad = record.check_file_header(buf)
@@ -709,29 +721,105 @@ class RedexFile:
             with open(path, "wb") as fh:
                 fh.write(record.FILE_HEADER)
             buf = record.FILE_HEADER
-        res = record.scan(buf, record.FILE_HEADER_SIZE, first_seq, self.last_term, payloads=False)
-        del buf
+        res = record.scan_index(buf, record.FILE_HEADER_SIZE, first_seq, self.last_term)
         if res.end is record.ScanEnd.CORRUPT or (res.end is record.ScanEnd.TORN and not last):
             raise LogCorrupt(path, res.consumed, res.reason)
         if res.end is record.ScanEnd.TORN:
-            self._count_torn(path, os.path.getsize(path) - res.consumed, res.consumed)
+            self._count_torn(path, len(buf) - res.consumed, res.consumed)
             os.truncate(path, res.consumed)
+        del buf
         if not self._segments:
             self._first_seq = self._next_seq = first_seq
         seg = _Segment(first_seq, path, res.consumed)
         interval = self.config.index_interval_bytes
-        for b in res.batches:
-            seg.index(b.first_seq, b.offset, interval)
-            self._lens.extend(b.lengths)
-            size = sum(b.lengths)
-            self._retained_bytes += size
-            if b.lengths and (not self._epochs or self._epochs[-1][0] != b.term):
-                self._epochs.append((b.term, b.first_seq))
-            self._note_age(b.first_seq, b.time_ns, size)
-            self._next_seq = b.end_seq
+        lens = res.lengths
+        self._lens.extend(lens)
+        self._retained_bytes += sum(lens)
+        k = 0
+        firsts, offsets, terms, times = res.first_seqs, res.offsets, res.terms, res.times
+        for i in range(len(firsts)):
+            first, term = firsts[i], terms[i]
+            end = firsts[i + 1] if i + 1 < len(firsts) else first_seq + len(lens)
+            seg.index(first, offsets[i], interval)
+            if end > first and (not self._epochs or self._epochs[-1][0] != term):
+                self._epochs.append((term, first))
+            n = end - first
+            self._note_age(first, times[i], sum(lens[k : k + n]), i == 0)
+            k += n
+        self._next_seq = first_seq + len(lens)
         self._segments.append(seg)
         self._seg_firsts.append(first_seq)
         return self._next_seq
+
+    def _load_sidecar(self, path: str, first_seq: int) -> bool:
+        """Restore a sealed segment from its index sidecar (written when it was sealed)
+        after checking it against the segment: its size, and the first and last indexed
+        record headers. False (rebuild by scanning) when missing or not matching."""
+        side = path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX
+        try:
+            with open(side, "rb") as fh:
+                raw = fh.read()
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            return False
+        got = _decode_sidecar(raw)
+        if got is None or got["size"] != size or got["first_seq"] != first_seq:
+            log.warning("%s: index sidecar does not match its segment; rebuilding", side)
+            return False
+        idx_seq, idx_off = array("Q"), array("Q")
+        idx_seq.frombytes(got["idx_seq"])
+        idx_off.frombytes(got["idx_off"])
+        lens = array("I")
+        lens.frombytes(got["lens"])
+        if not idx_seq or idx_seq[0] != first_seq or idx_off[0] != record.FILE_HEADER_SIZE:
+            return False
+        with open(path, "rb") as fh:
+            for seq, off in ((idx_seq[0], idx_off[0]), (idx_seq[-1], idx_off[-1])):
+                fh.seek(off)
+                head = fh.read(record.RECORD_HEADER_SIZE)
+                if record.peek_first_seq(head) != seq:
+                    log.warning("%s: index sidecar disagrees with record at %d", side, off)
+                    return False
+        if not self._segments:
+            self._first_seq = self._next_seq = first_seq
+        for term, start in got["epochs"]:
+            if term < self.last_term:
+                raise LogCorrupt(path, 0, f"term {term} after term {self.last_term}")
+            if not self._epochs or self._epochs[-1][0] != term:
+                self._epochs.append((term, start))
+        for start, newest in got["ages"]:
+            self._ages.append([start, newest])
+            self._last_append_ns = max(self._last_append_ns, newest)
+        self._lens.extend(lens)
+        self._retained_bytes += sum(lens)
+        self._next_seq = first_seq + len(lens)
+        self._segments.append(_Segment(first_seq, path, size, idx_seq, idx_off))
+        self._seg_firsts.append(first_seq)
+        return True
+
+    def _write_sidecar(self, seg: _Segment, end_seq: int) -> None:
+        """Seal ``seg`` (all of it still retained) with an index sidecar."""
+        if seg.first_seq < self._first_seq:
+            return  # partly dropped by retention: rebuilt by a scan if ever reopened
+        lo = self._head + (seg.first_seq - self._first_seq)
+        hi = lo + (end_seq - seg.first_seq)
+        epochs = [
+            [t, max(s, seg.first_seq)]
+            for i, (t, s) in enumerate(self._epochs)
+            if s < end_seq
+            and (i + 1 == len(self._epochs) or self._epochs[i + 1][1] > seg.first_seq)
+        ]
+        ages = [[s, t] for s, t in self._ages if seg.first_seq <= s < end_seq]
+        body = {
+            "size": seg.size,
+            "first_seq": seg.first_seq,
+            "idx_seq": seg.idx_seq.tobytes(),
+            "idx_off": seg.idx_off.tobytes(),
+            "lens": self._lens[lo:hi].tobytes(),
+            "epochs": epochs,
+            "ages": ages,
+        }
+        _write_atomic(seg.path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX, _encode_sidecar(body))
 
     def _count_torn(self, path: str, nbytes: int, offset: int) -> None:
         self.torn_tail_truncations += 1
@@ -741,6 +829,7 @@ class RedexFile:
         assert self.config.path is not None
         if self._fd >= 0:
             os.fdatasync(self._fd)  # the old segment is complete: durable before the new one
+            self._write_sidecar(self._segments[-1], first_seq)
         path = os.path.join(self.config.path, f"{first_seq:020d}{SEGMENT_SUFFIX}")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -774,6 +863,7 @@ class RedexFile:
         for seg in self._segments[:doomed]:
             seg.close_reader()
             os.unlink(seg.path)
+            _remove(seg.path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX)
         del self._segments[:doomed]
         del self._seg_firsts[:doomed]
         _fsync_dir(self.config.path)
@@ -811,9 +901,11 @@ class RedexFile:
             if fd != self._fd:
                 os.close(fd)
             raise
+        _remove(seg.path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX)  # active again
         for later in self._segments[idx + 1 :]:
             later.close_reader()
             os.unlink(later.path)
+            _remove(later.path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX)
         if fd != self._fd:
             os.close(self._fd)
             self._fd = fd
@@ -824,6 +916,33 @@ class RedexFile:
         if tail:
             seg.index(seq - len(keep), cut, self.config.index_interval_bytes)
         _fsync_dir(self.config.path)
+
+
+_SIDECAR_MAGIC = b"NMIX\x01"
+
+
+def _encode_sidecar(body: dict[str, object]) -> bytes:
+    raw: bytes = msgpack.packb(body, use_bin_type=True)
+    return _SIDECAR_MAGIC + crc32c(raw).to_bytes(4, "little") + raw
+
+
+def _decode_sidecar(data: bytes) -> dict[str, Any] | None:
+    n = len(_SIDECAR_MAGIC)
+    if len(data) < n + 4 or data[:n] != _SIDECAR_MAGIC:
+        return None
+    raw = data[n + 4 :]
+    if crc32c(raw) != int.from_bytes(data[n : n + 4], "little"):
+        return None
+    try:
+        body = msgpack.unpackb(raw, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_atomic(path: str, data: bytes) -> None:

@@ -40,7 +40,7 @@ _MAX_U64 = (1 << 64) - 1
 
 
 def encode(state: HardState) -> bytes:
-    body = msgpack.packb([state.term, state.voted_for, [list(e) for e in state.epochs]])
+    body: bytes = msgpack.packb([state.term, state.voted_for, [list(e) for e in state.epochs]])
     return _HEAD.pack(MAGIC, VERSION, len(body), crc32c(body)) + body
 
 

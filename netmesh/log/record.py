@@ -40,6 +40,8 @@ A torn tail is truncated by the caller and counted; corruption is never skipped.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import accumulate
@@ -57,6 +59,7 @@ RECORD_HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 40
 LENGTH_SIZE = 4
 MAX_BODY = (1 << 32) - 1
 SECTOR = 512
+_BIG_ENDIAN = sys.byteorder == "big"  # arrays are native-endian; the format is little
 
 
 class ScanEnd(Enum):
@@ -225,3 +228,99 @@ def scan(
         pos = end
         res.consumed = pos
     return res
+
+
+@dataclass
+class IndexScan:
+    """What :func:`scan_index` found: per record ``first_seqs``, ``offsets``, ``terms``,
+    ``times`` (parallel), every event's length in ``lengths``; ``consumed``, ``end`` and
+    ``reason`` as in :class:`ScanResult`."""
+
+    first_seqs: array[int] = field(default_factory=lambda: array("Q"))
+    offsets: array[int] = field(default_factory=lambda: array("Q"))
+    terms: array[int] = field(default_factory=lambda: array("Q"))
+    times: array[int] = field(default_factory=lambda: array("Q"))
+    lengths: array[int] = field(default_factory=lambda: array("I"))
+    consumed: int = 0
+    end: ScanEnd = ScanEnd.CLEAN
+    reason: str = ""
+
+
+def scan_index(
+    buf: bytes | memoryview, start: int = 0, expect_seq: int | None = None, min_term: int = 0
+) -> IndexScan:
+    """:func:`scan` for rebuilding an index: the same checks on every byte, but no
+    payload objects and no object per record (arrays), so a log of millions of small
+    records reopens in a fraction of a second per million."""
+    mv = memoryview(buf)
+    total = len(mv)
+    pos = start
+    out = IndexScan(consumed=start)
+    nxt = expect_seq
+    floor = min_term
+    head_size = _HEAD.size
+    unpack_head, unpack_crc = _HEAD.unpack_from, _HEAD_CRC.unpack_from
+    firsts, offsets, terms, times = out.first_seqs, out.offsets, out.terms, out.times
+    lengths = out.lengths
+    while pos < total:
+        if total - pos < RECORD_HEADER_SIZE:
+            out.end, out.reason = ScanEnd.TORN, "partial header"
+            return out
+        if crc32c(mv[pos : pos + head_size]) != unpack_crc(mv, pos + head_size)[0]:
+            if not any(mv[pos:]):
+                out.end, out.reason = ScanEnd.TORN, "zero-filled tail"
+            else:
+                out.end, out.reason = ScanEnd.CORRUPT, "header checksum mismatch"
+            return out
+        body_len, first, term, time_ns, count, bcrc = unpack_head(mv, pos)
+        body = pos + RECORD_HEADER_SIZE
+        end = body + body_len
+        if end > total:
+            out.end, out.reason = ScanEnd.TORN, "partial body"
+            return out
+        if crc32c(mv[body:end]) != bcrc:
+            torn = end == total and _has_zero_sector(mv, body, end)
+            out.end = ScanEnd.TORN if torn else ScanEnd.CORRUPT
+            out.reason = "body checksum mismatch" + (" (unwritten sectors)" if torn else "")
+            return out
+        if (nxt is not None and first != nxt) or term < floor:
+            why = (
+                f"batch starts at seq {first}, expected {nxt}"
+                if nxt is not None and (first != nxt)
+                else f"term {term} after term {floor}"
+            )
+            out.end, out.reason = ScanEnd.CORRUPT, why
+            return out
+        lens_end = body + LENGTH_SIZE * count
+        if lens_end > end:
+            out.end, out.reason = ScanEnd.CORRUPT, f"{count} lengths overrun the body"
+            return out
+        n0 = len(lengths)
+        lengths.frombytes(mv[body:lens_end])
+        if _BIG_ENDIAN:
+            tail = lengths[n0:]
+            tail.byteswap()
+            lengths[n0:] = tail
+        if lens_end + sum(lengths[n0:]) != end:
+            del lengths[n0:]
+            out.end, out.reason = ScanEnd.CORRUPT, "lengths do not add up to the body"
+            return out
+        firsts.append(first)
+        offsets.append(pos)
+        terms.append(term)
+        times.append(time_ns)
+        nxt = first + count
+        floor = term
+        pos = end
+        out.consumed = pos
+    return out
+
+
+def peek_first_seq(head: bytes) -> int | None:
+    """The first seq of the record whose header is ``head``, or None if the header is
+    short or fails its CRC (used to check an index against the records)."""
+    if len(head) < RECORD_HEADER_SIZE:
+        return None
+    if crc32c(head[: _HEAD.size]) != _HEAD_CRC.unpack_from(head, _HEAD.size)[0]:
+        return None
+    return int(_HEAD.unpack_from(head)[1])

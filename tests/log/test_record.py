@@ -120,3 +120,22 @@ def test_file_header_checks(head: bytes, reason: str) -> None:
     result = record.check_file_header(head)
     assert result is not None and reason in result
     assert record.check_file_header(record.FILE_HEADER) is None
+
+
+@settings(max_examples=60)
+@given(groups=batches, cut=st.integers(0, 10_000), flip=st.integers(-1, 10_000))
+def test_scan_index_agrees_with_scan(groups: list[list[bytes]], cut: int, flip: int) -> None:
+    """The array-based index scan sees exactly what the full scan sees, damaged or not."""
+    buf, _ = _encode(groups)
+    data = bytearray(buf[: min(cut, len(buf))] if cut < len(buf) else buf)
+    if 0 <= flip < len(data):
+        data[flip] ^= 0x10
+    full = record.scan(bytes(data), expect_seq=0)
+    idx = record.scan_index(bytes(data), expect_seq=0)
+    assert (idx.end, idx.consumed, idx.reason) == (full.end, full.consumed, full.reason)
+    assert list(idx.first_seqs) == [b.first_seq for b in full.batches]
+    assert list(idx.offsets) == [b.offset for b in full.batches]
+    assert list(idx.terms) == [b.term for b in full.batches]
+    assert list(idx.lengths) == [len(p) for p in full.payloads]
+    for b in full.batches:
+        assert record.peek_first_seq(bytes(data[b.offset : b.offset + 40])) == b.first_seq
