@@ -90,6 +90,7 @@ from netmesh.replication.messages import (
     NackReason,
     SyncRequest,
     SyncResponse,
+    VoteKind,
     VoteRequest,
     VoteResponse,
 )
@@ -289,6 +290,9 @@ class _Campaign:
     required: set[int] = field(default_factory=set)
     deadline: float = 0.0
     manual: bool = False
+    #: the term asked for (a pre-vote asks for it without taking it)
+    term: int = 0
+    kind: VoteKind = VoteKind.VOTE
 
 
 # -------------------------------------------------------------------------- coordinator
@@ -304,7 +308,8 @@ class ReplicationCoordinator:
         now: current time in seconds (monotonic, any origin).
         tail_seq: the local log's ``next_seq`` at start.
         hard_state: what a previous incarnation saved (None: fresh).
-        rng: seeds request ids (optional; ids only need to differ between restarts).
+        rng: seeds request ids and randomises election waits (Raft's randomised
+            timeouts). None: ids start at 1 and the waits are spread by node id.
         auto_bootstrap: go Idle -> Replica on the first tick.
         max_inflight: unacked pushes per streaming follower.
         min_push_gap: least seconds between two pushes to one follower, unless at
@@ -376,6 +381,16 @@ class ReplicationCoordinator:
         self._outstanding: tuple[int, float] | None = None
         self._backoff_until = float("-inf")
         self._next_rid = (rng.getrandbits(48) if rng is not None else 0) | 1
+        self._rng = rng
+        #: time we last heard the leader we follow (its lease, etcd's checkQuorum)
+        self._lease_at = float("-inf")
+        #: extra seconds of silence before the next election attempt (0 right after a
+        #: leader was heard: the deterministic winner goes first; randomised after a
+        #: deferral or a lost campaign, Raft's [T, 2T) timeouts)
+        self._extra_wait = 0.0
+        #: this node already deferred once to a better candidate since it last heard a
+        #: leader: the next silence it campaigns itself (bounded deferral)
+        self._deferred = False
 
     # ------------------------------------------------------------------ public inputs
 
@@ -411,7 +426,10 @@ class ReplicationCoordinator:
         if peer is not None and self.role not in (IDLE, FAILED):
             peer.heard_at = now
             if msg.term > self.term:
-                self._adopt_term(msg.term)
+                if isinstance(msg, VoteRequest) and msg.kind is VoteKind.VOTE and self._in_lease():
+                    return self._end()  # etcd checkQuorum: a live leader is not deposed
+                if not _keeps_term(msg):
+                    self._adopt_term(msg.term)
             STEP_TABLE[(self.role, type(msg))](self, from_id, msg)
         return self._end()
 
@@ -531,7 +549,7 @@ class ReplicationCoordinator:
             self._bootstrap()
         elif signal is Sig.MISSED_HEARTBEATS and self.role is R:
             self._set_role(signal)
-            self._start_campaign(manual=True)
+            self._start_campaign(VoteKind.FORCE, manual=True)
         elif signal is Sig.ELECTION_WON:
             if self.quorum_mode and not self._has_majority_grants():
                 # quorum safety rests on the vote: a hand-made leader could commit over
@@ -615,8 +633,8 @@ class ReplicationCoordinator:
             and self._may_campaign()
         ):
             self._set_role(Sig.MISSED_HEARTBEATS)
-            self._start_campaign()
-        elif self._now - self._leader_heard_at >= self.silence:
+            self._start_campaign(VoteKind.PRE)
+        elif self._now - self._leader_heard_at >= self.silence + self._extra_wait:
             self._on_silence()
         else:
             self._maybe_request()
@@ -658,33 +676,77 @@ class ReplicationCoordinator:
     # ------------------------------------------------------------------ elections
 
     def _on_silence(self) -> None:
+        """No leader for a window: campaign if this node is the best candidate it can
+        see, or if it already deferred once (a better candidate that cannot campaign,
+        e.g. one that reaches no majority, must not block the election forever);
+        otherwise defer for a randomised window. Quorum mode never campaigns without
+        hearing a majority."""
         self.leader_id = None
-        self._set_role(Sig.MISSED_HEARTBEATS)
-        if self._winner() == self.self_id and self._may_campaign():
-            self._start_campaign()
+        if not self._may_campaign():
+            self._leader_heard_at = self._now  # look again in a window
+        elif self._winner() == self.self_id or self._deferred:
+            self._set_role(Sig.MISSED_HEARTBEATS)
+            self._start_campaign(VoteKind.PRE)
         else:
-            self._lose()
+            self._deferred = True
+            self._wait_randomly()
+
+    def _wait_randomly(self) -> None:
+        """Next election attempt after one more window plus a random part of another."""
+        self._leader_heard_at = self._now
+        if self._rng is not None:
+            frac = self._rng.random()
+        else:  # deterministic spread by node id (golden-ratio hashing)
+            frac = (self.self_id * 0.6180339887498949 + self.term * 0.381966) % 1.0
+        self._extra_wait = frac * self.silence
+
+    def _in_lease(self) -> bool:
+        """A live leader is known: this node leads, or heard its leader within the
+        window (etcd-raft's ``inLease`` under checkQuorum)."""
+        if self.role is L:
+            return True
+        return (
+            self.role is R
+            and self.leader_id is not None
+            and self._now - self._lease_at < self.silence
+        )
 
     def _winner(self) -> int:
         keys = {p: self._peer_key(p) for p in self._healthy()}
         keys[self.self_id] = self._own_key()
         return max(keys, key=lambda p: (keys[p], p == self.pinned, -p))
 
-    def _start_campaign(self, manual: bool = False) -> None:
+    def _start_campaign(self, kind: VoteKind, manual: bool = False) -> None:
+        """Ask every member for its vote in our next owned term.
+
+        ``PRE`` (Raft thesis §9.6 pre-vote): ask without taking the term; voters that
+        know a live leader refuse, so a node cut off from the leader alone cannot
+        raise the term and depose it. Only when the pre-vote would win does the real
+        ``VOTE`` follow. ``FORCE``: a vote that bypasses leases (manual transitions,
+        the pinned leader's handoff, leader mode's challenge), etcd's transfer.
+        """
         term = self._next_owned_term()
         if term > MAX_TERM:  # only a hostile term gets here; peers would reject ours
             self._last_campaign_at = self._now
             self._lose()
             return
-        self.term = term
-        self.voted_for, self.leader_id = self.self_id, None
-        self._dirty = True
-        self._outstanding = None
+        if kind is not VoteKind.PRE:
+            self.term = term
+            self.voted_for, self.leader_id = self.self_id, None
+            self._dirty = True
+            self._outstanding = None
+        self.leader_id = None
         self._last_campaign_at = self._now
         self._campaign = _Campaign(
-            {self.self_id}, set(), self._healthy(), self._now + self.silence, manual
+            {self.self_id},
+            set(),
+            self._healthy(),
+            self._now + self.silence,
+            manual,
+            term,
+            kind,
         )
-        req = VoteRequest(self.term, self._epoch_term(), self._last_term(), self.tail)
+        req = VoteRequest(term, self._epoch_term(), self._last_term(), self.tail, kind)
         for p in self._peers:
             self._send(p, req)
         self._check_votes()
@@ -699,7 +761,9 @@ class ReplicationCoordinator:
             outcome = True if c.required <= c.granted else None
         if outcome is False and c.manual:
             outcome = None
-        if outcome is True:
+        if outcome is True and c.kind is VoteKind.PRE:
+            self._start_campaign(VoteKind.VOTE)
+        elif outcome is True:
             self._become_leader()
         elif outcome is False:
             self._lose()
@@ -709,7 +773,7 @@ class ReplicationCoordinator:
 
     def _lose(self) -> None:
         self._set_role(Sig.ELECTION_LOST)
-        self._leader_heard_at = self._now
+        self._wait_randomly()
 
     def _become_leader(self) -> None:
         self._set_role(Sig.ELECTION_WON)
@@ -722,11 +786,19 @@ class ReplicationCoordinator:
         self._maybe_commit()
 
     def _vote(self, frm: int, m: VoteRequest) -> None:
-        """Replica or candidate: grant once per term to a log at least as up to date."""
+        """Replica or candidate: grant once per term to a log at least as up to date.
+
+        A pre-vote changes nothing here (no term, no vote recorded); it is granted iff
+        a real vote could be: a higher term, a log at least as up to date, and no live
+        leader known (:meth:`_in_lease`)."""
+        theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
+        if m.kind is VoteKind.PRE:
+            ok = m.term > self.term and not self._in_lease() and theirs >= self._own_key()
+            self._send(frm, VoteResponse(m.term if ok else self.term, ok, True))
+            return
         if m.term < self.term:
             self._send(frm, VoteResponse(self.term, False))
             return
-        theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
         ok = self.voted_for in (None, frm) and theirs >= self._own_key()
         if ok:
             self.voted_for = frm
@@ -735,14 +807,18 @@ class ReplicationCoordinator:
         self._send(frm, VoteResponse(self.term, ok))
 
     def _leader_vote(self, frm: int, m: VoteRequest) -> None:
-        """Leader: a request of our own term or older is refused (a higher term has
-        already made us a replica before dispatch)."""
-        self._send(frm, VoteResponse(self.term, False))
+        """Leader: refuse (a higher real or forced term has already made us a replica
+        before dispatch; a pre-vote never does)."""
+        self._send(frm, VoteResponse(self.term, False, m.kind is VoteKind.PRE))
 
     def _candidate_vote_response(self, frm: int, m: VoteResponse) -> None:
-        if m.term == self.term:
-            (self._campaign.granted if m.granted else self._campaign.rejected).add(frm)
-            self._check_votes()
+        c = self._campaign
+        if m.pre != (c.kind is VoteKind.PRE) or (m.granted and m.term != c.term):
+            return  # an answer to another round
+        if not m.granted and m.term != c.term and not m.pre:
+            return
+        (c.granted if m.granted else c.rejected).add(frm)
+        self._check_votes()
 
     # ------------------------------------------------------------------ follower side
 
@@ -772,7 +848,8 @@ class ReplicationCoordinator:
     def _follow(self, leader: int, leader_tail: int) -> None:
         if self.leader_id != leader:
             self.leader_id, self._leader_tail = leader, 0
-        self._leader_heard_at = self._now
+        self._leader_heard_at = self._lease_at = self._now
+        self._extra_wait, self._deferred = 0.0, False
         self._leader_tail = max(self._leader_tail, leader_tail)
 
     def _learn_commit(self, commit: int) -> None:
@@ -794,7 +871,7 @@ class ReplicationCoordinator:
         handoff = self.self_id == self.pinned and self._in_sync()
         if challenge or handoff:
             self._set_role(Sig.MISSED_HEARTBEATS)
-            self._start_campaign()
+            self._start_campaign(VoteKind.FORCE)
 
     def _maybe_request(self) -> None:
         if self.role is not R or self.leader_id is None or self._in_sync():
@@ -956,6 +1033,14 @@ class ReplicationCoordinator:
 
     def _drop(self, frm: int, msg: Message) -> None:
         """This role ignores this message type (an explicit row of :data:`STEP_TABLE`)."""
+
+
+def _keeps_term(msg: Message) -> bool:
+    """Messages whose higher term is not adopted: a pre-vote request (it only asks
+    about a term) and a granted pre-vote answer (it echoes the asked term)."""
+    if isinstance(msg, VoteRequest):
+        return msg.kind is VoteKind.PRE
+    return isinstance(msg, VoteResponse) and msg.pre and msg.granted
 
 
 Handler = Callable[[ReplicationCoordinator, int, Any], None]

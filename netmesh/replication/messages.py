@@ -40,7 +40,7 @@ from netmesh.errors import DecodeError
 from netmesh.log.hardstate import MAX_SEQ, MAX_TERM, Epoch
 from netmesh.replication.roles import ReplicaRole
 
-WIRE_VERSION = 2  # 2: Heartbeat lost its unread leader_id
+WIRE_VERSION = 2  # 2: Heartbeat lost its unread leader_id; vote kinds (pre-vote)
 MAX_U64 = (1 << 64) - 1
 
 
@@ -120,22 +120,39 @@ class Nack:
     epoch_end: int = 0
 
 
+class VoteKind(enum.IntEnum):
+    """What a VoteRequest asks (see ``ReplicationCoordinator._start_campaign``)."""
+
+    VOTE = 0
+    """A real vote in ``term``; refused (ignored) by a voter that knows a live leader."""
+    PRE = 1
+    """Would you vote for me in ``term``? Changes nothing at the voter (Raft pre-vote)."""
+    FORCE = 2
+    """A real vote that bypasses leader leases (handoff, challenge, manual transition)."""
+
+
 @dataclass(frozen=True)
 class VoteRequest:
-    """Candidate -> member: vote for me in ``term``; my log is (epoch_term, last_term, tail)."""
+    """Candidate -> member: vote for me in ``term``; my log is (epoch_term, last_term, tail).
+
+    For a pre-vote, ``term`` is the term the candidate would take; it has not taken it.
+    """
 
     term: int
     epoch_term: int
     last_term: int
     tail_seq: int
+    kind: VoteKind = VoteKind.VOTE
 
 
 @dataclass(frozen=True)
 class VoteResponse:
-    """Member -> candidate."""
+    """Member -> candidate. ``pre``: answers a pre-vote (a grant echoes the asked term,
+    a refusal carries the voter's own term)."""
 
     term: int
     granted: bool
+    pre: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,14 +166,15 @@ class Ack:
 Message = Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResponse | Ack
 
 # field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
-# s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, e = epochs, p = payloads
+# s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, k = vote kind, e = epochs,
+# p = payloads
 _SCHEMA: dict[int, tuple[type, str]] = {
     1: (Heartbeat, "trsstt"),
     2: (SyncRequest, "tstuu"),
     3: (SyncResponse, "tustsep"),
     4: (Nack, "tunsts"),
-    5: (VoteRequest, "ttts"),
-    6: (VoteResponse, "tb"),
+    5: (VoteRequest, "tttsk"),
+    6: (VoteResponse, "tbb"),
     7: (Ack, "ts"),
 }
 _TAGS: dict[type, int] = {cls: tag for tag, (cls, _) in _SCHEMA.items()}
@@ -234,6 +252,7 @@ _KINDS = {
     "b": _bool,
     "r": lambda v: _enum(ReplicaRole, v),
     "n": lambda v: _enum(NackReason, v),
+    "k": lambda v: _enum(VoteKind, v),
     "e": _epochs,
     "p": _payloads,
 }

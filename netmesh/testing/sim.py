@@ -190,7 +190,7 @@ class SimCluster:
             self.nodes[i] = self._node(i, MemoryStorage())
         self._queue: list[tuple[float, int, int, int, bytes]] = []
         self._counter = 0
-        self._cut: set[frozenset[int]] = set()
+        self._cut: set[tuple[int, int]] = set()  # (from, to): datagrams from -> to drop
         self.leaders_by_term: dict[int, int] = {}
         self.committed: list[bytes] = []
         self.delivered = 0
@@ -235,8 +235,8 @@ class SimCluster:
 
     # ------------------------------------------------------------------ network
 
-    def _linked(self, a: int, b: int) -> bool:
-        return frozenset((a, b)) not in self._cut
+    def _linked(self, frm: int, to: int) -> bool:
+        return (frm, to) not in self._cut
 
     def _transmit(self, frm: int, to: int, data: bytes) -> None:
         copies = 2 if self.rng.random() < self.duplicate else 1
@@ -285,10 +285,19 @@ class SimCluster:
         return first
 
     def partition(self, *groups: list[int]) -> None:
-        """Cut every link between nodes of different groups (node ids)."""
+        """Cut every link, both ways, between nodes of different groups (node ids)."""
         for gi, a_group in enumerate(groups):
             for b_group in groups[gi + 1 :]:
-                self._cut.update(frozenset((a, b)) for a in a_group for b in b_group)
+                for a in a_group:
+                    for b in b_group:
+                        self.cut(a, b, both=True)
+
+    def cut(self, a: int, b: int, both: bool = False) -> None:
+        """Drop datagrams from ``a`` to ``b`` (and ``b`` to ``a`` with ``both``), also
+        those already in flight; ``heal`` restores every link."""
+        self._cut.add((a, b))
+        if both:
+            self._cut.add((b, a))
 
     def isolate(self, node_id: int) -> None:
         self.partition([node_id], [i for i in self.ids if i != node_id])

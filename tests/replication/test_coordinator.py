@@ -30,6 +30,7 @@ from netmesh.replication.messages import (
     NackReason,
     SyncRequest,
     SyncResponse,
+    VoteKind,
     VoteRequest,
     VoteResponse,
 )
@@ -169,8 +170,14 @@ def test_quorum_mode_needs_a_majority_and_prevote() -> None:
     assert c.role is R.REPLICA and c.term == 0
     c.step(C, Heartbeat(0, R.REPLICA, 0, 0, 0, 0), 1.05)
     out = c.tick(1.31)
-    assert c.role is R.CANDIDATE and len(sends(out, VoteRequest)) == 2
-    out = c.step(C, VoteResponse(c.term, True), 1.32)
+    pre = sends(out, VoteRequest)
+    assert c.role is R.CANDIDATE and len(pre) == 2 and pre[0].msg.kind is VoteKind.PRE
+    assert c.term == 0, "a pre-vote does not take the term"
+    out = c.step(C, VoteResponse(pre[0].msg.term, True, True), 1.32)
+    votes = sends(out, VoteRequest)
+    assert len(votes) == 2 and votes[0].msg.kind is VoteKind.VOTE
+    assert c.term == pre[0].msg.term and any(isinstance(o, SaveHardState) for o in out)
+    out = c.step(C, VoteResponse(c.term, True), 1.33)
     assert c.role is R.LEADER
 
 
