@@ -9,7 +9,13 @@ import stat
 import pytest
 
 from netmesh.errors import ConfigError
-from netmesh.identity import EntityKeypair, node_id_of
+from netmesh.identity import (
+    EntityKeypair,
+    HandshakeClock,
+    clock_file_of,
+    next_timestamp,
+    node_id_of,
+)
 
 
 def test_generate_gives_distinct_keys_and_derived_id() -> None:
@@ -81,3 +87,53 @@ def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError):
         EntityKeypair.generate().save(tmp_path / "node.key")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_and_save_bind_the_keypair_to_its_file(tmp_path) -> None:
+    path = tmp_path / "node.key"
+    kp = EntityKeypair.generate()
+    assert kp.key_file is None
+    bound = kp.save(path)
+    assert bound == kp and bound.key_file == str(path)
+    assert EntityKeypair.load(path).key_file == str(path)
+    assert clock_file_of(path) == str(path) + ".hsclock"
+
+
+def test_handshake_clock_never_goes_backwards_across_restarts(tmp_path) -> None:
+    path = tmp_path / "node.key.hsclock"
+    wall = [1_000 * 10**9]
+    c = HandshakeClock(path, lambda: wall[0], reserve_ns=10**9)
+    t1 = c.next_ns()
+    assert t1 == wall[0] and c.writes == 1
+    assert int.from_bytes(path.read_bytes(), "big") == t1 + 10**9  # a ceiling above t1
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    wall[0] -= 5 * 10**9  # the clock steps back: still strictly increasing
+    t2 = c.next_ns()
+    assert t2 == t1 + 1 and c.writes == 1  # below the ceiling: no write
+    # a restart with the clock still 5 s behind starts above everything issued
+    c2 = HandshakeClock(path, lambda: wall[0], reserve_ns=10**9)
+    t3 = c2.next_ns()
+    assert t3 > t2 and t3 == t1 + 10**9 + 1 and c2.writes == 1
+    # the file is rewritten at most once per reserve of clock progress
+    wall[0] = t3
+    for _ in range(100):  # 2.5 s of progress with a 1 s reserve: two more writes
+        wall[0] += 25 * 10**6
+        c2.next_ns()
+    assert c2.writes == 1 + 2
+    assert next_timestamp(5, 9) == 10 and next_timestamp(11, 9) == 11
+
+
+def test_handshake_clock_in_memory_and_corrupt_sidecar(tmp_path) -> None:
+    c = HandshakeClock(None, lambda: 7)
+    assert [c.next_ns(), c.next_ns()] == [7, 8] and c.writes == 0
+    bad = tmp_path / "k.hsclock"
+    bad.write_bytes(b"123")
+    with pytest.raises(ConfigError, match="8 bytes"):
+        HandshakeClock(bad)
+
+
+def test_handshake_clock_write_failure_is_counted_and_stays_monotonic(tmp_path) -> None:
+    path = tmp_path / "missing-dir" / "k.hsclock"  # cannot be created
+    c = HandshakeClock(path, lambda: 100)
+    assert [c.next_ns(), c.next_ns()] == [100, 101]
+    assert c.write_errors == 2 and c.writes == 0

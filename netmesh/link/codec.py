@@ -1,17 +1,25 @@
 """Datagram framing, pure.
 
-Three datagram kinds, all integers little-endian, first byte = protocol version::
+Four datagram kinds, all integers little-endian, first byte = protocol version (2)::
 
     INITIATION  version u8 | type=1 u8 | reserved u16=0 | sender_index u32 | noise msg1 (120 B)
-                | mac1 (16 B)
+                | mac1 (16 B) | mac2 (16 B)
     RESPONSE    version u8 | type=2 u8 | reserved u16=0 | sender_index u32 | receiver_index u32
                 | noise msg2 (48 B) | mac1 (16 B)
     DATA        version u8 | type=3 u8 | reserved u16=0 | receiver_index u32 | counter u64
                 | ChaCha20-Poly1305(body) (>= 16 B)
+    COOKIE      version u8 | type=4 u8 | reserved u16=0 | receiver_index u32 | nonce (12 B)
+                | sealed cookie (32 B)
 
 ``mac1`` is keyed BLAKE2s-128 over every byte before it, keyed for the *receiver*
 (:func:`netmesh.link.handshake.mac1_key`); :func:`decode` only frames it, the
-receiver checks it with :func:`netmesh.link.handshake.mac1_ok` before any DH.
+receiver checks it with :func:`netmesh.link.handshake.mac1_ok` before any DH (over
+:func:`mac1_part` of the datagram). ``mac2`` (initiations only) is all zeros unless
+the initiator holds a cookie from the responder: then it is the keyed BLAKE2s-128,
+keyed by that cookie, of every byte before it (``netmesh.link.cookie``). A COOKIE
+reply answers an initiation (``receiver_index`` = its sender index) when the
+responder is under load; see ``netmesh.link.cookie``. Version 1 had no mac2 and no
+COOKIE; versions are not mixed (a version-1 datagram is a "decode" drop).
 
 The 16-byte DATA header is the AEAD associated data; ``counter`` is the nonce (see
 ``netmesh.link.session``). The decrypted body is one msgpack array of *entries*::
@@ -38,12 +46,14 @@ from typing import Any
 import msgpack
 
 from netmesh.errors import DecodeError
+from netmesh.link.cookie import NONCE_LEN, SEALED_COOKIE_LEN, mac2
 from netmesh.link.handshake import INITIATION_LEN, MAC_LEN, RESPONSE_LEN, mac1
 
-VERSION = 1
+VERSION = 2
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
 TYPE_DATA = 3
+TYPE_COOKIE = 4
 
 INITIATION_HEADER = struct.Struct("<BBHI")
 RESPONSE_HEADER = struct.Struct("<BBHII")
@@ -52,7 +62,9 @@ DATA_HEADER_LEN = DATA_HEADER.size  # 16
 TAG_LEN = 16
 #: bytes of a DATA datagram that are not body: header + AEAD tag
 DATA_OVERHEAD = DATA_HEADER_LEN + TAG_LEN
-INITIATION_SIZE = INITIATION_HEADER.size + INITIATION_LEN + MAC_LEN
+INITIATION_SIZE = INITIATION_HEADER.size + INITIATION_LEN + 2 * MAC_LEN
+COOKIE_HEADER = struct.Struct("<BBHI")
+COOKIE_SIZE = COOKIE_HEADER.size + NONCE_LEN + SEALED_COOKIE_LEN
 RESPONSE_SIZE = RESPONSE_HEADER.size + RESPONSE_LEN + MAC_LEN
 
 ENTRY_MESSAGES = 0
@@ -79,6 +91,13 @@ class Response:
 
 
 @dataclass(frozen=True, slots=True)
+class CookieReply:
+    receiver_index: int
+    nonce: bytes
+    sealed_cookie: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DataHeader:
     receiver_index: int
     counter: int
@@ -88,11 +107,35 @@ def _with_mac(data: bytes, mac_key: bytes | None) -> bytes:
     return data + (mac1(mac_key, data) if mac_key is not None else bytes(MAC_LEN))
 
 
-def encode_initiation(sender_index: int, noise: bytes, mac_key: bytes | None = None) -> bytes:
+def encode_initiation(
+    sender_index: int, noise: bytes, mac_key: bytes | None = None, cookie: bytes | None = None
+) -> bytes:
     """``mac_key``: ``mac1_key(psk, responder_static)``; None writes an all-zero mac1,
-    which any receiver rejects (tests and tools only)."""
-    data = INITIATION_HEADER.pack(VERSION, TYPE_INITIATION, 0, sender_index) + noise
-    return _with_mac(data, mac_key)
+    which any receiver rejects (tests and tools only). ``cookie``: the responder's
+    latest cookie, if the initiator holds a fresh one (mac2); None: all-zero mac2."""
+    data = _with_mac(
+        INITIATION_HEADER.pack(VERSION, TYPE_INITIATION, 0, sender_index) + noise, mac_key
+    )
+    return data + (mac2(cookie, data) if cookie is not None else bytes(MAC_LEN))
+
+
+def mac1_part(datagram: bytes) -> bytes:
+    """The part of a handshake datagram that ends with its mac1 (mac2 cut off)."""
+    if len(datagram) >= 2 and datagram[1] == TYPE_INITIATION:
+        return datagram[:-MAC_LEN]
+    return datagram
+
+
+def mac1_of(datagram: bytes) -> bytes:
+    """The mac1 field of a handshake datagram (what a cookie reply binds to)."""
+    return mac1_part(datagram)[-MAC_LEN:]
+
+
+def encode_cookie_reply(receiver_index: int, nonce: bytes, sealed_cookie: bytes) -> bytes:
+    """A COOKIE datagram answering the initiation whose sender index is ``receiver_index``."""
+    if len(nonce) != NONCE_LEN or len(sealed_cookie) != SEALED_COOKIE_LEN:
+        raise ValueError("bad cookie reply field length")
+    return COOKIE_HEADER.pack(VERSION, TYPE_COOKIE, 0, receiver_index) + nonce + sealed_cookie
 
 
 def encode_response(
@@ -107,7 +150,7 @@ def encode_data_header(receiver_index: int, counter: int) -> bytes:
     return DATA_HEADER.pack(VERSION, TYPE_DATA, 0, receiver_index, counter)
 
 
-def decode(datagram: bytes) -> Initiation | Response | DataHeader:
+def decode(datagram: bytes) -> Initiation | Response | CookieReply | DataHeader:
     """Classify and parse a datagram's outer framing (no cryptography)."""
     n = len(datagram)
     if n < 2:
@@ -130,7 +173,7 @@ def decode(datagram: bytes) -> Initiation | Response | DataHeader:
         _, _, reserved, sender = INITIATION_HEADER.unpack_from(datagram)
         if reserved:
             raise DecodeError("reserved bits set")
-        return Initiation(sender, bytes(datagram[INITIATION_HEADER.size : -MAC_LEN]))
+        return Initiation(sender, bytes(datagram[INITIATION_HEADER.size : -2 * MAC_LEN]))
     if kind == TYPE_RESPONSE:
         if n < RESPONSE_SIZE:
             raise Truncated(f"response of {n} bytes")
@@ -140,6 +183,20 @@ def decode(datagram: bytes) -> Initiation | Response | DataHeader:
         if reserved:
             raise DecodeError("reserved bits set")
         return Response(sender, receiver, bytes(datagram[RESPONSE_HEADER.size : -MAC_LEN]))
+    if kind == TYPE_COOKIE:
+        if n < COOKIE_SIZE:
+            raise Truncated(f"cookie reply of {n} bytes")
+        if n > COOKIE_SIZE:
+            raise DecodeError(f"cookie reply of {n} bytes")
+        _, _, reserved, receiver = COOKIE_HEADER.unpack_from(datagram)
+        if reserved:
+            raise DecodeError("reserved bits set")
+        start = COOKIE_HEADER.size
+        return CookieReply(
+            receiver,
+            bytes(datagram[start : start + NONCE_LEN]),
+            bytes(datagram[start + NONCE_LEN :]),
+        )
     raise DecodeError(f"unknown datagram type {kind}")
 
 

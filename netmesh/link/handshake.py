@@ -35,10 +35,13 @@ receiver checks it with one hash before any Diffie-Hellman (:func:`mac1_ok`), so
 flood of forged initiations costs a hash each, not two X25519 operations. The Noise
 messages themselves are unchanged (standard IKpsk2, see the interop tests).
 
-Clock caveat (as WireGuard): the initiation timestamp comes from the wall clock. If
-the clock of a restarted node steps backwards, its peers refuse its initiations as
-replays until its clock passes the last timestamp they accepted from it (no counter
-is persisted across restarts).
+Timestamps are inputs here. The node draws them from a
+:class:`netmesh.identity.HandshakeClock`, which never goes backwards and persists its
+high-water mark next to the key file, so a node restarted with its wall clock behind
+is not refused as a replay (WireGuard has that caveat; we do not, given a key file).
+
+Under load a responder answers with a cookie reply instead of DH work and the
+initiator proves its address with a second MAC (mac2): ``netmesh.link.cookie``.
 
 Errors: :class:`~netmesh.errors.AuthenticationError` when an AEAD tag fails (wrong
 PSK, wrong responder key, tampering), :class:`~netmesh.errors.HandshakeError` for

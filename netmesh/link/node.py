@@ -39,19 +39,27 @@ Bad input (tampered, truncated, replayed, oversized, unknown-session datagrams,
 handshakes with a wrong PSK or an unexpected static key) is dropped, logged at debug
 and counted in ``metrics()["drops"]`` by reason; it never disturbs sessions.
 
-Handshake flood resistance
+Handshake flood resistance (WireGuard whitepaper section 5.3)
     Every handshake datagram carries a mac1 (see ``netmesh.link.handshake``) that only
     PSK holders knowing our static public key can compute; it is checked with one
-    keyed hash before any Diffie-Hellman ("bad_mac" drops). Initiations that pass it
-    are further limited node-wide to ``config.handshake_rate`` per second (token
-    bucket, burst of one second's worth; "handshake_rate" drops).
+    keyed hash before any Diffie-Hellman ("bad_mac" drops). An initiation that passes
+    it goes through a :class:`~netmesh.link.cookie.HandshakeGate`: without a cookie it
+    needs a token of its source IP (``handshake_rate_per_source``) and of the node
+    (``handshake_rate``); when either is spent the node answers with a cookie reply
+    instead of doing DH ("under_load" drops, ``cookies_sent``). A legitimate initiator
+    resends at once with mac2 (the cookie proves it owns its address) and is then
+    limited per source IP only ("handshake_rate" drops past it). So a flood of
+    replayed initiations - even from many addresses - costs a hash and an AEAD per
+    datagram and delays a legitimate rejoin by one round trip.
 
 Clock
     Initiations carry a wall-clock timestamp and a responder refuses any that is not
-    newer than the last one it accepted from the same key (WireGuard's rule). If the
-    wall clock of a restarted node stepped backwards, its peers refuse it as a
-    replay until the clock passes the last timestamp they accepted (no counter is
-    persisted across restarts).
+    newer than the last one it accepted from the same key (WireGuard's rule). The
+    timestamps come from a :class:`~netmesh.identity.HandshakeClock`: never below the
+    last one issued, and persisted next to the key file (or at ``config.clock_file``),
+    so a node restarted with its wall clock behind still reconnects at once. A node
+    whose key lives only in memory has no such memory across restarts.
+    ``MeshNode.create(..., wall_clock=f)`` injects the wall clock (ns; tests).
 """
 
 from __future__ import annotations
@@ -78,12 +86,14 @@ from netmesh.errors import (
     Replayed,
     TransportError,
 )
-from netmesh.identity import EntityKeypair, node_id_of
+from netmesh.identity import EntityKeypair, HandshakeClock, clock_file_of, node_id_of
 from netmesh.link import codec
 from netmesh.link.codec import DATA_HEADER, TYPE_DATA, VERSION, unpack_body
+from netmesh.link.cookie import NONCE_LEN, HandshakeGate, Verdict, cookie_key, seal_cookie
 from netmesh.link.handshake import (
     InitiationReplayGuard,
     ResponderTemplate,
+    encode_timestamp,
     mac1_key,
     mac1_ok,
 )
@@ -92,7 +102,6 @@ from netmesh.link.peer import KEEPALIVE, LinkContext, Peer
 from netmesh.link.session import Session, SessionExpired, SessionLimits
 from netmesh.link.timers import TimerConfig
 from netmesh.link.transport import UdpTransport
-from netmesh.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +127,8 @@ DROP_REASONS = (
     "expired",
     "bad_mac",
     "handshake_rate",
+    "under_load",
+    "bad_cookie",
 )
 _U64 = struct.Struct("<Q")
 
@@ -125,7 +136,12 @@ _U64 = struct.Struct("<Q")
 class MeshNode:
     """One encrypted UDP endpoint. Create with :meth:`create`; see the module doc."""
 
-    def __init__(self, keypair: EntityKeypair, config: MeshNodeConfig) -> None:
+    def __init__(
+        self,
+        keypair: EntityKeypair,
+        config: MeshNodeConfig,
+        wall_clock: Callable[[], int] | None = None,
+    ) -> None:
         self.keypair = keypair
         self.config = config
         self.timer_config = TimerConfig(
@@ -170,13 +186,22 @@ class MeshNode:
         self._responder_template = ResponderTemplate(
             keypair.private_key, config.psk, self.prologue(keypair.node_id)
         )
-        self._last_ts = 0
+        clock_file = config.clock_file
+        if clock_file is None and keypair.key_file is not None:
+            clock_file = clock_file_of(keypair.key_file)
+        self.clock = HandshakeClock(clock_file, wall_clock or time.time_ns)
         self._started = False
         self._closed = False
         self._ticker: asyncio.Task[None] | None = None
         self._transport: UdpTransport | None = None
         self._loop = asyncio.get_running_loop()
-        self._handshake_bucket = TokenBucket(config.handshake_rate, self._loop.time())
+        self._gate = HandshakeGate(
+            config.handshake_rate,
+            config.handshake_rate_per_source,
+            self._loop.time(),
+            secrets.token_bytes(32),
+        )
+        self._cookie_key = cookie_key(config.psk, keypair.public_key)
         self._m: dict[str, int] = dict.fromkeys(
             (
                 "datagrams_in",
@@ -187,6 +212,8 @@ class MeshNode:
                 "messages_out",
                 "handshakes_initiated",
                 "handshakes_completed",
+                "cookies_sent",
+                "cookies_received",
                 "handler_errors",
                 "send_errors",
             ),
@@ -196,10 +223,21 @@ class MeshNode:
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
-    async def create(cls, keypair: EntityKeypair, config: MeshNodeConfig) -> MeshNode:
-        """Validate ``config`` (ConfigError), bind the UDP socket (TransportError)."""
+    async def create(
+        cls,
+        keypair: EntityKeypair,
+        config: MeshNodeConfig,
+        *,
+        wall_clock: Callable[[], int] | None = None,
+    ) -> MeshNode:
+        """Validate ``config`` (ConfigError), bind the UDP socket (TransportError).
+
+        ``wall_clock``: nanoseconds since the epoch for handshake timestamps (default
+        ``time.time_ns``); see "Clock" in the module doc. ConfigError also if the
+        handshake clock file is corrupt.
+        """
         config.validate()
-        self = cls(keypair, config)
+        self = cls(keypair, config, wall_clock)
         host, port = config.host_port()
         self._transport = await UdpTransport.bind(
             host, port, self._on_datagram, config.recv_buffer, config.send_buffer
@@ -481,14 +519,24 @@ class MeshNode:
         except DecodeError as exc:
             self._drop("decode", addr, exc)
             return
-        if not mac1_ok(self._mac_key, data):  # before any DH
+        if isinstance(msg, codec.CookieReply):  # sealed under a PSK-derived key: no mac1
+            self._on_cookie(msg, addr)
+            return
+        if not mac1_ok(self._mac_key, codec.mac1_part(data)):  # before any DH
             self._drop("bad_mac", addr)
             return
         if isinstance(msg, codec.Initiation):
-            if not self._handshake_bucket.try_consume(1, self._loop.time()):
+            now = self._loop.time()
+            gate = self._gate
+            if gate.secret_due(now):
+                gate.rotate(now, secrets.token_bytes(32))
+            verdict = gate.admit(data, addr, now)
+            if verdict is Verdict.ACCEPT:
+                self._on_initiation(msg, addr)
+            elif verdict is Verdict.COOKIE:
+                self._send_cookie(msg, data, addr)
+            else:
                 self._drop("handshake_rate", addr)
-                return
-            self._on_initiation(msg, addr)
         elif isinstance(msg, codec.Response):
             self._on_response(msg, addr)
         else:  # a data header too short for the fast path cannot get here
@@ -601,6 +649,29 @@ class MeshNode:
             peer, codec.encode_response(index, msg.sender_index, noise, peer.mac_key), addr
         )
 
+    def _send_cookie(self, msg: codec.Initiation, data: bytes, addr: Addr) -> None:
+        """Answer an initiation we will not do DH for (under load) with a cookie."""
+        self._drops["under_load"] += 1
+        nonce = secrets.token_bytes(NONCE_LEN)
+        sealed = seal_cookie(
+            self._cookie_key, nonce, self._gate.cookie_for(addr), codec.mac1_of(data)
+        )
+        self._m["cookies_sent"] += 1
+        self._sendto(codec.encode_cookie_reply(msg.sender_index, nonce, sealed), addr)
+
+    def _on_cookie(self, msg: codec.CookieReply, addr: Addr) -> None:
+        peer = self.index.pending(msg.receiver_index)
+        if peer is None:
+            self._drop("bad_handshake", addr, "cookie reply to no pending initiation")
+            return
+        if peer.node_id in self._blocked:
+            self._drop("blocked", addr)
+            return
+        if not peer.on_cookie(msg.nonce, msg.sealed_cookie, self._loop.time()):
+            self._drop("bad_cookie", addr)
+            return
+        self._m["cookies_received"] += 1
+
     def _acceptable(self, nid: int, remote_static: bytes) -> bool:
         allowed = self._allowed.get(nid)
         if allowed is not None and allowed != remote_static:
@@ -641,11 +712,8 @@ class MeshNode:
         self._deliver(node_id, PEER_EVENTS, [b"up" if up else b"down"])
 
     def handshake_timestamp(self) -> bytes:
-        """A strictly increasing 12-byte wall-clock timestamp for initiations."""
-        ns = max(time.time_ns(), self._last_ts + 1)
-        self._last_ts = ns
-        secs, nanos = divmod(ns, 1_000_000_000)
-        return struct.pack(">QI", secs, nanos)
+        """A strictly increasing 12-byte timestamp for initiations (``self.clock``)."""
+        return encode_timestamp(self.clock.next_ns())
 
     def now(self) -> float:
         return self._loop.time()
@@ -664,8 +732,12 @@ class MeshNode:
         reserved_stream (an entry - a run of messages or one fragment - a peer sent
         on the reserved ``"peer"`` stream), expired (data for a session past
         ``reject_after_time``), bad_mac (handshake message whose mac1 is wrong: no
-        PSK, or not meant for our key), handshake_rate (initiation over the
-        node-wide ``handshake_rate``)."""
+        PSK, or not meant for our key), under_load (an initiation answered with a
+        cookie reply instead of DH work: its source or the node is over its
+        unproven-initiation budget), handshake_rate (an initiation with a valid cookie
+        over its source's ``handshake_rate_per_source``), bad_cookie (a cookie reply
+        that does not open for our pending initiation). Also ``cookies_sent`` and
+        ``cookies_received``."""
         out: dict[str, object] = dict(self._m)
         out["drops"] = dict(self._drops)
         out["peers_up"] = len(self.peers())

@@ -36,9 +36,10 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from netmesh.errors import HandshakeError
+from netmesh.errors import AuthenticationError, HandshakeError
 from netmesh.link import codec
 from netmesh.link.codec import MIN_FRAGMENT_CHUNK, Reassembler
+from netmesh.link.cookie import COOKIE_VALID_FOR, cookie_key, open_cookie
 from netmesh.link.handshake import Initiator, SessionKeys, mac1_key
 from netmesh.link.index import PeerIndex
 from netmesh.link.peerstate import SessionSlots, SlotChange, rekey_wanted
@@ -116,6 +117,15 @@ class Peer:
         self.pending_sent = 0.0
         #: mac1 key of handshake messages we send to this peer
         self.mac_key = mac1_key(ctx.psk, public_key)
+        #: key of the cookie replies this peer sends us, the latest cookie and when
+        #: it arrived (node clock); see netmesh.link.cookie
+        self.cookie_key = cookie_key(ctx.psk, public_key)
+        self.cookie: bytes | None = None
+        self.cookie_at = 0.0
+        #: mac1 of the pending initiation (a cookie reply must bind to it), and
+        #: whether that initiation already carried a cookie (mac2)
+        self.pending_mac1 = b""
+        self.pending_with_cookie = False
         #: extra delay before the responder side of ``current`` rekeys (jittered)
         self.responder_rekey_delay = self._draw_responder_delay()
         self.connect_waiter: asyncio.Future[int] | None = None
@@ -194,7 +204,10 @@ class Peer:
             static_public=ctx.static_public,
         )
         noise = init.create_initiation(self.host.handshake_timestamp())
-        msg = codec.encode_initiation(index, noise, self.mac_key)
+        cookie = self.cookie if now - self.cookie_at < COOKIE_VALID_FOR else None
+        msg = codec.encode_initiation(index, noise, self.mac_key, cookie)
+        self.pending_mac1 = codec.mac1_of(msg)
+        self.pending_with_cookie = cookie is not None
         self.pending_index = index
         self.pending = init
         self.pending_sent = now
@@ -207,6 +220,26 @@ class Peer:
             self.index.remove_pending(self.pending_index)
         self.pending_index = None
         self.pending = None
+
+    def on_cookie(self, nonce: bytes, sealed_cookie: bytes, now: float) -> bool:
+        """A cookie reply to our pending initiation: the responder is under load.
+
+        Returns False if it does not open (not for our pending initiation, or not
+        from a PSK holder). Otherwise keeps the cookie and, if the pending initiation
+        carried none, sends a fresh one with mac2 at once (at most once per attempt:
+        an initiation that already carried a cookie waits for the retry timer).
+        """
+        if self.pending is None:
+            return False
+        try:
+            cookie = open_cookie(self.cookie_key, nonce, sealed_cookie, self.pending_mac1)
+        except AuthenticationError:
+            return False
+        self.cookie, self.cookie_at = cookie, now
+        if not self.pending_with_cookie:
+            log.debug("%x is under load; retrying with its cookie", self.node_id)
+            self._send_initiation(now)
+        return True
 
     def complete_as_initiator(
         self, keys: SessionKeys, remote_index: int, addr: Addr, now: float

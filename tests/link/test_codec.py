@@ -25,6 +25,7 @@ MAC_KEY = mac1_key(b"p" * 32, b"r" * 32)
 INIT = codec.encode_initiation(7, bytes(range(INITIATION_LEN)), MAC_KEY)
 RESP = codec.encode_response(8, 9, bytes(RESPONSE_LEN), MAC_KEY)
 DATA = codec.encode_data_header(10, 2**40) + b"\x01" * 30
+COOKIE = codec.encode_cookie_reply(11, bytes(range(12)), bytes(range(32)))
 
 
 def test_round_trips() -> None:
@@ -32,26 +33,36 @@ def test_round_trips() -> None:
     assert codec.decode(RESP) == codec.Response(8, 9, bytes(RESPONSE_LEN))
     assert codec.decode(DATA) == codec.DataHeader(10, 2**40)
     assert len(codec.encode_data_header(1, 2)) == codec.DATA_HEADER_LEN == 16
-    assert len(INIT) == codec.INITIATION_SIZE == 8 + INITIATION_LEN + MAC_LEN
+    assert len(INIT) == codec.INITIATION_SIZE == 8 + INITIATION_LEN + 2 * MAC_LEN
     assert len(RESP) == codec.RESPONSE_SIZE == 12 + RESPONSE_LEN + MAC_LEN
+    assert codec.decode(COOKIE) == codec.CookieReply(11, bytes(range(12)), bytes(range(32)))
+    assert len(COOKIE) == codec.COOKIE_SIZE == 8 + 12 + 32
+    assert INIT.endswith(bytes(MAC_LEN))  # no cookie: all-zero mac2
+    assert (
+        codec.mac1_of(INIT) == INIT[-2 * MAC_LEN : -MAC_LEN] and codec.mac1_of(RESP) == RESP[-16:]
+    )
 
 
 @pytest.mark.parametrize("datagram", [INIT, RESP], ids=["init", "resp"])
 def test_mac1_covers_the_whole_handshake_datagram(datagram: bytes) -> None:
-    assert mac1_ok(MAC_KEY, datagram)
+    part = codec.mac1_part(datagram)  # everything up to and with mac1 (not mac2)
+    assert mac1_ok(MAC_KEY, part)
     other = mac1_key(b"q" * 32, b"r" * 32)  # another PSK
-    assert not mac1_ok(other, datagram)
-    assert not mac1_ok(mac1_key(b"p" * 32, b"s" * 32), datagram)  # another receiver
-    for i in range(len(datagram)):  # header (indices), noise message and mac itself
+    assert not mac1_ok(other, part)
+    assert not mac1_ok(mac1_key(b"p" * 32, b"s" * 32), part)  # another receiver
+    for i in range(len(part)):  # header (indices), noise message and mac itself
         bad = bytearray(datagram)
         bad[i] ^= 1
-        assert not mac1_ok(MAC_KEY, bytes(bad)), i
-    assert not mac1_ok(MAC_KEY, datagram[:-1]) and not mac1_ok(MAC_KEY, b"")
+        assert not mac1_ok(MAC_KEY, codec.mac1_part(bytes(bad))), i
+    assert not mac1_ok(MAC_KEY, part[:-1]) and not mac1_ok(MAC_KEY, b"")
     unkeyed = codec.encode_initiation(7, bytes(range(INITIATION_LEN)))
-    assert unkeyed.endswith(bytes(MAC_LEN)) and not mac1_ok(MAC_KEY, unkeyed)
+    assert unkeyed.endswith(bytes(2 * MAC_LEN))
+    assert not mac1_ok(MAC_KEY, codec.mac1_part(unkeyed))
 
 
-@pytest.mark.parametrize("datagram", [INIT, RESP, DATA], ids=["init", "resp", "data"])
+@pytest.mark.parametrize(
+    "datagram", [INIT, RESP, COOKIE, DATA], ids=["init", "resp", "cookie", "data"]
+)
 def test_every_prefix_raises_decode_error(datagram: bytes) -> None:
     minimum = codec.DATA_OVERHEAD if datagram is DATA else len(datagram)
     for n in range(minimum):
@@ -61,7 +72,7 @@ def test_every_prefix_raises_decode_error(datagram: bytes) -> None:
         codec.decode(datagram[: minimum - 1])
 
 
-@pytest.mark.parametrize("datagram", [INIT, RESP], ids=["init", "resp"])
+@pytest.mark.parametrize("datagram", [INIT, RESP, COOKIE], ids=["init", "resp", "cookie"])
 def test_trailing_garbage_on_fixed_messages_raises(datagram: bytes) -> None:
     with pytest.raises(DecodeError):
         codec.decode(datagram + b"\x00")
@@ -70,14 +81,14 @@ def test_trailing_garbage_on_fixed_messages_raises(datagram: bytes) -> None:
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda d: b"\x02" + d[1:],
+        lambda d: b"\x01" + d[1:],  # version 1 (no mac2, no cookies) is not spoken
         lambda d: d[:1] + b"\x09" + d[2:],
         lambda d: d[:2] + b"\x01\x00" + d[4:],
     ],
     ids=["version", "type", "reserved"],
 )
 def test_bad_header_fields(mutate) -> None:
-    for d in (INIT, RESP, DATA):
+    for d in (INIT, RESP, COOKIE, DATA):
         with pytest.raises(DecodeError):
             codec.decode(mutate(d))
 

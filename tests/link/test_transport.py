@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from netmesh import EntityKeypair, MeshNode
-from netmesh.errors import HandshakeError, TransportError
+from netmesh.errors import AuthenticationError, HandshakeError, TransportError
 from netmesh.link import codec
+from netmesh.link.cookie import cookie_key, open_cookie
 from netmesh.link.handshake import mac1_key
 from tests.link.test_node import cfg, link, peer_of, run, wait_for
 
@@ -72,10 +73,13 @@ def test_bad_datagrams_are_dropped_counted_and_traffic_continues() -> None:
                 "oversized": [bytes(b.config.max_datagram + 1)],
                 "unknown_session": [bytes(unknown)],
                 "decode": [b"\x07garbage", b"\x01\x09" + bytes(40), bytes(initiation) + b"x"],
-                "bad_handshake": [codec.encode_response(1, 2, bytes(48), b_mac)],
+                "bad_handshake": [
+                    codec.encode_response(1, 2, bytes(48), b_mac),
+                    codec.encode_cookie_reply(1, bytes(12), bytes(32)),  # nothing pending
+                ],
                 "bad_mac": [
                     codec.encode_response(1, 2, bytes(48)),
-                    codec.encode_initiation(1, initiation[8:-16]),
+                    codec.encode_initiation(1, initiation[8:-32]),
                     codec.encode_response(1, 2, bytes(48), mac1_key(bytes(32), b.public_key)),
                     bytes(other_index),
                 ],
@@ -274,9 +278,9 @@ def test_handshakes_without_a_valid_mac1_never_reach_diffie_hellman() -> None:
             # well-formed Noise message, wrong or missing mac1: what an attacker
             # who knows b's public key but not the PSK can send
             forged = [
-                codec.encode_initiation(5, initiation[8:-16]),
-                codec.encode_initiation(5, initiation[8:-16], mac1_key(bytes(32), b.public_key)),
-                initiation[:-1] + bytes([initiation[-1] ^ 1]),
+                codec.encode_initiation(5, initiation[8:-32]),
+                codec.encode_initiation(5, initiation[8:-32], mac1_key(bytes(32), b.public_key)),
+                initiation[:-17] + bytes([initiation[-17] ^ 1]) + initiation[-16:],
             ]
             for d in forged:
                 raw.sendto(d, b.local_addr)
@@ -291,24 +295,50 @@ def test_handshakes_without_a_valid_mac1_never_reach_diffie_hellman() -> None:
     run(body)
 
 
-def test_initiations_past_the_rate_limit_are_dropped_and_counted() -> None:
+def test_initiations_past_the_node_budget_get_cookie_replies_not_dh() -> None:
     async def body() -> None:
         a = await MeshNode.create(EntityKeypair.generate(), cfg())
         b = await MeshNode.create(EntityKeypair.generate(), cfg(handshake_rate=1.0))
         raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.bind(("127.0.0.1", 0))
+        raw.setblocking(False)
         try:
             sent = capture(a)
             await link(b, a)  # spends b's single token
             initiation = next(d for d in sent if d[1] == codec.TYPE_INITIATION)
             for _ in range(5):
                 raw.sendto(initiation, b.local_addr)
-            await wait_for(
-                lambda: (
-                    b.metrics()["drops"]["handshake_rate"] + b.metrics()["drops"]["replayed"] == 5
-                ),
-                10.0,
-            )
-            assert b.metrics()["drops"]["handshake_rate"] >= 4
+            replies: list[bytes] = []
+
+            def drain() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        replies.append(raw.recv(2048))
+                return len(replies) >= 5
+
+            await wait_for(drain, 10.0, "five cookie replies")
+            drops = b.metrics()["drops"]
+            assert drops["under_load"] == 5 and drops["replayed"] == 0  # no DH work
+            assert b.metrics()["cookies_sent"] == 5
+            key = cookie_key(b.config.psk, b.public_key)
+            mac1 = codec.mac1_of(initiation)
+            cookies = set()
+            for r in replies:
+                msg = codec.decode(r)
+                assert isinstance(msg, codec.CookieReply)
+                assert msg.receiver_index == codec.decode(initiation).sender_index  # type: ignore[union-attr]
+                cookies.add(
+                    open_cookie(key, msg.nonce, msg.sealed_cookie, codec.mac1_of(initiation))
+                )
+                # without the PSK (a replaying attacker) the cookie does not open
+                with pytest.raises(AuthenticationError):
+                    open_cookie(
+                        cookie_key(bytes(32), b.public_key),
+                        msg.nonce,
+                        msg.sealed_cookie,
+                        mac1,
+                    )
+            assert len(cookies) == 1  # one cookie per source address and secret
             assert b.peer_is_up(a.node_id)
         finally:
             raw.close()
