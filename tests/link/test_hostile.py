@@ -23,6 +23,7 @@ from netmesh import EntityKeypair, MeshNode
 from netmesh.errors import HandshakeError
 from netmesh.identity import clock_file_of
 from netmesh.link import codec
+from netmesh.link.cookie import cookie_key, mac2, seal_cookie
 from tests.link.test_node import cfg, link, run, wait_for
 from tests.link.test_transport import capture
 
@@ -217,5 +218,78 @@ def test_without_any_clock_file_a_slow_clock_is_refused_as_a_replay() -> None:
             for n in (a, a2, b):
                 if n is not None:
                     await n.shutdown()
+
+    run(body)
+
+
+def test_initiator_answers_a_cookie_reply_once_with_mac2_and_ignores_forgeries() -> None:
+    # the responder here is a raw socket playing a loaded node: it never does DH
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(handshake_timeout=2.0))
+        kb = EntityKeypair.generate()
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.bind(("127.0.0.1", 0))
+        raw.setblocking(False)
+        inbox: list[bytes] = []
+
+        def received(n: int) -> bool:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    inbox.append(raw.recv(2048))
+            return len(inbox) >= n
+
+        connecting = asyncio.ensure_future(a.connect(raw.getsockname(), kb.public_key, kb.node_id))
+        try:
+            await wait_for(lambda: received(1), 5.0, "first initiation")
+            first = inbox[0]
+            assert first[1] == codec.TYPE_INITIATION and first.endswith(bytes(16))  # no mac2
+            sender = codec.decode(first).sender_index  # type: ignore[union-attr]
+            key = cookie_key(a.config.psk, kb.public_key)
+            no_psk = cookie_key(bytes(32), kb.public_key)
+            # forgeries: not bound to this initiation, or sealed without the PSK
+            for bad in (
+                seal_cookie(key, bytes(12), b"c" * 16, bytes(16)),
+                seal_cookie(no_psk, bytes(12), b"c" * 16, codec.mac1_of(first)),
+            ):
+                raw.sendto(codec.encode_cookie_reply(sender, bytes(12), bad), a.local_addr)
+            await wait_for(lambda: a.metrics()["drops"]["bad_cookie"] == 2, 5.0, "forgeries")
+            assert len(inbox) == 1 and a.metrics()["cookies_received"] == 0
+            cookie = b"k" * 16
+            sealed = seal_cookie(key, bytes(12), cookie, codec.mac1_of(first))
+            raw.sendto(codec.encode_cookie_reply(sender, bytes(12), sealed), a.local_addr)
+            await wait_for(lambda: received(2), 5.0, "the initiation with mac2")
+            second = inbox[1]
+            assert second[-16:] == mac2(cookie, second[:-16])  # proves our address
+            assert a.metrics()["cookies_received"] == 1
+            # a second cookie for an initiation that already carried one: no resend
+            sender2 = codec.decode(second).sender_index  # type: ignore[union-attr]
+            sealed2 = seal_cookie(key, bytes(12), cookie, codec.mac1_of(second))
+            raw.sendto(codec.encode_cookie_reply(sender2, bytes(12), sealed2), a.local_addr)
+            await wait_for(lambda: a.metrics()["cookies_received"] == 2, 5.0, "second cookie")
+            assert not received(3)
+        finally:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HandshakeError):
+                await connecting
+            raw.close()
+            await a.shutdown()
+
+    run(body)
+
+
+def test_a_node_under_load_still_admits_a_new_peer_through_a_cookie() -> None:
+    async def body() -> None:
+        b = await MeshNode.create(EntityKeypair.generate(), cfg(handshake_rate=1.0))
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        c = await MeshNode.create(EntityKeypair.generate(), cfg())
+        try:
+            await link(b, c)  # spends b's one node-wide token
+            await link(b, a)  # b is under load: a gets a cookie and retries with it
+            assert a.metrics()["cookies_received"] == 1 and b.metrics()["cookies_sent"] == 1
+            assert b.metrics()["drops"]["under_load"] == 1
+            assert b.peer_is_up(a.node_id) and a.peer_is_up(b.node_id)
+        finally:
+            for n in (a, b, c):
+                await n.shutdown()
 
     run(body)

@@ -13,7 +13,9 @@ import pytest
 
 from netmesh import EntityKeypair, MeshNode, MeshNodeConfig
 from netmesh.errors import ConfigError, LocalProtocolError, PayloadTooLarge
+from netmesh.link.handshake import SessionKeys
 from netmesh.link.peer import Peer
+from netmesh.link.session import Session
 
 PSK = bytes(range(32))
 MAX_DGRAM = 1400
@@ -580,6 +582,35 @@ def test_fragment_ids_start_at_random_values() -> None:
             await link(b, a)
             starts = {peer_of(a, b.node_id).frag_id, peer_of(b, a.node_id).frag_id}
             assert len(starts) == 2 and all(0 <= s < 1 << 62 for s in starts)
+        finally:
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_a_session_without_an_address_is_a_counted_drop_not_a_crash() -> None:
+    # before: the None address reached sendto inside the flush callback (TypeError),
+    # which also lost the messages of every later peer in the same flush
+    async def body() -> None:
+        a = await MeshNode.create(EntityKeypair.generate(), cfg())
+        b = await MeshNode.create(EntityKeypair.generate(), cfg())
+        got: list[bytes] = []
+        b.subscribe("m", lambda nid, m: got.append(m))
+        try:
+            await link(b, a)
+            kx = EntityKeypair.generate()
+            ghost = a._peer_for(kx.node_id, kx.public_key, None)
+            keys = SessionKeys(bytes(32), bytes(32), kx.public_key, bytes(32), True)
+            s = Session(keys, a.index.alloc(), 1, a.now())
+            a.index.add_session(s.local_index, ghost, s)
+            ghost.slots.initiator_done(s, 0.0, a.node_id, kx.node_id)
+            assert ghost.usable_session() is s and ghost.addr is None
+            a.send(kx.node_id, "m", b"nowhere")
+            a.send(b.node_id, "m", b"somewhere")
+            a.flush()
+            assert a.metrics()["drops"]["no_session"] == 1
+            await wait_for(lambda: got == [b"somewhere"], 5.0)
         finally:
             await a.shutdown()
             await b.shutdown()
