@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 from rich.console import Console
@@ -362,27 +362,78 @@ def plot(results: dict[str, Any], path: str) -> bool:
     return True
 
 
+def have_matplotlib() -> bool:
+    """Whether ``--plot`` can work (matplotlib is in the ``bench`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+SUITES = ("all", "ingest", "replicated", "overhead", "failover", "catchup", "latency")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; the description keeps its table."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line on stderr, exit 2 (like the ``netmesh`` command)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """``netmesh bench`` options (``peers`` has its own: ``netmesh bench peers --help``)."""
+    ap = _Parser(
+        prog="netmesh bench",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=_Formatter,
+    )
+    ap.add_argument(
+        "which",
+        nargs="?",
+        default=None,
+        choices=[*SUITES, "peers"],
+        help="what to run (none: list the choices and exit)",
+    )
+    ap.add_argument("--quick", action="store_true", help="smaller runs (< 3 minutes)")
+    ap.add_argument("--json", metavar="OUT", help="write the figures to this JSON file")
+    ap.add_argument(
+        "--plot", metavar="OUT.png", help="write a PNG plot (needs the 'bench' extra: matplotlib)"
+    )
+    return ap
+
+
+def listing() -> str:
+    """What a bare ``netmesh bench`` prints: the suites it can run."""
+    lines = ["netmesh bench runs one of:"]
+    lines += [f"  netmesh bench {name} [--quick] [--json OUT] [--plot OUT.png]" for name in SUITES]
+    lines += [
+        "  netmesh bench peers [--quick]     (Redis streams and the Rust wheel, same machine)",
+        "details: netmesh bench --help",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad arguments or --plot without matplotlib (checked before
+    anything runs)."""
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "peers":  # Redis and the Rust wheel, same machine, same run
         from benchmarks import peers as bench_peers
 
         bench_peers.main(argv[1:])
         return 0
-    ap = argparse.ArgumentParser(
-        prog="netmesh bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument(
-        "which",
-        nargs="?",
-        default="all",
-        choices=["all", "ingest", "replicated", "overhead", "failover", "catchup", "latency"],
-    )
-    ap.add_argument("--quick", action="store_true", help="smaller runs (< 3 minutes)")
-    ap.add_argument("--json", help="write the figures to this JSON file")
-    ap.add_argument("--plot", help="write a PNG plot (needs the 'bench' extra: matplotlib)")
+    ap = parser()
     args = ap.parse_args(argv)
+    if args.which is None:
+        print(listing())
+        return 0
+    if args.plot and not have_matplotlib():
+        ap.error("--plot needs matplotlib: pip install 'netmesh[bench]' (nothing was run)")
     console = Console(width=None if sys.stdout.isatty() else 100)
     results: dict[str, Any] = {}
     jobs = [j for j in suite(args.quick) if args.which in ("all", j[0])]
@@ -399,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
-    if args.plot and not plot(results, args.plot):
-        console.print("matplotlib is not installed: pip install 'netmesh[bench]' for --plot")
+    if args.plot:
+        plot(results, args.plot)
     return 0
 
 

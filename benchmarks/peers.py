@@ -755,37 +755,39 @@ def _render_plain(
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="netmesh bench peers",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="small counts, one run (< ~60 s)")
     p.add_argument(
         "--parts",
         default="redis,wheel",
-        help="comma list of parts to run: redis, wheel (default both)",
+        help="comma list of parts to run: redis, wheel",
     )
-    p.add_argument("--sizes", default="64,1024", help="payload sizes in bytes (default 64,1024)")
+    p.add_argument("--sizes", default="64,1024", help="payload sizes in bytes, comma list")
     p.add_argument(
         "--events",
         type=int,
         default=None,
-        help="events per Redis case (default 100000; --quick 20000)",
+        help="events per Redis case (None: 100000; --quick 20000)",
     )
     p.add_argument(
         "--wheel-events",
         type=int,
         default=None,
-        help="events per net-mesh wheel case (default 1000000; --quick 200000)",
+        help="events per net-mesh wheel case (None: 1000000; --quick 200000)",
     )
-    p.add_argument("--runs", type=int, default=None, help="runs per case (default 3; --quick 1)")
+    p.add_argument("--runs", type=int, default=None, help="runs per case (None: 3; --quick 1)")
     p.add_argument("--batch", type=int, default=500, help="XADDs per Redis pipeline batch")
     p.add_argument(
         "--wheel-batch",
         type=int,
         default=64,
-        help="payloads per net-mesh append_batch (default 64, as netmesh bench)",
+        help="payloads per net-mesh append_batch (as netmesh bench)",
     )
     p.add_argument("--wait-timeout-ms", type=int, default=1000, help="WAIT 1 <timeout> in ms")
-    p.add_argument("--netmesh-json", metavar="PATH", help="JSON from `netmesh bench all --json`")
+    p.add_argument("--netmesh-json", metavar="PATH", help="JSON from 'netmesh bench all --json'")
     p.add_argument("--json", metavar="OUT", help="write all figures to this JSON file")
     p.add_argument("--no-table", action="store_true", help="do not print the table")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")

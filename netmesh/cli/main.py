@@ -4,42 +4,59 @@
   catching up, SIGKILLs the leader, shows the failover and the restarted node catching
   up, checks every history is identical, and exits 0.
 * ``netmesh up``: a local cluster with a live status table until Ctrl-C (or
-  ``--duration``), with a producer appending at ``--rate`` events/s on the leader.
-* ``netmesh status``: the table (or ``--prometheus`` text) of a running ``netmesh up``.
-* ``netmesh bench``: benchmarks (see ``benchmarks.bench``).
+  --duration), with a producer appending at --rate events/s on the leader.
+* ``netmesh status``: the table (or --prometheus text) of a running ``netmesh up``
+  (which one: --run PID, else the newest).
+* ``netmesh bench``: benchmarks (``netmesh bench --help``).
+
+Exit codes: 0 success, 1 failure (one line on stderr), 2 bad arguments (one line on
+stderr, nothing was started), 130 interrupted. Environment: NETMESH_RUN_DIR is where
+``netmesh up`` writes its run file and ``netmesh status`` looks for it (default: the
+system temporary directory); NETMESH_LOG sets the node processes' log level.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import shutil
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import psutil
 from rich.console import Console
 from rich.live import Live
 
+from netmesh.channel import ChannelName
 from netmesh.cli import status
 from netmesh.cluster import snapshot
-from netmesh.cluster.cluster import Cluster
+from netmesh.cluster.cluster import Cluster, check_data_dir
 from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.producer import Producer
-from netmesh.config import ReplicationConfig
-from netmesh.errors import ConfigError, NetmeshError
+from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
+from netmesh.errors import ChannelNameError, ConfigError, NetmeshError
 
 CHANNEL = "demo/orders"
+TERMS = (
+    "next_seq: the seq the next event gets (= events held); commit: events below it are "
+    "held by a majority; term: election round (+1 per campaign, so a fresh channel "
+    "starts at 1-3); lag s: since the leader's last heartbeat (- on a leader)"
+)
 
 
 def _show(console: Console, c: Cluster, title: str) -> None:
-    console.print(status.table(status.rows(c.metrics(fresh=True), None, 0.0), title=title))
+    rows = status.rows(c.metrics(fresh=True), None)
+    console.print(status.table(rows, title=title, width=console.width))
 
 
 def _console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 132)
+    """A console as wide as the terminal (or $COLUMNS; 80 when not a terminal)."""
+    return Console(width=shutil.get_terminal_size((80, 24)).columns)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -50,7 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"3 node processes up: pids {[c.info[i]['pid'] for i in range(3)]}, "
             "encrypted UDP mesh on 127.0.0.1"
         )
-        c.open_channel(CHANNEL, ReplicationConfig(factor=3, heartbeat_ms=args.heartbeat_ms))
+        c.open_channel(CHANNEL, ReplicationConfig(factor=3))
         lead = c.wait_for_leader(CHANNEL)
         console.print(f"node {lead} was elected leader of {CHANNEL!r}")
         t0 = time.perf_counter()
@@ -60,16 +77,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             last = p.flush()
         dt = time.perf_counter() - t0
         console.print(
-            f"appended {last + 1:,} events through a shared-memory ring in {dt:.2f}s "
-            f"({(last + 1) / dt:,.0f} events/s)"
+            f"appended {last + 1:,} events (seqs 0..{last:,}) through a shared-memory ring "
+            f"in {dt:.2f}s ({(last + 1) / dt:,.0f} events/s)"
         )
         c.wait_until(
             lambda: all(c.next_seq(i, CHANNEL) == n for i in range(3)),
             timeout=20,
             message="replicas catch up",
         )
-        console.print(f"replicas caught up {time.perf_counter() - t0:.2f}s after the first append")
+        console.print(
+            f"every node holds next_seq {n:,} {time.perf_counter() - t0:.2f}s after the "
+            "first append"
+        )
         _show(console, c, "after the appends")
+        console.print(TERMS)
         t1 = time.perf_counter()
         c.kill(lead)
         console.print(f"SIGKILLed the leader, node {lead}")
@@ -84,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             timeout=20,
             message="restarted node catches up",
         )
-        console.print(f"node {lead} restarted and caught up to seq {last}")
+        console.print(f"node {lead} restarted and caught up: next_seq {last + 1:,} on every node")
         _show(console, c, "after failover and restart")
         histories = [c.read_range(i, CHANNEL, 0, last + 1) for i in range(3)]
         ok = histories[0] == histories[1] == histories[2] and len(histories[0]) == last + 1
@@ -92,7 +113,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def check_up(args: argparse.Namespace) -> None:
+    """Cross-field checks of ``netmesh up`` before anything starts: ConfigError or
+    ChannelNameError naming the option."""
+    if args.factor > args.nodes:
+        raise ConfigError(
+            f"--factor {args.factor} is larger than --nodes {args.nodes}: a channel "
+            "cannot have more copies than there are nodes"
+        )
+    ChannelName(args.channel)
+    if args.payload > DEFAULT_MAX_PAYLOAD:
+        raise ConfigError(
+            f"--payload {args.payload} exceeds the channel's max_payload of "
+            f"{DEFAULT_MAX_PAYLOAD} bytes"
+        )
+    ReplicationConfig(factor=args.factor, heartbeat_ms=args.heartbeat_ms, ack=args.ack).validate()
+    if args.data_dir is not None:
+        try:
+            check_data_dir(args.data_dir)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("data_dir", "--data-dir", 1)) from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    check_up(args)
     console = _console()
     stop = False
 
@@ -100,9 +144,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         nonlocal stop
         stop = True
 
+    # the nodes run in their own session: the terminal's Ctrl-C reaches this process
+    # only, and the cluster is stopped in order when the loop ends
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    cfg = ReplicationConfig(factor=args.factor, heartbeat_ms=args.heartbeat_ms, ack=args.ack)
+    cfg = ReplicationConfig(factor=args.factor, ack=args.ack)
     with Cluster(
         nodes=args.nodes,
         heartbeat_ms=args.heartbeat_ms,
@@ -116,6 +162,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "pages": [c.pages[i].name for i in range(c.size)],
                 "pids": [c.info[i]["pid"] for i in range(c.size)],
                 "node_ids": c.node_ids,
+                "channel": args.channel,
             },
         )
         try:
@@ -123,15 +170,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(run_path)
+    if not console.is_terminal:
+        console.line()  # the last table printed by Live ends without a newline
     console.print("cluster stopped cleanly")
     return 0
 
 
-def _up_loop(console: Console, c: Cluster, args: argparse.Namespace, stopped: Any) -> None:
+def _up_loop(
+    console: Console, c: Cluster, args: argparse.Namespace, stopped: Callable[[], bool]
+) -> None:
     producer: Producer | None = None
     prev, prev_t = None, time.monotonic()
     end = time.monotonic() + args.duration if args.duration else float("inf")
     payload = b"x" * args.payload
+    title = f"netmesh up: {args.nodes} nodes (Ctrl-C stops)"
     with Live(console=console, refresh_per_second=4) as live:
         while not stopped() and time.monotonic() < end:
             tick = time.monotonic()
@@ -144,13 +196,8 @@ def _up_loop(console: Console, c: Cluster, args: argparse.Namespace, stopped: An
                 producer = _feed(c, args, producer, payload)
             if tick - prev_t >= 0.5 or prev is None:
                 snap = c.metrics()
-                live.update(
-                    status.table(
-                        status.rows(snap, prev, tick - prev_t),
-                        title=f"netmesh up: {args.nodes} nodes, "
-                        f"channel {args.channel!r} (Ctrl-C stops)",
-                    )
-                )
+                rows = status.rows(snap, prev)
+                live.update(status.table(rows, title=title, width=console.width))
                 prev, prev_t = snap, tick
             time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
     if producer is not None:
@@ -167,43 +214,78 @@ def _feed(
     if producer is not None and c.producers.get(producer.ring_name, (None,))[0] != lead:
         producer.close()
         producer = None
-    if producer is None:
-        producer = c.producer(lead, args.channel)
     try:
+        if producer is None:
+            producer = c.producer(lead, args.channel)
         producer.append_batch([payload] * max(1, args.rate // 10), timeout=0.05)
-    except NetmeshError:
-        producer.close()
+    except NetmeshError:  # leadership moved or the node died: next tick finds the leader
+        if producer is not None:
+            producer.close()
         return None
     return producer
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    files = status.find_run_files()
-    if not files:
-        print("no running `netmesh up` found", file=sys.stderr)
-        return 1
-    import json
+def _read_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(path, content) of the run file chosen by --run (a pid) or the newest live one;
+    NetmeshError if there is none."""
+    if args.run is not None:
+        path = status.run_file(args.run)
+        if not os.path.exists(path):
+            raise NetmeshError(f"no `netmesh up` with pid {args.run} in {status.RUN_DIR}")
+    else:
+        files = status.find_run_files()
+        if not files:
+            raise NetmeshError(
+                f"no running `netmesh up` found in {status.RUN_DIR} (set NETMESH_RUN_DIR "
+                "to the directory the `netmesh up` uses)"
+            )
+        path = files[0]
+    with open(path) as fh:
+        info: dict[str, Any] = json.load(fh)
+    return path, info
 
-    with open(files[0]) as fh:
-        info = json.load(fh)
-    nodes = []
-    for i, (name, pid) in enumerate(zip(info["pages"], info["pids"], strict=True)):
-        page = MetricsPage.attach(name)
+
+def _sample(info: dict[str, Any], procs: dict[int, psutil.Process | None]) -> dict[str, Any]:
+    """One snapshot of every node of a run: the pages read back to back (one sampling
+    instant, within the nodes' 100 ms publishing period), then the process figures
+    (cpu since the previous sample of ``procs``)."""
+    pages: list[dict[str, Any] | None] = []
+    for name in info["pages"]:
+        mapped = MetricsPage.attach(name)
         try:
-            snap = page.read()
+            pages.append(mapped.read())
         finally:
-            page.close()
+            mapped.close()
+    nodes = []
+    for i, (pid, page) in enumerate(zip(info["pids"], pages, strict=True)):
         alive = psutil.pid_exists(pid)
         proc: dict[str, Any] = {"cpu_percent": 0.0, "rss_bytes": 0}
+        p = procs.get(pid)
         if alive:
-            p = psutil.Process(pid)
-            proc = {"cpu_percent": p.cpu_percent(0.2), "rss_bytes": p.memory_info().rss}
-        nodes.append(snapshot.node_entry(i, info["node_ids"][i], pid, alive, None, snap, proc))
-    snap_all = snapshot.with_totals(nodes)
+            try:
+                if p is None:
+                    p = procs[pid] = psutil.Process(pid)
+                    p.cpu_percent(None)  # primes the counter; the next call measures
+                proc = {"cpu_percent": p.cpu_percent(None), "rss_bytes": p.memory_info().rss}
+            except psutil.Error:
+                alive = False
+        nodes.append(snapshot.node_entry(i, info["node_ids"][i], pid, alive, None, page, proc))
+    return snapshot.with_totals(nodes)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path, info = _read_run(args)
+    procs: dict[int, psutil.Process | None] = {}
+    before = _sample(info, procs) if args.interval > 0 else None
+    if before is not None:
+        time.sleep(args.interval)  # the rates' measurement window
+    now = _sample(info, procs)
     if args.prometheus:
-        sys.stdout.write(status.prometheus(snap_all))
+        sys.stdout.write(status.prometheus(now))
     else:
-        _console().print(status.table(status.rows(snap_all, None, 0.0)))
+        console = _console()
+        title = f"netmesh status: {os.path.basename(path)}"
+        console.print(status.table(status.rows(now, before), title=title, width=console.width))
     return 0
 
 
@@ -237,29 +319,99 @@ def load_benchmarks() -> Any:
     return importlib.import_module("benchmarks.bench")
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    return int(load_benchmarks().main(args.bench_args))
+def cmd_bench(argv: list[str]) -> int:
+    return int(load_benchmarks().main(argv))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="netmesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; descriptions keep their line breaks."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def plain(doc: str | None) -> str:
+    """A docstring as help text: no reStructuredText double backticks."""
+    return (doc or "").replace("``", "")
+
+
+def at_least(low: int, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: a number >= ``low``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``netmesh`` argument parser (``bench`` options belong to the benchmarks)."""
+    ap = _Parser(prog="netmesh", description=plain(__doc__), formatter_class=_Formatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_Formatter
+        )
+
+    demo = command("demo", "3-node replication + failover demo; exits 0 when histories match")
+    demo.add_argument(
+        "--events", type=at_least(1), default=100_000, metavar="N", help="events to append"
     )
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    demo = sub.add_parser("demo", help="3-node replication + failover demo; exits 0")
-    demo.add_argument("--events", type=int, default=100_000)
-    demo.add_argument("--heartbeat-ms", type=int, default=150)
+    demo.add_argument(
+        "--heartbeat-ms", type=at_least(50), default=150, metavar="MS", help="leader heartbeat"
+    )
     demo.set_defaults(func=cmd_demo)
-    up = sub.add_parser("up", help="run a local cluster with a live status table")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--factor", type=int, default=3)
-    up.add_argument("--heartbeat-ms", type=int, default=150)
-    up.add_argument("--ack", choices=["leader", "quorum"], default="leader")
-    up.add_argument("--channel", default="events")
-    up.add_argument("--rate", type=int, default=10_000, help="events/s appended (0: none)")
-    up.add_argument("--payload", type=int, default=64, help="payload bytes")
-    up.add_argument("--data-dir", default=None, help="persist identities and event files")
-    up.add_argument("--duration", type=float, default=0, help="stop after N s (0: Ctrl-C)")
+    up = command("up", "run a local cluster with a live status table until Ctrl-C")
+    up.add_argument("--nodes", type=at_least(1), default=3, metavar="N", help="node processes")
+    up.add_argument(
+        "--factor", type=at_least(1), default=3, metavar="N", help="copies of the channel"
+    )
+    up.add_argument(
+        "--heartbeat-ms", type=at_least(50), default=150, metavar="MS", help="leader heartbeat"
+    )
+    up.add_argument(
+        "--ack",
+        choices=["leader", "quorum"],
+        default="leader",
+        help="an append is acknowledged once the leader / a majority holds it",
+    )
+    up.add_argument(
+        "--channel", default="events", metavar="NAME", help="name of the replicated channel"
+    )
+    up.add_argument(
+        "--rate",
+        type=at_least(0),
+        default=10_000,
+        metavar="EV/S",
+        help="events/s appended (0: none)",
+    )
+    up.add_argument(
+        "--payload", type=at_least(0), default=64, metavar="BYTES", help="payload bytes per event"
+    )
+    up.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="persist identities and event files here (None: in memory)",
+    )
+    up.add_argument(
+        "--duration",
+        type=at_least(0, float),
+        default=0.0,
+        metavar="S",
+        help="stop after S seconds (0: at Ctrl-C)",
+    )
     up.add_argument(
         "--restart-policy",
         choices=["never", "on-failure"],
@@ -267,17 +419,52 @@ def main(argv: list[str] | None = None) -> int:
         help="restart nodes that die without being asked",
     )
     up.set_defaults(func=cmd_up)
-    st = sub.add_parser("status", help="show the status of a running `netmesh up`")
+    st = command(
+        "status",
+        "show the status of a running 'netmesh up': the newest one in $NETMESH_RUN_DIR "
+        f"(now {status.RUN_DIR}) unless --run names one",
+    )
+    st.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="pid of the 'netmesh up' to read (None: the newest)",
+    )
     st.add_argument("--prometheus", action="store_true", help="Prometheus text format")
+    st.add_argument(
+        "--interval",
+        type=at_least(0, float),
+        default=0.5,
+        metavar="S",
+        help="seconds between the two samples events/s and cpu %% are computed from (0: one)",
+    )
     st.set_defaults(func=cmd_status)
-    bench = sub.add_parser("bench", help="benchmarks (netmesh bench --help)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
+    # the benchmarks own their options (`netmesh bench --help`); main() routes them
+    sub.add_parser("bench", help="benchmarks: netmesh bench --help", add_help=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # the bench suites own their options, --help included
-        return int(load_benchmarks().main(argv[1:]))
-    args = ap.parse_args(argv)
-    return int(args.func(args))
+    try:
+        if argv[:1] == ["bench"]:
+            return cmd_bench(argv[1:])
+        args = parser().parse_args(argv)
+        return int(args.func(args))
+    except (ConfigError, ChannelNameError) as exc:
+        print(f"{_prog(argv)}: error: {exc}", file=sys.stderr)
+        return 2
+    except NetmeshError as exc:
+        print(f"{_prog(argv)}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{_prog(argv)}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _prog(argv: list[str]) -> str:
+    return "netmesh" if not argv or argv[0].startswith("-") else f"netmesh {argv[0]}"
 
 
 if __name__ == "__main__":

@@ -1,67 +1,95 @@
 """Rendering of cluster metrics: rows, a rich table, Prometheus text, and the run file.
 
 ``Cluster.metrics()`` returns ``{"nodes": [...], "totals": {...}}``; this module turns
-two successive snapshots into per-node rows (role, tail, lag, events/s, cpu) and
-renders them. ``netmesh up`` writes a run file naming its metrics pages so that
-``netmesh status`` (another process) can read the same pages without asking.
+two successive snapshots into per-node rows (role, next_seq, lag, events/s, cpu) and
+renders them. ``netmesh up`` writes a run file (``netmesh-up-<pid>.json`` in
+``$NETMESH_RUN_DIR``, default the system temporary directory) naming its metrics
+pages, so that ``netmesh status`` (another process) reads the same pages without
+asking the nodes.
+
+Terms: ``next_seq`` is the seq the next appended event gets, i.e. the number of
+events a node holds (seqs start at 0); ``commit`` the seq below which a majority holds
+every event (exclusive, like next_seq);
+``term`` the election round (every campaign raises it by one, so a fresh channel
+usually starts at term 1 to 3); ``lag`` a replica's distance behind its leader, in
+events and in seconds since the leader's last heartbeat ("-" on a leader or before a
+heartbeat arrived).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rich.table import Table
+
+from netmesh.replication.roles import ReplicaRole
 
 RUN_DIR = os.environ.get("NETMESH_RUN_DIR", tempfile.gettempdir())
 
 
 @dataclass(frozen=True)
 class Row:
+    """One (node, channel) line of the status table."""
+
     node: int
     alive: bool
     pid: int | None
     channel: str
-    role: str
+    role: ReplicaRole | None  # None: not replicated
     term: int
-    tail_seq: int
+    next_seq: int
     commit_seq: int
-    lag_events: int
+    lag_events: int | None  # None: not a replica, or no heartbeat yet
     lag_s: float | None
-    events_per_s: float
+    events_per_s: float | None  # None: a single sample
     cpu_percent: float
     rss_mb: float
 
+    @property
+    def role_text(self) -> str:
+        if not self.alive:
+            return "DOWN"
+        return "-" if self.role is None else self.role.name
 
-def rows(now: dict[str, Any], before: dict[str, Any] | None, dt: float) -> list[Row]:
-    """One row per (node, channel); events/s from the tail difference over ``dt`` s."""
-    prev: dict[tuple[int, str], int] = {}
+
+def rows(now: dict[str, Any], before: dict[str, Any] | None) -> list[Row]:
+    """One row per (node, channel) of snapshot ``now``.
+
+    events/s is the change of ``next_seq`` between ``before`` and ``now`` over the
+    time between the two pages (each page carries its node's sampling time); None
+    without ``before``.
+    """
+    prev: dict[tuple[int, str], tuple[int, float | None]] = {}
     if before is not None:
         for n in before["nodes"]:
             for ch, m in n["channels"].items():
-                prev[(n["node"], ch)] = m.get("next_seq", 0)
+                prev[(n["node"], ch)] = (int(m.get("next_seq", 0)), n.get("sampled_at"))
     out: list[Row] = []
     for n in now["nodes"]:
         chans = n["channels"] or {"-": {}}
         for ch, m in sorted(chans.items()):
-            tail = int(m.get("next_seq", 0))
-            rate = (tail - prev.get((n["node"], ch), tail)) / dt if dt > 0 else 0.0
+            nxt = int(m.get("next_seq", 0))
+            role = m.get("role")
+            replica = role is ReplicaRole.REPLICA and m.get("replica_lag_seconds") is not None
             out.append(
                 Row(
                     node=n["node"],
                     alive=n["alive"],
                     pid=n.get("pid"),
                     channel=ch,
-                    role=_role_text(m.get("role")) if n["alive"] else "DOWN",
+                    role=role if isinstance(role, ReplicaRole) else None,
                     term=int(m.get("term", 0)),
-                    tail_seq=tail,
+                    next_seq=nxt,
                     commit_seq=int(m.get("commit_seq", 0)),
-                    lag_events=int(m.get("replica_lag_events", 0)),
-                    lag_s=m.get("replica_lag_seconds"),
-                    events_per_s=max(rate, 0.0),
+                    lag_events=int(m.get("replica_lag_events", 0)) if replica else None,
+                    lag_s=m.get("replica_lag_seconds") if replica else None,
+                    events_per_s=_rate(prev.get((n["node"], ch)), nxt, n.get("sampled_at")),
                     cpu_percent=float(n.get("cpu_percent", 0.0)),
                     rss_mb=n.get("rss_bytes", 0) / 1e6,
                 )
@@ -69,86 +97,163 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None, dt: float) -> list[
     return out
 
 
-def _role_text(role: Any) -> str:
-    return "-" if role is None else getattr(role, "name", str(role))
+def _rate(before: tuple[int, float | None] | None, now: int, t_now: float | None) -> float | None:
+    if before is None or before[1] is None or t_now is None or t_now <= before[1]:
+        return None
+    return max(0.0, (now - before[0]) / (t_now - before[1]))
 
 
-def table(rs: list[Row], title: str = "netmesh") -> Table:
+# header -> (justify, cell text of a row); OPTIONAL columns are dropped when narrow
+_COLUMNS: dict[str, tuple[Literal["left", "right"], Callable[[Row], str]]] = {
+    "node": ("right", lambda r: str(r.node)),
+    "pid": ("right", lambda r: str(r.pid or "-")),
+    "channel": ("left", lambda r: r.channel),
+    "role": ("left", lambda r: r.role_text),
+    "term": ("right", lambda r: str(r.term)),
+    "next_seq": ("right", lambda r: f"{r.next_seq:,}"),
+    "commit": ("right", lambda r: f"{r.commit_seq:,}"),
+    "lag ev": ("right", lambda r: "-" if r.lag_events is None else f"{r.lag_events:,}"),
+    "lag s": ("right", lambda r: "-" if r.lag_s is None else f"{r.lag_s:.3f}"),
+    "events/s": ("right", lambda r: "-" if r.events_per_s is None else f"{r.events_per_s:,.0f}"),
+    "cpu %": ("right", lambda r: f"{r.cpu_percent:.0f}"),
+    "rss MB": ("right", lambda r: f"{r.rss_mb:.0f}"),
+}
+_OPTIONAL = ["rss MB", "pid", "lag ev", "commit", "channel"]  # dropped first to last
+
+
+def columns_for(rs: list[Row], width: int) -> list[str]:
+    """The columns that fit ``width`` characters (borders and padding counted); the
+    channel column goes first when every row has the same channel (then in the title)."""
+    cols = list(_COLUMNS)
+    if len({r.channel for r in rs}) <= 1:
+        cols.remove("channel")
+    drop = [c for c in _OPTIONAL if c in cols]
+    while _width(rs, cols) > width and drop:
+        cols.remove(drop.pop(0))
+    return cols
+
+
+def _width(rs: list[Row], cols: list[str]) -> int:
+    widths = [max([len(c)] + [len(_COLUMNS[c][1](r)) for r in rs]) for c in cols]
+    return sum(widths) + 3 * len(cols) + 1  # "│ cell " per column and the last "│"
+
+
+def table(rs: list[Row], title: str = "netmesh", width: int = 80) -> Table:
+    """A rich table of ``rs`` that fits ``width`` columns (see :func:`columns_for`)."""
+    cols = columns_for(rs, width)
+    channels = sorted({r.channel for r in rs})
+    if "channel" not in cols and len(channels) == 1:
+        title = f"{title}  channel {channels[0]!r}"
     t = Table(title=title)
-    for col in (
-        "node",
-        "pid",
-        "channel",
-        "role",
-        "term",
-        "tail",
-        "commit",
-        "lag ev",
-        "lag s",
-        "events/s",
-        "cpu %",
-        "rss MB",
-    ):
-        t.add_column(col, justify="right" if col not in ("channel", "role") else "left")
+    for col in cols:
+        t.add_column(col, justify=_COLUMNS[col][0], no_wrap=True)
     for r in rs:
-        lag = "-" if r.lag_s is None else f"{r.lag_s:.3f}"
-        style = "bold green" if r.role == "LEADER" else ("red" if not r.alive else "")
-        t.add_row(
-            str(r.node),
-            str(r.pid or "-"),
-            r.channel,
-            r.role,
-            str(r.term),
-            f"{r.tail_seq:,}",
-            f"{r.commit_seq:,}",
-            f"{r.lag_events:,}",
-            lag,
-            f"{r.events_per_s:,.0f}",
-            f"{r.cpu_percent:.0f}",
-            f"{r.rss_mb:.0f}",
-            style=style,
+        style = (
+            "bold green"
+            if r.role is ReplicaRole.LEADER and r.alive
+            else ("red" if not r.alive else "")
         )
+        t.add_row(*(_COLUMNS[c][1](r) for c in cols), style=style)
     return t
 
 
+# HELP text of the metrics a node publishes (the rest get a generic line)
+_HELP = {
+    "next_seq": "seq the next appended event gets (events held, seqs start at 0)",
+    "first_retained_seq": "oldest seq still held (retention)",
+    "torn_tail_truncations": "torn records truncated when the event file was opened",
+    "term": "election round of the channel as this node knows it",
+    "tail_seq": "replication's name for next_seq: seq after the last event held",
+    "commit_seq": "every event below this seq is held by a majority (exclusive)",
+    "sync_bytes_total": "bytes of SyncResponses shipped",
+    "sync_requests_total": "SyncRequests sent",
+    "leader_changes_total": "times the known leader changed",
+    "elections_total": "elections this node took part in as a candidate",
+    "under_capacity_total": "SyncRequests answered with a backpressure NACK",
+    "heartbeats_sent_total": "leader heartbeats sent",
+    "heartbeats_received_total": "leader heartbeats received",
+    "replica_lag_seconds": "seconds since the last leader heartbeat (replicas)",
+    "replica_lag_events": "events this replica is behind its leader",
+    "truncated_events_total": "divergent events truncated by replication",
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def prometheus(snapshot: dict[str, Any]) -> str:
-    """Prometheus text exposition of a ``Cluster.metrics()`` snapshot."""
-    lines: list[str] = []
-    gauges = {
-        "netmesh_node_up": "1 if the node process runs",
-        "netmesh_node_cpu_percent": "cpu percent of the node process",
-        "netmesh_node_rss_bytes": "resident memory of the node process",
-    }
-    for name, help_text in gauges.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        key = {
-            "netmesh_node_up": "alive",
-            "netmesh_node_cpu_percent": "cpu_percent",
-            "netmesh_node_rss_bytes": "rss_bytes",
-        }[name]
-        for n in snapshot["nodes"]:
-            lines.append(f'{name}{{node="{n["node"]}"}} {float(n.get(key, 0))}')
-    seen: set[str] = set()
+    """Prometheus text exposition (format 0.0.4) of a ``Cluster.metrics()`` snapshot.
+
+    Every metric has its HELP and TYPE line once, followed by all its samples;
+    ``netmesh_channel_role`` is a state set (one sample per role, 1 for the current
+    one); ``*_total`` metrics are counters, the rest gauges; unknown values
+    (``replica_lag_seconds`` before a heartbeat) are left out.
+    """
+    families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def sample(name: str, kind: str, help_text: str, labels: dict[str, str], value: float) -> None:
+        fam = families.setdefault(name, (kind, help_text, []))
+        text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        fam[2].append(f"{name}{{{text}}} {float(value)!r}")
+
     for n in snapshot["nodes"]:
-        for ch, m in n["channels"].items():
+        node = {"node": str(n["node"])}
+        sample("netmesh_node_up", "gauge", "1 if the node process runs", node, n.get("alive", 0))
+        sample(
+            "netmesh_node_cpu_percent",
+            "gauge",
+            "cpu percent of the node process",
+            node,
+            n.get("cpu_percent", 0.0),
+        )
+        sample(
+            "netmesh_node_rss_bytes",
+            "gauge",
+            "resident memory of the node process in bytes",
+            node,
+            n.get("rss_bytes", 0),
+        )
+        for k, v in sorted(n.get("counters", {}).items()):
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                sample(
+                    f"netmesh_node_{k}_total",
+                    "counter",
+                    f"node counter {k.replace('_', ' ')}",
+                    node,
+                    v,
+                )
+        for ch, m in sorted(n["channels"].items()):
+            labels = {**node, "channel": ch}
+            role = m.get("role")
+            if isinstance(role, ReplicaRole):
+                for r in ReplicaRole:
+                    sample(
+                        "netmesh_channel_role",
+                        "gauge",
+                        "1 for the role this node has for the channel (state set)",
+                        {**labels, "role": r.name},
+                        int(r is role),
+                    )
             for k, v in sorted(m.items()):
-                if not isinstance(v, int | float) or isinstance(v, bool):
+                if k == "role" or isinstance(v, bool) or not isinstance(v, int | float):
                     continue
-                metric = f"netmesh_channel_{k}"
-                if metric not in seen:
-                    seen.add(metric)
-                    kind = "counter" if k.endswith("_total") else "gauge"
-                    lines.append(f"# TYPE {metric} {kind}")
-                label = ch.replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'{metric}{{node="{n["node"]}",channel="{label}"}} {v}')
+                kind = "counter" if k.endswith("_total") else "gauge"
+                help_text = _HELP.get(k, f"channel metric {k.replace('_', ' ')}")
+                sample(f"netmesh_channel_{k}", kind, help_text, labels, v)
+    lines: list[str] = []
+    for name, (kind, help_text, samples) in families.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
     return "\n".join(lines) + "\n"
 
 
 def run_file(pid: int) -> str:
+    """Path of the run file of the ``netmesh up`` with process id ``pid``."""
     return os.path.join(RUN_DIR, f"netmesh-up-{pid}.json")
 
 
 def write_run_file(pid: int, info: dict[str, Any]) -> str:
+    """Write ``info`` (pages, pids, node_ids, channel) atomically; returns the path."""
     path = run_file(pid)
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -158,16 +263,25 @@ def write_run_file(pid: int, info: dict[str, Any]) -> str:
 
 
 def find_run_files() -> list[str]:
-    """Run files of ``netmesh up`` processes that are still alive, newest first."""
+    """Run files of ``netmesh up`` processes that are still alive, newest first
+    (stale files of dead runs are removed)."""
     found = []
-    for name in os.listdir(RUN_DIR):
+    try:
+        names = os.listdir(RUN_DIR)
+    except FileNotFoundError:
+        return []
+    for name in names:
         if name.startswith("netmesh-up-") and name.endswith(".json"):
-            pid = int(name[len("netmesh-up-") : -len(".json")])
+            try:
+                pid = int(name[len("netmesh-up-") : -len(".json")])
+            except ValueError:
+                continue
             path = os.path.join(RUN_DIR, name)
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                os.unlink(path)  # stale: its `up` died without cleaning up
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # stale: its `up` died without cleaning up
                 continue
             except PermissionError:
                 pass

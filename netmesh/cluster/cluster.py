@@ -97,7 +97,7 @@ class Cluster:
                 f"restart_policy must be 'never' or 'on-failure', got {restart_policy!r}"
             )
         if data_dir is not None:
-            _check_data_dir(data_dir)
+            check_data_dir(data_dir)
         self.size = nodes
         self.restart_policy = restart_policy
         #: nodes that died without being asked, as (node, exit code, monotonic time)
@@ -731,7 +731,7 @@ def _check_ring_bytes(name: str, value: int) -> None:
         )
 
 
-def _check_data_dir(data_dir: str) -> None:
+def check_data_dir(data_dir: str) -> None:
     """Create ``data_dir`` if needed; ConfigError unless it is a writable directory."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise ConfigError(f"data_dir {data_dir!r} is not a directory")

@@ -49,6 +49,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -471,6 +472,7 @@ class NodeService:
             "node": self.spec.get("index"),
             "node_id": node.node_id if node else None,
             "pid": os.getpid(),
+            "sampled_at": time.monotonic(),  # system-wide clock: comparable across processes
             "channels": channels,
             "peers": node.peers() if node else [],
             "mesh": node.metrics() if node else {},

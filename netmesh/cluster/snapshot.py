@@ -32,6 +32,7 @@ def node_entry(
         "exit_code": exit_code,
         **proc,
         "channels": {name: _with_role(ch) for name, ch in dict(page.get("channels", {})).items()},
+        "sampled_at": page.get("sampled_at"),  # node's time.monotonic() of the page
         "mesh": page.get("mesh", {}),
         "counters": page.get("counters", {}),
     }
