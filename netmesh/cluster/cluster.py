@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 
 from netmesh.channel import ChannelName
 from netmesh.cluster.metrics_page import MetricsPage
-from netmesh.cluster.node_worker import replication_to_dict
+from netmesh.cluster.node_worker import FILE_OPTIONS, replication_to_dict
 from netmesh.cluster.producer import Producer
 from netmesh.cluster.snapshot import node_entry, with_totals
 from netmesh.cluster.supervisor import Supervisor
@@ -48,7 +48,7 @@ from netmesh.config import (
     ReplicationConfig,
     is_default,
 )
-from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NodeUnresponsive
+from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NodeUnresponsive, NotLeader
 from netmesh.identity import EntityKeypair
 from netmesh.replication.roles import ReplicaRole
 from netmesh.ring import layout
@@ -313,9 +313,8 @@ class Cluster:
         the first ``factor`` nodes unless ``replication.placement`` is pinned already.
         A ``replication`` that leaves ``heartbeat_ms`` unset gets the cluster's.
 
-        ``options``: event-file settings (RedexFileConfig fields ``max_payload``,
-        ``retention_max_events``, ``retention_max_bytes``, ``fsync``, ``segment_bytes``,
-        ``fsync_interval_s``).
+        ``options``: event-file settings, the RedexFileConfig fields but ``path`` and
+        ``replication`` (``max_payload``, ``retention_*``, ``fsync``, ``segment_bytes``...).
 
         Raises ChannelNameError (bad name), ConfigError (an unknown or invalid option,
         a factor larger than the cluster, pinned ids that are not its nodes), or the
@@ -323,13 +322,10 @@ class Cluster:
         the nodes that had opened it and is not reopened by :meth:`restart`.
         """
         ChannelName(name)
-        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RedexFileConfig)})
-        unknown += [k for k in ("path", "replication") if k in options]
+        unknown = sorted(set(options) - FILE_OPTIONS)
         if unknown:
             raise ConfigError(
-                f"unknown channel option(s) {unknown}; valid: max_payload, "
-                "retention_max_events, retention_max_bytes, fsync, fsync_interval_s, "
-                "segment_bytes"
+                f"unknown channel option(s) {unknown}; valid: {', '.join(sorted(FILE_OPTIONS))}"
             )
         RedexFileConfig(**options).validate()
         if replication is not None:
@@ -408,10 +404,12 @@ class Cluster:
         ring = ShmRing.create(name, capacity or self.ring_bytes)
         try:
             self.sup.call(node, "attach_ring", ring=name, channel=channel)
-        except BaseException:
+        except BaseException as exc:
             ring.close()
             ring.unlink()
             self.sup.forget_name(name)
+            if isinstance(exc, NotLeader) and exc.leader in self.node_ids:
+                exc.args = (f"{exc} (node {self.node_ids.index(exc.leader)})",)
             raise
         max_payload = self.channel_options.get(channel, {}).get("max_payload", DEFAULT_MAX_PAYLOAD)
         prod = Producer(

@@ -81,15 +81,9 @@ from netmesh.ring.shm import ShmRing, unlink_ring
 
 log = logging.getLogger("netmesh.worker")
 METRICS_PERIOD = 0.1
+# RedexFileConfig fields a channel may set (the node decides path and replication)
 FILE_OPTIONS = frozenset(
-    {
-        "max_payload",
-        "retention_max_events",
-        "retention_max_bytes",
-        "fsync",
-        "segment_bytes",
-        "fsync_interval_s",
-    }
+    f.name for f in dataclasses.fields(RedexFileConfig) if f.name not in ("path", "replication")
 )
 PR_SET_PDEATHSIG = 1
 
@@ -131,6 +125,7 @@ class RingDrainer:
         self.count = 0  # events acknowledged (stored or refused)
         self.rejected = 0  # events refused (not leader, too large, store failed)
         self.reason = REFUSED_NONE
+        self.logged_reason = REFUSED_NONE  # refusal state last logged (one line per change)
         self.last_seq = 0  # seq of the last stored event acknowledged
         # (events, last seq or None if refused, commit_seq to wait for or -1, reason)
         self.pending: deque[tuple[int, int | None, int, int]] = deque()
@@ -409,15 +404,21 @@ class NodeService:
             self.counters["ring_events"] += len(batch)
         except NotLeader as exc:
             reason = REFUSED_NOT_LEADER
-            log.info("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
+            if drainer.logged_reason != reason:  # one line per change, not per batch
+                log.info("ring %s: refusing events: %s", drainer.name, exc)
         except PayloadTooLarge as exc:
             reason = REFUSED_TOO_LARGE
             log.warning("ring %s: %d events refused: %s", drainer.name, len(batch), exc)
         except Exception:  # a disk error, a closed file: refuse, never lose the ack
             reason = REFUSED_STORE_FAILED
-            log.exception("ring %s: %d events could not be stored", drainer.name, len(batch))
+            if drainer.logged_reason != reason:
+                log.exception("ring %s: %d events could not be stored", drainer.name, len(batch))
         finally:
             drainer.handled()
+        if reason != drainer.logged_reason and reason == REFUSED_NONE:
+            log.info("ring %s: accepting events again", drainer.name)
+        if reason != REFUSED_TOO_LARGE:  # a too-large batch says nothing of the next
+            drainer.logged_reason = reason
         drainer.pending.append((len(batch), last, needed, reason))
         self.release_acks(drainer)
 

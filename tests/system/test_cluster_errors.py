@@ -3,8 +3,12 @@ no trace (§2): real node processes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from netmesh import (
@@ -94,6 +98,52 @@ def test_a_producer_on_a_replica_that_knows_its_leader_is_refused_at_once() -> N
             timeout=5,
             message="the follower heard its leader",
         )
+        with pytest.raises(NotLeader, match=f"node {follower} attach_ring: .*\\(node {lead}\\)$"):
+            c.producer(follower, "x")
         with pytest.raises(NotLeader, match=f"node {follower} attach_ring"):
             c.spawn_producer(follower, "x", events=1)
         assert c.producer_processes == [] and c.producers == {}
+
+
+SUPERVISOR_DIES = """
+import sys
+from netmesh.cluster.cluster import Cluster
+c = Cluster(nodes=1)
+c.open_channel("z")
+p = c.producer(0, "z")
+p.append_batch([b"x"] * 100)
+p.flush()
+print(c.info[0]["pid"], flush=True)
+while True:  # batches queued in the ring when the supervisor is killed
+    p.append_batch([b"y" * 64] * 5000)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_nodes_of_a_killed_supervisor_exit_without_error_lines() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_DIES],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NETMESH_LOG": "INFO"},
+    )
+    try:
+        node_pid = int(proc.stdout.readline())  # type: ignore[union-attr]
+        wait_until(
+            lambda: psutil.Process(node_pid).cpu_times().user > 0.05, message="node draining"
+        )
+        proc.kill()
+        _, err = proc.communicate(timeout=20)  # EOF once every node has exited
+        assert "Traceback" not in err and "could not be stored" not in err, err
+        wait_until(lambda: _gone(node_pid), timeout=5, message="the node exits")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -1,0 +1,101 @@
+"""The node worker's ring handling, in process with stand-ins for the ring and the
+registry: refusals are acknowledged per batch but logged once per change."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+import pytest
+
+from netmesh.cluster.node_worker import NodeService
+from netmesh.cluster.producer import REFUSED_NONE, REFUSED_NOT_LEADER
+from netmesh.errors import NotLeader
+
+
+class FakeRing:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int, int, int]] = []
+
+    def ack(self, count: int, last_seq: int, rejected: int = 0, reason: int = 0) -> None:
+        self.acks.append((count, last_seq, rejected, reason))
+
+
+class FakeDrainer:
+    """The attributes of RingDrainer that NodeService.on_ring_batch uses."""
+
+    def __init__(self) -> None:
+        self.channel = "orders"
+        self.name = "/ring-1"
+        self.ring = FakeRing()
+        self.pending: deque[Any] = deque()
+        self.detached = False
+        self.count = self.rejected = self.last_seq = 0
+        self.reason = self.logged_reason = REFUSED_NONE
+        self.slots_released = 0
+
+    def handled(self) -> None:
+        self.slots_released += 1
+
+
+class FakeRedex:
+    def __init__(self) -> None:
+        self.leader = True
+        self.next = 0
+
+    def append(self, channel: str, batch: list[bytes]) -> int:
+        if not self.leader:
+            raise NotLeader(channel, 7)
+        first, self.next = self.next, self.next + len(batch)
+        return first
+
+    def commit_target(self, channel: str, last: int) -> int:
+        return -1  # ack="leader": acknowledged once stored
+
+
+def test_refusals_are_acked_per_batch_and_logged_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> FakeDrainer:
+        service = NodeService(None, None)  # type: ignore[arg-type]
+        redex = FakeRedex()
+        service.redex = redex  # type: ignore[assignment]
+        d = FakeDrainer()
+        service.on_ring_batch(d, [b"a", b"b"])  # type: ignore[arg-type]
+        redex.leader = False
+        for _ in range(5):
+            service.on_ring_batch(d, [b"c"])  # type: ignore[arg-type]
+        redex.leader = True
+        service.on_ring_batch(d, [b"d"])  # type: ignore[arg-type]
+        service.on_ring_batch(d, [b"e"])  # type: ignore[arg-type]
+        return d
+
+    with caplog.at_level(logging.INFO, logger="netmesh.worker"):
+        d = asyncio.run(scenario())
+    assert d.ring.acks[0] == (2, 1, 0, REFUSED_NONE)
+    assert d.ring.acks[5] == (7, 1, 5, REFUSED_NOT_LEADER)  # every refused batch acked
+    assert d.ring.acks[-1] == (9, 3, 5, REFUSED_NOT_LEADER)
+    assert d.slots_released == 8
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("refusing events" in ln for ln in lines) == 1, lines
+    assert sum("accepting events again" in ln for ln in lines) == 1, lines
+
+
+def test_a_detached_drainer_drops_its_batch_without_storing_or_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> tuple[FakeDrainer, FakeRedex]:
+        service = NodeService(None, None)  # type: ignore[arg-type]
+        redex = FakeRedex()
+        service.redex = redex  # type: ignore[assignment]
+        d = FakeDrainer()
+        d.detached = True  # the node is shutting down (its supervisor went away)
+        service.on_ring_batch(d, [b"late"])  # type: ignore[arg-type]
+        return d, redex
+
+    with caplog.at_level(logging.DEBUG, logger="netmesh.worker"):
+        d, redex = asyncio.run(scenario())
+    assert redex.next == 0 and d.ring.acks == [] and d.slots_released == 1
+    assert caplog.records == []
