@@ -356,7 +356,9 @@ class MeshNode:
 
     def peers(self) -> list[int]:
         """Node ids with a live, confirmed session (reported up)."""
-        return [p.node_id for p in self.index.peers() if p.timers.up and p.usable_session()]
+        return [
+            p.node_id for p in self.index.peers() if p.timers.up and p.usable_session() is not None
+        ]
 
     def peer_is_up(self, node_id: int) -> bool:
         p = self.index.peer(node_id)
