@@ -158,3 +158,50 @@ class LogLocked(NetmeshError):
 class ChannelNotOpen(NetmeshError, LookupError):
     """The channel named is not open on the node (or cluster) asked; the message names
     the channel and where it was looked up."""
+
+
+class Backpressure(NetmeshError):
+    """An :class:`netmesh.bus.EventBus` in ``backpressure="fail_producer"`` mode refused an
+    event: the shard's ring is full, or its backend has been unreachable for longer than
+    the bus's ``retry_for``. Nothing of the event was accepted (it is counted in
+    ``stats().dropped``); ``shard`` names the shard and ``reason`` is ``"ring_full"`` or
+    ``"backend_down"``."""
+
+    def __init__(self, shard: int, reason: str) -> None:
+        super().__init__(f"event bus shard {shard} refused the event: {reason}")
+        self.shard = shard
+        self.reason = reason
+
+
+class BadCursor(NetmeshError, ValueError):
+    """A poll cursor is not one this bus handed out (not base64 JSON of the documented
+    shape, or an unknown version)."""
+
+
+class FilterError(NetmeshError, ValueError):
+    """A poll filter breaks the grammar of :mod:`netmesh.bus.filter`; the message names
+    the offending part."""
+
+
+class AdapterError(NetmeshError):
+    """An event bus adapter's backend failed a call (connection refused or lost, timeout,
+    an error reply). Raised at the adapter's edge in place of the client library's own
+    exceptions; ``cause`` is the original. The bus retries ``on_batch`` on it."""
+
+    def __init__(self, adapter: str, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(f"{adapter}: {message}")
+        self.adapter = adapter
+        self.cause = cause
+
+
+class AdapterNotAvailable(NetmeshError, NotImplementedError):
+    """The adapter asked for is not built yet; the message names the issue that adds it."""
+
+
+class NameTaken(NetmeshError):
+    """Another live cluster or node daemon of this user serves that name already."""
+
+
+class ClusterNotFound(NetmeshError):
+    """No cluster or node daemon serves that name (``netmesh.connect``): nothing listens
+    on its socket in the run directory."""
