@@ -49,18 +49,30 @@ acknowledged is lost; with ``ack="leader"`` a split brain loses the suffix of th
 whose newest event has the older term.
 
 Election. A Replica that hears nothing from its leader for ``missed_heartbeats`` x
-``heartbeat_ms`` becomes Candidate and computes the deterministic winner among itself
-and the members it heard within that window: the most up-to-date log, then the pinned
-leader, then the lowest node id. If it is the winner it campaigns (VoteRequest at its
-next owned term), else it returns to Replica and waits a further window. Log order:
+``heartbeat_ms`` (a window) computes the deterministic winner among itself and the
+members it heard within that window: the most up-to-date log, then the pinned
+leader, then the lowest node id. The winner campaigns at once; any other node defers
+to it **once** (bounded deferral) and campaigns itself after one more window plus a
+random part of another (Raft's randomised timeouts; the randomness comes from the
+``rng`` argument), so a best candidate that cannot campaign (it reaches no majority)
+never blocks the election. A lost campaign also waits a randomised window. Log order:
 ``(epoch_term, tail)`` in quorum mode (safe with the virtual no-op), ``(last event
 term, tail)`` in leader mode. Voters grant once per term to a log at least as up to
 date as theirs. ``ack="quorum"``: a majority of grants wins; a Replica only campaigns
-when it heard a majority (pre-vote), and a leader that has not heard a majority for
-the window steps down. ``ack="leader"``: the candidate wins when every member it heard
-within the window granted (a lone survivor wins alone); a replica whose newest event
-is newer than its leader's challenges it. The pinned leader campaigns as soon as it is
+when it heard a majority, and a leader that has not heard a majority for the window
+steps down. ``ack="leader"``: the candidate wins when every member it heard within
+the window granted (a lone survivor wins alone); a replica whose newest event is
+newer than its leader's challenges it. The pinned leader campaigns as soon as it is
 in sync with a leader that is not itself (or, with no leader, as soon as it may).
+
+Leader stickiness (Raft thesis §9.6 pre-vote, etcd-raft's checkQuorum lease): a
+campaign starts with a **pre-vote** for the next owned term, which changes nothing at
+the voters and is refused by any voter that knows a live leader (it leads, or heard
+its leader within the window); only a winning pre-vote takes the term and asks for
+real votes, and a voter in its lease ignores a real vote of a higher term without
+adopting it. So a node that stops hearing a healthy leader (a one-way loss) cannot
+raise the term and depose it. Handoffs, challenges and manual transitions use a
+``FORCE`` vote that skips the pre-vote and the leases (etcd's leadership transfer).
 
 Replication. A follower not in sync with its leader's heartbeat keeps one SyncRequest
 outstanding (retried after one heartbeat); each response is applied idempotently
@@ -75,6 +87,7 @@ budget the leader NACKs BACKPRESSURE and the follower retries after half a heart
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -135,10 +148,13 @@ class ServeSync:
 
 @dataclass(frozen=True)
 class Apply:
-    """Append ``payloads`` to the local log; the first gets seq ``first_seq`` (= tail)."""
+    """Append ``payloads`` to the local log; the first gets seq ``first_seq`` (= tail).
+    All were written by the leader of ``term``, which the log records with them (so
+    the log, not a separately saved file, says which term wrote each event)."""
 
     first_seq: int
     payloads: tuple[bytes, ...]
+    term: int
 
 
 @dataclass(frozen=True)
@@ -251,6 +267,14 @@ def first_conflict(
     return None
 
 
+def term_runs(epochs: Sequence[Epoch], start: int, end: int) -> list[tuple[int, int, int]]:
+    """Split ``[start, end)`` into ``(first, stop, term)`` runs of one term each."""
+    if start >= end:
+        return []
+    points = [start, *(s for _, s in epochs if start < s < end), end]
+    return [(a, b, term_at(epochs, a)) for a, b in itertools.pairwise(points)]
+
+
 def _order_for_durability(out: list[Output], save: SaveHardState) -> list[Output]:
     """Log changes first, then the hard state, then everything that leaves the node.
 
@@ -264,6 +288,21 @@ def _order_for_durability(out: list[Output], save: SaveHardState) -> list[Output
     log_changes = [o for o in out if isinstance(o, Truncate | Apply)]
     others = [o for o in out if not isinstance(o, Truncate | Apply)]
     return [*log_changes, save, *others]
+
+
+def _merge_epochs(
+    log: Sequence[Epoch] | None, saved: Sequence[Epoch], tail: int
+) -> tuple[Epoch, ...]:
+    """The epochs to run with: the log's own (authoritative below ``tail``) plus the
+    saved newest epoch if it is empty and newer (the virtual no-op a new leader adds,
+    which no record can carry). Without log epochs, the saved ones up to ``tail``."""
+    if log is None:
+        return tuple(e for e in saved if e[1] <= tail)
+    epochs = tuple((t, s) for t, s in log if s < tail)
+    last = epochs[-1][0] if epochs else 0
+    if saved and saved[-1][0] > last and saved[-1][1] >= tail:
+        epochs = add_epoch(epochs, saved[-1][0], tail)
+    return epochs
 
 
 @dataclass
@@ -308,6 +347,12 @@ class ReplicationCoordinator:
         now: current time in seconds (monotonic, any origin).
         tail_seq: the local log's ``next_seq`` at start.
         hard_state: what a previous incarnation saved (None: fresh).
+        epochs: the log's own epochs, rebuilt from its records on open (each batch
+            record carries its term). They win over the hard state's copy below
+            ``tail_seq``, so no crash between a log change and the hard-state save can
+            mislabel events; the hard state only adds its newest epoch when that one is
+            empty (a new leader's virtual no-op). None: a log without terms (the hard
+            state's epochs are used).
         rng: seeds request ids and randomises election waits (Raft's randomised
             timeouts). None: ids start at 1 and the waits are spread by node id.
         auto_bootstrap: go Idle -> Replica on the first tick.
@@ -330,6 +375,7 @@ class ReplicationCoordinator:
         now: float = 0.0,
         tail_seq: int = 0,
         hard_state: HardState | None = None,
+        epochs: Sequence[Epoch] | None = None,
         rng: random.Random | None = None,
         auto_bootstrap: bool = True,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
@@ -354,7 +400,7 @@ class ReplicationCoordinator:
         self.auto_bootstrap = auto_bootstrap
         hs = hard_state or HardState()
         self.term, self.voted_for = hs.term, hs.voted_for
-        self.epochs = tuple(e for e in hs.epochs if e[1] <= tail_seq)
+        self.epochs = _merge_epochs(epochs, hs.epochs, tail_seq)
         self.tail = tail_seq
         self.commit = 0
         self.role = ReplicaRole.IDLE
@@ -461,12 +507,13 @@ class ReplicationCoordinator:
             self._maybe_commit()
         return self._end()
 
-    def applied(self, new_tail: int) -> list[Output]:
-        """Correct the coordinator if executing Apply/Truncate left another tail."""
+    def applied(self, new_tail: int, epochs: Sequence[Epoch] | None = None) -> list[Output]:
+        """Correct the coordinator when executing Apply/Truncate left another tail;
+        ``epochs``: the log's own (None: a log without terms)."""
         self._begin(self._now)
         if new_tail != self.tail:
             self.tail = new_tail
-            self._set_epochs(tuple(e for e in self.epochs if e[1] <= new_tail))
+            self._set_epochs(_merge_epochs(epochs, self.epochs, new_tail))
             self.commit = min(self.commit, new_tail)
         return self._end()
 
@@ -905,15 +952,15 @@ class ReplicationCoordinator:
         conflict = first_conflict(self.epochs, m.epochs, first, min(self.tail, end))
         if conflict is not None and not self._truncate(conflict):
             return
-        if end > self.tail:
-            self._out.append(Apply(self.tail, m.payloads[self.tail - first :]))
-            self.tail = end
-        if self.tail != end:
+        if self.tail > end:
             return
         epochs = tuple(e for e in self.epochs if e[1] < first)
         for t, s in m.epochs:
             if s >= first:
                 epochs = add_epoch(epochs, t, s)
+        for a, b, term in term_runs(epochs, self.tail, end):
+            self._out.append(Apply(a, m.payloads[a - first : b - first], term))
+        self.tail = end
         self._set_epochs(epochs)
         if self._epoch_term() == self.term:
             self._send(frm, Ack(self.term, self.tail))

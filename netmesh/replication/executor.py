@@ -12,9 +12,10 @@ shipped shell"; wireguard-go runs one test over fake and real sockets).
 
 Outputs and what executing them means:
 
-* ``Apply`` -> :meth:`LogStorage.append` (the first event must get ``first_seq``);
-* ``Truncate`` -> :meth:`LogStorage.truncate`, then the coordinator is told the
-  log's real ``next_seq`` (:meth:`~ReplicationCoordinator.applied`);
+* ``Apply`` -> :meth:`LogStorage.append` (the first event must get ``first_seq``;
+  the log records the batch's ``term``);
+* ``Truncate`` -> :meth:`LogStorage.truncate`; a log that then ends anywhere but
+  ``from_seq`` is resynced (rule 2);
 * ``SaveHardState`` -> :meth:`LogStorage.save_hard_state` (durable before anything
   after it leaves the node);
 * ``Send`` -> the ``send(to, msg)`` callable (network errors are the callable's to
@@ -35,10 +36,13 @@ Rules:
    :meth:`ExecutorHooks.on_failed` is called once (the shell logs it once), and every
    later :meth:`run` does nothing. Only a reopen (a new coordinator and executor over
    the recovered log) leaves FAILED.
-2. ``OutOfOrder`` from an append means the coordinator's idea of the log's end is
-   stale (a local append raced a role change): the rest of the list is dropped and
-   the coordinator is told the real ``next_seq``; the next input retries. Counted in
-   ``resyncs``.
+2. ``OutOfOrder`` from an append (or a truncate that left another end) means the
+   coordinator's idea of the log's end is stale (a local append raced a role change):
+   the rest of the list is dropped and the coordinator is told the real ``next_seq``
+   (:meth:`~ReplicationCoordinator.applied`); the next input retries. Counted in
+   ``resyncs``. (The coordinator has already planned the outputs after a Truncate on
+   the truncated log, so it is told only when the log disagrees: telling it the
+   intermediate end would undo the Apply that follows.)
 3. **Crash points.** ``hooks.crash_point(when, out)`` is asked before (``"before"``)
    and after (``"after"``) every output. ``True`` means the process died there: the
    executor stops for good (``crashed``), leaving storage exactly as a power cut at
@@ -53,7 +57,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from netmesh.errors import Closed, OutOfOrder
-from netmesh.log.hardstate import HardState
+from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication.coordinator import (
     Apply,
     CommitAdvanced,
@@ -85,8 +89,15 @@ class LogStorage(Protocol):
         """Seq the next appended event gets (= events ever held)."""
         ...
 
-    def append(self, first_seq: int, payloads: Sequence[bytes]) -> None:
-        """Append ``payloads``; the first gets ``first_seq`` (else raise OutOfOrder)."""
+    @property
+    def epochs(self) -> tuple[Epoch, ...] | None:
+        """``(term, first_seq)`` runs of the held events, rebuilt from the log's own
+        records on open; None for a log that does not record terms."""
+        ...
+
+    def append(self, first_seq: int, payloads: Sequence[bytes], term: int) -> None:
+        """Append ``payloads`` written in ``term``; the first gets ``first_seq`` (else
+        raise OutOfOrder)."""
         ...
 
     def truncate(self, from_seq: int) -> int:
@@ -185,7 +196,7 @@ class OutputExecutor:
             except OutOfOrder as exc:
                 self.resyncs += 1
                 hooks.on_resync(exc, out)
-                pending = deque(self.coord.applied(self.storage.next_seq))
+                pending = deque(self.coord.applied(self.storage.next_seq, self.storage.epochs))
                 continue
             except Exception as exc:  # fail-stop: any storage error (rule 1)
                 self._fail(exc, out)
@@ -201,14 +212,17 @@ class OutputExecutor:
             self.send(out.to, out.msg)
         elif isinstance(out, Apply):
             self.hooks.on_apply(out)
-            self.storage.append(out.first_seq, out.payloads)
+            self.storage.append(out.first_seq, out.payloads, out.term)
         elif isinstance(out, SaveHardState):
             self.storage.save_hard_state(out.state)
         elif isinstance(out, Truncate):
             dropped = self.storage.truncate(out.from_seq)
             if dropped:
                 self.hooks.on_truncated(out.from_seq, dropped)
-            return self.coord.applied(self.storage.next_seq)
+            if self.storage.next_seq != out.from_seq:  # e.g. retention held a later head
+                raise OutOfOrder(
+                    f"truncated to {out.from_seq}, the log ends at {self.storage.next_seq}"
+                )
         elif isinstance(out, ServeSync):
             return self._serve(out)
         elif isinstance(out, CommitAdvanced):

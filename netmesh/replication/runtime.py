@@ -46,7 +46,7 @@ from netmesh.errors import (
 )
 from netmesh.log import hardstate
 from netmesh.log.file import RedexFile
-from netmesh.log.hardstate import HardState
+from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication import messages
 from netmesh.replication.coordinator import Apply, Output, ReplicationCoordinator, RoleChanged
 from netmesh.replication.executor import ExecutorHooks, OutputExecutor
@@ -145,6 +145,12 @@ class CoordinatorHandle:
         rt.run(rt.coord.transition_to(role, signal, rt.now()))
 
 
+#: the event file records a term per batch record (``RedexFile.apply_batch(term=)``,
+#: ``epochs``, ``append_term``; issue 10 §1). Probed once so this runtime also runs
+#: over a log without terms (then the hard state keeps the epochs, as before).
+LOG_HAS_TERMS = hasattr(RedexFile, "epochs") and hasattr(RedexFile, "append_term")
+
+
 class FileStorage:
     """:class:`~netmesh.replication.executor.LogStorage` over a RedexFile and its hard
     state (``<path>/hardstate``, or the hub's memory for an in-memory file)."""
@@ -156,10 +162,26 @@ class FileStorage:
     def next_seq(self) -> int:
         return self.file.next_seq
 
-    def append(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+    @property
+    def epochs(self) -> tuple[Epoch, ...] | None:
+        if not LOG_HAS_TERMS:
+            return None
+        epochs: tuple[Epoch, ...] = getattr(self.file, "epochs")  # noqa: B009
+        return epochs
+
+    def append(self, first_seq: int, payloads: Sequence[bytes], term: int) -> None:
         # raises OutOfOrder (executor resyncs), OSError / StorageFailed / PayloadTooLarge
         # (executor fails the channel)
-        self.file.apply_batch(list(payloads), expect_seq=first_seq)
+        if LOG_HAS_TERMS:
+            apply: Callable[..., int] = self.file.apply_batch
+            apply(list(payloads), expect_seq=first_seq, term=term)
+        else:
+            self.file.apply_batch(list(payloads), expect_seq=first_seq)
+
+    def stamp_local_appends(self, term: int) -> None:
+        """Local (leader) appends are written with ``term`` from now on."""
+        if LOG_HAS_TERMS:
+            setattr(self.file, "append_term", term)  # noqa: B010
 
     def truncate(self, from_seq: int) -> int:
         return self.file.truncate_from(from_seq)
@@ -232,6 +254,8 @@ class _Hooks(ExecutorHooks):
     def on_role(self, change: RoleChanged) -> None:
         rt = self.rt
         log.info("%s: %s -> %s (term %d)", rt.name, change.old.name, change.new.name, change.term)
+        if change.new is ReplicaRole.LEADER:
+            rt.storage.stamp_local_appends(change.term)
         rt.update_refusal()
         if change.old is ReplicaRole.LEADER:
             rt.release_waiters(all_of_them=True)  # they learn their fate from is_committed
@@ -269,6 +293,7 @@ class ChannelRuntime:
             now=self.now(),
             tail_seq=file.next_seq,
             hard_state=self.storage.load_hard_state(),
+            epochs=self.storage.epochs,
             rng=random.Random(),
             max_inflight=PUSH_WINDOW,
             min_push_gap=MIN_PUSH_GAP,

@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 
 from netmesh.config import AckMode, PlacementStrategy, ReplicationConfig
 from netmesh.errors import OutOfOrder
-from netmesh.log.hardstate import HardState
+from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication.coordinator import (
     Apply,
     Output,
     ReplicationCoordinator,
+    SaveHardState,
+    Send,
     Truncate,
 )
 from netmesh.replication.executor import CrashPoint, ExecutorHooks, OutputExecutor
@@ -50,6 +52,10 @@ from netmesh.replication.roles import ReplicaRole
 #: before a log change (the rest of the output list is lost)
 LOG_CHANGE_CRASHES: frozenset[tuple[CrashPoint, type]] = frozenset(
     {("before", Apply), ("before", Truncate)}
+)
+#: every output boundary: before and after each Apply, Truncate, SaveHardState, Send
+EVERY_BOUNDARY: frozenset[tuple[CrashPoint, type]] = frozenset(
+    (when, kind) for when in ("before", "after") for kind in (Apply, Truncate, SaveHardState, Send)
 )
 
 
@@ -64,19 +70,33 @@ class MemoryStorage:
 
     log: list[bytes] = field(default_factory=list)
     hard_state: HardState = field(default_factory=HardState)
+    #: (term, first seq) runs of the log, as a log with a term per batch record
+    #: rebuilds them on open; ``terms=False`` models a log without terms
+    runs: list[Epoch] = field(default_factory=list)
+    terms: bool = True
 
     @property
     def next_seq(self) -> int:
         return len(self.log)
 
-    def append(self, first_seq: int, payloads: Sequence[bytes]) -> None:
+    @property
+    def epochs(self) -> tuple[Epoch, ...] | None:
+        return tuple(self.runs) if self.terms else None
+
+    def append(self, first_seq: int, payloads: Sequence[bytes], term: int) -> None:
         if first_seq != len(self.log):
             raise OutOfOrder(f"Apply at {first_seq}, log has {len(self.log)}")
+        if self.runs and term < self.runs[-1][0]:
+            raise OutOfOrder(f"batch of term {term} after term {self.runs[-1][0]}")
+        if payloads and (not self.runs or self.runs[-1][0] != term):
+            self.runs.append((term, first_seq))
         self.log.extend(payloads)
 
     def truncate(self, from_seq: int) -> int:
         dropped = max(0, len(self.log) - from_seq)
         del self.log[from_seq:]
+        while self.runs and self.runs[-1][1] >= from_seq:
+            self.runs.pop()
         return dropped
 
     def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
@@ -84,6 +104,53 @@ class MemoryStorage:
 
     def save_hard_state(self, state: HardState) -> None:
         self.hard_state = state
+
+
+class FaultyStorage(MemoryStorage):
+    """MemoryStorage whose writes fail with OSError at the simulation's
+    ``storage_errors`` rate, in one of two ways picked at random: before anything
+    changed (a failed write or rename) or after the change reached storage (a failed
+    fsync or directory sync: the data is there on reopen, the caller was told no)."""
+
+    def __init__(self, sim: SimCluster, terms: bool = True) -> None:
+        super().__init__(terms=terms)
+        self.sim = sim
+        self.failures = 0
+
+    def _fault(self, op: str) -> str | None:
+        sim = self.sim
+        if not sim.storage_errors or sim.rng.random() >= sim.storage_errors:
+            return None
+        self.failures += 1
+        return sim.rng.choice(["before", "after"])
+
+    def _raise(self, op: str) -> None:
+        raise OSError(5, f"injected {op} failure")
+
+    def append(self, first_seq: int, payloads: Sequence[bytes], term: int) -> None:
+        fault = self._fault("write")
+        if fault == "before":
+            self._raise("write")
+        super().append(first_seq, payloads, term)
+        if fault == "after":
+            self._raise("fsync")
+
+    def truncate(self, from_seq: int) -> int:
+        fault = self._fault("truncate")
+        if fault == "before":
+            self._raise("truncate")
+        dropped = super().truncate(from_seq)
+        if fault == "after":
+            self._raise("fsync after truncate")
+        return dropped
+
+    def save_hard_state(self, state: HardState) -> None:
+        fault = self._fault("save")
+        if fault == "before":
+            self._raise("write of hardstate.tmp")
+        super().save_hard_state(state)
+        if fault == "after":
+            self._raise("directory fsync")
 
 
 class _SimHooks(ExecutorHooks):
@@ -97,6 +164,7 @@ class _SimHooks(ExecutorHooks):
             and (when, type(out)) in sim.crash_points
             and sim.rng.random() < sim.crash_mid_output
         ):
+            sim.crashes_at.append((when, type(out)))
             sim.crash(self.node_id)  # a power cut at this output boundary
             return True
         return False
@@ -116,6 +184,11 @@ class SimNode:
     storage: MemoryStorage
     alive: bool = True
     last_commit: int = 0
+
+    @property
+    def running(self) -> bool:
+        """Alive and not stopped by a storage failure (role FAILED)."""
+        return self.alive and not self.executor.stopped
 
     @property
     def log(self) -> list[bytes]:
@@ -142,7 +215,14 @@ class SimCluster:
         crash_mid_output: probability that a node crashes at each of the
             ``crash_points`` it meets (the rest of that output list is lost).
         crash_points: ``(when, output type)`` boundaries where crashes may happen
-            (``when`` is ``"before"`` or ``"after"``); default: before log changes.
+            (``when`` is ``"before"`` or ``"after"``); default: before log changes;
+            :data:`EVERY_BOUNDARY` for all of them.
+        storage_errors: probability that a storage write (append, truncate, hard-state
+            save) raises OSError (:class:`FaultyStorage`); the node's executor then
+            stops the channel (role FAILED) until :meth:`restart` reopens it.
+        log_terms: the log records the term of every batch and rebuilds the epochs on
+            open (True, as ``RedexFile`` does); False models the old log whose epochs
+            lived only in the hard state (issue 10 §1's crash window).
     """
 
     def __init__(
@@ -161,8 +241,14 @@ class SimCluster:
         auto_bootstrap: bool = True,
         crash_mid_output: float = 0.0,
         crash_points: frozenset[tuple[CrashPoint, type]] = LOG_CHANGE_CRASHES,
+        storage_errors: float = 0.0,
+        log_terms: bool = True,
     ) -> None:
         self.seed = seed
+        self.storage_errors = storage_errors
+        self.log_terms = log_terms
+        #: (when, output type) of every crash the crash hook placed, in order
+        self.crashes_at: list[tuple[CrashPoint, type]] = []
         self.crash_mid_output = crash_mid_output
         self.crash_points = crash_points
         self.rng = random.Random(seed)
@@ -187,7 +273,7 @@ class SimCluster:
         self.steps = 0
         self.nodes: dict[int, SimNode] = {}
         for i in self.ids:
-            self.nodes[i] = self._node(i, MemoryStorage())
+            self.nodes[i] = self._node(i, FaultyStorage(self, log_terms))
         self._queue: list[tuple[float, int, int, int, bytes]] = []
         self._counter = 0
         self._cut: set[tuple[int, int]] = set()  # (from, to): datagrams from -> to drop
@@ -206,6 +292,7 @@ class SimCluster:
             now=self.now,
             tail_seq=storage.next_seq,
             hard_state=storage.hard_state,
+            epochs=storage.epochs,
             rng=random.Random(self.rng.getrandbits(32)),
             auto_bootstrap=self.auto_bootstrap,
         )
@@ -275,11 +362,11 @@ class SimCluster:
     def propose(self, payloads: list[bytes], node_id: int | None = None) -> int | None:
         """Append on ``node_id`` (default: the current leader); returns the first seq."""
         target = node_id if node_id is not None else self.leader()
-        if target is None or not self.nodes[target].alive:
+        if target is None or not self.nodes[target].running:
             return None
         node = self.nodes[target]
         first = len(node.log)
-        node.log.extend(payloads)
+        MemoryStorage.append(node.storage, first, payloads, node.coord.term)  # no faults
         self._execute(node, node.coord.local_appended(len(node.log), self.now))
         self.check()
         return first
@@ -312,14 +399,19 @@ class SimCluster:
         """Start a crashed node again: a new coordinator and executor over its storage."""
         self.nodes[node_id] = self._node(node_id, self.nodes[node_id].storage)
 
+    def down(self) -> list[int]:
+        """Nodes that are crashed or stopped by a storage failure (restart reopens them)."""
+        return [i for i, n in self.nodes.items() if not n.running]
+
     def quiet(self) -> None:
-        """Stop injecting faults (drops, duplicates, long delays); heal and restart everything."""
+        """Stop injecting faults (drops, duplicates, long delays, crashes, storage
+        errors); heal and restart (reopen) every node that is down."""
         self.drop = self.duplicate = 0.0
+        self.crash_mid_output = self.storage_errors = 0.0
         self.max_delay = self.dt
         self.heal()
-        for node_id, node in self.nodes.items():
-            if not node.alive:
-                self.restart(node_id)
+        for node_id in self.down():
+            self.restart(node_id)
 
     def leaders(self) -> list[int]:
         return [i for i, n in self.nodes.items() if n.alive and n.coord.role is ReplicaRole.LEADER]
@@ -359,7 +451,7 @@ class SimCluster:
 
     def describe(self) -> str:
         return "; ".join(
-            f"{i}:{n.coord.role.name}{'' if n.alive else '(dead)'} t{n.coord.term} "
+            f"{i}:{n.coord.role.name}{'' if n.running else '(down)'} t{n.coord.term} "
             f"tail{len(n.log)} c{n.coord.commit_seq} ep{list(n.coord.epochs)}"
             for i, n in self.nodes.items()
         )
@@ -369,7 +461,7 @@ class SimCluster:
     def check(self) -> None:
         for node_id, node in self.nodes.items():
             coord = node.coord
-            if node.alive and coord.tail_seq != len(node.log):
+            if node.running and coord.tail_seq != len(node.log):
                 raise self.fail(
                     f"node {node_id} coordinator tail {coord.tail_seq} "
                     f"!= log length {len(node.log)}"
@@ -378,7 +470,7 @@ class SimCluster:
                 first = self.leaders_by_term.setdefault(coord.term, node_id)
                 if first != node_id:
                     raise self.fail(f"two leaders in term {coord.term}: {first} and {node_id}")
-            if self.quorum and node.alive:
+            if self.quorum and node.running:
                 self._check_commit(node)
 
     def _check_commit(self, node: SimNode) -> None:

@@ -234,7 +234,7 @@ def test_behind_replica_requests_and_applies() -> None:
     assert (req.from_seq, req.last_term, req.max_bytes) == (0, 0, c.config.sync_chunk_bytes)
     resp = SyncResponse(1, req.request_id, 0, 0, 2, ((1, 0),), (b"a", b"b", b"c"))
     out = c.step(A, resp, 0.06)
-    assert Apply(0, (b"a", b"b", b"c")) in out
+    assert Apply(0, (b"a", b"b", b"c"), 1) in out
     assert sends(out, Ack)[0].msg == Ack(1, 3)
     assert CommitAdvanced(2) in out and c.tail_seq == 3
     assert c.step(A, resp, 0.07) == [Send(A, Ack(1, 3))]  # duplicate: nothing applied
@@ -247,7 +247,7 @@ def test_reordered_and_overlapping_responses_are_idempotent() -> None:
     assert not any(isinstance(o, Apply) for o in c.step(A, later, 0.06))  # gap: ignored
     c.step(A, SyncResponse(1, 0, 0, 0, 0, ((1, 0),), (b"a", b"b", b"c")), 0.07)
     out = c.step(A, later, 0.08)
-    assert Apply(3, (b"d",)) in out and c.tail_seq == 4
+    assert Apply(3, (b"d",), 1) in out and c.tail_seq == 4
 
 
 def test_lost_request_is_retried_after_a_heartbeat() -> None:
@@ -372,7 +372,7 @@ def test_conflicting_push_truncates_from_first_conflict() -> None:
     b.step(A, leader_hb(3, 6, epoch_term=3, last_term=3), 0.05)
     resp = SyncResponse(3, 0, 3, 1, 0, ((1, 0), (3, 4)), (b"d", b"E", b"F"))
     out = b.step(A, resp, 0.06)
-    assert out.index(Truncate(4)) < out.index(Apply(4, (b"E", b"F")))
+    assert out.index(Truncate(4)) < out.index(Apply(4, (b"E", b"F"), 3))
     assert b.epochs == ((1, 0), (3, 4)) and b.tail_seq == 6
 
 

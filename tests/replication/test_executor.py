@@ -115,7 +115,7 @@ def test_crash_point_stops_at_the_boundary(when: CrashPoint) -> None:
 def test_out_of_order_apply_resyncs_the_coordinator() -> None:
     storage = MemoryStorage(log=[b"x", b"y"])
     ex, _ = leader_executor(storage, ExecutorHooks())
-    ex.run([Apply(0, (b"a",))])  # the log moved on under the coordinator
+    ex.run([Apply(0, (b"a",), 0)])  # the log moved on under the coordinator
     assert ex.resyncs == 1 and not ex.stopped
     assert ex.coord.tail_seq == 2 and storage.log == [b"x", b"y"]
 
