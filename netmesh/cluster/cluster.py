@@ -36,6 +36,8 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from netmesh.channel import ChannelName
+from netmesh.cluster import rundir
+from netmesh.cluster.clients import ClientServer
 from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.node_worker import FILE_OPTIONS, replication_to_dict
 from netmesh.cluster.producer import Producer
@@ -71,7 +73,9 @@ class Cluster:
         >= 4096). mesh_heartbeat / session_timeout: seconds between link keepalives /
         of silence before a peer is down. max_datagram: largest UDP payload
         (576..65000). restart_policy: ``"never"`` or ``"on-failure"`` (see
-        :meth:`check_nodes`). start: start the processes now.
+        :meth:`check_nodes`). start: start the processes now. name: serve clients
+        (``netmesh.connect(name)``) on a socket in the run directory while running
+        (:mod:`netmesh.cluster.clients`); NameTaken if a live cluster has that name.
 
     Raises ConfigError naming the argument; nothing is started then.
     """
@@ -88,6 +92,7 @@ class Cluster:
         max_datagram: int = 32768,
         restart_policy: RestartPolicy = "never",
         start: bool = True,
+        name: str | None = None,
     ) -> None:
         _check_args(
             nodes, psk, heartbeat_ms, ring_bytes, mesh_heartbeat, session_timeout, max_datagram
@@ -98,6 +103,10 @@ class Cluster:
             )
         if data_dir is not None:
             check_data_dir(data_dir)
+        if name is not None:
+            rundir.check_name(name)
+        self.name = name
+        self.client_server: ClientServer | None = None
         self.size = nodes
         self.restart_policy = restart_policy
         #: nodes that died without being asked, as (node, exit code, monotonic time)
@@ -158,6 +167,8 @@ class Cluster:
                     initiate=initiate if initiate_pass else [],
                 )
         self.wait_until(self._fully_connected, timeout=10, message="full mesh")
+        if self.name is not None and self.client_server is None:
+            self.client_server = ClientServer(self, self.name)
 
     def _spawn(self, i: int) -> None:
         self.sup.spawn(i)
@@ -290,6 +301,9 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every node and remove every shared-memory object; idempotent."""
+        if self.client_server is not None:
+            self.client_server.close()  # clients' rings go first, then the nodes
+            self.client_server = None
         for handle in list(self.producer_processes):
             handle.kill()
         for key in list(self.producers):

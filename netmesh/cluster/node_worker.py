@@ -18,7 +18,10 @@ see :func:`netmesh.cluster.control.error_value`):
 ``close_channel``         name
 ``attach_ring``           ring, channel: drain that shm ring into the channel
                           (NotLeader if a replica of it that knows its leader)
-``detach_ring``           ring
+``subscribe``             ring, channel, from_seq (seq, "earliest" or "latest"),
+                          end_seq (None: follow), history: feed that ring with the
+                          channel's events (:mod:`netmesh.cluster.subscription`)
+``detach_ring``           ring (a producer ring or a subscription ring)
 ``append``                channel, payloads -> first seq (leader only)
 ``next_seq`` / ``role``   channel (ChannelNotOpen if not open here); role: the
                           ReplicaRole name, None if the channel is not replicated
@@ -63,6 +66,7 @@ from netmesh.cluster.producer import (
     REFUSED_STORE_FAILED,
     REFUSED_TOO_LARGE,
 )
+from netmesh.cluster.subscription import SubscriptionPump
 from netmesh.config import MeshNodeConfig, PlacementStrategy, RedexFileConfig, ReplicationConfig
 from netmesh.errors import (
     ChannelNotOpen,
@@ -199,6 +203,7 @@ class NodeService:
         self.redex = Redex()
         self.spec: dict[str, Any] = {}
         self.drainers: dict[str, RingDrainer] = {}
+        self.pumps: dict[str, SubscriptionPump] = {}
         self.page: MetricsPage | None = None
         self.metrics_task: asyncio.Task[None] | None = None
         self.done = asyncio.get_running_loop().create_future()
@@ -217,6 +222,7 @@ class NodeService:
             "close_channel": self.op_close_channel,
             "attach_ring": self.op_attach_ring,
             "detach_ring": self.op_detach_ring,
+            "subscribe": self.op_subscribe,
             "append": self.op_append,
             "next_seq": self.op_next_seq,
             "role": self.op_role,
@@ -267,6 +273,10 @@ class NodeService:
             max_datagram=spec.get("max_datagram", 1400),
             handshake_retries=3,
             handshake_timeout=1.0,
+            # initiation timestamps never go back across restarts (a slow clock)
+            clock_file=(
+                os.path.join(spec["data_dir"], "handshake.clock") if spec.get("data_dir") else None
+            ),
         )
         self.node = await MeshNode.create(kp, cfg)
         self.node.start()
@@ -333,6 +343,41 @@ class NodeService:
         if d is not None:
             d.detached = True  # pending acknowledgements have nobody to go to
             d.stop()
+        pump = self.pumps.get(ring)
+        if pump is not None:
+            pump.stop()  # it unmaps its ring itself once its writer is out
+
+    def op_subscribe(
+        self,
+        ring: str,
+        channel: str,
+        from_seq: int | str = 0,
+        end_seq: int | None = None,
+        history: list[list[int]] | None = None,
+    ) -> int:
+        """Start feeding ``ring`` with ``channel`` from ``from_seq``; the first seq."""
+        f = self._file(channel)
+        rt = self.redex.replication_runtime(channel)
+        quorum = rt is not None and rt.coord.config.ack == "quorum"
+
+        def commit_of() -> int | None:
+            return rt.coord.commit_seq if quorum and rt is not None else None
+
+        if from_seq == "earliest":
+            start = f.first_retained_seq
+        elif from_seq == "latest":
+            committed = commit_of()
+            start = f.next_seq if committed is None else committed
+        elif isinstance(from_seq, int) and from_seq >= 0:
+            start = from_seq
+        else:
+            raise ConfigError(f"from_seq must be a seq >= 0, 'earliest' or 'latest': {from_seq!r}")
+
+        def done(pump: SubscriptionPump) -> None:
+            self.pumps.pop(pump.name, None)
+
+        self.pumps[ring] = SubscriptionPump(ring, f, start, end_seq, history, commit_of, done)
+        return start
 
     def op_append(self, channel: str, payloads: list[bytes]) -> int:
         return self.redex.append(channel, payloads)
@@ -510,6 +555,11 @@ class NodeService:
         self.redex.close()  # releases quorum waiters; detached drainers ack nothing
         for d in self.drainers.values():
             d.stop()  # each thread unmaps its ring within 0.2 s
+        pumps = list(self.pumps.values())
+        for pump in pumps:
+            pump.stop()
+        for pump in pumps:
+            await pump.wait_stopped()
         if self.node is not None:
             await self.node.shutdown()
         if self.page is not None:
@@ -518,7 +568,7 @@ class NodeService:
             await self.writer.drain()
 
     def owned_names(self) -> list[str]:
-        names = list(self.drainers)
+        names = list(self.drainers) + list(self.pumps)
         if self.spec.get("metrics_page"):
             names.append(self.spec["metrics_page"])
         return names

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,7 @@ class Supervisor:
     def __init__(self) -> None:
         self.prefix = f"netmesh-{os.getpid()}-{secrets.token_hex(4)}"
         self.workers: dict[int, Worker] = {}
+        self._call_lock = threading.RLock()
         self._names: set[str] = set()
         self._next_id = 1
         self._closed = False
@@ -119,6 +121,10 @@ class Supervisor:
         :mod:`netmesh.errors` class the worker raised (its message prefixed with
         ``"node <index> <op>: "``), or NodeError for any other exception of the worker.
         """
+        with self._call_lock:  # clients are served from other threads (ClientServer)
+            return self._call(index, op, timeout, args)
+
+    def _call(self, index: int, op: str, timeout: float, args: dict[str, Any]) -> Any:
         w = self.workers.get(index)
         if w is None or not w.alive():
             raise NodeUnresponsive(f"node {index} is not running")

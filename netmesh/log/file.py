@@ -291,6 +291,30 @@ class RedexFile:
             finally:
                 self._tails.discard(wakeup)
 
+    @property
+    def truncation_generation(self) -> int:
+        """How many truncations removed events so far (see :meth:`truncated_since`)."""
+        return len(self._truncations)
+
+    def truncated_since(self, generation: int) -> int | None:
+        """The lowest seq removed by a truncation after ``generation``, or None."""
+        later = self._truncations[generation:]
+        return min(later) if later else None
+
+    async def wait_changed(self, timeout: float | None = None) -> None:
+        """Wait until events are appended or truncated, the file closes or fails, or
+        ``timeout`` seconds pass (a reader outside :meth:`tail` follows the file so)."""
+        if self._closed or self._failed is not None:
+            return
+        wakeup = asyncio.Event()
+        self._tails.add(wakeup)
+        try:
+            await asyncio.wait_for(wakeup.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._tails.discard(wakeup)
+
     def _wake_tails(self) -> None:
         for wakeup in self._tails:
             wakeup.set()

@@ -1,0 +1,478 @@
+"""``netmesh.connect``: publish and subscribe from any process of the same user.
+
+::
+
+    with netmesh.connect("orders-dev") as cl:          # a Cluster(name=...) or `netmesh up`
+        cl.open_channel("orders", ReplicationConfig(factor=3, ack="quorum"))
+        with cl.producer("orders") as p:                 # shm ring to the current leader
+            p.append_batch([b"a", b"b"]); last = p.flush()
+        for ev in cl.subscribe("orders", from_seq=0):    # shm ring node -> this process
+            print(ev.entry.seq, ev.payload)
+
+The socket (``$NETMESH_RUN_DIR/<name>.sock``) only sets rings up and moves them; events
+travel through shared memory (:mod:`netmesh.cluster.clients` serves it).
+
+**Producers follow the leader.** A producer appends into a ring to the channel's
+leader. When that node stops leading (or dies), the events it had not acknowledged are
+reported by the next ``flush()`` raising :class:`~netmesh.errors.NotLeader` with their
+count in ``unacknowledged``: never dropped silently, never sent twice by netmesh (in
+quorum mode such events may or may not have been committed, like a timed-out write in
+any consensus system: resend them with an idempotent producer, issue 12). The producer
+attaches to the new leader by itself; appends after the error go there.
+
+**Subscriptions deliver in seq order, each event once.** Quorum channels deliver only
+committed events (which no failover removes). Leader-mode and unreplicated channels
+deliver what the serving node stored; if replication later removes delivered events
+(a failover after a split), the subscription raises :class:`~netmesh.errors.Truncated`
+naming the first removed seq, never mixing two histories. When the serving node dies,
+the subscription moves to another node holding the channel and resumes at its next seq.
+A subscriber that stops reading slows nobody: its node reads the backlog from the log
+when it resumes, or ends it with :class:`~netmesh.errors.Lagged` if retention removed
+what it still needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from netmesh.cluster import control, rundir, subframes
+from netmesh.cluster.producer import Producer
+from netmesh.config import ReplicationConfig
+from netmesh.errors import (
+    ClusterNotFound,
+    ConfigError,
+    DecodeError,
+    Lagged,
+    NetmeshError,
+    NodeUnresponsive,
+    NotLeader,
+    RingClosed,
+    Truncated,
+)
+from netmesh.log.file import RedexEntry, RedexEvent
+from netmesh.ring.shm import ShmRing
+
+LIVENESS_S = 0.25  # how often a waiting client asks whether its node still runs
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """One channel of a cluster as ``Client.channels()`` reports it."""
+
+    name: str
+    factor: int
+    ack: str  # "leader", "quorum", or "local" (not replicated)
+    leader: int | None  # node index
+    next_seq: int
+    commit: int
+
+
+def connect(name: str = "default", timeout: float = 5.0) -> Client:
+    """Connect to the cluster or node daemon serving ``name`` (same user).
+
+    Raises ClusterNotFound (nothing serves that name), ConfigError (a bad name).
+    """
+    return Client(name, timeout)
+
+
+class Client:
+    """A connection to a named cluster; thread-safe; a context manager."""
+
+    def __init__(self, name: str = "default", timeout: float = 5.0) -> None:
+        self.name = rundir.check_name(name)
+        path = rundir.socket_path(name)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            self._sock.close()
+            running = ", ".join(rundir.served_names()) or "none"
+            raise ClusterNotFound(
+                f"no cluster named {name!r} is running (run directory"
+                f" {rundir.run_dir(create=False)}; running: {running})"
+            ) from None
+        self._sock.settimeout(None)
+        self._lock = threading.Lock()
+        self._decoder = control.FrameDecoder()
+        self._next_id = 1
+        self._closed = False
+        self.info = self._call("hello")
+
+    # -- requests --------------------------------------------------------------------
+    def _call(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise NetmeshError(f"client of {self.name!r} is closed")
+            req_id = self._next_id
+            self._next_id += 1
+            self._sock.settimeout(timeout)
+            try:
+                self._sock.sendall(control.request(req_id, op, args))
+                while True:
+                    data = self._sock.recv(1 << 20)
+                    if not data:
+                        raise NodeUnresponsive(f"cluster {self.name!r} went away")
+                    for msg in self._decoder.feed(data):
+                        if msg[0] == control.RESPONSE and msg[1] == req_id:
+                            if not msg[2]:
+                                raise control.error_from_value(msg[3], f"cluster {self.name} {op}")
+                            return msg[3]
+            except TimeoutError:
+                raise NodeUnresponsive(f"cluster {self.name!r} did not answer {op!r}") from None
+            except (OSError, DecodeError) as exc:
+                raise NodeUnresponsive(f"cluster {self.name!r}: connection lost ({exc})") from None
+
+    def channels(self) -> list[ChannelInfo]:
+        """Every open channel with its factor, ack mode, leader, next_seq and commit."""
+        return [ChannelInfo(**c) for c in self._call("channels")]
+
+    def open_channel(
+        self, name: str, replication: ReplicationConfig | None = None, **options: Any
+    ) -> None:
+        """Open ``name`` on the cluster (``Cluster.open_channel`` semantics and errors)."""
+        from netmesh.cluster.node_worker import replication_to_dict
+
+        self._call(
+            "open_channel",
+            timeout=60.0,
+            name=name,
+            replication=replication_to_dict(replication),
+            options=options,
+        )
+
+    def producer(self, channel: str, capacity: int | None = None) -> ClientProducer:
+        """A producer into ``channel`` that follows its leader (see the module doc)."""
+        return ClientProducer(self, channel, capacity)
+
+    def subscribe(
+        self, channel: str, from_seq: int | Literal["earliest", "latest"] = 0
+    ) -> Subscription:
+        """Events of ``channel`` from ``from_seq`` on, then live (see the module doc)."""
+        return Subscription(self, channel, from_seq, None)
+
+    def read_range(self, channel: str, start: int, end: int) -> list[RedexEvent]:
+        """Events ``start <= seq < end`` that the channel holds (as a subscription would
+        deliver them), through shared memory, in one request. ConfigError for bad
+        bounds; Lagged if retention removed some of them."""
+        if not (isinstance(start, int) and isinstance(end, int)) or start < 0 or end < start:
+            raise ConfigError(f"read_range needs 0 <= start <= end, got {start!r}, {end!r}")
+        if end == start:
+            return []
+        with Subscription(self, channel, start, end) as sub:
+            return list(sub)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClientProducer:
+    """``append``/``append_batch``/``flush`` into a channel's leader (see module doc)."""
+
+    def __init__(self, client: Client, channel: str, capacity: int | None) -> None:
+        self.client = client
+        self.channel = channel
+        self.capacity = capacity
+        self.retargets = 0
+        self._p: Producer | None = None
+        self._node = -1
+        self._attach()
+
+    @property
+    def node(self) -> int:
+        """Index of the node this producer appends to."""
+        return self._node
+
+    def _attach(self) -> None:
+        got = self.client._call("producer", channel=self.channel, capacity=self.capacity)
+        self._p = Producer(got["ring"], self.channel, max_payload=got["max_payload"])
+        self._node = got["node"]
+
+    def _detach(self) -> None:
+        p, self._p = self._p, None
+        if p is not None:
+            p.close()
+            with contextlib.suppress(NetmeshError):
+                self.client._call("release", ring=p.ring_name)
+
+    def _retarget(self) -> None:
+        self._detach()
+        self.retargets += 1
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._attach()
+                return
+            except (NotLeader, NodeUnresponsive, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _live(self) -> Producer:
+        if self._p is None:
+            self._retarget()
+        assert self._p is not None
+        return self._p
+
+    def append(self, payload: bytes, timeout: float | None = 10.0) -> None:
+        """Queue one event (PayloadTooLarge, RingFull, NotLeader: see ``flush``)."""
+        self.append_batch([payload], timeout)
+
+    def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
+        """Queue events in order; blocks while the ring is full (the node's backpressure)."""
+        p = self._live()
+        try:
+            p.append_batch(payloads, timeout)
+        except RingClosed:  # the node stopped: its unacknowledged events are reported
+            lost = p.sent - p.acked()
+            self._retarget()
+            raise _not_acked(self.channel, lost, "its node stopped") from None
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until the node acknowledged every event queued; the seq of the last.
+
+        Raises NotLeader (with ``unacknowledged``) when the node stopped leading or
+        died first; the producer then appends to the new leader. NodeUnresponsive if
+        nothing answers within ``timeout``.
+        """
+        p = self._live()
+        deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + LIVENESS_S
+        pause = 20e-6
+        while p.acked() < p.sent and not p.ring.consumer_closed():
+            now = time.monotonic()
+            if now > deadline:
+                raise NodeUnresponsive(
+                    f"{self.channel}: {p.sent - p.acked()} events not acknowledged in {timeout}s"
+                )
+            if now >= next_check:
+                next_check = now + LIVENESS_S
+                if not self.client._call("node_alive", node=self._node):
+                    lost = p.sent - p.acked()
+                    self._retarget()
+                    raise _not_acked(self.channel, lost, f"node {self._node} died")
+            time.sleep(pause)
+            pause = min(pause * 2, 1e-3)
+        if p.acked() < p.sent:  # the node closed the ring (it stopped)
+            lost = p.sent - p.acked()
+            self._retarget()
+            raise _not_acked(self.channel, lost, "its node stopped")
+        try:
+            return p.flush(max(0.0, deadline - time.monotonic()))
+        except NotLeader as exc:
+            count = p.refused_total
+            self._retarget()
+            err = _not_acked(self.channel, count, "the node is no longer the leader")
+            raise err from exc
+
+    def close(self) -> None:
+        self._detach()
+
+    def __enter__(self) -> ClientProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _not_acked(channel: str, count: int, why: str) -> NotLeader:
+    err = NotLeader(channel)
+    err.args = (
+        f"{channel}: {count} events were not acknowledged ({why}); the producer"
+        " now appends to the new leader",
+    )
+    err.unacknowledged = count  # type: ignore[attr-defined]
+    return err
+
+
+class Subscription:
+    """Events of a channel in seq order; an iterator and an async iterator."""
+
+    def __init__(
+        self,
+        client: Client,
+        channel: str,
+        from_seq: int | str,
+        end_seq: int | None,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.end_seq = end_seq
+        self.failovers = 0
+        self._from: int | str = from_seq
+        self._next: int | None = from_seq if isinstance(from_seq, int) else None
+        self._history: list[list[int]] = []  # [term, end seq] per run of delivered batches
+        self._buf: deque[RedexEvent] = deque()
+        self._ring: ShmRing | None = None
+        self._ring_name = ""
+        self._node = -1
+        self._done = False
+        self._closed = False
+        self._open(exclude=[])
+
+    @property
+    def next_seq(self) -> int | None:
+        """The seq of the next event this subscription will deliver (None until known)."""
+        return self._next
+
+    @property
+    def node(self) -> int:
+        return self._node
+
+    def _open(self, exclude: list[int]) -> None:
+        start = self._next if self._next is not None else self._from
+        got = self.client._call(
+            "subscribe",
+            channel=self.channel,
+            from_seq=start,
+            end_seq=self.end_seq,
+            exclude=exclude,
+            history=self._history[-64:],
+        )
+        self._ring_name, self._node = got["ring"], got["node"]
+        self._ring = ShmRing.attach(self._ring_name)
+
+    def _drop_ring(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            with contextlib.suppress(Exception):
+                ring.close_consumer()
+            ring.close()
+            with contextlib.suppress(NetmeshError):
+                self.client._call("release", ring=self._ring_name)
+
+    def _failover(self) -> None:
+        dead = self._node
+        self._drop_ring()
+        self.failovers += 1
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._open(exclude=[dead])
+                return
+            except (NodeUnresponsive, NotLeader):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _fill(self, timeout: float | None) -> bool:
+        """Move frames from the ring into the buffer; False on timeout with nothing."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_check = time.monotonic() + LIVENESS_S
+        while not self._buf and not self._done:
+            if self._ring is None:
+                self._failover()
+            assert self._ring is not None
+            try:
+                frames = self._ring.get_batch(256, timeout=LIVENESS_S)
+            except RingClosed:  # the node stopped serving: move on
+                self._failover()
+                continue
+            for frame in frames:
+                self._on_frame(frame)
+            now = time.monotonic()
+            if not frames and now >= next_check:
+                next_check = now + LIVENESS_S
+                if not self.client._call("node_alive", node=self._node):
+                    self._failover()
+            if deadline is not None and now >= deadline and not self._buf:
+                return False
+        return True
+
+    def _on_frame(self, frame: bytes) -> None:
+        msg = subframes.decode(frame)
+        kind = msg[0]
+        if kind == subframes.EVENTS:
+            first, payloads, term = msg[1], msg[2], msg[3]
+            if self._next is None:
+                self._next = first
+            skip = self._next - first  # a resumed subscription may repeat a prefix
+            if skip < 0:
+                raise NetmeshError(f"{self.channel}: gap in the subscription at {self._next}")
+            for i, p in enumerate(payloads[skip:], start=first + skip):
+                self._buf.append(RedexEvent(RedexEntry(i, len(p)), p))
+            end = first + len(payloads)
+            if end > self._next:
+                self._next = end
+                if self._history and self._history[-1][0] == term:
+                    self._history[-1][1] = end
+                else:
+                    self._history.append([term, end])
+        elif kind == subframes.TRUNCATED:
+            self._done = True
+            raise Truncated(self.channel, int(msg[1]))
+        elif kind == subframes.LAGGED:
+            self._done = True
+            raise Lagged(
+                f"{self.channel}: retention removed events from seq {self._next} on;"
+                f" the channel now starts at seq {msg[1]}"
+            )
+        elif kind == subframes.END:
+            self._done = True
+        else:
+            self._done = True
+            raise control.error_from_value(msg[1], f"{self.channel} subscription")
+
+    # -- iteration -------------------------------------------------------------------
+    def poll(self, timeout: float = 0.0) -> list[RedexEvent]:
+        """The events that are ready (waiting up to ``timeout`` s for the first)."""
+        self._fill(timeout)
+        out = list(self._buf)
+        self._buf.clear()
+        return out
+
+    def __iter__(self) -> Iterator[RedexEvent]:
+        return self
+
+    def __next__(self) -> RedexEvent:
+        if self._closed:
+            raise StopIteration
+        self._fill(None)
+        if not self._buf:
+            raise StopIteration
+        return self._buf.popleft()
+
+    def __aiter__(self) -> AsyncIterator[RedexEvent]:
+        return self._agen()
+
+    async def _agen(self) -> AsyncIterator[RedexEvent]:
+        while not self._closed:
+            if not self._buf:
+                got = await asyncio.to_thread(self._fill, LIVENESS_S)
+                if not got and self._done:
+                    return
+            while self._buf:
+                yield self._buf.popleft()
+            if self._done and not self._buf:
+                return
+
+    def close(self) -> None:
+        """Stop; the node's pump ends and every shared-memory name is released."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drop_ring()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

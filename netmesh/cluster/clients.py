@@ -1,0 +1,279 @@
+"""Serving clients: the Unix socket a named cluster answers ``netmesh.connect`` on.
+
+A :class:`ClientServer` runs in the supervisor's process (``Cluster(name=...)``,
+``netmesh up --name``), on the socket of :mod:`netmesh.cluster.rundir`. Each client
+connection is served by its own thread; requests and answers use the control framing
+(:mod:`netmesh.cluster.control`: ``length u32 | msgpack``, errors keep their class).
+Bulk data never crosses this socket: producers and subscribers get shared-memory rings
+to the node that serves them, and the socket only sets them up and moves them when a
+leader changes or a node dies.
+
+Ops (args -> result):
+
+=====================  ===================================================================
+``hello``              -> {name, nodes, pid, version}
+``channels``           -> [{name, factor, ack, leader, next_seq, commit}]
+``open_channel``       name, replication (dict or None), options -> None
+``producer``           channel, capacity -> {ring, node, max_payload}: a ring attached to
+                       the channel's leader (node 0 for an unreplicated channel)
+``subscribe``          channel, from_seq (>= 0, or "earliest"/"latest"), end_seq (None:
+                       follow), exclude [node] -> {ring, node}: a ring fed by a node that
+                       holds the channel (the leader when it can)
+``release``            ring -> None: detach and remove a ring of this connection
+``node_alive``         node -> bool
+=====================  ===================================================================
+
+Everything a connection set up is released when it closes (a client that died), so
+nothing is left in ``/dev/shm``. A peer of another uid is refused (``SO_PEERCRED``) and
+counted in ``refused_peers``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+import netmesh
+from netmesh.channel import ChannelName
+from netmesh.cluster import control, rundir
+from netmesh.cluster.node_worker import replication_from_dict
+from netmesh.config import DEFAULT_MAX_PAYLOAD
+from netmesh.errors import ChannelNotOpen, ConfigError, DecodeError, NodeUnresponsive
+from netmesh.ring.shm import ShmRing
+
+if TYPE_CHECKING:
+    from netmesh.cluster.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+SUB_RING_MIN = 4 << 20
+
+
+class ClientServer:
+    """Serves ``cluster`` to clients under ``name`` until :meth:`close`."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        self.claim = rundir.claim(name)
+        self.name = name
+        self.refused_peers = 0
+        self.connections = 0
+        self._lock = threading.RLock()  # one cluster request at a time
+        self._closed = False
+        self._conns: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._ring_no = 0
+        self._accept = threading.Thread(target=self._serve, name=f"clients-{name}", daemon=True)
+        self._accept.start()
+
+    # -- lifetime --------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop accepting, drop every connection (releasing its rings), free the name."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.claim.listener.shutdown(socket.SHUT_RDWR)
+        self.claim.close()
+        for conn in list(self._conns):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._accept.join(2)
+        for t in self._threads:
+            t.join(2)
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.claim.listener.accept()
+            except OSError:
+                return
+            if rundir.peer_uid(conn) != os.getuid():
+                self.refused_peers += 1
+                log.warning("client of another uid refused on %s", self.name)
+                conn.close()
+                continue
+            self.connections += 1
+            self._conns.add(conn)
+            t = threading.Thread(target=self._connection, args=(conn,), daemon=True)
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        rings: dict[str, tuple[int, ShmRing]] = {}
+        decoder = control.FrameDecoder()
+        try:
+            while True:
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                for msg in decoder.feed(data):
+                    if msg[0] != control.REQUEST:
+                        raise DecodeError("a client sent something other than a request")
+                    _, req_id, op, args = msg
+                    try:
+                        value = self._handle(op, args, rings)
+                        reply = control.response(req_id, True, value)
+                    except Exception as exc:  # every error goes back as itself
+                        reply = control.response(req_id, False, control.error_value(exc))
+                    conn.sendall(reply)
+        except (OSError, DecodeError) as exc:
+            if not self._closed:
+                log.info("client connection on %s ended: %s", self.name, exc)
+        finally:
+            for ring in list(rings):
+                self._release(ring, rings)
+            self._conns.discard(conn)
+            conn.close()
+
+    # -- ops -------------------------------------------------------------------------
+    def _handle(self, op: str, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]) -> Any:
+        if self._closed:
+            raise NodeUnresponsive(f"cluster {self.name!r} is stopping")
+        c = self.cluster
+        with self._lock:
+            if op == "hello":
+                return {
+                    "name": self.name,
+                    "nodes": c.size,
+                    "pid": os.getpid(),
+                    "version": netmesh.__version__,
+                }
+            if op == "channels":
+                return self._channels()
+            if op == "open_channel":
+                c.open_channel(
+                    args["name"],
+                    replication_from_dict(args.get("replication")),
+                    **(args.get("options") or {}),
+                )
+                return None
+            if op == "producer":
+                return self._producer(args["channel"], args.get("capacity"), rings)
+            if op == "subscribe":
+                return self._subscribe(args, rings)
+            if op == "release":
+                self._release(args["ring"], rings)
+                return None
+            if op == "node_alive":
+                w = c.sup.workers.get(int(args["node"]))
+                return bool(w is not None and w.alive())
+        raise ConfigError(f"unknown client request {op!r}")
+
+    def _channel(self, name: Any) -> str:
+        cname = str(ChannelName(name))
+        if cname not in self.cluster.channels:
+            raise ChannelNotOpen(f"channel {cname!r} is not open in cluster {self.name!r}")
+        return cname
+
+    def _channels(self) -> list[dict[str, Any]]:
+        c = self.cluster
+        snap = c.metrics()
+        out = []
+        for name, cfg in c.channels.items():
+            leader, next_seq, commit = None, 0, 0
+            for n in snap["nodes"]:
+                ch = n.get("channels", {}).get(name)
+                if not n.get("alive") or not ch:
+                    continue
+                next_seq = max(next_seq, int(ch.get("next_seq", 0)))
+                commit = max(commit, int(ch.get("commit_seq", 0) or 0))
+                if str(ch.get("role", "")).upper().endswith("LEADER"):
+                    leader = n["node"]
+            out.append(
+                {
+                    "name": name,
+                    "factor": cfg.factor if cfg else 1,
+                    "ack": cfg.ack if cfg else "local",
+                    "leader": leader if cfg else 0,
+                    "next_seq": next_seq,
+                    "commit": commit if cfg and cfg.ack == "quorum" else next_seq,
+                }
+            )
+        return out
+
+    def _serving_node(self, channel: str, exclude: list[int] | None = None) -> int:
+        c = self.cluster
+        if c.channels[channel] is None:
+            return 0  # an unreplicated channel lives on each node apart: node 0's
+        alive = [i for i in c.running() if c._holds(i, channel) and i not in (exclude or [])]
+        with contextlib.suppress(TimeoutError):
+            lead = c.wait_for_leader(channel, timeout=5.0)
+            if lead in alive:
+                return lead
+        if not alive:
+            raise NodeUnresponsive(f"no running node holds {channel!r}")
+        return alive[0]
+
+    def _new_ring(self, node: int, capacity: int) -> tuple[str, ShmRing]:
+        self._ring_no += 1
+        name = self.cluster.sup.name("client", node, self._ring_no)
+        return name, ShmRing.create(name, capacity)
+
+    def _max_payload(self, channel: str) -> int:
+        opts = self.cluster.channel_options.get(channel, {})
+        return int(opts.get("max_payload", DEFAULT_MAX_PAYLOAD))
+
+    def _producer(
+        self, channel: Any, capacity: int | None, rings: dict[str, tuple[int, ShmRing]]
+    ) -> dict[str, Any]:
+        channel = self._channel(channel)
+        node = self._serving_node(channel)
+        name, ring = self._new_ring(node, capacity or self.cluster.ring_bytes)
+        try:
+            self.cluster.sup.call(node, "attach_ring", ring=name, channel=channel)
+        except BaseException:
+            self._drop(name, ring)
+            raise
+        rings[name] = (node, ring)
+        return {"ring": name, "node": node, "max_payload": self._max_payload(channel)}
+
+    def _subscribe(
+        self, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]
+    ) -> dict[str, Any]:
+        channel = self._channel(args["channel"])
+        from_seq = args.get("from_seq", 0)
+        if not (
+            from_seq in ("earliest", "latest") or (isinstance(from_seq, int) and from_seq >= 0)
+        ):
+            raise ConfigError(
+                f"from_seq must be a seq >= 0, 'earliest' or 'latest', got {from_seq!r}"
+            )
+        node = self._serving_node(channel, args.get("exclude"))
+        capacity = max(SUB_RING_MIN, 4 * (self._max_payload(channel) + 64))
+        capacity = (capacity + 7) // 8 * 8
+        name, ring = self._new_ring(node, capacity)
+        try:
+            self.cluster.sup.call(
+                node,
+                "subscribe",
+                ring=name,
+                channel=channel,
+                from_seq=from_seq,
+                end_seq=args.get("end_seq"),
+            )
+        except BaseException:
+            self._drop(name, ring)
+            raise
+        rings[name] = (node, ring)
+        return {"ring": name, "node": node}
+
+    def _release(self, name: str, rings: dict[str, tuple[int, ShmRing]]) -> None:
+        entry = rings.pop(name, None)
+        if entry is None:
+            return
+        node, ring = entry
+        w = self.cluster.sup.workers.get(node)
+        if w is not None and w.alive():
+            with contextlib.suppress(Exception):
+                self.cluster.sup.call(node, "detach_ring", ring=name, timeout=5.0)
+        self._drop(name, ring)
+
+    def _drop(self, name: str, ring: ShmRing) -> None:
+        ring.close()
+        ring.unlink()
+        self.cluster.sup.forget_name(name)
