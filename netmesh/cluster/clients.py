@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import netmesh
 from netmesh.channel import ChannelName
@@ -53,11 +53,30 @@ log = logging.getLogger(__name__)
 SUB_RING_MIN = 4 << 20
 
 
-class ClientServer:
-    """Serves ``cluster`` to clients under ``name`` until :meth:`close`."""
+class ClientBackend(Protocol):
+    """What a :class:`ClientServer` serves: a supervised :class:`ClusterBackend`, or a
+    node daemon serving its own node (issue 13)."""
 
-    def __init__(self, cluster: Cluster, name: str) -> None:
-        self.cluster = cluster
+    ring_bytes: int
+
+    def nodes(self) -> int: ...
+    def channel_list(self) -> list[dict[str, Any]]: ...
+    def open_channel(self, name: str, replication: Any, options: dict[str, Any]) -> None: ...
+    def is_open(self, channel: str) -> bool: ...
+    def max_payload(self, channel: str) -> int: ...
+    def serving_node(self, channel: str, exclude: list[int]) -> int: ...
+    def call(self, node: int, op: str, timeout: float = 10.0, **args: Any) -> Any: ...
+    def node_alive(self, node: int) -> bool: ...
+    def new_name(self, *parts: object) -> str: ...
+    def forget_name(self, name: str) -> None: ...
+
+
+class ClientServer:
+    """Serves ``backend`` (:class:`ClusterBackend` for a Cluster) to clients under
+    ``name`` until :meth:`close`."""
+
+    def __init__(self, backend: ClientBackend, name: str) -> None:
+        self.backend = backend
         self.claim = rundir.claim(name)
         self.name = name
         self.refused_peers = 0
@@ -134,22 +153,22 @@ class ClientServer:
     def _handle(self, op: str, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]) -> Any:
         if self._closed:
             raise NodeUnresponsive(f"cluster {self.name!r} is stopping")
-        c = self.cluster
+        b = self.backend
         with self._lock:
             if op == "hello":
                 return {
                     "name": self.name,
-                    "nodes": c.size,
+                    "nodes": b.nodes(),
                     "pid": os.getpid(),
                     "version": netmesh.__version__,
                 }
             if op == "channels":
-                return self._channels()
+                return b.channel_list()
             if op == "open_channel":
-                c.open_channel(
-                    args["name"],
+                b.open_channel(
+                    str(ChannelName(args["name"])),
                     replication_from_dict(args.get("replication")),
-                    **(args.get("options") or {}),
+                    args.get("options") or {},
                 )
                 return None
             if op == "producer":
@@ -160,77 +179,33 @@ class ClientServer:
                 self._release(args["ring"], rings)
                 return None
             if op == "node_alive":
-                w = c.sup.workers.get(int(args["node"]))
-                return bool(w is not None and w.alive())
+                return b.node_alive(int(args["node"]))
         raise ConfigError(f"unknown client request {op!r}")
 
     def _channel(self, name: Any) -> str:
         cname = str(ChannelName(name))
-        if cname not in self.cluster.channels:
+        if not self.backend.is_open(cname):
             raise ChannelNotOpen(f"channel {cname!r} is not open in cluster {self.name!r}")
         return cname
 
-    def _channels(self) -> list[dict[str, Any]]:
-        c = self.cluster
-        snap = c.metrics()
-        out = []
-        for name, cfg in c.channels.items():
-            leader, next_seq, commit = None, 0, 0
-            for n in snap["nodes"]:
-                ch = n.get("channels", {}).get(name)
-                if not n.get("alive") or not ch:
-                    continue
-                next_seq = max(next_seq, int(ch.get("next_seq", 0)))
-                commit = max(commit, int(ch.get("commit_seq", 0) or 0))
-                if str(ch.get("role", "")).upper().endswith("LEADER"):
-                    leader = n["node"]
-            out.append(
-                {
-                    "name": name,
-                    "factor": cfg.factor if cfg else 1,
-                    "ack": cfg.ack if cfg else "local",
-                    "leader": leader if cfg else 0,
-                    "next_seq": next_seq,
-                    "commit": commit if cfg and cfg.ack == "quorum" else next_seq,
-                }
-            )
-        return out
-
-    def _serving_node(self, channel: str, exclude: list[int] | None = None) -> int:
-        c = self.cluster
-        if c.channels[channel] is None:
-            return 0  # an unreplicated channel lives on each node apart: node 0's
-        alive = [i for i in c.running() if c._holds(i, channel) and i not in (exclude or [])]
-        with contextlib.suppress(TimeoutError):
-            lead = c.wait_for_leader(channel, timeout=5.0)
-            if lead in alive:
-                return lead
-        if not alive:
-            raise NodeUnresponsive(f"no running node holds {channel!r}")
-        return alive[0]
-
     def _new_ring(self, node: int, capacity: int) -> tuple[str, ShmRing]:
         self._ring_no += 1
-        name = self.cluster.sup.name("client", node, self._ring_no)
+        name = self.backend.new_name("client", node, self._ring_no)
         return name, ShmRing.create(name, capacity)
-
-    def _max_payload(self, channel: str) -> int:
-        opts = self.cluster.channel_options.get(channel, {})
-        return int(opts.get("max_payload", DEFAULT_MAX_PAYLOAD))
 
     def _producer(
         self, channel: Any, capacity: int | None, rings: dict[str, tuple[int, ShmRing]]
     ) -> dict[str, Any]:
         channel = self._channel(channel)
-        node = self._serving_node(channel)
-        name, ring = self._new_ring(node, capacity or self.cluster.ring_bytes)
+        node = self.backend.serving_node(channel, [])
+        name, ring = self._new_ring(node, capacity or self.backend.ring_bytes)
         try:
-            self.cluster.sup.call(node, "attach_ring", ring=name, channel=channel)
+            self.backend.call(node, "attach_ring", ring=name, channel=channel)
         except BaseException:
             self._drop(name, ring)
             raise
         rings[name] = (node, ring)
-        return {"ring": name, "node": node, "max_payload": self._max_payload(channel)}
+        return {"ring": name, "node": node, "max_payload": self.backend.max_payload(channel)}
 
     def _subscribe(
         self, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]
@@ -243,18 +218,19 @@ class ClientServer:
             raise ConfigError(
                 f"from_seq must be a seq >= 0, 'earliest' or 'latest', got {from_seq!r}"
             )
-        node = self._serving_node(channel, args.get("exclude"))
-        capacity = max(SUB_RING_MIN, 4 * (self._max_payload(channel) + 64))
+        node = self.backend.serving_node(channel, list(args.get("exclude") or []))
+        capacity = max(SUB_RING_MIN, 4 * (self.backend.max_payload(channel) + 64))
         capacity = (capacity + 7) // 8 * 8
         name, ring = self._new_ring(node, capacity)
         try:
-            self.cluster.sup.call(
+            self.backend.call(
                 node,
                 "subscribe",
                 ring=name,
                 channel=channel,
                 from_seq=from_seq,
                 end_seq=args.get("end_seq"),
+                history=args.get("history"),
             )
         except BaseException:
             self._drop(name, ring)
@@ -267,13 +243,86 @@ class ClientServer:
         if entry is None:
             return
         node, ring = entry
-        w = self.cluster.sup.workers.get(node)
-        if w is not None and w.alive():
+        if self.backend.node_alive(node):
             with contextlib.suppress(Exception):
-                self.cluster.sup.call(node, "detach_ring", ring=name, timeout=5.0)
+                self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
         self._drop(name, ring)
 
     def _drop(self, name: str, ring: ShmRing) -> None:
         ring.close()
         ring.unlink()
-        self.cluster.sup.forget_name(name)
+        self.backend.forget_name(name)
+
+
+class ClusterBackend:
+    """A supervised :class:`~netmesh.cluster.cluster.Cluster` as a client backend."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.c = cluster
+        self.ring_bytes = cluster.ring_bytes
+
+    def nodes(self) -> int:
+        return self.c.size
+
+    def is_open(self, channel: str) -> bool:
+        return channel in self.c.channels
+
+    def open_channel(self, name: str, replication: Any, options: dict[str, Any]) -> None:
+        self.c.open_channel(name, replication, **options)
+
+    def max_payload(self, channel: str) -> int:
+        opts = self.c.channel_options.get(channel, {})
+        return int(opts.get("max_payload", DEFAULT_MAX_PAYLOAD))
+
+    def call(self, node: int, op: str, timeout: float = 10.0, **args: Any) -> Any:
+        return self.c.sup.call(node, op, timeout=timeout, **args)
+
+    def node_alive(self, node: int) -> bool:
+        w = self.c.sup.workers.get(node)
+        return bool(w is not None and w.alive())
+
+    def new_name(self, *parts: object) -> str:
+        return self.c.sup.name(*parts)
+
+    def forget_name(self, name: str) -> None:
+        self.c.sup.forget_name(name)
+
+    def serving_node(self, channel: str, exclude: list[int]) -> int:
+        c = self.c
+        if c.channels[channel] is None:
+            return 0  # an unreplicated channel lives on each node apart: node 0's
+        alive = [i for i in c.running() if c._holds(i, channel) and i not in exclude]
+        with contextlib.suppress(TimeoutError):
+            lead = c.wait_for_leader(channel, timeout=5.0)
+            if lead in alive:
+                return lead
+        if not alive:
+            raise NodeUnresponsive(f"no running node holds {channel!r}")
+        return alive[0]
+
+    def channel_list(self) -> list[dict[str, Any]]:
+        c = self.c
+        snap = c.metrics()
+        out = []
+        for name, cfg in c.channels.items():
+            leader, next_seq, commit = None, 0, 0
+            for n in snap["nodes"]:
+                ch = n.get("channels", {}).get(name)
+                if not n.get("alive") or not ch:
+                    continue
+                next_seq = max(next_seq, int(ch.get("next_seq", 0)))
+                commit = max(commit, int(ch.get("commit_seq", 0) or 0))
+                if str(ch.get("role", "")).upper().endswith("LEADER"):
+                    leader = n["node"]
+            quorum = cfg is not None and cfg.ack == "quorum"
+            out.append(
+                {
+                    "name": name,
+                    "factor": cfg.factor if cfg else 1,
+                    "ack": cfg.ack if cfg else "local",
+                    "leader": leader if cfg else 0,
+                    "next_seq": next_seq,
+                    "commit": commit if quorum else next_seq,
+                }
+            )
+        return out

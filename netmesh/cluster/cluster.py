@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 
 from netmesh.channel import ChannelName
 from netmesh.cluster import rundir
-from netmesh.cluster.clients import ClientServer
+from netmesh.cluster.clients import ClientServer, ClusterBackend
 from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.node_worker import FILE_OPTIONS, replication_to_dict
 from netmesh.cluster.producer import Producer
@@ -168,7 +168,7 @@ class Cluster:
                 )
         self.wait_until(self._fully_connected, timeout=10, message="full mesh")
         if self.name is not None and self.client_server is None:
-            self.client_server = ClientServer(self, self.name)
+            self.client_server = ClientServer(ClusterBackend(self), self.name)
 
     def _spawn(self, i: int) -> None:
         self.sup.spawn(i)
