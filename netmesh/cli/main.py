@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.live import Live
 
 from netmesh.channel import ChannelName
-from netmesh.cli import status
+from netmesh.cli import client_cmds, node_cmds, status
 from netmesh.cluster import snapshot
 from netmesh.cluster.cluster import Cluster, check_data_dir
 from netmesh.cluster.metrics_page import MetricsPage
@@ -442,6 +442,8 @@ def parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
     # the benchmarks own their options (`netmesh bench --help`); main() routes them
     sub.add_parser("bench", help="benchmarks: netmesh bench --help", add_help=False)
+    client_cmds.register(command)  # publish, tail, channels (clients of a named cluster)
+    node_cmds.register(command)  # keygen, psk, node (node daemons)
     return ap
 
 
