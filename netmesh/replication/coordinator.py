@@ -165,6 +165,18 @@ class Truncate:
 
 
 @dataclass(frozen=True)
+class ResetLog:
+    """Discard every local event and restart the log at ``first_seq`` (the next event
+    appended gets it); the leader's event ``first_seq - 1`` has term ``prev_term``.
+    A replica behind the leader's retained head does this (a counted gap) instead of
+    asking forever for events that no longer exist, as Redis falls back to a full
+    resync."""
+
+    first_seq: int
+    prev_term: int
+
+
+@dataclass(frozen=True)
 class CommitAdvanced:
     """Events below ``commit_seq`` are held by a majority (quorum-mode appends may return)."""
 
@@ -185,7 +197,9 @@ class SaveHardState:
     state: HardState
 
 
-Output = Send | ServeSync | Apply | Truncate | CommitAdvanced | RoleChanged | SaveHardState
+Output = (
+    Send | ServeSync | Apply | Truncate | ResetLog | CommitAdvanced | RoleChanged | SaveHardState
+)
 
 
 @dataclass
@@ -210,6 +224,10 @@ class ReplicationMetrics:
     replica_lag_seconds: float | None = None
     replica_lag_events: int = 0
     truncated_events_total: int = 0
+    #: times this replica restarted its log at the leader's retained head (a gap)
+    log_gaps_total: int = 0
+    #: events skipped by those restarts (never held here)
+    gap_events_total: int = 0
 
 
 # ----------------------------------------------------------------------- epoch helpers
@@ -285,8 +303,8 @@ def _order_for_durability(out: list[Output], save: SaveHardState) -> list[Output
     save still precedes every Send, so a vote or an ack never leaves before it is
     durable.
     """
-    log_changes = [o for o in out if isinstance(o, Truncate | Apply)]
-    others = [o for o in out if not isinstance(o, Truncate | Apply)]
+    log_changes = [o for o in out if isinstance(o, Truncate | Apply | ResetLog)]
+    others = [o for o in out if not isinstance(o, Truncate | Apply | ResetLog)]
     return [*log_changes, save, *others]
 
 
@@ -452,6 +470,14 @@ class ReplicationCoordinator:
     def hard_state(self) -> HardState:
         return HardState(self.term, self.voted_for, self.epochs)
 
+    @property
+    def retention_floor(self) -> int | None:
+        """Seq from which retention must keep events (None: no limit). Quorum mode:
+        the commit seq, so retention never removes events a majority does not hold
+        yet (a lagging minority restarts at the head instead, :class:`ResetLog`);
+        leader mode promises nothing beyond the leader: no floor."""
+        return self.commit if self.quorum_mode else None
+
     def tick(self, now: float) -> list[Output]:
         """Advance timers: bootstrap, heartbeats, silence detection, retries
         (dispatched per role through :data:`TICK_TABLE`)."""
@@ -517,10 +543,31 @@ class ReplicationCoordinator:
             self.commit = min(self.commit, new_tail)
         return self._end()
 
-    def serve(self, req: ServeSync, payloads: Sequence[bytes], now: float) -> list[Output]:
-        """Answer a :class:`ServeSync` with the events the shell read."""
+    def serve(
+        self,
+        req: ServeSync,
+        payloads: Sequence[bytes],
+        now: float,
+        head: int | None = None,
+    ) -> list[Output]:
+        """Answer a :class:`ServeSync` with the events the shell read.
+
+        ``head``: the log's first retained seq when it is above ``req.from_seq``
+        (retention dropped what the follower needs): a request is answered with
+        ``Nack(BAD_RANGE, epoch_end=head, epoch_term=term of event head-1)`` so the
+        follower restarts its log there; a push just stops streaming to it.
+        """
         self._begin(now)
-        if self.role is L and req.to in self._progress and req.from_seq <= self.tail:
+        if head is not None and head > req.from_seq and self.role is L:
+            prog = self._progress.get(req.to)
+            if req.request_id:
+                t = term_at(self.epochs, head - 1)
+                nack = Nack(self.term, req.request_id, NackReason.BAD_RANGE, req.from_seq, t, head)
+                self._send(req.to, nack)
+            elif prog is not None:
+                prog.inflight = max(0, prog.inflight - 1)
+                prog.sent, prog.streaming = prog.match, False
+        elif self.role is L and req.to in self._progress and req.from_seq <= self.tail:
             self._respond(
                 req.to, req.request_id, req.from_seq, tuple(payloads)[: self.tail - req.from_seq]
             )
@@ -965,6 +1012,14 @@ class ReplicationCoordinator:
         if self._epoch_term() == self.term:
             self._send(frm, Ack(self.term, self.tail))
 
+    def _reset_log(self, head: int, prev_term: int) -> None:
+        """Restart the log at ``head`` (see :class:`ResetLog`); counted as a gap."""
+        self.metrics.log_gaps_total += 1
+        self.metrics.gap_events_total += head - self.tail
+        self._out.append(ResetLog(head, prev_term))
+        self.tail = head
+        self._set_epochs(((prev_term, 0),) if prev_term else ())
+
     def _truncate(self, seq: int) -> bool:
         """Drop events >= ``seq``; refuses (False) to cut committed events in quorum mode."""
         removed = self.tail - seq
@@ -991,6 +1046,12 @@ class ReplicationCoordinator:
         elif m.reason is NackReason.DIVERGED and current and m.from_seq == self.tail:
             self._truncate(min(m.epoch_end, own_end(self.epochs, m.epoch_term, self.tail)))
             self._maybe_request()
+        elif m.reason is NackReason.BAD_RANGE and current and m.from_seq == self.tail:
+            # behind the leader's retained head; every retry path backs off (a log that
+            # cannot restart would otherwise ask again at network speed)
+            self._backoff_until = self._now + self.hb
+            if m.epoch_end > self.tail:
+                self._reset_log(m.epoch_end, m.epoch_term)
         # NOT_LEADER from the leader we follow in this very term is stale (sent while it
         # was still a candidate): a leader only stops leading by moving to a higher
         # term, which step() has already adopted, clearing leader_id

@@ -16,14 +16,22 @@ Outputs and what executing them means:
   the log records the batch's ``term``);
 * ``Truncate`` -> :meth:`LogStorage.truncate`; a log that then ends anywhere but
   ``from_seq`` is resynced (rule 2);
+* ``ResetLog`` -> :meth:`LogStorage.reset` (a replica behind the leader's retained
+  head restarts its log there; a storage that cannot raises NotImplementedError,
+  which is counted in ``gaps_unfilled`` and resynced: the coordinator has already
+  backed off, so nothing spins);
 * ``SaveHardState`` -> :meth:`LogStorage.save_hard_state` (durable before anything
   after it leaves the node);
 * ``Send`` -> the ``send(to, msg)`` callable (network errors are the callable's to
   count; a lost datagram is normal);
 * ``ServeSync`` -> :meth:`LogStorage.read`, trimmed to ``max_bytes`` (at least one
-  event), handed back to :meth:`~ReplicationCoordinator.serve`; its outputs run next,
-  before the rest of the list;
-* ``CommitAdvanced`` / ``RoleChanged`` -> :class:`ExecutorHooks` notifications.
+  event), handed back to :meth:`~ReplicationCoordinator.serve` (with the retained head
+  when retention already dropped ``from_seq``); its outputs run next, before the rest
+  of the list;
+* ``CommitAdvanced`` -> :meth:`LogStorage.set_retention_floor` with the coordinator's
+  ``retention_floor`` (quorum mode: retention never removes events a majority does
+  not hold yet), then :meth:`ExecutorHooks.on_commit`;
+* ``RoleChanged`` -> :meth:`ExecutorHooks.on_role`.
 
 Rules:
 
@@ -63,6 +71,7 @@ from netmesh.replication.coordinator import (
     CommitAdvanced,
     Output,
     ReplicationCoordinator,
+    ResetLog,
     RoleChanged,
     SaveHardState,
     Send,
@@ -113,6 +122,15 @@ class LogStorage(Protocol):
         """Persist ``state`` durably (temp file, fsync, rename, fsync the directory)."""
         ...
 
+    def reset(self, first_seq: int, prev_term: int) -> None:
+        """Discard every event; the next one appended gets ``first_seq``; the event
+        before it had term ``prev_term``. NotImplementedError if the log cannot."""
+        ...
+
+    def set_retention_floor(self, seq: int | None) -> None:
+        """Retention must keep every event with seq >= ``seq`` (None: no floor)."""
+        ...
+
 
 class ExecutorHooks:
     """Notifications from the executor to its shell; every method defaults to a no-op."""
@@ -129,6 +147,10 @@ class ExecutorHooks:
 
     def on_behind_retention(self, to: int, from_seq: int, head: int) -> None:
         """Follower ``to`` asked from ``from_seq``, below the retained head ``head``."""
+
+    def on_gap(self, out: ResetLog, skipped: int, done: bool) -> None:
+        """This replica restarts its log at ``out.first_seq`` (``done``), skipping
+        ``skipped`` events it never held, or could not (its log cannot restart)."""
 
     def on_commit(self, commit_seq: int) -> None:
         """Events below ``commit_seq`` are held by a majority."""
@@ -175,6 +197,8 @@ class OutputExecutor:
         self.storage_errors = 0
         self.resyncs = 0
         self.behind_retention = 0
+        self.gaps_unfilled = 0
+        storage.set_retention_floor(coord.retention_floor)
 
     @property
     def stopped(self) -> bool:
@@ -225,10 +249,24 @@ class OutputExecutor:
                 )
         elif isinstance(out, ServeSync):
             return self._serve(out)
+        elif isinstance(out, ResetLog):
+            return self._reset(out)
         elif isinstance(out, CommitAdvanced):
+            self.storage.set_retention_floor(self.coord.retention_floor)
             self.hooks.on_commit(out.commit_seq)
         elif isinstance(out, RoleChanged):
             self.hooks.on_role(out)
+        return []
+
+    def _reset(self, out: ResetLog) -> list[Output]:
+        skipped = out.first_seq - self.storage.next_seq
+        try:
+            self.storage.reset(out.first_seq, out.prev_term)
+        except NotImplementedError:
+            self.gaps_unfilled += 1
+            self.hooks.on_gap(out, skipped, done=False)
+            return self.coord.applied(self.storage.next_seq, self.storage.epochs)
+        self.hooks.on_gap(out, skipped, done=True)
         return []
 
     def _serve(self, out: ServeSync) -> list[Output]:
@@ -236,7 +274,7 @@ class OutputExecutor:
         if first != out.from_seq:
             self.behind_retention += 1
             self.hooks.on_behind_retention(out.to, out.from_seq, first)
-            payloads = []
+            return self.coord.serve(out, [], self.clock(), head=first)
         size, n = 0, 0
         for p in payloads:
             size += len(p)

@@ -48,7 +48,13 @@ from netmesh.log import hardstate
 from netmesh.log.file import RedexFile
 from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication import messages
-from netmesh.replication.coordinator import Apply, Output, ReplicationCoordinator, RoleChanged
+from netmesh.replication.coordinator import (
+    Apply,
+    Output,
+    ReplicationCoordinator,
+    ResetLog,
+    RoleChanged,
+)
 from netmesh.replication.executor import ExecutorHooks, OutputExecutor
 from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
@@ -91,6 +97,8 @@ class ChannelMetrics:
     replica_lag_seconds: float | None
     replica_lag_events: int
     truncated_events_total: int
+    log_gaps_total: int
+    gap_events_total: int
     decode_errors_total: int = 0
     send_errors_total: int = 0
     behind_retention_total: int = 0
@@ -145,12 +153,6 @@ class CoordinatorHandle:
         rt.run(rt.coord.transition_to(role, signal, rt.now()))
 
 
-#: the event file records a term per batch record (``RedexFile.apply_batch(term=)``,
-#: ``epochs``, ``append_term``; issue 10 §1). Probed once so this runtime also runs
-#: over a log without terms (then the hard state keeps the epochs, as before).
-LOG_HAS_TERMS = hasattr(RedexFile, "epochs") and hasattr(RedexFile, "append_term")
-
-
 class FileStorage:
     """:class:`~netmesh.replication.executor.LogStorage` over a RedexFile and its hard
     state (``<path>/hardstate``, or the hub's memory for an in-memory file)."""
@@ -163,25 +165,30 @@ class FileStorage:
         return self.file.next_seq
 
     @property
-    def epochs(self) -> tuple[Epoch, ...] | None:
-        if not LOG_HAS_TERMS:
-            return None
-        epochs: tuple[Epoch, ...] = getattr(self.file, "epochs")  # noqa: B009
-        return epochs
+    def epochs(self) -> tuple[Epoch, ...]:
+        """The file's epochs, rebuilt from its batch records (each carries its term)."""
+        return self.file.epochs
 
     def append(self, first_seq: int, payloads: Sequence[bytes], term: int) -> None:
-        # raises OutOfOrder (executor resyncs), OSError / StorageFailed / PayloadTooLarge
+        # raises OutOfOrder (executor resyncs), StorageFailed / PayloadTooLarge
         # (executor fails the channel)
-        if LOG_HAS_TERMS:
-            apply: Callable[..., int] = self.file.apply_batch
-            apply(list(payloads), expect_seq=first_seq, term=term)
-        else:
-            self.file.apply_batch(list(payloads), expect_seq=first_seq)
+        self.file.apply_batch(list(payloads), expect_seq=first_seq, term=term)
 
     def stamp_local_appends(self, term: int) -> None:
         """Local (leader) appends are written with ``term`` from now on."""
-        if LOG_HAS_TERMS:
-            setattr(self.file, "append_term", term)  # noqa: B010
+        self.file.append_term = term
+
+    def reset(self, first_seq: int, prev_term: int) -> None:
+        """Restart the file at ``first_seq``: needs ``RedexFile.reset_to(first_seq,
+        prev_term)`` from netmesh.log (not there yet: NotImplementedError, counted by
+        the executor; the replica then waits, backing off, instead of spinning)."""
+        reset_to: Callable[[int, int], None] | None = getattr(self.file, "reset_to", None)
+        if reset_to is None:
+            raise NotImplementedError("RedexFile.reset_to")
+        reset_to(first_seq, prev_term)
+
+    def set_retention_floor(self, seq: int | None) -> None:
+        self.file.set_retention_floor(seq)
 
     def truncate(self, from_seq: int) -> int:
         return self.file.truncate_from(from_seq)
@@ -229,6 +236,7 @@ class _Hooks(ExecutorHooks):
 
     def __init__(self, rt: ChannelRuntime) -> None:
         self.rt = rt
+        self.gap_reported = False
 
     def on_apply(self, out: Apply) -> None:
         if self.rt.probe is not None:
@@ -240,13 +248,31 @@ class _Hooks(ExecutorHooks):
         )
 
     def on_behind_retention(self, to: int, from_seq: int, head: int) -> None:
-        log.warning(
-            "%s: %#x asks from seq %d, below the retained head %d",
+        log.info(
+            "%s: %#x asks from seq %d, below the retained head %d: told to restart there",
             self.rt.name,
             to,
             from_seq,
             head,
         )
+
+    def on_gap(self, out: ResetLog, skipped: int, done: bool) -> None:
+        if done:
+            log.warning(
+                "%s: behind the leader's retained head: log restarts at seq %d (gap of %d"
+                " events never held here)",
+                self.rt.name,
+                out.first_seq,
+                skipped,
+            )
+        elif not self.gap_reported:
+            self.gap_reported = True
+            log.error(
+                "%s: behind the leader's retained head %d and this log cannot restart"
+                " there; the replica stays behind (retried every heartbeat)",
+                self.rt.name,
+                out.first_seq,
+            )
 
     def on_commit(self, commit_seq: int) -> None:
         self.rt.release_waiters()

@@ -59,6 +59,19 @@ EVERY_BOUNDARY: frozenset[tuple[CrashPoint, type]] = frozenset(
 )
 
 
+def agree(a: Sequence[bytes | None], b: Sequence[bytes | None]) -> bool:
+    """Two logs (or prefixes) hold the same event at every seq both hold (None: a seq
+    not held, dropped by retention or skipped by a log restart)."""
+    return all(x == y for x, y in zip(a, b, strict=False) if x is not None and y is not None)
+
+
+def _fill(known: list[bytes | None], log: Sequence[bytes | None], end: int) -> list[bytes | None]:
+    """``known`` extended to ``end`` with ``log``, holes filled from ``log``."""
+    out = [k if k is not None else v for k, v in zip(known, log, strict=False)]
+    out += known[len(out) :]
+    return out + list(log[len(out) : end])
+
+
 class InvariantViolation(AssertionError):
     """A replication safety invariant failed in the simulation."""
 
@@ -68,16 +81,40 @@ class MemoryStorage:
     """:class:`~netmesh.replication.executor.LogStorage` in memory: what survives a
     simulated crash (the log and the last saved hard state)."""
 
-    log: list[bytes] = field(default_factory=list)
+    #: payload per seq; None below ``head`` (dropped by retention or never held)
+    log: list[bytes | None] = field(default_factory=list)
     hard_state: HardState = field(default_factory=HardState)
     #: (term, first seq) runs of the log, as a log with a term per batch record
     #: rebuilds them on open; ``terms=False`` models a log without terms
     runs: list[Epoch] = field(default_factory=list)
     terms: bool = True
+    #: keep at most this many events (None: all), never any at or above ``floor``
+    retention_max_events: int | None = None
+    floor: int | None = None
+    head: int = 0
 
     @property
     def next_seq(self) -> int:
         return len(self.log)
+
+    def set_retention_floor(self, seq: int | None) -> None:
+        self.floor = seq
+        self._retain()
+
+    def _retain(self) -> None:
+        if self.retention_max_events is None:
+            return
+        new_head = max(self.head, len(self.log) - self.retention_max_events)
+        if self.floor is not None:
+            new_head = min(new_head, max(self.head, self.floor))
+        for seq in range(self.head, new_head):
+            self.log[seq] = None
+        self.head = new_head
+
+    def reset(self, first_seq: int, prev_term: int) -> None:
+        self.log[:] = [None] * first_seq
+        self.runs[:] = [(prev_term, 0)] if prev_term else []
+        self.head = first_seq
 
     @property
     def epochs(self) -> tuple[Epoch, ...] | None:
@@ -91,8 +128,10 @@ class MemoryStorage:
         if payloads and (not self.runs or self.runs[-1][0] != term):
             self.runs.append((term, first_seq))
         self.log.extend(payloads)
+        self._retain()
 
     def truncate(self, from_seq: int) -> int:
+        from_seq = max(from_seq, self.head)
         dropped = max(0, len(self.log) - from_seq)
         del self.log[from_seq:]
         while self.runs and self.runs[-1][1] >= from_seq:
@@ -100,7 +139,9 @@ class MemoryStorage:
         return dropped
 
     def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
-        return self.log[from_seq:end_seq], from_seq
+        first = max(from_seq, self.head)
+        held = [p for p in self.log[first:end_seq] if p is not None]
+        return held, first
 
     def save_hard_state(self, state: HardState) -> None:
         self.hard_state = state
@@ -191,7 +232,7 @@ class SimNode:
         return self.alive and not self.executor.stopped
 
     @property
-    def log(self) -> list[bytes]:
+    def log(self) -> list[bytes | None]:
         return self.storage.log
 
     @property
@@ -223,6 +264,8 @@ class SimCluster:
         log_terms: the log records the term of every batch and rebuilds the epochs on
             open (True, as ``RedexFile`` does); False models the old log whose epochs
             lived only in the hard state (issue 10 §1's crash window).
+        retention_max_events: each node's log keeps at most this many events, never
+            one at or above the coordinator's ``retention_floor`` (quorum: commit).
     """
 
     def __init__(
@@ -243,6 +286,7 @@ class SimCluster:
         crash_points: frozenset[tuple[CrashPoint, type]] = LOG_CHANGE_CRASHES,
         storage_errors: float = 0.0,
         log_terms: bool = True,
+        retention_max_events: int | None = None,
     ) -> None:
         self.seed = seed
         self.storage_errors = storage_errors
@@ -273,12 +317,14 @@ class SimCluster:
         self.steps = 0
         self.nodes: dict[int, SimNode] = {}
         for i in self.ids:
-            self.nodes[i] = self._node(i, FaultyStorage(self, log_terms))
+            storage = FaultyStorage(self, log_terms)
+            storage.retention_max_events = retention_max_events
+            self.nodes[i] = self._node(i, storage)
         self._queue: list[tuple[float, int, int, int, bytes]] = []
         self._counter = 0
         self._cut: set[tuple[int, int]] = set()  # (from, to): datagrams from -> to drop
         self.leaders_by_term: dict[int, int] = {}
-        self.committed: list[bytes] = []
+        self.committed: list[bytes | None] = []
         self.delivered = 0
 
     # ------------------------------------------------------------------ building
@@ -316,9 +362,9 @@ class SimCluster:
         if not self.quorum:
             return
         if commit > len(self.committed):
-            if node.log[: len(self.committed)] != self.committed:
+            if not agree(node.log[: len(self.committed)], self.committed):
                 raise self.fail(f"node {node.node_id} commits {commit} over a rewritten prefix")
-            self.committed = list(node.log[:commit])
+            self.committed = _fill(self.committed, node.log, commit)
 
     # ------------------------------------------------------------------ network
 
@@ -442,7 +488,8 @@ class SimCluster:
             return False
         lead = self.nodes[leaders[0]]
         return all(
-            n.log == lead.log
+            len(n.log) == len(lead.log)
+            and agree(n.log, lead.log)
             and n.coord.term == lead.coord.term
             and (not self.quorum or n.coord.commit_seq == len(lead.log))
             for n in self.nodes.values()
@@ -479,13 +526,13 @@ class SimCluster:
             raise self.fail(f"node {node.node_id} commit went back {node.last_commit}->{commit}")
         node.last_commit = commit
         held = min(commit, len(self.committed))
-        if node.log[:held] != self.committed[:held]:
+        if not agree(node.log[:held], self.committed[:held]):
             raise self.fail(
                 f"node {node.node_id} disagrees with the committed prefix "
                 f"below {held}: {self.describe()}"
             )
         if commit > len(self.committed):
-            self.committed = list(node.log[:commit])
+            self.committed = _fill(self.committed, node.log, commit)
 
     def assert_committed_kept(self) -> None:
         """Every committed event is in the live leader's log, in place."""
@@ -493,5 +540,5 @@ class SimCluster:
         if lead is None:
             raise self.fail("no leader")
         log = self.nodes[lead].log
-        if log[: len(self.committed)] != self.committed:
+        if len(log) < len(self.committed) or not agree(log, self.committed):
             raise self.fail(f"leader {lead} lost committed events: {self.describe()}")
