@@ -178,7 +178,11 @@ class EventBus:
         self._close_lock = threading.Lock()
         self._closed = False
         self._close_deadline = float("inf")
-        self.adapter.init(n)
+        try:
+            self.adapter.init(n)
+        except BaseException:
+            self.adapter.shutdown()
+            raise
         self._shards = [_Shard(i, self.identity.first_seq) for i in range(n)]
         self._threads = [
             threading.Thread(target=self._worker, args=(s,), name=f"bus-shard-{s.idx}", daemon=True)

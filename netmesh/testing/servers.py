@@ -319,7 +319,8 @@ def redis_pair() -> Iterator[tuple[RedisServer, RedisServer]]:
     """(primary, replica): the replica runs ``REPLICAOF`` the primary and is linked."""
     with _tmpdir("nm-redis2-") as d:
         primary = RedisServer(Path(d) / "p")
-        replica = RedisServer(Path(d) / "r", replicaof=primary)
+        # no AOF on the replica: a SIGTERM during its initial AOF rewrite is refused
+        replica = RedisServer(Path(d) / "r", appendonly=False, replicaof=primary)
         primary.start()
         try:
             replica.start()

@@ -154,8 +154,12 @@ class JetStreamAdapter(Adapter):
 
     # the interface
     def init(self, num_shards: int) -> None:
-        self._call(self._connect(), self.connect_timeout + 1)
-        self._call(self._ensure_streams(num_shards), self.init_timeout + self.request_timeout)
+        try:
+            self._call(self._connect(), self.connect_timeout + 1)
+            self._call(self._ensure_streams(num_shards), self.init_timeout + self.request_timeout)
+        except AdapterError:
+            self.shutdown()  # no loop thread left behind by a bus that was never built
+            raise
 
     async def _publish(self, batch: Batch) -> None:
         subject, prefix = self.subject(batch.shard), batch.id_prefix
