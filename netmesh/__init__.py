@@ -55,6 +55,21 @@ _LAZY = {
     "connect": "netmesh.client.client",
     "Client": "netmesh.client.client",
     "Subscription": "netmesh.client.client",
+    # the event bus (issue 14) and its errors
+    "EventBus": "netmesh.bus",
+    "BatchConfig": "netmesh.bus",
+    "PollResponse": "netmesh.bus",
+    "Receipt": "netmesh.bus",
+    "StoredEvent": "netmesh.bus",
+    "MemoryAdapter": "netmesh.bus",
+    "NetmeshAdapter": "netmesh.bus",
+    "RedisStreamsAdapter": "netmesh.bus",
+    "JetStreamAdapter": "netmesh.bus",
+    "AdapterError": "netmesh.errors",
+    "AdapterNotAvailable": "netmesh.errors",
+    "Backpressure": "netmesh.errors",
+    "BadCursor": "netmesh.errors",
+    "FilterError": "netmesh.errors",
 }
 
 
@@ -113,4 +128,22 @@ __all__ = [
     "TransportError",
     "Truncated",
     "connect",
+]
+
+# the event bus (issue 14)
+__all__ += [
+    "AdapterError",
+    "AdapterNotAvailable",
+    "Backpressure",
+    "BadCursor",
+    "BatchConfig",
+    "EventBus",
+    "FilterError",
+    "JetStreamAdapter",
+    "MemoryAdapter",
+    "NetmeshAdapter",
+    "PollResponse",
+    "Receipt",
+    "RedisStreamsAdapter",
+    "StoredEvent",
 ]
