@@ -1,12 +1,252 @@
-"""``netmesh publish / tail / channels`` commands."""
+"""``netmesh publish / tail / channels``: real events in and out of a named cluster.
+
+They are clients (:func:`netmesh.connect`): they work against any ``netmesh up
+--name N`` (default ``default``) or node daemon of the same user.
+
+* ``publish CHANNEL [FILE|-]``: one event per input line (``lines``: the line's bytes
+  without its newline; ``jsonl``: the line, checked to be one JSON value; ``csv``: each
+  row as one JSON object keyed by the header). Prints the last seq, the count and the
+  rate. A malformed line stops it with a one-line error naming the line, after the
+  lines before it were published and acknowledged. After a leader change the events
+  the old leader had not acknowledged are sent again and counted (at-least-once: use
+  an idempotent producer where duplicates matter, issue 12).
+* ``tail CHANNEL [--from SEQ | --last N] [--follow]``: each payload on its own line
+  exactly as published (``raw``), or one JSON object per event (``json``: seq and
+  payload, as text when it is UTF-8, else base64). Without ``--follow`` it stops at the
+  current end, so ``publish < f`` then ``tail --from 0`` reproduces ``f``.
+* ``channels``: name, factor, ack mode, leader, next_seq and commit of every channel.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import base64
+import csv
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Literal
+
+from netmesh.client.client import Client, ClientProducer, connect
+from netmesh.errors import ChannelNotOpen, ConfigError, NotLeader
 
 Command = Callable[[str, str], argparse.ArgumentParser]
+BATCH = 512
 
 
 def register(command: Command) -> None:
-    """Add this module's subcommands (``command(name, help)`` makes a subparser)."""
+    """Add ``publish``, ``tail`` and ``channels``."""
+    pub = command("publish", "publish one event per input line to a channel of a named cluster")
+    pub.add_argument("channel", metavar="CHANNEL")
+    pub.add_argument("file", nargs="?", default="-", metavar="FILE", help="input ('-': stdin)")
+    pub.add_argument("--name", default="default", metavar="N", help="cluster name")
+    pub.add_argument(
+        "--format", choices=["lines", "jsonl", "csv"], default="lines", help="input format"
+    )
+    pub.set_defaults(func=cmd_publish)
+    tail = command("tail", "print a channel's events (and follow it with --follow)")
+    tail.add_argument("channel", metavar="CHANNEL")
+    tail.add_argument("--name", default="default", metavar="N", help="cluster name")
+    where = tail.add_mutually_exclusive_group()
+    where.add_argument(
+        "--from",
+        dest="from_seq",
+        type=_seq,
+        default=None,
+        metavar="SEQ",
+        help="first seq (default: the current end with --follow, else 0)",
+    )
+    where.add_argument(
+        "--last", type=_seq, default=None, metavar="N", help="start N events before the current end"
+    )
+    tail.add_argument("--follow", action="store_true", help="keep printing new events")
+    tail.add_argument("--format", choices=["raw", "json"], default="raw", help="output format")
+    tail.set_defaults(func=cmd_tail)
+    ch = command("channels", "list the channels of a named cluster")
+    ch.add_argument("--name", default="default", metavar="N", help="cluster name")
+    ch.add_argument("--json", action="store_true", help="one JSON object per channel")
+    ch.set_defaults(func=cmd_channels)
+
+
+def _seq(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+# -- publish --------------------------------------------------------------------------
+def _open_input(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+
+
+def _events(fh: IO[bytes], fmt: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, payload) per input record; ConfigError naming a malformed line."""
+    if fmt == "csv":
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
+        try:
+            reader = csv.reader(text)
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if len(row) != len(header):
+                    raise ConfigError(
+                        f"line {reader.line_num}: {len(row)} fields, the header has {len(header)}"
+                    )
+                obj = dict(zip(header, row, strict=True))
+                yield reader.line_num, json.dumps(obj, separators=(",", ":")).encode()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"input is not UTF-8 text: {exc}") from None
+        except csv.Error as exc:
+            raise ConfigError(f"line {reader.line_num}: {exc}") from None
+        return
+    for n, line in enumerate(fh, start=1):
+        payload = line[:-1] if line.endswith(b"\n") else line
+        if payload.endswith(b"\r"):
+            payload = payload[:-1]
+        if fmt == "jsonl":
+            try:
+                json.loads(payload)
+            except ValueError as exc:
+                raise ConfigError(f"line {n}: not JSON ({exc})") from None
+        yield n, payload
+
+
+class _Publisher:
+    """Batches into a ClientProducer; resends what a leader change left unacknowledged."""
+
+    def __init__(self, producer: ClientProducer) -> None:
+        self.p = producer
+        self.batch: list[bytes] = []
+        self.count = 0
+        self.resent = 0
+        self.last_seq: int | None = None
+
+    def add(self, payload: bytes) -> None:
+        self.batch.append(payload)
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self.batch = self.batch, []
+        for _attempt in range(20):
+            if not pending:
+                return
+            try:
+                self.p.append_batch(pending)
+                self.last_seq = self.p.flush()
+                self.count += len(pending)
+                return
+            except NotLeader as exc:
+                lost = min(len(pending), int(getattr(exc, "unacknowledged", len(pending))))
+                done = len(pending) - lost
+                self.count += done
+                pending = pending[done:]
+                self.resent += lost
+        raise NotLeader(self.p.channel)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    fh = _open_input(args.file)
+    t0 = time.perf_counter()
+    with connect(args.name) as cl:
+        _channel_exists(cl, args.channel)
+        with cl.producer(args.channel) as producer:
+            pub = _Publisher(producer)
+            try:
+                for _n, payload in _events(fh, args.format):
+                    pub.add(payload)
+            except ConfigError as exc:
+                pub.flush()
+                raise ConfigError(f"{exc}; {pub.count} events before it were published") from None
+            finally:
+                if fh is not sys.stdin.buffer:
+                    fh.close()
+            pub.flush()
+    took = max(time.perf_counter() - t0, 1e-9)
+    last = "-" if pub.last_seq is None else str(pub.last_seq)
+    note = f", {pub.resent} resent after a leader change" if pub.resent else ""
+    print(
+        f"published {pub.count} events to {args.channel}: last seq {last},"
+        f" {pub.count / took:,.0f} events/s{note}"
+    )
+    return 0
+
+
+# -- tail -----------------------------------------------------------------------------
+def _channel_exists(cl: Client, channel: str) -> Any:
+    for info in cl.channels():
+        if info.name == channel:
+            return info
+    names = ", ".join(i.name for i in cl.channels()) or "none"
+    raise ChannelNotOpen(f"channel {channel!r} is not open in cluster {cl.name!r} (open: {names})")
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    with connect(args.name) as cl:
+        info = _channel_exists(cl, args.channel)
+        end = info.commit if info.ack == "quorum" else info.next_seq
+        if args.last is not None:
+            start: int | Literal["earliest", "latest"] = max(0, end - args.last)
+        elif args.from_seq is not None:
+            start = args.from_seq
+        else:
+            start = "latest" if args.follow else 0
+        if args.follow:
+            with cl.subscribe(args.channel, from_seq=start) as sub:
+                for ev in sub:
+                    _write(out, ev.entry.seq, ev.payload, args.format)
+                    if not sub._buf:
+                        out.flush()
+            return 0
+        assert isinstance(start, int)
+        seq = start
+        while seq < end:
+            events = cl.read_range(args.channel, seq, min(end, seq + 65536))
+            if not events:
+                break
+            for ev in events:
+                _write(out, ev.entry.seq, ev.payload, args.format)
+            seq = events[-1].entry.seq + 1
+        out.flush()
+    return 0
+
+
+def _write(out: IO[bytes], seq: int, payload: bytes, fmt: str) -> None:
+    if fmt == "raw":
+        out.write(payload + b"\n")
+        return
+    try:
+        obj: dict[str, Any] = {"seq": seq, "payload": payload.decode("utf-8")}
+    except UnicodeDecodeError:
+        obj = {"seq": seq, "payload_b64": base64.b64encode(payload).decode()}
+    out.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+# -- channels -------------------------------------------------------------------------
+def cmd_channels(args: argparse.Namespace) -> int:
+    with connect(args.name) as cl:
+        infos = cl.channels()
+    if args.json:
+        for i in infos:
+            print(json.dumps(i.__dict__))
+        return 0
+    print(f"{'channel':<24} {'factor':>6} {'ack':<7} {'leader':>6} {'next_seq':>10} {'commit':>10}")
+    for i in infos:
+        leader = "-" if i.leader is None else str(i.leader)
+        print(
+            f"{i.name:<24} {i.factor:>6} {i.ack:<7} {leader:>6} {i.next_seq:>10,} {i.commit:>10,}"
+        )
+    return 0

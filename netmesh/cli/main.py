@@ -34,12 +34,12 @@ from rich.live import Live
 
 from netmesh.channel import ChannelName
 from netmesh.cli import client_cmds, node_cmds, status
-from netmesh.cluster import snapshot
+from netmesh.cluster import rundir, snapshot
 from netmesh.cluster.cluster import Cluster, check_data_dir
 from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.producer import Producer
 from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
-from netmesh.errors import ChannelNameError, ConfigError, NetmeshError
+from netmesh.errors import ChannelNameError, ConfigError, NameTaken, NetmeshError
 
 CHANNEL = "demo/orders"
 TERMS = (
@@ -122,6 +122,9 @@ def check_up(args: argparse.Namespace) -> None:
             "cannot have more copies than there are nodes"
         )
     ChannelName(args.channel)
+    rundir.check_name(args.name)
+    if args.name in rundir.served_names():
+        raise NameTaken(f"--name {args.name}: a cluster of that name is already running")
     if args.payload > DEFAULT_MAX_PAYLOAD:
         raise ConfigError(
             f"--payload {args.payload} exceeds the channel's max_payload of "
@@ -154,6 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         heartbeat_ms=args.heartbeat_ms,
         data_dir=args.data_dir,
         restart_policy=args.restart_policy,
+        name=args.name,
     ) as c:
         c.open_channel(args.channel, cfg)
         run_path = status.write_run_file(
@@ -413,6 +417,12 @@ def parser() -> argparse.ArgumentParser:
         help="stop after S seconds (0: at Ctrl-C)",
     )
     up.add_argument(
+        "--name",
+        default="default",
+        metavar="NAME",
+        help="serve clients (netmesh publish/tail/channels, netmesh.connect) under this name",
+    )
+    up.add_argument(
         "--restart-policy",
         choices=["never", "on-failure"],
         default="never",
@@ -452,7 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["bench"]:
             return cmd_bench(argv[1:])
-        args = parser().parse_args(argv)
+        ap = parser()
+        args, extra = ap.parse_known_args(argv)
+        if extra and getattr(args, "file", None) == "-" and len(extra) == 1 and extra[0][:1] != "-":
+            args.file = extra[0]  # `publish CHANNEL --name N FILE`: argparse stops early
+        elif extra:
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args))
     except (ConfigError, ChannelNameError) as exc:
         print(f"{_prog(argv)}: error: {exc}", file=sys.stderr)

@@ -43,6 +43,7 @@ from netmesh.cluster import control, rundir
 from netmesh.cluster.node_worker import replication_from_dict
 from netmesh.config import DEFAULT_MAX_PAYLOAD
 from netmesh.errors import ChannelNotOpen, ConfigError, DecodeError, NodeUnresponsive
+from netmesh.replication.roles import ReplicaRole
 from netmesh.ring.shm import ShmRing
 
 if TYPE_CHECKING:
@@ -312,7 +313,7 @@ class ClusterBackend:
                     continue
                 next_seq = max(next_seq, int(ch.get("next_seq", 0)))
                 commit = max(commit, int(ch.get("commit_seq", 0) or 0))
-                if str(ch.get("role", "")).upper().endswith("LEADER"):
+                if ch.get("role") in (ReplicaRole.LEADER, "LEADER"):
                     leader = n["node"]
             quorum = cfg is not None and cfg.ack == "quorum"
             out.append(
