@@ -158,8 +158,9 @@ class ExecutorHooks:
     def on_role(self, change: RoleChanged) -> None:
         """The coordinator changed role."""
 
-    def on_failed(self, exc: BaseException, out: Output) -> None:
-        """Storage failed executing ``out``; called once, when the executor stops."""
+    def on_failed(self, exc: BaseException, out: Output | None) -> None:
+        """Storage failed executing ``out`` (None: outside the executor, e.g. a local
+        append); called once, when the executor stops."""
 
     def on_resync(self, exc: BaseException, out: Output) -> None:
         """``out`` met a log whose end moved (rule 2); the coordinator was resynced."""
@@ -283,7 +284,13 @@ class OutputExecutor:
             n += 1
         return self.coord.serve(out, payloads[:n], self.clock())
 
-    def _fail(self, exc: BaseException, out: Output) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Storage failed outside the executor (the shell's own append path): stop the
+        same way (rule 1). No-op once stopped."""
+        if not self.stopped:
+            self._fail(exc, None)
+
+    def _fail(self, exc: BaseException, out: Output | None) -> None:
         self.failed = exc
         self.storage_errors += 1
         self.hooks.on_failed(exc, out)

@@ -286,13 +286,14 @@ class _Hooks(ExecutorHooks):
         if change.old is ReplicaRole.LEADER:
             rt.release_waiters(all_of_them=True)  # they learn their fate from is_committed
 
-    def on_failed(self, exc: BaseException, out: Output) -> None:
+    def on_failed(self, exc: BaseException, out: Output | None) -> None:
         log.error(
-            "%s: storage failed executing %s, channel stopped until reopened: %r",
+            "%s: storage failed (%s), channel stopped until reopened: %r",
             self.rt.name,
-            type(out).__name__,
+            "local append" if out is None else type(out).__name__,
             exc,
         )
+        self.rt.update_refusal()
 
     def on_resync(self, exc: BaseException, out: Output) -> None:
         log.info("%s: %s met a moved log end (%s); resynced", self.rt.name, type(out).__name__, exc)
@@ -421,6 +422,8 @@ class ChannelRuntime:
         """Execute coordinator outputs through the channel's :class:`OutputExecutor`
         (the one implementation, shared with the simulation), after arming the push
         timer the coordinator asked for."""
+        if self.file.failed is not None and not self.executor.stopped:
+            self.executor.fail(self.file.failed)  # a local append failed in the file
         due = self.coord.push_due
         if due is not None and (self._push_timer_at is None or due < self._push_timer_at):
             self._push_timer_at = due

@@ -36,7 +36,7 @@ class Recorder(ExecutorHooks):
         self.seen.append((when, type(out)))
         return self.crash_at == (when, type(out))
 
-    def on_failed(self, exc: BaseException, out: Output) -> None:
+    def on_failed(self, exc: BaseException, out: Output | None) -> None:
         self.seen.append(("failed", type(out)))
 
     def on_role(self, change: RoleChanged) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -103,5 +104,89 @@ def test_failed_hard_state_save_stops_the_channel(tmp_path: Path) -> None:
         assert redex.replication_metrics_snapshot().channel("fails").storage_errors_total == 1
         redex.close()
         await node.shutdown()
+
+    asyncio.run(body())
+
+
+def test_failed_local_append_stops_the_channel(tmp_path: Path) -> None:
+    """A leader whose own append fails in the file (the write hits a descriptor that no
+    longer accepts writes) goes FAILED within a tick: counted, later appends refused."""
+
+    async def body() -> None:
+        node, redex = await one_node()
+        cfg = RedexFileConfig(
+            path=str(tmp_path / "log"),
+            replication=ReplicationConfig(
+                factor=1, heartbeat_ms=50, placement=PlacementStrategy.pinned([node.node_id])
+            ),
+        )
+        f = redex.open_file("lead", cfg)
+        coord = redex.replication_coordinator_for("lead")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while coord.role is not ReplicaRole.LEADER:
+            assert loop.time() < deadline, f"role {coord.role}"
+            await asyncio.sleep(0.01)
+        assert f.append(b"ok") == 0
+        (tmp_path / "ro").write_bytes(b"")
+        ro = os.open(tmp_path / "ro", os.O_RDONLY)
+        os.dup2(ro, f._fd)  # the segment's descriptor now refuses writes (EBADF)
+        os.close(ro)
+        with pytest.raises(StorageFailed):
+            f.append(b"lost")
+        deadline = loop.time() + 5
+        while coord.role is not ReplicaRole.FAILED:
+            assert loop.time() < deadline, f"role {coord.role}"
+            await asyncio.sleep(0.01)
+        m = redex.replication_metrics_snapshot().channel("lead")
+        assert m is not None and m.role == "FAILED" and m.storage_errors_total == 1
+        with pytest.raises(StorageFailed):
+            f.append(b"later")
+        assert f.next_seq == 1
+        redex.close()
+        await node.shutdown()
+
+    asyncio.run(body())
+
+
+def test_quorum_batch_larger_than_retention_commits_on_real_nodes() -> None:
+    """Issue 10 §4: 3 nodes, quorum, retention_max_events=100, one batch of 300: it
+    commits (the runtime's executor sets the commit as the file's retention floor)."""
+    from tests.replication.test_replication_e2e import build_nodes, poll
+
+    async def body() -> None:
+        nodes = await build_nodes(3)
+        ids = [n.node_id for n in nodes]
+        redexes = []
+        for node in nodes:
+            r = Redex()
+            r.enable_replication(node)
+            redexes.append(r)
+        cfg = RedexFileConfig(
+            retention_max_events=100,
+            replication=ReplicationConfig(
+                factor=3, heartbeat_ms=100, ack="quorum", placement=PlacementStrategy.pinned(ids)
+            ),
+        )
+        files = [r.open_file("ret", cfg) for r in redexes]
+        coords = [r.replication_coordinator_for("ret") for r in redexes]
+
+        def leader() -> int | None:
+            return next((i for i, c in enumerate(coords) if c.role is ReplicaRole.LEADER), None)
+
+        await poll(lambda: leader() is not None, 10, "a leader")
+        lead = leader()
+        assert lead is not None
+        files[lead].append_batch([b"e%d" % i for i in range(300)])
+        await poll(lambda: all(c.commit_seq == 300 for c in coords), 10, "commit of 300")
+        assert all(f.next_seq == 300 for f in files)
+        m = redexes[lead].replication_metrics_snapshot().channel("ret")
+        assert m is not None and m.behind_retention_total == 0
+        files[lead].append(b"next")
+        await poll(lambda: all(f.first_retained_seq >= 200 for f in files), 10, "retention")
+        for r in redexes:
+            r.close()
+        for node in nodes:
+            await node.shutdown()
 
     asyncio.run(body())
