@@ -507,16 +507,16 @@ def bench_redis(
         result["available"] = True
     except (redis.exceptions.RedisError, RuntimeError, OSError) as e:
         result["error"] = f"{type(e).__name__}: {e}"
-        for s in servers:
-            if s.log_path:
-                result.setdefault("server_logs", []).append(s.log_tail())
+        for srv in servers:
+            if srv.log_path:
+                result.setdefault("server_logs", []).append(srv.log_tail())
     finally:
         with _no_interrupts():
             for c in clients:
                 with contextlib.suppress(Exception):
                     c.close()
-            for s in reversed(servers):  # replica first, then the primaries
-                s.stop()
+            for srv in reversed(servers):  # replica first, then the primaries
+                srv.stop()
     return result
 
 
@@ -548,7 +548,7 @@ def bench_net_mesh_wheel(
         for size in sizes:
             payload = os.urandom(size)
             n = events if size <= 64 else min(events, 200_000)
-            variants = [("append_single", None)]
+            variants: list[tuple[str, int | None]] = [("append_single", None)]
             if has_batch:
                 variants.append(("append_batch", batch))
             for variant, b in variants:

@@ -41,8 +41,8 @@ def summarize(path: str, top: int) -> None:
     print(f"  {total} samples")
     for title, table in (("own", own), ("inclusive", incl)):
         print(f"  top by {title} time:")
-        for frame, n in table.most_common(top):
-            print(f"    {100 * n / max(total, 1):5.1f}%  {frame[:100]}")
+        for frame, count in table.most_common(top):
+            print(f"    {100 * count / max(total, 1):5.1f}%  {frame[:100]}")
 
 
 def main(argv: list[str] | None = None) -> int:

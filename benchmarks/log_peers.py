@@ -1,0 +1,406 @@
+"""Replicated-log peers on loopback: Redis with an asynchronous replica, NATS JetStream.
+
+Servers are started once per ``netmesh bench`` run by :class:`Servers` (lazily, on the
+first trial that needs them) on free loopback ports, with temp dirs, a parent-death
+signal, and are stopped by PID (SIGTERM, SIGKILL after a grace period) on every exit
+path:
+
+* Redis: a primary and one replica (``--replicaof``), no persistence (Debian's
+  ``redis-server``); clients are redis-py (pipelined ``XADD`` in batches of 500,
+  hiredis parser when installed) and the ``redis-benchmark`` C client (``-c 1 -P 500``),
+  which is the server's own bound: the Python client spends ~90% of its time in the
+  client.
+* NATS: a 3-node ``nats-server`` cluster with JetStream (file store in a temp dir);
+  streams with 1 (R1) or 3 (R3) replicas; nats-py ``publish_async``.
+
+Trials (each returns events/s, 64 B payloads by default):
+
+* ``*_sustained``: publish as fast as the client can for ``seconds``, then wait until
+  every replica holds every event (Redis: the replica's ``XLEN``) or every publish is
+  acknowledged (JetStream: an ack means the stream's quorum stored it);
+* ``*_acked_every``: an acknowledgement per ``every`` events: Redis ``XADD`` x 500 +
+  ``WAIT 1``, JetStream R3 500 ``publish_async`` then waiting for their acks; per-batch
+  latencies are kept for the CDF plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.peers import (
+    RedisServer,
+    _free_port,
+    _no_interrupts,
+    _parent_death_signal,
+    _wait_replica_link,
+)
+from benchmarks.trials import Unavailable
+
+BATCH = 500
+CATCH_UP_TIMEOUT_S = 120.0
+
+
+class NatsCluster:
+    """Three ``nats-server -js`` processes routed to each other on loopback."""
+
+    def __init__(self, exe: str, size: int = 3) -> None:
+        self.exe, self.size = exe, size
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        self.tmp = ""
+
+    def start(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="netmesh-bench-nats-")
+        cports = [_free_port() for _ in range(self.size)]
+        self.ports = [_free_port() for _ in range(self.size)]
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in cports)
+        for i in range(self.size):
+            store = os.path.join(self.tmp, f"n{i}")
+            os.makedirs(store)
+            log = open(os.path.join(self.tmp, f"n{i}.log"), "wb")  # noqa: SIM115
+            try:
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            self.exe,
+                            "-a",
+                            "127.0.0.1",
+                            "-p",
+                            str(self.ports[i]),
+                            "-js",
+                            "-sd",
+                            store,
+                            "-n",
+                            f"bench-n{i}",
+                            "--cluster_name",
+                            "bench",
+                            "--cluster",
+                            f"nats://127.0.0.1:{cports[i]}",
+                            "--routes",
+                            routes,
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        preexec_fn=_parent_death_signal,
+                    )
+                )
+            finally:
+                log.close()
+
+    def stop(self) -> None:
+        with _no_interrupts():
+            for p in self.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in self.procs:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            self.procs = []
+            if self.tmp:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = ""
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+
+async def _quiet(_exc: Exception) -> None:
+    """nats-py's error callback: connection errors surface as exceptions instead."""
+
+
+class Servers:
+    """The peers' servers for one run; started on first use, stopped by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.redis: list[RedisServer] = []
+        self.redis_clients: list[Any] = []
+        self.redis_error: str | None = None
+        self.nats: NatsCluster | None = None
+        self.nats_error: str | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.nc: Any = None
+        self.js: Any = None
+        self._streams: set[str] = set()
+
+    def prestart(self) -> None:
+        """Start the NATS processes now (JetStream forms its cluster in the background
+        while other suites run); errors surface at first use."""
+        exe = shutil.which("nats-server")
+        if exe is None or self.nats is not None:
+            return
+        try:
+            self.nats = NatsCluster(exe)
+            self.nats.start()
+        except OSError as exc:
+            self.nats_error = f"nats cluster did not start: {exc}"
+
+    # -- redis ---------------------------------------------------------------------------
+    def redis_pair(self) -> tuple[Any, Any, int]:
+        """(primary client, replica client, primary port); Unavailable if not here."""
+        if self.redis_error:
+            raise Unavailable(self.redis_error)
+        if self.redis_clients:
+            return self.redis_clients[0], self.redis_clients[1], self.redis[0].port
+        exe = shutil.which("redis-server")
+        try:
+            import redis
+        except ImportError:
+            self.redis_error = "redis-py not installed (pip install redis hiredis)"
+            raise Unavailable(self.redis_error) from None
+        if exe is None:
+            self.redis_error = "redis-server not on PATH (apt-get install redis-server)"
+            raise Unavailable(self.redis_error)
+        try:
+            prim = RedisServer(exe)
+            self.redis.append(prim)
+            prim.start()
+            repl = RedisServer(exe, replicaof=prim.port)
+            self.redis.append(repl)
+            repl.start()
+            cp = redis.Redis(host="127.0.0.1", port=prim.port, socket_timeout=60.0)
+            cr = redis.Redis(host="127.0.0.1", port=repl.port, socket_timeout=60.0)
+            self.redis_clients = [cp, cr]
+            _wait_replica_link(cp, cr, 30.0)
+        except Exception as exc:
+            self.redis_error = f"redis servers did not start: {exc}"
+            raise Unavailable(self.redis_error) from exc
+        return cp, cr, prim.port
+
+    # -- nats ----------------------------------------------------------------------------
+    def jetstream(self, replicas: int) -> tuple[asyncio.AbstractEventLoop, Any, str]:
+        """(loop, JetStream context, subject) of a fresh-enough stream with ``replicas``
+        replicas on the 3-node cluster; Unavailable if not here."""
+        if self.nats_error:
+            raise Unavailable(self.nats_error)
+        if self.js is None:
+            exe = shutil.which("nats-server")
+            try:
+                import nats
+            except ImportError:
+                self.nats_error = "nats-py not installed (pip install nats-py)"
+                raise Unavailable(self.nats_error) from None
+            if exe is None:
+                self.nats_error = "nats-server not on PATH (apt-get install nats-server)"
+                raise Unavailable(self.nats_error)
+            try:
+                if self.nats is None:
+                    self.nats = NatsCluster(exe)
+                    self.nats.start()
+                self.loop = asyncio.new_event_loop()
+                self.nc = self.loop.run_until_complete(self._connect(nats, self.nats.ports))
+                self.js = self.nc.jetstream(timeout=10, publish_async_max_pending=4000)
+            except Exception as exc:
+                self.nats_error = f"nats cluster did not start: {type(exc).__name__}: {exc}"
+                raise Unavailable(self.nats_error) from exc
+        assert self.loop is not None
+        name = f"BENCH_R{replicas}"
+        subject = f"bench.r{replicas}"
+        if name not in self._streams:
+            self.loop.run_until_complete(self._add_stream(name, subject, replicas))
+            self._streams.add(name)
+        else:
+            self.loop.run_until_complete(self.js.purge_stream(name))
+        return self.loop, self.js, subject
+
+    async def _connect(self, nats: Any, ports: list[int]) -> Any:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                nc = await nats.connect(
+                    servers=[f"nats://127.0.0.1:{p}" for p in ports],
+                    connect_timeout=1,
+                    max_reconnect_attempts=0,
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                )
+                return nc
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)  # polling cadence while the servers start
+
+    async def _add_stream(self, name: str, subject: str, replicas: int) -> None:
+        from nats.js.api import StreamConfig
+
+        deadline = time.monotonic() + 30
+        while True:  # JetStream needs its meta leader and enough peers first
+            try:
+                await self.js.add_stream(
+                    StreamConfig(name=name, subjects=[subject], num_replicas=replicas)
+                )
+                await self.js.publish(subject, b"warm", timeout=10)
+                await self.js.purge_stream(name)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # polling cadence while JetStream forms
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def pids(self) -> list[int]:
+        out = [s.pid for s in self.redis if s.pid]
+        return out + (self.nats.pids if self.nats else [])
+
+    def close(self) -> None:
+        with _no_interrupts():
+            if self.nc is not None and self.loop is not None:
+                with contextlib.suppress(Exception):
+                    self.loop.run_until_complete(self.nc.close())
+            if self.loop is not None:
+                self.loop.close()
+            self.loop = self.nc = self.js = None
+            for c in self.redis_clients:
+                with contextlib.suppress(Exception):
+                    c.close()
+            self.redis_clients = []
+            for s in reversed(self.redis):
+                s.stop()
+            self.redis = []
+            if self.nats is not None:
+                self.nats.stop()
+                self.nats = None
+
+
+# --------------------------------------------------------------------------- redis trials
+
+
+def _poll(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.0005)  # polling cadence for the replica's progress
+
+
+def redis_sustained(servers: Servers, seconds: float, size: int = 64) -> float:
+    """redis-py: pipelined XADD x 500 for ``seconds``, until the replica's XLEN has all."""
+    cp, cr, _port = servers.redis_pair()
+    key = f"bench:sus:{time.monotonic_ns()}"
+    fields = {b"p": b"x" * size}
+    pipe = cp.pipeline(transaction=False)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(BATCH):
+            pipe.xadd(key, fields)
+        pipe.execute()
+        n += BATCH
+    _poll(lambda: cr.xlen(key) >= n, CATCH_UP_TIMEOUT_S, "redis replica catch-up")
+    rate = n / (time.perf_counter() - t0)
+    cp.delete(key)
+    return rate
+
+
+class RedisBenchmark:
+    """The redis-benchmark C client (``-c 1 -P 500``) XADDing to the primary; the
+    count per trial is calibrated once so that a trial lasts about ``seconds``."""
+
+    def __init__(self, servers: Servers, seconds: float, size: int = 64) -> None:
+        self.servers, self.seconds, self.size = servers, seconds, size
+        self.exe = shutil.which("redis-benchmark")
+        self.n = 0
+
+    def _run(self, n: int) -> float:
+        cp, cr, port = self.servers.redis_pair()
+        if self.exe is None:
+            raise Unavailable("redis-benchmark not on PATH (apt-get install redis-tools)")
+        key = f"bench:rb:{time.monotonic_ns()}"
+        cmd = [self.exe, "-h", "127.0.0.1", "-p", str(port), "-c", "1", "-P", str(BATCH)]
+        cmd += ["-n", str(n), "-q", "XADD", key, "*", "p", "x" * self.size]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, timeout=300, check=True)
+        _poll(lambda: cr.xlen(key) >= n, CATCH_UP_TIMEOUT_S, "redis replica catch-up")
+        rate = n / (time.perf_counter() - t0)
+        cp.delete(key)
+        return rate
+
+    def __call__(self) -> float:
+        if not self.n:  # calibration, not reported
+            rate = self._run(20_000)
+            self.n = max(20_000, int(rate * self.seconds))
+        return self._run(self.n)
+
+
+def redis_wait_every(
+    servers: Servers, seconds: float, lat_ms: list[float], every: int = BATCH, size: int = 64
+) -> float:
+    """redis-py: pipelined XADD x ``every`` + ``WAIT 1 1000`` per batch for ``seconds``.
+    Batches whose WAIT saw no replica acknowledgement are not counted."""
+    cp, _cr, _port = servers.redis_pair()
+    key = f"bench:wait:{time.monotonic_ns()}"
+    fields = {b"p": b"x" * size}
+    pipe = cp.pipeline(transaction=False)
+    n = 0
+    t0 = time.perf_counter()
+    while (t1 := time.perf_counter()) - t0 < seconds:
+        for _ in range(every):
+            pipe.xadd(key, fields)
+        pipe.execute_command("WAIT", 1, 1000)
+        res = pipe.execute()
+        lat_ms.append((time.perf_counter() - t1) * 1e3)
+        if int(res[-1]) >= 1:
+            n += every
+    rate = n / (time.perf_counter() - t0)
+    cp.delete(key)
+    return rate
+
+
+# --------------------------------------------------------------------------- nats trials
+
+
+def nats_sustained(servers: Servers, replicas: int, seconds: float, size: int = 64) -> float:
+    """nats-py ``publish_async`` for ``seconds`` (at most 4000 unacknowledged), until
+    every publish is acknowledged."""
+    loop, js, subject = servers.jetstream(replicas)
+    payload = b"x" * size
+
+    async def run() -> float:
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(BATCH):
+                await js.publish_async(subject, payload)
+            n += BATCH
+        await asyncio.wait_for(js.publish_async_completed(), CATCH_UP_TIMEOUT_S)
+        return n / (time.perf_counter() - t0)
+
+    return loop.run_until_complete(run())
+
+
+def nats_acked_every(
+    servers: Servers,
+    replicas: int,
+    seconds: float,
+    lat_ms: list[float],
+    every: int = BATCH,
+    size: int = 64,
+) -> float:
+    """``every`` ``publish_async`` then wait for their acks, for ``seconds``."""
+    loop, js, subject = servers.jetstream(replicas)
+    payload = b"x" * size
+
+    async def run() -> float:
+        n = 0
+        t0 = time.perf_counter()
+        while (t1 := time.perf_counter()) - t0 < seconds:
+            futs = [await js.publish_async(subject, payload) for _ in range(every)]
+            await asyncio.gather(*futs)
+            lat_ms.append((time.perf_counter() - t1) * 1e3)
+            n += every
+        return n / (time.perf_counter() - t0)
+
+    return loop.run_until_complete(run())

@@ -1,0 +1,118 @@
+"""The ``--plot`` PNG of ``netmesh bench``: what a person wants to see in one picture.
+
+1. throughput vs peers: for each rate figure, netmesh's median beside each peer's
+   (log scale, min-max as error bars), each peer bar labelled with netmesh/peer;
+2. latency CDFs: acknowledgement latency per 500 events (netmesh quorum f3, Redis
+   WAIT 1, JetStream R3), replica apply latency at 10k events/s, write unavailability
+   across leader kills;
+3. failover timeline: acknowledged events/s over time across one leader kill (the
+   median trial), SIGKILL at t = 0.
+
+Needs matplotlib (the ``bench`` extra); :func:`plot` returns False without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLORS = ["#3b7dd8", "#d8833b", "#4fa35a", "#b34fb3", "#8c6d31", "#6b6ecf"]
+
+
+def plot(results: dict[str, Any], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figures = results.get("figures", {})
+    samples = results.get("samples", {})
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    _throughput(axes[0], figures)
+    _cdfs(axes[1], samples)
+    _timeline(axes[2], samples.get("failover_timeline"))
+    quick = " --quick" if results.get("quick") else ""
+    fig.suptitle(
+        f"netmesh bench{quick} {results.get('date', '')} {str(results.get('commit') or '')[:10]}"
+        f" | {results.get('cpu_model', '')} x{results.get('cpu_count')}"
+        f" | load {results.get('load_before')} -> {results.get('load_after')} (shared machine)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _throughput(ax: Any, figures: dict[str, Any]) -> None:
+    rates = [(k, f) for k, f in figures.items() if f.get("unit") == "events/s"]
+    x = 0.0
+    ticks, names = [], []
+    for key, f in rates:
+        series = [("netmesh", f["netmesh"], None)] + [
+            (name, p, p.get("ratio")) for name, p in f.get("peers", {}).items()
+        ]
+        start = x
+        for i, (name, s, ratio) in enumerate(series):
+            med = s["median"]
+            if med != med:  # NaN
+                continue
+            err = [[med - s["min"]], [s["max"] - med]]
+            ax.bar(x, med, width=0.8, color=COLORS[i % len(COLORS)], yerr=err, capsize=2)
+            text = name if ratio is None else f"{name}\n{ratio:.2f}x"
+            ax.text(x, med * 1.08, text, ha="center", va="bottom", fontsize=6, rotation=90)
+            x += 1
+        ticks.append((start + x - 1) / 2)
+        names.append(key.replace("_eps", ""))
+        x += 1.0
+    ax.set_yscale("log")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(names, rotation=20, fontsize=7, ha="right")
+    ax.set_ylabel("events/s (median, min-max bars)")
+    ax.set_title("throughput vs peers, same run (label: netmesh / peer)", fontsize=9)
+
+
+def _cdf(ax: Any, xs: list[float], label: str, color: str) -> None:
+    if not xs:
+        return
+    ys = sorted(xs)
+    n = len(ys)
+    ax.step(
+        ys, [(i + 1) / n for i in range(n)], where="post", label=f"{label} (n={n})", color=color
+    )
+
+
+def _cdfs(ax: Any, samples: dict[str, Any]) -> None:
+    i = 0
+    for name, xs in samples.get("ack_latency_ms_per_500", {}).items():
+        _cdf(ax, xs, f"ack per 500: {name}", COLORS[i % len(COLORS)])
+        i += 1
+    _cdf(ax, samples.get("replica_latency_ms", []), "replica apply @10k/s", COLORS[i % 6])
+    _cdf(ax, samples.get("failover_ms", []), "write unavailability", COLORS[(i + 1) % 6])
+    ax.set_xscale("log")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("fraction")
+    ax.set_title("latency CDFs", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+
+
+def _timeline(ax: Any, tl: dict[str, Any] | None, bin_s: float = 0.05) -> None:
+    ax.set_title("failover timeline: acknowledged events/s, SIGKILL at 0", fontsize=9)
+    if not tl or not tl.get("acks"):
+        ax.text(0.5, 0.5, "no failover run", ha="center", transform=ax.transAxes)
+        return
+    acks = tl["acks"]
+    t_lo, t_hi = acks[0][0], acks[-1][0]
+    nbins = max(1, int((t_hi - t_lo) / bin_s) + 1)
+    counts = [0] * nbins
+    prev = 0
+    for t, total in acks:
+        counts[min(nbins - 1, int((t - t_lo) / bin_s))] += total - prev
+        prev = total
+    xs = [t_lo + (i + 0.5) * bin_s for i in range(nbins)]
+    ax.step(xs, [c / bin_s for c in counts], where="mid", color=COLORS[0])
+    ax.axvline(0, color="red", linestyle="--", label="SIGKILL leader")
+    ax.set_xlabel("s")
+    ax.set_ylabel(f"acknowledged events/s ({int(bin_s * 1000)} ms bins)")
+    ax.legend(fontsize=7)
