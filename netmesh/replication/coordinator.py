@@ -311,12 +311,19 @@ def _order_for_durability(out: list[Output], save: SaveHardState) -> list[Output
 def _merge_epochs(
     log: Sequence[Epoch] | None, saved: Sequence[Epoch], tail: int
 ) -> tuple[Epoch, ...]:
-    """The epochs to run with: the log's own (authoritative below ``tail``) plus the
-    saved newest epoch if it is empty and newer (the virtual no-op a new leader adds,
-    which no record can carry). Without log epochs, the saved ones up to ``tail``."""
+    """The epochs to run with: the log's own (authoritative below ``tail``), after the
+    saved ones that start before the log's first (history retention or a log restart
+    removed from the log, e.g. the term of the event before the retained head), plus
+    the saved newest epoch if it is empty and newer (the virtual no-op a new leader
+    adds, which no record can carry). Without log epochs, the saved ones up to
+    ``tail``."""
     if log is None:
         return tuple(e for e in saved if e[1] <= tail)
-    epochs = tuple((t, s) for t, s in log if s < tail)
+    held = [(t, s) for t, s in log if s < tail]
+    cut = held[0][1] if held else tail
+    epochs: tuple[Epoch, ...] = ()
+    for t, s in [*(e for e in saved if e[1] < cut), *held]:
+        epochs = add_epoch(epochs, t, s)
     last = epochs[-1][0] if epochs else 0
     if saved and saved[-1][0] > last and saved[-1][1] >= tail:
         epochs = add_epoch(epochs, saved[-1][0], tail)

@@ -458,3 +458,20 @@ def test_step_table_covers_every_role_and_message_type() -> None:
         assert all(STEP_TABLE[(role, t)].__name__ == "_drop" for t in types)
     assert STEP_TABLE[(R.LEADER, Ack)].__name__ == "_leader_ack"
     assert STEP_TABLE[(R.CANDIDATE, VoteResponse)].__name__ == "_candidate_vote_response"
+
+
+def test_epochs_come_from_the_log_with_saved_history_and_empty_newest_epoch() -> None:
+    from netmesh.replication.coordinator import _merge_epochs as merge
+
+    # crash after Apply, before SaveHardState: the log knows Y's term, the save does not
+    assert merge(((3, 0), (5, 10)), ((3, 0),), 20) == ((3, 0), (5, 10))
+    # crash after Truncate + Apply of a newer leader's events, before the save: the
+    # saved (stale) epoch 4 is replaced by what the log says
+    assert merge(((3, 0), (5, 10)), ((3, 0), (4, 10)), 20) == ((3, 0), (5, 10))
+    # a new leader's empty epoch (no record carries it) survives from the save
+    assert merge(((3, 0),), ((3, 0), (6, 10)), 10) == ((3, 0), (6, 10))
+    # history before the retained head (or a log restart) comes from the save
+    assert merge(((4, 100),), ((3, 0), (4, 100)), 300) == ((3, 0), (4, 100))
+    assert merge((), ((7, 0),), 500) == ((7, 0),)
+    # a log without terms: the saved epochs up to the tail, as before
+    assert merge(None, ((3, 0), (4, 10)), 10) == ((3, 0), (4, 10))
