@@ -65,19 +65,23 @@ log = logging.getLogger(__name__)
 MAX_SHARD_FETCH = 10_000  # per-shard page cap of one poll (the reference's)
 _ACCEPTED_DROPS = ("evicted", "backend_timeout", "shutdown")
 FilterSpec = dict[str, Any] | str
+# one compact encoder: json.dumps with arguments builds a new encoder per call
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def encode_event(obj: Any) -> bytes:
     """JSON bytes of an event: a dataclass instance goes through ``asdict``, an object
     with ``model_dump`` (Pydantic) through ``model_dump(mode="json")``, anything else
     through ``json.dumps``. ``str``/``bytes`` raise TypeError: they are ``emit_raw``'s."""
+    if type(obj) is dict:  # the common case first
+        return _dumps(obj).encode()
     if isinstance(obj, str | bytes | bytearray):
         raise TypeError("emit() takes a dict or dataclass; use emit_raw() for str/bytes")
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     elif hasattr(obj, "model_dump"):
         obj = obj.model_dump(mode="json")
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _dumps(obj).encode()
 
 
 def _raw(data: bytes | bytearray | str) -> bytes:
@@ -222,15 +226,33 @@ class EventBus:
         n = self.num_shards
         groups: dict[int, list[bytes]] = {}
         for j, item in enumerate(items):
-            data = _raw(item) if isinstance(item, str | bytes | bytearray) else encode_event(item)
+            if type(item) is dict:
+                data = _dumps(item).encode()
+            elif isinstance(item, str | bytes | bytearray):
+                data = _raw(item)
+            else:
+                data = encode_event(item)
             k = keys[j] if keys is not None else None
             s = shard_for(key_bytes(k) if k is not None else data, n)
-            groups.setdefault(s, []).append(data)
+            group = groups.get(s)
+            if group is None:
+                groups[s] = [data]
+            else:
+                group.append(data)
         accepted = 0
         ts = time.time_ns()
         for s, datas in groups.items():
             sh = self._shards[s]
             with sh.cond:
+                if sh.closing:
+                    raise Closed("the event bus is shut down")
+                if not sh.down and len(datas) <= self.ring_capacity - len(sh.payloads):
+                    sh.payloads.extend(datas)  # room for all: no per-event checks
+                    sh.stamps.extend([ts] * len(datas))
+                    sh.accepted += len(datas)
+                    accepted += len(datas)
+                    sh.cond.notify()
+                    continue
                 for data in datas:
                     if self._admit(sh):
                         sh.payloads.append(data)

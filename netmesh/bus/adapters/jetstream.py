@@ -167,9 +167,7 @@ class JetStreamAdapter(Adapter):
         try:
             for i, (raw, ts) in enumerate(zip(batch.payloads, batch.timestamps, strict=True)):
                 headers = {ID_HEADER: f"{prefix}{i}", TS_HEADER: str(ts)}
-                fut = await self._js.publish_async(
-                    subject, raw, headers=headers, wait_stall=self.request_timeout
-                )
+                fut = await self._js.publish_async(subject, raw, headers=headers)
                 futs.append(fut)
             acks = await asyncio.wait_for(asyncio.gather(*futs), self.request_timeout)
         finally:
