@@ -331,7 +331,7 @@ class RedisBenchmark:
     def __call__(self) -> float:
         if not self.n:  # calibration, not reported
             rate = self._run(20_000)
-            self.n = max(20_000, int(rate * self.seconds))
+            self.n = max(20_000, int(rate * self.seconds)) // BATCH * BATCH  # whole pipelines
         return self._run(self.n)
 
 
@@ -357,6 +357,53 @@ def redis_wait_every(
     rate = n / (time.perf_counter() - t0)
     cp.delete(key)
     return rate
+
+
+def redis_catchup(n: int, size: int = 1024) -> float:
+    """A Redis replica started empty while its primary holds ``n`` stream entries of
+    ``size`` bytes: payload MB/s from starting the replica process until its XLEN is
+    ``n`` (a full resynchronisation, diskless: the RDB goes over the socket). Its own
+    primary, filled by redis-benchmark, so the shared pair is not disturbed."""
+    exe, bench = shutil.which("redis-server"), shutil.which("redis-benchmark")
+    try:
+        import redis
+    except ImportError:
+        raise Unavailable("redis-py not installed (pip install redis hiredis)") from None
+    if exe is None or bench is None:
+        raise Unavailable("redis-server / redis-benchmark not on PATH (apt-get install redis)")
+    prim = RedisServer(exe)
+    repl: RedisServer | None = None
+    clients: list[Any] = []
+    try:
+        prim.start()
+        cmd = [bench, "-h", "127.0.0.1", "-p", str(prim.port), "-c", "1", "-P", str(BATCH)]
+        cmd += ["-n", str(n), "-q", "XADD", "bench:c", "*", "p", "x" * size]
+        subprocess.run(cmd, capture_output=True, timeout=600, check=True)
+        cp = redis.Redis(host="127.0.0.1", port=prim.port, socket_timeout=60.0)
+        clients.append(cp)
+        n = int(cp.xlen("bench:c"))  # redis-benchmark rounds up to whole pipelines
+        repl = RedisServer(exe, replicaof=prim.port)
+        t0 = time.perf_counter()
+        repl.start()
+        cr = redis.Redis(host="127.0.0.1", port=repl.port, socket_timeout=60.0)
+        clients.append(cr)
+
+        def holds_all() -> bool:
+            try:
+                return bool(cr.xlen("bench:c") >= n)
+            except redis.exceptions.BusyLoadingError:
+                return False
+
+        _poll(holds_all, 600, "redis replica full resync")
+        return n * size / (time.perf_counter() - t0) / 1e6
+    finally:
+        with _no_interrupts():
+            for c in clients:
+                with contextlib.suppress(Exception):
+                    c.close()
+            if repl is not None:
+                repl.stop()
+            prim.stop()
 
 
 # --------------------------------------------------------------------------- nats trials

@@ -116,5 +116,7 @@ def test_catchup_inside_the_burst_is_labelled() -> None:
     fig = suites.bench_catchup(TINY, lambda _m: None)["figures"]["catchup_mb_s"]
     assert fig["bytes_behind"] == 4 << 20 and fig["netmesh"]["median"] > 0
     assert fig["unbudgeted"]["median"] > 0
+    if shutil.which("redis-benchmark") and importlib.util.find_spec("redis"):
+        assert fig["peers"]["redis_resync"]["ratio"] > 0, fig.get("unavailable")
     if fig["budget_burst_bytes"] is not None:
         assert fig["inside_budget_burst"] is True and "INSIDE" in fig["note"]
