@@ -445,10 +445,13 @@ class EventBus:
         (:mod:`netmesh.bus.filter`) is applied after the fetch; events it rejects are
         consumed all the same. Returns :class:`PollResponse` whose ``next_cursor``
         resumes exactly after this page. Raises :class:`BadCursor`, :class:`FilterError`,
-        :class:`ConfigError` (limit < 1), :class:`AdapterError` (backend failed).
+        :class:`ConfigError` (limit < 1), :class:`AdapterError` (backend failed),
+        :class:`Closed` after ``shutdown()``.
         """
         if limit < 1:
             raise ConfigError(f"poll limit must be >= 1, got {limit}")
+        if self._closed:
+            raise Closed("the event bus is shut down (its adapter too)")
         cur = cursor_mod.decode(cursor)
         pred = compile_filter(filter) if filter is not None else None
         n = self.num_shards

@@ -94,6 +94,8 @@ def test_shutdown_drains_and_then_refuses() -> None:
     with pytest.raises(Closed):
         bus.emit_batch([{"i": 1}])
     assert list(bus.subscribe(timeout=5)) == []  # a closed bus ends its streams
+    with pytest.raises(Closed):
+        bus.poll()
 
 
 @dataclasses.dataclass
@@ -166,3 +168,17 @@ def test_concurrent_producers_lose_nothing() -> None:
             d = e.json()
             per.setdefault(d["p"], []).append(d["i"])
     assert all(v == list(range(2000)) for v in per.values()) and len(per) == 4
+
+
+def test_pages_rotate_over_shards_and_bad_positions_are_bad_cursors() -> None:
+    from netmesh.bus.cursor import Cursor
+
+    with EventBus(shards=2, batch=BatchConfig(1, 1000, 0.001)) as bus:
+        bus.emit_batch([{"i": i} for i in range(100)], keys=[i % 2 for i in range(100)])
+        bus.flush(timeout=5)
+        first = bus.poll(10)
+        second = bus.poll(10, first.next_cursor)
+        assert {e.shard for e in first} != {e.shard for e in second}  # no shard starves
+        assert first.has_more and second.has_more
+        with pytest.raises(BadCursor):
+            bus.poll(cursor=Cursor({0: "1-0"}).encode())

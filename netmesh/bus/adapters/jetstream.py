@@ -39,7 +39,7 @@ from nats.js import api
 
 from netmesh.bus.adapters.base import Adapter
 from netmesh.bus.types import Batch, StoredEvent
-from netmesh.errors import AdapterError, ConfigError
+from netmesh.errors import AdapterError, BadCursor, ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,6 +207,8 @@ class JetStreamAdapter(Adapter):
         return out
 
     def poll_shard(self, shard: int, after: str | None, limit: int) -> list[StoredEvent]:
+        if after is not None and not after.isdigit():
+            raise BadCursor(f"{after!r} is not a JetStream stream sequence")
         return self._call(
             self._read(shard, 0 if after is None else int(after), limit), self.request_timeout * 2
         )

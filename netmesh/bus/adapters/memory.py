@@ -14,7 +14,13 @@ import threading
 
 from netmesh.bus.adapters.base import Adapter
 from netmesh.bus.types import Batch, StoredEvent
-from netmesh.errors import ConfigError
+from netmesh.errors import BadCursor, ConfigError
+
+
+def _position(after: str) -> int:
+    if not after.isdigit():
+        raise BadCursor(f"{after!r} is not a memory adapter position")
+    return int(after)
 
 
 class MemoryAdapter(Adapter):
@@ -60,7 +66,7 @@ class MemoryAdapter(Adapter):
     def poll_shard(self, shard: int, after: str | None, limit: int) -> list[StoredEvent]:
         with self._lock:
             store, first = self._shards[shard], self._first[shard]
-            start = 0 if after is None else max(int(after) + 1 - first, 0)
+            start = 0 if after is None else max(_position(after) + 1 - first, 0)
             return store[start : start + limit]
 
     def shutdown(self) -> None:

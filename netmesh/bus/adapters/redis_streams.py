@@ -33,6 +33,7 @@ names (``{prefix}:shard:{id}``) have none; a cluster mode would change the key l
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis
@@ -41,8 +42,9 @@ from redis.retry import Retry
 
 from netmesh.bus.adapters.base import Adapter
 from netmesh.bus.types import Batch, StoredEvent
-from netmesh.errors import AdapterError, ConfigError
+from netmesh.errors import AdapterError, BadCursor, ConfigError
 
+_STREAM_ID = re.compile(r"\d+-\d+")
 # KEYS: stream, dedup hash. ARGV: nonce, batch seq, first index, id prefix, maxlen ("" =
 # none), then payload, timestamp pairs. Returns how many events it appended.
 STORE_SCRIPT = """
@@ -175,6 +177,8 @@ class RedisStreamsAdapter(Adapter):
             )
 
     def poll_shard(self, shard: int, after: str | None, limit: int) -> list[StoredEvent]:
+        if after is not None and not _STREAM_ID.fullmatch(after):
+            raise BadCursor(f"{after!r} is not a Redis stream entry id")
         start = "-" if after is None else f"({after}"
         try:
             rows: Any = self._r.xrange(self.stream_key(shard), min=start, max="+", count=limit)
