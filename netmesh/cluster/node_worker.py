@@ -194,9 +194,18 @@ class RingDrainer:
 
 
 class NodeService:
-    """Everything one node process runs, on one asyncio loop."""
+    """Everything one node process runs, on one asyncio loop.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    Driven either by a supervisor over the control connection (``reader``/``writer``,
+    :meth:`serve`) or in-process by a node daemon (:mod:`netmesh.cluster.daemon`), which
+    passes no connection and calls :meth:`call_op` (or the ``op_*`` methods) directly.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader | None = None,
+        writer: asyncio.StreamWriter | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.node: MeshNode | None = None
@@ -237,6 +246,7 @@ class NodeService:
 
     # -- control loop ----------------------------------------------------------------
     async def serve(self) -> None:
+        assert self.reader is not None, "serve() needs a control connection"
         decoder = control.FrameDecoder()
         while True:
             data = await self.reader.read(1 << 20)
@@ -246,15 +256,22 @@ class NodeService:
                 if msg[0] == control.REQUEST:
                     await self.handle(msg[1], msg[2], msg[3])
 
-    async def handle(self, req_id: int, op: str, args: dict[str, Any]) -> None:
-        self.counters["control_requests"] += 1
+    async def call_op(self, op: str, args: dict[str, Any]) -> Any:
+        """Run one op (the table in the module doc) on this loop; its result, or the
+        exception it raised (NetmeshError for an unknown op)."""
         fn = self.ops.get(op)
+        if fn is None:
+            raise NetmeshError(f"unknown op {op!r}")
+        result = fn(**args)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+
+    async def handle(self, req_id: int, op: str, args: dict[str, Any]) -> None:
+        assert self.writer is not None
+        self.counters["control_requests"] += 1
         try:
-            if fn is None:
-                raise NetmeshError(f"unknown op {op!r}")
-            result = fn(**args)
-            if asyncio.iscoroutine(result):
-                result = await result
+            result = await self.call_op(op, args)
             self.writer.write(control.response(req_id, True, result))
         except Exception as exc:  # every failure goes back to the caller, node survives
             self.counters["control_errors"] += 1
@@ -564,8 +581,9 @@ class NodeService:
             await self.node.shutdown()
         if self.page is not None:
             self.page.close()
-        with contextlib.suppress(Exception):
-            await self.writer.drain()
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                await self.writer.drain()
 
     def owned_names(self) -> list[str]:
         names = list(self.drainers) + list(self.pumps)

@@ -1,0 +1,677 @@
+"""``netmesh node --config node.toml``: one long-lived node per host, from a config file.
+
+One process, one asyncio loop: the same :class:`~netmesh.cluster.node_worker.NodeService`
+a supervisor drives (one MeshNode, one Redex, ring drainers, subscription pumps), here
+driven in-process, plus
+
+* **peers** (``[[peers]]``): every peer is allowed to handshake with us, and a task per
+  peer keeps connecting to it while it is not up, with exponential back-off
+  (``BACKOFF_MIN_S`` doubling up to ``BACKOFF_MAX_S``, jittered); one log line per
+  peer state change (up, down, unreachable). A peer that restarts is back as soon as
+  either side's handshake gets through (MeshNode also probes peers it had, see
+  ``netmesh.link.peer``); a restarted daemon connects to every peer at once;
+* **channels** (``[[channels]]``) opened at start, persisted under ``data_dir``;
+  standard placement resolves to the ``factor`` lowest node ids of the configured
+  nodes (:meth:`~netmesh.cluster.nodeconfig.NodeConfig.resolve`), so every daemon whose
+  config lists the same nodes picks the same holders; a node that is not a holder does
+  not open the channel (logged);
+* **clients** (``netmesh.connect(name)``, ``netmesh publish/tail/channels``): a
+  :class:`~netmesh.cluster.clients.ClientServer` on ``$NETMESH_RUN_DIR/<name>.sock``
+  serving :class:`DaemonBackend` (this node only: producers attach here, so publish
+  through the daemon of the channel's leader; a replica refuses with NotLeader naming
+  the leader's node index, see :meth:`DaemonBackend.channel_list`);
+* **metrics** (``[node] metrics = "host:port"``): Prometheus text format 0.0.4 on
+  ``http://host:port/metrics`` (stdlib HTTP server, one thread).
+
+Signals: SIGTERM or SIGINT stop cleanly (clients dropped and their shared memory
+unlinked, files fsynced and closed, sessions closed, socket and name removed, exit 0);
+SIGHUP re-reads the file and applies ``[[peers]]`` and ``[[channels]]`` changes
+(added peers are connected, removed ones blocked; added channels opened, removed ones
+closed; a changed ``[node]`` section or a changed open channel needs a restart and is
+logged as such; a file with errors is refused and the running configuration kept).
+
+Exit codes: 0 clean stop, 1 could not start (address in use, name taken, data
+directory locked), 2 bad configuration (one line naming the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import http.server
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from netmesh.cluster import nodeconfig
+from netmesh.cluster.clients import ClientServer
+from netmesh.cluster.node_worker import NodeService, replication_to_dict
+from netmesh.cluster.nodeconfig import ChannelConfig, NodeConfig, PeerConfig, format_addr
+from netmesh.cluster.supervisor import remove_stale_names
+from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
+from netmesh.errors import (
+    ChannelNotOpen,
+    Closed,
+    ConfigError,
+    HandshakeError,
+    LogLocked,
+    NameTaken,
+    NetmeshError,
+    NodeUnresponsive,
+)
+from netmesh.identity import EntityKeypair
+from netmesh.link.node import PEER_EVENTS
+from netmesh.replication.roles import ReplicaRole
+from netmesh.ring.shm import unlink_ring
+
+log = logging.getLogger("netmesh.node")
+
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 5.0
+PEER_POLL_S = 0.2
+RING_BYTES = 1 << 22
+LOCK_FILE = "node.lock"
+
+
+class StartError(NetmeshError):
+    """The daemon could not start (address in use, name taken, data dir locked)."""
+
+
+class Daemon:
+    """One node daemon (module doc). ``run()`` returns the exit code."""
+
+    def __init__(self, cfg: NodeConfig, keypair: EntityKeypair, psk: bytes) -> None:
+        self.cfg = cfg
+        self.keypair = keypair
+        self.psk = psk
+        self.me = keypair.node_id
+        self.prefix = f"netmesh-{os.getpid()}-{secrets.token_hex(4)}"
+        self.service: NodeService | None = None
+        self.clients: ClientServer | None = None
+        self.http: http.server.ThreadingHTTPServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        self.peer_tasks: dict[int, asyncio.Task[None]] = {}
+        self.peer_state: dict[int, str] = {}
+        self.peer_wake: dict[int, asyncio.Event] = {}
+        self.names: set[str] = set()
+        self._names_lock = threading.Lock()
+        self._stop = asyncio.Event()
+        self._lock_fd = -1
+
+    # -- lifetime --------------------------------------------------------------------
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        for sig, fn in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
+            self.loop.add_signal_handler(sig, fn)
+        try:
+            await self.start()
+            log.info(
+                "node %#x up: mesh %s, clients %r%s, %d peers, %d channels",
+                self.me,
+                self.cfg.node.bind_text,
+                self.cfg.node.name,
+                f", metrics http://{format_addr(self.cfg.node.metrics)}/metrics"
+                if self.cfg.node.metrics
+                else "",
+                len(self.cfg.peers),
+                len(self.open_channels()),
+            )
+            await self._stop.wait()
+            log.info("node %#x stopping", self.me)
+        finally:
+            await self.close()
+        log.info("node %#x stopped", self.me)
+        return 0
+
+    async def start(self) -> None:
+        node = self.cfg.node
+        remove_stale_names()  # shared memory left by daemons or clusters that died
+        try:
+            os.makedirs(node.data_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"node.data_dir: {node.data_dir}: {exc.strerror or exc}") from None
+        self._lock_data_dir(node.data_dir)
+        self.service = NodeService()
+        try:
+            await self.service.op_init(
+                index=0,
+                private_key=self.keypair.private_key,
+                psk=self.psk,
+                bind=node.bind_text,
+                heartbeat_interval=node.keepalive_ms / 1000,
+                session_timeout=node.session_timeout_ms / 1000,
+                data_dir=node.data_dir,
+            )
+        except OSError as exc:
+            raise StartError(f"cannot bind node.bind {node.bind_text}: {exc.strerror}") from None
+        mesh = self.service._node()
+        mesh.subscribe(PEER_EVENTS, self._on_peer_event)
+        for p in self.cfg.peers:
+            mesh.add_allowed_peer(p.node_id, p.public_key)
+        for ch in self.cfg.channels:
+            self._open(ch)
+        for p in self.cfg.peers:
+            self._watch(p)
+        try:
+            self.clients = ClientServer(DaemonBackend(self), node.name)
+        except NameTaken as exc:
+            raise StartError(f"node.name: {exc}") from None
+        if node.metrics is not None:
+            self.http = self._serve_metrics(node.metrics)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        assert self.loop is not None
+        self.loop.call_soon(self.reload)
+
+    async def close(self) -> None:
+        """Clients first (their rings are detached through the running loop), then
+        metrics, peers, channels (fsynced), the mesh; every shm name is unlinked."""
+        self.stopping = True
+        if self.clients is not None:
+            await asyncio.to_thread(self.clients.close)
+        if self.http is not None:
+            await asyncio.to_thread(self._close_http, self.http)
+        tasks = list(self.peer_tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.peer_tasks.clear()
+        if self.service is not None:
+            await self.service.close()
+        with self._names_lock:
+            names, self.names = list(self.names), set()
+        for n in names:
+            unlink_ring(n)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _lock_data_dir(self, data_dir: str) -> None:
+        path = os.path.join(data_dir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartError(
+                f"node.data_dir: {data_dir} is used by another running node (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    # -- names (shared memory of client rings) -----------------------------------------
+    def name(self, *parts: object) -> str:
+        n = "/" + "-".join([self.prefix, *map(str, parts)])
+        with self._names_lock:
+            self.names.add(n)
+        return n
+
+    def forget_name(self, name: str) -> None:
+        with self._names_lock:
+            self.names.discard(name)
+
+    # -- channels --------------------------------------------------------------------
+    def _svc(self) -> NodeService:
+        if self.service is None:
+            raise NodeUnresponsive("node is not started")
+        return self.service
+
+    def open_channels(self) -> list[str]:
+        return [str(f.name) for f in self._svc().redex.open_files()]
+
+    def _open(self, ch: ChannelConfig) -> bool:
+        """Open a configured channel unless this node does not hold it; True if opened."""
+        repl = self.cfg.resolve(ch, self.me)
+        if repl is not None and self.me not in repl.placement.nodes:
+            log.info("channel %s: this node is not one of its %d holders", ch.name, repl.factor)
+            return False
+        self.open_channel(ch.name, repl, ch.options_dict())
+        return True
+
+    def open_channel(
+        self, name: str, repl: ReplicationConfig | None, options: dict[str, Any]
+    ) -> None:
+        """Open ``name`` here (standard placement resolved against the configured
+        nodes); ConfigError if this node would not be a holder."""
+        if repl is not None and repl.placement.kind != "pinned":
+            repl = self.cfg.resolve(ChannelConfig(name, repl), self.me)
+            assert repl is not None
+            if self.me not in repl.placement.nodes:
+                raise ConfigError(f"channel {name!r}: this node is not one of its holders")
+        svc = self._svc()
+        if svc.redex.get_file(name) is not None:
+            return  # already open (config and a client both asked)
+        svc.op_open_channel(name, replication_to_dict(repl), options)
+        log.info(
+            "channel %s open: %s, next_seq %d",
+            name,
+            "local" if repl is None else f"{repl.ack} ack, holders {_ids(repl.placement.nodes)}",
+            svc.redex.get_file(name).next_seq,  # type: ignore[union-attr]
+        )
+
+    def node_index(self, node_id: int | None) -> int | None:
+        """0 for this node, i for ``peers[i - 1]``, None if unknown."""
+        if node_id is None:
+            return None
+        if node_id == self.me:
+            return 0
+        for i, p in enumerate(self.cfg.peers, start=1):
+            if p.node_id == node_id:
+                return i
+        return None
+
+    def channel_rows(self) -> list[dict[str, Any]]:
+        svc = self._svc()
+        out = []
+        for f in svc.redex.open_files():
+            coord = svc.redex.replication_coordinator_for(f.name)
+            rt = svc.redex.replication_runtime(f.name)
+            row: dict[str, Any] = {
+                "name": str(f.name),
+                "factor": 1,
+                "ack": "local",
+                "leader": 0,
+                "next_seq": f.next_seq,
+                "commit": f.next_seq,
+            }
+            if coord is not None and rt is not None:
+                cfg = rt.coord.config
+                leader = self.me if coord.role == ReplicaRole.LEADER else coord.leader_id
+                row.update(
+                    factor=cfg.effective_factor(),
+                    ack=cfg.ack,
+                    leader=self.node_index(leader),
+                    commit=coord.commit_seq if cfg.ack == "quorum" else f.next_seq,
+                )
+            out.append(row)
+        return out
+
+    # -- peers -----------------------------------------------------------------------
+    def _watch(self, peer: PeerConfig) -> None:
+        assert self.loop is not None
+        self.peer_tasks[peer.node_id] = self.loop.create_task(
+            self._keep_connected(peer), name=f"peer-{peer.node_id:x}"
+        )
+
+    def _on_peer_event(self, node_id: int, event: bytes) -> None:
+        """MeshNode peer events: log the change now, wake the peer's task."""
+        peer = next((p for p in self.cfg.peers if p.node_id == node_id), None)
+        if peer is None:
+            return
+        self._peer_changed(peer, "up" if event == b"up" else "down")
+        wake = self.peer_wake.get(node_id)
+        if wake is not None:
+            wake.set()
+
+    def _peer_changed(self, peer: PeerConfig, state: str, detail: str = "") -> None:
+        if self.peer_state.get(peer.node_id) == state:
+            return
+        self.peer_state[peer.node_id] = state
+        addr = format_addr(peer.address)
+        if state == "up":
+            log.info("peer %#x (%s) up", peer.node_id, addr)
+        else:
+            log.warning("peer %#x (%s) %s%s; retrying", peer.node_id, addr, state, detail)
+
+    async def _keep_connected(self, peer: PeerConfig) -> None:
+        """Connect to ``peer`` whenever it is not up; back off while it stays away."""
+        mesh = self._svc()._node()
+        delay = BACKOFF_MIN_S
+        wake = self.peer_wake[peer.node_id] = asyncio.Event()
+        while not self.stopping:
+            wake.clear()
+            if mesh.peer_is_up(peer.node_id):
+                self._peer_changed(peer, "up")
+                delay = BACKOFF_MIN_S
+                await self._nap(wake, PEER_POLL_S)
+                continue
+            if self.peer_state.get(peer.node_id) == "up":
+                self._peer_changed(peer, "down")
+            try:
+                addr = await self._resolve(peer.address)
+                await mesh.connect(addr, peer.public_key, peer.node_id)
+            except (HandshakeError, OSError) as exc:
+                if self.peer_state.get(peer.node_id) != "down":
+                    self._peer_changed(peer, "unreachable", f" ({exc})")
+                await self._nap(wake, delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, BACKOFF_MAX_S)
+            except Closed:
+                return
+
+    @staticmethod
+    async def _nap(wake: asyncio.Event, seconds: float) -> None:
+        """Sleep ``seconds`` or until ``wake`` is set (a peer event)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+
+    async def _resolve(self, addr: tuple[str, int]) -> tuple[str, int]:
+        assert self.loop is not None
+        infos = await self.loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
+        bind_v6 = ":" in self.cfg.node.bind[0]
+        for family, _, _, _, sockaddr in infos:
+            if (family == socket.AF_INET6) == bind_v6:
+                return str(sockaddr[0]), int(sockaddr[1])
+        raise OSError(f"no {'IPv6' if bind_v6 else 'IPv4'} address for {addr[0]}")
+
+    # -- reload ----------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: apply ``[[peers]]`` and ``[[channels]]`` changes (module doc)."""
+        if self.stopping:
+            return
+        try:
+            new = nodeconfig.load(self.cfg.path)
+            for i, p in enumerate(new.peers):
+                if p.node_id == self.me:
+                    raise ConfigError(f"peers[{i}].public_key: is this node's own key")
+        except ConfigError as exc:
+            log.error("reload refused, configuration unchanged: %s", exc)
+            return
+        old = self.cfg
+        if new.node != old.node:
+            log.warning("reload: [node] changes take effect at the next restart")
+            new = NodeConfig(new.path, old.node, new.peers, new.channels)
+        self.cfg = new
+        mesh = self._svc()._node()
+        old_peers = {p.node_id: p for p in old.peers}
+        new_peers = {p.node_id: p for p in new.peers}
+        for nid, p in new_peers.items():
+            if nid not in old_peers or old_peers[nid].address != p.address:
+                mesh.unblock_peer(nid)
+                mesh.add_allowed_peer(nid, p.public_key)
+                task = self.peer_tasks.pop(nid, None)
+                if task is not None:
+                    task.cancel()
+                self.peer_state.pop(nid, None)
+                self._watch(p)
+                log.info("reload: peer %#x at %s added", nid, format_addr(p.address))
+        for nid in set(old_peers) - set(new_peers):
+            task = self.peer_tasks.pop(nid, None)
+            if task is not None:
+                task.cancel()
+            self.peer_state.pop(nid, None)
+            mesh.block_peer(nid)
+            log.info("reload: peer %#x removed (its traffic is dropped)", nid)
+        old_ch = {c.name: c for c in old.channels}
+        new_ch = {c.name: c for c in new.channels}
+        for name, ch in new_ch.items():
+            if name not in old_ch:
+                try:
+                    self._open(ch)
+                except NetmeshError as exc:
+                    log.error("reload: channel %s not opened: %s", name, exc)
+            elif ch != old_ch[name]:
+                log.warning("reload: channel %s changed; takes effect at the next restart", name)
+        for name in set(old_ch) - set(new_ch):
+            self._svc().op_close_channel(name)
+            log.info("reload: channel %s closed", name)
+        log.info("reload: %d peers, %d channels", len(new.peers), len(self.open_channels()))
+
+    # -- metrics ---------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The node's metrics (``NodeService.snapshot`` plus the configured peers)."""
+        snap = self._svc().snapshot()
+        mesh = self._svc()._node()
+        snap["name"] = self.cfg.node.name
+        snap["bind"] = self.cfg.node.bind_text
+        snap["configured_peers"] = [
+            {
+                "node_id": p.node_id,
+                "address": format_addr(p.address),
+                "up": mesh.peer_is_up(p.node_id),
+            }
+            for p in self.cfg.peers
+        ]
+        return snap
+
+    def on_loop(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run ``fn`` on the daemon's loop from another thread; its result."""
+        assert self.loop is not None
+
+        async def job() -> Any:
+            return fn()
+
+        fut = asyncio.run_coroutine_threadsafe(job(), self.loop)
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            fut.cancel()
+            raise NodeUnresponsive("the node's loop did not answer in time") from None
+
+    def _serve_metrics(self, addr: tuple[str, int]) -> http.server.ThreadingHTTPServer:
+        daemon = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "see /metrics")
+                    return
+                try:
+                    body = prometheus_text(daemon.on_loop(daemon.snapshot)).encode()
+                except NetmeshError as exc:
+                    self.send_error(503, str(exc))
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics: " + format, *args)
+
+        server_cls = http.server.ThreadingHTTPServer
+        if ":" in addr[0]:
+
+            class V6(http.server.ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+
+            server_cls = V6
+        try:
+            server = server_cls(addr, Handler)
+        except OSError as exc:
+            raise StartError(
+                f"cannot listen on node.metrics {format_addr(addr)}: {exc.strerror}"
+            ) from None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        return server
+
+    @staticmethod
+    def _close_http(server: http.server.ThreadingHTTPServer) -> None:
+        server.shutdown()
+        server.server_close()
+
+
+class DaemonBackend:
+    """A node daemon's own node as a :class:`~netmesh.cluster.clients.ClientBackend`.
+
+    Node index 0 is this node (the only one it serves); indexes ``1..`` in
+    ``channels()`` name ``peers[i - 1]`` of the configuration. Calls run on the
+    daemon's loop (``run_coroutine_threadsafe``) from the client threads.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.ring_bytes = RING_BYTES
+
+    def nodes(self) -> int:
+        return 1 + len(self.d.cfg.peers)
+
+    def channel_list(self) -> list[dict[str, Any]]:
+        return list(self.d.on_loop(self.d.channel_rows))
+
+    def open_channel(self, name: str, replication: Any, options: dict[str, Any]) -> None:
+        self.d.on_loop(lambda: self.d.open_channel(name, replication, dict(options)), 60.0)
+
+    def is_open(self, channel: str) -> bool:
+        return bool(self.d.on_loop(lambda: self.d._svc().redex.get_file(channel) is not None))
+
+    def max_payload(self, channel: str) -> int:
+        def get() -> int:
+            f = self.d._svc().redex.get_file(channel)
+            if f is None:
+                raise ChannelNotOpen(f"channel {channel!r} is not open on this node")
+            return int(f.config.max_payload)
+
+        return int(self.d.on_loop(get) or DEFAULT_MAX_PAYLOAD)
+
+    def serving_node(self, channel: str, exclude: list[int]) -> int:
+        if self.d.stopping:
+            raise NodeUnresponsive(f"node {self.d.cfg.node.name!r} is stopping")
+        return 0
+
+    def call(self, node: int, op: str, timeout: float = 10.0, **args: Any) -> Any:
+        if node != 0 or self.d.stopping or self.d.loop is None:
+            raise NodeUnresponsive(f"node {node} is not served here")
+        fut = asyncio.run_coroutine_threadsafe(self.d._svc().call_op(op, args), self.d.loop)
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            fut.cancel()
+            raise NodeUnresponsive(f"node did not answer {op!r} within {timeout}s") from None
+
+    def node_alive(self, node: int) -> bool:
+        return node == 0 and not self.d.stopping
+
+    def new_name(self, *parts: object) -> str:
+        return self.d.name(*parts)
+
+    def forget_name(self, name: str) -> None:
+        self.d.forget_name(name)
+
+
+# -- Prometheus ----------------------------------------------------------------------
+_ROLE_NAMES = [r.name for r in ReplicaRole]
+
+
+def prometheus_text(snap: dict[str, Any]) -> str:
+    """Prometheus text exposition (0.0.4) of :meth:`Daemon.snapshot`: one HELP and TYPE
+    line per family, ``*_total`` families are counters, the rest gauges; the channel
+    role is a state set; unknown values (None) are left out."""
+    families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def sample(name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+        if value is None or isinstance(value, bool | str):
+            value = int(value) if isinstance(value, bool) else None
+        if value is None:
+            return
+        kind = "counter" if name.endswith("_total") else "gauge"
+        fam = families.setdefault(name, (kind, help_text, []))
+        text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        fam[2].append(f"{name}{{{text}}} {float(value)!r}")
+
+    node = {"node_id": f"{snap.get('node_id') or 0:016x}", "name": str(snap.get("name", ""))}
+    sample("netmesh_node_up", "1 while the node daemon runs", node, 1)
+    peers = snap.get("configured_peers", [])
+    sample("netmesh_node_peers_configured", "peers in the configuration file", node, len(peers))
+    sample(
+        "netmesh_node_peers_up", "configured peers with a live session", node,
+        sum(1 for p in peers if p["up"]),
+    )  # fmt: skip
+    for p in peers:
+        labels = {**node, "peer": f"{p['node_id']:016x}", "address": p["address"]}
+        sample("netmesh_peer_up", "1 if the peer has a live session", labels, int(p["up"]))
+    for k, v in sorted(snap.get("counters", {}).items()):
+        sample(f"netmesh_node_{k}_total", f"node counter {k.replace('_', ' ')}", node, v)
+    mesh = snap.get("mesh", {})
+    for k, v in sorted(mesh.items()):
+        if k == "drops" and isinstance(v, dict):
+            for reason, n in sorted(v.items()):
+                sample(
+                    "netmesh_mesh_drops_total",
+                    "datagrams or messages dropped, by reason",
+                    {**node, "reason": reason},
+                    n,
+                )
+        elif k == "peers_up":
+            sample("netmesh_mesh_peers_up", "peers with a live session", node, v)
+        elif isinstance(v, int | float):
+            sample(f"netmesh_mesh_{k}_total", f"mesh counter {k.replace('_', ' ')}", node, v)
+    for ch, m in sorted(snap.get("channels", {}).items()):
+        labels = {**node, "channel": ch}
+        role = m.get("role")
+        if isinstance(role, str) and role in _ROLE_NAMES:
+            for r in _ROLE_NAMES:
+                sample(
+                    "netmesh_channel_role",
+                    "1 for the role this node has for the channel (state set)",
+                    {**labels, "role": r},
+                    int(r == role),
+                )
+        for k, v in sorted(m.items()):
+            if k in ("role", "channel") or isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            sample(f"netmesh_channel_{k}", f"channel metric {k.replace('_', ' ')}", labels, v)
+    lines: list[str] = []
+    for name, (kind, help_text, samples) in families.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    return "[" + ", ".join(f"{i:#x}" for i in ids) + "]"
+
+
+# -- entry point ---------------------------------------------------------------------
+def run(config_path: str, log_level: str = "INFO") -> int:
+    """Load ``config_path`` and run the daemon until SIGTERM; the exit code. Every
+    failure is one line on stderr (no traceback): 2 bad configuration, 1 start failed."""
+    prog = "netmesh node"
+    try:
+        cfg = nodeconfig.load(config_path)
+        keypair, psk = nodeconfig.load_secrets(cfg)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s netmesh-node[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(Daemon(cfg, keypair, psk).run())
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (StartError, LogLocked, NetmeshError) as exc:
+        print(f"{prog}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m netmesh.cluster.daemon")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--log-level", default=os.environ.get("NETMESH_LOG", "INFO"))
+    args = ap.parse_args(argv)
+    return run(args.config, args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
