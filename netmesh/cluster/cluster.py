@@ -58,6 +58,9 @@ from netmesh.ring.shm import ShmRing
 from netmesh.testing.wait import wait_until
 
 log = logging.getLogger(__name__)
+
+#: payload bytes per control answer of :meth:`Cluster.read_range` (frames are <= 16 MiB)
+READ_PAGE_BYTES = 4 << 20
 RestartPolicy = Literal["never", "on-failure"]
 T = TypeVar("T")
 
@@ -537,16 +540,32 @@ class Cluster:
         return int(self.sup.call(node, "next_seq", channel=self._open(channel)))
 
     def read_range(self, node: int, channel: str, start: int, end: int) -> list[bytes]:
-        """Payloads of seqs ``start`` to ``end`` (exclusive) held by ``node``.
+        """Payloads of seqs ``start`` to ``end`` (exclusive) held by ``node``, fetched in
+        pages of at most ``READ_PAGE_BYTES`` (so any range fits the control frames).
         ConfigError unless 0 <= start <= end."""
         self._node(node)
         if not 0 <= start <= end:
             raise ConfigError(f"read_range needs 0 <= start <= end, got start={start} end={end}")
-        return list(
-            self.sup.call(
-                node, "read_range", channel=self._open(channel), start=start, end=end, timeout=30
+        name = self._open(channel)
+        out: list[bytes] = []
+        seq = start
+        while seq < end:
+            page, first = self.sup.call(
+                node,
+                "read_page",
+                channel=name,
+                start=seq,
+                end=end,
+                max_bytes=READ_PAGE_BYTES,
+                timeout=30,
             )
-        )
+            if not page:
+                break
+            if not out:
+                seq = first  # retention may have removed the head of the range
+            out += page
+            seq += len(page)
+        return out
 
     def role(self, node: int, channel: str) -> ReplicaRole | None:
         """The :class:`ReplicaRole` of ``node`` for ``channel`` (None: not replicated).

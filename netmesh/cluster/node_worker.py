@@ -25,7 +25,8 @@ see :func:`netmesh.cluster.control.error_value`):
 ``append``                channel, payloads -> first seq (leader only)
 ``next_seq`` / ``role``   channel (ChannelNotOpen if not open here); role: the
                           ReplicaRole name, None if the channel is not replicated
-``read_range``            channel, start, end -> [payload]
+``read_range``            channel, start, end -> [payload] (at most 4 MiB of them)
+``read_page``             channel, start, end, max_bytes -> ([payload], first seq)
 ``block`` / ``unblock``   node_ids: drop all traffic to/from them (partitions)
 ``metrics``               -> the same dict the metrics page holds
 ``probe_start/stop``      channel: record append-to-apply latency (ms) of stamped
@@ -236,6 +237,7 @@ class NodeService:
             "next_seq": self.op_next_seq,
             "role": self.op_role,
             "read_range": self.op_read_range,
+            "read_page": self.op_read_page,
             "block": self.op_block,
             "unblock": self.op_unblock,
             "metrics": self.op_metrics,
@@ -408,7 +410,20 @@ class NodeService:
         return None if coord is None else coord.role.name
 
     def op_read_range(self, channel: str, start: int, end: int) -> list[bytes]:
-        return self._file(channel).read_payloads(start, end)[0]
+        return self.op_read_page(channel, start, end, 4 << 20)[0]
+
+    def op_read_page(
+        self, channel: str, start: int, end: int, max_bytes: int
+    ) -> tuple[list[bytes], int]:
+        """Payloads from ``start`` (at least one if any) up to ``end`` or ``max_bytes``,
+        and the seq of the first one."""
+        payloads, first = self._file(channel).read_payloads(start, min(end, start + 65536))
+        total = 0
+        for i, p in enumerate(payloads):
+            total += len(p)
+            if total > max_bytes and i:
+                return payloads[:i], first
+        return payloads, first
 
     def op_block(self, node_ids: list[int]) -> None:
         for nid in node_ids:
