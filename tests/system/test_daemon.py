@@ -293,16 +293,23 @@ def scenario(d: Daemons, n_before: int = 20_000, n_during: int = 50_000) -> dict
     t_start = time.monotonic()
     d.start(lead)
     d.ready(lead)
+    t_ready = time.monotonic()
     wait_until(
         lambda: d.row(lead) is not None and d.row(lead).commit == total,
         timeout=60,
         message="restarted daemon caught up",
     )
     catchup_s = time.monotonic() - t_start
+    serving_s = t_ready - t_start
     assert d.row(lead).leader not in (0, None)  # it follows the new leader
     back = d.clients[lead].read_range(CHANNEL, 0, total)
     assert [ev.payload for ev in back] == [payload(i) for i in range(total)]
-    return {"failover_s": failover_s, "catchup_s": catchup_s, "catchup_events": n_during}
+    return {
+        "failover_s": round(failover_s, 3),
+        "restart_serving_s": round(serving_s, 3),
+        "catchup_s": round(catchup_s, 3),
+        "catchup_events": n_during,
+    }
 
 
 def test_three_daemons_replicate_fail_over_and_catch_up(daemons: Daemons) -> None:
@@ -331,7 +338,17 @@ def test_three_daemons_replicate_fail_over_and_catch_up(daemons: Daemons) -> Non
     out = netmesh_cli("node-status", daemons.metrics[lead] or "", env=daemons.env)
     assert out.returncode == 0, out.stderr
     assert "LEADER" in out.stdout and out.stdout.count(" up") >= 2
-    # SIGTERM: clean exit 0, nothing left behind (sockets, shared memory, sessions)
+    # SIGTERM with clients still attached (a producer on the leader, a subscription on a
+    # replica): clean exit 0, nothing left behind (sockets, shared memory, sessions)
+    follower = next(i for i in daemons.alive() if i != lead)
+    with netmesh.connect(daemons.names[lead]) as c1, netmesh.connect(daemons.names[follower]) as c2:
+        p = c1.producer(CHANNEL)
+        p.append(b"last")
+        assert p.flush() == 70_000
+        sub = c2.subscribe(CHANNEL, from_seq=69_990)
+        assert len(sub.poll(5.0)) > 0
+        for i in daemons.alive():
+            assert daemons.terminate(i) == 0, daemons.log(i)
     for i in daemons.alive():
         assert daemons.terminate(i) == 0, daemons.log(i)
     assert daemons.leftovers() == []
