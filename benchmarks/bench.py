@@ -99,7 +99,9 @@ def run(
         for name, job in todo:
             if progress is not None and task is not None:
                 progress.update(task, description=f"bench {name}")
+            t_suite = time.perf_counter()
             out = job()
+            results.setdefault("suite_seconds", {})[name] = round(time.perf_counter() - t_suite, 1)
             results["figures"].update(out.get("figures", {}))
             results["samples"].update(out.get("samples", {}))
             if progress is not None and task is not None:

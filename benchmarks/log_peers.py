@@ -56,6 +56,7 @@ class NatsCluster:
         self.exe, self.size = exe, size
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
+        self.argv: list[list[str]] = []
         self.tmp = ""
 
     def start(self) -> None:
@@ -66,36 +67,34 @@ class NatsCluster:
         for i in range(self.size):
             store = os.path.join(self.tmp, f"n{i}")
             os.makedirs(store)
-            log = open(os.path.join(self.tmp, f"n{i}.log"), "wb")  # noqa: SIM115
-            try:
-                self.procs.append(
-                    subprocess.Popen(
-                        [
-                            self.exe,
-                            "-a",
-                            "127.0.0.1",
-                            "-p",
-                            str(self.ports[i]),
-                            "-js",
-                            "-sd",
-                            store,
-                            "-n",
-                            f"bench-n{i}",
-                            "--cluster_name",
-                            "bench",
-                            "--cluster",
-                            f"nats://127.0.0.1:{cports[i]}",
-                            "--routes",
-                            routes,
-                        ],
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        preexec_fn=_parent_death_signal,
-                    )
-                )
-            finally:
-                log.close()
+            self.argv.append(
+                [
+                    self.exe,
+                    *("-a", "127.0.0.1", "-p", str(self.ports[i]), "-js", "-sd", store),
+                    *("-n", f"bench-n{i}", "--cluster_name", "bench"),
+                    *("--cluster", f"nats://127.0.0.1:{cports[i]}", "--routes", routes),
+                ]
+            )
+            self.procs.append(self._spawn(i))
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        with open(os.path.join(self.tmp, f"n{i}.log"), "ab") as log:
+            return subprocess.Popen(
+                self.argv[i],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_parent_death_signal,
+            )
+
+    def kill(self, i: int) -> None:
+        """SIGKILL server ``i`` and reap it."""
+        self.procs[i].kill()
+        self.procs[i].wait()
+
+    def restart(self, i: int) -> None:
+        """Start server ``i`` again on its ports and store (it rejoins and recovers)."""
+        self.procs[i] = self._spawn(i)
 
     def stop(self) -> None:
         with _no_interrupts():
@@ -407,6 +406,133 @@ def redis_catchup(n: int, size: int = 1024) -> float:
 
 
 # --------------------------------------------------------------------------- nats trials
+
+
+class NatsFailover:
+    """JetStream R3 write unavailability: SIGKILL the stream leader's server, then
+    retry ``js.publish`` (250 ms ack timeout; the client reconnects by itself) until a
+    publish is acknowledged. One trial per call (ms); its own 3-node cluster, so the
+    shared one is not disturbed. Between trials the killed server is restarted and the
+    next trial waits until all three replicas are current."""
+
+    def __init__(self) -> None:
+        self.cluster: NatsCluster | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.nc: Any = None
+        self.js: Any = None
+        self.error: str | None = None
+
+    def _setup(self) -> None:
+        exe = shutil.which("nats-server")
+        try:
+            import nats
+        except ImportError:
+            raise Unavailable("nats-py not installed (pip install nats-py)") from None
+        if exe is None:
+            raise Unavailable("nats-server not on PATH (apt-get install nats-server)")
+        self.cluster = NatsCluster(exe)
+        self.cluster.start()
+        self.loop = asyncio.new_event_loop()
+        ports = self.cluster.ports
+
+        async def connect() -> None:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    self.nc = await nats.connect(
+                        servers=[f"nats://127.0.0.1:{p}" for p in ports],
+                        connect_timeout=1,
+                        reconnect_time_wait=0.02,
+                        max_reconnect_attempts=-1,
+                        error_cb=_quiet,
+                    )
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)  # polling cadence while the servers start
+            self.js = self.nc.jetstream(timeout=5)
+            from nats.js.api import StreamConfig
+
+            while True:
+                try:
+                    await self.js.add_stream(
+                        StreamConfig(name="BENCH_FO", subjects=["bench.fo"], num_replicas=3)
+                    )
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)  # polling cadence while JetStream forms
+
+        self.loop.run_until_complete(connect())
+
+    async def _healthy(self) -> str:
+        """Wait until the stream has a leader and two current replicas; the leader."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = await self.js.stream_info("BENCH_FO")
+                cl = info.cluster
+                replicas = (cl.replicas or []) if cl else []
+                if (
+                    cl
+                    and cl.leader
+                    and len(replicas) == 2
+                    and all(r.current and not r.offline for r in replicas)
+                ):
+                    await self.js.publish("bench.fo", b"ok", timeout=2)
+                    return str(cl.leader)
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("JetStream R3 stream not healthy again")
+            await asyncio.sleep(0.05)  # polling cadence while the replicas catch up
+
+    def __call__(self) -> float:
+        if self.error:
+            raise Unavailable(self.error)
+        if self.cluster is None:
+            try:
+                self._setup()
+            except Unavailable as exc:
+                self.error = str(exc)
+                raise
+        assert self.loop is not None and self.cluster is not None
+        cluster = self.cluster
+
+        async def trial() -> float:
+            leader = await self._healthy()
+            victim = int(leader.rsplit("n", 1)[1])
+            t_end = time.perf_counter() + 0.3
+            while time.perf_counter() < t_end:  # steady acknowledged writes first
+                await self.js.publish("bench.fo", b"f" * 64, timeout=2)
+            cluster.kill(victim)
+            t_kill = time.perf_counter()
+            while True:
+                try:
+                    await self.js.publish("bench.fo", b"f" * 64, timeout=0.25)
+                    break
+                except Exception:
+                    if time.perf_counter() - t_kill > 120:
+                        raise
+            ms = (time.perf_counter() - t_kill) * 1e3
+            cluster.restart(victim)
+            return ms
+
+        return self.loop.run_until_complete(trial())
+
+    def close(self) -> None:
+        with _no_interrupts():
+            if self.nc is not None and self.loop is not None:
+                with contextlib.suppress(Exception):
+                    self.loop.run_until_complete(self.nc.close())
+            if self.loop is not None:
+                self.loop.close()
+            self.loop = self.nc = self.js = None
+            if self.cluster is not None:
+                self.cluster.stop()
+                self.cluster = None
 
 
 def nats_sustained(servers: Servers, replicas: int, seconds: float, size: int = 64) -> float:

@@ -90,6 +90,12 @@ def _cdfs(ax: Any, samples: dict[str, Any]) -> None:
         i += 1
     _cdf(ax, samples.get("replica_latency_ms", []), "replica apply @10k/s", COLORS[i % 6])
     _cdf(ax, samples.get("failover_ms", []), "write unavailability", COLORS[(i + 1) % 6])
+    _cdf(
+        ax,
+        samples.get("failover_ms_jetstream_r3", []),
+        "write unavailability: JetStream R3",
+        COLORS[(i + 2) % 6],
+    )
     ax.set_xscale("log")
     ax.set_xlabel("ms")
     ax.set_ylabel("fraction")

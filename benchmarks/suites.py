@@ -14,6 +14,7 @@ each node is its own process; node traffic is encrypted UDP on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -52,6 +53,7 @@ class Plan:
     overhead_n: int = 100_000
     overhead_rounds: int = 7
     failover_trials: int = 20
+    failover_peer_trials: int = 5
     catchup_bytes: int = 1 << 30
     latency_s: float = 5.0
 
@@ -70,6 +72,7 @@ class Plan:
             overhead_n=10_000,
             overhead_rounds=3,
             failover_trials=4,
+            failover_peer_trials=1,
             catchup_bytes=128 << 20,
             latency_s=1.5,
         )
@@ -421,7 +424,11 @@ def bench_failover(plan: Plan, log: Log) -> dict[str, Any]:
     samples: list[float] = []
     timelines: list[list[tuple[float, int]]] = []
     chunk = [b"f" * 64] * 16
-    with Cluster(nodes=3, heartbeat_ms=HB) as c:
+    nats = log_peers.NatsFailover()
+    peer: list[float] = []
+    errors: dict[str, str] = {}
+    before = load()
+    with contextlib.closing(nats), Cluster(nodes=3, heartbeat_ms=HB) as c:
         c.open_channel("bench/f", ReplicationConfig(factor=3, heartbeat_ms=HB))
         for trial in range(plan.failover_trials):
             old = c.wait_for_leader("bench/f")
@@ -455,23 +462,45 @@ def bench_failover(plan: Plan, log: Log) -> dict[str, Any]:
                 timeout=15,
                 message="restarted node back as replica",
             )
-    s = summary(samples)
-    s.update(p50=percentile(samples, 50), p90=percentile(samples, 90), samples=len(samples))
-    fig: dict[str, Any] = {
-        "unit": "ms",
-        "label": "write unavailability: SIGKILL leader -> producer's append acked by the "
-        "new leader (f3, hb 150 ms, re-target via Cluster.wait_for_leader)",
-        "lower_is_better": True,
-        "netmesh": s,
-        "peers": {},
-        "note": (f"QUICK: {len(samples)} trials (full run: 20); " if plan.quick else "")
-        + "p50/p90/max only: no p99 from this many samples",
-    }
+            if trial < plan.failover_peer_trials and "jetstream_r3" not in errors:
+                try:  # interleaved: a JetStream trial after a netmesh one
+                    peer.append(nats())
+                    log(f"failover jetstream_r3 trial {len(peer)}: {peer[-1]:.0f} ms")
+                except Unavailable as exc:
+                    errors["jetstream_r3"] = str(exc)
+                except Exception as exc:  # a peer's failure is reported, not fatal
+                    errors["jetstream_r3"] = f"{type(exc).__name__}: {exc}"
+    notes = [
+        f"{len(samples)} netmesh trials" + (" (QUICK; full run: 20)" if plan.quick else ""),
+        f"{len(peer)} JetStream trials (each 5-10 s)",
+        "p50/p90/max only: no p99 from this many samples",
+    ]
+    fig = figure(
+        "ms",
+        "write unavailability: SIGKILL leader -> producer's append acked by the new leader "
+        "(f3, hb 150 ms, re-target via Cluster.wait_for_leader)",
+        samples,
+        {"jetstream_r3": peer} if peer else {},
+        errors,
+        lower_is_better=True,
+        peer_labels={
+            "jetstream_r3": "NATS JetStream R3: SIGKILL the stream leader's server -> a "
+            "js.publish acked (250 ms ack timeout, client reconnects by itself)"
+        },
+        note="; ".join(notes),
+    )
+    fig["netmesh"].update(
+        p50=percentile(samples, 50), p90=percentile(samples, 90), samples=len(samples)
+    )
+    for p in fig["peers"].values():
+        p.update(p50=percentile(peer, 50), p90=percentile(peer, 90), samples=len(peer))
+    fig["load_before"], fig["load_after"] = before, load()
     median_trial = sorted(range(len(samples)), key=lambda i: samples[i])[len(samples) // 2]
     return {
         "figures": {"failover_unavailability_ms": fig},
         "samples": {
             "failover_ms": [round(x, 2) for x in samples],
+            "failover_ms_jetstream_r3": [round(x, 2) for x in peer],
             "failover_timeline": {
                 "t0": "SIGKILL at t=0 s",
                 "trial": median_trial,

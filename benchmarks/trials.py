@@ -105,7 +105,7 @@ def figure(
             for a, b in zip(netmesh, xs, strict=False)
             if (r := _ratio(a, b, lower_is_better)) is not None
         ]
-        if paired:
+        if len(paired) >= 3:  # a range of one or two pairs says nothing
             entry["ratio_min"], entry["ratio_max"] = min(paired), max(paired)
         out["peers"][name] = entry
     if errors:

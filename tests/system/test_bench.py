@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from benchmarks import suites
+from benchmarks import log_peers, suites
 from benchmarks.log_peers import Servers
 from benchmarks.suites import Plan
 
@@ -33,6 +33,7 @@ TINY = dataclasses.replace(
     sustained_s=0.2,
     quorum_s=0.2,
     failover_trials=2,
+    failover_peer_trials=0,
     catchup_bytes=4 << 20,
 )
 
@@ -110,6 +111,21 @@ def test_failover_reports_write_unavailability_and_a_timeline() -> None:
     tl = out["samples"]["failover_timeline"]["acks"]
     assert tl[0][0] < 0 < tl[-1][0]  # acknowledged events before and after the kill
     assert [a for _t, a in tl] == sorted(a for _t, a in tl)
+
+
+def test_jetstream_failover_trial_measures_and_stops_its_servers() -> None:
+    if not (shutil.which("nats-server") and importlib.util.find_spec("nats")):
+        pytest.skip("needs nats-server + nats-py")
+    trial = log_peers.NatsFailover()
+    try:
+        ms = trial()
+        assert trial.cluster is not None
+        pids = trial.cluster.pids
+    finally:
+        trial.close()
+    assert 0 < ms < 120_000 and len(pids) == 3
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_catchup_inside_the_burst_is_labelled() -> None:
