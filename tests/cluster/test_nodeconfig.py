@@ -169,3 +169,16 @@ def test_secrets_are_refused_when_others_may_read_them(tmp_path: Path) -> None:
     cfg = nodeconfig.load(write(tmp_path, mine))
     with pytest.raises(ConfigError, match=r"peers\[0\].public_key: is this node's own key"):
         nodeconfig.load_secrets(cfg)
+
+
+def test_the_deploy_example_loads(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "deploy" / "node.toml.example"
+    text = example.read_text()
+    for kp in KP[1:]:
+        start = text.index('"<64 hex digits')
+        text = text[:start] + f'"{kp.public_key.hex()}"' + text[text.index(">", start) + 2 :]
+    cfg = nodeconfig.load(write(tmp_path, text))
+    assert cfg.node.bind == ("10.0.0.2", 7411) and cfg.node.data_dir == "/var/lib/netmesh"
+    assert cfg.node.key_file == str(tmp_path / "node.key")
+    assert [c.name for c in cfg.channels] == ["orders", "local/scratch"]
+    assert len(cfg.peers) == 2
