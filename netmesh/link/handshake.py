@@ -153,9 +153,6 @@ class CipherState:
         self.n = 0
         self._aead = ChaCha20Poly1305(k)
 
-    def has_key(self) -> bool:
-        return self.k is not None
-
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         if self._aead is None:
             return plaintext
