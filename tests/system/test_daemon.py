@@ -185,11 +185,16 @@ class Daemons:
         return None
 
     def leader(self, channel: str = CHANNEL) -> int | None:
-        """The daemon that says it leads ``channel`` and that every live daemon follows."""
-        leaders = [i for i in self.alive() if (r := self.row(i, channel)) and r.leader == 0]
-        if len(leaders) != 1:
-            return None
-        return leaders[0]
+        """The daemon that leads ``channel`` by the account of every live daemon (each
+        names it by its own config's index: 0 itself, k its ``peers[k - 1]``)."""
+        seen = set()
+        for i in self.alive():
+            r = self.row(i, channel)
+            if r is None or r.leader is None:
+                return None
+            others = [j for j in range(len(self.hosts)) if j != i]
+            seen.add(i if r.leader == 0 else others[r.leader - 1])
+        return seen.pop() if len(seen) == 1 else None
 
     def wait_leader(self, other_than: int | None = None, timeout: float = 20.0) -> int:
         """Wait for one leader (not ``other_than``) that every live daemon agrees on."""
@@ -369,6 +374,20 @@ def test_peers_that_start_late_are_joined_with_back_off(daemons: Daemons) -> Non
     daemons.start(2)
     daemons.ready(2)
     wait_until(lambda: daemons.row(2).commit == 10, timeout=20, message="late node caught up")
+    # the CLI clients against daemons: publish on the leader's, tail on another's
+    pub = subprocess.run(
+        [sys.executable, "-P", "-m", "netmesh.cli", "publish", CHANNEL, "--name", f"n{lead}"],
+        input="a\nb\nc\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemons.env,
+    )
+    assert pub.returncode == 0, pub.stderr
+    wait_until(lambda: daemons.row(2).commit == 13, timeout=20, message="published events")
+    tail = netmesh_cli("tail", CHANNEL, "--name", "n2", "--from", "10", env=daemons.env)
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.splitlines() == ["a", "b", "c"]
     log = daemons.log(0)
     # one line per peer state change, not one per attempt
     assert log.count("unreachable") <= 2, log
