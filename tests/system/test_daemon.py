@@ -423,6 +423,34 @@ def test_sighup_reload_opens_and_closes_channels(daemons: Daemons) -> None:
     assert daemons.leftovers() == []
 
 
+def test_sighup_reload_adds_and_removes_peers(daemons: Daemons) -> None:
+    def peers_up(i: int) -> dict[str, float]:
+        fams = text_string_to_metric_families(daemons.metrics_text(i))
+        fam = next((f for f in fams if f.name == "netmesh_peer_up"), None)
+        return {} if fam is None else {s.labels["address"]: s.value for s in fam.samples}
+
+    daemons.write_config(0, [], "")  # 0 knows nobody yet: 1's handshakes are refused
+    daemons.start(0)
+    daemons.start(1)
+    daemons.ready(0)
+    daemons.ready(1)
+    one = f"{daemons.hosts[1]}:{daemons.ports[1]}"
+    wait_until(lambda: "unreachable" in daemons.log(1), timeout=10, message="1 refused")
+    assert peers_up(0) == {}
+    daemons.write_config(0, [1], "")
+    daemons.procs[0].send_signal(signal.SIGHUP)
+    wait_until(lambda: peers_up(0) == {one: 1.0}, timeout=10, message="peer added")
+    assert f"peer {daemons.keys[1]['node_id']:#x} at {one} added" in daemons.log(0)
+    daemons.write_config(0, [], "")
+    daemons.procs[0].send_signal(signal.SIGHUP)
+    wait_until(lambda: "removed" in daemons.log(0), timeout=10, message="peer removed")
+    assert peers_up(0) == {}
+    # its traffic is dropped: 1 sees 0 go down
+    wait_until(lambda: ") down" in daemons.log(1), timeout=10, message="1 sees 0 gone")
+    for i in daemons.alive():
+        assert daemons.terminate(i) == 0
+
+
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
     cfg.write_text('[node]\nbind = "127.0.0.1:7411"\nkey_file = "k"\npsk_file = "p"\n')
