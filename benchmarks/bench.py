@@ -51,7 +51,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks import suites
+from benchmarks import suites, wheels
 from benchmarks.log_peers import Servers
 from benchmarks.plots import plot
 from benchmarks.suites import Plan
@@ -88,6 +88,9 @@ def run(
     servers = Servers()
     results: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "suite": which}
     results.update(provenance(ROOT))
+    results["versions"]["net-mesh-other-interpreters"] = {
+        py: wheels.wheel_version(py) for py in wheels.wheel_pythons()
+    }
     results["load_before"] = load()
     results["figures"], results["samples"] = {}, {}
     t0 = time.perf_counter()

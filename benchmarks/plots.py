@@ -6,7 +6,8 @@
    WAIT 1, JetStream R3), replica apply latency at 10k events/s, write unavailability
    across leader kills;
 3. failover timeline: acknowledged events/s over time across one leader kill (the
-   median trial), SIGKILL at t = 0.
+   median trial), SIGKILL at t = 0;
+4. RSS vs log size: the leader's resident memory as its log grows (catch-up suite).
 
 Needs matplotlib (the ``bench`` extra); :func:`plot` returns False without it.
 """
@@ -28,10 +29,11 @@ def plot(results: dict[str, Any], path: str) -> bool:
         return False
     figures = results.get("figures", {})
     samples = results.get("samples", {})
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    fig, axes = plt.subplots(1, 4, figsize=(24, 6), gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
     _throughput(axes[0], figures)
     _cdfs(axes[1], samples)
     _timeline(axes[2], samples.get("failover_timeline"))
+    _rss(axes[3], samples.get("rss_vs_log"))
     quick = " --quick" if results.get("quick") else ""
     fig.suptitle(
         f"netmesh bench{quick} {results.get('date', '')} {str(results.get('commit') or '')[:10]}"
@@ -61,7 +63,8 @@ def _throughput(ax: Any, figures: dict[str, Any]) -> None:
             err = [[med - s["min"]], [s["max"] - med]]
             ax.bar(x, med, width=0.8, color=COLORS[i % len(COLORS)], yerr=err, capsize=2)
             text = name if ratio is None else f"{name}\n{ratio:.2f}x"
-            ax.text(x, med * 1.08, text, ha="center", va="bottom", fontsize=6, rotation=90)
+            top = s["max"] if s["max"] == s["max"] else med
+            ax.text(x, top * 1.08, text, ha="center", va="bottom", fontsize=6, rotation=90)
             x += 1
         ticks.append((start + x - 1) / 2)
         names.append(key.replace("_eps", ""))
@@ -100,7 +103,21 @@ def _cdfs(ax: Any, samples: dict[str, Any]) -> None:
     ax.set_xlabel("ms")
     ax.set_ylabel("fraction")
     ax.set_title("latency CDFs", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="lower right")
+
+
+def _rss(ax: Any, rss: dict[str, Any] | None) -> None:
+    ax.set_title("node RSS vs log size (leader, in memory)", fontsize=9)
+    if not rss or not rss.get("points"):
+        ax.text(0.5, 0.5, "no catch-up run", ha="center", transform=ax.transAxes)
+        return
+    xs = [p[0] for p in rss["points"]]
+    ys = [p[1] / 2**20 for p in rss["points"]]
+    ax.plot(xs, ys, marker=".", color=COLORS[0], label="RSS")
+    ax.set_xlabel("events held (1 KiB payloads)")
+    ax.set_ylabel("MiB")
+    ax.legend(fontsize=7)
 
 
 def _timeline(ax: Any, tl: dict[str, Any] | None, bin_s: float = 0.05) -> None:

@@ -540,7 +540,8 @@ def bench_catchup(plan: Plan, log: Log) -> dict[str, Any]:
     n = plan.catchup_bytes // size
     default = ReplicationConfig(factor=2, heartbeat_ms=HB)
     burst = _burst_bytes(default)
-    budgeted = _catchup(n, size, None)
+    rss: list[tuple[int, int]] = []
+    budgeted = _catchup(n, size, None, rss)
     log(f"catch-up default budget: {budgeted:.1f} MB/s")
     raw = _catchup(n, size, 10**12)
     log(f"catch-up unbudgeted: {raw:.1f} MB/s")
@@ -575,10 +576,22 @@ def bench_catchup(plan: Plan, log: Log) -> dict[str, Any]:
     for p in fig["peers"].values():
         p["unbudgeted_ratio"] = raw / p["median"] if p["median"] else None
     fig.update(bytes_behind=n * size, budget_burst_bytes=burst, inside_budget_burst=inside)
-    return {"figures": {"catchup_mb_s": fig}}
+    return {
+        "figures": {"catchup_mb_s": fig},
+        "samples": {
+            "rss_vs_log": {
+                "what": f"leader node RSS bytes vs events held ({size} B payloads, memory)",
+                "points": rss,
+            }
+        },
+    }
 
 
-def _catchup(n: int, size: int, nic_peak: int | None) -> float:
+def _catchup(
+    n: int, size: int, nic_peak: int | None, rss: list[tuple[int, int]] | None = None
+) -> float:
+    """Payload MB/s of the catch-up; ``rss`` gets (events held, leader RSS bytes) while
+    the log grows (16 steps) and the replica's once it holds everything."""
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         cfg = ReplicationConfig(factor=2, heartbeat_ms=HB, leader_pinned=c.node_ids[0])
         if nic_peak is not None:
@@ -586,7 +599,18 @@ def _catchup(n: int, size: int, nic_peak: int | None) -> float:
         c.open_channel("bench/c", cfg)
         c.wait_until(lambda: c.leader("bench/c") == 0, timeout=10, message="pinned leader")
         c.kill(1)
-        _timed_appends(c, 0, "bench/c", n, size, 64)
+        leader = psutil.Process(c.info[0]["pid"])
+        if rss is None:
+            _timed_appends(c, 0, "bench/c", n, size, 64)
+        else:
+            rss.append((0, leader.memory_info().rss))
+            step = max(64, n // 16 // 64 * 64)
+            done = 0
+            while done < n:
+                k = min(step, n - done)
+                _timed_appends(c, 0, "bench/c", k, size, 64)
+                done += k
+                rss.append((done, leader.memory_info().rss))
         c.restart(1)
         t0 = time.perf_counter()
         c.wait_until(
@@ -595,7 +619,8 @@ def _catchup(n: int, size: int, nic_peak: int | None) -> float:
             interval=0.005,
             message="catch-up",
         )
-        return n * size / (time.perf_counter() - t0) / 1e6
+        rate = n * size / (time.perf_counter() - t0) / 1e6
+        return rate
 
 
 # --------------------------------------------------------------------------- latency
