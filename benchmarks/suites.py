@@ -155,8 +155,8 @@ def _burst_bytes(cfg: ReplicationConfig) -> float | None:
     """The replication budget's burst (one second of budget) for ``cfg``; None when the
     budget is unlimited (a non-positive or missing NIC peak)."""
     peak = getattr(cfg, "nic_peak_bytes_per_s", None)
-    if not peak or peak <= 0:
-        return None
+    if isinstance(peak, bool) or not isinstance(peak, int | float) or peak <= 0:
+        return None  # unlimited, or resolved by the node ("auto": the OS's link speed)
     return float(cfg.replication_budget_fraction * peak)
 
 
@@ -560,6 +560,8 @@ def bench_catchup(plan: Plan, log: Log) -> dict[str, Any]:
         note = "QUICK: " + note + " (full run: 1 GiB)"
     if burst is not None:
         note += f"; budget burst {burst / 1e6:.1f} MB" + (" (INSIDE the burst)" if inside else "")
+    else:
+        note += "; default budget unlimited or resolved by the node (no burst to fit in)"
     fig = figure(
         "MB/s (payload, 10^6)",
         "catch-up of an empty replica restarted behind, default budget, 1 KiB",
