@@ -25,9 +25,11 @@ inprocess               RedexFile.append / append_batch(64) in memory vs the net
 overhead                N single appends acked by the leader, f2 / unreplicated time,
                         unpinned (headline) and pinned (labelled)
 failover                write unavailability: SIGKILL the leader until a producer's append
-                        is acknowledged by the new leader, 20 trials, p50/p90/max
+                        is acknowledged by the new leader, 20 trials, p50/p90/max, and a
+                        timeline; peer: JetStream R3 (kill the stream leader's server)
 catchup                 an empty replica 1 GiB of 1 KiB events behind: MB/s until it holds
-                        all (default budget; unbudgeted beside it)
+                        all (default budget; unbudgeted beside it); peer: a Redis replica
+                        started empty (full resync); RSS vs log size
 latency                 append -> applied on the replica at 10k events/s offered
 ======================  ===================================================================
 
