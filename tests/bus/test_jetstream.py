@@ -18,6 +18,7 @@ from netmesh.testing.servers import NatsCluster, NatsServer, free_port
 from tests.conftest import wait_until
 
 FAST = BatchConfig(min_size=20, max_size=200, max_delay=0.002)
+TOTAL = 6000  # events the leader-kill run accepts
 
 
 async def _stream_facts(urls: str, stream: str) -> tuple[str, int, int]:
@@ -52,7 +53,7 @@ def test_leader_kill_in_r3_cluster_loses_and_duplicates_nothing(nats_cluster: Na
 
         def produce() -> None:
             i = 0
-            while not stop.is_set() or i < 2000:
+            while not stop.is_set() and len(accepted) < TOTAL:
                 try:
                     bus.emit({"i": i})
                     accepted.append(i)
@@ -65,24 +66,28 @@ def test_leader_kill_in_r3_cluster_loses_and_duplicates_nothing(nats_cluster: Na
         t.start()
         try:
             wait_until(lambda: bus.stats().stored > 300, timeout=10, message="some stored")
+            at_kill = bus.stats().stored
             nats_cluster.by_name(leader).kill()
-            survivors = ",".join(s.url for s in nats_cluster.servers if s.running)
-
-            def new_leader() -> bool:
-                try:
-                    return stream_facts(survivors, "net_shard_0")[0] not in ("", leader)
-                except Exception:
-                    return False
-
-            # nats-server 2.9's stream raft waits 4-9 s before a follower campaigns
-            wait_until(new_leader, timeout=30, interval=0.1, message="a new stream leader")
-            stored_then = bus.stats().stored
+            # nats-server 2.9's stream raft waits 4-9 s before a follower campaigns; more
+            # than a ring and a batch stored since the kill went through the new leader
             wait_until(
-                lambda: bus.stats().stored > stored_then + 200, timeout=30, message="progress"
+                lambda: bus.stats().stored > at_kill + 2000 + 200,
+                timeout=40,
+                interval=0.05,
+                message="events stored through a new leader",
             )
         finally:
             stop.set()
             t.join()
+        survivors = ",".join(s.url for s in nats_cluster.servers if s.running)
+
+        def new_leader() -> bool:
+            try:
+                return stream_facts(survivors, "net_shard_0")[0] not in ("", leader)
+            except Exception:
+                return False
+
+        wait_until(new_leader, timeout=30, interval=0.1, message="the stream reports a new leader")
         bus.flush(timeout=30)
         stats = bus.stats()
         assert stats.ingested == stats.stored == len(accepted) and stats.pending == 0

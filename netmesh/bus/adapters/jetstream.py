@@ -13,8 +13,11 @@ retries the whole batch; the server's duplicate window (default 1 h, the referen
 it must exceed the bus's ``retry_for``) drops the events an earlier attempt had stored,
 also across a leader change (the window is rebuilt from the replicated stream).
 
-Reading: the stream's ``last_seq`` (``STREAM.INFO``), then the wanted sequences with
-concurrent ``STREAM.MSG.GET`` requests answered by the stream leader; a sequence missing
+Reading: the stream's ``last_seq`` (``STREAM.INFO``); then up to 32 events are read with
+concurrent ``STREAM.MSG.GET`` requests answered by the stream leader, and more through a
+throw-away consumer (memory storage, one replica, no acks, starting at the wanted
+sequence) and one ``no_wait`` pull request, deleted afterwards (when a degraded cluster
+cannot place that consumer in time, by sequence for the next 30 s). A sequence missing
 (trimmed or deleted) is skipped.
 
 Threads: nats-py is asyncio-only and the bus's workers are threads, so the adapter runs
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Coroutine
@@ -45,6 +49,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TS_HEADER = "Netmesh-Ts"
 ID_HEADER = "Nats-Msg-Id"
+DIRECT_READ_MAX = 32  # larger reads go through a throw-away pull consumer
+CONSUMER_PAUSE = 30.0  # seconds of by-sequence reads after a consumer read failed
+
+
+def _event(shard: int, seq: int | None, data: bytes | None, headers: Any) -> StoredEvent:
+    h = headers or {}
+    return StoredEvent(str(seq), data or b"", int(h.get(TS_HEADER, 0)), shard, h.get(ID_HEADER, ""))
 
 
 class JetStreamAdapter(Adapter):
@@ -97,6 +108,7 @@ class JetStreamAdapter(Adapter):
         self._nc: Any = None
         self._js: Any = None
         self._closed = False
+        self._no_consumers_until = 0.0  # loop time
 
     # names
     def stream_name(self, shard: int) -> str:
@@ -187,6 +199,16 @@ class JetStreamAdapter(Adapter):
         if last < first:
             return []
 
+        now = asyncio.get_running_loop().time()
+        if last - first + 1 > DIRECT_READ_MAX and now >= self._no_consumers_until:
+            try:
+                return await self._read_consumer(shard, name, first, last - first + 1)
+            except (TimeoutError, nats.errors.Error) as exc:
+                # a cluster that just lost a server may not place a consumer in time:
+                # read by sequence for a while instead of stalling every page
+                self._no_consumers_until = now + CONSUMER_PAUSE
+                log.debug("jetstream: consumer read of %s failed (%s), reading by seq", name, exc)
+
         async def one(seq: int) -> Any:
             try:
                 return await self._js.get_msg(name, seq)
@@ -194,23 +216,42 @@ class JetStreamAdapter(Adapter):
                 return None  # trimmed or deleted
 
         msgs = await asyncio.gather(*(one(s) for s in range(first, last + 1)))
-        out = []
-        for m in msgs:
-            if m is None:
-                continue
-            h = m.headers or {}
-            out.append(
-                StoredEvent(
-                    str(m.seq), m.data or b"", int(h.get(TS_HEADER, 0)), shard, h.get(ID_HEADER, "")
-                )
-            )
+        return [_event(shard, m.seq, m.data, m.headers) for m in msgs if m is not None]
+
+    async def _read_consumer(self, shard: int, name: str, first: int, n: int) -> list[StoredEvent]:
+        """``n`` messages from ``first`` on through a throw-away consumer (in memory, R1,
+        no acks): one pull request instead of ``n`` gets."""
+        cfg = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=first,
+            ack_policy=api.AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=30.0,  # the server removes it if our delete is lost
+        )
+        consumer = (await self._js.add_consumer(name, cfg)).name
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, pending_msgs_limit=n + 16)
+        out: list[StoredEvent] = []
+        try:
+            request = json.dumps({"batch": n, "no_wait": True}).encode()
+            await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{name}.{consumer}", request, inbox)
+            while len(out) < n:
+                msg = await sub.next_msg(self.request_timeout)
+                if msg.headers and msg.headers.get("Status"):
+                    break  # 404 no more messages (the rest were deleted), 408 expired
+                out.append(_event(shard, msg.metadata.sequence.stream, msg.data, msg.headers))
+        finally:
+            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self._js.delete_consumer(name, consumer)
         return out
 
     def poll_shard(self, shard: int, after: str | None, limit: int) -> list[StoredEvent]:
         if after is not None and not after.isdigit():
             raise BadCursor(f"{after!r} is not a JetStream stream sequence")
         return self._call(
-            self._read(shard, 0 if after is None else int(after), limit), self.request_timeout * 2
+            self._read(shard, 0 if after is None else int(after), limit), self.request_timeout * 4
         )
 
     def is_healthy(self) -> bool:
