@@ -8,6 +8,7 @@ Names follow the reference's Python SDK (``mesh_spec.md`` §7.1: ``Receipt``,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -100,7 +101,7 @@ class PollResponse:
     next_cursor: str
     has_more: bool
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[StoredEvent]:
         return iter(self.events)
 
     def __len__(self) -> int:
