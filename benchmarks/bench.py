@@ -72,7 +72,7 @@ def jobs(
         ("replicated", lambda: suites.bench_replicated(plan, servers, log)),
         ("quorum", lambda: suites.bench_quorum(plan, servers, log)),
         ("inprocess", lambda: suites.bench_inprocess(plan, log)),
-        ("overhead", lambda: suites.bench_overhead(plan, log)),
+        ("overhead", lambda: suites.bench_overhead(plan, servers, log)),
         ("failover", lambda: suites.bench_failover(plan, log)),
         ("catchup", lambda: suites.bench_catchup(plan, log)),
         ("latency", lambda: suites.bench_latency(plan, log)),
@@ -133,8 +133,10 @@ def flat(figures: dict[str, Any]) -> dict[str, float]:
             out["replica_latency_ms_p99"] = nm.get("p99", math.nan)
             continue
         out[key] = nm.get("median", math.nan)
-        if key == "replication_overhead_ratio" and f.get("pinned"):
-            out["replication_overhead_ratio_pinned"] = f["pinned"]["median"]
+        if key == "replication_overhead_ratio":  # the seed's figure: ratio of medians
+            out[key] = nm.get("ratio_of_medians", out[key])
+            if f.get("pinned"):
+                out["replication_overhead_ratio_pinned"] = f["pinned"]["ratio_of_medians"]
         if key == "catchup_mb_s" and f.get("unbudgeted"):
             out["catchup_unbudgeted_mb_s"] = f["unbudgeted"]["median"]
         if key == "ingest_batched_1k_eps":
@@ -143,6 +145,17 @@ def flat(figures: dict[str, Any]) -> dict[str, float]:
             if p.get("ratio") is not None:
                 out[f"{key}_vs_{peer}"] = p["ratio"]
     return out
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def _num(x: float | None, unit: str = "") -> str:
@@ -327,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2, allow_nan=True)
+            json.dump(strict_json(results), fh, indent=2, allow_nan=False)
     if args.plot:
         plot(results, args.plot)
     return 0

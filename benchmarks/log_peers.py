@@ -127,6 +127,8 @@ class Servers:
     def __init__(self) -> None:
         self.redis: list[RedisServer] = []
         self.redis_clients: list[Any] = []
+        self.solo: RedisServer | None = None
+        self.solo_client: Any = None
         self.redis_error: str | None = None
         self.nats: NatsCluster | None = None
         self.nats_error: str | None = None
@@ -178,6 +180,23 @@ class Servers:
             self.redis_error = f"redis servers did not start: {exc}"
             raise Unavailable(self.redis_error) from exc
         return cp, cr, prim.port
+
+    def redis_solo(self) -> Any:
+        """A client of a standalone Redis (no replica); Unavailable if not here."""
+        if self.solo_client is not None:
+            return self.solo_client
+        self.redis_pair()  # same checks, and the pair is wanted beside it
+        import redis
+
+        exe = shutil.which("redis-server")
+        assert exe is not None
+        try:
+            self.solo = RedisServer(exe)
+            self.solo.start()
+        except Exception as exc:
+            raise Unavailable(f"standalone redis did not start: {exc}") from exc
+        self.solo_client = redis.Redis(host="127.0.0.1", port=self.solo.port, socket_timeout=60.0)
+        return self.solo_client
 
     # -- nats ----------------------------------------------------------------------------
     def jetstream(self, replicas: int) -> tuple[asyncio.AbstractEventLoop, Any, str]:
@@ -252,6 +271,7 @@ class Servers:
     # -- lifecycle -------------------------------------------------------------------------
     def pids(self) -> list[int]:
         out = [s.pid for s in self.redis if s.pid]
+        out += [self.solo.pid] if self.solo is not None and self.solo.pid else []
         return out + (self.nats.pids if self.nats else [])
 
     def close(self) -> None:
@@ -269,6 +289,13 @@ class Servers:
             for s in reversed(self.redis):
                 s.stop()
             self.redis = []
+            if self.solo_client is not None:
+                with contextlib.suppress(Exception):
+                    self.solo_client.close()
+                self.solo_client = None
+            if self.solo is not None:
+                self.solo.stop()
+                self.solo = None
             if self.nats is not None:
                 self.nats.stop()
                 self.nats = None
@@ -302,6 +329,30 @@ def redis_sustained(servers: Servers, seconds: float, size: int = 64) -> float:
     rate = n / (time.perf_counter() - t0)
     cp.delete(key)
     return rate
+
+
+def redis_overhead_round(servers: Servers, n: int, size: int = 64) -> float:
+    """Time of ``n`` XADDs (redis-py, pipelined x500) acknowledged by the primary with
+    an asynchronous replica / by a standalone Redis: what a replica costs the writer,
+    the Redis side of netmesh's overhead ratio."""
+    solo = servers.redis_solo()
+    cp, _cr, _port = servers.redis_pair()
+    fields = {b"p": b"x" * size}
+
+    def timed(client: Any) -> float:
+        key = f"bench:ovh:{time.monotonic_ns()}"
+        pipe = client.pipeline(transaction=False)
+        t0 = time.perf_counter()
+        for start in range(0, n, BATCH):
+            for _ in range(min(BATCH, n - start)):
+                pipe.xadd(key, fields)
+            pipe.execute()
+        dt = time.perf_counter() - t0
+        client.delete(key)
+        return dt
+
+    plain = timed(solo)
+    return timed(cp) / plain
 
 
 class RedisBenchmark:

@@ -355,36 +355,65 @@ def bench_inprocess(plan: Plan, log: Log) -> dict[str, Any]:
 # --------------------------------------------------------------------------- overhead
 
 
-def bench_overhead(plan: Plan, log: Log) -> dict[str, Any]:
+def bench_overhead(plan: Plan, servers: Servers, log: Log) -> dict[str, Any]:
     """The seed's method, unpinned: time of N single appends acknowledged by the leader
     on a replicated (f2) channel / on an unreplicated one, same cluster, interleaved.
     ``pinned`` beside it: the producer alone on CPU 0, the nodes on the others (it
-    measures what the producer sees, not what replication costs the machine)."""
-    out: dict[str, Any] = {}
-    out["unpinned"] = overhead_ratios(plan.overhead_n, plan.overhead_rounds, None, None, log)
+    measures what the producer sees, not what replication costs the machine). Peer:
+    the same ratio for Redis (primary with an async replica / standalone, XADDs
+    acknowledged by the primary), a round after each netmesh round."""
+    peer: list[float] = []
+    errors: dict[str, str] = {}
+
+    def redis_round() -> None:
+        if "redis_async_replica" in errors:
+            return
+        try:
+            peer.append(log_peers.redis_overhead_round(servers, plan.overhead_n))
+        except Unavailable as exc:
+            errors["redis_async_replica"] = str(exc)
+        except Exception as exc:  # a peer's failure is reported, not fatal
+            errors["redis_async_replica"] = f"{type(exc).__name__}: {exc}"
+
+    before = load()
+    unpinned = overhead_ratios(
+        plan.overhead_n, plan.overhead_rounds, None, None, log, between=redis_round
+    )
     cpus = sorted(os.sched_getaffinity(0))
+    pinned = None
     if len(cpus) > 1:
-        out["pinned"] = overhead_ratios(
-            plan.overhead_n, plan.overhead_rounds, cpus[:1], cpus[1:], log
-        )
-    fig: dict[str, Any] = {
-        "unit": "ratio (time replicated / unreplicated; lower is better, 1.0 = free)",
-        "label": "replication overhead, N single appends acked by the leader, f2 vs none",
-        "lower_is_better": True,
-        "netmesh": out["unpinned"],
-        "pinned": out.get("pinned"),
-        "peers": {},
-        "note": "headline: unpinned (the seed's definition); 'pinned' = producer pinned "
+        pinned = overhead_ratios(plan.overhead_n, plan.overhead_rounds, cpus[:1], cpus[1:], log)
+    fig = figure(
+        "ratio (time replicated / unreplicated; lower is better, 1.0 = free)",
+        "replication overhead, N single appends acked by the leader, f2 vs none, unpinned",
+        unpinned["trials"],
+        {"redis_async_replica": peer} if peer else {},
+        errors,
+        lower_is_better=True,
+        peer_labels={
+            "redis_async_replica": "Redis: XADD x500 pipelined acked by a primary with an "
+            "async replica / by a standalone server (redis-py)"
+        },
+        note="headline: unpinned (the seed's definition); 'pinned' = producer pinned "
         "apart from the nodes, labelled, beside it"
         + ("; QUICK: fewer appends per trial" if plan.quick else ""),
-    }
+    )
+    fig["netmesh"]["ratio_of_medians"] = unpinned["ratio_of_medians"]
+    fig["pinned"] = pinned
+    fig["load_before"], fig["load_after"] = before, load()
     return {"figures": {"replication_overhead_ratio": fig}}
 
 
 def overhead_ratios(
-    n: int, rounds: int, client: list[int] | None, nodes: list[int] | None, log: Log
+    n: int,
+    rounds: int,
+    client: list[int] | None,
+    nodes: list[int] | None,
+    log: Log,
+    between: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Summary of per-round ratios (replicated / plain time) plus ``ratio_of_medians``."""
+    """Summary of per-round ratios (replicated / plain time) plus ``ratio_of_medians``;
+    ``between`` runs after each round (a peer's round, interleaved)."""
     before = os.sched_getaffinity(0)
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         c.open_channel("bench/plain")
@@ -404,6 +433,8 @@ def overhead_ratios(
             for _ in range(rounds):  # interleaved so machine noise hits both alike
                 plain.append(n / _timed_appends(c, 0, "bench/plain", n, 64, 1))
                 repl.append(n / _timed_appends(c, 0, "bench/repl", n, 64, 1))
+                if between is not None:
+                    between()
         finally:
             os.sched_setaffinity(0, before)
     ratios = [r / p for r, p in zip(repl, plain, strict=True)]

@@ -34,6 +34,7 @@ TINY = dataclasses.replace(
     quorum_s=0.2,
     failover_trials=2,
     failover_peer_trials=0,
+    overhead_n=2_000,
     catchup_bytes=4 << 20,
 )
 
@@ -111,6 +112,19 @@ def test_failover_reports_write_unavailability_and_a_timeline() -> None:
     tl = out["samples"]["failover_timeline"]["acks"]
     assert tl[0][0] < 0 < tl[-1][0]  # acknowledged events before and after the kill
     assert [a for _t, a in tl] == sorted(a for _t, a in tl)
+
+
+def test_overhead_unpinned_beside_pinned_and_redis() -> None:
+    servers = Servers()
+    try:
+        fig = suites.bench_overhead(TINY, servers, lambda _m: None)["figures"]
+    finally:
+        servers.close()
+    fig = fig["replication_overhead_ratio"]
+    assert fig["netmesh"]["ratio_of_medians"] > 0 and len(fig["netmesh"]["trials"]) == 3
+    assert fig["pinned"] is None or fig["pinned"]["ratio_of_medians"] > 0
+    if shutil.which("redis-server") and importlib.util.find_spec("redis"):
+        assert fig["peers"]["redis_async_replica"]["ratio"] > 0, fig.get("unavailable")
 
 
 def test_jetstream_failover_trial_measures_and_stops_its_servers() -> None:
