@@ -75,7 +75,7 @@ def jobs(
         ("overhead", lambda: suites.bench_overhead(plan, servers, log)),
         ("failover", lambda: suites.bench_failover(plan, log)),
         ("catchup", lambda: suites.bench_catchup(plan, log)),
-        ("latency", lambda: suites.bench_latency(plan, log)),
+        ("latency", lambda: suites.bench_latency(plan, servers, log)),
     ]
 
 
@@ -131,6 +131,9 @@ def flat(figures: dict[str, Any]) -> dict[str, float]:
         if key == "replica_latency_ms":
             out["replica_latency_ms_p50"] = nm.get("median", math.nan)
             out["replica_latency_ms_p99"] = nm.get("p99", math.nan)
+            for peer, p in f.get("peers", {}).items():
+                if p.get("ratio") is not None:
+                    out[f"replica_latency_ms_p99_vs_{peer}"] = p["ratio"]
             continue
         out[key] = nm.get("median", math.nan)
         if key == "replication_overhead_ratio":  # the seed's figure: ratio of medians
@@ -205,6 +208,7 @@ def report(results: dict[str, Any]) -> Table:
             first = (
                 f"p50 {_num(nm.get('median'))} p99 {_num(nm.get('p99'))} (n={nm.get('samples')})"
             )
+
         elif key == "replication_overhead_ratio" and f.get("pinned"):
             first += f"; pinned {_span(f['pinned'], unit)}"
         elif key == "catchup_mb_s" and f.get("unbudgeted"):
@@ -217,12 +221,15 @@ def report(results: dict[str, Any]) -> Table:
             ratio = "-" if p.get("ratio") is None else f"{p['ratio']:.2f}x"
             if "ratio_min" in p:
                 ratio += f" ({p['ratio_min']:.2f}-{p['ratio_max']:.2f})"
+            shown = _span(p, unit)
+            if key == "replica_latency_ms":  # a single run: its percentiles
+                shown = f"p50 {_num(p.get('median'))} p99 {_num(p.get('p99'))} (n={p['samples']})"
             t.add_row(
                 key if i == 0 else "",
                 short_unit if i == 0 else "",
                 first if i == 0 else "",
                 name,
-                _span(p, unit),
+                shown,
                 ratio,
             )
         for name, why in f.get("unavailable", {}).items():

@@ -355,6 +355,76 @@ def redis_overhead_round(servers: Servers, n: int, size: int = 64) -> float:
     return timed(cp) / plain
 
 
+def _latency_reader(port: int, key: str, conn: Any) -> None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60.0)
+    lat: list[float] = []
+    last: Any = "0-0"
+    conn.send("ready")
+    while True:
+        got: Any = client.xread({key: last}, count=1000, block=1000)
+        now = time.monotonic_ns()
+        for _stream, entries in got or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                p = fields[b"p"]
+                if p == b"END":
+                    conn.send(lat)
+                    client.close()
+                    return
+                lat.append((now - int.from_bytes(p[:8], "little")) / 1e6)
+
+
+def redis_replica_latency(
+    servers: Servers, seconds: float, rate: int = 10_000, size: int = 64
+) -> list[float]:
+    """Append -> readable on the replica, ms, at ``rate`` events/s offered: redis-py
+    XADDs to the primary each millisecond (the due events pipelined), a reader process
+    blocked in XREAD on the replica stamps each entry's arrival (CLOCK_MONOTONIC is
+    shared by processes). Includes the reader's round trip, which netmesh's probe (in
+    the replica node) does not: a bound in Redis's favour only if anything."""
+    import multiprocessing as mp
+
+    cp, _cr, _port = servers.redis_pair()
+    key = f"bench:lat:{time.monotonic_ns()}"
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_latency_reader, args=(servers.redis[1].port, key, child), daemon=True
+    )
+    proc.start()
+    try:
+        parent.recv()
+        pipe = cp.pipeline(transaction=False)
+        per_tick, tick = rate // 1000, 0.001
+        sent = 0
+        pad = b"x" * max(0, size - 8)
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            due = int(elapsed / tick) * per_tick
+            if sent < due:
+                for _ in range(due - sent):
+                    pipe.xadd(key, {b"p": time.monotonic_ns().to_bytes(8, "little") + pad})
+                pipe.execute()
+                sent = due
+            else:
+                time.sleep(tick / 4)  # pacing of the offered load
+        cp.xadd(key, {b"p": b"END"})
+        if not parent.poll(60):
+            raise TimeoutError("redis latency reader did not finish")
+        lat: list[float] = parent.recv()
+        proc.join(10)
+        cp.delete(key)
+        return lat
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        parent.close()
+        child.close()
+
+
 class RedisBenchmark:
     """The redis-benchmark C client (``-c 1 -P 500``) XADDing to the primary; the
     count per trial is calibrated once so that a trial lasts about ``seconds``."""

@@ -92,6 +92,12 @@ def _cdfs(ax: Any, samples: dict[str, Any]) -> None:
         _cdf(ax, xs, f"ack per 500: {name}", COLORS[i % len(COLORS)])
         i += 1
     _cdf(ax, samples.get("replica_latency_ms", []), "replica apply @10k/s", COLORS[i % 6])
+    _cdf(
+        ax,
+        samples.get("replica_latency_ms_redis", []),
+        "Redis replica XREAD @10k/s",
+        COLORS[(i + 3) % 6],
+    )
     _cdf(ax, samples.get("failover_ms", []), "write unavailability", COLORS[(i + 1) % 6])
     _cdf(
         ax,

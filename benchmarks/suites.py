@@ -659,7 +659,7 @@ def _catchup(
 # --------------------------------------------------------------------------- latency
 
 
-def bench_latency(plan: Plan, log: Log, rate: int = 10_000) -> dict[str, Any]:
+def bench_latency(plan: Plan, servers: Servers, log: Log, rate: int = 10_000) -> dict[str, Any]:
     """Append -> applied on the replica at ``rate`` events/s offered (f2, hb 150)."""
     with Cluster(nodes=2, heartbeat_ms=HB) as c:
         c.open_channel(
@@ -685,23 +685,50 @@ def bench_latency(plan: Plan, log: Log, rate: int = 10_000) -> dict[str, Any]:
             p.flush()
         c.wait_until(lambda: c.next_seq(1, "bench/l") >= warm + sent, timeout=10)
         lat = [float(x) for x in c.sup.call(1, "probe_stop", channel="bench/l")]
-    s = summary([])
-    s = {k: v for k, v in s.items() if k != "trials"}
-    s.update(
-        min=min(lat, default=float("nan")),
-        median=percentile(lat, 50),
-        p99=percentile(lat, 99),
-        max=max(lat, default=float("nan")),
-        samples=len(lat),
-    )
+    peer: list[float] = []
+    errors: dict[str, str] = {}
+    try:
+        peer = log_peers.redis_replica_latency(servers, plan.latency_s, rate)
+    except Unavailable as exc:
+        errors["redis_async_replica"] = str(exc)
+    except Exception as exc:  # a peer's failure is reported, not fatal
+        errors["redis_async_replica"] = f"{type(exc).__name__}: {exc}"
+    s = _latency_summary(lat)
     log(f"latency p50 {s['median']:.3f} ms p99 {s['p99']:.3f} ms ({len(lat)} samples)")
-    fig = {
+    fig: dict[str, Any] = {
         "unit": "ms",
         "label": f"replica latency, append -> applied on the replica, {rate} events/s offered",
         "lower_is_better": True,
         "netmesh": s,
         "peers": {},
         "note": (f"QUICK: {plan.latency_s:g} s (full run: 5 s); " if plan.quick else "")
-        + "one run; p99 over all samples of it",
+        + "one run each; p99 over all samples of it; ratio = peer p99 / netmesh p99",
     }
-    return {"figures": {"replica_latency_ms": fig}, "samples": {"replica_latency_ms": _thin(lat)}}
+    if peer:
+        ps = _latency_summary(peer)
+        ps["label"] = (
+            "Redis: XADD to the primary -> XREAD on the async replica returns it "
+            "(a reader process; includes its read round trip)"
+        )
+        ps["ratio"] = ps["p99"] / s["p99"] if s["p99"] else None
+        ps["ratio_p50"] = ps["median"] / s["median"] if s["median"] else None
+        fig["peers"]["redis_async_replica"] = ps
+    if errors:
+        fig["unavailable"] = errors
+    return {
+        "figures": {"replica_latency_ms": fig},
+        "samples": {
+            "replica_latency_ms": _thin(lat),
+            "replica_latency_ms_redis": _thin(peer),
+        },
+    }
+
+
+def _latency_summary(lat: list[float]) -> dict[str, Any]:
+    return {
+        "min": min(lat, default=float("nan")),
+        "median": percentile(lat, 50),
+        "p99": percentile(lat, 99),
+        "max": max(lat, default=float("nan")),
+        "samples": len(lat),
+    }

@@ -35,6 +35,7 @@ TINY = dataclasses.replace(
     failover_trials=2,
     failover_peer_trials=0,
     overhead_n=2_000,
+    latency_s=0.3,
     catchup_bytes=4 << 20,
 )
 
@@ -125,6 +126,21 @@ def test_overhead_unpinned_beside_pinned_and_redis() -> None:
     assert fig["pinned"] is None or fig["pinned"]["ratio_of_medians"] > 0
     if shutil.which("redis-server") and importlib.util.find_spec("redis"):
         assert fig["peers"]["redis_async_replica"]["ratio"] > 0, fig.get("unavailable")
+
+
+def test_replica_latency_beside_redis() -> None:
+    servers = Servers()
+    try:
+        out = suites.bench_latency(TINY, servers, lambda _m: None)
+    finally:
+        servers.close()
+    fig = out["figures"]["replica_latency_ms"]
+    nm = fig["netmesh"]
+    assert nm["samples"] > 1000 and 0 < nm["median"] <= nm["p99"] <= nm["max"]
+    assert out["samples"]["replica_latency_ms"]
+    if shutil.which("redis-server") and importlib.util.find_spec("redis"):
+        redis = fig["peers"]["redis_async_replica"]
+        assert redis["samples"] > 1000 and redis["ratio"] > 0, fig.get("unavailable")
 
 
 def test_jetstream_failover_trial_measures_and_stops_its_servers() -> None:
