@@ -23,14 +23,16 @@ quorum                  factor 3, ack="quorum", one acknowledgement per 500 even
 inprocess               RedexFile.append / append_batch(64) in memory vs the net-mesh
                         wheels (0.24 in this process, 0.45.1 in its own venv if present)
 overhead                N single appends acked by the leader, f2 / unreplicated time,
-                        unpinned (headline) and pinned (labelled)
+                        unpinned (headline) and pinned (labelled); peer: Redis, primary
+                        with an async replica / standalone
 failover                write unavailability: SIGKILL the leader until a producer's append
                         is acknowledged by the new leader, 20 trials, p50/p90/max, and a
                         timeline; peer: JetStream R3 (kill the stream leader's server)
 catchup                 an empty replica 1 GiB of 1 KiB events behind: MB/s until it holds
                         all (default budget; unbudgeted beside it); peer: a Redis replica
                         started empty (full resync); RSS vs log size
-latency                 append -> applied on the replica at 10k events/s offered
+latency                 append -> applied on the replica at 10k events/s offered; peer:
+                        Redis, XADD to the primary -> XREAD on the replica returns it
 ======================  ===================================================================
 
 ``--quick`` (about 90 s for ``all``) shrinks every workload; figures it changes say so

@@ -74,7 +74,7 @@ class Plan:
             failover_trials=4,
             failover_peer_trials=1,
             catchup_bytes=128 << 20,
-            latency_s=1.5,
+            latency_s=1.0,
         )
 
     def label(self, what: str, full: str) -> str:
