@@ -7,23 +7,29 @@ replays exactly. Time advances in steps of ``heartbeat/4``: each :meth:`step`
 delivers the datagrams due by then and ticks every live node. Every message is
 encoded and decoded with ``netmesh.replication.messages`` on the way (the codec is tested
 too and messages never alias). The network can drop, duplicate, delay (hence
-reorder) datagrams, cut links (``partition``/``isolate``/``heal``) and crash nodes;
-a crashed node keeps its log and its last saved HardState, and ``restart`` builds a
-fresh coordinator from them (exactly what a real node restores).
+reorder) datagrams, cut links both ways (``partition``/``isolate``) or one way
+(``cut(a, b)``), ``heal`` them all, and crash nodes; a crashed node keeps its log and
+its last saved HardState, and ``restart`` builds a fresh coordinator from them
+(exactly what a real node restores: the log's epochs rebuilt from its records, the
+hard state's term and vote).
 
 Each node's shell is the shipped :class:`~netmesh.replication.executor.OutputExecutor`
-(the one the node runtime uses) over a :class:`MemoryStorage` (a list-of-payloads log
-and a saved HardState) and a send callable into the simulated network, so every seed
-exercises the executor that ships. Its crash hook places power cuts at output
-boundaries (``crash_mid_output``, ``crash_points``).
+(the one the node runtime uses) over a :class:`FaultyStorage` (a list-of-payloads log
+with a term per batch, retention and log restarts, a saved HardState, and injected
+OSErrors before or after a write reaches it) and a send callable into the simulated
+network, so every seed exercises the executor that ships. Its crash hook places power
+cuts at output boundaries (``crash_mid_output``, ``crash_points``; every boundary:
+:data:`EVERY_BOUNDARY`). A storage error stops the node (role FAILED) until
+``restart`` reopens it; ``down()`` lists crashed and failed nodes.
 
 Invariants, checked after every step (the seed is in every failure message):
 
 * at most one leader per term (ever);
-* the local log's length equals the coordinator's ``tail_seq``;
+* the local log's length equals the coordinator's ``tail_seq`` (running nodes);
 * quorum mode: a node's commit never goes backwards, and every node's log agrees
   with the longest committed prefix seen so far (so nothing committed, i.e.
-  acknowledged to a producer, is ever lost or rewritten).
+  acknowledged to a producer, is ever lost or rewritten). Seqs a log does not hold
+  (retention, a restart at the leader's head) are ``None`` and match anything.
 """
 
 from __future__ import annotations

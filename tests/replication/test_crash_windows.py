@@ -20,7 +20,7 @@ import random
 
 import pytest
 
-from netmesh.replication.coordinator import Apply
+from netmesh.replication.coordinator import Apply, Truncate
 from netmesh.testing.sim import EVERY_BOUNDARY, InvariantViolation, SimCluster
 
 
@@ -140,8 +140,6 @@ def test_crashes_at_every_boundary_and_storage_errors(ack: str, first_seed: int)
 def test_the_fault_mix_exercises_what_it_claims() -> None:
     """Across 40 seeds: crashes at every kind of boundary, storage failures that stop
     nodes (role FAILED) and commits all happen (the stress test tests something)."""
-    from netmesh.replication import executor as ex
-
     seen: set[tuple[str, str]] = set()
     failed = commits = 0
     for seed in range(40):
@@ -151,4 +149,29 @@ def test_the_fault_mix_exercises_what_it_claims() -> None:
         seen |= {(w, k.__name__) for w, k in sim.crashes_at}
     assert failed > 0 and commits > 100
     assert {(w, k) for w in ("before", "after") for k in ("Apply", "SaveHardState", "Send")} <= seen
-    assert ex.OutputExecutor  # the executor the node ships is the one that ran
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("seed", range(10))
+def test_crash_at_a_truncate_boundary(seed: int, when: str) -> None:
+    """Truncates are rare in the random mix: a leader-mode split brain forces one (the
+    old leader's suffix goes on heal) and the node dies right before or after it."""
+    sim = SimCluster(3, seed=seed, ack="leader")
+    old = sim.wait_for_leader()
+    sim.propose([b"common"])
+    sim.wait_converged()
+    sim.isolate(old)
+    sim.propose([b"lost1", b"lost2"], old)
+    sim.run_heartbeats(8)
+    new = next(i for i in sim.leaders() if i != old)
+    sim.propose([b"kept1", b"kept2", b"kept3"], new)
+    sim.run_heartbeats(2)
+    sim.crash_points = frozenset({(when, Truncate)})  # type: ignore[arg-type]
+    sim.crash_mid_output = 1.0
+    sim.heal()
+    sim.run_heartbeats(10)
+    assert sim.crashes_at == [(when, Truncate)], f"seed={seed}: {sim.describe()}"
+    sim.quiet()
+    lead = sim.wait_converged(60)
+    assert sim.nodes[old].log == sim.nodes[lead].log
+    assert sim.nodes[lead].log == [b"common", b"kept1", b"kept2", b"kept3"]
