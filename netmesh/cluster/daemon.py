@@ -154,6 +154,7 @@ class Daemon:
                 bind=node.bind_text,
                 heartbeat_interval=node.keepalive_ms / 1000,
                 session_timeout=node.session_timeout_ms / 1000,
+                max_datagram=node.max_datagram,
                 data_dir=node.data_dir,
             )
         except OSError as exc:
@@ -352,7 +353,9 @@ class Daemon:
                 addr = await self._resolve(peer.address)
                 await mesh.connect(addr, peer.public_key, peer.node_id)
             except (HandshakeError, OSError) as exc:
-                if self.peer_state.get(peer.node_id) != "down":
+                if mesh.peer_is_up(peer.node_id):
+                    continue  # it came up through its own handshake meanwhile
+                if self.peer_state.get(peer.node_id) in (None, "up"):
                     self._peer_changed(peer, "unreachable", f" ({exc})")
                 await self._nap(wake, delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX_S)

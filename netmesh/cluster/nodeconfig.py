@@ -11,6 +11,8 @@
     metrics = "127.0.0.2:9411"       # optional: Prometheus text on http://ADDR/metrics
     keepalive_ms = 250               # optional: link keepalive period (default 250)
     session_timeout_ms = 2000        # optional: a silent peer is down after this (2000)
+    max_datagram = 1400              # optional: largest UDP payload sent (fits a 1500 MTU;
+                                     # 8972 for 9000-byte jumbo frames)
 
     [[peers]]                        # every other node of the cluster
     address = "127.0.0.1:7411"       # its [node] bind
@@ -69,6 +71,7 @@ NODE_KEYS = {
     "metrics": False,
     "keepalive_ms": False,
     "session_timeout_ms": False,
+    "max_datagram": False,
 }
 PEER_KEYS = {"address": True, "public_key": True}
 CHANNEL_KEYS = {
@@ -98,6 +101,7 @@ FILE_KEYS = (
 DEFAULT_NAME = "default"
 DEFAULT_KEEPALIVE_MS = 250
 DEFAULT_SESSION_TIMEOUT_MS = 2000
+DEFAULT_MAX_DATAGRAM = 1400
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class NodeSection:
     metrics: tuple[str, int] | None = None
     keepalive_ms: int = DEFAULT_KEEPALIVE_MS
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
 
     @property
     def bind_text(self) -> str:
@@ -320,6 +325,9 @@ def _node(raw: dict[str, Any], base: str) -> NodeSection:
         metrics=metrics,
         keepalive_ms=keepalive,
         session_timeout_ms=timeout,
+        max_datagram=_int(
+            "node.max_datagram", raw.get("max_datagram", DEFAULT_MAX_DATAGRAM), 576, 65000
+        ),
     )
 
 

@@ -79,6 +79,7 @@ class Daemons:
         metrics: bool = True,
         prefix: Callable[[int], list[str]] = lambda i: [],
         ports: Sequence[int] | None = None,
+        max_datagram: int | None = None,
     ) -> None:
         self.root = root
         self.hosts = list(hosts)
@@ -100,6 +101,7 @@ class Daemons:
         self.ports = list(ports) if ports else [free_udp_port(h) for h in hosts]
         self.metrics = [f"{h}:{free_tcp_port(h)}" if metrics else None for h in hosts]
         self.channels_toml = channels_toml
+        self.max_datagram = max_datagram
         for i in range(len(hosts)):
             self.write_config(i, [j for j in range(len(hosts)) if j != i])
 
@@ -116,6 +118,8 @@ class Daemons:
         ]
         if self.metrics[i]:
             lines.append(f'metrics = "{self.metrics[i]}"')
+        if self.max_datagram:
+            lines.append(f"max_datagram = {self.max_datagram}")
         for j in peers:
             lines += [
                 "",
