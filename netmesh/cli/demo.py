@@ -191,6 +191,7 @@ def run(console: Any, events: int | None, heartbeat_ms: int) -> int:
             f"publisher process published {limit // 2:,} flights; subscriber process on "
             f"node {served} is aggregating"
         )
+        lead = c.wait_for_leader(CHANNEL)  # the leader now, mid-stream
         t1 = time.perf_counter()
         c.kill(lead)
         console.print(f"SIGKILLed the leader, node {lead}")
