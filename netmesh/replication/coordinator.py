@@ -940,6 +940,16 @@ class ReplicationCoordinator:
         self._maybe_challenge(m)
         self._maybe_request()
 
+    def _candidate_heartbeat(self, frm: int, m: Heartbeat) -> None:
+        """A real candidate owns its fresh term: no leader shares it. A pre-candidate
+        kept its term: the leader of that term is alive after all, so it stands down
+        and follows (etcd: a PreCandidate that hears the leader becomes a follower)."""
+        if self._campaign.kind is VoteKind.PRE and m.role is L and m.term == self.term:
+            self._set_role(Sig.ELECTION_LOST)
+            self._replica_heartbeat(frm, m)
+        else:
+            self._note_heartbeat(frm, m)
+
     def _leader_heartbeat(self, frm: int, m: Heartbeat) -> None:
         """A replica's heartbeat tells its tail: a follower of our epoch is matched."""
         self._note_heartbeat(frm, m)
@@ -1177,7 +1187,7 @@ STEP_TABLE: dict[tuple[ReplicaRole, type], Handler] = {
     (R, VoteResponse): _DROP,  # a late answer to a campaign already over
     (R, Ack): _DROP,  # a late ack to a leadership already over
     # stepCandidate
-    (C, Heartbeat): _RC._note_heartbeat,  # terms are owned: no leader shares our term
+    (C, Heartbeat): _RC._candidate_heartbeat,
     (C, SyncRequest): _RC._refuse_sync,
     (C, SyncResponse): _DROP,
     (C, Nack): _DROP,

@@ -330,6 +330,7 @@ class ChannelRuntime:
         self.decode_errors = 0
         self.send_errors = 0
         self.waiter_errors = 0
+        self.tick_errors = 0
         self._push_timer_at: float | None = None
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._waiter_no = 0
@@ -366,8 +367,12 @@ class ChannelRuntime:
         while not self._closed and not self.executor.stopped:
             try:
                 self.run(self.coord.tick(self.now()))
-            except Exception:
-                log.exception("%s: replication tick failed", self.name)
+            except Exception:  # a bug, not storage (the executor stops on those)
+                self.tick_errors += 1
+                if self.tick_errors == 1:  # logged once with its traceback, then counted
+                    log.exception("%s: replication tick failed", self.name)
+                else:
+                    log.debug("%s: replication tick failed again", self.name, exc_info=True)
             await asyncio.sleep(self.tick_interval)
 
     def _on_messages(self, from_id: int, msgs: list[bytes]) -> None:
@@ -471,7 +476,7 @@ class ChannelRuntime:
             decode_errors_total=self.decode_errors,
             send_errors_total=self.send_errors,
             behind_retention_total=self.executor.behind_retention,
-            output_errors_total=self.executor.resyncs + self.waiter_errors,
+            output_errors_total=self.executor.resyncs + self.waiter_errors + self.tick_errors,
             storage_errors_total=self.executor.storage_errors,
             **m,
         )

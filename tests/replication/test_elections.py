@@ -73,13 +73,26 @@ def test_one_way_loss_from_the_leader_does_not_depose_it(seed: int, n: int, ack:
     assert sim.nodes[victim].log == sim.nodes[lead].log
 
 
-def test_a_forced_transfer_still_moves_leadership() -> None:
-    """Leases do not block the pinned leader's handoff (a FORCE vote, etcd's transfer)."""
-    sim = SimCluster(3, seed=11, ack="quorum")
-    first = sim.wait_for_leader()
-    pinned = next(i for i in sim.ids if i != first)
-    sim.config = type(sim.config)(**{**sim.config.__dict__, "leader_pinned": pinned})
-    for node_id in sim.ids:
-        sim.crash(node_id)
-        sim.restart(node_id)
-    assert sim.wait_converged(40) == pinned, sim.describe()
+def test_a_pre_candidate_that_hears_the_leader_follows_it() -> None:
+    """Pre-vote keeps the term, so the live leader of that term may still speak: the
+    pre-candidate stands down at once instead of waiting out its campaign."""
+    from netmesh.replication.messages import Heartbeat
+    from netmesh.replication.roles import ReplicaRole as R
+
+    sim = SimCluster(3, seed=5, ack="quorum")
+    lead = sim.wait_for_leader()
+    sim.run_heartbeats(3)
+    b = next(i for i in sim.ids if i != lead)
+    node = sim.nodes[b]
+    term = node.coord.term
+    sim.cut(lead, b)
+    for _ in range(40):
+        sim.step()
+        if node.coord.role is R.CANDIDATE:
+            break
+    assert node.coord.role is R.CANDIDATE and node.coord.term == term, sim.describe()
+    lt = sim.nodes[lead].coord
+    node.executor.run(
+        node.coord.step(lead, Heartbeat(term, R.LEADER, lt.tail_seq, 0, term, term), sim.now)
+    )
+    assert node.coord.role is R.REPLICA and node.coord.leader_id == lead
