@@ -239,6 +239,34 @@ def report(results: dict[str, Any]) -> Table:
     return t
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The report as a Markdown table (for the README), provenance and notes below it."""
+    rows = [
+        "| figure | netmesh median (min-max) | peer | peer median (min-max) | ratio (range) |",
+        "|---|---:|---|---:|---:|",
+    ]
+    table = report(results)
+    cells = [[str(c) for c in col.cells] for col in table.columns]
+    for r in range(len(cells[0]) if cells else 0):
+        fig, _unit, nm, peer, pv, ratio = (col[r] for col in cells)
+        label = ""
+        f = results.get("figures", {}).get(fig)
+        if f is not None:
+            label = f" ({f.get('unit', '').split(' ')[0]})"
+        rows.append(f"| {fig}{label if fig else ''} | {nm} | {peer} | {pv} | {ratio} |")
+    quick = " --quick" if results.get("quick") else ""
+    rows += [
+        "",
+        f"`netmesh bench {results.get('suite')}{quick}` {results.get('date')}, commit "
+        f"{results.get('commit')}, {results.get('cpu_model')} x{results.get('cpu_count')}, "
+        f"load {results.get('load_before')} -> {results.get('load_after')}, "
+        f"{results.get('bench_seconds')} s. Ratios > 1: netmesh better.",
+        "",
+        *(f"- {line}" for line in notes(results)),
+    ]
+    return "\n".join(rows) + "\n"
+
+
 def notes(results: dict[str, Any]) -> list[str]:
     """One line per figure that carries a note (QUICK labels, budget bursts...)."""
     return [f"{k}: {f['note']}" for k, f in results.get("figures", {}).items() if f.get("note")]
@@ -298,6 +326,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--plot", metavar="OUT.png", help="write a PNG plot (needs the 'bench' extra: matplotlib)"
     )
+    ap.add_argument(
+        "--markdown", metavar="OUT.md", help="write the table as Markdown (for the README)"
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")
     return ap
 
@@ -350,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(strict_json(results), fh, indent=2, allow_nan=False)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown(results))
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -52,11 +52,11 @@ def _check_figure(fig: dict[str, Any], peers: set[str]) -> None:
 
 
 def test_bench_ingest_quick_writes_json_with_ratios_and_plot(tmp_path: Path) -> None:
-    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    out_json, out_png, out_md = (tmp_path / f"bench.{x}" for x in ("json", "png", "md"))
     proc = subprocess.run(
         [
             *(sys.executable, "-P", "-m", "netmesh.cli", "bench", "ingest", "--quick"),
-            *("--json", str(out_json), "--plot", str(out_png)),
+            *("--json", str(out_json), "--plot", str(out_png), "--markdown", str(out_md)),
         ],
         capture_output=True,
         text=True,
@@ -76,6 +76,8 @@ def test_bench_ingest_quick_writes_json_with_ratios_and_plot(tmp_path: Path) -> 
         assert "QUICK" in res["figures"][key]["note"]
         assert res["summary"][f"{key}_vs_pyring"] > 0
     assert "ingest_batched_eps" in proc.stdout and "pyring" in proc.stdout
+    md = out_md.read_text()
+    assert md.startswith("| figure |") and "| pyring |" in md and res["date"] in md
     if importlib.util.find_spec("matplotlib") is None:
         assert not out_png.exists()
     else:
