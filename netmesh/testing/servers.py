@@ -18,12 +18,14 @@ Readiness is polled with a deadline: Redis must answer ``PING``; NATS must answe
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from netmesh.testing.wait import wait_until
 
 START_TIMEOUT = 10.0  # seconds a server gets to answer after spawn
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -49,6 +52,15 @@ def require(binary: str) -> str:
     if path is None:
         pytest.skip(f"{binary} is not installed (apt-get install {binary}; .ci/run does it)")
     return path
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies (Linux
+    ``PR_SET_PDEATHSIG``), so a test killed by a timeout leaves no server behind. The
+    signal follows the *thread* that spawned it: start servers from a thread that
+    outlives them (pytest's main thread does)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class _Server:
@@ -83,7 +95,11 @@ class _Server:
         log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen(
-                self._argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self._argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
