@@ -87,8 +87,8 @@ class SubscriptionPump:
                 commit = self.commit_of()
                 if commit is not None:
                     hi = min(hi, commit)
-                if self.end_seq is not None:
-                    if self.seq >= self.end_seq or (self.seq >= hi and f.closed):
+                if self.end_seq is not None:  # a bounded read: what is held now, no wait
+                    if self.seq >= min(hi, self.end_seq):
                         await self._send(subframes.control(subframes.END, self.seq))
                         return
                     hi = min(hi, self.end_seq)

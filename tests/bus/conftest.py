@@ -3,7 +3,8 @@ parametrized over every backend, so a contract test runs unchanged on each."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,27 @@ from netmesh.testing.servers import (  # noqa: F401 - fixtures
 AdapterFactory = Callable[[], Adapter]
 
 
-@pytest.fixture(params=["memory", "redis", "jetstream"])
+@pytest.fixture
+def netmesh_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real 3-node netmesh cluster serving clients; yields its name."""
+    from netmesh import Cluster
+
+    monkeypatch.setenv("NETMESH_RUN_DIR", str(tmp_path / "run"))
+    with Cluster(nodes=3, heartbeat_ms=100, name="bus"):
+        yield "bus"
+
+
+@pytest.fixture(params=["memory", "redis", "jetstream", "netmesh"])
 def make_adapter(request: pytest.FixtureRequest) -> AdapterFactory:
     """A factory of fresh adapters on one backend (all share the backend's data)."""
     if request.param == "memory":
         shared = MemoryAdapter()
         return lambda: shared
+    if request.param == "netmesh":
+        from netmesh.bus.adapters.netmesh import NetmeshAdapter
+
+        name = request.getfixturevalue("netmesh_cluster")
+        return lambda: NetmeshAdapter(name)
     if request.param == "redis":
         from netmesh.bus.adapters.redis_streams import RedisStreamsAdapter
 

@@ -4,12 +4,13 @@ shutdown, stats accounting, argument checks."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from netmesh.bus import BatchConfig, EventBus, MemoryAdapter, NetmeshAdapter
 from netmesh.errors import (
-    AdapterNotAvailable,
+    AdapterError,
     Backpressure,
     BadCursor,
     Closed,
@@ -131,11 +132,12 @@ def test_encoding_and_argument_checks() -> None:
             EventBus(**bad)  # type: ignore[arg-type]
 
 
-def test_netmesh_adapter_names_issue_11() -> None:
-    with pytest.raises(AdapterNotAvailable, match="issue 11"):
+def test_netmesh_adapter_without_a_cluster_is_a_clear_adapter_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NETMESH_RUN_DIR", str(tmp_path))
+    with pytest.raises(AdapterError, match="no cluster named 'orders'"):
         NetmeshAdapter(name="orders")
-    with pytest.raises(NotImplementedError):
-        NetmeshAdapter()
 
 
 def test_memory_adapter_max_events_trims_oldest_and_keeps_ids() -> None:
@@ -182,3 +184,15 @@ def test_pages_rotate_over_shards_and_bad_positions_are_bad_cursors() -> None:
         assert first.has_more and second.has_more
         with pytest.raises(BadCursor):
             bus.poll(cursor=Cursor({0: "1-0"}).encode())
+
+
+def test_insertion_ts_ordering_sorts_a_page() -> None:
+    with EventBus(shards=3, batch=BatchConfig(1, 1000, 0.001)) as bus:
+        for i in range(60):
+            bus.emit({"i": i})
+        bus.flush(timeout=5)
+        page = bus.poll(100, ordering="insertion_ts")
+        assert [e.json()["i"] for e in page] == list(range(60))
+        assert len({e.shard for e in page}) > 1
+        with pytest.raises(ConfigError):
+            bus.poll(ordering="seq")
