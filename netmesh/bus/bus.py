@@ -437,19 +437,27 @@ class EventBus:
 
     # ------------------------------------------------------------------ read side
     def poll(
-        self, limit: int = 100, cursor: str | None = None, filter: FilterSpec | None = None
+        self,
+        limit: int = 100,
+        cursor: str | None = None,
+        filter: FilterSpec | None = None,
+        ordering: str | None = None,
     ) -> PollResponse:
         """Up to ``limit`` stored events after ``cursor`` (None: from the start).
 
         Each shard is read in order; shards take turns being read first. ``filter``
         (:mod:`netmesh.bus.filter`) is applied after the fetch; events it rejects are
-        consumed all the same. Returns :class:`PollResponse` whose ``next_cursor``
+        consumed all the same. ``ordering="insertion_ts"`` sorts the page by insertion
+        time (the reference's option; within the page only, shard order is kept either
+        way); None keeps shard by shard. Returns :class:`PollResponse` whose ``next_cursor``
         resumes exactly after this page. Raises :class:`BadCursor`, :class:`FilterError`,
         :class:`ConfigError` (limit < 1), :class:`AdapterError` (backend failed),
         :class:`Closed` after ``shutdown()``.
         """
         if limit < 1:
             raise ConfigError(f"poll limit must be >= 1, got {limit}")
+        if ordering not in (None, "none", "insertion_ts"):
+            raise ConfigError(f"poll ordering is None or 'insertion_ts', got {ordering!r}")
         if self._closed:
             raise Closed("the event bus is shut down (its adapter too)")
         cur = cursor_mod.decode(cursor)
@@ -471,6 +479,8 @@ class EventBus:
                 has_more = True
             events.extend(got if pred is None else [e for e in got if pred(e.raw)])
         cur.start = (cur.start + 1) % n
+        if ordering == "insertion_ts":
+            events.sort(key=lambda e: e.insertion_ts)  # stable: per-shard order holds on ties
         return PollResponse(events, cur.encode(), has_more)
 
     def subscribe(
