@@ -276,3 +276,58 @@ def test_cli_publish_then_tail_reproduces_the_file(run_dir: Path, tmp_path: Path
             r = cli(*args, stdin=b"")
             assert r.returncode != 0 and r.stderr.count(b"\n") == 1, (args, r.stderr)
             assert b"Traceback" not in r.stderr
+
+
+def test_async_iteration_csv_publish_and_latest(run_dir: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    src = tmp_path / "flights.csv"
+    src.write_text("carrier,dep_delay\nUA,2\nAA,-4\nB6,\n")
+    env = {**os.environ, "NETMESH_RUN_DIR": str(run_dir)}
+    with Cluster(nodes=2, heartbeat_ms=100, name="csv") as c:
+        c.open_channel("f", ReplicationConfig(factor=2))
+        c.wait_for_leader("f")
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "netmesh.cli",
+                "publish",
+                "f",
+                str(src),
+                "--name",
+                "csv",
+                "--format",
+                "csv",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        with netmesh.connect("csv") as cl:
+
+            async def first_three() -> list[dict[str, str]]:
+                out = []
+                async for ev in cl.subscribe("f", from_seq="earliest"):
+                    out.append(json.loads(ev.payload))
+                    if len(out) == 3:
+                        break
+                return out
+
+            rows = asyncio.run(first_three())
+            assert rows == [
+                {"carrier": "UA", "dep_delay": "2"},
+                {"carrier": "AA", "dep_delay": "-4"},
+                {"carrier": "B6", "dep_delay": ""},
+            ]
+            with cl.subscribe("f", from_seq="latest") as sub:
+                assert sub.poll(timeout=0.3) == []  # nothing new yet
+                with cl.producer("f") as p:
+                    p.append(b"new")
+                    assert p.flush() == 3
+                got = sub.poll(timeout=5)
+                assert [(e.entry.seq, e.payload) for e in got] == [(3, b"new")]
