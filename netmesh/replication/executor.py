@@ -43,7 +43,8 @@ Rules:
    role FAILED, it sends nothing more), ``storage_errors`` counts it,
    :meth:`ExecutorHooks.on_failed` is called once (the shell logs it once), and every
    later :meth:`run` does nothing. Only a reopen (a new coordinator and executor over
-   the recovered log) leaves FAILED.
+   the recovered log) leaves FAILED. Exceptions from ``send`` and the hooks are the
+   shell's own bugs (or the simulation's invariant checks) and propagate.
 2. ``OutOfOrder`` from an append (or a truncate that left another end) means the
    coordinator's idea of the log's end is stale (a local append raced a role change):
    the rest of the list is dropped and the coordinator is told the real ``next_seq``
@@ -62,7 +63,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from netmesh.errors import Closed, OutOfOrder
 from netmesh.log.hardstate import Epoch, HardState
@@ -223,8 +224,8 @@ class OutputExecutor:
                 hooks.on_resync(exc, out)
                 pending = deque(self.coord.applied(self.storage.next_seq, self.storage.epochs))
                 continue
-            except Exception as exc:  # fail-stop: any storage error (rule 1)
-                self._fail(exc, out)
+            except _StorageError as err:  # fail-stop (rule 1)
+                self._fail(err.cause, out)
                 return
             if hooks.crash_point("after", out):
                 self.crashed = True
@@ -233,15 +234,16 @@ class OutputExecutor:
 
     def _execute(self, out: Output) -> list[Output]:
         """Do one output; return the outputs it produced (to run next)."""
+        storage = self.storage
         if isinstance(out, Send):
             self.send(out.to, out.msg)
         elif isinstance(out, Apply):
             self.hooks.on_apply(out)
-            self.storage.append(out.first_seq, out.payloads, out.term)
+            _store(storage.append, out.first_seq, out.payloads, out.term)
         elif isinstance(out, SaveHardState):
-            self.storage.save_hard_state(out.state)
+            _store(storage.save_hard_state, out.state)
         elif isinstance(out, Truncate):
-            dropped = self.storage.truncate(out.from_seq)
+            dropped = _store(storage.truncate, out.from_seq)
             if dropped:
                 self.hooks.on_truncated(out.from_seq, dropped)
             if self.storage.next_seq != out.from_seq:  # e.g. retention held a later head
@@ -253,7 +255,7 @@ class OutputExecutor:
         elif isinstance(out, ResetLog):
             return self._reset(out)
         elif isinstance(out, CommitAdvanced):
-            self.storage.set_retention_floor(self.coord.retention_floor)
+            _store(storage.set_retention_floor, self.coord.retention_floor)
             self.hooks.on_commit(out.commit_seq)
         elif isinstance(out, RoleChanged):
             self.hooks.on_role(out)
@@ -262,7 +264,7 @@ class OutputExecutor:
     def _reset(self, out: ResetLog) -> list[Output]:
         skipped = out.first_seq - self.storage.next_seq
         try:
-            self.storage.reset(out.first_seq, out.prev_term)
+            _store(self.storage.reset, out.first_seq, out.prev_term)
         except NotImplementedError:
             self.gaps_unfilled += 1
             self.hooks.on_gap(out, skipped, done=False)
@@ -271,7 +273,7 @@ class OutputExecutor:
         return []
 
     def _serve(self, out: ServeSync) -> list[Output]:
-        payloads, first = self.storage.read(out.from_seq, out.from_seq + READ_CHUNK)
+        payloads, first = _store(self.storage.read, out.from_seq, out.from_seq + READ_CHUNK)
         if first != out.from_seq:
             self.behind_retention += 1
             self.hooks.on_behind_retention(out.to, out.from_seq, first)
@@ -297,3 +299,26 @@ class OutputExecutor:
         for note in self.coord.storage_failed(self.clock()):
             if isinstance(note, RoleChanged):
                 self.hooks.on_role(note)
+
+
+class _StorageError(Exception):
+    """Carries an exception a storage call raised (rule 1), apart from the shell's own
+    (hooks and ``send`` raise only bugs, which propagate to the caller)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+_T = TypeVar("_T")
+
+
+def _store(op: Callable[..., _T], *args: object) -> _T:
+    """Call a storage operation; anything it raises but OutOfOrder (rule 2), Closed and
+    NotImplementedError (a log that cannot restart) is a storage failure."""
+    try:
+        return op(*args)
+    except (OutOfOrder, Closed, NotImplementedError):
+        raise
+    except Exception as exc:
+        raise _StorageError(exc) from exc

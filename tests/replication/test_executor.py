@@ -131,3 +131,17 @@ def test_one_implementation_of_output_execution() -> None:
     assert owners == ["replication/coordinator.py", "replication/executor.py"], owners
     coord = (root / "replication/coordinator.py").read_text()
     assert len(pattern.findall(coord)) == 2  # _order_for_durability: Truncate | Apply
+
+
+def test_a_hook_exception_is_a_bug_not_a_storage_failure() -> None:
+    """Only storage calls fail the channel; the shell's own exceptions (or the
+    simulation's invariant checks in hooks) propagate to the caller."""
+
+    class Broken(ExecutorHooks):
+        def on_role(self, change: RoleChanged) -> None:
+            raise AssertionError("invariant")
+
+    ex, _ = leader_executor(MemoryStorage(), Broken())
+    with pytest.raises(AssertionError, match="invariant"):
+        ex.run(campaign(ex))
+    assert ex.failed is None and ex.storage_errors == 0
