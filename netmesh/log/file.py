@@ -72,6 +72,7 @@ HEAD_FILE = "HEAD"
 LOCK_FILE = "LOCK"
 READ_BYTES = 1 << 20  # bytes per pread of cold records
 INDEX_SUFFIX = ".idx"  # a sealed segment's index sidecar
+RESET_MARK = b"reset"  # the payload of a HEAD marker written by reset_to
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +532,69 @@ class RedexFile:
         self._wake_tails()
         return dropped
 
+    def reset_to(self, first_seq: int, prev_term: int) -> None:
+        """Drop every event and restart the log at ``first_seq`` (the next append gets
+        it), with ``prev_term`` as the term of seq ``first_seq - 1`` in :attr:`epochs`.
+
+        For a replica that fell behind the leader's retained head (issue 10 §4, the way
+        Redis falls back to a full resync): durable (a HEAD marker written first, then a
+        new segment, then the old ones removed; an interrupted reset completes on
+        open). Subscribers get Lagged. Raises Closed, StorageFailed."""
+        self._check_writable()
+        old_next = self._next_seq
+        if self._persisted:
+            self._guarded(self._reset_disk, first_seq, prev_term)
+        self._restart_memory(first_seq, prev_term)
+        self._truncations.append(min(old_next, first_seq))
+        self._wake_tails()
+
+    def _restart_memory(self, first_seq: int, prev_term: int) -> None:
+        self._payloads.clear()
+        self._lens = array("I")
+        self._head = 0
+        self._first_seq = self._next_seq = first_seq
+        self._retained_bytes = 0
+        self._cache_clear()
+        self._ages.clear()
+        self._ages_bytes = 0
+        self._epochs = [(prev_term, first_seq - 1)] if first_seq > 0 else []
+
+    def _restart_at(self, first_seq: int, prev_term: int) -> None:
+        """On open: an interrupted reset -> an empty log at ``first_seq`` on disk too."""
+        old = list(self._segments)
+        self._restart_memory(first_seq, prev_term)
+        self._start_segment(first_seq)
+        for seg in old:
+            seg.close_reader()
+            os.unlink(seg.path)
+            _remove(seg.path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX)
+        self._segments = self._segments[-1:]
+        self._seg_firsts = self._seg_firsts[-1:]
+
+    def _reset_disk(self, first_seq: int, prev_term: int) -> None:
+        assert self.config.path is not None
+        _write_atomic(
+            os.path.join(self.config.path, HEAD_FILE),
+            record.encode_batch(first_seq, [RESET_MARK], prev_term),
+        )
+        old = list(self._segments)
+        active = f"{first_seq:020d}{SEGMENT_SUFFIX}"
+        if old and os.path.basename(old[-1].path) == active:  # reset to its own start
+            os.ftruncate(self._fd, record.FILE_HEADER_SIZE)
+            old[-1].size = record.FILE_HEADER_SIZE
+            old[-1].cut_index(record.FILE_HEADER_SIZE)
+            keep = old.pop()
+        else:
+            self._start_segment(first_seq)
+            keep = self._segments[-1]
+        for seg in old:
+            seg.close_reader()
+            os.unlink(seg.path)
+            _remove(seg.path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX)
+        self._segments = [keep]
+        self._seg_firsts = [keep.first_seq]
+        _fsync_dir(self.config.path)
+
     def set_retention_floor(self, seq: int | None) -> None:
         """Retention keeps every event with seq >= ``seq`` (None: no floor). Quorum
         replication sets it to the commit index, so retention never removes events a
@@ -682,7 +746,7 @@ class RedexFile:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LogLocked(f"{directory}: the event file is open elsewhere (LOCK held)") from None
-        head = self._read_head(directory)
+        head, head_term, reset = self._read_head(directory)
         names = []
         for n in os.listdir(directory):
             if not n.endswith(SEGMENT_SUFFIX):
@@ -694,6 +758,11 @@ class RedexFile:
                 )
             names.append(n)
         names.sort()
+        if reset and f"{head:020d}{SEGMENT_SUFFIX}" in names:  # a reset cut short
+            for n in [n for n in names if int(n[:20]) < head]:
+                os.unlink(os.path.join(directory, n))
+                _remove(os.path.join(directory, n[:20] + INDEX_SUFFIX))
+                names.remove(n)
         if names and int(names[0][: -len(SEGMENT_SUFFIX)]) > head:
             raise LogCorrupt(
                 directory,
@@ -715,21 +784,28 @@ class RedexFile:
             self._start_segment(0)
         else:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
-        if head > self._first_seq:  # retention was cut short after writing HEAD
-            self._drop_head(min(head, self._next_seq) - self._first_seq)
+        if head > self._first_seq:
+            if head >= self._next_seq:  # a reset cut short before its segment existed
+                self._restart_at(head, head_term)
+            else:  # retention was cut short after writing HEAD
+                self._drop_head(head - self._first_seq)
+        if reset and head > 0 and (not self._epochs or self._epochs[0][1] >= head):
+            self._epochs.insert(0, (head_term, head - 1))
         self._apply_retention()
 
-    def _read_head(self, directory: str) -> int:
+    def _read_head(self, directory: str) -> tuple[int, int, bool]:
+        """(first seq kept, term, was it a reset) from the HEAD marker; (0, 0, False)."""
         path = os.path.join(directory, HEAD_FILE)
         try:
             with open(path, "rb") as fh:
                 raw = fh.read()
         except FileNotFoundError:
-            return 0
+            return 0, 0, False
         res = record.scan(raw)
         if res.end is not record.ScanEnd.CLEAN or len(res.batches) != 1:
             raise LogCorrupt(path, 0, f"unreadable retention head: {res.reason or 'empty'}")
-        return res.batches[0].first_seq
+        b = res.batches[0]
+        return b.first_seq, b.term, b.payloads == [RESET_MARK]
 
     def _load_segment(self, path: str, first_seq: int, last: bool) -> int:
         if not last and self._load_sidecar(path, first_seq):

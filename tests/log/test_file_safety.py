@@ -16,6 +16,7 @@ import pytest
 
 from netmesh.config import RedexFileConfig
 from netmesh.errors import (
+    Lagged,
     LogCorrupt,
     LogLocked,
     OutOfOrder,
@@ -313,3 +314,55 @@ def test_record_size_matches_the_file(tmp_path: Path) -> None:
     assert segments(tmp_path)[0].stat().st_size == record.FILE_HEADER_SIZE + record.record_size(
         [b"abc", b"de"]
     )
+
+
+# -- a replica behind the leader's retained head restarts its log (issue 10 §4) -----------
+
+
+@pytest.mark.parametrize("persisted_file", [False, True])
+def test_reset_to_restarts_the_log_at_the_leaders_head(
+    tmp_path: Path, persisted_file: bool
+) -> None:
+    cfg = persisted(tmp_path, segment_bytes=4096) if persisted_file else RedexFileConfig()
+    f = RedexFile("r", cfg)
+    f.apply_batch([b"%d" % i for i in range(50)], term=1)
+    f.reset_to(850, prev_term=3)
+    assert (f.first_retained_seq, f.next_seq, len(f)) == (850, 850, 0)
+    assert f.epochs == ((3, 849),) and f.read_range(0, 900) == []
+    f.apply_batch([b"x%d" % i for i in range(200)], expect_seq=850, term=3)
+    assert f.next_seq == 1050 and f.term_at(1049) == 3
+    f.close()
+    if persisted_file:
+        g = RedexFile("r", cfg)
+        assert (g.first_retained_seq, g.next_seq) == (850, 1050)
+        assert g.epochs[0] == (3, 849) and g.read_range(850, 851)[0].payload == b"x0"
+        g.close()
+
+
+def test_an_interrupted_reset_completes_on_open(tmp_path: Path) -> None:
+    from netmesh.log.file import RESET_MARK
+
+    cfg = persisted(tmp_path)
+    f = RedexFile("i", cfg)
+    f.apply_batch([b"a"] * 10, term=1)
+    f.close()
+    # the crash came right after the HEAD marker was written
+    (tmp_path / "log" / HEAD_FILE).write_bytes(record.encode_batch(500, [RESET_MARK], 2))
+    g = RedexFile("i", cfg)
+    assert (g.first_retained_seq, g.next_seq, g.epochs) == (500, 500, ((2, 499),))
+    g.append_term = 2
+    assert g.append(b"next") == 500
+    g.close()
+    assert [p.name[:20] for p in segments(tmp_path)] == ["00000000000000000500"]
+
+
+def test_a_reset_tells_subscribers_they_lagged() -> None:
+    async def body() -> None:
+        f = RedexFile("s")
+        f.apply_batch([b"a", b"b"], term=1)
+        with pytest.raises(Lagged):
+            async for ev in f.tail(0):
+                if ev.entry.seq == 1:
+                    f.reset_to(100, 2)
+
+    asyncio.run(body())
