@@ -73,6 +73,7 @@ from netmesh.errors import (
     ChannelNotOpen,
     ConfigError,
     NetmeshError,
+    NodeUnresponsive,
     NotLeader,
     PayloadTooLarge,
     RingClosed,
@@ -398,8 +399,35 @@ class NodeService:
         self.pumps[ring] = SubscriptionPump(ring, f, start, end_seq, history, commit_of, done)
         return start
 
-    def op_append(self, channel: str, payloads: list[bytes]) -> int:
-        return self.redex.append(channel, payloads)
+    async def op_append(self, channel: str, payloads: list[bytes], wait_s: float = 10.0) -> int:
+        """Append; the first seq. On an ``ack="quorum"`` channel it returns only once a
+        majority holds the events (the ring path's rule, :meth:`release_acks`): NotLeader
+        if leadership is lost first, NodeUnresponsive if no commit within ``wait_s``."""
+        first = self.redex.append(channel, payloads)
+        needed = self.redex.commit_target(channel, first + len(payloads) - 1)
+        if needed < 0 or not payloads:
+            return first
+        done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+
+        def check() -> None:
+            if not done.done():
+                state = self.redex.is_committed(channel, needed)
+                if state is False:
+                    self.redex.on_commit(channel, needed, check)
+                else:
+                    done.set_result(state)
+
+        check()
+        try:
+            state = await asyncio.wait_for(done, wait_s)
+        except TimeoutError:
+            raise NodeUnresponsive(
+                f"{channel}: seqs {first}..{needed - 1} not committed within {wait_s}s"
+            ) from None
+        if state is None:  # leadership lost before a majority held them
+            coord = self.redex.replication_coordinator_for(channel)
+            raise NotLeader(channel, None if coord is None else coord.leader_id)
+        return first
 
     def op_next_seq(self, channel: str) -> int:
         return self._file(channel).next_seq
