@@ -45,6 +45,7 @@ from netmesh.cluster.snapshot import node_entry, with_totals
 from netmesh.cluster.supervisor import Supervisor
 from netmesh.config import (
     DEFAULT_MAX_PAYLOAD,
+    MeshNodeConfig,
     PlacementStrategy,
     RedexFileConfig,
     ReplicationConfig,
@@ -61,6 +62,14 @@ log = logging.getLogger(__name__)
 
 #: payload bytes per control answer of :meth:`Cluster.read_range` (frames are <= 16 MiB)
 READ_PAGE_BYTES = 4 << 20
+#: the transport's largest message (``MeshNodeConfig.max_message``, 16 MiB), which every
+#: SyncResponse must fit: replication sends at least one whole event per response and
+#: never splits an event (``replication/executor.py`` ``_serve``)
+TRANSPORT_MAX_MESSAGE = MeshNodeConfig(psk=bytes(32)).max_message
+#: bytes of a SyncResponse around its payloads (msgpack framing, terms, seqs, epochs)
+SYNC_RESPONSE_HEADROOM = 64 << 10
+#: the largest event a replicated channel can carry: one event per SyncResponse
+REPLICATED_MAX_PAYLOAD = TRANSPORT_MAX_MESSAGE - SYNC_RESPONSE_HEADROOM
 RestartPolicy = Literal["never", "on-failure"]
 T = TypeVar("T")
 
@@ -348,6 +357,7 @@ class Cluster:
         if replication is not None:
             replication = self._placed(replication)
             RedexFileConfig(replication=replication, **options).validate()
+            check_replicable(options.get("max_payload", DEFAULT_MAX_PAYLOAD))
         if name in self.channels:
             raise ConfigError(f"channel {name!r} is already open on this cluster")
         holders = [
@@ -528,10 +538,25 @@ class Cluster:
                 ring.unlink()
                 self.sup.forget_name(name)
 
-    def append(self, node: int, channel: str, payloads: list[bytes]) -> int:
-        """Append through the control connection (slow path); returns the first seq."""
+    def append(self, node: int, channel: str, payloads: list[bytes], timeout: float = 10.0) -> int:
+        """Append through the control connection (slow path); returns the first seq.
+
+        Acknowledged like the ring path: on an ``ack="quorum"`` channel it returns only
+        once a majority holds the events. Raises NotLeader (the node does not lead, or
+        lost leadership before a majority held them: they may or may not survive),
+        NodeUnresponsive (no commit within ``timeout`` s), ChannelNotOpen, ConfigError.
+        """
         self._node(node)
-        return int(self.sup.call(node, "append", channel=self._open(channel), payloads=payloads))
+        return int(
+            self.sup.call(
+                node,
+                "append",
+                timeout=timeout + 5.0,
+                channel=self._open(channel),
+                payloads=payloads,
+                wait_s=timeout,
+            )
+        )
 
     def next_seq(self, node: int, channel: str) -> int:
         """The seq the next event appended on ``node`` gets (= events it holds, counting
@@ -753,6 +778,24 @@ def _check_args(
         )
     if not 576 <= max_datagram <= 65000:
         raise ConfigError(f"max_datagram must be in 576..65000, got {max_datagram}")
+
+
+def check_replicable(max_payload: int) -> None:
+    """ConfigError unless every event of ``max_payload`` bytes can be replicated.
+
+    Replication carries events in SyncResponses of at most the transport's message cap
+    (``MeshNodeConfig.max_message``, 16 MiB) and never splits one event across
+    responses, so a replicated channel accepts at most ``REPLICATED_MAX_PAYLOAD`` bytes
+    per event (the cap minus ``SYNC_RESPONSE_HEADROOM`` for the response's framing).
+    A larger ``max_payload`` would acknowledge events no replica can ever receive.
+    """
+    if max_payload > REPLICATED_MAX_PAYLOAD:
+        raise ConfigError(
+            f"max_payload {max_payload} bytes exceeds what replication can carry: one event "
+            f"per SyncResponse, and a SyncResponse must fit the transport's message cap "
+            f"(max_message {TRANSPORT_MAX_MESSAGE} bytes) with {SYNC_RESPONSE_HEADROOM} "
+            f"bytes of framing, so at most {REPLICATED_MAX_PAYLOAD} bytes per event"
+        )
 
 
 def _check_ring_bytes(name: str, value: int) -> None:

@@ -27,6 +27,7 @@ from netmesh.errors import (
     NotLeader,
     PayloadTooLarge,
     RingClosed,
+    RingFull,
 )
 from netmesh.ring.shm import ShmRing
 
@@ -61,18 +62,42 @@ class Producer:
         self.sent += 1
 
     def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
-        """Queue events in order (one frame per ring-sized chunk); nothing is queued if
-        one of them is too large."""
+        """Queue events in order, one ring frame per chunk of at most ``ring.max_frame``
+        bytes; ``timeout`` s (None: forever) bounds the wait for room of the whole call.
+
+        A batch that fits one frame is queued all or nothing. A larger one is queued
+        frame by frame: if the ring stays full (RingFull) or the node goes away
+        (RingClosed) part-way, the error's ``queued`` attribute (and its message) says
+        how many of the first events were queued, ``sent`` counts them, and ``flush``
+        waits for them; the rest were not queued. Nothing is queued if one event is
+        too large (PayloadTooLarge). Raises Closed once closed.
+        """
         if self._closed:
             raise Closed(f"producer for {self.channel!r} is closed")
         if self.ring.consumer_closed():
             raise RingClosed(f"producer for {self.channel!r}: the node went away")
-        if payloads:
-            biggest = max(map(len, payloads))
-            if biggest > self.max_payload:
-                raise PayloadTooLarge(biggest, self.max_payload)
-        self.ring.put_batch(payloads, timeout)
-        self.sent += len(payloads)
+        if not payloads:
+            return
+        biggest = max(map(len, payloads))
+        if biggest > self.max_payload:
+            raise PayloadTooLarge(biggest, self.max_payload)
+        chunks = _chunks(payloads, self.ring.max_frame)
+        if len(chunks) == 1:  # one frame: the ring writes it whole or not at all
+            self.ring.put_batch(payloads, timeout)
+            self.sent += len(payloads)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        queued = 0
+        try:
+            for lo, hi in chunks:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self.ring.put_batch(payloads[lo:hi], left)
+                queued = hi
+                self.sent += hi - lo
+        except (RingFull, RingClosed) as exc:
+            setattr(exc, "queued", queued)  # noqa: B010 (the errors carry no such field)
+            exc.args = (f"{queued} of {len(payloads)} events queued (sent={self.sent}): {exc}",)
+            raise
 
     def _check(self, payload: bytes) -> None:
         if self._closed:
@@ -131,6 +156,22 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _chunks(payloads: Sequence[bytes], max_frame: int) -> list[tuple[int, int]]:
+    """``[(lo, hi)]`` index ranges of ``payloads``, each fitting one ring frame of at most
+    ``max_frame`` bytes (8 bytes of frame head, 4 of length per record; the framing of
+    :mod:`netmesh.ring.layout`, as ``ShmRing.put_batch`` splits)."""
+    out: list[tuple[int, int]] = []
+    lo, size = 0, 8
+    for i, p in enumerate(payloads):
+        n = len(p) + 4
+        if size + n > max_frame and i > lo:
+            out.append((lo, i))
+            lo, size = i, 8
+        size += n
+    out.append((lo, len(payloads)))
+    return out
 
 
 def _refusal(channel: str, refused: int, reason: int) -> NetmeshError:
