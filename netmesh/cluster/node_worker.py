@@ -241,6 +241,7 @@ class NodeService:
             "read_page": self.op_read_page,
             "block": self.op_block,
             "unblock": self.op_unblock,
+            "cut": self.op_cut,
             "metrics": self.op_metrics,
             "shutdown": self.op_shutdown,
             "probe_start": self.op_probe_start,
@@ -460,6 +461,33 @@ class NodeService:
     def op_unblock(self, node_ids: list[int]) -> None:
         for nid in node_ids:
             self._node().unblock_peer(nid)
+
+    def op_cut(self, node_ids: list[int], addrs: list[list[Any]] | None = None) -> None:
+        """Drop every datagram this node sends to ``node_ids`` (at their known address or
+        one of ``addrs``, [host, port]): a one-way link cut (their datagrams still
+        arrive; cutting both ends is a partition). Replaces the previous cut ([] undoes
+        it); dropped datagrams count as ``link_cut_datagrams``."""
+        node = self._node()
+        cut: tuple[set[int], set[tuple[str, int]]] = getattr(self, "_cut", (set(), set()))
+        cut[0].clear()
+        cut[0].update(node_ids)
+        cut[1].clear()
+        cut[1].update((str(a[0]), int(a[1])) for a in addrs or [])
+        self.counters.setdefault("link_cut_datagrams", 0)
+        if not hasattr(self, "_cut"):
+            self._cut = cut
+            send = node._sendto  # every datagram leaves through it (MeshNode.transmit/_flush)
+
+            def sendto(datagram: bytes, addr: Any) -> None:
+                ids, to = cut
+                if ids and (
+                    (addr[0], addr[1]) in to or any(node.peer_addr(n) == addr for n in ids)
+                ):
+                    self.counters["link_cut_datagrams"] += 1
+                    return
+                send(datagram, addr)
+
+            node._sendto = sendto  # type: ignore[method-assign]
 
     def op_metrics(self) -> dict[str, Any]:
         return self.snapshot()
