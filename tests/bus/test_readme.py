@@ -40,7 +40,7 @@ def check(output: str) -> None:
     assert rest[1].startswith("BusStats(ingested=3, stored=3, dropped=0")
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis", "jetstream_r1", "jetstream_r3"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "jetstream_r1", "jetstream_r3", "netmesh"])
 def test_readme_program_runs_on_every_adapter(backend: str, request: pytest.FixtureRequest) -> None:
     if backend == "memory":
         line = "adapter = MemoryAdapter()"
@@ -50,6 +50,9 @@ def test_readme_program_runs_on_every_adapter(backend: str, request: pytest.Fixt
     elif backend == "jetstream_r1":
         nats: NatsServer = request.getfixturevalue("nats_server")
         line = f'adapter = JetStreamAdapter("{nats.url}")'
+    elif backend == "netmesh":
+        name: str = request.getfixturevalue("netmesh_cluster")
+        line = f'adapter = NetmeshAdapter("{name}")'
     else:
         cluster: NatsCluster = request.getfixturevalue("nats_cluster")
         line = f'adapter = JetStreamAdapter("{cluster.urls}", replicas=3)'
