@@ -8,13 +8,26 @@ connection reaches EOF, unlinking the shared-memory names they were given.
 Workers run in their own session (``start_new_session``), so the terminal's signals
 (Ctrl-C sends SIGINT to the whole foreground process group) reach the supervisor
 only; it stops the workers in order. Every name carries this run's
-prefix ``netmesh-<supervisor pid>-<token>``; ``close()`` unlinks them all, and a new
-supervisor removes names left by runs whose supervisor pid is dead.
+prefix ``netmesh-<supervisor pid>-<token>``; ``close()`` unlinks them all.
+
+Ownership of a run's names is a lock, not a pid: the supervisor holds ``flock`` on
+``<run dir>/<prefix>.lock`` (:mod:`netmesh.cluster.rundir`) for its whole life, and its
+workers inherit that lock's descriptor, so the lock is free only once every process
+of the run is gone. A new supervisor's sweep (:func:`remove_stale_names`) removes the
+names of a run only when it can take that run's lock itself; a run whose lock is held
+(alive, even in another PID namespace where its pid means nothing here) or whose lock
+file it cannot see (another run directory) is left alone.
+
+Exits: a thread per worker waits for its exit without reaping it (``waitid`` with
+``WNOWAIT``) and calls ``on_exit(index, pid)`` at once, so the owner can tell the
+worker's producers (``Cluster`` marks their rings closed: RingClosed within
+milliseconds, whoever killed the worker).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -25,18 +38,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
-from netmesh.cluster import control
+from netmesh.cluster import control, rundir
 from netmesh.errors import Closed, DecodeError, NetmeshError, NodeError, NodeUnresponsive
 from netmesh.ring.shm import unlink_ring
 
 log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm"
-_RUN_NAME = re.compile(r"^(?:sem\.)?netmesh-(\d+)-[0-9a-f]+-")
+_RUN_NAME = re.compile(r"^(?:sem\.)?(netmesh-\d+-[0-9a-f]+)-")
+_RUN_LOCK = re.compile(r"^(netmesh-\d+-[0-9a-f]+)\.lock$")
 
 
 #: former name of :class:`netmesh.errors.NodeError`
@@ -68,10 +83,13 @@ class Supervisor:
     def __init__(self) -> None:
         self.prefix = f"netmesh-{os.getpid()}-{secrets.token_hex(4)}"
         self.workers: dict[int, Worker] = {}
+        #: called from a watcher thread as ``on_exit(index, pid)`` when a worker exits
+        self.on_exit: Callable[[int, int], None] | None = None
         self._call_lock = threading.RLock()
         self._names: set[str] = set()
         self._next_id = 1
         self._closed = False
+        self._lock_path, self._lock_fd = claim_run(self.prefix)
         remove_stale_names()
 
     # -- names -----------------------------------------------------------------------
@@ -107,12 +125,29 @@ class Supervisor:
         ]
         # own session: Ctrl-C at a terminal reaches the supervisor only (module doc)
         proc = subprocess.Popen(
-            cmd, pass_fds=[theirs.fileno()], close_fds=True, start_new_session=True
+            cmd,
+            pass_fds=[theirs.fileno(), self._lock_fd],  # the run's lock lives while it does
+            close_fds=True,
+            start_new_session=True,
         )
         theirs.close()
         w = Worker(index, proc, ours)
         self.workers[index] = w
+        threading.Thread(
+            target=self._watch, args=(index, proc.pid), name=f"watch-{index}", daemon=True
+        ).start()
         return w
+
+    def _watch(self, index: int, pid: int) -> None:
+        """Wait for worker ``pid`` to exit (not reaping it: Popen does) and report it."""
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        cb = self.on_exit
+        if cb is not None and not self._closed:
+            try:
+                cb(index, pid)
+            except Exception:  # a watcher must not die noisily
+                log.exception("on_exit callback for node %d failed", index)
 
     def call(self, index: int, op: str, /, timeout: float = 10.0, **args: Any) -> Any:
         """Send a control request and wait for its answer.
@@ -240,6 +275,10 @@ class Supervisor:
             for n in self._names:
                 unlink_ring(n)
             self._names.clear()
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_path)
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
 
     def __enter__(self) -> Supervisor:
         return self
@@ -259,19 +298,87 @@ def _psutil_process(pid: int) -> psutil.Process:
     return p
 
 
+def claim_run(prefix: str) -> tuple[str, int]:
+    """Create and lock ``<run dir>/<prefix>.lock`` (flock, exclusive); (path, fd).
+
+    The file is locked under a temporary name and then renamed into place, so a sweep
+    never finds it unlocked. Hold the fd for the run's whole life (children that
+    inherit it hold the lock too); ConfigError if the run directory is not ours.
+    """
+    directory = rundir.run_dir()
+    path = os.path.join(directory, f"{prefix}.lock")
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path, fd
+
+
+def _take_dead_run(directory: str, prefix: str) -> int | None:
+    """The fd of ``prefix``'s lock, taken, if its run is provably over; else None
+    (lock held by a live process, or no lock file we can see: never judge by pid)."""
+    try:
+        fd = os.open(os.path.join(directory, f"{prefix}.lock"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def remove_stale_names() -> list[str]:
-    """Unlink names of runs whose supervisor process no longer exists; returns them."""
+    """Unlink the shm names of runs that are provably over; returns them.
+
+    A run is over when its lock file (see :func:`claim_run`) is in our run directory
+    and nobody holds its lock. Names of a run we cannot prove dead (its lock is held,
+    or it has no lock file here: another run directory, another PID namespace, an
+    older netmesh) are left alone. The lock files of dead runs are removed too.
+    """
     removed: list[str] = []
+    try:
+        directory = rundir.run_dir()
+    except NetmeshError:
+        return removed
     try:
         entries = os.listdir(SHM_DIR)
     except FileNotFoundError:
-        return removed
-    for entry in entries:
-        m = _RUN_NAME.match(entry)
-        if m and not psutil.pid_exists(int(m.group(1))):
+        entries = []
+    taken: dict[str, int | None] = {}
+    try:
+        for entry in entries:
+            m = _RUN_NAME.match(entry)
+            if m is None:
+                continue
+            prefix = m.group(1)
+            if prefix not in taken:
+                taken[prefix] = _take_dead_run(directory, prefix)
+            if taken[prefix] is None:
+                continue
             try:
                 os.unlink(os.path.join(SHM_DIR, entry))
                 removed.append(entry)
             except OSError:
                 pass
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(directory):  # lock files of runs that left no names
+                m = _RUN_LOCK.match(entry)
+                if m and m.group(1) not in taken:
+                    taken[m.group(1)] = _take_dead_run(directory, m.group(1))
+        for prefix, fd in taken.items():
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, f"{prefix}.lock"))
+    finally:
+        for fd in taken.values():
+            if fd is not None:
+                os.close(fd)
     return removed
