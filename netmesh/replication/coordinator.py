@@ -330,6 +330,9 @@ def _merge_epochs(
     return epochs
 
 
+_LOG_CHANGES = (Truncate, Apply, ResetLog)
+
+
 @dataclass
 class _Peer:
     heard_at: float | None = None
@@ -386,6 +389,14 @@ class ReplicationCoordinator:
             least ``push_batch_events`` events wait; a push held back sets
             ``push_due`` (under load small batches travel in fewer, larger pushes;
             bulk transfers and low rates are not delayed).
+        term_floor: the least term this node may campaign in (default 0). A node that
+            starts without persisted hard state (no data directory, or an empty one)
+            cannot know which terms it led in an earlier life; the shell passes a
+            floor no earlier incarnation can have reached (``ChannelRuntime``: the
+            wall clock in microseconds), so it never leads a term twice (Raft §5.1
+            keeps ``currentTerm`` on stable storage for exactly this; Cassandra's
+            gossip generation is the wall-clock second of the process start).
+            Clamped to ``MAX_TERM // 2``.
 
     Raises:
         LocalProtocolError: ``self_id`` not in ``members``.
@@ -406,6 +417,7 @@ class ReplicationCoordinator:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         min_push_gap: float = 0.0,
         push_batch_events: int = 512,
+        term_floor: int = 0,
     ) -> None:
         self.members = tuple(sorted(set(members)))
         self.min_push_gap = min_push_gap
@@ -425,6 +437,11 @@ class ReplicationCoordinator:
         self.auto_bootstrap = auto_bootstrap
         hs = hard_state or HardState()
         self.term, self.voted_for = hs.term, hs.voted_for
+        #: campaigns never use a term below this (see the ``term_floor`` argument)
+        self.term_floor = min(max(0, term_floor), MAX_TERM // 2)
+        #: no hard state was ever saved: the first save precedes the first log change
+        #: (so a log never holds events while its hard state file is missing)
+        self._never_saved = hard_state is None
         self.epochs = _merge_epochs(epochs, hs.epochs, tail_seq)
         self.tail = tail_seq
         self.commit = 0
@@ -491,6 +508,53 @@ class ReplicationCoordinator:
         self._begin(now)
         TICK_TABLE[self.role](self)
         return self._end()
+
+    def next_tick_at(self) -> float:
+        """Earliest time (seconds, the ``now`` clock) at which :meth:`tick` may do
+        anything; a tick before it returns no output and changes no state (so a shell
+        driving thousands of channels ticks only the due ones). ``inf``: no timer
+        (Failed, or Idle without auto-bootstrap). Valid until the next input of any
+        kind: recompute after each. The deadlines: the next heartbeat, the silence
+        window (plus the randomised extra wait), the pinned leader's campaign, a sync
+        retry or backoff, a campaign's deadline, and a quorum leader's step-down (when
+        the majority it heard last would fall silent).
+        """
+        role = self.role
+        if role is IDLE:
+            return self._now if self.auto_bootstrap and not self._bootstrapped else float("inf")
+        if role is C:
+            return self._campaign.deadline
+        if role is FAILED:
+            return float("inf")
+        due = self._next_hb_at
+        if role is L:
+            if self.quorum_mode:
+                due = min(due, max(self._leader_since + self.silence, self._quorum_lost_at()))
+            return due
+        due = min(due, self._leader_heard_at + self.silence + self._extra_wait)
+        if self.leader_id is None and self.self_id == self.pinned:
+            at = self._last_campaign_at + self.silence
+            if at > self._now:
+                due = min(due, at)
+            elif self._may_campaign():
+                return self._now
+        if self.leader_id is not None and not self._in_sync():
+            at = self._backoff_until
+            if self._outstanding is not None:
+                at = max(at, self._outstanding[1] + self.hb)
+            due = min(due, max(at, self._now))
+        return due
+
+    def _quorum_lost_at(self) -> float:
+        """When fewer than a majority will have been heard within the window, if no
+        one is heard again (``-inf``: already)."""
+        need = majority(len(self.members)) - 1
+        if need <= 0:
+            return float("inf")
+        heard = sorted(
+            (p.heard_at for p in self._peers.values() if p.heard_at is not None), reverse=True
+        )
+        return heard[need - 1] + self.silence if len(heard) >= need else float("-inf")
 
     def step(self, from_id: int, msg: Message, now: float) -> list[Output]:
         """Handle one decoded message from member ``from_id`` (others are dropped).
@@ -614,7 +678,14 @@ class ReplicationCoordinator:
         out, self._out = self._out, []
         if self._dirty:
             self._dirty = False
+            first = self._never_saved and any(type(o) in _LOG_CHANGES for o in out)
             out = _order_for_durability(out, SaveHardState(self.hard_state))
+            if first:
+                # the first save ever goes before the first log change too: term and
+                # vote only (the log's records label its events), so "events on disk
+                # but no hard state file" can only mean a lost file (LogCorrupt on open)
+                out = [SaveHardState(HardState(self.term, self.voted_for)), *out]
+            self._never_saved = False
         m = self.metrics
         m.role, m.term, m.tail_seq, m.commit_seq = self.role, self.term, self.tail, self.commit
         return out
@@ -703,8 +774,11 @@ class ReplicationCoordinator:
         )
 
     def _next_owned_term(self) -> int:
+        """Smallest term above ``self.term`` and at least ``term_floor`` that this
+        node owns (``term % n == index in members``)."""
         n, idx = len(self.members), self.members.index(self.self_id)
-        return self.term + 1 + ((idx - (self.term + 1)) % n)
+        base = max(self.term + 1, self.term_floor)
+        return base + ((idx - base) % n)
 
     # ------------------------------------------------------------------ ticks
 

@@ -281,3 +281,66 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"{cls.__name__} needs {len(kinds)} fields, got {len(fields)}")
     msg: Message = cls(*(_KINDS[k](v) for k, v in zip(kinds, fields, strict=True)))
     return msg
+
+
+# ------------------------------------------------------------------ heartbeat bundles
+
+#: Tag of a heartbeat bundle (not a Message: it travels on its own stream).
+BUNDLE_TAG = 64
+_ROLES = tuple(ReplicaRole)
+_ROLE_OF = {int(r): r for r in ReplicaRole}
+
+
+def encode_heartbeats(beats: list[tuple[str, Heartbeat]]) -> bytes:
+    """One msgpack call for the heartbeats of many channels to one peer:
+    ``[version, 64, [[channel, term, role, tail, commit, epoch_term, last_term], ...]]``
+    (CockroachDB coalesces the heartbeats of all ranges between two nodes the same
+    way). About 20 bytes per channel plus its name."""
+    rows = [
+        [name, h.term, int(h.role), h.tail_seq, h.commit_seq, h.epoch_term, h.last_term]
+        for name, h in beats
+    ]
+    data: bytes = msgpack.packb([WIRE_VERSION, BUNDLE_TAG, rows], use_bin_type=True)
+    return data
+
+
+assert MAX_SEQ == MAX_TERM
+
+
+def decode_heartbeats(data: bytes) -> list[tuple[str, Heartbeat]]:
+    """Parse a bundle from :func:`encode_heartbeats`.
+
+    Raises:
+        DecodeError: anything but a well-formed bundle (each row checked as
+            :func:`decode` checks a Heartbeat; one bad row refuses the bundle).
+    """
+    try:
+        body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack bundle: {type(exc).__name__}") from None
+    if (
+        type(body) is not list
+        or len(body) != 3
+        or body[0] != WIRE_VERSION
+        or body[1] != BUNDLE_TAG
+        or type(body[2]) is not list
+    ):
+        raise DecodeError("a heartbeat bundle is [version, 64, [rows]]")
+    out: list[tuple[str, Heartbeat]] = []
+    role_of = _ROLE_OF
+    for row in body[2]:
+        if type(row) is not list or len(row) != 7 or type(row[0]) is not str:
+            raise DecodeError("a bundle row is [channel, term, role, tail, commit, et, lt]")
+        name, term, role, tail, commit, et, lt = row
+        # MAX_SEQ == MAX_TERM: one bound for the five numbers
+        if not (
+            type(term) is type(tail) is type(commit) is type(et) is type(lt) is int
+            and min(term, tail, commit, et, lt) >= 0
+            and max(term, tail, commit, et, lt) <= MAX_TERM
+        ):
+            raise DecodeError(f"bundle row out of range: {row!r:.60}")
+        r = role_of.get(role) if type(role) is int else None
+        if r is None:
+            raise DecodeError(f"bad ReplicaRole {role!r:.20}")
+        out.append((name, Heartbeat(term, r, tail, commit, et, lt)))
+    return out

@@ -60,6 +60,10 @@ from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
 log = logging.getLogger(__name__)
 KIND_PREFIX = "redex/"
+#: MeshNode stream of heartbeat bundles (every channel's heartbeats to one peer)
+HEARTBEAT_STREAM = "redex-hb"
+#: channels per bundle: ~32 x (20 B + name) stays near one 1400 B datagram
+BUNDLE_ROWS = 32
 HARD_STATE_FILE = "hardstate"
 PROBE_MAGIC = b"NMTS"
 # Unacknowledged pushes per follower. One keeps a push in flight per round trip: at
@@ -70,6 +74,23 @@ PUSH_WINDOW = 1
 # millisecond) every batch still goes at once; a saturating producer's events travel
 # in pushes of hundreds, which keeps the leader's replication cost per event low.
 MIN_PUSH_GAP = 0.001
+
+
+def incarnation_term_floor() -> int:
+    """The least term a channel without persisted hard state may campaign in: the wall
+    clock in microseconds (~1.8e15 in 2026, far below MAX_TERM = 2**62).
+
+    A node that lost (or never had) its hard state cannot know the terms it led in an
+    earlier life; reusing one lets two histories share a term (issue 10 §2). Terms of
+    a live cluster grow by at most the member count per election, and an election
+    takes at least one silence window (>= 150 ms at the smallest heartbeat), so they
+    stay far below the microseconds that pass; a restarted node's floor is above every
+    term it could have reached. Assumes the wall clock does not step back by more
+    than the node's downtime (Cassandra's gossip generation, the start second, makes
+    the same assumption; Raft §5.1 avoids it by persisting ``currentTerm``, which
+    ``Cluster(data_dir=...)`` does).
+    """
+    return time.time_ns() // 1000
 
 
 def probe_payload(size: int) -> bytes:
@@ -214,6 +235,29 @@ class FileStorage:
         finally:
             os.close(fd)
 
+    def check_hard_state(self, saved: HardState | None) -> None:
+        """Refuse a log that holds events (or restarted at a later seq) without a hard
+        state: the node's term and vote are lost, and a node that forgot its term
+        could lead a term it already led or vote twice (Raft §5.1: currentTerm and
+        votedFor live on stable storage). The coordinator saves the hard state before
+        the first log change, so no crash leaves that state; only a lost file does.
+
+        Raises:
+            LogCorrupt: naming the missing hard state file.
+        """
+        path = self.file.config.path
+        if saved is not None or path is None or self.file.next_seq == 0:
+            return
+        full = os.path.join(path, HARD_STATE_FILE)
+        raise LogCorrupt(
+            full,
+            0,
+            f"missing: the log holds events up to seq {self.file.next_seq - 1} (last term"
+            f" {self.file.last_term}) but its replication hard state (term, vote) is gone;"
+            " restore the file, or remove the channel's directory so the node rejoins as an"
+            " empty replica",
+        )
+
     def load_hard_state(self) -> HardState | None:
         """The saved hard state; None if none was saved. LogCorrupt if unreadable."""
         path = self.file.config.path
@@ -313,20 +357,26 @@ class ChannelRuntime:
         self.loop = asyncio.get_running_loop()
         members = self._members(config)
         self.storage = FileStorage(hub, name, file)
+        saved = self.storage.load_hard_state()
+        self.storage.check_hard_state(saved)
         self.coord = ReplicationCoordinator(
             self.node.node_id,
             config,
             members,
             now=self.now(),
             tail_seq=file.next_seq,
-            hard_state=self.storage.load_hard_state(),
+            hard_state=saved,
             epochs=self.storage.epochs,
             rng=random.Random(),
             max_inflight=PUSH_WINDOW,
             min_push_gap=MIN_PUSH_GAP,
+            term_floor=0 if saved is not None else incarnation_term_floor(),
         )
         self.executor = OutputExecutor(self.coord, self.storage, self._send, self.now, _Hooks(self))
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
+        #: next time the coordinator's tick may act (``next_tick_at``); the hub's one
+        #: node-wide tick only ticks channels that are due
+        self.due = self.now()
         self.decode_errors = 0
         self.send_errors = 0
         self.waiter_errors = 0
@@ -341,7 +391,6 @@ class ChannelRuntime:
         self.update_refusal()
         file.on_append = self._on_local_append
         self.node.subscribe_batch(self.kind, self._on_messages)
-        self._ticker = self.loop.create_task(self._tick_loop(), name=f"repl-{name}")
 
     def now(self) -> float:
         return self.loop.time()
@@ -362,18 +411,25 @@ class ChannelRuntime:
         return members
 
     # -- inputs ----------------------------------------------------------------------
-    async def _tick_loop(self) -> None:
-        await asyncio.sleep(0)  # let the opener drive manual transitions first
-        while not self._closed and not self.executor.stopped:
-            try:
-                self.run(self.coord.tick(self.now()))
-            except Exception:  # a bug, not storage (the executor stops on those)
-                self.tick_errors += 1
-                if self.tick_errors == 1:  # logged once with its traceback, then counted
-                    log.exception("%s: replication tick failed", self.name)
-                else:
-                    log.debug("%s: replication tick failed again", self.name, exc_info=True)
-            await asyncio.sleep(self.tick_interval)
+    def tick(self, now: float) -> None:
+        """One timer tick (called by the hub's node-wide tick when ``due``)."""
+        if self._closed or self.executor.stopped:
+            self.due = float("inf")
+            return
+        try:
+            self.run(self.coord.tick(now))
+        except Exception:  # a bug, not storage (the executor stops on those)
+            self.tick_errors += 1
+            self.due = now + self.tick_interval
+            if self.tick_errors == 1:  # logged once with its traceback, then counted
+                log.exception("%s: replication tick failed", self.name)
+            else:
+                log.debug("%s: replication tick failed again", self.name, exc_info=True)
+
+    def on_heartbeat(self, from_id: int, msg: messages.Heartbeat, now: float) -> None:
+        """A heartbeat from a bundle (the hub decoded it)."""
+        if not self._closed:
+            self.run(self.coord.step(from_id, msg, now))
 
     def _on_messages(self, from_id: int, msgs: list[bytes]) -> None:
         now = self.now()
@@ -434,8 +490,12 @@ class ChannelRuntime:
             self._push_timer_at = due
             self.loop.call_at(due, self._deferred_push)
         self.executor.run(outputs)
+        self.due = float("inf") if self.executor.stopped else self.coord.next_tick_at()
 
     def _send(self, to: int, msg: messages.Message) -> None:
+        if type(msg) is messages.Heartbeat:  # coalesced per peer (one bundle a turn)
+            self.hub.queue_heartbeat(to, self.name, msg)
+            return
         try:
             self.node.send(to, self.kind, messages.encode(msg))
         except (LocalProtocolError, NetmeshError) as exc:
@@ -492,7 +552,7 @@ class ChannelRuntime:
                     )
                 )
         self._closed = True
-        self._ticker.cancel()
+        self.due = float("inf")
         self.node.unsubscribe(self.kind, self._on_messages)
         self.file.refusal = None
         self.file.on_append = None
@@ -500,16 +560,91 @@ class ChannelRuntime:
 
 
 class ReplicationHub:
-    """All replication runtimes of one Redex, over one MeshNode."""
+    """All replication runtimes of one Redex, over one MeshNode.
+
+    Scale (issue 10 §6): thousands of idle channels cost per-channel timers and
+    per-channel datagrams; so one node-wide tick (every ``tick_interval``, the
+    smallest channel's heartbeat / 5, at most 50 ms) ticks only the channels whose
+    coordinator is due (``next_tick_at``), and every heartbeat queued in one loop turn
+    to one peer travels in bundles of :data:`BUNDLE_ROWS` channels on stream
+    :data:`HEARTBEAT_STREAM` (one msgpack call per bundle; MeshNode packs the
+    bundles into as few datagrams as fit). CockroachDB coalesces the Raft heartbeats
+    of all ranges between two stores the same way.
+    """
 
     def __init__(self, node: Any) -> None:
         self.node = node
         self.runtimes: dict[str, ChannelRuntime] = {}
         self.memory_hard_states: dict[str, HardState] = {}
         self.closed_metrics: dict[str, ChannelMetrics] = {}
+        self._hb_out: dict[int, list[tuple[str, messages.Heartbeat]]] = {}
+        self._hb_flush_scheduled = False
+        self._ticker: asyncio.Task[None] | None = None
+        self.tick_interval = 0.05
+        #: node-wide counters (bundles are not any one channel's)
+        self.counters = {"bundles_out": 0, "bundles_in": 0, "bundle_errors": 0, "ticks": 0}
+        node.subscribe_batch(HEARTBEAT_STREAM, self._on_bundles)
 
     def attach(self, name: str, file: RedexFile, config: ReplicationConfig) -> None:
-        self.runtimes[name] = ChannelRuntime(self, name, file, config)
+        rt = ChannelRuntime(self, name, file, config)
+        self.runtimes[name] = rt
+        self.tick_interval = min(self.tick_interval, rt.tick_interval)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = rt.loop.create_task(self._tick_loop(), name="repl-tick")
+
+    async def _tick_loop(self) -> None:
+        """The node-wide tick: every due channel, in one loop turn (so their
+        heartbeats leave in one bundle per peer). Ends when no channel is open."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)  # let the opener drive manual transitions first
+        while self.runtimes:
+            now = loop.time()
+            self.counters["ticks"] += 1
+            for rt in list(self.runtimes.values()):
+                if rt.due <= now:
+                    rt.tick(now)
+            await asyncio.sleep(self.tick_interval)
+
+    def queue_heartbeat(self, to: int, channel: str, hb: messages.Heartbeat) -> None:
+        """Queue ``hb`` for peer ``to``; flushed at the end of this loop turn."""
+        beats = self._hb_out.get(to)
+        if beats is None:
+            beats = self._hb_out[to] = []
+        beats.append((channel, hb))
+        if not self._hb_flush_scheduled:
+            self._hb_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_heartbeats)
+
+    def _flush_heartbeats(self) -> None:
+        self._hb_flush_scheduled = False
+        out, self._hb_out = self._hb_out, {}
+        for to, beats in out.items():
+            bundles = [
+                messages.encode_heartbeats(beats[i : i + BUNDLE_ROWS])
+                for i in range(0, len(beats), BUNDLE_ROWS)
+            ]
+            try:
+                self.node.send_many(to, HEARTBEAT_STREAM, bundles)
+                self.counters["bundles_out"] += len(bundles)
+            except (LocalProtocolError, NetmeshError) as exc:
+                self.counters["bundle_errors"] += 1
+                log.debug("heartbeats to %#x not sent: %s", to, exc)
+
+    def _on_bundles(self, from_id: int, bundles: list[bytes]) -> None:
+        now = asyncio.get_running_loop().time()
+        runtimes = self.runtimes
+        for raw in bundles:
+            try:
+                beats = messages.decode_heartbeats(raw)
+            except DecodeError as exc:
+                self.counters["bundle_errors"] += 1
+                log.debug("undecodable heartbeat bundle from %#x: %s", from_id, exc)
+                continue
+            self.counters["bundles_in"] += 1
+            for name, hb in beats:
+                rt = runtimes.get(name)
+                if rt is not None:
+                    rt.on_heartbeat(from_id, hb, now)
 
     def detach(self, name: str) -> None:
         rt = self.runtimes.pop(name, None)

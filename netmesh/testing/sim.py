@@ -223,6 +223,15 @@ class _SimHooks(ExecutorHooks):
         raise self.sim.fail(f"node {self.node_id}: {exc}")
 
 
+def _timer_state(c: ReplicationCoordinator) -> tuple[object, ...]:
+    """What a tick may change besides metrics (see ``next_tick_at``)."""
+    return (
+        c.role, c.term, c.voted_for, c.leader_id, c.tail, c.commit, c.epochs,
+        c._deferred, c._leader_heard_at, c._extra_wait, c._last_campaign_at,
+        c._outstanding, c._next_hb_at, c._campaign.term, c._campaign.kind,
+    )  # fmt: skip
+
+
 @dataclass
 class SimNode:
     node_id: int
@@ -405,8 +414,22 @@ class SimCluster:
             self._deliver_due()
             for node in self.nodes.values():
                 if node.alive:
-                    self._execute(node, node.coord.tick(self.now))
+                    self._tick(node)
             self.check()
+
+    def _tick(self, node: SimNode) -> None:
+        """Tick ``node``; a tick before the coordinator's ``next_tick_at`` must do
+        nothing (nodes tick only their due channels), else an invariant fails."""
+        coord = node.coord
+        due = coord.next_tick_at()
+        before = _timer_state(coord) if self.now < due else None
+        outputs = coord.tick(self.now)
+        if before is not None and (outputs or _timer_state(coord) != before):
+            raise self.fail(
+                f"node {node.node_id} ticked at {self.now:.3f} before its next_tick_at"
+                f" {due:.3f} and acted: {outputs}"
+            )
+        self._execute(node, outputs)
 
     def run_heartbeats(self, beats: float) -> None:
         self.step(max(1, round(beats * 4)))
