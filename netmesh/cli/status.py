@@ -13,7 +13,8 @@ every event (exclusive, like next_seq);
 ``term`` the election round (every campaign raises it by one, so a fresh channel
 usually starts at term 1 to 3); ``lag`` a replica's distance behind its leader, in
 events and in seconds since the leader's last heartbeat ("-" on a leader or before a
-heartbeat arrived).
+heartbeat arrived). A node whose metrics page stopped being refreshed (frozen, stuck)
+is shown as stale, with the page's age, never as if its figures were current.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from rich.table import Table
 
+from netmesh.cluster.snapshot import is_stale
 from netmesh.replication.roles import ReplicaRole
 
 RUN_DIR = os.environ.get("NETMESH_RUN_DIR", tempfile.gettempdir())
@@ -50,12 +53,37 @@ class Row:
     events_per_s: float | None  # None: a single sample
     cpu_percent: float
     rss_mb: float
+    stale_s: float | None = None  # age of a stale page (None: current)
 
     @property
     def role_text(self) -> str:
         if not self.alive:
             return "DOWN"
-        return "-" if self.role is None else self.role.name
+        role = "-" if self.role is None else self.role.name
+        return role if self.stale_s is None else f"{role} (stale {self.stale_s:.1f}s)"
+
+
+def staleness(node: dict[str, Any], now: float | None = None) -> float | None:
+    """Age in s of a live node's page if it is stale, else None (current, or unknown).
+
+    Uses the entry's ``stale``/``age_s`` (``node_entry`` built with ``now``); else judges
+    the page's ``heartbeat_at`` (set by ``MetricsPage.read``) against ``now`` (default
+    time.monotonic()); an entry with neither is not judged."""
+    if not node.get("alive"):
+        return None
+    heartbeat = node.get("heartbeat_at")
+    stale = node.get("stale")
+    t = time.monotonic() if now is None else now
+    if stale is None:
+        if heartbeat is None:
+            return None
+        stale = is_stale(heartbeat, node.get("period"), t)
+    if not stale:
+        return None
+    age = node.get("age_s")
+    if age is None:
+        age = float("inf") if heartbeat is None else t - heartbeat
+    return float(age)
 
 
 def rows(now: dict[str, Any], before: dict[str, Any] | None) -> list[Row]:
@@ -72,6 +100,7 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None) -> list[Row]:
                 prev[(n["node"], ch)] = (int(m.get("next_seq", 0)), n.get("sampled_at"))
     out: list[Row] = []
     for n in now["nodes"]:
+        stale_s = staleness(n)
         chans = n["channels"] or {"-": {}}
         for ch, m in sorted(chans.items()):
             nxt = int(m.get("next_seq", 0))
@@ -92,6 +121,7 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None) -> list[Row]:
                     events_per_s=_rate(prev.get((n["node"], ch)), nxt, n.get("sampled_at")),
                     cpu_percent=float(n.get("cpu_percent", 0.0)),
                     rss_mb=n.get("rss_bytes", 0) / 1e6,
+                    stale_s=stale_s,
                 )
             )
     return out
@@ -144,6 +174,9 @@ def table(rs: list[Row], title: str = "netmesh", width: int = 80) -> Table:
     channels = sorted({r.channel for r in rs})
     if "channel" not in cols and len(channels) == 1:
         title = f"{title}  channel {channels[0]!r}"
+    stale = sorted({r.node for r in rs if r.stale_s is not None})
+    if stale:
+        title = f"{title}  STALE metrics: node {', '.join(map(str, stale))}"
     t = Table(title=title)
     for col in cols:
         t.add_column(col, justify=_COLUMNS[col][0], no_wrap=True)
@@ -213,6 +246,14 @@ def prometheus(snapshot: dict[str, Any]) -> str:
             "resident memory of the node process in bytes",
             node,
             n.get("rss_bytes", 0),
+        )
+        stale_s = staleness(n)
+        sample(
+            "netmesh_node_metrics_stale",
+            "gauge",
+            "1 if the node's metrics page stopped being refreshed (figures are old)",
+            node,
+            int(stale_s is not None),
         )
         for k, v in sorted(n.get("counters", {}).items()):
             if isinstance(v, int | float) and not isinstance(v, bool):

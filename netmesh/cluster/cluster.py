@@ -796,9 +796,15 @@ class Cluster:
         """Every node's metrics plus psutil figures, and cluster totals.
 
         By default each node's shared-memory metrics page is read without asking the
-        node (at most ~100 ms old); ``fresh=True`` asks running nodes over the control
-        connection instead.
+        node; ``fresh=True`` asks running nodes over the control connection instead.
+        Each node entry says how old its figures are (``age_s``) and whether they are
+        ``stale`` (the node stopped refreshing its page: frozen, stuck, dead, or the page
+        could not be written; :mod:`netmesh.cluster.snapshot`); ``totals["stale"]``
+        counts such nodes. On a node with many channels, channel entries are refreshed
+        round-robin within a CPU budget: each is at least as fresh as
+        ``channels_sampled_since`` (the node's monotonic clock).
         """
+        now = time.monotonic()
         nodes = [
             node_entry(
                 i,
@@ -808,6 +814,7 @@ class Cluster:
                 self.sup.exit_code(i),
                 self._node_metrics(i, fresh),
                 self.sup.process_stats(i),
+                now,
             )
             for i in range(self.size)
         ]

@@ -60,7 +60,7 @@ from typing import Any
 
 from netmesh.channel import ChannelName
 from netmesh.cluster import control
-from netmesh.cluster.metrics_page import MetricsPage
+from netmesh.cluster.metrics_page import MetricsPage, SnapshotWriter
 from netmesh.cluster.producer import (
     REFUSED_NONE,
     REFUSED_NOT_LEADER,
@@ -591,17 +591,11 @@ class NodeService:
             drainer.ring.ack(drainer.count, drainer.last_seq, drainer.rejected, drainer.reason)
 
     # -- metrics ---------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, channels_too: bool = True) -> dict[str, Any]:
         node = self.node
         channels: dict[str, Any] = {}
-        for f in self.redex.open_files():
-            ch: dict[str, Any] = {
-                "next_seq": f.next_seq,
-                "first_retained_seq": f.first_retained_seq,
-                "torn_tail_truncations": f.torn_tail_truncations,
-            }
-            ch.update(self.redex.channel_metrics(f.name))
-            channels[f.name] = ch
+        for f in self.redex.open_files() if channels_too else ():
+            channels[f.name] = self._channel_entry(f)
         return {
             "node": self.spec.get("index"),
             "node_id": node.node_id if node else None,
@@ -621,11 +615,36 @@ class NodeService:
             },
         }
 
+    def _channel_entry(self, f: RedexFile) -> dict[str, Any]:
+        ch: dict[str, Any] = {
+            "next_seq": f.next_seq,
+            "first_retained_seq": f.first_retained_seq,
+            "torn_tail_truncations": f.torn_tail_truncations,
+        }
+        ch.update(self.redex.channel_metrics(f.name))
+        return ch
+
+    @staticmethod
+    def _channel_fingerprint(f: RedexFile) -> tuple[int, int, int] | None:
+        """What an unreplicated channel's entry depends on (None: replicated, rebuild)."""
+        if f.config.replication is not None:
+            return None
+        return (f.next_seq, f.first_retained_seq, f.torn_tail_truncations)
+
     async def _publish_metrics(self) -> None:
+        """Every METRICS_PERIOD: the page's top and heartbeat, and the channel entries
+        that changed, refreshed within a CPU budget (metrics_page.SnapshotWriter)."""
         assert self.page is not None
+        writer = SnapshotWriter(self.page, METRICS_PERIOD)
         while True:
             try:
-                self.page.write(self.snapshot())
+                writer.publish(
+                    self.snapshot(channels_too=False),
+                    self.redex.open_files(),
+                    lambda f: str(f.name),
+                    self._channel_fingerprint,
+                    self._channel_entry,
+                )
             except Exception:  # metrics must never take the node down
                 log.exception("metrics snapshot failed")
             await asyncio.sleep(METRICS_PERIOD)
