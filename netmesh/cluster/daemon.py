@@ -23,6 +23,11 @@ driven in-process, plus
 * **metrics** (``[node] metrics = "host:port"``): Prometheus text format 0.0.4 on
   ``http://host:port/metrics`` (stdlib HTTP server, one thread).
 
+Shared memory: the client rings' names carry this daemon's run prefix
+``netmesh-<pid>-<token>``, owned by ``flock`` on ``$NETMESH_RUN_DIR/<prefix>.lock`` for
+the daemon's life (:func:`netmesh.cluster.supervisor.claim_run`); a daemon or cluster
+starting later removes the names of runs whose lock is free (a SIGKILLed daemon's).
+
 Signals: SIGTERM or SIGINT stop cleanly (clients dropped and their shared memory
 unlinked, files fsynced and closed, sessions closed, socket and name removed, exit 0);
 SIGHUP re-reads the file and applies ``[[peers]]`` and ``[[channels]]`` changes
@@ -56,7 +61,7 @@ from netmesh.cluster import nodeconfig
 from netmesh.cluster.clients import ClientServer
 from netmesh.cluster.node_worker import NodeService, replication_to_dict
 from netmesh.cluster.nodeconfig import ChannelConfig, NodeConfig, PeerConfig, format_addr
-from netmesh.cluster.supervisor import remove_stale_names
+from netmesh.cluster.supervisor import claim_run, remove_stale_names
 from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
 from netmesh.errors import (
     ChannelNotOpen,
@@ -107,6 +112,7 @@ class Daemon:
         self._names_lock = threading.Lock()
         self._stop = asyncio.Event()
         self._lock_fd = -1
+        self._run_lock: tuple[str, int] | None = None
 
     # -- lifetime --------------------------------------------------------------------
     async def run(self) -> int:
@@ -139,7 +145,10 @@ class Daemon:
 
     async def start(self) -> None:
         node = self.cfg.node
-        remove_stale_names()  # shared memory left by daemons or clusters that died
+        # our shm names belong to us while we hold this lock (the supervisor's rule), and
+        # names of daemons or clusters that died (their lock free) are removed
+        self._run_lock = claim_run(self.prefix)
+        remove_stale_names()
         try:
             os.makedirs(node.data_dir, mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -202,6 +211,12 @@ class Daemon:
             names, self.names = list(self.names), set()
         for n in names:
             unlink_ring(n)
+        if self._run_lock is not None:
+            path, fd = self._run_lock
+            self._run_lock = None
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -237,14 +237,19 @@ class Daemons:
                 p.wait(10)
 
     def leftovers(self) -> list[str]:
-        """Shared-memory names of any daemon this run started, and sockets in the run
-        dir."""
+        """Shared-memory names of any daemon this run started, and its sockets and run
+        locks in the run dir."""
         shm = [
             n
             for n in os.listdir("/dev/shm")
             if any(n.split("sem.")[-1].startswith(f"netmesh-{pid}-") for pid in self.pids)
         ]
-        socks = [n for n in os.listdir(self.run_dir) if n.endswith(".sock")]
+        socks = [
+            n
+            for n in os.listdir(self.run_dir)
+            if n.endswith(".sock")
+            or any(n.startswith(f"netmesh-{pid}-") for pid in self.pids)  # run locks
+        ]
         return shm + socks
 
 
