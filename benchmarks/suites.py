@@ -71,9 +71,9 @@ class Plan:
             quorum_s=0.7,
             overhead_n=10_000,
             overhead_rounds=3,
-            failover_trials=4,
+            failover_trials=3,
             failover_peer_trials=1,
-            catchup_bytes=128 << 20,
+            catchup_bytes=96 << 20,
             latency_s=1.0,
         )
 
