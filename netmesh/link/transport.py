@@ -25,7 +25,9 @@ class _Protocol(asyncio.DatagramProtocol):
         self._owner = owner
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self._owner.on_datagram(data, addr)
+        owner = self._owner
+        owner.on_datagram(data, addr)
+        owner.drain()
 
     def error_received(self, exc: Exception) -> None:
         self._owner.errors += 1
@@ -35,11 +37,21 @@ class _Protocol(asyncio.DatagramProtocol):
         self._owner._closed.set()
 
 
+#: datagrams read per readiness event (asyncio's datagram transport reads one per
+#: loop iteration; a busy loop - thousands of replicated channels - then lets the
+#: socket's queue grow and heartbeats arrive late: read what is queued, bounded)
+READ_BATCH = 64
+#: the largest UDP payload (datagrams larger than the node's max_datagram are read
+#: whole, then dropped as oversized by the node)
+_MAX_UDP = 65536
+
+
 class UdpTransport:
     """One bound UDP socket.
 
     ``on_datagram`` is called synchronously in the event loop for each datagram; it
-    must not raise (the node catches everything it can provoke).
+    must not raise (the node catches everything it can provoke). Up to
+    :data:`READ_BATCH` queued datagrams are handed over per readiness event.
     """
 
     def __init__(self, on_datagram: Callable[[bytes, Addr], None]) -> None:
@@ -48,6 +60,23 @@ class UdpTransport:
         self._transport: asyncio.DatagramTransport | None = None
         self._closed = asyncio.Event()
         self.local_addr: Addr = ("", 0)
+        self._sock: socket.socket | None = None
+
+    def drain(self) -> None:
+        """Hand over up to ``READ_BATCH - 1`` more datagrams already queued."""
+        for _ in range(READ_BATCH - 1):
+            sock = self._sock
+            if sock is None or self._transport is None:
+                return
+            try:
+                data, addr = sock.recvfrom(_MAX_UDP)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors queued on the socket
+                self.errors += 1
+                log.debug("udp recvfrom failed: %r", exc)
+                return
+            self.on_datagram(data, addr)
 
     @classmethod
     async def bind(
@@ -77,6 +106,7 @@ class UdpTransport:
             sock.close()
             raise TransportError(f"cannot bind {host}:{port}: {exc}") from exc
         self._transport = transport
+        self._sock = sock
         name = sock.getsockname()
         self.local_addr = (name[0], name[1])
         return self
@@ -103,5 +133,6 @@ class UdpTransport:
         if t is None:
             return
         self._transport = None
+        self._sock = None
         t.close()
         await self._closed.wait()
