@@ -154,10 +154,37 @@ class Client:
         return ClientProducer(self, channel, capacity)
 
     def subscribe(
-        self, channel: str, from_seq: int | Literal["earliest", "latest"] = 0
+        self,
+        channel: str,
+        from_seq: int | Literal["earliest", "latest"] = 0,
+        durable: str | None = None,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        dead_letter: str | None = None,
     ) -> Subscription:
-        """Events of ``channel`` from ``from_seq`` on, then live (see the module doc)."""
-        return Subscription(self, channel, from_seq, None)
+        """Events of ``channel`` from ``from_seq`` on, then live (see the module doc).
+
+        ``durable``: join the consumer group of that name instead (issue 12; see
+        :mod:`netmesh.cluster.groups`): each event goes to one member at a time, starting
+        after what the group acknowledged (``from_seq`` is ignored); acknowledge with
+        ``sub.ack(ev)`` / ``sub.ack_through(seq)``; an event not acknowledged within
+        ``ack_wait`` s (or whose member died) is delivered again (``ev.delivery_count``),
+        after ``max_deliver`` deliveries it goes to ``dead_letter`` (``<channel>.dlq``).
+        """
+        if durable is None:
+            return Subscription(self, channel, from_seq, None)
+        group = {
+            "durable": durable,
+            "ack_wait": ack_wait,
+            "max_deliver": max_deliver,
+            "dead_letter": dead_letter,
+        }
+        return Subscription(self, channel, 0, None, group)
+
+    def consumers(self, channel: str) -> list[dict[str, Any]]:
+        """The consumer groups of ``channel``: members, pending, acknowledged_through,
+        delivered, redelivered, dead_lettered."""
+        return list(self._call("groups", channel=channel))
 
     def read_range(self, channel: str, start: int, end: int) -> list[RedexEvent]:
         """Events ``start <= seq < end`` that the channel holds (as a subscription would
@@ -303,8 +330,17 @@ def _not_acked(channel: str, count: int, why: str) -> NotLeader:
     return err
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveredEvent(RedexEvent):
+    """An event of a consumer group: ``delivery_count`` is 1 on its first delivery."""
+
+    delivery_count: int = 1
+
+
 class Subscription:
-    """Events of a channel in seq order; an iterator and an async iterator."""
+    """Events of a channel in seq order; an iterator and an async iterator. A member of
+    a consumer group (``durable=``) gets :class:`DeliveredEvent` s, not necessarily
+    contiguous, and acknowledges them."""
 
     def __init__(
         self,
@@ -312,7 +348,11 @@ class Subscription:
         channel: str,
         from_seq: int | str,
         end_seq: int | None,
+        group: dict[str, Any] | None = None,
     ) -> None:
+        self.group = group
+        self._acks: list[int] = []
+        self._unacked: set[int] = set()
         self.client = client
         self.channel = channel
         self.end_seq = end_seq
@@ -338,6 +378,11 @@ class Subscription:
         return self._node
 
     def _open(self, exclude: list[int]) -> None:
+        if self.group is not None:
+            got = self.client._call("subscribe_group", channel=self.channel, **self.group)
+            self._ring_name, self._node = got["ring"], got["node"]
+            self._ring = ShmRing.attach(self._ring_name)
+            return
         start = self._next if self._next is not None else self._from
         got = self.client._call(
             "subscribe",
@@ -378,6 +423,7 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic() + LIVENESS_S
         while not self._buf and not self._done:
+            self._flush_acks()
             if self._ring is None:
                 self._failover()
             assert self._ring is not None
@@ -389,7 +435,7 @@ class Subscription:
             for frame in frames:
                 self._on_frame(frame)
             now = time.monotonic()
-            if not frames and now >= next_check:
+            if not frames and now >= next_check and self._node >= 0:
                 next_check = now + LIVENESS_S
                 if not self.client._call("node_alive", node=self._node):
                     self._failover()
@@ -416,6 +462,10 @@ class Subscription:
                     self._history[-1][1] = end
                 else:
                     self._history.append([term, end])
+        elif kind == subframes.GROUP:
+            for seq, count, p in msg[1]:
+                self._unacked.add(seq)
+                self._buf.append(DeliveredEvent(RedexEntry(seq, len(p)), p, count))
         elif kind == subframes.TRUNCATED:
             self._done = True
             raise Truncated(self.channel, int(msg[1]))
@@ -430,6 +480,28 @@ class Subscription:
         else:
             self._done = True
             raise control.error_from_value(msg[1], f"{self.channel} subscription")
+
+    # -- acknowledgements (consumer groups) ----------------------------------------------
+    def ack(self, ev: RedexEvent | int) -> None:
+        """Acknowledge one delivered event (sent in batches, at the latest when this
+        subscription next waits or closes)."""
+        seq = ev if isinstance(ev, int) else ev.entry.seq
+        if self.group is None:
+            raise ConfigError("ack() is for durable subscriptions (subscribe(..., durable=))")
+        self._unacked.discard(seq)
+        self._acks.append(seq)
+        if len(self._acks) >= 256:
+            self._flush_acks()
+
+    def ack_through(self, seq: int) -> None:
+        """Acknowledge every event delivered to this member up to ``seq``."""
+        for s in sorted(x for x in self._unacked if x <= seq):
+            self.ack(s)
+
+    def _flush_acks(self) -> None:
+        if self._acks and self.group is not None:
+            acks, self._acks = self._acks, []
+            self.client._call("ack", ring=self._ring_name, seqs=acks)
 
     # -- iteration -------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> list[RedexEvent]:
@@ -469,6 +541,8 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(NetmeshError):
+            self._flush_acks()
         self._drop_ring()
 
     def __enter__(self) -> Subscription:

@@ -21,6 +21,10 @@ Ops (args -> result):
                        holds the channel (the leader when it can)
 ``release``            ring -> None: detach and remove a ring of this connection
 ``node_alive``         node -> bool
+``subscribe_group``    channel, durable, ack_wait, max_deliver, dead_letter -> {ring}:
+                       a member of the consumer group (:mod:`netmesh.cluster.groups`)
+``ack``                ring, seqs -> None: the member acknowledges these events
+``groups``             channel -> [{group, members, pending, acknowledged_through, ...}]
 =====================  ===================================================================
 
 Everything a connection set up is released when it closes (a client that died), so
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import netmesh
 from netmesh.channel import ChannelName
 from netmesh.cluster import control, rundir
+from netmesh.cluster.groups import Group
 from netmesh.cluster.node_worker import replication_from_dict
 from netmesh.config import DEFAULT_MAX_PAYLOAD
 from netmesh.errors import ChannelNotOpen, ConfigError, DecodeError, NodeUnresponsive
@@ -87,6 +92,8 @@ class ClientServer:
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._ring_no = 0
+        self._groups: dict[tuple[str, str], Group] = {}
+        self._member_of: dict[str, Group] = {}  # member ring -> its group
         self._accept = threading.Thread(target=self._serve, name=f"clients-{name}", daemon=True)
         self._accept.start()
 
@@ -105,6 +112,9 @@ class ClientServer:
         self._accept.join(2)
         for t in self._threads:
             t.join(2)
+        for group in list(self._groups.values()):
+            group.close()
+        self._groups.clear()
 
     def _serve(self) -> None:
         while not self._closed:
@@ -181,6 +191,16 @@ class ClientServer:
                 return None
             if op == "node_alive":
                 return b.node_alive(int(args["node"]))
+            if op == "subscribe_group":
+                return self._subscribe_group(args, rings)
+            if op == "ack":
+                group = self._member_of.get(args["ring"])
+                if group is not None:
+                    group.ack(args["ring"], list(args["seqs"]))
+                return None
+            if op == "groups":
+                channel = self._channel(args["channel"])
+                return [g.info() for (ch, _), g in self._groups.items() if ch == channel]
         raise ConfigError(f"unknown client request {op!r}")
 
     def _channel(self, name: Any) -> str:
@@ -239,12 +259,44 @@ class ClientServer:
         rings[name] = (node, ring)
         return {"ring": name, "node": node}
 
+    def _subscribe_group(
+        self, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]
+    ) -> dict[str, Any]:
+        channel = self._channel(args["channel"])
+        durable = str(args["durable"])
+        rundir.check_name(durable)
+        ack_wait, max_deliver = float(args.get("ack_wait", 30.0)), int(args.get("max_deliver", 5))
+        if not ack_wait > 0 or max_deliver < 1:
+            raise ConfigError("ack_wait must be > 0 and max_deliver >= 1")
+        group = self._groups.get((channel, durable))
+        if group is None:
+            dlq = str(ChannelName(args.get("dead_letter") or f"{channel}.dlq"))
+            group = Group(
+                self.backend,
+                channel,
+                durable,
+                ack_wait,
+                max_deliver,
+                dlq,
+                self._new_ring,
+                self._drop,
+            )
+            self._groups[(channel, durable)] = group
+        name, ring = self._new_ring(-1, 8 << 20)  # this process produces into it
+        rings[name] = (-1, ring)
+        self._member_of[name] = group
+        group.join(name, ring)
+        return {"ring": name, "node": -1}
+
     def _release(self, name: str, rings: dict[str, tuple[int, ShmRing]]) -> None:
         entry = rings.pop(name, None)
         if entry is None:
             return
+        group = self._member_of.pop(name, None)
+        if group is not None:
+            group.leave(name)  # its unacknowledged events go to the other members
         node, ring = entry
-        if self.backend.node_alive(node):
+        if node >= 0 and self.backend.node_alive(node):
             with contextlib.suppress(Exception):
                 self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
         self._drop(name, ring)
@@ -284,6 +336,9 @@ class ClusterBackend:
 
     def new_name(self, *parts: object) -> str:
         return self.c.sup.name(*parts)
+
+    def replication_of(self, channel: str) -> Any:
+        return self.c.channels.get(channel)
 
     def forget_name(self, name: str) -> None:
         self.c.sup.forget_name(name)

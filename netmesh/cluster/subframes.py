@@ -12,7 +12,9 @@ Each ring record is one msgpack array:
 * ``[LAGGED, first_retained_seq]``: retention removed events the subscriber needed;
 * ``[END, next_seq]``: a bounded read (``read_range``) is complete;
 * ``[FAILED, error]``: the node stopped serving (the error as
-  :func:`netmesh.cluster.control.error_value` encodes it).
+  :func:`netmesh.cluster.control.error_value` encodes it);
+* ``[GROUP, [[seq, delivery_count, payload], ...]]``: events a consumer group's
+  dispatcher hands to one member (:mod:`netmesh.cluster.groups`), not contiguous.
 
 One msgpack call per batch, on both sides.
 """
@@ -25,7 +27,7 @@ import msgpack
 
 from netmesh.errors import DecodeError
 
-EVENTS, TRUNCATED, LAGGED, END, FAILED = 0, 1, 2, 3, 4
+EVENTS, TRUNCATED, LAGGED, END, FAILED, GROUP = 0, 1, 2, 3, 4, 5
 
 
 def events(first_seq: int, payloads: list[bytes], last_term: int) -> bytes:
@@ -47,7 +49,7 @@ def decode(frame: bytes) -> list[Any]:
     if (
         not isinstance(msg, list)
         or not msg
-        or msg[0] not in (EVENTS, TRUNCATED, LAGGED, END, FAILED)
+        or msg[0] not in (EVENTS, TRUNCATED, LAGGED, END, FAILED, GROUP)
     ):
         raise DecodeError("bad subscription frame: unknown kind")
     if msg[0] == EVENTS and (

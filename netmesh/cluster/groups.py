@@ -1,0 +1,442 @@
+"""Durable consumers and consumer groups (issue 12), run where clients are served.
+
+A group is (channel, durable name). Its dispatcher runs in the process of the
+:class:`~netmesh.cluster.clients.ClientServer` (the supervisor, or a node daemon): it
+reads the channel through a subscription ring from a node (what the channel's mode
+promises will stay), hands each event to one member at a time through the member's
+own ring (the dispatcher produces into it), and takes acknowledgements over the client
+socket.
+
+* An event not acknowledged within ``ack_wait`` seconds, or whose member left (its
+  ring closed, its connection ended), is delivered again, to any member; each delivery
+  carries ``delivery_count``. After ``max_deliver`` deliveries it is appended to the
+  dead-letter channel (``<channel>.dlq`` unless named) and counted, then acknowledged.
+* The group's position is stored **in the cluster**: a state record (ack floor, the
+  acknowledged seqs above it, delivery counts, dead-lettered count) is appended to the
+  channel ``<channel>.consumers`` (opened with the channel's replication, so it has the
+  same ack mode, survives node SIGKILLs and, with ``data_dir``, full restarts) at most
+  every ``PERSIST_S`` seconds while acknowledgements arrive. A group that starts again
+  resumes after the newest record: at-least-once, an acknowledgement younger than
+  ``PERSIST_S`` at a crash means one more delivery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from netmesh.cluster import subframes
+from netmesh.cluster.producer import Producer
+from netmesh.errors import NetmeshError, RingClosed
+from netmesh.ring.shm import ShmRing
+
+if TYPE_CHECKING:
+    from netmesh.cluster.clients import ClientBackend
+
+log = logging.getLogger(__name__)
+
+PERSIST_S = 0.05
+CREDIT = 512  # events in flight per member
+TICK_S = 0.005
+
+
+@dataclass
+class Member:
+    ring_name: str
+    ring: ShmRing
+    inflight: set[int] = field(default_factory=set)
+
+
+@dataclass
+class GroupState:
+    """What is persisted: everything below ``floor`` is acknowledged."""
+
+    floor: int = 0
+    acked: set[int] = field(default_factory=set)
+    deliveries: dict[int, int] = field(default_factory=dict)
+    dead_lettered: int = 0
+
+    def ack(self, seq: int) -> None:
+        if seq >= self.floor:
+            self.acked.add(seq)
+            while self.floor in self.acked:
+                self.acked.discard(self.floor)
+                self.deliveries.pop(self.floor, None)
+                self.floor += 1
+
+    def to_json(self, group: str) -> bytes:
+        return json.dumps(
+            {
+                "group": group,
+                "floor": self.floor,
+                "acked": sorted(self.acked),
+                "deliveries": {str(k): v for k, v in self.deliveries.items()},
+                "dead": self.dead_lettered,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GroupState:
+        return cls(
+            int(d["floor"]),
+            set(map(int, d["acked"])),
+            {int(k): int(v) for k, v in d["deliveries"].items()},
+            int(d["dead"]),
+        )
+
+
+class Group:
+    """One consumer group's dispatcher (a thread); see the module doc."""
+
+    def __init__(
+        self,
+        backend: ClientBackend,
+        channel: str,
+        name: str,
+        ack_wait: float,
+        max_deliver: int,
+        dlq: str,
+        new_ring: Any,
+        drop_ring: Any,
+    ) -> None:
+        self.backend = backend
+        self.channel = channel
+        self.name = name
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.dlq = dlq
+        self.state_channel = f"{channel}.consumers"
+        self._new_ring = new_ring  # (node, capacity) -> (name, ShmRing)
+        self._drop_ring = drop_ring  # (name, ShmRing) -> None
+        self.members: dict[str, Member] = {}
+        self.lock = threading.RLock()
+        self.state = GroupState()
+        self.redelivered = 0
+        self.delivered = 0
+        self._payloads: dict[int, bytes] = {}  # fetched, not yet acknowledged
+        self._ready: deque[int] = deque()  # to deliver (redeliveries first)
+        self._dead: list[int] = []  # delivered max_deliver times: to the dead-letter channel
+        self._deadlines: list[tuple[float, int]] = []  # (deadline, seq) heap
+        self._pending: dict[int, tuple[str, float]] = {}  # seq -> (member, deadline)
+        self._dirty = False
+        self._last_persist = 0.0
+        self._stop = threading.Event()
+        self._source: tuple[str, ShmRing, int] | None = None  # ring name, ring, node
+        self._source_checked = 0.0
+        self._state_producer: Any = None  # (ring name, ring, Producer, node)
+        self._dlq_producer: Any = None
+        self._load()
+        self._next_fetch = self.state.floor  # acknowledged seqs above it are skipped
+        self._thread = threading.Thread(target=self._run, name=f"group-{name}", daemon=True)
+        self._thread.start()
+
+    # -- persistence -----------------------------------------------------------------
+    def _ensure_channel(self, name: str) -> None:
+        if not self.backend.is_open(name):
+            of = getattr(self.backend, "replication_of", None)
+            self.backend.open_channel(name, of(self.channel) if of else None, {})
+
+    def _read_all(self, channel: str) -> list[bytes]:
+        """Every event of ``channel`` held now, through a bounded subscription ring."""
+        node = self.backend.serving_node(channel, [])
+        ring_name, ring = self._new_ring(node, 8 << 20)
+        out: list[bytes] = []
+        try:
+            self.backend.call(
+                node,
+                "subscribe",
+                ring=ring_name,
+                channel=channel,
+                from_seq="earliest",
+                end_seq=1 << 62,
+                history=None,
+            )
+            while True:
+                try:
+                    frames = ring.get_batch(256, timeout=5.0)
+                except RingClosed:
+                    break
+                if not frames:
+                    raise NetmeshError(f"reading {channel!r} for group {self.name!r} stalled")
+                done = False
+                for frame in frames:
+                    msg = subframes.decode(frame)
+                    if msg[0] == subframes.EVENTS:
+                        out += msg[2]
+                    else:
+                        done = True
+                if done:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                self.backend.call(node, "detach_ring", timeout=5.0, ring=ring_name)
+            self._drop_ring(ring_name, ring)
+        return out
+
+    def _load(self) -> None:
+        self._ensure_channel(self.state_channel)
+        self._ensure_channel(self.dlq)
+        for raw in self._read_all(self.state_channel):
+            with contextlib.suppress(ValueError, KeyError):
+                d = json.loads(raw)
+                if d.get("group") == self.name:
+                    self.state = GroupState.from_json(d)
+
+    def _persist(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last_persist < PERSIST_S):
+            return
+        with self.lock:
+            record = self.state.to_json(self.name)
+            self._dirty = False
+        self._last_persist = now
+        self._append(self.state_channel, [record], "_state_producer")
+
+    def _append(self, channel: str, payloads: list[bytes], slot: str) -> None:
+        """Append through a ring to the channel's leader (re-made after a leader change)."""
+        for _attempt in range(50):
+            held = getattr(self, slot, None)
+            if held is None:
+                node = self.backend.serving_node(channel, [])
+                name, ring = self._new_ring(node, 4 << 20)
+                try:
+                    self.backend.call(node, "attach_ring", ring=name, channel=channel)
+                except BaseException:
+                    self._drop_ring(name, ring)
+                    raise
+                held = (name, ring, Producer(name, channel), node)
+                setattr(self, slot, held)
+            name, ring, prod, node = held
+            try:
+                prod.append_batch(payloads)
+                prod.flush(timeout=5.0)
+                return
+            except NetmeshError:
+                setattr(self, slot, None)
+                prod.close()
+                with contextlib.suppress(Exception):
+                    self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
+                self._drop_ring(name, ring)
+                time.sleep(0.05)
+        raise NetmeshError(f"group {self.name!r}: cannot append to {channel!r}")
+
+    # -- members and acks ------------------------------------------------------------
+    def join(self, ring_name: str, ring: ShmRing) -> None:
+        with self.lock:
+            self.members[ring_name] = Member(ring_name, ring)
+
+    def leave(self, ring_name: str) -> None:
+        """A member left (or died): its unacknowledged events go to the others."""
+        with self.lock:
+            m = self.members.pop(ring_name, None)
+            if m is None:
+                return
+            for seq in sorted(m.inflight, reverse=True):
+                self._pending.pop(seq, None)
+                self._requeue(seq)
+
+    def _requeue(self, seq: int) -> None:
+        """An unacknowledged delivery ended: deliver again, or dead-letter it."""
+        if self.state.deliveries.get(seq, 0) >= self.max_deliver:
+            self._dead.append(seq)
+        else:
+            self._ready.appendleft(seq)
+
+    def ack(self, ring_name: str, seqs: list[int]) -> None:
+        with self.lock:
+            m = self.members.get(ring_name)
+            for seq in seqs:
+                self._pending.pop(seq, None)
+                self._payloads.pop(seq, None)
+                if m is not None:
+                    m.inflight.discard(seq)
+                self.state.ack(seq)
+            self._dirty = True
+
+    def info(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "group": self.name,
+                "members": len(self.members),
+                "pending": len(self._pending),
+                "acknowledged_through": self.state.floor,
+                "delivered": self.delivered,
+                "redelivered": self.redelivered,
+                "dead_lettered": self.state.dead_lettered,
+            }
+
+    # -- the dispatcher --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._fetch()
+                self._expire()
+                self._dispatch()
+                self._persist()
+                time.sleep(TICK_S)
+        except Exception:
+            log.exception("consumer group %s of %s stopped", self.name, self.channel)
+        finally:
+            with contextlib.suppress(Exception):
+                self._persist(force=True)
+
+    def _open_source(self, exclude: list[int]) -> None:
+        node = self.backend.serving_node(self.channel, exclude)
+        name, ring = self._new_ring(node, 8 << 20)
+        try:
+            self.backend.call(
+                node,
+                "subscribe",
+                ring=name,
+                channel=self.channel,
+                from_seq=self._next_fetch,
+                end_seq=None,
+                history=None,
+            )
+        except BaseException:
+            self._drop_ring(name, ring)
+            raise
+        self._source = (name, ring, node)
+        self._source_checked = time.monotonic()
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            name, ring, node = self._source
+            self._source = None
+            with contextlib.suppress(Exception):
+                ring.close_consumer()
+            with contextlib.suppress(Exception):
+                if self.backend.node_alive(node):
+                    self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
+            self._drop_ring(name, ring)
+
+    def _fetch(self) -> None:
+        if len(self._payloads) > CREDIT * max(1, len(self.members)) * 2:
+            return  # enough in hand
+        if self._source is None:
+            self._open_source([])
+        assert self._source is not None
+        _, ring, node = self._source
+        try:
+            frames = ring.get_batch(64, timeout=0)
+        except RingClosed:
+            self._close_source()
+            return
+        if not frames and time.monotonic() - self._source_checked > 0.25:
+            self._source_checked = time.monotonic()
+            if not self.backend.node_alive(node):
+                self._close_source()
+                self._open_source([node])
+            return
+        with self.lock:
+            for frame in frames:
+                msg = subframes.decode(frame)
+                if msg[0] != subframes.EVENTS:
+                    continue
+                first, payloads = msg[1], msg[2]
+                for i, p in enumerate(payloads, start=first):
+                    if i < self._next_fetch:
+                        continue
+                    self._next_fetch = i + 1
+                    if i < self.state.floor or i in self.state.acked:
+                        continue
+                    self._payloads[i] = p
+                    self._ready.append(i)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                deadline, seq = heapq.heappop(self._deadlines)
+                owner = self._pending.get(seq)
+                if owner is None or owner[1] != deadline:
+                    continue  # acknowledged, or delivered again since
+                del self._pending[seq]
+                m = self.members.get(owner[0])
+                if m is not None:
+                    m.inflight.discard(seq)
+                self._requeue(seq)
+
+    def _dispatch(self) -> None:
+        dead: list[tuple[int, bytes]] = []
+        with self.lock:
+            for seq in self._dead:
+                payload = self._payloads.get(seq)
+                if payload is not None:
+                    dead.append((seq, payload))
+            self._dead.clear()
+        self._dead_letter(dead)
+        dead = []
+        with self.lock:
+            if not self.members:
+                return
+            batches: dict[str, list[list[Any]]] = {}
+            order = sorted(self.members.values(), key=lambda m: len(m.inflight))
+            k = 0
+            while self._ready and order:
+                seq = self._ready.popleft()
+                payload = self._payloads.get(seq)
+                if payload is None or seq < self.state.floor or seq in self.state.acked:
+                    continue
+                count = self.state.deliveries.get(seq, 0) + 1
+                if count > self.max_deliver:
+                    dead.append((seq, payload))
+                    continue
+                m = order[k % len(order)]
+                if len(m.inflight) >= CREDIT:
+                    order.remove(m)
+                    self._ready.appendleft(seq)
+                    continue
+                k += 1
+                self.state.deliveries[seq] = count
+                if count > 1:
+                    self.redelivered += 1
+                self.delivered += 1
+                deadline = time.monotonic() + self.ack_wait
+                self._pending[seq] = (m.ring_name, deadline)
+                heapq.heappush(self._deadlines, (deadline, seq))
+                m.inflight.add(seq)
+                batches.setdefault(m.ring_name, []).append([seq, count, payload])
+            self._dirty = True
+            for ring_name, events in batches.items():
+                m2 = self.members.get(ring_name)
+                if m2 is None:
+                    continue
+                try:
+                    for i in range(0, len(events), 64):  # frames well under the ring's half
+                        frame = subframes.control(subframes.GROUP, events[i : i + 64])
+                        m2.ring.put(frame, timeout=1.0)
+                except NetmeshError:
+                    self.leave(ring_name)
+        self._dead_letter(dead)
+
+    def _dead_letter(self, dead: list[tuple[int, bytes]]) -> None:
+        """Append to the dead-letter channel (outside the lock: it may wait), then ack."""
+        if not dead:
+            return
+        self._append(self.dlq, [p for _, p in dead], "_dlq_producer")
+        with self.lock:
+            self.state.dead_lettered += len(dead)
+            self.ack("", [seq for seq, _ in dead])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._close_source()
+        for slot in ("_state_producer", "_dlq_producer"):
+            held = getattr(self, slot, None)
+            if held is not None:
+                name, ring, prod, node = held
+                prod.close()
+                with contextlib.suppress(Exception):
+                    self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
+                self._drop_ring(name, ring)
+                setattr(self, slot, None)
