@@ -370,6 +370,9 @@ class EventBus:
                         return "shutdown"
                     if now >= give_up:
                         if self.backpressure == "drop_oldest":
+                            # given up: nothing of this shard is failing any more; the
+                            # next batch finds out afresh (is_healthy asks the adapter)
+                            sh.failing = False
                             return "backend_timeout"
                         sh.down = True
                 pause = min(backoff, self._close_deadline - now)

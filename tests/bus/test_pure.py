@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmesh.bus import BatchConfig, compile_filter
@@ -80,6 +80,7 @@ def test_bad_filters_raise_filter_error(spec: object) -> None:
         compile_filter(spec)  # type: ignore[arg-type]
 
 
+@settings(deadline=None)  # a loaded machine must not turn a slow example into a failure
 @given(st.dictionaries(st.integers(0, 1000), st.text(max_size=30), max_size=20), st.integers(0, 99))
 def test_cursor_round_trip(positions: dict[int, str], start: int) -> None:
     c = decode(Cursor(positions, start).encode())
