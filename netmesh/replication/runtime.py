@@ -489,7 +489,8 @@ class ChannelRuntime:
         if due is not None and (self._push_timer_at is None or due < self._push_timer_at):
             self._push_timer_at = due
             self.loop.call_at(due, self._deferred_push)
-        self.executor.run(outputs)
+        if outputs:  # most idle ticks and heartbeats change nothing
+            self.executor.run(outputs)
         self.due = float("inf") if self.executor.stopped else self.coord.next_tick_at()
 
     def _send(self, to: int, msg: messages.Message) -> None:
