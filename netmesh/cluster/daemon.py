@@ -376,6 +376,9 @@ class Daemon:
                 delay = min(delay * 2, BACKOFF_MAX_S)
             except Closed:
                 return
+            except Exception:  # a bug must not end the reconnection of this peer
+                log.exception("peer %#x: connection attempt failed", peer.node_id)
+                await self._nap(wake, BACKOFF_MAX_S)
 
     @staticmethod
     async def _nap(wake: asyncio.Event, seconds: float) -> None:
@@ -436,7 +439,7 @@ class Daemon:
             if name not in old_ch:
                 try:
                     self._open(ch)
-                except NetmeshError as exc:
+                except (NetmeshError, OSError) as exc:  # locked, corrupt, unreadable
                     log.error("reload: channel %s not opened: %s", name, exc)
             elif ch != old_ch[name]:
                 log.warning("reload: channel %s changed; takes effect at the next restart", name)
@@ -678,6 +681,10 @@ def run(config_path: str, log_level: str = "INFO") -> int:
         return 2
     except (StartError, LogLocked, NetmeshError) as exc:
         print(f"{prog}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or directory the node cannot use
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{prog}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
