@@ -423,7 +423,7 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic() + LIVENESS_S
         while not self._buf and not self._done:
-            self._flush_acks()
+            self.flush_acks()
             if self._ring is None:
                 self._failover()
             assert self._ring is not None
@@ -491,14 +491,16 @@ class Subscription:
         self._unacked.discard(seq)
         self._acks.append(seq)
         if len(self._acks) >= 256:
-            self._flush_acks()
+            self.flush_acks()
 
     def ack_through(self, seq: int) -> None:
         """Acknowledge every event delivered to this member up to ``seq``."""
         for s in sorted(x for x in self._unacked if x <= seq):
             self.ack(s)
 
-    def _flush_acks(self) -> None:
+    def flush_acks(self) -> None:
+        """Send the acknowledgements given so far now (they otherwise travel in batches
+        of 256, or when the subscription waits or closes)."""
         if self._acks and self.group is not None:
             acks, self._acks = self._acks, []
             self.client._call("ack", ring=self._ring_name, seqs=acks)
@@ -542,7 +544,7 @@ class Subscription:
             return
         self._closed = True
         with contextlib.suppress(NetmeshError):
-            self._flush_acks()
+            self.flush_acks()
         self._drop_ring()
 
     def __enter__(self) -> Subscription:

@@ -1,0 +1,199 @@
+"""Issue 12: durable consumers and consumer groups, with real member processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import netmesh
+from netmesh import Cluster, ReplicationConfig
+from netmesh.testing.wait import wait_until
+
+pytestmark = pytest.mark.system
+
+MEMBER = """
+import sys, json, netmesh
+name, channel, group, ack_wait = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+done = []
+with netmesh.connect(name) as cl:
+    sub = cl.subscribe(channel, durable=group, ack_wait=ack_wait, max_deliver=5)
+    print(json.dumps({"ready": True}), flush=True)
+    for ev in sub:
+        print(json.dumps({"delivered": ev.entry.seq, "count": ev.delivery_count}), flush=True)
+        if ev.payload == b"poison":
+            continue  # never acknowledged
+        sub.ack(ev)
+        done.append(ev.entry.seq)
+        if len(done) >= 50:
+            print(json.dumps({"acking": done}), flush=True)
+            sub.flush_acks()  # a kill between the two lines leaves this batch ambiguous
+            print(json.dumps({"flushed": True}), flush=True)
+            done = []
+        if ev.payload == b"stop":
+            break
+    print(json.dumps({"acking": done}), flush=True)
+    sub.flush_acks()
+    print(json.dumps({"flushed": True}), flush=True)
+"""
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("NETMESH_RUN_DIR", str(tmp_path / "run"))
+    yield tmp_path / "run"
+
+
+class Member:
+    """A member process writing its log to a file (a pipe nobody reads would stall it)."""
+
+    def __init__(self, name: str, group: str = "billing", ack_wait: float = 30.0) -> None:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="nm-member-")
+        os.close(fd)
+        self.log = Path(path)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", "-c", MEMBER, name, "orders", group, str(ack_wait)],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        wait_until(lambda: self.log.read_text().startswith('{"ready"'), timeout=30, message="ready")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def finish(self, timeout: float = 120) -> str:
+        _, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode in (0, -signal.SIGKILL), err
+        out = self.log.read_text()
+        self.log.unlink()
+        return out
+
+
+def _member(name: str, group: str = "billing", ack_wait: float = 30.0) -> Member:
+    return Member(name, group, ack_wait)
+
+
+def _lines(out: str) -> tuple[list[dict[str, int]], list[int], list[int]]:
+    """(deliveries, acknowledged for sure, maybe acknowledged: a batch cut by a kill)."""
+    delivered: list[dict[str, int]] = []
+    acked: list[int] = []
+    maybe: list[int] = []
+    for line in out.splitlines():
+        if not line.endswith("}"):
+            continue  # the last line of a member killed mid-write
+        d = json.loads(line)
+        if "delivered" in d:
+            delivered.append(d)
+        elif "acking" in d:
+            maybe = d["acking"]
+        elif "flushed" in d:
+            acked += maybe
+            maybe = []
+    return delivered, acked, maybe
+
+
+def _publish(cl: netmesh.Client, payloads: list[bytes]) -> None:
+    with cl.producer("orders") as p:
+        for i in range(0, len(payloads), 500):
+            p.append_batch(payloads[i : i + 500])
+        p.flush()
+
+
+def test_a_group_of_three_shares_the_channel_and_survives_a_member_kill(run_dir: Path) -> None:
+    n = 20_000
+    with Cluster(nodes=3, heartbeat_ms=100, name="grp") as c:
+        c.open_channel("orders", ReplicationConfig(factor=3, ack="quorum"))
+        c.wait_for_leader("orders")
+        members = [_member("grp") for _ in range(3)]
+        with netmesh.connect("grp") as cl:
+            wait_until(lambda: cl.consumers("orders")[0]["members"] == 3, timeout=10, message="3")
+            _publish(cl, [b"ev-%d" % i for i in range(n)])
+            wait_until(
+                lambda: cl.consumers("orders")[0]["acknowledged_through"] > n // 3,
+                timeout=60,
+                message="a third acknowledged",
+            )
+            members[0].kill()  # mid-stream
+            victim_out = members[0].finish()
+            wait_until(
+                lambda: cl.consumers("orders")[0]["acknowledged_through"] == n,
+                timeout=120,
+                message="every event acknowledged",
+            )
+            _publish(cl, [b"stop", b"stop"])  # one for each survivor
+            info = cl.consumers("orders")[0]
+        outs = [victim_out] + [m.finish() for m in members[1:]]
+    results = [_lines(o) for o in outs]
+    acked = Counter(s for _, a, _ in results for s in a)
+    ambiguous = set(results[0][2])  # acknowledged by the victim, or redelivered: not both
+    assert all(acked[s] == 1 for s in range(n) if s not in ambiguous)
+    assert all(acked[s] <= 1 for s in ambiguous)
+    # redeliveries only for what the dead member held unacknowledged (read or still in
+    # its ring): never an event a survivor got first, never one the victim acknowledged
+    victim_acked = set(results[0][1])
+    redelivered = {d["delivered"] for ds, _, _ in results[1:] for d in ds if d["count"] > 1}
+    first_to_survivors = {d["delivered"] for ds, _, _ in results[1:] for d in ds if d["count"] == 1}
+    assert redelivered and not redelivered & victim_acked
+    assert not redelivered & first_to_survivors
+    assert info["redelivered"] == len(redelivered) and info["dead_lettered"] == 0
+    assert all(len(r[1]) > 1000 for r in results[1:])  # the survivors shared the work
+
+
+def test_a_durable_consumer_resumes_after_its_ack_across_kills(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    with Cluster(nodes=3, heartbeat_ms=100, name="dur", data_dir=str(tmp_path / "d")) as c:
+        c.open_channel("orders", ReplicationConfig(factor=3, ack="quorum"))
+        c.wait_for_leader("orders")
+        with netmesh.connect("dur") as cl:
+            _publish(cl, [b"a-%d" % i for i in range(3000)])
+            first = _member("dur")
+            wait_until(
+                lambda: cl.consumers("orders")[0]["acknowledged_through"] >= 1000,
+                timeout=60,
+                message="1000 acknowledged",
+            )
+            first.kill()
+            out1 = first.finish()
+            floor = cl.consumers("orders")[0]["acknowledged_through"]
+            second = _member("dur")
+            c.kill(c.wait_for_leader("orders"))  # and the leader, during the same run
+            _publish(cl, [b"b-%d" % i for i in range(1000)] + [b"stop"])
+            out2 = second.finish()
+    d1, _, _ = _lines(out1)
+    d2, _, _ = _lines(out2)
+    seen2 = [d["delivered"] for d in d2]
+    assert min(seen2) >= floor  # nothing at or before what was acknowledged comes back
+    assert set(d["delivered"] for d in d1) | set(seen2) >= set(range(4001))  # none skipped
+
+
+def test_an_event_that_fails_five_times_is_dead_lettered(run_dir: Path) -> None:
+    with Cluster(nodes=1, name="dlq") as c:
+        c.open_channel("orders")
+        with netmesh.connect("dlq") as cl:
+            _publish(cl, [b"ok-1", b"poison", b"ok-2"])
+            m = _member("dlq", ack_wait=0.2)
+            wait_until(
+                lambda: cl.consumers("orders")[0]["dead_lettered"] == 1,
+                timeout=30,
+                message="dead-lettered",
+            )
+            _publish(cl, [b"stop"])
+            out = m.finish()
+            assert [e.payload for e in cl.read_range("orders.dlq", 0, 10)] == [b"poison"]
+            info = cl.consumers("orders")[0]
+    delivered, acked, _ = _lines(out)
+    assert [d["count"] for d in delivered if d["delivered"] == 1] == [1, 2, 3, 4, 5]
+    assert sorted(acked) == [0, 2, 3] and info["acknowledged_through"] == 4
