@@ -62,8 +62,21 @@ def register(command: Command) -> None:
         "--last", type=_seq, default=None, metavar="N", help="start N events before the current end"
     )
     tail.add_argument("--follow", action="store_true", help="keep printing new events")
+    tail.add_argument(
+        "--durable",
+        default=None,
+        metavar="GROUP",
+        help="read as a member of this consumer group (implies --follow)",
+    )
+    tail.add_argument(
+        "--ack", action="store_true", help="with --durable: acknowledge each event once printed"
+    )
     tail.add_argument("--format", choices=["raw", "json"], default="raw", help="output format")
     tail.set_defaults(func=cmd_tail)
+    cons = command("consumers", "list a channel's consumer groups")
+    cons.add_argument("channel", metavar="CHANNEL")
+    cons.add_argument("--name", default="default", metavar="N", help="cluster name")
+    cons.set_defaults(func=cmd_consumers)
     ch = command("channels", "list the channels of a named cluster")
     ch.add_argument("--name", default="default", metavar="N", help="cluster name")
     ch.add_argument("--json", action="store_true", help="one JSON object per channel")
@@ -204,6 +217,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
             start = args.from_seq
         else:
             start = "latest" if args.follow else 0
+        if args.durable is not None:
+            with cl.subscribe(args.channel, durable=args.durable) as sub:
+                for ev in sub:
+                    _write(out, ev.entry.seq, ev.payload, args.format)
+                    out.flush()
+                    if args.ack:
+                        sub.ack(ev)
+            return 0
         if args.follow:
             with cl.subscribe(args.channel, from_seq=start) as sub:
                 for ev in sub:
@@ -233,6 +254,23 @@ def _write(out: IO[bytes], seq: int, payload: bytes, fmt: str) -> None:
     except UnicodeDecodeError:
         obj = {"seq": seq, "payload_b64": base64.b64encode(payload).decode()}
     out.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+# -- consumers ------------------------------------------------------------------------
+def cmd_consumers(args: argparse.Namespace) -> int:
+    with connect(args.name) as cl:
+        _channel_exists(cl, args.channel)
+        groups = cl.consumers(args.channel)
+    print(
+        f"{'group':<16} {'members':>7} {'pending':>8} {'acked through':>13} {'redelivered':>11}"
+        f" {'dead':>6}"
+    )
+    for g in groups:
+        print(
+            f"{g['group']:<16} {g['members']:>7} {g['pending']:>8,} "
+            f"{g['acknowledged_through']:>13,} {g['redelivered']:>11,} {g['dead_lettered']:>6,}"
+        )
+    return 0
 
 
 # -- channels -------------------------------------------------------------------------
