@@ -51,7 +51,7 @@ def test_only_changed_channels_are_rebuilt_and_the_blob_rewritten_on_change(
     pages: tuple[MetricsPage, MetricsPage],
 ) -> None:
     writer, reader = pages
-    sw = SnapshotWriter(writer, period=0.1, budget=1.0)
+    sw = SnapshotWriter(writer, period=0.1, budget=1.0, share=1.0)
     chans = [Chan(f"c{i}") for i in range(1000)]
     built: list[str] = []
 
@@ -74,7 +74,7 @@ def test_only_changed_channels_are_rebuilt_and_the_blob_rewritten_on_change(
     assert built == ["c7"] and writer._words[W_WRITES] == 2
     got = reader.read()
     assert got is not None and got["channels"]["c7"] == {"next_seq": 42}
-    assert got["channels_sampled_since"] == 1.1  # the pass that started at 1.1 is complete
+    assert got["channels_sampled_since"] == 1.2  # every entry refreshed at 1.2
     del chans[7]  # a closed channel leaves the page
     publish(1.3)
     got = reader.read()
@@ -85,7 +85,8 @@ def test_refresh_stays_within_its_budget_and_covers_every_channel_in_passes(
     pages: tuple[MetricsPage, MetricsPage],
 ) -> None:
     writer, reader = pages
-    sw = SnapshotWriter(writer, period=0.1, budget=0.0)  # 16 entries per publish at least
+    # 16 entries per publish at least, a pass as soon as the previous one is done
+    sw = SnapshotWriter(writer, period=0.1, budget=0.0, share=1.0)
     chans = [Chan(f"c{i}") for i in range(64)]
     built: list[str] = []
 
@@ -119,3 +120,24 @@ def test_staleness_is_reported_not_hidden() -> None:
     assert dead["stale"] is True
     assert unknown["stale"] is None
     assert with_totals([fresh, old, dead])["totals"]["stale"] == 2
+
+
+def test_passes_are_paced_to_their_cpu_share(pages: tuple[MetricsPage, MetricsPage]) -> None:
+    writer, reader = pages
+    sw = SnapshotWriter(writer, period=0.1, budget=1.0, share=1e-6)
+    chans = [Chan(f"c{i}") for i in range(100)]
+    built: list[str] = []
+
+    def entry(c: Chan) -> dict[str, int]:
+        built.append(c.name)
+        return {"next_seq": c.next_seq}
+
+    sw.publish({}, chans, lambda c: c.name, lambda c: c.next_seq, entry, now=1.0)
+    assert len(built) == 100
+    chans[0].next_seq = 1
+    # the pass cost >= 1 us at a share of 1e-6: no new pass for a second or more
+    sw.publish({"n": 1}, chans, lambda c: c.name, lambda c: c.next_seq, entry, now=1.5)
+    assert len(built) == 100
+    got = reader.read()
+    assert got is not None and got["n"] == 1 and reader.heartbeat == 1.5  # top and heartbeat
+    assert got["channels"]["c0"] == {"next_seq": 0}
