@@ -117,6 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "pids": [c.info[i]["pid"] for i in range(c.size)],
                 "node_ids": c.node_ids,
                 "channel": args.channel,
+                "name": args.name,
             },
         )
         try:
@@ -186,6 +187,15 @@ def _read_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         path = status.run_file(args.run)
         if not os.path.exists(path):
             raise NetmeshError(f"no `netmesh up` with pid {args.run} in {status.RUN_DIR}")
+    elif getattr(args, "name", None) is not None:
+        named = []
+        for candidate in status.find_run_files():
+            with open(candidate) as fh:
+                if json.load(fh).get("name") == args.name:
+                    named.append(candidate)
+        if not named:
+            raise NetmeshError(f"no running `netmesh up --name {args.name}` in {status.RUN_DIR}")
+        path = named[0]
     else:
         files = status.find_run_files()
         if not files:
@@ -391,6 +401,12 @@ def parser() -> argparse.ArgumentParser:
         "status",
         "show the status of a running 'netmesh up': the newest one in $NETMESH_RUN_DIR "
         f"(now {status.RUN_DIR}) unless --run names one",
+    )
+    st.add_argument(
+        "--name",
+        default=None,
+        metavar="N",
+        help="the 'netmesh up --name N' to read (None: the newest, or --run)",
     )
     st.add_argument(
         "--run",

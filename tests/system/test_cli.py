@@ -94,6 +94,16 @@ def test_up_status_and_ctrl_c_to_the_whole_process_group(tmp_path: Path) -> None
             message="a leader with a rate in `netmesh status`",
         )
         assert 1000 < rate < 20_000  # 5000 events/s offered, measured over two samples
+        assert "LEADER" in _status(wide, "--name", "default", "--interval", "0")
+        nosuch = subprocess.run(
+            [sys.executable, "-P", "-m", "netmesh.cli", "status", "--name", "nosuch"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert nosuch.returncode == 1 and nosuch.stderr.count("\n") == 1, nosuch.stderr
         families = {f.name: f for f in text_string_to_metric_families(_status(env, "--prometheus"))}
         assert all(f.documentation for f in families.values())
         up = {s.labels["node"]: s.value for s in families["netmesh_node_up"].samples}
