@@ -339,6 +339,8 @@ def listing() -> str:
     lines += [f"  netmesh bench {name} [--quick] [--json OUT] [--plot OUT.png]" for name in SUITES]
     lines += [
         "  netmesh bench peers [--quick]     (Redis streams and the Rust wheel, same machine)",
+        "  netmesh bench clients [--quick]   (publisher -> subscriber processes vs Redis"
+        " Streams and NATS JetStream)",
         "details: netmesh bench --help",
     ]
     return "\n".join(lines)
@@ -353,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_peers.main(argv[1:])
         return 0
+    if argv and argv[0] == "clients":  # publisher -> subscriber processes (issue 11)
+        from benchmarks import clients
+
+        return clients.main(argv[1:])
     ap = parser()
     args = ap.parse_args(argv)
     if args.which is None:
