@@ -331,3 +331,85 @@ def test_async_iteration_csv_publish_and_latest(run_dir: Path, tmp_path: Path) -
                     assert p.flush() == 3
                 got = sub.poll(timeout=5)
                 assert [(e.entry.seq, e.payload) for e in got] == [(3, b"new")]
+
+
+def test_done_when_up_publish_tail_follow_across_kill_9_of_the_leader(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 11 "done when": `netmesh up --name demo` in one terminal, `netmesh publish`
+    in a second, `netmesh tail --follow` in a third, kill -9 the leader node: every
+    event once, in order."""
+    env = {**os.environ, "NETMESH_RUN_DIR": str(run_dir)}
+    cli = [sys.executable, "-P", "-m", "netmesh.cli"]
+    up = subprocess.Popen(
+        [
+            *cli,
+            "up",
+            "--name",
+            "demo",
+            "--channel",
+            "orders",
+            "--ack",
+            "quorum",
+            "--rate",
+            "0",
+            "--heartbeat-ms",
+            "100",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    tail = None
+    try:
+        wait_until(lambda: "demo" in rundir.served_names(), timeout=30, message="up")
+        with netmesh.connect("demo") as cl:
+            wait_until(lambda: cl.channels()[0].leader is not None, timeout=20, message="leader")
+            tail_out = open(tmp_path / "tail.out", "wb")  # noqa: SIM115
+            tail = subprocess.Popen(
+                [*cli, "tail", "orders", "--name", "demo", "--follow", "--from", "0"],
+                stdout=tail_out,
+                env=env,
+            )
+            first = "".join(json.dumps({"n": i}) + "\n" for i in range(2000))
+            r = subprocess.run(
+                [*cli, "publish", "orders", "--name", "demo", "--format", "jsonl"],
+                input=first,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+            assert r.returncode == 0, r.stderr
+            leader = cl.channels()[0].leader
+            run_file = next(run_dir.glob("netmesh-up-*.json"))
+            os.kill(json.loads(run_file.read_text())["pids"][leader], signal.SIGKILL)
+            second = "".join(json.dumps({"n": i}) + "\n" for i in range(2000, 4000))
+            r = subprocess.run(
+                [*cli, "publish", "orders", "--name", "demo", "--format", "jsonl"],
+                input=second,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                check=False,
+            )
+            assert r.returncode == 0, r.stderr
+            wait_until(
+                lambda: (tmp_path / "tail.out").read_bytes().count(b"\n") >= 4000,
+                timeout=60,
+                message="tail saw everything",
+            )
+        tail.terminate()
+        tail.wait(10)
+        tail_out.close()
+        lines = (tmp_path / "tail.out").read_text().splitlines()
+        assert [json.loads(x)["n"] for x in lines] == list(range(4000))  # once, in order
+    finally:
+        if tail is not None and tail.poll() is None:
+            tail.kill()
+        os.killpg(up.pid, signal.SIGINT)
+        up.communicate(timeout=30)
