@@ -341,6 +341,7 @@ def listing() -> str:
         "  netmesh bench peers [--quick]     (Redis streams and the Rust wheel, same machine)",
         "  netmesh bench clients [--quick]   (publisher -> subscriber processes vs Redis"
         " Streams and NATS JetStream)",
+        "  netmesh bench bus [--quick]       (EventBus per adapter vs the reference's bus)",
         "details: netmesh bench --help",
     ]
     return "\n".join(lines)
@@ -359,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import clients
 
         return clients.main(argv[1:])
+    if argv and argv[0] == "bus":  # the EventBus per adapter vs the reference's bus
+        from benchmarks import bus
+
+        return bus.main(argv[1:])
     ap = parser()
     args = ap.parse_args(argv)
     if args.which is None:
