@@ -288,7 +288,13 @@ class Cluster:
 
     def restart(self, i: int) -> None:
         """Start node ``i`` again with its identity (and data with ``data_dir``),
-        reopen its channels and handshake with every running peer."""
+        reopen its channels and handshake with every running peer it can reach.
+
+        Works in any partition or cut state: the partitions and cuts in force apply to
+        the new process before it talks to anyone; peers it cannot reach now learn its
+        new address when it handshakes with them on :meth:`heal`. Raises NetmeshError
+        (still running), ConfigError (quorum member without ``data_dir``), or the
+        error a node raised opening a channel."""
         if self.sup.exit_code(self._node(i)) is None:
             raise NetmeshError(f"node {i} is still running")
         if self.data_dir is None and any(
