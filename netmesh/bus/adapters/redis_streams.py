@@ -26,9 +26,12 @@ Durability: ``wait_replicas=k`` ends every batch with ``WAIT k`` and treats fewe
 a failure (retried; the script makes the retry harmless), so an acknowledged event is
 on k replicas. Pair it with the server's ``appendonly``/``appendfsync`` for disk.
 
-Redis Cluster is not supported: the stream and its dedup hash must live in one slot,
-which needs a hash tag in the key names (``{net:shard:3}``), and the reference's key
-names (``{prefix}:shard:{id}``) have none; a cluster mode would change the key layout.
+Redis Cluster (``cluster=True``): the stream and its dedup hash must live in one slot
+(the script touches both), so in cluster mode the shard part of the key names is a hash
+tag: ``{prefix}:{shard:<id>}`` and ``{prefix}:{shard:<id>}:dedup``. Different shards
+land in different slots, so the shards spread over the cluster's primaries. The
+reference's names (``{prefix}:shard:{id}``) are kept outside cluster mode. ``WAIT`` is
+per connection and not routed by key, so ``wait_replicas`` needs a single server.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class RedisStreamsAdapter(Adapter):
         wait_timeout: seconds ``WAIT`` may take (default 1.0).
         connect_timeout, command_timeout: socket timeouts, seconds (default 5.0 each, the
             reference's connect timeout; a dead server is found by a refused connect).
+        cluster: ``url`` names a node of a Redis Cluster (see the module doc).
 
     Raises :class:`ConfigError` for bad values; ``init`` raises :class:`AdapterError` if the
     server does not answer.
@@ -122,6 +126,7 @@ class RedisStreamsAdapter(Adapter):
         wait_timeout: float = 1.0,
         connect_timeout: float = 5.0,
         command_timeout: float = 5.0,
+        cluster: bool = False,
     ) -> None:
         if maxlen is not None and maxlen < 1:
             raise ConfigError(f"RedisStreamsAdapter.maxlen must be >= 1, got {maxlen}")
@@ -131,14 +136,27 @@ class RedisStreamsAdapter(Adapter):
             raise ConfigError(
                 f"RedisStreamsAdapter.wait_replicas must be >= 0, got {wait_replicas}"
             )
+        if cluster and (wait_replicas or read_url):
+            raise ConfigError("RedisStreamsAdapter(cluster=True) takes no wait_replicas/read_url")
         self.url, self.prefix, self.maxlen, self.pipeline = url, prefix, maxlen, pipeline
         self.wait_replicas, self.wait_timeout = wait_replicas, wait_timeout
-        self._w = _client(url, connect_timeout, command_timeout)
+        self.cluster = cluster
+        self._w: Any
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            self._w = RedisCluster.from_url(
+                url, socket_connect_timeout=connect_timeout, socket_timeout=command_timeout
+            )
+        else:
+            self._w = _client(url, connect_timeout, command_timeout)
         self._r = _client(read_url, connect_timeout, command_timeout) if read_url else self._w
         self.duplicates_skipped = 0  # events a retry found already stored
 
     def stream_key(self, shard: int) -> str:
-        """``{prefix}:shard:{shard}``."""
+        """``{prefix}:shard:{shard}`` (cluster mode: ``{prefix}:{shard:<id>}``)."""
+        if self.cluster:
+            return f"{self.prefix}:{{shard:{shard}}}"
         return f"{self.prefix}:shard:{shard}"
 
     def _fail(self, what: str, exc: BaseException) -> AdapterError:
@@ -156,6 +174,9 @@ class RedisStreamsAdapter(Adapter):
         maxlen = "" if self.maxlen is None else str(self.maxlen)
         prefix = batch.id_prefix
         sizes = []
+        if self.cluster:  # cluster pipelines refuse EVAL: one call per chunk, routed by key
+            self._store_unpipelined(batch, keys, maxlen, prefix)
+            return
         try:
             pipe = self._w.pipeline(transaction=False)
             for first in range(0, len(batch), self.pipeline):
@@ -175,6 +196,20 @@ class RedisStreamsAdapter(Adapter):
             raise AdapterError(
                 self.name, f"WAIT: {replies[-1]} of {self.wait_replicas} replicas acknowledged"
             )
+
+    def _store_unpipelined(
+        self, batch: Batch, keys: tuple[str, str], maxlen: str, prefix: str
+    ) -> None:
+        try:
+            for first in range(0, len(batch), self.pipeline):
+                end = min(first + self.pipeline, len(batch))
+                args: list[bytes | str | int] = [batch.nonce, batch.seq, first, prefix, maxlen]
+                for j in range(first, end):
+                    args += (batch.payloads[j], batch.timestamps[j])
+                stored = self._w.eval(STORE_SCRIPT, 2, *keys, *args)
+                self.duplicates_skipped += (end - first) - int(stored)
+        except redis.RedisError as exc:
+            raise self._fail(f"storing batch {batch.seq} of shard {batch.shard}", exc) from exc
 
     def poll_shard(self, shard: int, after: str | None, limit: int) -> list[StoredEvent]:
         if after is not None and not _STREAM_ID.fullmatch(after):
