@@ -248,12 +248,14 @@ class SnapshotWriter:
         n = len(items)
         if n < len(self._entries) or not n:
             self._forget_closed({name(it) for it in items})
+        started = time.perf_counter()
+        deadline = started + self.budget * self.period
+        if n > len(self._entries):  # channels opened since: on the page at once
+            self._add_new(items, name, fingerprint, entry, deadline)
         if self._cursor == 0 and t0 < self._next_pass_at:
             n = 0  # the previous pass was recent enough: only the top and heartbeat
         elif self._cursor == 0:
             self._pass_started = t0
-        started = time.perf_counter()
-        deadline = started + self.budget * self.period
         entries = self._entries
         done = 0
         while done < n:
@@ -295,6 +297,28 @@ class SnapshotWriter:
         return self.page.write_parts(
             channels, msgpack.packb(top, use_bin_type=True), t0, self.period
         )
+
+    def _add_new(
+        self,
+        items: Sequence[F],
+        name: Callable[[F], str],
+        fingerprint: Callable[[F], Hashable | None],
+        entry: Callable[[F], dict[str, Any]],
+        deadline: float,
+    ) -> None:
+        """Entries for items not on the page yet (newest last), within ``deadline``."""
+        entries = self._entries
+        for k, it in enumerate(reversed(items)):
+            key = name(it)
+            if key in entries:
+                continue
+            packed = msgpack.packb(key, use_bin_type=True) + msgpack.packb(
+                entry(it), use_bin_type=True
+            )
+            entries[key] = (fingerprint(it), packed)
+            self._dirty = True
+            if len(entries) >= len(items) or (k & 15 == 15 and time.perf_counter() > deadline):
+                return
 
     def _forget_closed(self, names: set[str]) -> None:
         for key in [k for k in self._entries if k not in names]:
