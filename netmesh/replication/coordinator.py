@@ -237,6 +237,8 @@ def term_at(epochs: Sequence[Epoch], seq: int) -> int:
     """Term of the event at ``seq`` according to ``epochs`` (0 for seq < 0 or none)."""
     if seq < 0:
         return 0
+    if epochs and seq >= epochs[-1][1]:  # the common case: the newest epoch
+        return epochs[-1][0]
     i = bisect.bisect_right([s for _, s in epochs], seq)
     return epochs[i - 1][0] if i else 0
 

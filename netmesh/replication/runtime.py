@@ -9,8 +9,18 @@ and the MeshNode. The runtime only adds what is shell-specific: timers, decoding
 logging, the append guard (``RedexFile.refusal``) and quorum waiters.
 
 Fail-stop: a storage error moves the channel to role FAILED (the executor's rule 1):
-logged once, counted in ``storage_errors_total``, appends raise StorageFailed, the tick
-loop stops, nothing more is written until the file is closed and reopened.
+logged once, counted in ``storage_errors_total``, appends raise StorageFailed, the
+channel is no longer ticked, nothing more is written until the file is closed and
+reopened.
+
+Timers and heartbeats (issue 10 §6): the :class:`ReplicationHub` runs ONE node-wide
+tick that ticks only the channels whose coordinator is due (``next_tick_at``), and
+sends every heartbeat queued in a loop turn to one peer as bundles on
+:data:`HEARTBEAT_STREAM`; the other messages keep the channel's own stream.
+
+Lost state (issue 10 §2): a log that holds events without its hard state file is
+refused (LogCorrupt, :meth:`FileStorage.check_hard_state`); a channel that starts
+without hard state campaigns only in terms above :func:`incarnation_term_floor`.
 
 Messages travel on the MeshNode message kind ``"redex/<channel name>"``. Local appends are
 pushed to streaming followers once per event-loop turn (not per append), so a tight
@@ -590,7 +600,8 @@ class ReplicationHub:
         rt = ChannelRuntime(self, name, file, config)
         self.runtimes[name] = rt
         self.tick_interval = min(self.tick_interval, rt.tick_interval)
-        if self._ticker is None or self._ticker.done():
+        t = self._ticker
+        if t is None or t.done() or t.get_loop() is not rt.loop:
             self._ticker = rt.loop.create_task(self._tick_loop(), name="repl-tick")
 
     async def _tick_loop(self) -> None:
