@@ -151,6 +151,10 @@ class RedexFileConfig:
     index_interval_bytes: a persisted file keeps one in-memory index entry (seq, offset,
         time: 24 bytes) per this many bytes of records (default 4096, like Kafka's
         ``index.interval.bytes``), plus 4 bytes per retained event (its length).
+    idempotence: accept idempotent producers (issue 12): every stored event carries
+        a 20-byte envelope (producer id, batch sequence, index) and the file refuses a
+        batch it already holds (:meth:`RedexFile.append_idempotent`); readers get the
+        payloads as published (:meth:`RedexFile.read_published`).
     replication: replicate this channel (needs ``Redex.enable_replication``).
     """
 
@@ -164,6 +168,7 @@ class RedexFileConfig:
     retention_max_age_s: float | None = None
     cache_bytes: int = 8 << 20
     index_interval_bytes: int = 4096
+    idempotence: bool = False
     replication: ReplicationConfig | None = None
 
     def validate(self) -> None:

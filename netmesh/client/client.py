@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import threading
 import time
@@ -43,7 +44,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from netmesh.cluster import control, rundir, subframes
+from netmesh.cluster import control, idem, rundir, subframes
 from netmesh.cluster.producer import Producer
 from netmesh.config import ReplicationConfig
 from netmesh.errors import (
@@ -149,9 +150,18 @@ class Client:
             options=options,
         )
 
-    def producer(self, channel: str, capacity: int | None = None) -> ClientProducer:
-        """A producer into ``channel`` that follows its leader (see the module doc)."""
-        return ClientProducer(self, channel, capacity)
+    def producer(
+        self, channel: str, capacity: int | None = None, idempotent: bool = False
+    ) -> ClientProducer:
+        """A producer into ``channel`` that follows its leader (see the module doc).
+
+        ``idempotent``: exactly once across failover (issue 12): each batch carries
+        (producer id, batch seq); after a leader change ``flush`` sends the batches the
+        old leader had not acknowledged again, and the new leader refuses the ones its
+        log already holds (the channel must be opened with ``idempotence=True``; the
+        de-duplication window is the log's last 100,000 events). ``flush`` then raises
+        NotLeader only if no leader acknowledges within ``timeout``."""
+        return ClientProducer(self, channel, capacity, idempotent)
 
     def subscribe(
         self,
@@ -214,10 +224,17 @@ class Client:
 class ClientProducer:
     """``append``/``append_batch``/``flush`` into a channel's leader (see module doc)."""
 
-    def __init__(self, client: Client, channel: str, capacity: int | None) -> None:
+    def __init__(
+        self, client: Client, channel: str, capacity: int | None, idempotent: bool = False
+    ) -> None:
         self.client = client
         self.channel = channel
         self.capacity = capacity
+        self.idempotent = idempotent
+        self.producer_id = secrets.randbits(63) | 1 if idempotent else 0
+        self._batch_seq = 0
+        self._unacked: list[list[bytes]] = []  # idempotent batches (with headers) to resend
+        self.resent_batches = 0
         self.retargets = 0
         self._p: Producer | None = None
         self._node = -1
@@ -229,7 +246,9 @@ class ClientProducer:
         return self._node
 
     def _attach(self) -> None:
-        got = self.client._call("producer", channel=self.channel, capacity=self.capacity)
+        got = self.client._call(
+            "producer", channel=self.channel, capacity=self.capacity, idempotent=self.idempotent
+        )
         self._p = Producer(got["ring"], self.channel, max_payload=got["max_payload"])
         self._node = got["node"]
 
@@ -265,6 +284,18 @@ class ClientProducer:
 
     def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
         """Queue events in order; blocks while the ring is full (the node's backpressure)."""
+        if self.idempotent:
+            if not payloads:
+                return
+            records = [idem.header(self.producer_id, self._batch_seq, len(payloads)), *payloads]
+            self._batch_seq += 1
+            self._unacked.append(records)
+            try:
+                self._live().append_batch(records, timeout)
+            except RingClosed:  # the node died: every unacknowledged batch to the next one
+                self._retarget()
+                self._resend(time.monotonic() + 30.0)
+            return
         p = self._live()
         try:
             p.append_batch(payloads, timeout)
@@ -274,6 +305,37 @@ class ClientProducer:
             raise _not_acked(self.channel, lost, "its node stopped") from None
 
     def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every queued event is acknowledged; the seq of the last one.
+
+        Plain producers: see :meth:`_flush_once`. Idempotent producers resend what a
+        leader change left unacknowledged until a leader acknowledges it all (each batch
+        is stored once); NotLeader/NodeUnresponsive only when ``timeout`` passes."""
+        if not self.idempotent:
+            return self._flush_once(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                last = self._flush_once(max(0.1, deadline - time.monotonic()))
+                self._unacked.clear()
+                return last
+            except (NotLeader, NodeUnresponsive):
+                if time.monotonic() > deadline:
+                    raise
+                self._resend(deadline)
+
+    def _resend(self, deadline: float) -> None:
+        """After a retarget: every unacknowledged batch again, in order, same numbers."""
+        while time.monotonic() < deadline:
+            try:
+                p = self._live()
+                for records in self._unacked:
+                    p.append_batch(records, 10.0)
+                self.resent_batches += len(self._unacked)
+                return
+            except (RingClosed, NotLeader, NodeUnresponsive):
+                self._retarget()
+
+    def _flush_once(self, timeout: float = 30.0) -> int:
         """Wait until the node acknowledged every event queued; the seq of the last.
 
         Raises NotLeader (with ``unacknowledged``) when the node stopped leading or

@@ -183,6 +183,14 @@ class ClientServer:
                 )
                 return None
             if op == "producer":
+                if args.get("idempotent"):
+                    channel = self._channel(args["channel"])
+                    opts: dict[str, Any] = getattr(b, "channel_options_of", lambda _c: {})(channel)
+                    if not opts.get("idempotence"):
+                        raise ConfigError(
+                            f"an idempotent producer needs channel {channel!r} opened with"
+                            " idempotence=True"
+                        )
                 return self._producer(args["channel"], args.get("capacity"), rings)
             if op == "subscribe":
                 return self._subscribe(args, rings)
@@ -339,6 +347,9 @@ class ClusterBackend:
 
     def replication_of(self, channel: str) -> Any:
         return self.c.channels.get(channel)
+
+    def channel_options_of(self, channel: str) -> dict[str, Any]:
+        return dict(self.c.channel_options.get(channel, {}))
 
     def forget_name(self, name: str) -> None:
         self.c.sup.forget_name(name)

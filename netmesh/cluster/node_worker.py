@@ -59,7 +59,7 @@ from collections.abc import Callable
 from typing import Any
 
 from netmesh.channel import ChannelName
-from netmesh.cluster import control
+from netmesh.cluster import control, idem
 from netmesh.cluster.metrics_page import MetricsPage, SnapshotWriter
 from netmesh.cluster.producer import (
     REFUSED_NONE,
@@ -223,6 +223,7 @@ class NodeService:
             "ring_events": 0,
             "ring_rejected_events": 0,
             "ring_errors": 0,
+            "duplicate_batches": 0,
             "control_requests": 0,
             "control_errors": 0,
         }
@@ -446,7 +447,7 @@ class NodeService:
     ) -> tuple[list[bytes], int]:
         """Payloads from ``start`` (at least one if any) up to ``end`` or ``max_bytes``,
         and the seq of the first one."""
-        payloads, first = self._file(channel).read_payloads(start, min(end, start + 65536))
+        payloads, first = self._file(channel).read_published(start, min(end, start + 65536))
         total = 0
         for i, p in enumerate(payloads):
             total += len(p)
@@ -531,8 +532,12 @@ class NodeService:
         last: int | None = None
         needed, reason = -1, REFUSED_NONE
         try:
-            first = self.redex.append(drainer.channel, batch)
-            last = first + len(batch) - 1
+            f = self.redex.get_file(drainer.channel)
+            if f is not None and f.config.idempotence:  # idempotent producers' batches
+                last = self._append_idempotent(f, batch)
+            else:
+                first = self.redex.append(drainer.channel, batch)
+                last = first + len(batch) - 1
             needed = self.redex.commit_target(drainer.channel, last)
             self.counters["ring_events"] += len(batch)
         except NotLeader as exc:
@@ -554,6 +559,21 @@ class NodeService:
             drainer.logged_reason = reason
         drainer.pending.append((len(batch), last, needed, reason))
         self.release_acks(drainer)
+
+    def _append_idempotent(self, f: RedexFile, records: list[bytes]) -> int:
+        """Append a ring batch of an ``idempotence`` channel: each idempotent producer
+        batch once (a duplicate is acknowledged with the seq it got the first time);
+        returns the seq the acknowledgement reports."""
+        last = -1
+        for producer, batch_seq, payloads in idem.split(records):
+            if producer:
+                got, duplicate = f.append_idempotent(payloads, producer, batch_seq)
+                if duplicate:
+                    self.counters["duplicate_batches"] += 1
+            else:
+                got = f.append_batch(payloads) + len(payloads) - 1
+            last = max(last, got)
+        return last
 
     def on_ring_error(self, drainer: RingDrainer, exc: Exception) -> None:
         self.counters["ring_errors"] += 1

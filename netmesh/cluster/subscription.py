@@ -97,7 +97,7 @@ class SubscriptionPump:
                         return
                     await f.wait_changed(0.05)  # appends wake it; commits within 50 ms
                     continue
-                payloads, first = f.read_payloads(self.seq, min(hi, self.seq + FRAME_EVENTS))
+                payloads, first = f.read_published(self.seq, min(hi, self.seq + FRAME_EVENTS))
                 payloads = _cap(payloads)
                 last_term = f.term_at(first + len(payloads) - 1) or 0
                 await self._send(subframes.events(first, payloads, last_term))

@@ -41,6 +41,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import struct
 import time
 from array import array
 from collections import deque
@@ -182,6 +183,8 @@ class RedexFile:
         self.on_append: Callable[[], None] | None = None
         self.append_pending = False
         self._tails: set[asyncio.Event] = set()
+        self._producers: dict[int, tuple[int, int]] | None = None  # built on first use
+        self._producers_at = -1
         if self.config.path is not None:
             try:
                 self._recover(self.config.path)
@@ -243,7 +246,7 @@ class RedexFile:
 
     def read_range(self, start: int, end: int) -> list[RedexEvent]:
         """Retained events with ``start <= seq < end``, ascending (empty if none)."""
-        payloads, first = self.read_payloads(start, end)
+        payloads, first = self.read_published(start, end)
         return [RedexEvent(RedexEntry(first + i, len(p)), p) for i, p in enumerate(payloads)]
 
     async def tail(self, from_seq: int = 0, max_batch: int = 1024) -> AsyncIterator[RedexEvent]:
@@ -274,7 +277,7 @@ class RedexFile:
                     f"{self.name}: tail at seq {seq}, the file holds "
                     f"[{self._first_seq}, {self.next_seq})"
                 )
-            payloads, first = self.read_payloads(seq, seq + max_batch)
+            payloads, first = self.read_published(seq, seq + max_batch)
             if payloads:
                 generation = len(self._truncations)
                 for i, p in enumerate(payloads):
@@ -319,6 +322,55 @@ class RedexFile:
     def _wake_tails(self) -> None:
         for wakeup in self._tails:
             wakeup.set()
+
+    def read_published(self, start: int, end: int) -> tuple[list[bytes], int]:
+        """:meth:`read_payloads` as the producers published them: without the envelope
+        of an ``idempotence`` file (the same list otherwise)."""
+        payloads, first = self.read_payloads(start, end)
+        if self.config.idempotence:
+            payloads = [p[ENVELOPE.size :] for p in payloads]
+        return payloads, first
+
+    # -- idempotent producers (issue 12) -------------------------------------------------
+    def append_idempotent(
+        self, payloads: list[bytes], producer: int, batch_seq: int
+    ) -> tuple[int, bool]:
+        """Append a batch of producer ``producer`` (a non-zero u64) numbered ``batch_seq``
+        (increasing per producer), unless this log already holds it: returns (seq of the
+        batch's last event, False), or (seq of the producer's newest stored event, True)
+        for a duplicate. The de-duplication state is rebuilt from the log (the envelopes
+        of the last ``DEDUP_WINDOW`` events), so a new leader knows what the old one
+        stored; a batch older than that window is not recognised. Raises like
+        :meth:`append_batch`, and ConfigError on a file without ``idempotence``."""
+        if not self.config.idempotence:
+            raise ConfigError(
+                f"{self.name}: idempotent producers need RedexFileConfig(idempotence=True)"
+            )
+        if not 0 < producer < 1 << 64 or batch_seq < 0:
+            raise ConfigError(f"bad producer id {producer} or batch seq {batch_seq}")
+        table = self._producer_table()
+        held = table.get(producer)
+        if held is not None and batch_seq <= held[0]:
+            return held[1], True
+        first = self.append_batch(_envelope(payloads, producer, batch_seq))
+        last = first + len(payloads) - 1
+        table[producer] = (batch_seq, last)
+        return last, False
+
+    def _producer_table(self) -> dict[int, tuple[int, int]]:
+        """producer id -> (newest batch seq, seq of its last event), from the log."""
+        if self._producers is None or self._producers_at != self.truncation_generation:
+            table: dict[int, tuple[int, int]] = {}
+            lo = max(self._first_seq, self._next_seq - DEDUP_WINDOW)
+            seq = lo
+            while seq < self._next_seq:
+                payloads, first = self.read_payloads(seq, min(self._next_seq, seq + 65536))
+                if not payloads:
+                    break
+                _scan_envelopes(table, payloads, first)
+                seq = first + len(payloads)
+            self._producers, self._producers_at = table, self.truncation_generation
+        return self._producers
 
     def read_payloads(self, start: int, end: int) -> tuple[list[bytes], int]:
         """Like read_range without per-event objects: (payloads, seq of the first one).
@@ -400,6 +452,8 @@ class RedexFile:
         self._check_writable()
         if self.refusal is not None:
             raise self.refusal
+        if self.config.idempotence and not _enveloped(payloads):
+            payloads = _envelope(payloads, 0, 0)  # a plain producer: producer id 0
         first = self.apply_batch(payloads, expect_seq)
         if self.on_append is not None and not self.append_pending:
             self.append_pending = True
@@ -450,6 +504,8 @@ class RedexFile:
         self._retained_bytes += size
         if not self._epochs or self._epochs[-1][0] != term:
             self._epochs.append((term, first))
+        if self._producers is not None:  # replicated batches keep the table current
+            _scan_envelopes(self._producers, payloads, first)
         self._note_age(first, now, size, fresh)
         self._apply_retention()
         if self._persisted and self._segments[-1].size >= self.config.segment_bytes:
@@ -1043,6 +1099,36 @@ def _decode_sidecar(data: bytes) -> dict[str, Any] | None:
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+ENVELOPE = struct.Struct("<QQI")  # producer id, batch seq, index in the batch
+DEDUP_WINDOW = 100_000  # events whose envelopes rebuild the de-duplication state
+
+
+def _envelope(payloads: list[bytes], producer: int, batch_seq: int) -> list[bytes]:
+    pack = ENVELOPE.pack
+    return _Enveloped(pack(producer, batch_seq, i) + bytes(p) for i, p in enumerate(payloads))
+
+
+def _enveloped(payloads: list[bytes]) -> bool:
+    """Whether a batch already carries envelopes (an idempotent append marks it so)."""
+    return isinstance(payloads, _Enveloped)
+
+
+class _Enveloped(list):  # type: ignore[type-arg]
+    """A batch wrapped by :func:`_envelope` (so ``append_batch`` does not wrap it again)."""
+
+
+def _scan_envelopes(table: dict[int, tuple[int, int]], payloads: list[bytes], first: int) -> None:
+    unpack = ENVELOPE.unpack_from
+    for i, p in enumerate(payloads):
+        if len(p) < ENVELOPE.size:
+            continue
+        producer, batch_seq, _ = unpack(p)
+        if producer:
+            held = table.get(producer)
+            if held is None or batch_seq >= held[0]:
+                table[producer] = (batch_seq, first + i)
 
 
 def _write_atomic(path: str, data: bytes) -> None:

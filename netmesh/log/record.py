@@ -26,10 +26,11 @@ Scanning rules (``scan``), applied from the start of a buffer:
 * header CRC wrong -> torn tail if every remaining byte is zero (a zero-filled tail
   left by a crash), otherwise **corrupt**;
 * body extends past the end of the buffer -> torn tail;
-* body CRC wrong on the last record -> torn tail only if one of its 512-byte sectors
-  is all zeros (the blocks of an unfinished write read back as zeros; etcd's WAL uses
-  the same test), otherwise **corrupt**: a complete record whose bytes changed after
-  it was written is damage to an event that may have been acknowledged, never a tear;
+* body CRC wrong on the last record -> torn tail only if its bytes from a 512-byte
+  boundary to its end are all zeros (the trailing blocks of an unfinished write read
+  back as zeros; etcd's WAL tests sectors the same way), otherwise **corrupt**: a
+  complete record whose bytes changed after it was written is damage to an event that
+  may have been acknowledged, never a tear;
 * body CRC wrong on an earlier record -> corrupt;
 * first seq not exactly the previous record's end, or a term lower than the previous
   record's -> corrupt.
@@ -151,14 +152,12 @@ def check_file_header(buf: bytes | memoryview) -> str | None:
 
 
 def _has_zero_sector(mv: memoryview, start: int, end: int) -> bool:
-    """True if some 512-byte sector (aligned to the buffer) in [start, end) is all zeros."""
-    pos = (start // SECTOR) * SECTOR
-    while pos < end:
-        lo, hi = max(pos, start), min(pos + SECTOR, end)
-        if hi > lo and not any(mv[lo:hi]):
-            return True
-        pos += SECTOR
-    return False
+    """True if the record's bytes from some 512-byte boundary (a buffer offset, which is
+    the file offset in a recovery scan) in [start, end) to its end are all zeros: the
+    trailing blocks of an unfinished write. Zeros that begin off a block boundary are
+    damage, not a tear."""
+    a = -(-start // SECTOR) * SECTOR  # the first boundary at or after start
+    return a < end and not any(mv[a:end])
 
 
 def scan(

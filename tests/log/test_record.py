@@ -64,10 +64,22 @@ def test_last_record_with_unwritten_sectors_is_torn() -> None:
     last = bytearray(record.encode_batch(1, [bytes(range(256)) * 8], 1))
     buf = bytearray(first + last)
     sector = (len(first) + record.RECORD_HEADER_SIZE + 511) // 512 * 512
-    buf[sector : sector + 512] = bytes(512)
+    buf[sector:] = bytes(len(buf) - sector)  # the blocks from there on never written
     res = record.scan(bytes(buf), expect_seq=0)
     assert res.end is ScanEnd.TORN and res.payloads == [b"x" * 100]
     assert res.consumed == len(first)
+
+
+def test_zeros_that_start_off_a_block_boundary_are_damage() -> None:
+    """Found by hypothesis: a bit flip that leaves a small body all zeros is not a tear."""
+    buf = bytearray(record.encode_batch(0, [bytes(4)]))
+    buf[record.RECORD_HEADER_SIZE] ^= 0x04  # the length 4 -> 0: the body reads all zeros
+    assert record.scan(bytes(buf), expect_seq=0).end is ScanEnd.CORRUPT
+    middle = bytearray(
+        record.encode_batch(0, [b"x" * 100]) + record.encode_batch(1, [bytes(range(256)) * 8], 1)
+    )
+    middle[1024:1536] = bytes(512)  # one zero sector with written bytes after it
+    assert record.scan(bytes(middle), expect_seq=0).end is ScanEnd.CORRUPT
 
 
 def test_complete_last_record_with_a_bad_byte_is_corrupt_not_torn() -> None:
