@@ -342,6 +342,7 @@ def listing() -> str:
         "  netmesh bench clients [--quick]   (publisher -> subscriber processes vs Redis"
         " Streams and NATS JetStream)",
         "  netmesh bench bus [--quick]       (EventBus per adapter vs the reference's bus)",
+        "  netmesh bench groups [--quick]    (consumer groups vs Redis / JetStream)",
         "details: netmesh bench --help",
     ]
     return "\n".join(lines)
@@ -364,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bus
 
         return bus.main(argv[1:])
+    if argv and argv[0] == "groups":  # consumer groups vs Redis / JetStream (issue 12)
+        from benchmarks import groups
+
+        return groups.main(argv[1:])
     ap = parser()
     args = ap.parse_args(argv)
     if args.which is None:
