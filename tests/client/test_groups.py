@@ -197,3 +197,32 @@ def test_an_event_that_fails_five_times_is_dead_lettered(run_dir: Path) -> None:
     delivered, acked, _ = _lines(out)
     assert [d["count"] for d in delivered if d["delivered"] == 1] == [1, 2, 3, 4, 5]
     assert sorted(acked) == [0, 2, 3] and info["acknowledged_through"] == 4
+
+
+def test_a_group_position_survives_a_full_restart_with_data_dir(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    data = str(tmp_path / "data")
+    cfg = ReplicationConfig(factor=3, ack="quorum")
+    with Cluster(nodes=3, heartbeat_ms=100, name="full", data_dir=data) as c:
+        c.open_channel("orders", cfg)
+        c.wait_for_leader("orders")
+        with netmesh.connect("full") as cl:
+            _publish(cl, [b"e-%d" % i for i in range(1000)])
+            with cl.subscribe("orders", durable="audit") as sub:
+                for ev in sub:
+                    sub.ack(ev)
+                    if ev.entry.seq == 599:
+                        break
+            wait_until(
+                lambda: cl.consumers("orders")[0]["acknowledged_through"] == 600,
+                timeout=10,
+                message="600 acknowledged",
+            )
+    with Cluster(nodes=3, heartbeat_ms=100, name="full", data_dir=data) as c:  # all new
+        c.open_channel("orders", cfg)
+        c.wait_for_leader("orders")
+        with netmesh.connect("full") as cl, cl.subscribe("orders", durable="audit") as sub:
+            first = next(sub)
+            assert 600 - 256 <= first.entry.seq <= 600  # at most the last unsent acks again
+            assert first.payload == b"e-%d" % first.entry.seq
