@@ -44,8 +44,9 @@ from netmesh.errors import ChannelNameError, ConfigError, NameTaken, NetmeshErro
 CHANNEL = "demo/orders"
 TERMS = (
     "next_seq: the seq the next event gets (= events held); commit: events below it are "
-    "held by a majority; term: election round (+1 per campaign, so a fresh channel "
-    "starts at 1-3); lag s: since the leader's last heartbeat (- on a leader)"
+    "held by a majority; term: election round (+1 per campaign; a channel without a "
+    "data_dir starts above a clock-derived floor, so a restarted node never reuses a "
+    "term); lag s: since the leader's last heartbeat (- on a leader)"
 )
 
 
@@ -109,7 +110,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         restart_policy=args.restart_policy,
         name=args.name,
     ) as c:
-        c.open_channel(args.channel, cfg)
+        retention = {"retention_max_bytes": args.retention_bytes or None}
+        if args.retention_events:
+            retention["retention_max_events"] = args.retention_events
+        c.open_channel(args.channel, cfg, **retention)
         run_path = status.write_run_file(
             os.getpid(),
             {
@@ -389,6 +393,21 @@ def parser() -> argparse.ArgumentParser:
         default="default",
         metavar="NAME",
         help="serve clients (netmesh publish/tail/channels, netmesh.connect) under this name",
+    )
+    up.add_argument(
+        "--retention-bytes",
+        type=at_least(0),
+        default=256 << 20,
+        metavar="BYTES",
+        help="keep at most this many payload bytes per node (0: unbounded); bounds a"
+        " long-running demo's memory",
+    )
+    up.add_argument(
+        "--retention-events",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="keep at most the newest N events (0: no count limit)",
     )
     up.add_argument(
         "--restart-policy",
