@@ -54,6 +54,9 @@ class FakeRedex:
     def commit_target(self, channel: str, last: int) -> int:
         return -1  # ack="leader": acknowledged once stored
 
+    def get_file(self, channel: str) -> None:
+        return None  # no event file: the plain (not idempotent) append path
+
 
 def test_refusals_are_acked_per_batch_and_logged_once_per_change(
     caplog: pytest.LogCaptureFixture,
