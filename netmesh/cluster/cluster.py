@@ -683,7 +683,7 @@ class Cluster:
     def _role_or_none(self, i: int, channel: str) -> ReplicaRole | None:
         try:
             return self.role(i, channel)
-        except NodeUnresponsive:
+        except (NodeUnresponsive, ChannelNotOpen):  # down, or restarting (not reopened yet)
             return None
 
     # -- faults ----------------------------------------------------------------------
