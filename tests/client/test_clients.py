@@ -366,7 +366,11 @@ def test_done_when_up_publish_tail_follow_across_kill_9_of_the_leader(
     try:
         wait_until(lambda: "demo" in rundir.served_names(), timeout=30, message="up")
         with netmesh.connect("demo") as cl:
-            wait_until(lambda: cl.channels()[0].leader is not None, timeout=20, message="leader")
+            wait_until(
+                lambda: [ch.leader for ch in cl.channels()] not in ([], [None]),
+                timeout=20,
+                message="the channel has a leader",
+            )
             tail_out = open(tmp_path / "tail.out", "wb")  # noqa: SIM115
             tail = subprocess.Popen(
                 [*cli, "tail", "orders", "--name", "demo", "--follow", "--from", "0"],
