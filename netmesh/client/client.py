@@ -251,6 +251,7 @@ class ClientProducer:
         )
         self._p = Producer(got["ring"], self.channel, max_payload=got["max_payload"])
         self._node = got["node"]
+        self._pid = got.get("pid")
 
     def _detach(self) -> None:
         p, self._p = self._p, None
@@ -354,7 +355,7 @@ class ClientProducer:
                 )
             if now >= next_check:
                 next_check = now + LIVENESS_S
-                if not self.client._call("node_alive", node=self._node):
+                if not self.client._call("node_alive", node=self._node, pid=self._pid):
                     lost = p.sent - p.acked()
                     self._retarget()
                     raise _not_acked(self.channel, lost, f"node {self._node} died")
@@ -442,7 +443,7 @@ class Subscription:
     def _open(self, exclude: list[int]) -> None:
         if self.group is not None:
             got = self.client._call("subscribe_group", channel=self.channel, **self.group)
-            self._ring_name, self._node = got["ring"], got["node"]
+            self._ring_name, self._node, self._pid = got["ring"], got["node"], None
             self._ring = ShmRing.attach(self._ring_name)
             return
         start = self._next if self._next is not None else self._from
@@ -455,6 +456,7 @@ class Subscription:
             history=self._history[-64:],
         )
         self._ring_name, self._node = got["ring"], got["node"]
+        self._pid = got.get("pid")
         self._ring = ShmRing.attach(self._ring_name)
 
     def _drop_ring(self) -> None:
@@ -499,7 +501,7 @@ class Subscription:
             now = time.monotonic()
             if not frames and now >= next_check and self._node >= 0:
                 next_check = now + LIVENESS_S
-                if not self.client._call("node_alive", node=self._node):
+                if not self.client._call("node_alive", node=self._node, pid=self._pid):
                     self._failover()
             if deadline is not None and now >= deadline and not self._buf:
                 return False

@@ -20,7 +20,9 @@ Ops (args -> result):
                        follow), exclude [node] -> {ring, node}: a ring fed by a node that
                        holds the channel (the leader when it can)
 ``release``            ring -> None: detach and remove a ring of this connection
-``node_alive``         node -> bool
+``node_alive``         node, pid (optional) -> bool: the node runs (and, with ``pid``, is
+                       still the process the ring was attached to: a restarted node
+                       does not serve the old rings)
 ``subscribe_group``    channel, durable, ack_wait, max_deliver, dead_letter -> {ring}:
                        a member of the consumer group (:mod:`netmesh.cluster.groups`)
 ``ack``                ring, seqs -> None: the member acknowledges these events
@@ -198,7 +200,10 @@ class ClientServer:
                 self._release(args["ring"], rings)
                 return None
             if op == "node_alive":
-                return b.node_alive(int(args["node"]))
+                node = int(args["node"])
+                alive = b.node_alive(node)
+                pid = args.get("pid")
+                return alive and (pid is None or self._node_pid(node) in (pid, None))
             if op == "subscribe_group":
                 return self._subscribe_group(args, rings)
             if op == "ack":
@@ -234,7 +239,12 @@ class ClientServer:
             self._drop(name, ring)
             raise
         rings[name] = (node, ring)
-        return {"ring": name, "node": node, "max_payload": self.backend.max_payload(channel)}
+        return {
+            "ring": name,
+            "node": node,
+            "pid": self._node_pid(node),
+            "max_payload": self.backend.max_payload(channel),
+        }
 
     def _subscribe(
         self, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]
@@ -265,7 +275,7 @@ class ClientServer:
             self._drop(name, ring)
             raise
         rings[name] = (node, ring)
-        return {"ring": name, "node": node}
+        return {"ring": name, "node": node, "pid": self._node_pid(node)}
 
     def _subscribe_group(
         self, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]
@@ -295,6 +305,11 @@ class ClientServer:
         self._member_of[name] = group
         group.join(name, ring)
         return {"ring": name, "node": -1}
+
+    def _node_pid(self, node: int) -> int | None:
+        """The process serving ``node`` now (None when the backend cannot tell)."""
+        pid_of = getattr(self.backend, "node_pid", None)
+        return None if pid_of is None else pid_of(node)
 
     def _release(self, name: str, rings: dict[str, tuple[int, ShmRing]]) -> None:
         entry = rings.pop(name, None)
@@ -344,6 +359,10 @@ class ClusterBackend:
 
     def new_name(self, *parts: object) -> str:
         return self.c.sup.name(*parts)
+
+    def node_pid(self, node: int) -> int | None:
+        w = self.c.sup.workers.get(node)
+        return w.proc.pid if w is not None and w.alive() else None
 
     def replication_of(self, channel: str) -> Any:
         return self.c.channels.get(channel)

@@ -24,8 +24,12 @@ name, n = sys.argv[1], int(sys.argv[2])
 with netmesh.connect(name) as cl, cl.producer("orders", idempotent=True) as p:
     for i in range(0, n, 100):
         p.append_batch([b"ev-%06d" % j for j in range(i, i + 100)])
-        p.flush(timeout=60)
-        print(i + 100, p.resent_batches, p.retargets, flush=True)
+        if (i // 100) % 5 == 4:  # every 500 events: let the test kill the leader
+            p.flush(timeout=60)
+            print(i + 100, p.resent_batches, p.retargets, flush=True)
+            sys.stdin.readline()
+    p.flush(timeout=60)
+    print(n, p.resent_batches, p.retargets, flush=True)
 """
 
 
@@ -44,28 +48,33 @@ def test_an_idempotent_producer_stores_each_event_once_across_ten_leader_kills(
         c.wait_for_leader("orders")
         pub = subprocess.Popen(
             [sys.executable, "-P", "-c", PUBLISHER, "idem", str(n)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert pub.stdout is not None
-        progress = 0
-        for kill in range(10):
-            target = (kill + 1) * n // 12
-            while progress < target:  # let it publish a while, then kill the leader
-                line = pub.stdout.readline()
-                assert line, pub.stderr.read() if pub.stderr else ""
-                progress = int(line.split()[0])
-            lead = c.wait_for_leader("orders", timeout=30)
-            c.kill(lead)
-            c.wait_for_leader("orders", timeout=30)
-            c.restart(lead)
-        out, err = pub.communicate(timeout=300)
+        assert pub.stdout is not None and pub.stdin is not None
+        kills = 0
+        while True:
+            line = pub.stdout.readline()  # it paused after a flush (or finished)
+            assert line, pub.stderr.read() if pub.stderr else ""
+            if int(line.split()[0]) >= n:
+                break
+            if kills < 10:  # ten leader kills, spread over the run
+                lead = c.wait_for_leader("orders", timeout=30)
+                c.kill(lead)
+                c.wait_for_leader("orders", timeout=30)
+                c.restart(lead)
+                kills += 1
+            pub.stdin.write("go\n")
+            pub.stdin.flush()
+        _, err = pub.communicate(timeout=300)
         assert pub.returncode == 0, err
-        retargets = int(out.split()[-1]) if out.strip() else 0
+        retargets = int(line.split()[2])
         lead = c.wait_for_leader("orders", timeout=30)
         c.wait_until(lambda: c.next_seq(lead, "orders") >= n, timeout=30, message="all")
         log = c.read_range(lead, "orders", 0, c.next_seq(lead, "orders"))
+    assert kills == 10
     assert log == [b"ev-%06d" % i for i in range(n)]  # each once, in the producer's order
     assert retargets > 0  # the kills really moved it (and any resent batch was refused)
 
