@@ -279,7 +279,7 @@ def cmd_channels(args: argparse.Namespace) -> int:
         infos = cl.channels()
     if args.json:
         for i in infos:
-            print(json.dumps(i.__dict__))
+            print(json.dumps({**i.__dict__, "groups": list(i.groups)}))
         return 0
     print(f"{'channel':<24} {'factor':>6} {'ack':<7} {'leader':>6} {'next_seq':>10} {'commit':>10}")
     for i in infos:
@@ -287,4 +287,10 @@ def cmd_channels(args: argparse.Namespace) -> int:
         print(
             f"{i.name:<24} {i.factor:>6} {i.ack:<7} {leader:>6} {i.next_seq:>10,} {i.commit:>10,}"
         )
+        for g in i.groups:
+            print(
+                f"  group {g['group']}: {g['members']} members, {g['pending']} pending,"
+                f" acknowledged through {g['acknowledged_through']:,},"
+                f" {g['redelivered']} redelivered, {g['dead_lettered']} dead-lettered"
+            )
     return 0

@@ -74,6 +74,9 @@ class ChannelInfo:
     leader: int | None  # node index
     next_seq: int
     commit: int
+    #: consumer groups: group, members, pending, acknowledged_through, delivered,
+    #: redelivered, dead_lettered
+    groups: tuple[dict[str, Any], ...] = ()
 
 
 def connect(name: str = "default", timeout: float = 5.0) -> Client:
@@ -134,7 +137,10 @@ class Client:
 
     def channels(self) -> list[ChannelInfo]:
         """Every open channel with its factor, ack mode, leader, next_seq and commit."""
-        return [ChannelInfo(**c) for c in self._call("channels")]
+        return [
+            ChannelInfo(**{**c, "groups": tuple(c.get("groups", ()))})
+            for c in self._call("channels")
+        ]
 
     def open_channel(
         self, name: str, replication: ReplicationConfig | None = None, **options: Any

@@ -176,7 +176,12 @@ class ClientServer:
                     "version": netmesh.__version__,
                 }
             if op == "channels":
-                return b.channel_list()
+                out = b.channel_list()
+                for ch in out:  # consumer groups, with their members and counts
+                    ch["groups"] = [
+                        g.info() for (name, _), g in self._groups.items() if name == ch["name"]
+                    ]
+                return out
             if op == "open_channel":
                 b.open_channel(
                     str(ChannelName(args["name"])),

@@ -194,6 +194,8 @@ def test_an_event_that_fails_five_times_is_dead_lettered(run_dir: Path) -> None:
             out = m.finish()
             assert [e.payload for e in cl.read_range("orders.dlq", 0, 10)] == [b"poison"]
             info = cl.consumers("orders")[0]
+            listed = next(ch for ch in cl.channels() if ch.name == "orders")
+            assert listed.groups[0]["dead_lettered"] == 1  # in channels() too
     delivered, acked, _ = _lines(out)
     assert [d["count"] for d in delivered if d["delivered"] == 1] == [1, 2, 3, 4, 5]
     assert sorted(acked) == [0, 2, 3] and info["acknowledged_through"] == 4
