@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 PERSIST_S = 0.05
 CREDIT = 512  # events in flight per member
 TICK_S = 0.005
+LOAD_WAIT_S = 10.0  # for a reopened state channel's commit index
 
 
 @dataclass
@@ -184,6 +185,20 @@ class Group:
     def _load(self) -> None:
         self._ensure_channel(self.state_channel)
         self._ensure_channel(self.dlq)
+        # a reopened quorum channel delivers below its commit index only, which the
+        # new leader learns again: wait (briefly) until it covers what the log holds
+        deadline = time.monotonic() + LOAD_WAIT_S
+        while time.monotonic() < deadline:
+            info = next(
+                (c for c in self.backend.channel_list() if c["name"] == self.state_channel), None
+            )
+            if (
+                info is not None
+                and info["leader"] is not None
+                and info["commit"] >= info["next_seq"]
+            ):
+                break
+            time.sleep(0.02)
         for raw in self._read_all(self.state_channel):
             with contextlib.suppress(ValueError, KeyError):
                 d = json.loads(raw)
