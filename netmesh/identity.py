@@ -56,6 +56,25 @@ def node_id_of(public_key: bytes) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def read_private_file(path: str, what: str, secret: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the secret file ``path`` (a key or a PSK). ConfigError if it
+    is not a regular file or the group or others may access it (mode & 0o077, as ssh
+    refuses private keys); OSError (e.g. FileNotFoundError) for the caller to word."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: {what} is not a regular file")
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"{path}: {what} mode {stat.S_IMODE(st.st_mode):04o} lets the group or "
+                f"others access {secret}; run chmod 600 on it"
+            )
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class EntityKeypair:
     """Static X25519 keypair of a node. ``private_key``/``public_key`` are 32 bytes.
@@ -89,19 +108,7 @@ class EntityKeypair:
         or others (mode & 0o077).
         """
         name = os.fspath(path)
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"{name}: key file is not a regular file")
-            if st.st_mode & 0o077:
-                raise ConfigError(
-                    f"{name}: key file mode {stat.S_IMODE(st.st_mode):04o} lets the group or "
-                    "others access the private key; run chmod 600 on it"
-                )
-            data = os.read(fd, 33)
-        finally:
-            os.close(fd)
+        data = read_private_file(name, "key file", "the private key", 33)
         if len(data) != 32:
             raise ConfigError(f"{os.fspath(path)}: key file must hold exactly 32 bytes")
         kp = cls.from_private_bytes(data)

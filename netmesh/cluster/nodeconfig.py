@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +59,7 @@ from netmesh.config import (
     ReplicationConfig,
 )
 from netmesh.errors import ChannelNameError, ConfigError
-from netmesh.identity import EntityKeypair, node_id_of
+from netmesh.identity import EntityKeypair, node_id_of, read_private_file
 
 NODE_KEYS = {
     "bind": True,  # key -> required
@@ -264,7 +263,7 @@ def load_secrets(cfg: NodeConfig) -> tuple[EntityKeypair, bytes]:
 def load_psk(path: str) -> bytes:
     """A PSK file: 32 raw bytes or 64 hex digits (and a newline), mode 0600 or stricter."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        data = read_private_file(path, "PSK file", "the cluster key", 200)
     except FileNotFoundError:
         raise ConfigError(
             f"node.psk_file: {path} does not exist (make one with `netmesh psk --out {path}`"
@@ -272,18 +271,8 @@ def load_psk(path: str) -> bytes:
         ) from None
     except OSError as exc:
         raise ConfigError(f"node.psk_file: {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"node.psk_file: {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"node.psk_file: {path} mode {stat.S_IMODE(st.st_mode):04o} lets the group or"
-                " others access the cluster key; run chmod 600 on it"
-            )
-        data = os.read(fd, 200)
-    finally:
-        os.close(fd)
+    except ConfigError as exc:
+        raise ConfigError(f"node.psk_file: {exc}") from None
     if len(data) == 32:
         return data
     text = data.strip()
