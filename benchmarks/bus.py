@@ -11,7 +11,6 @@ Ratios: netmesh / reference (> 1: netmesh faster).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -20,6 +19,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchmarks.common import suite_main
 
 EVENT = {"user": "ann", "kind": "buy", "n": 12345, "pad": "x" * 16}  # ~64 B of JSON
 RAW = json.dumps(EVENT, separators=(",", ":"))
@@ -169,21 +170,15 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="netmesh bench bus",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return suite_main(
+        "netmesh bench bus",
+        __doc__,
+        run,
+        report,
+        argv,
+        "20k events per trial, 1 trial",
+        quick_trials=1,
     )
-    ap.add_argument("--quick", action="store_true", help="20k events per trial, 1 trial")
-    ap.add_argument("--trials", type=int, default=None, help="interleaved trials (default 3)")
-    ap.add_argument("--json", help="write the figures here")
-    args = ap.parse_args(argv)
-    res = run(args.quick, args.trials or (1 if args.quick else 3))
-    print(report(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ trials and netmesh/peer ratios.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+from benchmarks.common import spawn_worker, suite_main
 
 STAMP = struct.Struct("<Qq")  # index, monotonic ns at publish
 
@@ -206,17 +207,7 @@ def worker_main(system: str, role: str, spec: str) -> int:
 
 # -- the driver ------------------------------------------------------------------------
 def _spawn(system: str, role: str, spec: dict[str, Any]) -> subprocess.Popen[str]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from benchmarks.clients import "
-        "worker_main; sys.exit(worker_main(*sys.argv[2:]))"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-P", "-c", code, root, system, role, json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn_worker("clients", [system, role, json.dumps(spec)])
 
 
 def _pair(system: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -322,21 +313,9 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="netmesh bench clients",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return suite_main(
+        "netmesh bench clients", __doc__, run, report, argv, "smaller runs", quick_trials=3
     )
-    ap.add_argument("--quick", action="store_true", help="smaller runs")
-    ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--json", help="write the figures here")
-    args = ap.parse_args(argv)
-    res = run(args.quick, args.trials)
-    print(report(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

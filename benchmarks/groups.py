@@ -15,7 +15,6 @@ every 100 ms; JetStream redelivers after ``ack_wait`` (1 s).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+from benchmarks.common import spawn_worker, suite_main
 
 PAYLOAD = b"x" * 64
 
@@ -109,18 +110,7 @@ def worker_main(system: str, spec: str) -> int:
 
 
 def _spawn(system: str, spec: dict[str, Any], out: Any) -> subprocess.Popen[str]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from benchmarks.groups import "
-        "worker_main; sys.exit(worker_main(*sys.argv[2:]))"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-P", "-c", code, root, system, json.dumps(spec)],
-        stdout=out,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    return p
+    return spawn_worker("groups", [system, json.dumps(spec)], out, subprocess.DEVNULL)
 
 
 # -- the driver ------------------------------------------------------------------------
@@ -335,21 +325,9 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="netmesh bench groups",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return suite_main(
+        "netmesh bench groups", __doc__, run, report, argv, "20k events, 1 trial", quick_trials=1
     )
-    ap.add_argument("--quick", action="store_true", help="20k events, 1 trial")
-    ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--json", help="write the figures here")
-    args = ap.parse_args(argv)
-    res = run(args.quick, args.trials or (1 if args.quick else 3))
-    print(report(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
-    return 0
 
 
 if __name__ == "__main__":
