@@ -343,6 +343,8 @@ def listing() -> str:
         " Streams and NATS JetStream)",
         "  netmesh bench bus [--quick]       (EventBus per adapter vs the reference's bus)",
         "  netmesh bench groups [--quick]    (consumer groups vs Redis / JetStream)",
+        "  netmesh bench storage [--quick] [--baseline PATH]  (persisted log: RSS vs size,"
+        " cold reads, fsync'd acks, catch-up vs JetStream file store and Redis AOF)",
         "details: netmesh bench --help",
     ]
     return "\n".join(lines)
@@ -369,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import groups
 
         return groups.main(argv[1:])
+    if argv and argv[0] == "storage":  # a persisted log past RAM vs its peers (issue 15)
+        from benchmarks import storage
+
+        return storage.main(argv[1:])
     ap = parser()
     args = ap.parse_args(argv)
     if args.which is None:

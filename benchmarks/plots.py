@@ -145,3 +145,70 @@ def _timeline(ax: Any, tl: dict[str, Any] | None, bin_s: float = 0.05) -> None:
     ax.set_xlabel("s")
     ax.set_ylabel(f"acknowledged events/s ({int(bin_s * 1000)} ms bins)")
     ax.legend(fontsize=7)
+
+
+def plot_storage(results: dict[str, Any], path: str) -> bool:
+    """``netmesh bench storage --plot``: RSS vs persisted log size per system (the
+    stated bound as a line), and the storage rate figures beside their peers."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [1, 1.4]})
+    _rss_curves(axes[0], results.get("samples", {}).get("rss_vs_log_disk"))
+    _throughput(axes[1], results.get("figures", {}))
+    quick = " --quick" if results.get("quick") else ""
+    fig.suptitle(
+        f"netmesh bench storage{quick} {results.get('date', '')} "
+        f"{str(results.get('commit') or '')[:10]} | {results.get('cpu_model', '')} "
+        f"x{results.get('cpu_count')} | load {results.get('load_before')} -> "
+        f"{results.get('load_after')} (shared machine)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _rss_curves(ax: Any, rss: dict[str, Any] | None) -> None:
+    ax.set_title("RSS vs persisted log size (1 KiB events)", fontsize=9)
+    if not rss or not rss.get("curves"):
+        ax.text(0.5, 0.5, "no RSS run", ha="center", transform=ax.transAxes)
+        return
+    labels = {
+        "netmesh": "netmesh node (data_dir)",
+        "redis_everysec": "redis-server (AOF everysec)",
+        "jetstream_r1": "nats-server (JetStream R1 file)",
+    }
+    for i, (name, points) in enumerate(rss["curves"].items()):
+        xs = [p[0] / 2**30 for p in points]
+        ax.plot(
+            xs,
+            [p[1] / 2**20 for p in points],
+            marker="o",
+            color=COLORS[i % 6],
+            label=labels.get(name, name),
+        )
+        if name == "netmesh":
+            ax.plot(
+                xs,
+                [p[2] / 2**20 for p in points],
+                linestyle=":",
+                color=COLORS[i % 6],
+                label="netmesh node peak RSS (VmHWM)",
+            )
+    if rss.get("bound_bytes"):
+        ax.axhline(
+            rss["bound_bytes"] / 2**20,
+            color="red",
+            linestyle="--",
+            label="stated bound at the largest size",
+        )
+    ax.set_xlabel("log size, GiB of payload")
+    ax.set_ylabel("RSS, MiB")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
