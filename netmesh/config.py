@@ -48,13 +48,17 @@ DEFAULT_HEARTBEAT_MS = DefaultInt(500)
 class PlacementStrategy:
     """Which nodes hold a replicated channel.
 
-    ``pinned(ids)``: exactly these node ids, in this order. ``standard()``: every node
-    the local node has a session with when the channel opens (bounded by ``factor``),
-    ordered by node id.
+    ``pinned(ids)``: exactly these node ids, in this order. ``standard()``: the
+    ``factor`` lowest node ids among the nodes that opened the channel (as their
+    capability announcements say; ``netmesh.replication.placement``).
+    ``colocation_strict(key)``: as standard, but only among the nodes that announced
+    the chain ``key`` (``Redex.announce_chain``), even when fewer than ``factor``.
     """
 
-    kind: Literal["standard", "pinned"] = "standard"
+    kind: Literal["standard", "pinned", "colocation_strict"] = "standard"
     nodes: tuple[int, ...] = ()
+    #: the chain a ``colocation_strict`` channel must be colocated with
+    key: str | None = None
 
     @classmethod
     def pinned(cls, nodes: list[int] | tuple[int, ...]) -> PlacementStrategy:
@@ -63,6 +67,12 @@ class PlacementStrategy:
     @classmethod
     def standard(cls) -> PlacementStrategy:
         return cls("standard", ())
+
+    @classmethod
+    def colocation_strict(cls, key: str) -> PlacementStrategy:
+        """Only nodes that announced chain ``key`` hold the channel (upstream net-mesh's
+        ``ColocationStrict`` with ``COLOCATE_WITH_STRICT_METADATA_KEY``)."""
+        return cls("colocation_strict", (), str(key))
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,8 @@ class ReplicationConfig:
                 raise ConfigError(f"pinned set has duplicate node ids: {list(nodes)}")
             if self.leader_pinned is not None and self.leader_pinned not in nodes:
                 raise ConfigError(f"leader_pinned {self.leader_pinned} is not in the pinned set")
+        if self.placement.kind == "colocation_strict" and not self.placement.key:
+            raise ConfigError("colocation_strict placement needs a non-empty chain key")
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,10 @@ class MeshNodeConfig:
     clock_file: where the handshake clock persists (``netmesh.identity.HandshakeClock``);
         default: next to the key file when the keypair was loaded from one, else in
         memory only.
+    min_announce_interval: seconds between two capability announcements a node
+        broadcasts (open channels and placement metadata, used by standard and
+        colocation_strict placement); changes inside the window go out together at
+        its end (default 10, upstream net-mesh's ``with_min_announce_interval``).
     """
 
     bind: str = "127.0.0.1:0"
@@ -245,6 +261,7 @@ class MeshNodeConfig:
     handshake_rate: float = 1000.0
     handshake_rate_per_source: float = 20.0
     clock_file: str | None = None
+    min_announce_interval: float = 10.0
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.bind.rpartition(":")
@@ -282,3 +299,7 @@ class MeshNodeConfig:
         per_source = self.handshake_rate_per_source
         if not (math.isfinite(per_source) and per_source >= 1):
             raise ConfigError(f"handshake_rate_per_source must be >= 1, got {per_source}")
+        if not (math.isfinite(self.min_announce_interval) and self.min_announce_interval >= 0):
+            raise ConfigError(
+                f"min_announce_interval must be >= 0 seconds, got {self.min_announce_interval}"
+            )

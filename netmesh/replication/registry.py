@@ -3,20 +3,57 @@
 Opening a name that is already open returns the same live handle; its replication
 settings must match (otherwise ConfigError), other settings of the second call are
 ignored. Replication is wired in by :meth:`Redex.enable_replication` (see
-``netmesh.replication.runtime``).
+``netmesh.replication.runtime``) and out by :meth:`Redex.disable_replication`.
+
+Placement (upstream net-mesh, later versions). A channel opened with pinned
+placement runs its replication runtime at once, with the pinned set. A channel opened
+with ``standard()`` or ``colocation_strict(key)`` placement is announced to the other
+nodes (capability announcements, :mod:`netmesh.replication.placement`, at most one
+broadcast per ``MeshNodeConfig.min_announce_interval``); every node resolves the same
+replica set from the announcements it holds, and re-resolves whenever one changes (a
+node opened or closed the channel, announced or withdrew a chain) or a peer's session
+goes down. A node in the set runs the channel's runtime with that set (rebuilt when
+the set changes; its term, vote and log survive, so a newly selected replica catches
+up from the leader); a node outside it is Idle: its coordinator handle reports IDLE,
+appends raise NotLeader, and it stores nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from netmesh.channel import ChannelName
-from netmesh.config import RedexFileConfig
-from netmesh.errors import ConfigError
+from netmesh.config import RedexFileConfig, ReplicationConfig
+from netmesh.errors import (
+    ConfigError,
+    DecodeError,
+    InvalidTransition,
+    LocalProtocolError,
+    NetmeshError,
+    NotLeader,
+)
 from netmesh.log.file import RedexFile
+from netmesh.replication import placement as pl
+from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
 if TYPE_CHECKING:
     from netmesh.replication.runtime import ReplicationHub
+
+log = logging.getLogger(__name__)
+#: the MeshNode stream of peer up/down events (``netmesh.link.node.PEER_EVENTS``)
+PEER_EVENTS = "peer"
+DEFAULT_MIN_ANNOUNCE_INTERVAL = 10.0
+#: a node that holds candidacies re-broadcasts its announcement every this many
+#: announce windows (at least MIN_REANNOUNCE_S): announcements are datagrams, and a
+#: lost one must not leave a peer's view stale for ever (upstream re-announces too)
+REANNOUNCE_WINDOWS = 15
+MIN_REANNOUNCE_S = 1.0
 
 
 class Redex:
@@ -25,6 +62,9 @@ class Redex:
     def __init__(self) -> None:
         self._files: dict[ChannelName, RedexFile] = {}
         self._hub: ReplicationHub | None = None
+        self._placement: _Placement | None = None
+        self._chains: set[str] = set()
+        self._metadata: dict[str, str] = {}
 
     def open_file(
         self, name: str | ChannelName, config: RedexFileConfig | None = None
@@ -48,10 +88,17 @@ class Redex:
         if cfg.replication is not None and self._hub is None:
             raise ConfigError("RedexFileConfig.replication requires Redex.enable_replication(node)")
         f = RedexFile(cname, cfg)
-        if cfg.replication is not None and self._hub is not None:
+        repl = cfg.replication
+        if repl is not None and self._hub is not None:
             try:
-                self._hub.attach(cname, f, cfg.replication)
+                if repl.placement.kind == "pinned" or self._placement is None:
+                    self._hub.attach(cname, f, repl)
+                else:
+                    self._placement.open(cname, f, repl)
             except BaseException:
+                if self._placement is not None:
+                    self._placement.close_channel(cname)
+                self._hub.detach(cname)
                 f.close()  # never leave an unreplicated, writable file registered
                 raise
         self._files[cname] = f
@@ -69,6 +116,8 @@ class Redex:
         f = self._files.pop(cname, None)
         if f is None:
             return
+        if self._placement is not None:
+            self._placement.close_channel(cname)
         if self._hub is not None:
             self._hub.detach(cname)
         f.close()
@@ -79,25 +128,109 @@ class Redex:
 
     # -- replication -----------------------------------------------------------------
     def enable_replication(self, node: Any) -> None:
-        """Route replication traffic of this Redex over ``node`` (a MeshNode). Idempotent."""
+        """Route replication traffic of this Redex over ``node`` (a MeshNode). Idempotent.
+
+        Files that are already open (e.g. left open by :meth:`disable_replication`)
+        stay local logs: enabling does not start runtimes for them.
+        """
         if self._hub is not None:
             return
         from netmesh.replication.runtime import ReplicationHub
 
         self._hub = ReplicationHub(node)
+        self._placement = _Placement(self, node)
+
+    def disable_replication(self) -> None:
+        """Stop replicating (upstream ``Redex::disable_replication``). Idempotent.
+
+        Every replication runtime stops (``replication_runtime_count()`` is 0) and its
+        coordinator goes Idle at once (handles already taken report IDLE); the
+        candidacies this node announced are withdrawn (one last announcement, not
+        rate-limited); nothing of this Redex stays subscribed to the node or holds a
+        reference to it. Open files stay open as local logs: appends succeed on
+        every node. A later :meth:`enable_replication` does not restart replication
+        for them (reopen the file for that).
+        """
+        hub, self._hub = self._hub, None
+        placement, self._placement = self._placement, None
+        if placement is not None:
+            placement.close()
+        if hub is not None:
+            hub.close()
+        for f in self._files.values():
+            f.refusal = None  # a local log now, on leaders and replicas alike
 
     def replication_coordinator_for(self, name: str) -> Any:
-        """The channel's coordinator handle, or None (not replicated / not open)."""
+        """The channel's coordinator handle, or None (not replicated / not open).
+
+        A channel whose placement did not select this node gets an
+        :class:`IdleCoordinator` (role IDLE)."""
         if self._hub is None:
             return None
-        return self._hub.coordinator_for(ChannelName(name))
+        cname = ChannelName(name)
+        handle = self._hub.coordinator_for(cname)
+        if handle is None and self._placement is not None:
+            return self._placement.idle_handle(cname)
+        return handle
+
+    # -- placement ---------------------------------------------------------------------
+    def announce_chain(self, key: str) -> None:
+        """Announce that this node holds chain ``key``: it becomes eligible for
+        ``colocation_strict(key)`` channels it opens (upstream ``announce_chain``).
+        Travels with the next capability announcement."""
+        if key not in self._chains:
+            self._chains.add(str(key))
+            if self._placement is not None:
+                self._placement.changed()
+
+    def withdraw_chain(self, key: str) -> None:
+        """Stop announcing chain ``key`` (its colocation_strict channels re-resolve)."""
+        if key in self._chains:
+            self._chains.discard(key)
+            if self._placement is not None:
+                self._placement.changed()
+
+    def set_placement_metadata(self, metadata: Mapping[str, str]) -> None:
+        """Replace this node's placement metadata (``str -> str``, announced with its
+        capabilities; visible to peers in :meth:`placement_view`)."""
+        new = {str(k): str(v) for k, v in metadata.items()}
+        if new != self._metadata:
+            self._metadata = new
+            if self._placement is not None:
+                self._placement.changed()
+
+    def placement_members(self, name: str) -> tuple[int, ...] | None:
+        """The replica set this node runs ``name`` with (sorted node ids; pinned: the
+        pinned set), or None when this node is not a member (Idle) or the channel is
+        not open / not replicated."""
+        cname = ChannelName(name)
+        rt = self._hub.runtime(cname) if self._hub is not None else None
+        if rt is not None:
+            return tuple(rt.coord.members)
+        return None
+
+    def placement_view(self) -> dict[int, pl.Announcement]:
+        """The latest capability announcement of every node this node heard from, and
+        its own (node id -> :class:`~netmesh.replication.placement.Announcement`)."""
+        return {} if self._placement is None else self._placement.snapshot()
+
+    def placement_stats(self) -> dict[str, int]:
+        """Counters: announcements broadcast / sent directly / received / refused
+        (undecodable or naming another node), re-resolutions that changed a set."""
+        return {} if self._placement is None else dict(self._placement.stats)
 
     def replication_runtime(self, name: str) -> Any:
         """The channel's ChannelRuntime (replication shell), or None."""
         return None if self._hub is None else self._hub.runtime(ChannelName(name))
 
     def replication_runtime_count(self) -> int:
-        return 0 if self._hub is None else self._hub.runtime_count()
+        """Replicated channels open here: running runtimes plus channels that
+        placement left Idle (upstream runs an inert runtime for those); 0 when
+        replication is disabled."""
+        if self._hub is None:
+            return 0
+        idle = 0 if self._placement is None else self._placement.idle_count()
+        return self._hub.runtime_count() + idle
 
     # -- helpers for node processes ---------------------------------------------------
     def append(self, name: str, payloads: list[bytes]) -> int:
@@ -140,3 +273,286 @@ class Redex:
     def replication_metrics_snapshot(self) -> Any:
         """Per-channel replication metrics, or None when replication is not enabled."""
         return None if self._hub is None else self._hub.metrics_snapshot()
+
+
+class IdleCoordinator:
+    """The coordinator handle of a channel that placement did not select on this
+    node: role IDLE, no term, no leader; it stores nothing (appends raise NotLeader)
+    and manual transitions are refused."""
+
+    def __init__(self, file: RedexFile) -> None:
+        self._file = file
+
+    @property
+    def role(self) -> ReplicaRole:
+        return ReplicaRole.IDLE
+
+    @property
+    def tail_seq(self) -> int:
+        return self._file.next_seq
+
+    @property
+    def commit_seq(self) -> int:
+        return 0
+
+    @property
+    def term(self) -> int:
+        return 0
+
+    @property
+    def leader_id(self) -> int | None:
+        return None
+
+    async def transition_to(self, role: ReplicaRole, signal: TransitionSignal) -> None:
+        """Raises InvalidTransition: placement decides whether this node holds the
+        channel."""
+        raise InvalidTransition(
+            f"{self._file.name!r}: this node is not in the channel's replica set"
+            f" (placement), so it stays IDLE; cannot go {role.name} on {signal.name}"
+        )
+
+
+@dataclass
+class _Channel:
+    file: RedexFile
+    config: ReplicationConfig
+    placement: pl.ChannelPlacement
+    #: when a settling short set is to be re-checked (inf: nothing settling)
+    due: float = math.inf
+
+
+class _Placement:
+    """The shell of :mod:`netmesh.replication.placement` for one Redex over one
+    MeshNode: sends and receives capability announcements, resolves the replica set
+    of every non-pinned channel and starts, rebuilds or stops its runtime.
+
+    One timer (``_wake``) serves the rate-limited broadcast, the periodic
+    re-announcement and settling short sets. Everything runs in the node's event
+    loop; the handlers never block.
+    """
+
+    def __init__(self, redex: Redex, node: Any) -> None:
+        self.redex = redex
+        self.node = node
+        self.self_id: int = node.node_id
+        cfg = getattr(node, "config", None)
+        interval = getattr(cfg, "min_announce_interval", DEFAULT_MIN_ANNOUNCE_INTERVAL)
+        self.interval = float(interval)
+        self.settle = pl.SETTLE_WINDOWS * self.interval
+        self.reannounce_every = max(REANNOUNCE_WINDOWS * self.interval, MIN_REANNOUNCE_S)
+        self.limiter = pl.AnnounceLimiter(self.interval)
+        self.incarnation = time.time_ns()
+        self.version = 0
+        self.own = pl.Announcement(self.self_id, self.incarnation, 0)
+        self.channels: dict[ChannelName, _Channel] = {}
+        self.view: dict[int, pl.Announcement] = {}
+        self.announced = False  # something non-empty was broadcast once
+        self.next_reannounce = math.inf
+        self.stats = dict.fromkeys(("broadcasts", "direct", "received", "refused", "reresolved"), 0)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._closed = False
+        node.subscribe_batch(pl.CAPABILITY_STREAM, self._on_announcements)
+        node.subscribe(PEER_EVENTS, self._on_peer_event)
+
+    # -- local changes ---------------------------------------------------------------
+    def open(self, name: ChannelName, file: RedexFile, config: ReplicationConfig) -> None:
+        """A non-pinned channel opened here: announce the candidacy, join if the set
+        resolved from what is known already holds this node. Raises what starting the
+        runtime raises (LogCorrupt, ...)."""
+        cp = pl.ChannelPlacement(self.self_id, config.effective_factor(), self.settle)
+        self.channels[name] = _Channel(file, config, cp)
+        file.refusal = NotLeader(name, None)  # Idle until selected
+        self._rebuild_own()
+        self._resolve(name, self._now(), raise_errors=True)
+        self._schedule()
+
+    def close_channel(self, name: ChannelName) -> None:
+        """The channel closes here: withdraw the candidacy (the Redex detaches the
+        runtime)."""
+        if self.channels.pop(name, None) is not None:
+            self._rebuild_own()
+            self._schedule()
+
+    def changed(self) -> None:
+        """Chains or metadata changed."""
+        self._rebuild_own()
+        self._resolve_all()
+
+    def _rebuild_own(self) -> None:
+        r = self.redex
+        self.version += 1
+        self.own = pl.Announcement(
+            self.self_id,
+            self.incarnation,
+            self.version,
+            channels=frozenset(str(n) for n in self.channels),
+            chains=frozenset(r._chains),
+            metadata=pl.sorted_metadata(r._metadata),
+        )
+        self.limiter.changed()
+        self._schedule()
+
+    # -- resolution ------------------------------------------------------------------
+    def _resolve_all(self) -> None:
+        now = self._now()
+        for name in list(self.channels):
+            self._resolve(name, now)
+        self._schedule()
+
+    def _resolve(self, name: ChannelName, now: float, raise_errors: bool = False) -> None:
+        ch = self.channels.get(name)
+        hub = self.redex._hub
+        if ch is None or hub is None:
+            return
+        anns = [self.own, *self.view.values()]
+        resolved = pl.resolve(ch.config.placement, ch.config.factor, str(name), anns)
+        outcome = ch.placement.update(resolved, now)
+        if isinstance(outcome, float):
+            ch.due = outcome
+            return
+        ch.due = math.inf
+        if outcome is None:
+            return
+        self.stats["reresolved"] += 1
+        running = hub.runtime(name) is not None
+        if outcome.members is None:
+            log.info("%s: not in the replica set %s any more: Idle", name, list(resolved))
+            hub.detach(name)
+            ch.file.refusal = NotLeader(name, None)
+            return
+        log.info(
+            "%s: replica set %s (%s)",
+            name,
+            [f"{m:#x}" for m in outcome.members],
+            "re-resolved" if running else "selected",
+        )
+        if running:
+            hub.detach(name)
+        try:
+            hub.attach(name, ch.file, ch.config, outcome.members)
+        except Exception:
+            ch.placement.applied = None
+            ch.file.refusal = NotLeader(name, None)
+            if raise_errors:
+                raise
+            log.exception("%s: could not start replication with %s", name, outcome.members)
+
+    def idle_handle(self, name: ChannelName) -> IdleCoordinator | None:
+        ch = self.channels.get(name)
+        return None if ch is None else IdleCoordinator(ch.file)
+
+    def idle_count(self) -> int:
+        hub = self.redex._hub
+        return sum(1 for n in self.channels if hub is None or hub.runtime(n) is None)
+
+    def snapshot(self) -> dict[int, pl.Announcement]:
+        return {**self.view, self.self_id: self.own}
+
+    # -- the wire --------------------------------------------------------------------
+    def _on_announcements(self, from_id: int, msgs: list[bytes]) -> None:
+        changed = False
+        for raw in msgs:
+            try:
+                a = pl.decode(raw, from_id)
+            except DecodeError as exc:
+                self.stats["refused"] += 1
+                log.debug("undecodable announcement from %#x: %s", from_id, exc)
+                continue
+            self.stats["received"] += 1
+            old = self.view.get(from_id)
+            if not a.newer_than(old):
+                continue
+            self.view[from_id] = a
+            changed = True
+            if old is None or old.incarnation != a.incarnation:
+                self._send_direct(from_id)  # a new peer (or a new life): tell it ours
+        if changed:
+            self._resolve_all()
+
+    def _on_peer_event(self, node_id: int, event: bytes) -> None:
+        if event == b"up":
+            self._send_direct(node_id)
+        elif self.view.pop(node_id, None) is not None:  # left the cluster
+            self._resolve_all()
+
+    def _send_direct(self, to: int) -> None:
+        if self._closed or not self.announced:
+            return
+        try:
+            self.node.send(to, pl.CAPABILITY_STREAM, pl.encode(self.own))
+            self.stats["direct"] += 1
+        except (LocalProtocolError, NetmeshError) as exc:
+            log.debug("announcement to %#x not sent: %s", to, exc)
+
+    def _broadcast(self, a: pl.Announcement) -> None:
+        data = pl.encode(a)
+        for peer in self.node.peers():
+            try:
+                self.node.send(peer, pl.CAPABILITY_STREAM, data)
+            except (LocalProtocolError, NetmeshError) as exc:
+                log.debug("announcement to %#x not sent: %s", peer, exc)
+        self.stats["broadcasts"] += 1
+
+    # -- timers ----------------------------------------------------------------------
+    def _now(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return float(self.node.now())
+
+    def _schedule(self) -> None:
+        if self._closed:
+            return
+        due = self.limiter.due_at()
+        at = min(
+            math.inf if due is None else due,
+            self.next_reannounce,
+            min((ch.due for ch in self.channels.values()), default=math.inf),
+        )
+        if at == math.inf or at >= self._timer_at:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: the next change in a loop schedules it
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(max(at, loop.time()), self._wake)
+
+    def _wake(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        if self._closed:
+            return
+        now = self._now()
+        if self.limiter.may_send(now) or (now >= self.next_reannounce and not self.own.empty):
+            self.limiter.sent(now)
+            if self.own.empty and not self.announced:
+                self.next_reannounce = math.inf  # never told anyone anything: no news
+            else:
+                self._broadcast(self.own)
+                self.announced = True
+                empty = self.own.empty
+                self.next_reannounce = math.inf if empty else now + self.reannounce_every
+        for name, ch in list(self.channels.items()):
+            if ch.due <= now:
+                self._resolve(name, now)
+        self._schedule()
+
+    def close(self) -> None:
+        """disable_replication: withdraw every candidacy now (one last announcement,
+        outside the rate limit), unsubscribe, stop the timer."""
+        if self._closed:
+            return
+        if self.announced and not self.own.empty:
+            self.version += 1
+            self._broadcast(pl.Announcement(self.self_id, self.incarnation, self.version))
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.node.unsubscribe(pl.CAPABILITY_STREAM, self._on_announcements)
+        self.node.unsubscribe(PEER_EVENTS, self._on_peer_event)
+        self.channels.clear()
+        self.view.clear()

@@ -357,7 +357,12 @@ class ChannelRuntime:
     """The replication shell of one channel on one node."""
 
     def __init__(
-        self, hub: ReplicationHub, name: str, file: RedexFile, config: ReplicationConfig
+        self,
+        hub: ReplicationHub,
+        name: str,
+        file: RedexFile,
+        config: ReplicationConfig,
+        members: Sequence[int] | None = None,
     ) -> None:
         self.hub = hub
         self.node = hub.node
@@ -365,7 +370,9 @@ class ChannelRuntime:
         self.kind = KIND_PREFIX + name
         self.file = file
         self.loop = asyncio.get_running_loop()
-        members = self._members(config)
+        # explicit members: the set ``netmesh.replication.placement`` resolved (the
+        # Redex rebuilds the runtime when it re-resolves); else from the config
+        members = list(members) if members is not None else self._members(config)
         self.storage = FileStorage(hub, name, file)
         saved = self.storage.load_hard_state()
         self.storage.check_hard_state(saved)
@@ -596,8 +603,16 @@ class ReplicationHub:
         self.counters = {"bundles_out": 0, "bundles_in": 0, "bundle_errors": 0, "ticks": 0}
         node.subscribe_batch(HEARTBEAT_STREAM, self._on_bundles)
 
-    def attach(self, name: str, file: RedexFile, config: ReplicationConfig) -> None:
-        rt = ChannelRuntime(self, name, file, config)
+    def attach(
+        self,
+        name: str,
+        file: RedexFile,
+        config: ReplicationConfig,
+        members: Sequence[int] | None = None,
+    ) -> None:
+        """Start ``name``'s runtime; ``members``: its replica set (None: from the
+        config's placement, see ``ChannelRuntime._members``)."""
+        rt = ChannelRuntime(self, name, file, config, members)
         self.runtimes[name] = rt
         self.tick_interval = min(self.tick_interval, rt.tick_interval)
         t = self._ticker
@@ -677,3 +692,14 @@ class ReplicationHub:
     def metrics_snapshot(self) -> MetricsSnapshot:
         chans = {**self.closed_metrics, **{n: rt.metrics() for n, rt in self.runtimes.items()}}
         return MetricsSnapshot([chans[n] for n in sorted(chans)])
+
+    def close(self) -> None:
+        """Stop every runtime (each goes Idle, ``detach``), stop the node-wide tick and
+        unsubscribe from the node: nothing of this hub is called by the node any more
+        (``Redex.disable_replication``). Idempotent."""
+        for name in list(self.runtimes):
+            self.detach(name)
+        self.node.unsubscribe(HEARTBEAT_STREAM, self._on_bundles)
+        t, self._ticker = self._ticker, None
+        if t is not None and not t.done():
+            t.cancel()

@@ -1,0 +1,318 @@
+"""Replica placement: which nodes hold a channel (pure: no IO, no clock).
+
+Upstream net-mesh (later versions, ``replication_placement.rs``) settles the replica
+set of a ``Standard`` or ``ColocationStrict`` channel without any coordination: every
+node computes it from data every node sees the same way, the nodes' **capability
+announcements**. This module is that computation and the announcement format; the
+shell that sends, receives and acts on them is ``Redex`` (``netmesh.replication.
+registry``).
+
+Announcements
+    A node announces the channels it has open with a non-pinned placement (upstream:
+    the ``replica-candidate:<channel>`` tag it carries while the channel is open),
+    the chains it holds (upstream ``MeshNode::announce_chain``) and free-form
+    placement metadata (``str -> str``). Each announcement replaces the sender's
+    previous one; ``(incarnation, version)`` orders them (the incarnation is the
+    sender's start time, so a restarted node's announcements win over its earlier
+    life's). They travel on the MeshNode stream :data:`CAPABILITY_STREAM`; the
+    transport authenticates the sender, and :func:`decode` refuses an announcement
+    that names another node.
+
+Resolution (:func:`resolve`)
+    * ``pinned(ids)``: the list, whatever was announced;
+    * ``standard()``: candidates are the nodes that announced the channel; the set
+      is the ``factor`` lowest node ids among them (upstream ranks by a placement
+      score and breaks ties by the lower node id; with no hints every score is
+      equal, so it is the lowest ids);
+    * ``colocation_strict(key)``: candidates must also have announced chain ``key``;
+      a node without it is never selected, even when fewer than ``factor`` remain.
+
+    The set comes back sorted, so two views compare equal exactly when they name the
+    same nodes; the same announcements give the same set on every node.
+
+Joining (:class:`ChannelPlacement`)
+    A node that resolves a set holding fewer than ``factor`` nodes may simply not
+    have heard the other candidates yet; joining at once would make it the leader of
+    a set of one beside another such leader elsewhere. So a short set must stay
+    unchanged for a settle window (upstream: two announce windows) before the node
+    joins it; a full set is joined at once, and a node that is no longer in the set
+    leaves at once (it goes Idle and stores nothing more).
+
+Rate limit (:class:`AnnounceLimiter`)
+    A node broadcasts at most one announcement per ``min_announce_interval``
+    (``MeshNodeConfig``, default 10 s, upstream's ``with_min_announce_interval``);
+    changes inside the window update the local view at once and go out together at
+    the window's end (upstream's trailing flush), so the last state is never lost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from netmesh.config import MAX_REPLICATION_FACTOR
+from netmesh.errors import DecodeError
+
+if TYPE_CHECKING:
+    from netmesh.config import PlacementStrategy
+
+#: MeshNode stream of capability announcements
+CAPABILITY_STREAM = "redex-cap"
+WIRE_VERSION = 1
+MAX_U64 = (1 << 64) - 1
+#: the most channels, chains or metadata entries one announcement may carry
+MAX_ENTRIES = 65536
+#: a short set must stay unchanged this many announce windows before a node joins it
+SETTLE_WINDOWS = 2.0
+
+
+# ------------------------------------------------------------------ announcements
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What one node tells the others about itself.
+
+    node_id: the sender (u64). incarnation: the sender's start stamp (u64, larger
+    for a later life). version: grows by one per change within an incarnation.
+    channels: names of the channels it has open with standard or colocation_strict
+    placement (its candidacy). chains: the chains it holds (colocation keys).
+    metadata: free-form placement metadata, sorted ``(key, value)`` pairs.
+    """
+
+    node_id: int
+    incarnation: int = 0
+    version: int = 0
+    channels: frozenset[str] = frozenset()
+    chains: frozenset[str] = frozenset()
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(incarnation, version)``: a larger order replaces a smaller one."""
+        return (self.incarnation, self.version)
+
+    def newer_than(self, other: Announcement | None) -> bool:
+        """True if this announcement replaces ``other`` (None: nothing known)."""
+        return other is None or self.order > other.order
+
+    @property
+    def empty(self) -> bool:
+        """Announces nothing (no candidacy, no chain, no metadata)."""
+        return not (self.channels or self.chains or self.metadata)
+
+    def metadata_dict(self) -> dict[str, str]:
+        return dict(self.metadata)
+
+
+def sorted_metadata(metadata: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``metadata`` as the canonical sorted pairs an :class:`Announcement` holds."""
+    return tuple(sorted((str(k), str(v)) for k, v in metadata.items()))
+
+
+def encode(a: Announcement) -> bytes:
+    """One msgpack array ``[version, node_id, incarnation, version, channels, chains,
+    metadata]`` (lists sorted, so equal announcements encode equally)."""
+    body = [
+        WIRE_VERSION,
+        a.node_id,
+        a.incarnation,
+        a.version,
+        sorted(a.channels),
+        sorted(a.chains),
+        [list(kv) for kv in a.metadata],
+    ]
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+def _u64(v: Any, what: str) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_U64:
+        raise DecodeError(f"announcement {what} is not a u64")
+    return v
+
+
+def _strings(v: Any, what: str) -> frozenset[str]:
+    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
+        raise DecodeError(f"announcement {what} is not a list of strings")
+    if not all(type(s) is str for s in v):
+        raise DecodeError(f"announcement {what} holds a non-string")
+    return frozenset(v)
+
+
+def decode(data: bytes, from_id: int | None = None) -> Announcement:
+    """Parse an announcement; ``from_id``: the authenticated sender, which must be
+    the node the announcement names.
+
+    Raises:
+        DecodeError: garbage, an unknown version, a wrong shape or type, or a node id
+            other than ``from_id``.
+    """
+    try:
+        body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack announcement: {type(exc).__name__}") from None
+    if not isinstance(body, list) or len(body) != 7:
+        raise DecodeError("announcement is not a 7-element array")
+    if body[0] != WIRE_VERSION:
+        raise DecodeError(f"unknown announcement version {body[0]!r}")
+    node_id = _u64(body[1], "node_id")
+    if from_id is not None and node_id != from_id:
+        raise DecodeError(f"announcement names node {node_id:#x}, sent by {from_id:#x}")
+    meta = body[6]
+    if not isinstance(meta, list) or len(meta) > MAX_ENTRIES:
+        raise DecodeError("announcement metadata is not a list of pairs")
+    pairs: list[tuple[str, str]] = []
+    for kv in meta:
+        if not (isinstance(kv, list) and len(kv) == 2 and all(type(x) is str for x in kv)):
+            raise DecodeError("announcement metadata holds a non-(str, str) pair")
+        pairs.append((kv[0], kv[1]))
+    return Announcement(
+        node_id=node_id,
+        incarnation=_u64(body[2], "incarnation"),
+        version=_u64(body[3], "version"),
+        channels=_strings(body[4], "channels"),
+        chains=_strings(body[5], "chains"),
+        metadata=tuple(sorted(dict(pairs).items())),
+    )
+
+
+# ------------------------------------------------------------------ resolution
+
+
+def eligible(strategy: PlacementStrategy, channel: str, a: Announcement) -> bool:
+    """Whether the node that sent ``a`` is a candidate for ``channel``: it announced
+    the channel and, for ``colocation_strict(key)``, the chain ``key``."""
+    if channel not in a.channels:
+        return False
+    if strategy.kind == "colocation_strict":
+        return strategy.key is not None and strategy.key in a.chains
+    return True
+
+
+def resolve(
+    strategy: PlacementStrategy,
+    factor: int,
+    channel: str,
+    announcements: Iterable[Announcement],
+) -> tuple[int, ...]:
+    """The replica set of ``channel`` (sorted node ids) given every node's latest
+    announcement (the local node's own included). See the module docstring.
+
+    ``factor`` is capped to 1..16 (``MAX_REPLICATION_FACTOR``). Pinned placement
+    ignores ``factor`` and the announcements.
+    """
+    if strategy.kind == "pinned":
+        return tuple(sorted(set(strategy.nodes)))
+    factor = min(max(1, factor), MAX_REPLICATION_FACTOR)
+    candidates = sorted({a.node_id for a in announcements if eligible(strategy, channel, a)})
+    return tuple(candidates[:factor])
+
+
+def resolve_ids(
+    strategy: PlacementStrategy,
+    factor: int,
+    opened: Iterable[int],
+    chains: Mapping[int, Iterable[str]] | None = None,
+) -> tuple[int, ...]:
+    """:func:`resolve` from plain sets: ``opened`` the node ids that opened the
+    channel, ``chains`` node id -> chains it holds (for ``colocation_strict``)."""
+    chains = chains or {}
+    anns = [
+        Announcement(n, channels=frozenset({"c"}), chains=frozenset(chains.get(n, ())))
+        for n in set(opened)
+    ]
+    return resolve(strategy, factor, "c", anns)
+
+
+# ------------------------------------------------------------------ joining
+
+
+@dataclass(frozen=True)
+class Change:
+    """Apply now: run the channel with ``members`` (None: leave, stay Idle)."""
+
+    members: tuple[int, ...] | None
+
+
+@dataclass
+class ChannelPlacement:
+    """When one node acts on the sets it resolves for one channel.
+
+    ``update(resolved, now)`` returns a :class:`Change` to apply now (and records it
+    as applied), a float (re-call ``update`` at that time: a short set is settling)
+    or None (nothing to do). Times are seconds on any monotonic clock.
+
+    Args:
+        self_id: this node.
+        factor: the channel's replication factor.
+        settle_window: how long a short set must stay unchanged before this node
+            joins it (:data:`SETTLE_WINDOWS` x ``min_announce_interval``).
+    """
+
+    self_id: int
+    factor: int
+    settle_window: float
+    #: the members the channel runs with here (None: Idle, not a member)
+    applied: tuple[int, ...] | None = None
+    _candidate: tuple[int, ...] | None = field(default=None, repr=False)
+    _since: float = field(default=0.0, repr=False)
+
+    def update(self, resolved: tuple[int, ...], now: float) -> Change | float | None:
+        if self.self_id not in resolved:
+            self._candidate = None
+            if self.applied is None:
+                return None
+            self.applied = None
+            return Change(None)
+        if resolved == self.applied:
+            self._candidate = None
+            return None
+        if len(resolved) >= self.factor or self.settle_window <= 0:
+            return self._apply(resolved)
+        if resolved != self._candidate:
+            self._candidate, self._since = resolved, now
+        due = self._since + self.settle_window
+        if now >= due:
+            return self._apply(resolved)
+        return due
+
+    def _apply(self, members: tuple[int, ...]) -> Change:
+        self._candidate = None
+        self.applied = members
+        return Change(members)
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+@dataclass
+class AnnounceLimiter:
+    """At most one broadcast per ``min_interval`` seconds; changes inside the window
+    go out at its end (trailing edge). ``changed(now)`` marks the local state
+    changed; ``due_at()`` is when the pending broadcast may go (None: nothing
+    pending); ``sent(now)`` records a broadcast."""
+
+    min_interval: float
+    last_sent: float = -math.inf
+    pending: bool = False
+
+    def changed(self) -> None:
+        self.pending = True
+
+    def due_at(self) -> float | None:
+        if not self.pending:
+            return None
+        return self.last_sent + self.min_interval
+
+    def may_send(self, now: float) -> bool:
+        due = self.due_at()
+        return due is not None and now >= due
+
+    def sent(self, now: float) -> None:
+        self.last_sent = now
+        self.pending = False

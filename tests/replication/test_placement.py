@@ -1,0 +1,184 @@
+"""Placement resolution, announcements, joining and the announce rate limit (pure:
+netmesh.replication.placement; issue 13 §4)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netmesh.config import MeshNodeConfig, PlacementStrategy, ReplicationConfig
+from netmesh.errors import ConfigError, DecodeError
+from netmesh.replication.placement import (
+    AnnounceLimiter,
+    Announcement,
+    Change,
+    ChannelPlacement,
+    decode,
+    encode,
+    resolve,
+    resolve_ids,
+)
+
+STD = PlacementStrategy.standard()
+ids = st.integers(min_value=1, max_value=(1 << 64) - 1)
+
+
+def ann(node: int, *channels: str, chains: tuple[str, ...] = (), version: int = 1) -> Announcement:
+    return Announcement(node, 7, version, frozenset(channels), frozenset(chains))
+
+
+# -- resolution ---------------------------------------------------------------------
+
+
+def test_standard_takes_the_factor_lowest_ids_among_the_openers() -> None:
+    anns = [ann(30, "ch"), ann(10, "ch"), ann(20, "ch"), ann(5, "other")]
+    assert resolve(STD, 2, "ch", anns) == (10, 20)
+    assert resolve(STD, 3, "ch", anns) == (10, 20, 30)
+    assert resolve(STD, 5, "ch", anns) == (10, 20, 30)  # fewer candidates than factor
+    assert resolve(STD, 2, "nobody", anns) == ()
+    assert resolve_ids(STD, 2, [30, 10, 20]) == (10, 20)
+
+
+@given(st.sets(ids, min_size=1, max_size=20), st.integers(1, 16), st.randoms())
+def test_standard_is_the_same_set_whatever_the_order_of_the_view(
+    opened: set[int], factor: int, rnd: object
+) -> None:
+    anns = [ann(n, "ch") for n in opened]
+    view = list(anns)
+    rnd.shuffle(view)  # type: ignore[attr-defined]
+    got = resolve(STD, factor, "ch", view)
+    assert got == resolve(STD, factor, "ch", anns) == tuple(sorted(opened)[:factor])
+    assert len(got) == min(factor, len(opened))
+
+
+def test_non_openers_are_never_members() -> None:
+    anns = [ann(1), ann(2, "ch"), ann(3, "ch")]  # node 1 has the lowest id, no channel
+    assert resolve(STD, 2, "ch", anns) == (2, 3)
+
+
+def test_colocation_strict_only_holders_of_the_chain_even_below_the_factor() -> None:
+    strat = PlacementStrategy.colocation_strict("chain-a")
+    anns = [
+        ann(1, "ch", chains=("chain-a",)),
+        ann(2, "ch"),  # opened, no chain: never selected
+        ann(3, "ch", chains=("chain-b", "chain-a")),
+        ann(4, chains=("chain-a",)),  # the chain, but the channel is not open there
+    ]
+    assert resolve(strat, 3, "ch", anns) == (1, 3)
+    assert resolve(strat, 1, "ch", anns) == (1,)
+    assert resolve(PlacementStrategy.colocation_strict("none"), 3, "ch", anns) == ()
+    assert resolve_ids(strat, 3, [1, 2, 3], {1: ["chain-a"], 3: ["chain-a"]}) == (1, 3)
+
+
+def test_pinned_is_the_list_whatever_was_announced() -> None:
+    assert resolve(PlacementStrategy.pinned([9, 3]), 1, "ch", [ann(1, "ch")]) == (3, 9)
+
+
+def test_colocation_strict_config() -> None:
+    cfg = ReplicationConfig(placement=PlacementStrategy.colocation_strict("k"))
+    cfg.validate()
+    assert cfg.placement.key == "k" and cfg.effective_factor() == 3
+    with pytest.raises(ConfigError, match="chain key"):
+        ReplicationConfig(placement=PlacementStrategy.colocation_strict("")).validate()
+
+
+def test_min_announce_interval_config() -> None:
+    assert MeshNodeConfig(psk=bytes(32)).min_announce_interval == 10.0
+    MeshNodeConfig(psk=bytes(32), min_announce_interval=0.0).validate()
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="min_announce_interval"):
+            MeshNodeConfig(psk=bytes(32), min_announce_interval=bad).validate()
+
+
+# -- the wire -----------------------------------------------------------------------
+
+
+def test_announcement_round_trips() -> None:
+    a = Announcement(
+        0xDEADBEEF, 123, 4, frozenset({"a", "b/c"}), frozenset({"k"}), (("rack", "r1"),)
+    )
+    assert decode(encode(a), 0xDEADBEEF) == a
+    assert decode(encode(a)) == a
+    assert encode(a) == encode(Announcement(**a.__dict__))  # canonical bytes
+    assert Announcement(1).empty and not a.empty
+    assert a.metadata_dict() == {"rack": "r1"}
+
+
+def test_an_announcement_naming_another_node_is_refused() -> None:
+    with pytest.raises(DecodeError, match="sent by"):
+        decode(encode(ann(5, "ch")), 6)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xc1",
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb([2, 1, 0, 0, [], [], []]),  # unknown version
+        msgpack.packb([1, -1, 0, 0, [], [], []]),
+        msgpack.packb([1, 1, 0, 0, [3], [], []]),
+        msgpack.packb([1, 1, 0, 0, [], "x", []]),
+        msgpack.packb([1, 1, 0, 0, [], [], [["k"]]]),
+        msgpack.packb([1, 1, 0, 1.5, [], [], []]),
+    ],
+)
+def test_garbage_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(body)
+
+
+def test_newer_announcements_replace_older_ones() -> None:
+    old = Announcement(1, incarnation=5, version=9)
+    assert Announcement(1, 5, 10).newer_than(old)
+    assert Announcement(1, 6, 0).newer_than(old)  # a restarted node's first one
+    assert not Announcement(1, 5, 9).newer_than(old)
+    assert not Announcement(1, 4, 99).newer_than(old)
+    assert old.newer_than(None)
+
+
+# -- joining ------------------------------------------------------------------------
+
+
+def test_a_full_set_is_joined_at_once_and_left_at_once() -> None:
+    cp = ChannelPlacement(self_id=2, factor=2, settle_window=1.0)
+    assert cp.update((1, 2), 0.0) == Change((1, 2))
+    assert cp.update((1, 2), 0.1) is None  # unchanged: nothing to do
+    assert cp.update((1, 3), 0.2) == Change(None)  # displaced: Idle at once
+    assert cp.applied is None
+    assert cp.update((1, 3), 0.3) is None
+
+
+def test_a_short_set_must_settle_before_it_is_joined() -> None:
+    cp = ChannelPlacement(self_id=2, factor=3, settle_window=1.0)
+    assert cp.update((2,), 0.0) == 1.0  # alone: maybe the others are not heard yet
+    assert cp.update((2,), 0.5) == 1.0
+    assert cp.update((1, 2), 0.6) == 1.6  # changed: the window starts again
+    assert cp.update((1, 2), 1.6) == Change((1, 2))
+    assert cp.update((1, 2, 3), 2.0) == Change((1, 2, 3))  # full: at once
+    assert cp.update((1, 2), 2.1) == 3.1  # a member left: the short set settles first
+    assert cp.update((1, 2), 3.1) == Change((1, 2))
+
+
+def test_no_settle_window_joins_a_short_set_at_once() -> None:
+    assert ChannelPlacement(1, 3, 0.0).update((1,), 0.0) == Change((1,))
+
+
+# -- rate limit ---------------------------------------------------------------------
+
+
+def test_the_limiter_sends_at_most_once_per_window_and_never_loses_the_last_change() -> None:
+    lim = AnnounceLimiter(10.0)
+    assert lim.due_at() is None and not lim.may_send(0.0)
+    lim.changed()
+    assert lim.may_send(0.0)  # the first announcement goes at once
+    lim.sent(0.0)
+    lim.changed()
+    lim.changed()  # two changes inside the window...
+    assert lim.due_at() == 10.0 and not lim.may_send(9.9)
+    assert lim.may_send(10.0)  # ...go out together at its end
+    lim.sent(10.0)
+    assert lim.due_at() is None
+    lim.changed()
+    assert lim.may_send(25.0)  # a change after a quiet window goes at once
