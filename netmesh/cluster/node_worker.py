@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -80,6 +81,7 @@ from netmesh.errors import (
 )
 from netmesh.identity import EntityKeypair
 from netmesh.link.node import MeshNode
+from netmesh.log.commit import GroupCommitter
 from netmesh.log.file import RedexFile
 from netmesh.replication.registry import Redex
 from netmesh.replication.roles import ReplicaRole
@@ -212,6 +214,7 @@ class NodeService:
         self.writer = writer
         self.node: MeshNode | None = None
         self.redex = Redex()
+        self.group_commit = GroupCommitter()  # the node's fsync rounds (netmesh.log.commit)
         self.spec: dict[str, Any] = {}
         self.drainers: dict[str, RingDrainer] = {}
         self.pumps: dict[str, SubscriptionPump] = {}
@@ -343,7 +346,9 @@ class NodeService:
         if set(opts) - FILE_OPTIONS:
             raise ConfigError(f"unknown channel options {sorted(set(opts) - FILE_OPTIONS)}")
         cfg = RedexFileConfig(path=path, replication=replication_from_dict(replication), **opts)
-        return self.redex.open_file(name, cfg).next_seq
+        f = self.redex.open_file(name, cfg)
+        f.use_group_commit(self.group_commit)  # fsync="batch": one fsync round per turn
+        return f.next_seq
 
     def op_close_channel(self, name: str) -> None:
         self.redex.close_file(name)
@@ -406,6 +411,7 @@ class NodeService:
         majority holds the events (the ring path's rule, :meth:`release_acks`): NotLeader
         if leadership is lost first, NodeUnresponsive if no commit within ``wait_s``."""
         first = self.redex.append(channel, payloads)
+        await self._durable(channel, first + len(payloads), wait_s)
         needed = self.redex.commit_target(channel, first + len(payloads) - 1)
         if needed < 0 or not payloads:
             return first
@@ -430,6 +436,26 @@ class NodeService:
             coord = self.redex.replication_coordinator_for(channel)
             raise NotLeader(channel, None if coord is None else coord.leader_id)
         return first
+
+    async def _durable(self, channel: str, seq_exclusive: int, wait_s: float) -> None:
+        """Wait until the channel's file holds ``[0, seq_exclusive)`` durably (group
+        commit); StorageFailed if its fsync failed, NodeUnresponsive after ``wait_s``."""
+        f = self._file(channel)
+        if f.durable_seq >= seq_exclusive:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        f.when_durable(seq_exclusive, wake)
+        try:
+            await asyncio.wait_for(done, wait_s)
+        except TimeoutError:
+            raise NodeUnresponsive(f"{channel}: not durable within {wait_s}s") from None
+        if f.durable_seq < seq_exclusive:
+            raise f.failed or NodeUnresponsive(f"{channel}: closed before its fsync")
 
     def op_next_seq(self, channel: str) -> int:
         return self._file(channel).next_seq
@@ -600,6 +626,13 @@ class NodeService:
                     return
                 if state is None:  # leadership lost before a majority held them
                     last, reason = None, REFUSED_NOT_LEADER
+            if last is not None:  # group commit: acknowledged = durable
+                f = self.redex.get_file(drainer.channel)
+                if f is not None and f.durable_seq <= last:
+                    if f.failed is None and not f.closed:
+                        f.when_durable(last + 1, functools.partial(self.release_acks, drainer))
+                        return
+                    last, reason = None, REFUSED_STORE_FAILED
             pending.popleft()
             drainer.count += n
             if last is None:
@@ -627,6 +660,8 @@ class NodeService:
             "counters": {
                 **self.counters,
                 "metrics_pages_dropped": self.page.dropped if self.page else 0,
+                "fsync_rounds": self.group_commit.rounds,
+                "fsyncs": self.group_commit.fsyncs,
             },
             "rings": {
                 n: {"events": d.count, "used_bytes": d.ring.used_bytes()}
@@ -680,6 +715,7 @@ class NodeService:
         for d in self.drainers.values():
             d.detached = True
         self.redex.close()  # releases quorum waiters; detached drainers ack nothing
+        self.group_commit.close()
         for d in self.drainers.values():
             d.stop()  # each thread unmaps its ring within 0.2 s
         pumps = list(self.pumps.values())

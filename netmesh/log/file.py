@@ -25,7 +25,11 @@ FAILED state (logged once, :attr:`RedexFile.failed`); every later write raises
 Truncation works on the open descriptor (``ftruncate``), disk first, then memory.
 
 Durability per ``fsync`` policy: ``"batch"`` fdatasyncs before ``append``/
-``append_batch`` return (an acknowledged event survives a power cut); ``"interval"``
+``append_batch`` return (an acknowledged event survives a power cut), or, with a node's
+group commit (:meth:`RedexFile.use_group_commit`, :mod:`netmesh.log.commit`), in one
+fsync round per loop turn off the event loop: appends return once written and
+:attr:`RedexFile.durable_seq` / :meth:`RedexFile.when_durable` gate acknowledgements;
+``"interval"``
 fdatasyncs on the first append at least ``fsync_interval_s`` after the previous sync
 (and on close); ``"never"`` leaves it to the OS (survives a process crash, not a
 machine crash).
@@ -39,6 +43,7 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import heapq
 import logging
 import os
 import struct
@@ -65,6 +70,7 @@ from netmesh.errors import (
     Truncated,
 )
 from netmesh.log import record
+from netmesh.log.commit import GroupCommitter
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +191,20 @@ class RedexFile:
         self._tails: set[asyncio.Event] = set()
         self._producers: dict[int, tuple[int, int]] | None = None  # built on first use
         self._producers_at = -1
+        # group commit (netmesh.log.commit): the writes below _durable are fdatasynced
+        self._committer: GroupCommitter | None = None
+        self._durable = 0
+        self._sync_gen = 0  # bumped when the log is cut: an older round's seq is stale
+        self._durable_waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._durable_no = 0
+        self._durable_listeners: list[Callable[[], None]] = []
         if self.config.path is not None:
             try:
                 self._recover(self.config.path)
             except BaseException:
                 self._release()
                 raise
+        self._durable = self._next_seq
 
     # -- reading ---------------------------------------------------------------------
     @property
@@ -565,7 +579,10 @@ class RedexFile:
         if dropped <= 0:
             return 0
         if self._persisted:
-            self._guarded(self._truncate_disk, seq)
+            self._guarded(self._truncate_disk, seq)  # fdatasyncs the cut segment
+            self._sync_gen += 1
+            self._durable = min(self._durable, seq)
+            self._set_durable(seq)
             while self._cache_head < len(self._cache_seqs) and self._cache_seqs[-1] >= seq:
                 self._cache_bytes -= sum(map(len, self._cache.pop()))
                 self._cache_seqs.pop()
@@ -600,7 +617,10 @@ class RedexFile:
         old_next = self._next_seq
         if self._persisted:
             self._guarded(self._reset_disk, first_seq, prev_term)
+            self._sync_gen += 1
         self._restart_memory(first_seq, prev_term)
+        self._durable = min(self._durable, first_seq)
+        self._set_durable(first_seq)
         self._truncations.append(min(old_next, first_seq))
         self._wake_tails()
 
@@ -674,6 +694,7 @@ class RedexFile:
             self._check_writable()
             self._guarded(os.fdatasync, self._fd)
             self._last_sync = time.monotonic()
+            self._set_durable(self._next_seq)
 
     def close(self) -> None:
         """Sync and close; idempotent. Later appends raise Closed."""
@@ -684,8 +705,97 @@ class RedexFile:
         try:
             if self._fd >= 0 and self._failed is None:
                 os.fdatasync(self._fd)
+                self._set_durable(self._next_seq)
         finally:
             self._release()
+            self._release_durable_waiters()
+
+    # -- group commit (netmesh.log.commit) ---------------------------------------------
+    def use_group_commit(self, committer: GroupCommitter | None) -> None:
+        """Share ``committer``'s fsync rounds (persisted ``fsync="batch"`` files; others
+        ignore it). Appends then return once written, BEFORE their fdatasync, which
+        runs off the event loop; :attr:`durable_seq` and :meth:`when_durable` say when
+        they are durable, and whoever acknowledges them must wait for that (the node
+        does: producer acks, a follower's SyncAck). ``None`` goes back to one
+        fdatasync per append (after syncing what is pending). Loop thread only."""
+        if not self._persisted or self.config.fsync != "batch" or self._closed:
+            return
+        if committer is None and self._committer is not None and self._failed is None:
+            self._committer = None
+            self.sync()
+        self._committer = committer
+
+    @property
+    def durable_seq(self) -> int:
+        """Events below this seq are as durable as the ``fsync`` policy makes them:
+        ``next_seq``, except under group commit while an fsync round is pending."""
+        return self._durable if self._committer is not None else self._next_seq
+
+    def when_durable(self, seq_exclusive: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) once ``durable_seq >= seq_exclusive`` or the
+        file failed or closed (the callback checks :attr:`failed`); at once if so."""
+        if self.durable_seq >= seq_exclusive or self._failed is not None or self._closed:
+            callback()
+            return
+        self._durable_no += 1
+        heapq.heappush(self._durable_waiters, (seq_exclusive, self._durable_no, callback))
+
+    def add_durable_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever :attr:`durable_seq` advances or the file fails."""
+        self._durable_listeners.append(callback)
+
+    def remove_durable_listener(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._durable_listeners.remove(callback)
+
+    def _sync_job(self) -> tuple[int, int, int] | None:
+        """For a group commit round: (dup'd descriptor, seq written, generation)."""
+        if self._closed or self._failed is not None or self._fd < 0:
+            return None
+        if self._durable >= self._next_seq:
+            return None
+        try:
+            fd = os.dup(self._fd)
+        except OSError as exc:
+            self._fail(exc)
+            return None
+        return fd, self._next_seq, self._sync_gen
+
+    def _synced(self, target: int, generation: int, error: OSError | None) -> None:
+        """A group commit round ended for this file (loop thread)."""
+        if self._closed:
+            return
+        if error is not None:
+            self._fail(error)  # fail-stop: never retried (the dirty pages may be gone)
+            return
+        if generation == self._sync_gen and self._failed is None:
+            self._set_durable(min(target, self._next_seq))
+
+    def _set_durable(self, seq: int) -> None:
+        if seq <= self._durable:
+            return
+        self._durable = seq
+        waiters = self._durable_waiters
+        if waiters and waiters[0][0] <= seq:
+            ready = []
+            while waiters and waiters[0][0] <= seq:
+                ready.append(heapq.heappop(waiters)[2])
+            self._run_durable_callbacks(ready)
+        if self._durable_listeners:
+            self._run_durable_callbacks(list(self._durable_listeners))
+
+    def _release_durable_waiters(self) -> None:
+        """Closed or failed: every waiter runs now (and checks ``failed``)."""
+        ready = [cb for _, _, cb in sorted(self._durable_waiters)]
+        self._durable_waiters.clear()
+        self._run_durable_callbacks(ready + list(self._durable_listeners))
+
+    def _run_durable_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:  # one bad waiter must not strand the others
+                log.exception("%s: durability callback failed", self.name)
 
     def _release(self) -> None:
         for seg in self._segments:
@@ -714,6 +824,7 @@ class RedexFile:
             self._failed = StorageFailed(self.name, exc)
             log.error("%s: storage failed, file stopped until reopened: %s", self.name, exc)
             self._wake_tails()
+            self._release_durable_waiters()
         return self._failed
 
     # -- retention -------------------------------------------------------------------
@@ -779,7 +890,7 @@ class RedexFile:
             while written < len(buf):
                 written += os.write(self._fd, view[written:])
             policy = self.config.fsync
-            if policy == "batch" or (
+            if (policy == "batch" and self._committer is None) or (
                 policy == "interval"
                 and time.monotonic() - self._last_sync >= self.config.fsync_interval_s
             ):
@@ -790,6 +901,8 @@ class RedexFile:
                 os.ftruncate(self._fd, seg.size)
             raise self._fail(exc) from exc
         seg.size += written
+        if self._committer is not None:
+            self._committer.mark(self)  # fdatasynced by the round of this loop turn
 
     def _recover(self, directory: str) -> None:
         try:
@@ -1000,6 +1113,7 @@ class RedexFile:
         self._fd = fd
         self._segments.append(_Segment(first_seq, path, record.FILE_HEADER_SIZE))
         self._seg_firsts.append(first_seq)
+        self._set_durable(self._next_seq)  # the old segment was synced before the roll
 
     def _delete_old_segments(self) -> None:
         # a segment may go once the next one starts at or below the first retained seq;

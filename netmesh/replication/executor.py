@@ -52,7 +52,17 @@ Rules:
    ``resyncs``. (The coordinator has already planned the outputs after a Truncate on
    the truncated log, so it is told only when the log disagrees: telling it the
    intermediate end would undo the Apply that follows.)
-3. **Crash points.** ``hooks.crash_point(when, out)`` is asked before (``"before"``)
+3. **Durability before acknowledgement** (Raft §5.3: a follower answers only after its
+   log is on stable storage; etcd sends a Ready's messages after persisting its
+   entries). A storage that writes before it syncs (group commit: ``durable_seq`` below
+   ``next_seq`` for a moment, see :mod:`netmesh.log.commit`) makes the executor hold
+   every Send that claims a durable log position -- an ``Ack`` and the ``tail_seq`` of
+   a non-leader ``Heartbeat`` -- until ``durable_seq`` reaches it; held Sends leave in
+   order when the storage calls back (``watch_durable``). Other Sends (a SyncRequest
+   for the next chunk) go at once, so catch-up overlaps the fsync. A failed sync fails
+   the executor (rule 1) and drops what it held. A storage without ``durable_seq`` is
+   durable when a call returns.
+4. **Crash points.** ``hooks.crash_point(when, out)`` is asked before (``"before"``)
    and after (``"after"``) every output. ``True`` means the process died there: the
    executor stops for good (``crashed``), leaving storage exactly as a power cut at
    that boundary would. The simulation places crashes at every output boundary
@@ -79,7 +89,8 @@ from netmesh.replication.coordinator import (
     ServeSync,
     Truncate,
 )
-from netmesh.replication.messages import Message
+from netmesh.replication.messages import Ack, Heartbeat, Message
+from netmesh.replication.roles import ReplicaRole
 
 #: events read per ServeSync before trimming to ``max_bytes``
 READ_CHUNK = 4096
@@ -200,7 +211,13 @@ class OutputExecutor:
         self.resyncs = 0
         self.behind_retention = 0
         self.gaps_unfilled = 0
+        #: Sends waiting for durability (rule 3): (durable seq needed, send), in order
+        self._held: deque[tuple[int, Send]] = deque()
+        self.held_total = 0
         storage.set_retention_floor(coord.retention_floor)
+        watch = getattr(storage, "watch_durable", None)
+        if watch is not None:
+            watch(self.durable_advanced)
 
     @property
     def stopped(self) -> bool:
@@ -236,7 +253,16 @@ class OutputExecutor:
         """Do one output; return the outputs it produced (to run next)."""
         storage = self.storage
         if isinstance(out, Send):
-            self.send(out.to, out.msg)
+            need = _claims_durable(out.msg)
+            if self._held or (need is not None and need > _durable(storage)):
+                if need is None:
+                    self.send(out.to, out.msg)  # claims nothing: no need to wait
+                else:
+                    self._held.append((need, out))
+                    self.held_total += 1
+                    self.durable_advanced()
+            else:
+                self.send(out.to, out.msg)
         elif isinstance(out, Apply):
             self.hooks.on_apply(out)
             _store(storage.append, out.first_seq, out.payloads, out.term)
@@ -286,6 +312,25 @@ class OutputExecutor:
             n += 1
         return self.coord.serve(out, payloads[:n], self.clock())
 
+    def durable_advanced(self) -> None:
+        """The storage's ``durable_seq`` moved (or it failed): send the held Sends it
+        now covers, in order (rule 3); a failed storage stops the executor."""
+        held = self._held
+        if not held:
+            return
+        if self.stopped:
+            held.clear()
+            return
+        failed = getattr(self.storage, "failed", None)
+        if failed is not None:
+            held.clear()
+            self._fail(failed, None)
+            return
+        durable = _durable(self.storage)
+        while held and held[0][0] <= durable:
+            out = held.popleft()[1]
+            self.send(out.to, out.msg)
+
     def fail(self, exc: BaseException) -> None:
         """Storage failed outside the executor (the shell's own append path): stop the
         same way (rule 1). No-op once stopped."""
@@ -294,11 +339,26 @@ class OutputExecutor:
 
     def _fail(self, exc: BaseException, out: Output | None) -> None:
         self.failed = exc
+        self._held.clear()  # nothing claims durability after a failed storage
         self.storage_errors += 1
         self.hooks.on_failed(exc, out)
         for note in self.coord.storage_failed(self.clock()):
             if isinstance(note, RoleChanged):
                 self.hooks.on_role(note)
+
+
+def _claims_durable(msg: Message) -> int | None:
+    """The log position ``msg`` tells its receiver is durable here, or None (rule 3)."""
+    if isinstance(msg, Ack):
+        return msg.tail_seq
+    if isinstance(msg, Heartbeat) and msg.role is not ReplicaRole.LEADER:
+        return msg.tail_seq
+    return None
+
+
+def _durable(storage: LogStorage) -> int:
+    d: int | None = getattr(storage, "durable_seq", None)
+    return storage.next_seq if d is None else d
 
 
 class _StorageError(Exception):

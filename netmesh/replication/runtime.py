@@ -135,6 +135,7 @@ class ChannelMetrics:
     behind_retention_total: int = 0
     output_errors_total: int = 0
     storage_errors_total: int = 0
+    elections_withheld_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -194,6 +195,19 @@ class FileStorage:
     @property
     def next_seq(self) -> int:
         return self.file.next_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Events below it are fdatasynced (group commit; executor rule 3)."""
+        return self.file.durable_seq
+
+    @property
+    def failed(self) -> StorageFailed | None:
+        return self.file.failed
+
+    def watch_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever ``durable_seq`` advances or the file fails."""
+        self.file.add_durable_listener(callback)
 
     @property
     def epochs(self) -> tuple[Epoch, ...]:

@@ -1,0 +1,195 @@
+"""Storage-layer figures (issue 15 §3/§5, issue 17 §3): run against any netmesh tree.
+
+``python -m benchmarks.storage_bench quorum|catchup|reopen|inproc [--quick]`` prints one
+JSON line per figure. Before/after comparisons run the same script twice in the same
+session, once with ``PYTHONPATH=<old tree>`` (worker processes inherit it), so only
+same-run ratios are compared (the machine is shared; absolute figures mean little).
+
+* ``quorum``: factor 3, ``ack="quorum"``, ``data_dir`` (fsync="batch"), 64 B events,
+  one flush per 500; one producer on one channel, then ``--channels`` producers
+  (threads) on as many channels at once: quorum-acknowledged events/s.
+* ``catchup``: factor 2 with ``data_dir``; the replica is killed, the leader appends
+  ``--mb`` MB of 1 KiB and 16 KiB events, the replica restarts: payload MB/s until it
+  holds them all, with the budget lifted and with the default budget.
+* ``reopen``: a persisted file of ``--events`` 64 B events (batches of 64), closed,
+  then reopened: seconds.
+* ``inproc``: ``RedexFile.append`` single event in memory, events/s, next to the
+  net-mesh wheel's when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+
+def _emit(**fig: Any) -> None:
+    print(json.dumps(fig), flush=True)
+
+
+def bench_quorum(seconds: float, channels: int) -> None:
+    from netmesh.cluster.cluster import Cluster
+    from netmesh.config import ReplicationConfig
+
+    every = 500
+    chunk = [b"x" * 64] * every
+    tmp = tempfile.mkdtemp(prefix="nm-q-")
+    try:
+        with Cluster(nodes=3, heartbeat_ms=150, data_dir=tmp) as c:
+            names = [f"bench/q{i}" for i in range(channels)]
+            for name in names:
+                c.open_channel(
+                    name,
+                    ReplicationConfig(
+                        factor=3, heartbeat_ms=150, ack="quorum", leader_pinned=c.node_ids[0]
+                    ),
+                )
+            for name in names:
+                c.wait_until(lambda n=name: c.leader(n) == 0, timeout=20, message="leader")
+
+            def run(name: str, out: list[float]) -> None:
+                with c.producer(0, name) as p:
+                    p.append_batch(chunk)
+                    p.flush(timeout=30)  # warm-up: every replica streams
+                    n = 0
+                    t0 = time.perf_counter()
+                    while time.perf_counter() - t0 < seconds:
+                        p.append_batch(chunk)
+                        p.flush(timeout=30)
+                        n += every
+                    out.append(n / (time.perf_counter() - t0))
+
+            one: list[float] = []
+            run(names[0], one)
+            _emit(figure="quorum_eps_1ch", value=one[0])
+            many: list[float] = []
+            threads = [threading.Thread(target=run, args=(n, many)) for n in names]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            _emit(figure=f"quorum_eps_{channels}ch_total", value=sum(many))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_catchup(mb: int, size: int, budget: bool) -> None:
+    from netmesh.cluster.cluster import Cluster
+    from netmesh.config import ReplicationConfig
+
+    n = mb * 1_000_000 // size
+    tmp = tempfile.mkdtemp(prefix="nm-c-")
+    try:
+        with Cluster(nodes=2, heartbeat_ms=150, data_dir=tmp) as c:
+            cfg = ReplicationConfig(factor=2, heartbeat_ms=150, leader_pinned=c.node_ids[0])
+            if not budget:
+                cfg = dataclasses.replace(cfg, nic_peak_bytes_per_s=10**12)
+            # fsync "never" while filling (the figure is the catch-up, not the fill)
+            c.open_channel("bench/c", cfg, cache_bytes=1 << 20)
+            c.wait_until(lambda: c.leader("bench/c") == 0, timeout=20, message="leader")
+            c.kill(1)
+            batch = max(1, (256 << 10) // size)
+            payload = os.urandom(size)
+            with c.producer(0, "bench/c") as p:
+                done = 0
+                while done < n:
+                    k = min(batch, n - done)
+                    p.append_batch([payload] * k)
+                    done += k
+                p.flush(timeout=120)
+            c.restart(1)
+            t0 = time.perf_counter()
+            c.wait_until(
+                lambda: c.next_seq(1, "bench/c") >= n, timeout=900, interval=0.01, message="sync"
+            )
+            dt = time.perf_counter() - t0
+            _emit(
+                figure=f"catchup_mb_s_{size}B_{'budget' if budget else 'unbudgeted'}",
+                value=n * size / dt / 1e6,
+                seconds=dt,
+                mb=n * size / 1e6,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_reopen(events: int) -> None:
+    from netmesh.config import RedexFileConfig
+    from netmesh.log.file import RedexFile
+
+    tmp = tempfile.mkdtemp(prefix="nm-r-")
+    try:
+        cfg = RedexFileConfig(path=tmp, fsync="never")
+        f = RedexFile("bench/r", cfg)
+        chunk = [b"y" * 64] * 64
+        for _ in range(events // 64):
+            f.append_batch(chunk)
+        f.close()
+        t0 = time.perf_counter()
+        g = RedexFile("bench/r", cfg)
+        dt = time.perf_counter() - t0
+        assert g.next_seq == events // 64 * 64
+        g.close()
+        _emit(figure="reopen_s", value=dt, events=events)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_inproc(n: int, rounds: int) -> None:
+    from benchmarks import wheels
+
+    def ours() -> float:
+        return float(wheels.netmesh_rate(n, 64, 1))
+
+    def wheel() -> float | None:
+        try:
+            return float(wheels.wheel_inprocess(n, 64, 1))
+        except Exception:
+            return None
+
+    xs, ws = [], []
+    for _ in range(rounds):
+        xs.append(ours())
+        w = wheel()
+        if w is not None:
+            ws.append(w)
+    xs.sort()
+    ws.sort()
+    med = xs[len(xs) // 2]
+    wm = ws[len(ws) // 2] if ws else None
+    _emit(figure="inproc_append_eps", value=med, wheel=wm, ratio=(med / wm) if wm else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="storage_bench")
+    ap.add_argument("what", choices=["quorum", "catchup", "reopen", "inproc"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--mb", type=int, default=256)
+    ap.add_argument("--size", type=int, action="append")
+    ap.add_argument("--events", type=int, default=8_000_000)
+    a = ap.parse_args(argv)
+    if a.what == "quorum":
+        bench_quorum(1.5 if a.quick else a.seconds, a.channels)
+    elif a.what == "catchup":
+        for size in a.size or [1024, 16384]:
+            for budget in (False, True):
+                bench_catchup(32 if a.quick else a.mb, size, budget)
+    elif a.what == "reopen":
+        bench_reopen(500_000 if a.quick else a.events)
+    else:
+        bench_inproc(200_000 if a.quick else 1_000_000, 3 if a.quick else 5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
