@@ -18,7 +18,8 @@ AckMode = Literal["leader", "quorum"]
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
 MAX_REPLICATION_FACTOR = 16
-DEFAULT_NIC_PEAK_BYTES_PER_S = 125_000_000  # 1 Gbit/s, the reference's placeholder
+#: the NIC peak when ``"auto"`` finds no link speed (1 Gbit/s, the reference's placeholder)
+DEFAULT_NIC_PEAK_BYTES_PER_S = 125_000_000
 
 
 class DefaultInt(int):
@@ -88,7 +89,12 @@ class ReplicationConfig:
         pinned set).
     replication_budget_fraction: share of ``nic_peak_bytes_per_s`` the leader may spend
         answering SyncRequests, in (0, 1].
-    nic_peak_bytes_per_s: assumed NIC capacity for the budget.
+    nic_peak_bytes_per_s: NIC capacity in bytes/s the budget is a share of (its burst
+        is one second of budget). ``"auto"`` (default): what the OS reports for the
+        interface the node is bound to (``/sys/class/net/<iface>/speed``), unlimited
+        on loopback, ``DEFAULT_NIC_PEAK_BYTES_PER_S`` (125 MB/s) when the speed is
+        unknown (:mod:`netmesh.replication.nic`); ``None``: unlimited (no budget); a
+        positive int: that many bytes/s.
     missed_heartbeats: heartbeats of silence before a replica becomes Candidate (>= 2).
     ack: ``"leader"`` (append returns once the leader holds it; availability first,
         elections need only reachable members) or ``"quorum"`` (append returns once a
@@ -101,7 +107,7 @@ class ReplicationConfig:
     placement: PlacementStrategy = field(default_factory=PlacementStrategy.standard)
     leader_pinned: int | None = None
     replication_budget_fraction: float = 0.5
-    nic_peak_bytes_per_s: int = DEFAULT_NIC_PEAK_BYTES_PER_S
+    nic_peak_bytes_per_s: int | Literal["auto"] | None = "auto"
     missed_heartbeats: int = 3
     ack: AckMode = "leader"
     sync_chunk_bytes: int = 256 * 1024
@@ -121,8 +127,15 @@ class ReplicationConfig:
         f = self.replication_budget_fraction
         if not (math.isfinite(f) and 0 < f <= 1):
             raise ConfigError(f"replication_budget_fraction must be in (0, 1], got {f}")
-        if self.nic_peak_bytes_per_s <= 0:
-            raise ConfigError("nic_peak_bytes_per_s must be positive")
+        peak = self.nic_peak_bytes_per_s
+        if (
+            peak is not None
+            and peak != "auto"
+            and (isinstance(peak, bool) or not isinstance(peak, int) or peak <= 0)
+        ):
+            raise ConfigError(
+                f"nic_peak_bytes_per_s must be a positive int, 'auto' or None: {peak!r}"
+            )
         if self.missed_heartbeats < 2:
             raise ConfigError(f"missed_heartbeats must be >= 2, got {self.missed_heartbeats}")
         if self.ack not in ("leader", "quorum"):

@@ -83,6 +83,7 @@ from netmesh.identity import EntityKeypair
 from netmesh.link.node import MeshNode
 from netmesh.log.commit import GroupCommitter
 from netmesh.log.file import RedexFile
+from netmesh.replication.nic import resolve_config
 from netmesh.replication.registry import Redex
 from netmesh.replication.roles import ReplicaRole
 from netmesh.ring.shm import ShmRing, unlink_ring
@@ -115,15 +116,20 @@ def replication_to_dict(cfg: ReplicationConfig | None) -> dict[str, Any] | None:
 
 
 class RingDrainer:
-    """Moves batches from one producer ring into a channel, acknowledging in order.
+    """Moves records from one producer ring into a channel, acknowledging in order.
 
-    A thread sleeps on the ring (no spinning) and hands each batch to the event loop;
-    at most ``SLOTS`` batches are in flight, so a slow node makes the ring fill and
-    the producer block (backpressure). A corrupt frame stops the drainer (logged and
-    counted in ``ring_errors``); the producer then times out.
+    The event loop takes the records itself (:meth:`NodeService.on_ring_ready`: one
+    ``get_batch`` per loop turn, every frame published so far, appended as one batch);
+    a thread only *waits* while the ring is empty (it sleeps on the ring's data
+    semaphore, no spinning) and then wakes the loop once. So while the producer keeps
+    the ring busy no thread hand-off happens at all, and a node slower than its
+    producer leaves frames in the ring: it fills and the producer blocks
+    (backpressure). A corrupt frame stops the drainer (logged and counted in
+    ``ring_errors``); the producer then times out.
     """
 
-    SLOTS = 4
+    #: records the loop takes from the ring per turn (one log append)
+    MAX_RECORDS = 1 << 14
 
     def __init__(self, service: NodeService, ring_name: str, channel: str) -> None:
         self.service = service
@@ -137,13 +143,11 @@ class RingDrainer:
         self.last_seq = 0  # seq of the last stored event acknowledged
         # (events, last seq or None if refused, commit_seq to wait for or -1, reason)
         self.pending: deque[tuple[int, int | None, int, int]] = deque()
-        # Batches travel thread -> loop through this deque; ``scheduled`` says a loop
-        # callback is pending. The loop clears it *before* draining and the thread
-        # appends *before* reading it, so no batch is left behind (both under the GIL).
-        self.batches: deque[list[bytes]] = deque()
-        self.scheduled = False
         self.detached = False
-        self._slots = threading.Semaphore(self.SLOTS)
+        # Set by the loop when it found the ring empty: the thread waits for data then;
+        # the thread clears it *before* waking the loop, so exactly one of them reads.
+        self._armed = threading.Event()
+        self._armed.set()
         self._stop = threading.Event()
         self._close_lock = threading.Lock()
         self._loop = asyncio.get_running_loop()
@@ -152,42 +156,35 @@ class RingDrainer:
 
     def _run(self) -> None:
         try:
-            self._drain_until_stopped()
+            self._wait_until_stopped()
         finally:
             if self._stop.is_set():
                 self._close_ring()  # detached: the loop no longer touches the ring
 
-    def _drain_until_stopped(self) -> None:
+    def _wait_until_stopped(self) -> None:
         ring = self.ring
         while not self._stop.is_set():
-            if not self._slots.acquire(timeout=0.2):
-                continue  # the loop is still busy with earlier batches
+            if not self._armed.wait(0.2):
+                continue  # the loop is taking records
             try:
-                batch = ring.get_batch(1 << 16, timeout=0.2)
-            except RingClosed:
-                self._slots.release()
+                ready = ring.wait_readable(0.2)
+            except RingClosed:  # the producer closed its end and everything was taken
                 return
-            except ValueError as exc:  # a corrupt frame: shared memory was scribbled on
-                self._slots.release()
-                self._loop.call_soon_threadsafe(self.service.on_ring_error, self, exc)
-                return
-            if batch:
-                self.batches.append(batch)
-                if not self.scheduled:  # wake the loop once per run of batches
-                    self.scheduled = True
-                    self._loop.call_soon_threadsafe(self.service.on_ring_batches, self)
-            else:
-                self._slots.release()
+            if ready and not self._stop.is_set():
+                self._armed.clear()
+                self._loop.call_soon_threadsafe(self.service.on_ring_ready, self)
 
-    def handled(self) -> None:
-        self._slots.release()
+    def rearm(self) -> None:
+        """Loop: the ring is empty; let the thread wait for the next frame."""
+        self._armed.set()
 
     def stop(self) -> None:
         """Stop the thread: wake it out of its waits, give it a moment to leave, and
         unmap the ring (the thread unmaps it itself if it is slower than that)."""
+        self.detached = True  # the loop takes nothing more from this ring
         self._stop.set()
         self.ring.interrupt()
-        self._slots.release()
+        self._armed.set()
         self._thread.join(0.05)
         if not self._thread.is_alive():
             self._close_ring()
@@ -345,7 +342,10 @@ class NodeService:
         opts = {"fsync": "never" if path is None else "batch", **(options or {})}
         if set(opts) - FILE_OPTIONS:
             raise ConfigError(f"unknown channel options {sorted(set(opts) - FILE_OPTIONS)}")
-        cfg = RedexFileConfig(path=path, replication=replication_from_dict(replication), **opts)
+        rep = replication_from_dict(replication)
+        if rep is not None and self.node is not None:  # an "auto" NIC peak: the bound link's
+            rep = resolve_config(rep, self.node.local_addr[0])
+        cfg = RedexFileConfig(path=path, replication=rep, **opts)
         f = self.redex.open_file(name, cfg)
         f.use_group_commit(self.group_commit)  # fsync="batch": one fsync round per turn
         return f.next_seq
@@ -539,12 +539,24 @@ class NodeService:
         asyncio.get_running_loop().call_soon(self._finish)
 
     # -- rings -----------------------------------------------------------------------
-    def on_ring_batches(self, drainer: RingDrainer) -> None:
-        """Loop side of the drainer: handle every batch queued so far."""
-        drainer.scheduled = False
-        batches = drainer.batches
-        while batches:
-            self.on_ring_batch(drainer, batches.popleft())
+    def on_ring_ready(self, drainer: RingDrainer) -> None:
+        """Loop side of the drainer: take what the ring holds (at most ``MAX_RECORDS``)
+        and append it; come back next loop turn while records keep coming (UDP, timers
+        and control requests run in between), else let the thread wait."""
+        if drainer.detached:
+            return
+        try:
+            batch = drainer.ring.get_batch(drainer.MAX_RECORDS, timeout=0)
+        except RingClosed:  # the producer closed its end: nothing more will come
+            return
+        except ValueError as exc:  # a corrupt frame: shared memory was scribbled on
+            self.on_ring_error(drainer, exc)
+            return
+        if not batch:
+            drainer.rearm()
+            return
+        self.on_ring_batch(drainer, batch)
+        asyncio.get_running_loop().call_soon(self.on_ring_ready, drainer)
 
     def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
         """Append one ring batch (loop thread); queue its acknowledgement.
@@ -553,7 +565,6 @@ class NodeService:
         a reason code, logged and counted; the node keeps running.
         """
         if drainer.detached:  # shutting down or detached: nobody awaits an ack
-            drainer.handled()
             return
         last: int | None = None
         needed, reason = -1, REFUSED_NONE
@@ -577,8 +588,6 @@ class NodeService:
             reason = REFUSED_STORE_FAILED
             if drainer.logged_reason != reason:
                 log.exception("ring %s: %d events could not be stored", drainer.name, len(batch))
-        finally:
-            drainer.handled()
         if reason != drainer.logged_reason and reason == REFUSED_NONE:
             log.info("ring %s: accepting events again", drainer.name)
         if reason != REFUSED_TOO_LARGE:  # a too-large batch says nothing of the next

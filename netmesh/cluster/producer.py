@@ -29,6 +29,7 @@ from netmesh.errors import (
     RingClosed,
     RingFull,
 )
+from netmesh.ring.layout import W_CONSUMER_CLOSED
 from netmesh.ring.shm import ShmRing
 
 # refusal reason codes in the ring's ACK_REASON word (node -> producer)
@@ -53,12 +54,15 @@ class Producer:
         self.refused_total = 0
         self._on_close = on_close
         self._closed = False
+        self._words = self.ring.header_words()  # the hot path reads CONSUMER_CLOSED itself
+        self._put = self.ring.put
 
     def append(self, payload: bytes, timeout: float | None = 10.0) -> None:
         """Queue one event. Raises PayloadTooLarge, Closed, RingFull (no room within
         ``timeout`` s), RingClosed (the node went away)."""
-        self._check(payload)
-        self.ring.put(payload, timeout)
+        if self._closed or len(payload) > self.max_payload or self._words[W_CONSUMER_CLOSED]:
+            self._check(payload)  # raises the error that applies
+        self._put(payload, timeout)
         self.sent += 1
 
     def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
@@ -74,8 +78,11 @@ class Producer:
         """
         if self._closed:
             raise Closed(f"producer for {self.channel!r} is closed")
-        if self.ring.consumer_closed():
+        if self._words[W_CONSUMER_CLOSED]:
             raise RingClosed(f"producer for {self.channel!r}: the node went away")
+        if self.ring.try_put_batch(payloads, timeout, self.max_payload):  # one known frame
+            self.sent += len(payloads)
+            return
         if not payloads:
             return
         biggest = max(map(len, payloads))
@@ -147,6 +154,7 @@ class Producer:
         if self._closed:
             return
         self._closed = True
+        self._words.release()
         self.ring.close()
         if self._on_close is not None:
             self._on_close(self)

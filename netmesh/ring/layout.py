@@ -18,9 +18,13 @@ position's offset in the data area is ``pos % capacity``.
 
 Data is a sequence of **frames**, one per ``put_batch`` chunk, each 8-byte aligned::
 
-    frame: total u32 | count u32 | count x length u32 | payloads... | zero pad to 8
+    frame: total u32 | count u32 | count x length u32 | payloads... | pad to 8
 
-``total`` covers the whole frame including padding. A frame may wrap around the end of
+``total`` covers the whole frame including padding (whose bytes are unspecified: a
+writer may leave what the ring held there). The part between the 8-byte frame head
+and the padding, ``lengths u32[count] | payloads``, is byte for byte the **body of a
+log batch record** (:mod:`netmesh.log.record`), so a frame can become a record
+without re-encoding. A frame may wrap around the end of
 the data area (it is then copied in two pieces); the 8-byte frame head never wraps
 because frames and capacity are 8-aligned. The producer publishes HEAD only after the
 whole frame is in place, so a consumer never sees a partial frame, even if the
@@ -96,6 +100,43 @@ def encode_single(payload: bytes) -> bytes:
 
 
 SINGLE_HEAD = struct.Struct("<III")  # total, count (= 1), length of the one payload
+
+
+class StructCache:
+    """Compiled ``struct.Struct`` per length signature, for one C call per frame.
+
+    A frame's payloads, given their lengths, unpack with one ``Struct("<64s64s...")``
+    (each a ``bytes``) or pack from the payloads the same way, instead of a Python
+    slice per event. ``key`` is the frame's lengths array as bytes (what the frame
+    itself holds). A struct is built on a signature's **second** sighting, so batches
+    whose lengths never repeat cost one dict look-up each, not a compile; at most
+    ``max_entries`` structs are kept (all dropped when full) and frames of more than
+    ``max_count`` records are never compiled.
+    """
+
+    def __init__(self, max_entries: int = 128, max_count: int = 4096) -> None:
+        self.max_entries = max_entries
+        self.max_count = max_count
+        self.structs: dict[bytes, struct.Struct] = {}
+        self._seen: set[bytes] = set()
+
+    def get(self, key: bytes) -> struct.Struct | None:
+        """The struct for lengths ``key`` (u32 array bytes), or None on its first sighting."""
+        st = self.structs.get(key)
+        if st is not None:
+            return st
+        if key not in self._seen:
+            if len(self._seen) >= self.max_entries:
+                self._seen.clear()
+            self._seen.add(key)
+            return None
+        lens = memoryview(key).cast("I")
+        if len(lens) > self.max_count:
+            return None
+        if len(self.structs) >= self.max_entries:
+            self.structs.clear()
+        st = self.structs[key] = struct.Struct("<" + "".join(map("{}s".format, lens)))
+        return st
 
 
 def decode_frame(frame: bytes) -> list[bytes]:

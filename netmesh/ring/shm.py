@@ -18,14 +18,25 @@ The producer's calls have ``_nowait`` twins that raise RingFull instead of waiti
 (the consumer's ``get_batch(timeout=0)`` never waits); batch calls move many records per frame, one
 memcpy and at most one semaphore post per batch. The creator owns the names and must
 ``unlink()`` them; both sides ``close()`` their mapping.
+
+Hot paths (issue 17 §3: per batch, not per event). ``put`` of a record that fits
+without wrapping is one Python frame: a header ``pack_into`` and one slice copy
+straight into shared memory. ``put_batch`` packs a whole frame with one compiled
+``struct`` per length signature (:class:`~netmesh.ring.layout.StructCache`) straight
+into the ring, and ``get_batch`` unpacks a frame's records with one C call, each
+record a ``bytes`` copied once out of shared memory. Frames that wrap around the end
+of the data area, and length signatures seen for the first time, take the general
+path (a frame built in memory, copied in up to two pieces).
 """
 
 from __future__ import annotations
 
 import contextlib
 import mmap
+import struct
 import threading
 import time
+from array import array
 from collections.abc import Sequence
 
 import posix_ipc
@@ -34,6 +45,8 @@ from netmesh.errors import PayloadTooLarge, RingClosed, RingFull
 from netmesh.ring import layout as L
 
 _fence_lock = threading.Lock()
+if (L.W_HEAD, L.W_CONSUMER_WAITING) != (8, 24):  # ShmRing.put spells them as literals
+    raise ImportError("netmesh.ring.layout header words moved; update ShmRing.put")
 _SAFETY_WAIT = 0.05  # a lost wake-up (should be impossible) costs at most this
 
 
@@ -75,6 +88,13 @@ class ShmRing:
         self.max_frame = L.max_frame(self.capacity)
         self._tail_seen = self._words[L.W_TAIL]  # producer's cached copy of TAIL
         self._pending: list[bytes] = []  # consumer: records decoded but not yet returned
+        self._pack_single = L.SINGLE_HEAD.pack_into
+        self._fence_acquire = _fence_lock.acquire
+        self._fence_release = _fence_lock.release
+        # producer: frame head + payload struct per length signature; consumer: structs
+        self._write_structs = L.StructCache()
+        self._frame_writers: dict[bytes, tuple[bytes, struct.Struct, int, int]] = {}
+        self._read_structs = L.StructCache()
         self._closed = False
         self._interrupted = False
 
@@ -92,9 +112,35 @@ class ShmRing:
 
     # -- producer --------------------------------------------------------------------
     def put(self, payload: bytes, timeout: float | None = None) -> None:
-        """Put one record, waiting up to ``timeout`` s for space (None: forever)."""
-        if len(payload) + 16 > self.max_frame:
-            raise PayloadTooLarge(len(payload), self.max_frame - 16)
+        """Put one record, waiting up to ``timeout`` s for space (None: forever).
+
+        Raises PayloadTooLarge (record + 16 bytes of framing over ``max_frame``),
+        RingFull (no space within ``timeout``), RingClosed (the consumer closed the
+        ring while this waited for space).
+        """
+        n = len(payload)
+        total = (n + 19) & ~7  # align(12 + n): frame head, one length, the payload
+        words = self._words
+        head = words[8]  # W_HEAD (literal indices: this is the per-event hot path)
+        cap = self.capacity
+        off = head % cap
+        if (
+            total <= cap - head + self._tail_seen <= cap
+            and off + total <= cap
+            and n + 16 <= self.max_frame
+        ):
+            data = self._data
+            self._pack_single(data, off, total, 1, n)
+            data[off + 12 : off + 12 + n] = payload
+            words[8] = head + total  # publish: one aligned 8-byte store
+            self._fence_acquire()  # full fence (see fence())
+            self._fence_release()
+            if words[24]:  # W_CONSUMER_WAITING
+                words[24] = 0
+                self._sem_data.release()
+            return
+        if n + 16 > self.max_frame:
+            raise PayloadTooLarge(n, self.max_frame - 16)
         self._put_frames([L.encode_single(payload)], timeout)
 
     def put_nowait(self, payload: bytes) -> None:
@@ -109,7 +155,94 @@ class ShmRing:
         A batch larger than the ring is written in several frames as the consumer
         frees space; on RingFull the frames already written stay written (a prefix).
         """
-        self._put_frames(self._frames(payloads), timeout)
+        if not self.try_put_batch(payloads, timeout):
+            self._put_frames(self._frames(payloads), timeout)
+
+    def try_put_batch(
+        self, payloads: Sequence[bytes], timeout: float | None = None, limit: int | None = None
+    ) -> bool:
+        """Put ``payloads`` as one frame packed by a compiled struct, if that applies.
+
+        Applies when their length signature was seen before (see
+        :class:`~netmesh.ring.layout.StructCache`), the frame fits ``max_frame``, every
+        payload is ``bytes``/``bytearray`` and none is longer than ``limit`` (None: no
+        limit); otherwise returns False having written nothing, and the caller takes
+        the general path (``put_batch``), which also raises the errors that apply.
+        When it applies it waits up to ``timeout`` s (None: forever) for room like
+        ``put`` (RingFull, RingClosed) and returns True once the frame is published.
+        Cost: one ``len`` pass, one dict look-up, two copies into the ring.
+        """
+        try:
+            lens = array("I", map(len, payloads))
+        except OverflowError:  # a payload of 4 GiB or more: the general path refuses it
+            return False
+        key = lens.tobytes()
+        entry = self._frame_writers.get(key)
+        if entry is None:
+            entry = self._frame_writer(key, lens)
+            if entry is None:
+                return False
+        head_bytes, st, total, biggest = entry
+        if limit is not None and biggest > limit:
+            return False
+        words = self._words
+        head = words[L.W_HEAD]
+        cap = self.capacity
+        off = head % cap
+        if not total <= cap - head + self._tail_seen <= cap:
+            self._reserve(total, timeout)
+        data = self._data
+        if off + total > cap:  # the frame wraps: build it, then copy it in two pieces
+            try:
+                body = st.pack(*payloads)
+            except struct.error:
+                return False
+            pad = total - len(head_bytes) - len(body)
+            self._write(b"".join((head_bytes, body, bytes(pad))))
+            return True
+        start = off + len(head_bytes)
+        data[off:start] = head_bytes
+        try:
+            st.pack_into(data, start, *payloads)
+        except struct.error:  # not bytes/bytearray: the general path copies them
+            return False
+        words[L.W_HEAD] = head + total
+        self._fence_acquire()
+        self._fence_release()
+        if words[L.W_CONSUMER_WAITING]:
+            words[L.W_CONSUMER_WAITING] = 0
+            self._sem_data.release()
+        return True
+
+    def _reserve(self, n: int, timeout: float | None) -> None:
+        """Wait up to ``timeout`` s (None: forever) until ``n`` bytes are free; raises
+        RingFull on timeout, RingClosed if the consumer closed the ring."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._free() < n:
+            self._tail_seen = self._words[L.W_TAIL]
+            if self._free() >= n:
+                break
+            self._wait_space(n, deadline)
+
+    def _frame_writer(
+        self, key: bytes, lens: array[int]
+    ) -> tuple[bytes, struct.Struct, int, int] | None:
+        """(frame head + lengths, payload struct, frame size, longest payload) for a
+        length signature seen before that fits one frame; None otherwise."""
+        count = len(lens)
+        if not count:
+            return None
+        total = L.frame_size(count, sum(lens))
+        if total > self.max_frame:
+            return None
+        st = self._write_structs.get(key)
+        if st is None:
+            return None
+        if len(self._frame_writers) >= self._write_structs.max_entries:
+            self._frame_writers.clear()
+        entry = (L.FRAME_HEAD.pack(total, count) + key, st, total, max(lens))
+        self._frame_writers[key] = entry
+        return entry
 
     def put_batch_nowait(self, payloads: Sequence[bytes]) -> None:
         """Put all records now or raise RingFull; all or nothing."""
@@ -210,7 +343,11 @@ class ShmRing:
         return out
 
     def _drain(self) -> bool:
-        """Move every published frame into ``_pending``; True if anything came."""
+        """Move every published frame into ``_pending``; True if anything came.
+
+        Raises ValueError for a frame whose own counts do not add up (shared memory
+        was scribbled on); the frames before it are kept.
+        """
         words = self._words
         tail = words[L.W_TAIL]
         head = words[L.W_HEAD]
@@ -221,40 +358,69 @@ class ShmRing:
         append = out.append
         unpack_single = L.SINGLE_HEAD.unpack_from
         unpack_head = L.FRAME_HEAD.unpack_from
+        structs = self._read_structs
         pos = tail
-        while pos < head:
-            off = pos % cap
-            if off + 12 <= cap:  # frame head and first length word in one unpack
-                total, count, n = unpack_single(data, off)
-            else:
-                total, count = unpack_head(data, off)
-            if total < 8 or total > head - pos:
-                raise ValueError(f"{self.name}: corrupt frame head at {pos}")
-            end = off + total
-            if count == 1 and end <= cap:
-                # the common single-record frame: one copy straight out of the ring
-                if 12 + n > total:
-                    raise ValueError(f"{self.name}: corrupt frame at {pos}")
-                append(bytes(data[off + 12 : off + 12 + n]))
-            elif end <= cap:
-                out.extend(L.decode_frame(bytes(data[off:end])))
-            else:
-                out.extend(L.decode_frame(bytes(data[off:cap]) + bytes(data[: end - cap])))
-            pos += total
+        try:
+            while pos < head:
+                off = pos % cap
+                if off + 12 <= cap:  # frame head and first length word in one unpack
+                    total, count, n = unpack_single(data, off)
+                else:
+                    total, count = unpack_head(data, off)
+                if total < 8 or total > head - pos:
+                    raise ValueError(f"{self.name}: corrupt frame head at {pos}")
+                end = off + total
+                if end > cap:  # the frame wraps: join its two pieces first
+                    out.extend(L.decode_frame(bytes(data[off:cap]) + bytes(data[: end - cap])))
+                elif count == 1:  # the common single-record frame: one copy out of the ring
+                    if 12 + n > total:
+                        raise ValueError(f"{self.name}: corrupt frame at {pos}")
+                    append(bytes(data[off + 12 : off + 12 + n]))
+                else:
+                    start = off + 8 + 4 * count
+                    st = structs.get(bytes(data[off + 8 : start])) if start <= end else None
+                    if st is None:
+                        out.extend(L.decode_frame(bytes(data[off:end])))
+                    elif start + st.size > end:
+                        raise ValueError(f"{self.name}: corrupt frame at {pos}")
+                    else:  # every record of the frame in one C call
+                        out += st.unpack_from(data, start)
+                pos += total
+        finally:
+            if pos != tail:
+                self._release(pos)
+        return True
+
+    def _release(self, pos: int) -> None:
+        """Consumer: frames up to stream position ``pos`` are consumed; wake a producer
+        that waits for space."""
+        words = self._words
         words[L.W_TAIL] = pos
         fence()
         if words[L.W_PRODUCER_WAITING]:
             words[L.W_PRODUCER_WAITING] = 0
             self._sem_space.release()
-        return True
 
     def _wait_data(self, timeout: float | None) -> bool:
+        return self.wait_readable(timeout) and self._drain()
+
+    def wait_readable(self, timeout: float | None = None) -> bool:
+        """Consumer: wait up to ``timeout`` s (None: forever) until there is something
+        to take, without taking it; True if there is. Sleeps on the data semaphore
+        (no spinning); ``interrupt()`` makes it return False at once. Raises
+        RingClosed once the producer closed the ring and every record was taken.
+
+        One thread may wait here while another takes records with
+        ``get_batch(timeout=0)``, as long as they never take records at the same time.
+        """
         words = self._words
+        if self._pending or words[L.W_HEAD] != words[L.W_TAIL]:
+            return True
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             words[L.W_CONSUMER_WAITING] = 1
             fence()
-            if self._drain():
+            if words[L.W_HEAD] != words[L.W_TAIL]:
                 words[L.W_CONSUMER_WAITING] = 0
                 return True
             if words[L.W_PRODUCER_CLOSED]:
@@ -272,6 +438,11 @@ class ShmRing:
         every later) ``get_batch`` return at once; used to stop a draining thread."""
         self._interrupted = True
         self._sem_data.release()
+
+    def header_words(self) -> memoryview:
+        """A new view of the header's u64 words (indices ``layout.W_*``), for a wrapper's
+        per-event checks without a method call; release it before ``close()``."""
+        return memoryview(self._mm)[: L.HEADER_BYTES].cast("Q")
 
     def consumer_closed(self) -> bool:
         """Producer: whether the consumer side said it will read no more."""

@@ -1,5 +1,6 @@
-"""The node worker's ring handling, in process with stand-ins for the ring and the
-registry: refusals are acknowledged per batch but logged once per change."""
+"""The node worker in process: its ring handling with stand-ins for the ring and the
+registry (refusals are acknowledged per batch but logged once per change), and the
+replication budget a loopback node's channels get."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 from netmesh.cluster.node_worker import NodeService
 from netmesh.cluster.producer import REFUSED_NONE, REFUSED_NOT_LEADER
 from netmesh.errors import NotLeader
+from netmesh.identity import EntityKeypair
+from netmesh.ratelimit import TokenBucket
+from netmesh.replication.budget import UnlimitedBudget
 
 
 class FakeRing:
@@ -34,10 +38,6 @@ class FakeDrainer:
         self.detached = False
         self.count = self.rejected = self.last_seq = 0
         self.reason = self.logged_reason = REFUSED_NONE
-        self.slots_released = 0
-
-    def handled(self) -> None:
-        self.slots_released += 1
 
 
 class FakeRedex:
@@ -80,7 +80,6 @@ def test_refusals_are_acked_per_batch_and_logged_once_per_change(
     assert d.ring.acks[0] == (2, 1, 0, REFUSED_NONE)
     assert d.ring.acks[5] == (7, 1, 5, REFUSED_NOT_LEADER)  # every refused batch acked
     assert d.ring.acks[-1] == (9, 3, 5, REFUSED_NOT_LEADER)
-    assert d.slots_released == 8
     lines = [r.getMessage() for r in caplog.records]
     assert sum("refusing events" in ln for ln in lines) == 1, lines
     assert sum("accepting events again" in ln for ln in lines) == 1, lines
@@ -100,5 +99,31 @@ def test_a_detached_drainer_drops_its_batch_without_storing_or_logging(
 
     with caplog.at_level(logging.DEBUG, logger="netmesh.worker"):
         d, redex = asyncio.run(scenario())
-    assert redex.next == 0 and d.ring.acks == [] and d.slots_released == 1
+    assert redex.next == 0 and d.ring.acks == []
     assert caplog.records == []
+
+
+def test_a_loopback_nodes_replicated_channels_have_no_budget_cap() -> None:
+    """Issue 17 §2: the default NIC peak ("auto") of a node bound to loopback is
+    unlimited, so its runtimes' budget never refuses; an explicit peak still applies."""
+
+    async def scenario() -> tuple[object, object, object]:
+        service = NodeService(None, None)  # type: ignore[arg-type]
+        kp = EntityKeypair.generate()
+        await service.op_init(private_key=kp.private_key, psk=b"k" * 32, bind="127.0.0.1:0")
+        try:
+            service.op_open_channel("auto", {"factor": 1})
+            service.op_open_channel("fixed", {"factor": 1, "nic_peak_bytes_per_s": 4000})
+            auto = service.redex.replication_runtime("auto")
+            fixed = service.redex.replication_runtime("fixed")
+            assert auto is not None and fixed is not None
+            return auto.coord.config.nic_peak_bytes_per_s, auto.coord.budget, fixed.coord.budget
+        finally:
+            await service.close()
+
+    peak, auto_budget, fixed_budget = asyncio.run(scenario())
+    assert peak is None
+    assert isinstance(auto_budget, UnlimitedBudget)
+    assert auto_budget.try_consume(1 << 40, 0.0)  # a terabyte at once: no cap
+    assert not isinstance(fixed_budget, UnlimitedBudget)
+    assert isinstance(fixed_budget, TokenBucket) and fixed_budget.rate == 2000  # 0.5 x 4000
