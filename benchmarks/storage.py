@@ -671,6 +671,8 @@ def bench_rss(plan: StoragePlan, peers: Peers, directory: str, log: Log) -> dict
         "reopen_s": nm["reopen_s"],
         "fill_s": nm["fill_s"],
         "bound": nm["bound"],
+        "load_before": before,
+        "load_after": fig["load_after"],
         "note": f"{'WITHIN' if largest[2] <= nm['bound_bytes'] else 'OVER'} the bound "
         f"{nm['bound_bytes'] / MIB:.0f} MiB ({nm['bound']}); peak {largest[2] / MIB:.0f} MiB; "
         f"empty node {nm['base_rss'] / MIB:.0f} MiB; slope {slope:.1f} MiB per GiB of log "
@@ -925,6 +927,8 @@ class AckWorker:
             env=env,
         )
         self._info: dict[str, Any] | None = None
+        #: leader moves (NotLeader, re-targeted) per trial, in trial order
+        self.leader_moves: list[int] = []
 
     @property
     def info(self) -> dict[str, Any]:
@@ -949,7 +953,9 @@ class AckWorker:
         _ = self.info
         self.proc.stdin.write(f"{kind} {self.seconds}\n")
         self.proc.stdin.flush()
-        return float(self._answer()["eps"])
+        got = self._answer()
+        self.leader_moves.append(int(got.get("leader_moves", 0)))
+        return float(got["eps"])
 
     def close(self) -> None:
         """Ask the worker to quit (its cluster stops), kill it after 60 s; idempotent."""
@@ -983,6 +989,7 @@ def worker_main(data_dir: str) -> int:
     import netmesh
     from netmesh.cluster.cluster import Cluster
     from netmesh.config import ReplicationConfig
+    from netmesh.errors import NotLeader
 
     try:
         c = Cluster(nodes=3, heartbeat_ms=HB, data_dir=data_dir)
@@ -1001,17 +1008,28 @@ def worker_main(data_dir: str) -> int:
             c.wait_until(functools.partial(_leads, c, name), timeout=20, message="leader")
         chunk = [b"x" * 64] * EVERY
 
+        moves: list[str] = []  # channels whose leader moved during a trial
+
         def drive(ch: str, seconds: float, out: list[float]) -> None:
-            with c.producer(0, ch) as p:
-                n = 0
-                t0 = time.perf_counter()
-                while True:  # at least one batch
-                    p.append_batch(chunk)
-                    p.flush(timeout=60)
-                    n += EVERY
-                    if time.perf_counter() - t0 >= seconds:
-                        break
-                out.append(n / (time.perf_counter() - t0))
+            """append_batch + flush for ``seconds`` (at least one batch); when the
+            leader moved (NotLeader), re-target it and go on: the refused batch is not
+            counted, the time is."""
+            n = 0
+            t0 = time.perf_counter()
+            while True:
+                lead = 0 if ch == "bench/one" else c.wait_for_leader(ch, timeout=30)
+                try:
+                    with c.producer(lead, ch) as p:
+                        while True:
+                            p.append_batch(chunk)
+                            p.flush(timeout=60)
+                            n += EVERY
+                            if time.perf_counter() - t0 >= seconds:
+                                break
+                    break
+                except NotLeader:
+                    moves.append(ch)
+            out.append(n / (time.perf_counter() - t0))
 
         for ch in [*quorum, "bench/one"]:  # warm-up: every replica streams
             drive(ch, 0.0, [])
@@ -1022,20 +1040,24 @@ def worker_main(data_dir: str) -> int:
                 break
             kind, seconds = parts[0], float(parts[1])
             rates: list[float] = []
-            if kind == "quorum4":
-                threads = [
-                    threading.Thread(target=drive, args=(ch, seconds, rates)) for ch in quorum
-                ]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                if len(rates) != len(quorum):
-                    print(json.dumps({"error": "a producer thread failed"}), flush=True)
-                    return 1
-            else:
-                drive(quorum[0] if kind == "quorum" else "bench/one", seconds, rates)
-            print(json.dumps({"eps": sum(rates)}), flush=True)
+            moves.clear()
+            try:
+                if kind == "quorum4":
+                    threads = [
+                        threading.Thread(target=drive, args=(ch, seconds, rates)) for ch in quorum
+                    ]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    if len(rates) != len(quorum):
+                        raise RuntimeError("a producer thread failed (its traceback is above)")
+                else:
+                    drive(quorum[0] if kind == "quorum" else "bench/one", seconds, rates)
+            except Exception as exc:  # reported to the suite, which reports it
+                print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+                continue
+            print(json.dumps({"eps": sum(rates), "leader_moves": len(moves)}), flush=True)
     return 0
 
 
@@ -1117,6 +1139,8 @@ def bench_acked(
                     peers, "always", plan.ack_s, size
                 )
             before = load()
+            for w in workers.values():
+                w.leader_moves.clear()
             xs, ps, errs = interleave(
                 functools.partial(workers["netmesh"].trial, kind), peer_fns, plan.rounds, log
             )
@@ -1146,6 +1170,12 @@ def bench_acked(
                 or f"{plan.ack_s:g} s per trial",
             )
             fig["load_before"], fig["load_after"] = before, load()
+            fig["leader_moves"] = {k: list(w.leader_moves) for k, w in workers.items()}
+            if any(sum(v) for v in fig["leader_moves"].values()):
+                fig["note"] += (
+                    "; LEADER MOVED during trials (NotLeader, re-targeted; the time counts): "
+                    + ", ".join(f"{k} {sum(v)}" for k, v in fig["leader_moves"].items())
+                )
             fig["netmesh_package"] = workers["netmesh"].info.get("netmesh")
             if "netmesh_baseline" in workers:
                 fig["baseline_package"] = workers["netmesh_baseline"].info.get("netmesh")
