@@ -47,6 +47,7 @@ Rate limit (:class:`AnnounceLimiter`)
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -316,3 +317,18 @@ class AnnounceLimiter:
     def sent(self, now: float) -> None:
         self.last_sent = now
         self.pending = False
+
+
+# ------------------------------------------------------------------ membership id
+
+
+def membership_id(members: Iterable[int]) -> int:
+    """A u64 naming a member list (order and duplicates ignored): keyed BLAKE2s of the
+    sorted node ids. Every message on a channel's stream starts with it, and a node
+    refuses (drops unread, counts) messages whose id is not its own member list's, so
+    a node with a different member list gets no vote and gives none (issue 13 §3;
+    etcd checks a cluster id in every message header the same way)."""
+    ids = sorted(set(members))
+    data = b"".join(n.to_bytes(8, "little") for n in ids)
+    digest = hashlib.blake2s(data, digest_size=8, key=b"netmesh-members-v1").digest()
+    return int.from_bytes(digest, "little")

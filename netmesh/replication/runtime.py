@@ -66,6 +66,7 @@ from netmesh.replication.coordinator import (
     RoleChanged,
 )
 from netmesh.replication.executor import ExecutorHooks, OutputExecutor
+from netmesh.replication.placement import membership_id
 from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class ChannelMetrics:
     behind_retention_total: int = 0
     output_errors_total: int = 0
     storage_errors_total: int = 0
+    membership_refused_total: int = 0
     elections_withheld_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -240,6 +242,11 @@ class FileStorage:
 
     def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
         return self.file.read_payloads(from_seq, end_seq)
+
+    def read_bytes(self, from_seq: int, end_seq: int, max_bytes: int) -> tuple[list[bytes], int]:
+        """:meth:`read` of at most ``max_bytes`` of payloads (at least one event): a
+        sync chunk reads from disk what it sends."""
+        return self.file.read_payloads(from_seq, end_seq, max_bytes)
 
     def save_hard_state(self, state: HardState) -> None:
         """tmp, fsync, rename, fsync the directory."""
@@ -387,6 +394,12 @@ class ChannelRuntime:
         # explicit members: the set ``netmesh.replication.placement`` resolved (the
         # Redex rebuilds the runtime when it re-resolves); else from the config
         members = list(members) if members is not None else self._members(config)
+        #: the member list's id (``placement.membership_id``): the first 8 bytes of
+        #: every message on the channel stream; a message from a node with another
+        #: member list is refused unread (issue 13 §3: no votes across member lists)
+        self.membership_id = membership_id(members)
+        self._mid = self.membership_id.to_bytes(8, "little")
+        self.membership_refused = 0
         self.storage = FileStorage(hub, name, file)
         saved = self.storage.load_hard_state()
         self.storage.check_hard_state(saved)
@@ -464,9 +477,16 @@ class ChannelRuntime:
 
     def _on_messages(self, from_id: int, msgs: list[bytes]) -> None:
         now = self.now()
+        mid = self._mid
         for raw in msgs:
+            if raw[:8] != mid:
+                self.membership_refused += 1
+                log.debug(
+                    "%s: message from %#x with another member list refused", self.name, from_id
+                )
+                continue
             try:
-                msg = messages.decode(raw)
+                msg = messages.decode(raw[8:])
             except DecodeError as exc:
                 self.decode_errors += 1
                 log.debug("%s: undecodable message from %#x: %s", self.name, from_id, exc)
@@ -529,7 +549,7 @@ class ChannelRuntime:
             self.hub.queue_heartbeat(to, self.name, msg)
             return
         try:
-            self.node.send(to, self.kind, messages.encode(msg))
+            self.node.send(to, self.kind, self._mid + messages.encode(msg))
         except (LocalProtocolError, NetmeshError) as exc:
             self.send_errors += 1
             log.debug("%s: send to %#x failed: %s", self.name, to, exc)
@@ -570,6 +590,7 @@ class ChannelRuntime:
             behind_retention_total=self.executor.behind_retention,
             output_errors_total=self.executor.resyncs + self.waiter_errors + self.tick_errors,
             storage_errors_total=self.executor.storage_errors,
+            membership_refused_total=self.membership_refused,
             **m,
         )
 
@@ -588,6 +609,10 @@ class ChannelRuntime:
         self.node.unsubscribe(self.kind, self._on_messages)
         self.file.refusal = None
         self.file.on_append = None
+        # the file outlives this runtime (placement rebuilds it, disable_replication
+        # keeps the file): drop the durability callback, which holds the executor and,
+        # through it, the hub and the node
+        self.file.remove_durable_listener(self.executor.durable_advanced)
         self.release_waiters(all_of_them=True)
 
 

@@ -1,0 +1,62 @@
+"""A membership id on the wire (issue 13 §3): every message on a channel's stream
+starts with the id of the sender's member list, and a node refuses (drops unread,
+counts) messages from a node whose member list differs, so a node with another
+member list gets no vote and gives none. Real MeshNodes over loopback UDP, one
+asyncio loop."""
+
+from __future__ import annotations
+
+from netmesh import PlacementStrategy, RedexFileConfig, ReplicaRole, ReplicationConfig
+from netmesh.replication.placement import membership_id
+from tests.system.test_placement import mesh, poll, run, steady
+
+LEADER = ReplicaRole.LEADER
+
+
+def quorum(members: list[int]) -> RedexFileConfig:
+    return RedexFileConfig(
+        replication=ReplicationConfig(
+            factor=len(members),
+            heartbeat_ms=100,
+            ack="quorum",
+            placement=PlacementStrategy.pinned(members),
+        )
+    )
+
+
+def test_membership_id_names_the_member_list() -> None:
+    assert membership_id([3, 1, 2]) == membership_id([1, 2, 3, 3])
+    assert membership_id([1, 2, 3]) != membership_id([1, 2])
+    assert 0 <= membership_id([7]) < 1 << 64
+
+
+def test_votes_are_refused_across_member_lists() -> None:
+    """B's member list is {A, B, C}, C's is {B, C}; A never opens the channel. Each
+    needs the other's vote for a majority: without the membership check C (or B)
+    would win with the other's vote, a leader that the other's member list does not
+    agree on. With it neither leads and both count refusals; once C opens the channel
+    with B's member list, the two elect a leader and replicate."""
+
+    async def body() -> None:
+        nodes, (ra, rb, rc) = await mesh(3)
+        a, b, c = (n.node_id for n in nodes)
+        name = "repl/membership"
+        fb = rb.open_file(name, quorum([a, b, c]))
+        rc.open_file(name, quorum([b, c]))
+        roles = lambda: [r.replication_coordinator_for(name).role for r in (rb, rc)]  # noqa: E731
+        refused = lambda r: r.channel_metrics(name)["membership_refused_total"]  # noqa: E731
+        await poll(lambda: refused(rb) > 0 and refused(rc) > 0, 8, "refusals on both sides")
+        # 20 heartbeats of campaigning on both sides: nobody gets the other's vote
+        await steady(lambda: LEADER not in roles(), 2.0, "a leader across member lists")
+        assert refused(rb) > 1 and refused(rc) > 1
+
+        rc.close_file(name)
+        fc = rc.open_file(name, quorum([a, b, c]))  # the same member list as B
+        await poll(lambda: LEADER in roles(), 8, "a leader once the member lists agree")
+        leader, other = (fb, fc) if roles()[0] is LEADER else (fc, fb)
+        leader.append(b"agreed")
+        await poll(lambda: other.next_seq == 1, 5, "the other member replicated")
+        for r in (ra, rb, rc):
+            r.close()
+
+    run(body)
