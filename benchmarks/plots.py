@@ -47,8 +47,8 @@ def plot(results: dict[str, Any], path: str) -> bool:
     return True
 
 
-def _throughput(ax: Any, figures: dict[str, Any]) -> None:
-    rates = [(k, f) for k, f in figures.items() if f.get("unit") == "events/s"]
+def _throughput(ax: Any, figures: dict[str, Any], unit: str = "events/s") -> None:
+    rates = [(k, f) for k, f in figures.items() if f.get("unit", "").startswith(unit)]
     x = 0.0
     ticks, names = [], []
     for key, f in rates:
@@ -72,7 +72,7 @@ def _throughput(ax: Any, figures: dict[str, Any]) -> None:
     ax.set_yscale("log")
     ax.set_xticks(ticks)
     ax.set_xticklabels(names, rotation=20, fontsize=7, ha="right")
-    ax.set_ylabel("events/s (median, min-max bars)")
+    ax.set_ylabel(f"{unit} (median, min-max bars)")
     ax.set_title("throughput vs peers, same run (label: netmesh / peer)", fontsize=9)
 
 
@@ -157,9 +157,10 @@ def plot_storage(results: dict[str, Any], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, axes = plt.subplots(1, 3, figsize=(22, 6.5), gridspec_kw={"width_ratios": [1, 1.4, 0.9]})
     _rss_curves(axes[0], results.get("samples", {}).get("rss_vs_log_disk"))
     _throughput(axes[1], results.get("figures", {}))
+    _throughput(axes[2], results.get("figures", {}), "MB/s")
     quick = " --quick" if results.get("quick") else ""
     fig.suptitle(
         f"netmesh bench storage{quick} {results.get('date', '')} "
@@ -209,6 +210,9 @@ def _rss_curves(ax: Any, rss: dict[str, Any] | None) -> None:
             label="stated bound at the largest size",
         )
     ax.set_xlabel("log size, GiB of payload")
-    ax.set_ylabel("RSS, MiB")
+    ax.set_ylabel("RSS, MiB (log scale)")
     ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.legend(fontsize=7)

@@ -67,7 +67,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.trials import Trial, Unavailable, figure, interleave, load, provenance, summary
+from benchmarks.trials import (
+    Trial,
+    Unavailable,
+    figure,
+    git_commit,
+    interleave,
+    load,
+    provenance,
+    summary,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = "netmesh-bench-storage/1"
@@ -1302,6 +1311,11 @@ def run(
     plan = plan or StoragePlan.make(quick, rounds)
     results: dict[str, Any] = {"schema": SCHEMA, "quick": plan.quick, "suite": "storage"}
     results.update(provenance(ROOT))
+    import netmesh  # the package measured in this process (PYTHONPATH may pick another)
+
+    package = os.path.dirname(os.path.realpath(netmesh.__file__))
+    results["netmesh_package"] = package
+    results["netmesh_commit"] = git_commit(package)
     results["plan"] = dataclasses.asdict(plan)
     results["baseline"] = baseline
     results["load_before"] = load()
@@ -1384,6 +1398,12 @@ def main(argv: list[str] | None = None) -> int:
     console.print(bench.report(results))
     for line in bench.notes(results):
         console.print(line, markup=False, highlight=False)
+    console.print(
+        f"netmesh measured: {results['netmesh_package']} at {results['netmesh_commit']}; "
+        f"baseline: {results['baseline']}",
+        markup=False,
+        highlight=False,
+    )
     console.print(
         f"{results['date']} commit {results['commit']} | {results['cpu_model']} x"
         f"{results['cpu_count']} | {results['bench_seconds']} s | shared machine: "
