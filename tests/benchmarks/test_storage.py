@@ -117,3 +117,24 @@ def test_a_tiny_run_produces_every_figure_and_leaves_nothing(tmp_path: Path) -> 
     curve = res["samples"]["rss_vs_log_disk"]["curves"]["netmesh"]
     assert [p[0] for p in curve][1:] == list(storage.StoragePlan.tiny().rss_sizes)
     assert list(tmp_path.iterdir()) == []  # the logs, the servers' files: all deleted
+
+
+@pytest.mark.system
+@pytest.mark.perf
+def test_a_node_writing_20x_its_rss_allowance_stays_within_the_stated_bound(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 §1 at the node: one node process with ``data_dir`` is fed 1 KiB events
+    through a producer ring until its log is at least 20 times what its RSS may grow by
+    (:data:`benchmarks.storage.BOUND`, about 110 MiB at 2.25 GiB); its RSS, and its peak RSS
+    (VmHWM), stay under the bound at every step, and the log is on disk, not in RAM."""
+    sizes = (256 * storage.MIB, storage.GIB, 9 * storage.GIB // 4)
+    if shutil.disk_usage(tmp_path).free < 2 * sizes[-1]:
+        pytest.skip(f"{tmp_path} has less than {2 * sizes[-1] / storage.GIB:g} GiB free")
+    got = storage.netmesh_rss(str(tmp_path), sizes, 1024, lambda _m: None)
+    allowance = got["bound_bytes"] - got["base_rss"]
+    assert sizes[-1] >= 20 * allowance, (sizes[-1], allowance)
+    assert got["segment_bytes_on_disk"] >= sizes[-1]
+    for held, rss, peak in got["points"]:
+        assert rss <= got["bound_bytes"] and peak <= got["bound_bytes"], (held, rss, peak)
+    assert got["rss_after_reopen"] <= got["bound_bytes"]
