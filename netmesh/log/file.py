@@ -52,6 +52,7 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import msgpack
@@ -198,6 +199,8 @@ class RedexFile:
         self._durable_waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._durable_no = 0
         self._durable_listeners: list[Callable[[], None]] = []
+        #: the last cold read (segment, offset, end offset, records); cut on truncation
+        self._last_read: tuple[_Segment, int, int, list[record.Batch]] | None = None
         if self.config.path is not None:
             try:
                 self._recover(self.config.path)
@@ -386,22 +389,37 @@ class RedexFile:
             self._producers, self._producers_at = table, self.truncation_generation
         return self._producers
 
-    def read_payloads(self, start: int, end: int) -> tuple[list[bytes], int]:
+    def read_payloads(
+        self, start: int, end: int, max_bytes: int | None = None
+    ) -> tuple[list[bytes], int]:
         """Like read_range without per-event objects: (payloads, seq of the first one).
 
+        ``max_bytes``: stop before the payload bytes pass it (at least one event is
+        returned): a sync chunk reads what it sends, not a fixed event count.
         In memory: a slice. Persisted: from the recent-payload cache when it holds
-        ``start``, else from the segment files (``pread`` through the sparse index; each
-        record read is checked against its CRC, LogCorrupt otherwise)."""
+        ``start``, else from the segment files (``pread`` of the records that hold the
+        range, located through the sparse index; each record read is checked against
+        its CRCs, LogCorrupt otherwise)."""
         lo = max(start, self._first_seq)
         hi = min(end, self._next_seq)
         if hi <= lo:
             return [], lo
+        if max_bytes is not None:
+            hi = lo + self._fit(lo, hi, max_bytes)
         if not self._persisted:
             base = self._head - self._first_seq
             return self._payloads[base + lo : base + hi], lo
         if self._cache_head < len(self._cache_seqs) and lo >= self._cache_seqs[self._cache_head]:
             return self._read_cache(lo, hi), lo
         return self._read_disk(lo, hi), lo
+
+    def _fit(self, lo: int, hi: int, max_bytes: int) -> int:
+        """How many events from ``lo`` (below ``hi``) fit in ``max_bytes`` (>= 1)."""
+        base = self._head - self._first_seq
+        lens = self._lens[base + lo : base + hi]
+        if sum(lens) <= max_bytes:
+            return hi - lo
+        return max(1, bisect.bisect_right(list(accumulate(lens)), max_bytes))
 
     def _read_cache(self, lo: int, hi: int) -> list[bytes]:
         seqs, batches = self._cache_seqs, self._cache
@@ -426,7 +444,14 @@ class RedexFile:
             if seg.rfd < 0:
                 seg.rfd = os.open(seg.path, os.O_RDONLY)
             while seq < hi and off < seg.size:
-                batches, off = self._read_records(seg, off)
+                # the records that hold [seq, hi), plus what precedes seq in its interval
+                base = self._head - self._first_seq
+                want = (
+                    sum(self._lens[base + seq : base + hi])
+                    + (record.LENGTH_SIZE + record.RECORD_HEADER_SIZE) * (hi - seq)
+                    + self.config.index_interval_bytes
+                )
+                batches, off = self._read_records(seg, off, want)
                 for b in batches:
                     if b.end_seq <= seq:
                         continue
@@ -437,9 +462,21 @@ class RedexFile:
             si += 1
         return out
 
-    def _read_records(self, seg: _Segment, off: int) -> tuple[list[record.Batch], int]:
-        """Whole batch records from ``off`` (about READ_BYTES of them, at least one)."""
-        buf = os.pread(seg.rfd, min(READ_BYTES, seg.size - off), off)
+    def _read_records(
+        self, seg: _Segment, off: int, want: int = READ_BYTES
+    ) -> tuple[list[record.Batch], int]:
+        """Whole batch records from ``off`` (about ``want`` bytes of them, at least one).
+        The last result is kept: consecutive sync chunks inside one large record read
+        and check it once."""
+        last = self._last_read
+        if last is not None and last[0] is seg and last[1] == off:
+            return last[3], last[2]
+        batches, end = self._scan_records(seg, off, want)
+        self._last_read = (seg, off, end, batches)
+        return batches, end
+
+    def _scan_records(self, seg: _Segment, off: int, want: int) -> tuple[list[record.Batch], int]:
+        buf = os.pread(seg.rfd, min(max(want, 1 << 16), seg.size - off), off)
         res = record.scan(buf)
         if not res.batches and res.end is record.ScanEnd.TORN and len(buf) >= 4:
             need = record.RECORD_HEADER_SIZE + int.from_bytes(buf[:4], "little")
@@ -579,6 +616,7 @@ class RedexFile:
         if dropped <= 0:
             return 0
         if self._persisted:
+            self._last_read = None
             self._guarded(self._truncate_disk, seq)  # fdatasyncs the cut segment
             self._sync_gen += 1
             self._durable = min(self._durable, seq)
@@ -616,6 +654,7 @@ class RedexFile:
         self._check_writable()
         old_next = self._next_seq
         if self._persisted:
+            self._last_read = None
             self._guarded(self._reset_disk, first_seq, prev_term)
             self._sync_gen += 1
         self._restart_memory(first_seq, prev_term)

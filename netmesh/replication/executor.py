@@ -299,7 +299,13 @@ class OutputExecutor:
         return []
 
     def _serve(self, out: ServeSync) -> list[Output]:
-        payloads, first = _store(self.storage.read, out.from_seq, out.from_seq + READ_CHUNK)
+        read_bytes = getattr(self.storage, "read_bytes", None)
+        if read_bytes is not None:  # reads what the chunk sends, not READ_CHUNK events
+            payloads, first = _store(
+                read_bytes, out.from_seq, out.from_seq + READ_CHUNK, out.max_bytes
+            )
+        else:
+            payloads, first = _store(self.storage.read, out.from_seq, out.from_seq + READ_CHUNK)
         if first != out.from_seq:
             self.behind_retention += 1
             self.hooks.on_behind_retention(out.to, out.from_seq, first)
