@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 from collections import deque
 from typing import Any
 
 import pytest
 
 from netmesh.cluster.node_worker import NodeService
-from netmesh.cluster.producer import REFUSED_NONE, REFUSED_NOT_LEADER
+from netmesh.cluster.producer import REFUSED_NONE, REFUSED_NOT_LEADER, Producer
 from netmesh.errors import NotLeader
 from netmesh.identity import EntityKeypair
 from netmesh.ratelimit import TokenBucket
 from netmesh.replication.budget import UnlimitedBudget
+from netmesh.ring.shm import ShmRing
 
 
 class FakeRing:
@@ -127,3 +130,49 @@ def test_a_loopback_nodes_replicated_channels_have_no_budget_cap() -> None:
     assert auto_budget.try_consume(1 << 40, 0.0)  # a terabyte at once: no cap
     assert not isinstance(fixed_budget, UnlimitedBudget)
     assert isinstance(fixed_budget, TokenBucket) and fixed_budget.rate == 2000  # 0.5 x 4000
+
+
+def test_the_loop_drains_a_real_ring_and_the_thread_only_waits() -> None:
+    """A real shm ring into an in-process NodeService: singles and batches (the
+    struct path included) from a producer thread arrive in order, acknowledged; a
+    detached drainer's thread ends and its ring is unmapped."""
+    name = f"/netmesh-test-nw-{os.getpid()}-{random.getrandbits(32):x}"
+
+    async def scenario() -> tuple[int, list[bytes], bool, bool]:
+        service = NodeService(None, None)  # type: ignore[arg-type]
+        kp = EntityKeypair.generate()
+        await service.op_init(private_key=kp.private_key, psk=b"k" * 32, bind="127.0.0.1:0")
+        ring = ShmRing.create(name, 1 << 16)  # small: the producer blocks on a full ring
+        try:
+            service.op_open_channel("orders")
+            service.op_attach_ring(name, "orders")
+            drainer = service.drainers[name]
+
+            def produce() -> int:
+                with Producer(name, "orders") as p:
+                    for i in range(200):
+                        if i % 2:
+                            p.append_batch([b"%d-%d" % (i, j) for j in range(50)])
+                        else:
+                            p.append(b"%d" % i)
+                    return p.flush(timeout=30)
+
+            last = await asyncio.to_thread(produce)
+            got = service.op_read_range("orders", 0, 10_000)
+            service.op_detach_ring(name)
+            await asyncio.to_thread(drainer._thread.join, 5.0)
+            return last, got, drainer._thread.is_alive(), drainer.ring._closed
+        finally:
+            await service.close()
+            ring.close()
+            ring.unlink()
+
+    last, got, alive, unmapped = asyncio.run(scenario())
+    expected = [
+        p
+        for i in range(200)
+        for p in ([b"%d-%d" % (i, j) for j in range(50)] if i % 2 else [b"%d" % i])
+    ]
+    assert got == expected
+    assert last == len(expected) - 1
+    assert not alive and unmapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 
 import pytest
@@ -110,3 +111,22 @@ def test_decode_rejects_inconsistent_frame() -> None:
     frame[8] = 200  # first length overruns the frame
     with pytest.raises(ValueError):
         L.decode_frame(bytes(frame))
+
+
+def test_struct_cache_compiles_on_the_second_sighting_and_stays_bounded() -> None:
+    cache = L.StructCache(max_entries=2, max_count=3)
+    payloads = [b"ab", b"", b"cdef"]
+    key = array("I", map(len, payloads)).tobytes()
+    assert cache.get(key) is None  # first sighting
+    st = cache.get(key)
+    assert st is not None
+    frame = L.encode_frame(payloads)
+    assert list(st.unpack_from(frame, 8 + 4 * len(payloads))) == L.decode_frame(frame)
+    assert cache.get(key) is st
+    big = array("I", [1] * 4).tobytes()
+    assert cache.get(big) is None and cache.get(big) is None  # over max_count: never
+    for n in range(5):  # more signatures than max_entries: the cache is reset, not grown
+        k = array("I", [n]).tobytes()
+        cache.get(k)
+        cache.get(k)
+        assert len(cache.structs) <= 2

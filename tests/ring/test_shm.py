@@ -234,3 +234,113 @@ def test_the_producer_uses_the_checked_free_space_function(ring_name: str) -> No
     for r in (peer, ring):
         r.close()
     ring.unlink()
+
+
+def raw_frames(ring: ShmRing) -> bytes:
+    """The bytes between TAIL and HEAD (no wrap in these tests)."""
+    tail, head = ring._words[L.W_TAIL], ring._words[L.W_HEAD]
+    return bytes(ring._data[tail % ring.capacity : head % ring.capacity or ring.capacity])
+
+
+def test_known_signatures_are_packed_by_struct_with_the_same_wire_bytes(ring_name: str) -> None:
+    """A batch whose length signature was seen before is packed by one compiled struct;
+    its frame is byte for byte encode_frame's (padding aside), so both ends agree."""
+    ring = ShmRing.create(ring_name, 1 << 16)
+    peer = ShmRing.attach(ring_name)
+    batches = [[bytes([i]) * 5, bytes([i]) * 11, b""] for i in range(4)]
+    for b in batches:
+        ring.put_batch(b)
+    assert ring._write_structs.structs  # the second sighting compiled a struct
+    frames = raw_frames(ring)
+    expected = b"".join(L.encode_frame(b) for b in batches)
+    assert len(frames) == len(expected)
+    pos = 0
+    for b in batches:  # compare each frame up to its padding
+        n = L.FRAME_HEAD.size + 4 * len(b) + sum(map(len, b))
+        assert frames[pos : pos + n] == L.encode_frame(b)[:n]
+        pos += L.frame_size(len(b), sum(map(len, b)))
+    assert peer.get_batch(100, timeout=0) == [p for b in batches for p in b]
+    assert peer._read_structs.structs  # and the reader unpacked with one too
+    for r in (peer, ring):
+        r.close()
+    ring.unlink()
+
+
+def test_struct_path_across_wraps_and_payload_types(ring_name: str) -> None:
+    """Frames of known signatures that wrap around the end of the ring, bytearrays and
+    memoryviews (not struct-packable: the general path) all arrive intact, in order."""
+    ring = ShmRing.create(ring_name, 4096)
+    peer = ShmRing.attach(ring_name)
+    rng = random.Random(5)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    for i in range(400):
+        kind = i % 3
+        base = [rng.randbytes(100), rng.randbytes(37), rng.randbytes(250)]
+        batch: list[bytes] = (
+            base
+            if kind == 0
+            else [bytearray(p) for p in base]  # type: ignore[misc]
+            if kind == 1
+            else [memoryview(p) for p in base]  # type: ignore[misc]
+        )
+        ring.put_batch(batch, timeout=0)
+        sent += base
+        got += peer.get_batch(1000, timeout=0)
+    assert got == sent
+    assert ring._words[L.W_HEAD] > 10 * ring.capacity  # it wrapped many times
+    for r in (peer, ring):
+        r.close()
+    ring.unlink()
+
+
+def test_try_put_batch_declines_unknown_signatures_and_payloads_over_the_limit(
+    ring_name: str,
+) -> None:
+    ring = ShmRing.create(ring_name, 1 << 16)
+    batch = [b"a" * 10, b"b" * 20]
+    assert ring.try_put_batch(batch) is False  # first sighting: the general path's job
+    assert ring.used_bytes() == 0
+    ring.put_batch(batch)  # the general path, which notes the signature
+    used = ring.used_bytes()
+    assert ring.try_put_batch(batch, limit=19) is False  # one payload over the limit
+    assert ring.used_bytes() == used
+    assert ring.try_put_batch(batch, limit=20) is True
+    assert ring.used_bytes() == 2 * used
+    ring.close()
+    ring.unlink()
+
+
+def test_a_corrupt_frame_after_good_ones_keeps_the_good_ones(ring_name: str) -> None:
+    ring = ShmRing.create(ring_name, 1 << 16)
+    peer = ShmRing.attach(ring_name)
+    good = [b"x" * 8, b"y" * 8]
+    for _ in range(3):
+        ring.put_batch(good)  # the third one goes through the struct path
+    off = ring._words[L.W_HEAD]
+    ring.put_batch(good)
+    ring._data[off : off + 4] = (16).to_bytes(4, "little")  # too short for its payloads
+    with pytest.raises(ValueError, match="corrupt frame"):  # the struct path's check
+        peer.get_batch(100, timeout=0)
+    assert peer.get_batch(100, timeout=0) == good * 3  # what came before stays
+    for r in (peer, ring):
+        r.close()
+    ring.unlink()
+
+
+def test_wait_readable_waits_without_taking(ring_name: str) -> None:
+    ring = ShmRing.create(ring_name, 4096)
+    peer = ShmRing.attach(ring_name)
+    assert peer.wait_readable(0.01) is False
+    ring.put(b"hello")
+    assert peer.wait_readable(0) is True
+    assert peer.used_bytes() > 0  # nothing was taken
+    assert peer.get_batch(10, timeout=0) == [b"hello"]
+    peer.interrupt()
+    assert peer.wait_readable(None) is False  # interrupted: returns at once
+    ring.close_producer()
+    with pytest.raises(RingClosed):
+        peer.wait_readable(0)
+    for r in (peer, ring):
+        r.close()
+    ring.unlink()
