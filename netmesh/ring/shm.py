@@ -89,6 +89,7 @@ class ShmRing:
         self._tail_seen = self._words[L.W_TAIL]  # producer's cached copy of TAIL
         self._pending: list[bytes] = []  # consumer: records decoded but not yet returned
         self._pack_single = L.SINGLE_HEAD.pack_into
+        self._single_structs: dict[int, struct.Struct] = {}
         self._fence_acquire = _fence_lock.acquire
         self._fence_release = _fence_lock.release
         # producer: frame head + payload struct per length signature; consumer: structs
@@ -129,9 +130,14 @@ class ShmRing:
             and off + total <= cap
             and n + 16 <= self.max_frame
         ):
-            data = self._data
-            self._pack_single(data, off, total, 1, n)
-            data[off + 12 : off + 12 + n] = payload
+            st = self._single_structs.get(n)
+            if st is None:
+                st = self._single_struct(n)
+            try:  # frame head, length and payload in one C call
+                st.pack_into(self._data, off, total, 1, n, payload)
+            except struct.error:  # not bytes/bytearray: copy it in through a view
+                self._pack_single(self._data, off, total, 1, n)
+                self._data[off + 12 : off + 12 + n] = payload
             words[8] = head + total  # publish: one aligned 8-byte store
             self._fence_acquire()  # full fence (see fence())
             self._fence_release()
@@ -142,6 +148,14 @@ class ShmRing:
         if n + 16 > self.max_frame:
             raise PayloadTooLarge(n, self.max_frame - 16)
         self._put_frames([L.encode_single(payload)], timeout)
+
+    def _single_struct(self, n: int) -> struct.Struct:
+        """The struct of a one-record frame's head and payload of ``n`` bytes (cached,
+        at most 256 lengths)."""
+        if len(self._single_structs) >= 256:
+            self._single_structs.clear()
+        st = self._single_structs[n] = struct.Struct(f"<III{n}s")
+        return st
 
     def put_nowait(self, payload: bytes) -> None:
         """Put one record or raise RingFull (nothing written)."""
@@ -359,6 +373,7 @@ class ShmRing:
         unpack_single = L.SINGLE_HEAD.unpack_from
         unpack_head = L.FRAME_HEAD.unpack_from
         structs = self._read_structs
+        mm, base = self._mm, L.HEADER_BYTES + 12  # a single record's payload: mm[base + off:]
         pos = tail
         try:
             while pos < head:
@@ -375,7 +390,8 @@ class ShmRing:
                 elif count == 1:  # the common single-record frame: one copy out of the ring
                     if 12 + n > total:
                         raise ValueError(f"{self.name}: corrupt frame at {pos}")
-                    append(bytes(data[off + 12 : off + 12 + n]))
+                    at = base + off
+                    append(mm[at : at + n])  # mmap slices are bytes: no view in between
                 else:
                     start = off + 8 + 4 * count
                     st = structs.get(bytes(data[off + 8 : start])) if start <= end else None

@@ -335,7 +335,9 @@ def test_wait_readable_waits_without_taking(ring_name: str) -> None:
     ring.put(b"hello")
     assert peer.wait_readable(0) is True
     assert peer.used_bytes() > 0  # nothing was taken
-    assert peer.get_batch(10, timeout=0) == [b"hello"]
+    ring.put(bytearray(b"ba"))  # the one-struct path takes bytes and bytearray
+    ring.put(memoryview(b"mv"))  # anything else is copied in through a view
+    assert peer.get_batch(10, timeout=0) == [b"hello", b"ba", b"mv"]
     peer.interrupt()
     assert peer.wait_readable(None) is False  # interrupted: returns at once
     ring.close_producer()
