@@ -228,6 +228,9 @@ class ReplicationMetrics:
     log_gaps_total: int = 0
     #: events skipped by those restarts (never held here)
     gap_events_total: int = 0
+    #: silence windows in which this node would have campaigned but did not: it
+    #: started without hard state and no peer has shown it the current state yet
+    elections_withheld_total: int = 0
 
 
 # ----------------------------------------------------------------------- epoch helpers
@@ -444,6 +447,11 @@ class ReplicationCoordinator:
         #: no hard state was ever saved: the first save precedes the first log change
         #: (so a log never holds events while its hard state file is missing)
         self._never_saved = hard_state is None
+        #: started without hard state and with peers: this incarnation may hold less
+        #: than the log it once had (a node restarted without its data, or a channel
+        #: without a data directory), so it does not campaign until a peer has shown
+        #: it the current state (see :meth:`_note_amnesia`)
+        self.amnesiac = hard_state is None and len(self.members) > 1
         self.epochs = _merge_epochs(epochs, hs.epochs, tail_seq)
         self.tail = tail_seq
         self.commit = 0
@@ -576,7 +584,27 @@ class ReplicationCoordinator:
                 if not _keeps_term(msg):
                     self._adopt_term(msg.term)
             STEP_TABLE[(self.role, type(msg))](self, from_id, msg)
+            if self.amnesiac:
+                self._note_amnesia(from_id, msg)
         return self._end()
+
+    def _note_amnesia(self, frm: int, msg: Message) -> None:
+        """Forget the amnesia once a peer showed this node the current state: it is in
+        sync with a live leader, or a peer's heartbeat shows a log no newer than ours
+        (a fresh cluster: nobody holds anything this node could lack).
+
+        Why (issue 10 §2): a node that lost its state and, cut off at once, led alone
+        in a fresh term would let its newer-term events win over the acknowledged
+        history in leader mode (the log order compares last terms). Until cleared it
+        never campaigns (:meth:`_may_campaign`); it follows, votes and catches up as
+        usual. A single-member channel is never amnesiac. Raft avoids the case by
+        persisting ``currentTerm`` and the log (§5.1); a node without them must learn
+        before it leads.
+        """
+        if self._in_sync() or (
+            isinstance(msg, Heartbeat) and self._peer_key(frm) <= self._own_key()
+        ):
+            self.amnesiac = False
 
     def storage_failed(self, now: float) -> list[Output]:
         """The shell's storage failed: stop for good (role FAILED, nothing is sent).
@@ -766,6 +794,8 @@ class ReplicationCoordinator:
         return len(self._healthy()) + 1 >= majority(len(self.members))
 
     def _may_campaign(self) -> bool:
+        if self.amnesiac:
+            return False
         return not self.quorum_mode or self._quorum_reachable()
 
     def _in_sync(self) -> bool:
@@ -861,6 +891,7 @@ class ReplicationCoordinator:
         self.leader_id = None
         if not self._may_campaign():
             self._leader_heard_at = self._now  # look again in a window
+            self.metrics.elections_withheld_total += self.amnesiac
         elif self._winner() == self.self_id or self._deferred:
             self._set_role(Sig.MISSED_HEARTBEATS)
             self._start_campaign(VoteKind.PRE)

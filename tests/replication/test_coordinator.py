@@ -152,7 +152,7 @@ def test_step_down_and_close() -> None:
 
 
 def test_lone_survivor_in_leader_mode_wins_after_silence() -> None:
-    c = replica()
+    c = replica(hard_state=HardState())  # a survivor with its state (not amnesiac)
     c.step(A, leader_hb(1, 0), 0.05)
     c.tick(0.05 + 3 * HB - 0.01)
     assert c.role is R.REPLICA

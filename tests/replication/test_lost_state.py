@@ -59,8 +59,13 @@ def coord(
 
 
 def campaign_term(c: ReplicationCoordinator, now: float) -> int:
-    """Tick ``c`` alone until it asks for votes; the term it asks for."""
+    """Tick ``c`` alone until it asks for votes; the term it asks for. A node without
+    hard state first hears an empty peer (a fresh cluster), or it never campaigns."""
     t = now
+    if c.amnesiac:
+        c.tick(t)
+        peer = next(p for p in IDS if p != c.self_id)
+        c.step(peer, Heartbeat(0, ReplicaRole.REPLICA, 0, 0, 0, 0), t)
     for _ in range(200):
         t += 0.05
         for out in c.tick(t):
@@ -128,7 +133,7 @@ def test_a_restored_node_keeps_the_log_first_order() -> None:
 
 
 def test_an_idle_leader_is_due_at_its_next_heartbeat() -> None:
-    c = coord(11, ack="leader")
+    c = coord(11, hs=HardState(), ack="leader")
     t = 0.0
     while c.role is not ReplicaRole.LEADER:
         t += 0.01

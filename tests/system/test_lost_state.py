@@ -10,7 +10,7 @@ import os
 import pytest
 
 from netmesh import Cluster, ReplicationConfig
-from netmesh.errors import NetmeshError
+from netmesh.errors import NetmeshError, NotLeader
 from netmesh.replication.roles import ReplicaRole
 
 pytestmark = pytest.mark.system
@@ -58,36 +58,58 @@ def test_a_log_whose_hard_state_file_is_gone_is_refused_and_nothing_acknowledged
         assert _history(c, cc, "q") == expect
 
 
-def test_a_node_restarted_without_state_never_leads_a_term_twice() -> None:
+def test_a_node_restarted_without_state_never_leads_before_it_learned_the_history() -> None:
     """Leader mode, no data_dir: X leads and writes e0..e9; kill X; Y leads; restart X
-    isolated: it leads alone (leader mode) in a term nobody used, writes f0..f2; heal:
-    one history everywhere (today X kept [f0,f1,f2,e3..e9] under the old term)."""
+    and isolate it at once. X does not lead alone (it withholds its elections: it has
+    no state and no peer showed it the current one), so f0..f2 are refused with
+    NotLeader, never acknowledged; heal: X follows and holds e0..e9 like the others
+    (before: X led a fresh term alone, acknowledged f0..f2, and its newer-term suffix
+    replaced e0..e9 everywhere)."""
     with Cluster(nodes=3, heartbeat_ms=100) as c:
         c.open_channel("l", ReplicationConfig(factor=3, ack="leader"))
         x = c.wait_for_leader("l")
         others = [i for i in range(3) if i != x]
-        c.append(x, "l", [b"e%d" % i for i in range(10)])
+        e = [b"e%d" % i for i in range(10)]
+        c.append(x, "l", e)
         c.wait_until(
             lambda: all(c.next_seq(i, "l") == 10 for i in others), timeout=10, message="e0..e9"
         )
-        old_term = c.metrics(fresh=True)["nodes"][x]["channels"]["l"]["term"]
         c.kill(x)
         y = c.wait_for_leader("l", timeout=15)
         assert y in others
         c.partition([x], others)
         c.restart(x)
-        c.wait_until(lambda: c.role(x, "l") is ReplicaRole.LEADER, timeout=15, message="X leads")
-        new_term = c.metrics(fresh=True)["nodes"][x]["channels"]["l"]["term"]
-        y_term = c.metrics(fresh=True)["nodes"][y]["channels"]["l"]["term"]
-        assert new_term not in (old_term, y_term) and new_term > y_term
-        c.append(x, "l", [b"f0", b"f1", b"f2"])
+
+        def withheld() -> int:
+            ch = c.metrics(fresh=True)["nodes"][x]["channels"]["l"]
+            return int(ch["elections_withheld_total"])
+
+        # three silence windows in which X would have campaigned alone
+        c.wait_until(lambda: withheld() >= 3, timeout=15, message="X withholds elections")
+        assert c.role(x, "l") is not ReplicaRole.LEADER
+        with pytest.raises(NotLeader):
+            c.append(x, "l", [b"f0", b"f1", b"f2"])
+        assert c.next_seq(x, "l") == 0
         c.heal()
 
         def one_history() -> bool:
             hs = [_history(c, i, "l") for i in range(3)]
             leaders = [i for i in range(3) if c.role(i, "l") is ReplicaRole.LEADER]
-            return len(leaders) == 1 and hs[0] == hs[1] == hs[2] and len(hs[0]) > 0
+            return leaders == [y] and hs[0] == hs[1] == hs[2] == e
 
-        c.wait_until(one_history, timeout=30, message="one history everywhere")
-        h = _history(c, 0, "l")
-        assert h in ([b"e%d" % i for i in range(10)], [b"f0", b"f1", b"f2"]), h
+        c.wait_until(one_history, timeout=30, message="e0..e9 everywhere, Y still leads")
+        assert c.role(x, "l") is ReplicaRole.REPLICA
+
+
+def test_a_fresh_cluster_without_state_still_elects_and_a_lone_member_leads() -> None:
+    """The amnesia rule costs a fresh cluster nothing: nodes without state hear each
+    other's (empty) logs and elect at once; a factor-1 channel leads alone."""
+    with Cluster(nodes=3, heartbeat_ms=100) as c:
+        c.open_channel("fresh", ReplicationConfig(factor=3, ack="leader"))
+        c.open_channel("solo", ReplicationConfig(factor=1, ack="leader"))
+        lead = c.wait_for_leader("fresh", timeout=10)
+        c.append(lead, "fresh", [b"x"])
+        c.wait_until(
+            lambda: all(c.next_seq(i, "fresh") == 1 for i in range(3)), timeout=10, message="x"
+        )
+        assert c.wait_for_leader("solo", timeout=10) in range(3)
