@@ -121,7 +121,7 @@ def bench_catchup(mb: int, size: int, budget: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_reopen(events: int) -> None:
+def bench_reopen(events: int, batch: int = 64) -> None:
     from netmesh.config import RedexFileConfig
     from netmesh.log.file import RedexFile
 
@@ -129,16 +129,16 @@ def bench_reopen(events: int) -> None:
     try:
         cfg = RedexFileConfig(path=tmp, fsync="never")
         f = RedexFile("bench/r", cfg)
-        chunk = [b"y" * 64] * 64
-        for _ in range(events // 64):
+        chunk = [b"y" * 64] * batch
+        for _ in range(events // batch):
             f.append_batch(chunk)
         f.close()
         t0 = time.perf_counter()
         g = RedexFile("bench/r", cfg)
         dt = time.perf_counter() - t0
-        assert g.next_seq == events // 64 * 64
+        assert g.next_seq == events // batch * batch
         g.close()
-        _emit(figure="reopen_s", value=dt, events=events)
+        _emit(figure="reopen_s", value=dt, events=events, batch=batch)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=int, default=256)
     ap.add_argument("--size", type=int, action="append")
     ap.add_argument("--events", type=int, default=8_000_000)
+    ap.add_argument("--batch", type=int, default=64)
     a = ap.parse_args(argv)
     if a.what == "quorum":
         bench_quorum(1.5 if a.quick else a.seconds, a.channels)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             for budget in (False, True):
                 bench_catchup(32 if a.quick else a.mb, size, budget)
     elif a.what == "reopen":
-        bench_reopen(500_000 if a.quick else a.events)
+        bench_reopen(500_000 if a.quick else a.events, a.batch)
     else:
         bench_inproc(200_000 if a.quick else 1_000_000, 3 if a.quick else 5)
     return 0

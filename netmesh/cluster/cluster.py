@@ -338,6 +338,25 @@ class Cluster:
             self._unlinked.update((i, j) for j in reachable)
         for name, cfg in self.channels.items():
             if self._holds(i, name):
+                self._reopen(i, name, cfg)
+
+    def _reopen(self, i: int, name: str, cfg: ReplicationConfig | None) -> None:
+        """``open_channel`` on a restarted node. Reopening a large log takes a while
+        (issue 17 §3), so it waits as long as the node makes progress -- its CPU time
+        grows between 10 s attempts -- not a fixed 10 s; reopening an open channel is
+        idempotent, so a retry only returns sooner. Raises NodeUnresponsive when the
+        node died or made no progress for a whole attempt."""
+        import psutil
+
+        proc = psutil.Process(self.info[i]["pid"])
+
+        def cpu() -> float:
+            t = proc.cpu_times()
+            return float(t.user + t.system)
+
+        last = cpu()
+        while True:
+            try:
                 self.sup.call(
                     i,
                     "open_channel",
@@ -345,6 +364,18 @@ class Cluster:
                     replication=replication_to_dict(cfg),
                     options=self.channel_options.get(name, {}),
                 )
+                return
+            except NodeUnresponsive:
+                if self.sup.exit_code(self._node(i)) is not None:
+                    raise
+                try:
+                    now = cpu()
+                except psutil.Error:
+                    raise NodeUnresponsive(f"node {i} exited while reopening {name!r}") from None
+                if now - last < 0.1:  # idle for a whole attempt: stuck, not busy
+                    raise
+                log.info("node %d still reopening %r (%.1f s of CPU so far)", i, name, now)
+                last = now
 
     def close(self) -> None:
         """Stop every node and remove every shared-memory object; idempotent."""
