@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 #: MeshNode stream of capability announcements
 CAPABILITY_STREAM = "redex-cap"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: members (the set each channel runs with)
 MAX_U64 = (1 << 64) - 1
 #: the most channels, chains or metadata entries one announcement may carry
 MAX_ENTRIES = 65536
@@ -83,6 +83,9 @@ class Announcement:
     channels: names of the channels it has open with standard or colocation_strict
     placement (its candidacy). chains: the chains it holds (colocation keys).
     metadata: free-form placement metadata, sorted ``(key, value)`` pairs.
+    members: for each channel the sender runs, the member set it runs it with
+        (sorted ``(channel, sorted node ids)`` pairs); quorum channels change their
+        sets one node at a time by these (:func:`quorum_change`).
     """
 
     node_id: int
@@ -91,6 +94,14 @@ class Announcement:
     channels: frozenset[str] = frozenset()
     chains: frozenset[str] = frozenset()
     metadata: tuple[tuple[str, str], ...] = ()
+    members: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def members_of(self, channel: str) -> tuple[int, ...] | None:
+        """The member set the sender runs ``channel`` with (None: it runs none)."""
+        for name, ids in self.members:
+            if name == channel:
+                return ids
+        return None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -104,7 +115,7 @@ class Announcement:
     @property
     def empty(self) -> bool:
         """Announces nothing (no candidacy, no chain, no metadata)."""
-        return not (self.channels or self.chains or self.metadata)
+        return not (self.channels or self.chains or self.metadata or self.members)
 
     def metadata_dict(self) -> dict[str, str]:
         return dict(self.metadata)
@@ -115,9 +126,14 @@ def sorted_metadata(metadata: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in metadata.items()))
 
 
+def sorted_members(members: Mapping[str, Iterable[int]]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``channel -> member ids`` as the canonical pairs an :class:`Announcement` holds."""
+    return tuple(sorted((str(k), tuple(sorted(set(v)))) for k, v in members.items()))
+
+
 def encode(a: Announcement) -> bytes:
     """One msgpack array ``[version, node_id, incarnation, version, channels, chains,
-    metadata]`` (lists sorted, so equal announcements encode equally)."""
+    metadata, members]`` (lists sorted, so equal announcements encode equally)."""
     body = [
         WIRE_VERSION,
         a.node_id,
@@ -126,6 +142,7 @@ def encode(a: Announcement) -> bytes:
         sorted(a.channels),
         sorted(a.chains),
         [list(kv) for kv in a.metadata],
+        [[name, list(ids)] for name, ids in a.members],
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -157,8 +174,8 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not a msgpack announcement: {type(exc).__name__}") from None
-    if not isinstance(body, list) or len(body) != 7:
-        raise DecodeError("announcement is not a 7-element array")
+    if not isinstance(body, list) or len(body) != 8:
+        raise DecodeError("announcement is not an 8-element array")
     if body[0] != WIRE_VERSION:
         raise DecodeError(f"unknown announcement version {body[0]!r}")
     node_id = _u64(body[1], "node_id")
@@ -172,6 +189,17 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         if not (isinstance(kv, list) and len(kv) == 2 and all(type(x) is str for x in kv)):
             raise DecodeError("announcement metadata holds a non-(str, str) pair")
         pairs.append((kv[0], kv[1]))
+    runs = body[7]
+    if not isinstance(runs, list) or len(runs) > MAX_ENTRIES:
+        raise DecodeError("announcement members is not a list")
+    members: dict[str, tuple[int, ...]] = {}
+    for run in runs:
+        if not (isinstance(run, list) and len(run) == 2 and type(run[0]) is str):
+            raise DecodeError("announcement members holds a non-(str, ids) pair")
+        ids = run[1]
+        if not isinstance(ids, list) or len(ids) > MAX_REPLICATION_FACTOR:
+            raise DecodeError("announcement member set is not a list of at most 16 ids")
+        members[run[0]] = tuple(sorted({_u64(i, "member id") for i in ids}))
     return Announcement(
         node_id=node_id,
         incarnation=_u64(body[2], "incarnation"),
@@ -179,6 +207,7 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         channels=_strings(body[4], "channels"),
         chains=_strings(body[5], "chains"),
         metadata=tuple(sorted(dict(pairs).items())),
+        members=tuple(sorted(members.items())),
     )
 
 
@@ -286,6 +315,85 @@ class ChannelPlacement:
         self._candidate = None
         self.applied = members
         return Change(members)
+
+
+def next_step(cur: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """The next member set from ``cur`` toward ``target``, one node at a time (Raft's
+    single-server changes, thesis §4.1): add the lowest missing id first, then
+    remove the highest surplus id; ``cur`` itself when they are equal."""
+    have, want = set(cur), set(target)
+    add = sorted(want - have)
+    if add:
+        return tuple(sorted(have | {add[0]}))
+    surplus = sorted(have - want)
+    if surplus:
+        return tuple(sorted(have - {surplus[-1]}))
+    return tuple(sorted(have))
+
+
+#: :func:`quorum_change`: nobody runs the channel yet; form it (ChannelPlacement)
+FORM = "form"
+
+
+def quorum_change(
+    self_id: int,
+    applied: tuple[int, ...] | None,
+    target: tuple[int, ...],
+    seen: Mapping[int, tuple[int, ...] | None],
+) -> Change | str | None:
+    """When a quorum channel's member set changes here (issue 13 §3): one node at a
+    time, and only once the others are ready, so that at any moment the sets in use
+    are the current step and the next (two sets that differ by one node, whose
+    majorities always intersect; the membership id keeps votes within one set).
+
+    Args:
+        self_id: this node.
+        applied: the set this node runs the channel with (None: it runs nothing).
+        target: the set resolved from the announcements (:func:`resolve`).
+        seen: node -> the set it announced it runs the channel with (None or
+            absent: it runs nothing); this node's own entry is ignored.
+
+    Returns:
+        a :class:`Change` to apply now; :data:`FORM` when nobody runs the channel
+        yet (the caller forms the first set, :class:`ChannelPlacement`); None:
+        nothing now (re-asked when an announcement changes).
+
+    Rules. A member moves from ``applied`` to ``next_step(applied, target)`` once
+    every node in both sets runs one of the two (a node leaving the target takes the
+    steps that keep it too); when the step removes this node, it leaves once no
+    other running member's set holds it. A node that runs nothing joins the
+    step that adds it, once the members it shares with that step run the current
+    set or that step.
+    """
+    running = {n: m for n, m in seen.items() if m is not None and n != self_id}
+    if applied is None:
+        if self_id not in target:
+            return None
+        if not running:
+            return FORM
+        holding = sorted(m for m in running.values() if self_id in m)
+        if holding:  # the members already moved to a set that holds this node
+            return Change(holding[0]) if len(set(holding)) == 1 else None
+        cur = running[min(running)]
+        nxt = next_step(cur, target)
+        if self_id not in nxt:
+            return None  # another node is added first
+        shared = set(cur) - {self_id}
+        if all(running[n] in (cur, nxt) for n in shared if n in running):
+            return Change(nxt)
+        return None
+    if applied == target:
+        return None
+    nxt = next_step(applied, target)
+    if self_id not in nxt:  # this step removes this node
+        others = set(applied) - {self_id}
+        if all(self_id not in running[n] for n in others if n in running):
+            return Change(None)
+        return None
+    shared = (set(applied) & set(nxt)) - {self_id}
+    if all(running[n] in (applied, nxt) for n in shared if n in running):
+        return Change(nxt)
+    return None
 
 
 # ------------------------------------------------------------------ rate limit

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from netmesh.channel import ChannelName
@@ -209,6 +209,14 @@ class Redex:
             return tuple(rt.coord.members)
         return None
 
+    def placement_changes(self, name: str) -> list[tuple[int, ...] | None]:
+        """The member sets placement ran ``name`` with on this node, oldest first (the
+        last 16; None: Idle); [] for a pinned, closed or unknown channel."""
+        if self._placement is None:
+            return []
+        ch = self._placement.channels.get(ChannelName(name))
+        return [] if ch is None else list(ch.changes)
+
     def placement_view(self) -> dict[int, pl.Announcement]:
         """The latest capability announcement of every node this node heard from, and
         its own (node id -> :class:`~netmesh.replication.placement.Announcement`)."""
@@ -319,6 +327,8 @@ class _Channel:
     placement: pl.ChannelPlacement
     #: when a settling short set is to be re-checked (inf: nothing settling)
     due: float = math.inf
+    #: the member sets this node ran the channel with, oldest first (None: Idle)
+    changes: list[tuple[int, ...] | None] = field(default_factory=list)
 
 
 class _Placement:
@@ -389,6 +399,13 @@ class _Placement:
             channels=frozenset(str(n) for n in self.channels),
             chains=frozenset(r._chains),
             metadata=pl.sorted_metadata(r._metadata),
+            members=pl.sorted_members(
+                {
+                    str(n): ch.placement.applied
+                    for n, ch in self.channels.items()
+                    if ch.placement.applied is not None
+                }
+            ),
         )
         self.limiter.changed()
         self._schedule()
@@ -407,13 +424,27 @@ class _Placement:
             return
         anns = [self.own, *self.view.values()]
         resolved = pl.resolve(ch.config.placement, ch.config.factor, str(name), anns)
-        outcome = ch.placement.update(resolved, now)
+        outcome: pl.Change | float | None
+        if ch.config.ack == "quorum":  # one node at a time once formed (issue 13 §3)
+            seen = {n: a.members_of(str(name)) for n, a in self.view.items()}
+            step = pl.quorum_change(self.self_id, ch.placement.applied, resolved, seen)
+            if step == pl.FORM:
+                outcome = ch.placement.update(resolved, now)
+            elif isinstance(step, pl.Change):
+                outcome = step
+                ch.placement.applied = step.members
+            else:
+                outcome = None
+        else:
+            outcome = ch.placement.update(resolved, now)
         if isinstance(outcome, float):
             ch.due = outcome
             return
         ch.due = math.inf
         if outcome is None:
             return
+        ch.changes = [*ch.changes[-15:], outcome.members]
+        self._rebuild_own()  # the others learn the set this node runs now
         self.stats["reresolved"] += 1
         running = hub.runtime(name) is not None
         if outcome.members is None:
@@ -434,6 +465,7 @@ class _Placement:
         except Exception:
             ch.placement.applied = None
             ch.file.refusal = NotLeader(name, None)
+            self._rebuild_own()
             if raise_errors:
                 raise
             log.exception("%s: could not start replication with %s", name, outcome.members)

@@ -11,14 +11,18 @@ from hypothesis import strategies as st
 from netmesh.config import MeshNodeConfig, PlacementStrategy, ReplicationConfig
 from netmesh.errors import ConfigError, DecodeError
 from netmesh.replication.placement import (
+    FORM,
     AnnounceLimiter,
     Announcement,
     Change,
     ChannelPlacement,
     decode,
     encode,
+    next_step,
+    quorum_change,
     resolve,
     resolve_ids,
+    sorted_members,
 )
 
 STD = PlacementStrategy.standard()
@@ -97,8 +101,15 @@ def test_min_announce_interval_config() -> None:
 
 def test_announcement_round_trips() -> None:
     a = Announcement(
-        0xDEADBEEF, 123, 4, frozenset({"a", "b/c"}), frozenset({"k"}), (("rack", "r1"),)
+        0xDEADBEEF,
+        123,
+        4,
+        frozenset({"a", "b/c"}),
+        frozenset({"k"}),
+        (("rack", "r1"),),
+        sorted_members({"b/c": [3, 1, 2], "a": [7]}),
     )
+    assert a.members_of("b/c") == (1, 2, 3) and a.members_of("x") is None
     assert decode(encode(a), 0xDEADBEEF) == a
     assert decode(encode(a)) == a
     assert encode(a) == encode(Announcement(**a.__dict__))  # canonical bytes
@@ -115,13 +126,15 @@ def test_an_announcement_naming_another_node_is_refused() -> None:
     "body",
     [
         b"\xc1",
-        msgpack.packb([1, 2, 3]),
-        msgpack.packb([2, 1, 0, 0, [], [], []]),  # unknown version
-        msgpack.packb([1, -1, 0, 0, [], [], []]),
-        msgpack.packb([1, 1, 0, 0, [3], [], []]),
-        msgpack.packb([1, 1, 0, 0, [], "x", []]),
-        msgpack.packb([1, 1, 0, 0, [], [], [["k"]]]),
-        msgpack.packb([1, 1, 0, 1.5, [], [], []]),
+        msgpack.packb([2, 2, 3]),
+        msgpack.packb([1, 1, 0, 0, [], [], [], []]),  # unknown version
+        msgpack.packb([2, -1, 0, 0, [], [], [], []]),
+        msgpack.packb([2, 1, 0, 0, [3], [], [], []]),
+        msgpack.packb([2, 1, 0, 0, [], "x", [], []]),
+        msgpack.packb([2, 1, 0, 0, [], [], [["k"]], []]),
+        msgpack.packb([2, 1, 0, 1.5, [], [], [], []]),
+        msgpack.packb([2, 1, 0, 0, [], [], [], [["ch", [-1]]]]),
+        msgpack.packb([2, 1, 0, 0, [], [], [], [["ch", list(range(17))]]]),
     ],
 )
 def test_garbage_is_a_decode_error(body: bytes) -> None:
@@ -182,3 +195,49 @@ def test_the_limiter_sends_at_most_once_per_window_and_never_loses_the_last_chan
     assert lim.due_at() is None
     lim.changed()
     assert lim.may_send(25.0)  # a change after a quiet window goes at once
+
+
+# -- single-server changes (quorum mode) ---------------------------------------------
+
+
+def test_next_step_moves_one_node_at_a_time_adding_first() -> None:
+    assert next_step((2, 3, 4), (1, 2, 3)) == (1, 2, 3, 4)
+    assert next_step((1, 2, 3, 4), (1, 2, 3)) == (1, 2, 3)
+    assert next_step((1, 2), (1, 2)) == (1, 2)
+    assert next_step((5, 6), (1, 2)) == (1, 5, 6)
+
+
+@given(st.sets(st.integers(1, 12), min_size=1, max_size=5), st.sets(st.integers(1, 12), max_size=5))
+def test_steps_reach_the_target_and_each_differs_by_one_node(
+    cur: set[int], target: set[int]
+) -> None:
+    step, goal = tuple(sorted(cur)), tuple(sorted(target))
+    for _ in range(len(cur | target) + 1):
+        nxt = next_step(step, goal)
+        assert len(set(nxt) ^ set(step)) <= 1
+        step = nxt
+    assert step == goal or (not goal and len(step) == 1)
+
+
+def test_quorum_change_waits_for_the_members_of_both_sets() -> None:
+    b, c, d, a = 2, 3, 4, 1  # A (lowest id) opened later: target {A, B, C}
+    old, mid, new = (b, c, d), (a, b, c, d), (a, b, c)
+    # B moves to the step that adds A once C and D run the old set or that step
+    assert quorum_change(b, old, new, {c: old, d: old}) == Change(mid)
+    assert quorum_change(b, old, new, {c: (b, c), d: old}) is None  # C is elsewhere
+    # A joins the step that adds it as soon as the members run the old set or it
+    assert quorum_change(a, None, new, {b: old, c: old, d: old}) == Change(mid)
+    assert quorum_change(a, None, new, {b: mid, c: mid, d: mid}) == Change(mid)
+    # the removal waits until every node of both sets runs one of them (A included)
+    assert quorum_change(b, mid, new, {a: mid, c: mid, d: old}) == Change(new)
+    assert quorum_change(b, mid, new, {a: None, c: mid, d: mid}) == Change(new)
+    assert quorum_change(b, mid, new, {a: (a,), c: mid, d: mid}) is None
+    # D, outside the target, takes the add step too, then leaves once no running
+    # member's set holds it any more
+    assert quorum_change(d, old, new, {b: old, c: mid}) == Change(mid)
+    assert quorum_change(d, mid, new, {a: mid, b: new, c: mid}) is None
+    assert quorum_change(d, mid, new, {a: new, b: new, c: new}) == Change(None)
+    assert quorum_change(b, new, new, {a: new, c: new}) is None
+    # nobody runs it yet: form the first set
+    assert quorum_change(b, None, new, {a: None}) == FORM
+    assert quorum_change(d, None, new, {}) is None  # not selected

@@ -60,3 +60,64 @@ def test_votes_are_refused_across_member_lists() -> None:
             r.close()
 
     run(body)
+
+
+def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing() -> None:
+    """Standard placement, factor 3, ack=quorum: B, C, D hold the channel; then A (the
+    lowest id) opens it, so the set becomes {A, B, C}. The members go {B, C, D} ->
+    {A, B, C, D} -> {A, B, C} (add first, then remove), never straight across; D goes
+    Idle; every acknowledged (committed) event is on the final set."""
+
+    async def body() -> None:
+        nodes, redexes = await mesh(4)
+        order = sorted(range(4), key=lambda i: nodes[i].node_id)
+        ia, ib, ic, id_ = order  # by node id
+        a, b, c, d = (nodes[i].node_id for i in order)
+        name = "repl/steps"
+        cfg = RedexFileConfig(
+            replication=ReplicationConfig(factor=3, heartbeat_ms=100, ack="quorum")
+        )
+        files = {i: redexes[i].open_file(name, cfg) for i in (ib, ic, id_)}
+
+        def leader() -> int | None:
+            for i in (ia, ib, ic, id_):
+                coord = redexes[i].replication_coordinator_for(name)
+                if coord is not None and coord.role is LEADER:
+                    return i
+            return None
+
+        await poll(lambda: leader() is not None, 8, "a leader of {B, C, D}")
+        lead = leader()
+        assert lead is not None
+        for k in range(10):
+            files[lead].append(f"acked-{k}".encode())
+        coord = redexes[lead].replication_coordinator_for(name)
+        await poll(lambda: coord.commit_seq >= 10, 5, "10 events committed")
+
+        files[ia] = redexes[ia].open_file(name, cfg)
+        final = (a, b, c)
+        await poll(
+            lambda: (
+                all(redexes[i].placement_members(name) == final for i in (ia, ib, ic))
+                and redexes[id_].placement_members(name) is None
+            ),
+            10,
+            "the set moved to {A, B, C}",
+        )
+        for i in (ib, ic):
+            assert redexes[i].placement_changes(name)[-2:] == [(a, b, c, d), final]
+        assert redexes[id_].placement_changes(name)[-2:] == [(a, b, c, d), None]
+        await poll(lambda: leader() is not None, 8, "a leader of {A, B, C}")
+        lead = leader()
+        assert lead in (ia, ib, ic)
+        await poll(lambda: files[ia].next_seq >= 10, 5, "A caught up")
+        want = [f"acked-{k}".encode() for k in range(10)]
+        for i in (ia, ib, ic):
+            assert [e.payload for e in files[i].read_range(0, 10)] == want
+        files[lead].append(b"after")
+        coord = redexes[lead].replication_coordinator_for(name)
+        await poll(lambda: coord.commit_seq >= 11, 5, "the new set commits")
+        for r in redexes:
+            r.close()
+
+    run(body)
