@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 #: MeshNode stream of capability announcements
 CAPABILITY_STREAM = "redex-cap"
-WIRE_VERSION = 2  # 2: members (the set each channel runs with)
+WIRE_VERSION = 3  # 2: members (the set each channel runs with); 3: ready
 MAX_U64 = (1 << 64) - 1
 #: the most channels, chains or metadata entries one announcement may carry
 MAX_ENTRIES = 65536
@@ -86,6 +86,7 @@ class Announcement:
     members: for each channel the sender runs, the member set it runs it with
         (sorted ``(channel, sorted node ids)`` pairs); quorum channels change their
         sets one node at a time by these (:func:`quorum_change`).
+    ready: channels the sender caught up with as a learner and waits to be added to.
     """
 
     node_id: int
@@ -95,6 +96,7 @@ class Announcement:
     chains: frozenset[str] = frozenset()
     metadata: tuple[tuple[str, str], ...] = ()
     members: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    ready: frozenset[str] = frozenset()
 
     def members_of(self, channel: str) -> tuple[int, ...] | None:
         """The member set the sender runs ``channel`` with (None: it runs none)."""
@@ -115,7 +117,7 @@ class Announcement:
     @property
     def empty(self) -> bool:
         """Announces nothing (no candidacy, no chain, no metadata)."""
-        return not (self.channels or self.chains or self.metadata or self.members)
+        return not (self.channels or self.chains or self.metadata or self.members or self.ready)
 
     def metadata_dict(self) -> dict[str, str]:
         return dict(self.metadata)
@@ -133,7 +135,8 @@ def sorted_members(members: Mapping[str, Iterable[int]]) -> tuple[tuple[str, tup
 
 def encode(a: Announcement) -> bytes:
     """One msgpack array ``[version, node_id, incarnation, version, channels, chains,
-    metadata, members]`` (lists sorted, so equal announcements encode equally)."""
+    metadata, members, ready]`` (lists sorted, so equal announcements encode
+    equally)."""
     body = [
         WIRE_VERSION,
         a.node_id,
@@ -143,6 +146,7 @@ def encode(a: Announcement) -> bytes:
         sorted(a.chains),
         [list(kv) for kv in a.metadata],
         [[name, list(ids)] for name, ids in a.members],
+        sorted(a.ready),
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -174,8 +178,8 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not a msgpack announcement: {type(exc).__name__}") from None
-    if not isinstance(body, list) or len(body) != 8:
-        raise DecodeError("announcement is not an 8-element array")
+    if not isinstance(body, list) or len(body) != 9:
+        raise DecodeError("announcement is not a 9-element array")
     if body[0] != WIRE_VERSION:
         raise DecodeError(f"unknown announcement version {body[0]!r}")
     node_id = _u64(body[1], "node_id")
@@ -208,6 +212,7 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         chains=_strings(body[5], "chains"),
         metadata=tuple(sorted(dict(pairs).items())),
         members=tuple(sorted(members.items())),
+        ready=_strings(body[8], "ready"),
     )
 
 
@@ -333,6 +338,8 @@ def next_step(cur: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
 
 #: :func:`quorum_change`: nobody runs the channel yet; form it (ChannelPlacement)
 FORM = "form"
+#: :func:`quorum_change`: catch up as a learner before being added
+LEARN = "learn"
 
 
 def quorum_change(
@@ -340,6 +347,7 @@ def quorum_change(
     applied: tuple[int, ...] | None,
     target: tuple[int, ...],
     seen: Mapping[int, tuple[int, ...] | None],
+    ready: Collection[int] | None = None,
 ) -> Change | str | None:
     """When a quorum channel's member set changes here (issue 13 §3): one node at a
     time, and only once the others are ready, so that at any moment the sets in use
@@ -352,18 +360,25 @@ def quorum_change(
         target: the set resolved from the announcements (:func:`resolve`).
         seen: node -> the set it announced it runs the channel with (None or
             absent: it runs nothing); this node's own entry is ignored.
+        ready: the nodes that announced they caught up with the channel as
+            learners (None: nobody needs to; a newcomer joins at once).
 
     Returns:
         a :class:`Change` to apply now; :data:`FORM` when nobody runs the channel
-        yet (the caller forms the first set, :class:`ChannelPlacement`); None:
-        nothing now (re-asked when an announcement changes).
+        yet (the caller forms the first set, :class:`ChannelPlacement`);
+        :data:`LEARN` when this node is the next to be added and must first catch
+        up as a learner (then announce it is ready); None: nothing now (re-asked
+        when an announcement changes).
 
     Rules. A member moves from ``applied`` to ``next_step(applied, target)`` once
     every node in both sets runs one of the two (a node leaving the target takes the
     steps that keep it too); when the step removes this node, it leaves once no
     other running member's set holds it. A node that runs nothing joins the
     step that adds it, once the members it shares with that step run the current
-    set or that step.
+    set or that step. With ``ready`` given, a new member catches up before it
+    counts (Raft's learners, thesis §4.2.1): the node to be added learns first,
+    the members take the step that adds it only once it announced it is ready, and
+    it joins when their sets hold it.
     """
     running = {n: m for n, m in seen.items() if m is not None and n != self_id}
     if applied is None:
@@ -379,9 +394,11 @@ def quorum_change(
         if self_id not in nxt:
             return None  # another node is added first
         shared = set(cur) - {self_id}
-        if all(running[n] in (cur, nxt) for n in shared if n in running):
+        if not all(running[n] in (cur, nxt) for n in shared if n in running):
+            return None
+        if ready is None:
             return Change(nxt)
-        return None
+        return LEARN if self_id not in ready else None
     if applied == target:
         return None
     nxt = next_step(applied, target)
@@ -391,6 +408,8 @@ def quorum_change(
             return Change(None)
         return None
     shared = (set(applied) & set(nxt)) - {self_id}
+    if ready is not None and not set(nxt) - set(applied) <= set(ready):
+        return None  # the node to be added has not caught up yet
     if all(running[n] in (applied, nxt) for n in shared if n in running):
         return Change(nxt)
     return None
@@ -440,3 +459,68 @@ def membership_id(members: Iterable[int]) -> int:
     data = b"".join(n.to_bytes(8, "little") for n in ids)
     digest = hashlib.blake2s(data, digest_size=8, key=b"netmesh-members-v1").digest()
     return int.from_bytes(digest, "little")
+
+
+# ------------------------------------------------------------------ learners
+
+#: MeshNode stream of learner catch-up (a newcomer copies a quorum channel's
+#: committed prefix from a member before it is added, :data:`LEARN`)
+LEARN_STREAM = "redex-learn"
+#: payload bytes per learner chunk
+LEARN_CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class LearnRequest:
+    """A learner asks a member for ``channel``'s events from ``from_seq``."""
+
+    channel: str
+    from_seq: int
+
+
+@dataclass(frozen=True)
+class LearnChunk:
+    """A member's answer: the events from ``first_seq`` as runs of one term each,
+    and ``upto``: the member's commit seq when it answered (the learner is caught
+    up once it holds ``upto`` events). ``upto <= first_seq`` with no runs: nothing
+    more to copy (or nothing this member can serve: the learner stops learning)."""
+
+    channel: str
+    first_seq: int
+    upto: int
+    runs: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
+
+
+def encode_learn(m: LearnRequest | LearnChunk) -> bytes:
+    """``[1, 0, channel, from_seq]`` or ``[1, 1, channel, first_seq, upto, runs]``."""
+    if isinstance(m, LearnRequest):
+        body: list[Any] = [1, 0, m.channel, m.from_seq]
+    else:
+        runs = [[t, list(p)] for t, p in m.runs]
+        body = [1, 1, m.channel, m.first_seq, m.upto, runs]
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+def decode_learn(data: bytes) -> LearnRequest | LearnChunk:
+    """Raises DecodeError for anything but one well-formed learner message."""
+    try:
+        body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack learner message: {type(exc).__name__}") from None
+    if not (isinstance(body, list) and len(body) >= 4 and body[0] == 1):
+        raise DecodeError("not a learner message")
+    if type(body[2]) is not str:
+        raise DecodeError("learner message channel is not a string")
+    if body[1] == 0 and len(body) == 4:
+        return LearnRequest(body[2], _u64(body[3], "from_seq"))
+    if body[1] != 1 or len(body) != 6 or not isinstance(body[5], list):
+        raise DecodeError("malformed learner message")
+    runs: list[tuple[int, tuple[bytes, ...]]] = []
+    for run in body[5]:
+        ok = isinstance(run, list) and len(run) == 2 and isinstance(run[1], list)
+        if not ok or not all(type(p) is bytes for p in run[1]):
+            raise DecodeError("learner chunk run is not [term, [bytes...]]")
+        runs.append((_u64(run[0], "term"), tuple(run[1])))
+    first, upto = _u64(body[3], "first_seq"), _u64(body[4], "upto")
+    return LearnChunk(body[2], first, upto, tuple(runs))

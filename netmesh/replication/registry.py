@@ -54,6 +54,8 @@ DEFAULT_MIN_ANNOUNCE_INTERVAL = 10.0
 #: lost one must not leave a peer's view stale for ever (upstream re-announces too)
 REANNOUNCE_WINDOWS = 15
 MIN_REANNOUNCE_S = 1.0
+#: a learner re-asks after max(this, 2 heartbeats) without an answer
+MIN_LEARN_RETRY_S = 0.2
 
 
 class Redex:
@@ -329,6 +331,12 @@ class _Channel:
     due: float = math.inf
     #: the member sets this node ran the channel with, oldest first (None: Idle)
     changes: list[tuple[int, ...] | None] = field(default_factory=list)
+    #: quorum learner state: caught up (announced ``ready``), copied events here,
+    #: the member it learns from and when it last asked
+    ready: bool = False
+    learned: bool = False
+    learn_from: int | None = None
+    learn_asked_at: float = -math.inf
 
 
 class _Placement:
@@ -358,11 +366,23 @@ class _Placement:
         self.view: dict[int, pl.Announcement] = {}
         self.announced = False  # something non-empty was broadcast once
         self.next_reannounce = math.inf
-        self.stats = dict.fromkeys(("broadcasts", "direct", "received", "refused", "reresolved"), 0)
+        self.stats = dict.fromkeys(
+            (
+                "broadcasts",
+                "direct",
+                "received",
+                "refused",
+                "reresolved",
+                "learner_chunks_served",
+                "learner_events",
+            ),
+            0,
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._closed = False
         node.subscribe_batch(pl.CAPABILITY_STREAM, self._on_announcements)
+        node.subscribe_batch(pl.LEARN_STREAM, self._on_learn)
         node.subscribe(PEER_EVENTS, self._on_peer_event)
 
     # -- local changes ---------------------------------------------------------------
@@ -406,6 +426,11 @@ class _Placement:
                     if ch.placement.applied is not None
                 }
             ),
+            ready=frozenset(
+                str(n)
+                for n, ch in self.channels.items()
+                if ch.ready and ch.placement.applied is None
+            ),
         )
         self.limiter.changed()
         self._schedule()
@@ -427,9 +452,13 @@ class _Placement:
         outcome: pl.Change | float | None
         if ch.config.ack == "quorum":  # one node at a time once formed (issue 13 §3)
             seen = {n: a.members_of(str(name)) for n, a in self.view.items()}
-            step = pl.quorum_change(self.self_id, ch.placement.applied, resolved, seen)
+            ready = {n for n, a in self.view.items() if str(name) in a.ready}
+            step = pl.quorum_change(self.self_id, ch.placement.applied, resolved, seen, ready)
             if step == pl.FORM:
                 outcome = ch.placement.update(resolved, now)
+            elif step == pl.LEARN:
+                self._learn(name, ch, seen, now)  # sets ch.due: when to ask again
+                return
             elif isinstance(step, pl.Change):
                 outcome = step
                 ch.placement.applied = step.members
@@ -451,6 +480,7 @@ class _Placement:
             log.info("%s: not in the replica set %s any more: Idle", name, list(resolved))
             hub.detach(name)
             ch.file.refusal = NotLeader(name, None)
+            ch.ready = ch.learned = False
             return
         log.info(
             "%s: replica set %s (%s)",
@@ -461,6 +491,8 @@ class _Placement:
         if running:
             hub.detach(name)
         try:
+            if ch.learned:
+                self._label_learned(name, ch)
             hub.attach(name, ch.file, ch.config, outcome.members)
         except Exception:
             ch.placement.applied = None
@@ -469,6 +501,126 @@ class _Placement:
             if raise_errors:
                 raise
             log.exception("%s: could not start replication with %s", name, outcome.members)
+
+    # -- learners (quorum channels: a new member catches up before it counts) --------
+    def _learn(
+        self,
+        name: ChannelName,
+        ch: _Channel,
+        seen: Mapping[int, tuple[int, ...] | None],
+        now: float,
+    ) -> None:
+        """This node is the next to be added: copy the committed prefix from a member
+        (``LEARN_STREAM``), then announce ``ready``. A node whose log already holds
+        events (an earlier life) is ready at once: the replication protocol repairs
+        and completes it after it joins."""
+        if ch.ready:
+            ch.due = math.inf
+            return
+        if not ch.learned and ch.file.next_seq > 0:
+            self._ready(ch)
+            return
+        sources = sorted(n for n, m in seen.items() if m is not None and n in self.node.peers())
+        if not sources:
+            ch.due = math.inf  # asked again when an announcement changes
+            return
+        retry = max(MIN_LEARN_RETRY_S, 2 * ch.config.heartbeat_ms / 1000.0)
+        if ch.learn_from not in sources or now - ch.learn_asked_at >= retry:
+            ch.learn_from = sources[0]
+            self._ask(name, ch, now)
+        ch.due = ch.learn_asked_at + retry  # re-asked then unless answered
+
+    def _ask(self, name: ChannelName, ch: _Channel, now: float) -> None:
+        assert ch.learn_from is not None
+        ch.learn_asked_at = now
+        req = pl.LearnRequest(str(name), ch.file.next_seq)
+        try:
+            self.node.send(ch.learn_from, pl.LEARN_STREAM, pl.encode_learn(req))
+        except (LocalProtocolError, NetmeshError) as exc:
+            log.debug("%s: learner request to %#x not sent: %s", name, ch.learn_from, exc)
+
+    def _ready(self, ch: _Channel) -> None:
+        ch.ready, ch.learn_from, ch.due = True, None, math.inf
+        self._rebuild_own()
+
+    def _on_learn(self, from_id: int, msgs: list[bytes]) -> None:
+        for raw in msgs:
+            try:
+                m = pl.decode_learn(raw)
+            except DecodeError as exc:
+                self.stats["refused"] += 1
+                log.debug("undecodable learner message from %#x: %s", from_id, exc)
+                continue
+            if isinstance(m, pl.LearnRequest):
+                self._serve_learner(from_id, m)
+            else:
+                self._on_chunk(from_id, m)
+
+    def _serve_learner(self, to: int, m: pl.LearnRequest) -> None:
+        """Answer with committed events from ``m.from_seq`` (one term per run)."""
+        hub = self.redex._hub
+        rt = None if hub is None else hub.runtime(ChannelName(m.channel))
+        if rt is None:
+            return  # not a member here: the learner asks another one
+        f = rt.file
+        upto = min(rt.coord.commit_seq, f.next_seq)
+        runs: list[tuple[int, tuple[bytes, ...]]] = []
+        if f.first_retained_seq <= m.from_seq < upto:
+            payloads, first = f.read_payloads(m.from_seq, upto, pl.LEARN_CHUNK_BYTES)
+            seq, run_term = first, -1
+            run: list[bytes] = []
+            for p in payloads:
+                t = f.term_at(seq) or 0
+                if t != run_term and run:
+                    runs.append((run_term, tuple(run)))
+                    run = []
+                run_term = t
+                run.append(p)
+                seq += 1
+            if run:
+                runs.append((run_term, tuple(run)))
+        chunk = pl.LearnChunk(m.channel, m.from_seq, upto, tuple(runs))
+        try:
+            self.node.send(to, pl.LEARN_STREAM, pl.encode_learn(chunk))
+            self.stats["learner_chunks_served"] += 1
+        except (LocalProtocolError, NetmeshError) as exc:
+            log.debug("%s: learner chunk to %#x not sent: %s", m.channel, to, exc)
+
+    def _on_chunk(self, from_id: int, m: pl.LearnChunk) -> None:
+        name = ChannelName(m.channel)
+        ch = self.channels.get(name)
+        if ch is None or ch.ready or ch.placement.applied is not None:
+            return
+        if from_id != ch.learn_from or m.first_seq != ch.file.next_seq:
+            return  # stale or duplicate: the retry asks again
+        try:
+            for term, payloads in m.runs:
+                ch.file.apply_batch(list(payloads), expect_seq=ch.file.next_seq, term=term)
+                ch.learned = True
+        except NetmeshError as exc:  # the replication protocol completes it after joining
+            log.warning("%s: learner copy from %#x stopped: %s", name, from_id, exc)
+            self._ready(ch)
+            return
+        self.stats["learner_events"] += sum(len(p) for _, p in m.runs)
+        if not m.runs or ch.file.next_seq >= m.upto:
+            log.info("%s: caught up as a learner at seq %d", name, ch.file.next_seq)
+            self._ready(ch)
+        else:
+            self._ask(name, ch, self._now())
+
+    def _label_learned(self, name: ChannelName, ch: _Channel) -> None:
+        """A persisted log filled as a learner needs a hard state before the runtime
+        opens it (``FileStorage.check_hard_state``): the terms it copied, no vote."""
+        from netmesh.log.hardstate import HardState
+        from netmesh.replication.runtime import FileStorage
+
+        hub = self.redex._hub
+        if hub is None or ch.file.config.path is None:
+            return
+        storage = FileStorage(hub, str(name), ch.file)
+        if storage.load_hard_state() is None:
+            epochs = tuple(ch.file.epochs)
+            storage.save_hard_state(HardState(ch.file.last_term, None, epochs))
 
     def idle_handle(self, name: ChannelName) -> IdleCoordinator | None:
         ch = self.channels.get(name)
@@ -585,6 +737,7 @@ class _Placement:
             self._timer.cancel()
             self._timer = None
         self.node.unsubscribe(pl.CAPABILITY_STREAM, self._on_announcements)
+        self.node.unsubscribe(pl.LEARN_STREAM, self._on_learn)
         self.node.unsubscribe(PEER_EVENTS, self._on_peer_event)
         self.channels.clear()
         self.view.clear()

@@ -12,12 +12,17 @@ from netmesh.config import MeshNodeConfig, PlacementStrategy, ReplicationConfig
 from netmesh.errors import ConfigError, DecodeError
 from netmesh.replication.placement import (
     FORM,
+    LEARN,
     AnnounceLimiter,
     Announcement,
     Change,
     ChannelPlacement,
+    LearnChunk,
+    LearnRequest,
     decode,
+    decode_learn,
     encode,
+    encode_learn,
     next_step,
     quorum_change,
     resolve,
@@ -108,6 +113,7 @@ def test_announcement_round_trips() -> None:
         frozenset({"k"}),
         (("rack", "r1"),),
         sorted_members({"b/c": [3, 1, 2], "a": [7]}),
+        frozenset({"a"}),
     )
     assert a.members_of("b/c") == (1, 2, 3) and a.members_of("x") is None
     assert decode(encode(a), 0xDEADBEEF) == a
@@ -126,15 +132,16 @@ def test_an_announcement_naming_another_node_is_refused() -> None:
     "body",
     [
         b"\xc1",
-        msgpack.packb([2, 2, 3]),
-        msgpack.packb([1, 1, 0, 0, [], [], [], []]),  # unknown version
-        msgpack.packb([2, -1, 0, 0, [], [], [], []]),
-        msgpack.packb([2, 1, 0, 0, [3], [], [], []]),
-        msgpack.packb([2, 1, 0, 0, [], "x", [], []]),
-        msgpack.packb([2, 1, 0, 0, [], [], [["k"]], []]),
-        msgpack.packb([2, 1, 0, 1.5, [], [], [], []]),
-        msgpack.packb([2, 1, 0, 0, [], [], [], [["ch", [-1]]]]),
-        msgpack.packb([2, 1, 0, 0, [], [], [], [["ch", list(range(17))]]]),
+        msgpack.packb([3, 2, 3]),
+        msgpack.packb([1, 1, 0, 0, [], [], [], [], []]),  # unknown version
+        msgpack.packb([3, -1, 0, 0, [], [], [], [], []]),
+        msgpack.packb([3, 1, 0, 0, [3], [], [], [], []]),
+        msgpack.packb([3, 1, 0, 0, [], "x", [], [], []]),
+        msgpack.packb([3, 1, 0, 0, [], [], [["k"]], [], []]),
+        msgpack.packb([3, 1, 0, 1.5, [], [], [], [], []]),
+        msgpack.packb([3, 1, 0, 0, [], [], [], [["ch", [-1]]], []]),
+        msgpack.packb([3, 1, 0, 0, [], [], [], [["ch", list(range(17))]], []]),
+        msgpack.packb([3, 1, 0, 0, [], [], [], [], [1]]),
     ],
 )
 def test_garbage_is_a_decode_error(body: bytes) -> None:
@@ -241,3 +248,34 @@ def test_quorum_change_waits_for_the_members_of_both_sets() -> None:
     # nobody runs it yet: form the first set
     assert quorum_change(b, None, new, {a: None}) == FORM
     assert quorum_change(d, None, new, {}) is None  # not selected
+
+
+def test_a_new_member_learns_before_the_members_count_it() -> None:
+    b, c, d, a = 2, 3, 4, 1
+    old, mid, new = (b, c, d), (a, b, c, d), (a, b, c)
+    # A's turn to be added: it learns first (the members wait for its "ready")
+    assert quorum_change(a, None, new, {b: old, c: old, d: old}, ready=set()) == LEARN
+    assert quorum_change(b, old, new, {c: old, d: old}, ready=set()) is None
+    assert quorum_change(b, old, new, {c: old, d: old}, ready={a}) == Change(mid)
+    # ready, A waits until the members' sets hold it, then joins theirs
+    assert quorum_change(a, None, new, {b: mid, c: old, d: old}, ready=set()) == Change(mid)
+    # a removal needs no learner
+    assert quorum_change(b, mid, new, {a: mid, c: mid, d: mid}, ready=set()) == Change(new)
+
+
+def test_learner_messages_round_trip() -> None:
+    req = LearnRequest("orders", 42)
+    assert decode_learn(encode_learn(req)) == req
+    chunk = LearnChunk("orders", 42, 50, ((7, (b"a", b"b")), (9, (b"c",))))
+    assert decode_learn(encode_learn(chunk)) == chunk
+    assert decode_learn(encode_learn(LearnChunk("o", 5, 5))) == LearnChunk("o", 5, 5)
+    for bad in (
+        b"\xc1",
+        msgpack.packb([1, 0, "o"]),
+        msgpack.packb([1, 0, 5, 1]),
+        msgpack.packb([1, 1, "o", 0, 1, [[1, ["str"]]]]),
+        msgpack.packb([1, 2, "o", 0]),
+        msgpack.packb([2, 0, "o", 0]),
+    ):
+        with pytest.raises(DecodeError):
+            decode_learn(bad)

@@ -6,6 +6,10 @@ asyncio loop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from netmesh import PlacementStrategy, RedexFileConfig, ReplicaRole, ReplicationConfig
 from netmesh.replication.placement import membership_id
 from tests.system.test_placement import mesh, poll, run, steady
@@ -62,11 +66,15 @@ def test_votes_are_refused_across_member_lists() -> None:
     run(body)
 
 
-def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing() -> None:
+@pytest.mark.parametrize("persisted", [False, True], ids=["memory", "disk"])
+def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing(
+    persisted: bool, tmp_path: Path
+) -> None:
     """Standard placement, factor 3, ack=quorum: B, C, D hold the channel; then A (the
-    lowest id) opens it, so the set becomes {A, B, C}. The members go {B, C, D} ->
-    {A, B, C, D} -> {A, B, C} (add first, then remove), never straight across; D goes
-    Idle; every acknowledged (committed) event is on the final set."""
+    lowest id) opens it, so the set becomes {A, B, C}. A first catches up as a learner
+    (copies the committed events from a member); only then do the members go
+    {B, C, D} -> {A, B, C, D} -> {A, B, C} (add first, then remove), never straight
+    across; D goes Idle; every acknowledged (committed) event is on the final set."""
 
     async def body() -> None:
         nodes, redexes = await mesh(4)
@@ -74,10 +82,15 @@ def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing() -> None
         ia, ib, ic, id_ = order  # by node id
         a, b, c, d = (nodes[i].node_id for i in order)
         name = "repl/steps"
-        cfg = RedexFileConfig(
-            replication=ReplicationConfig(factor=3, heartbeat_ms=100, ack="quorum")
-        )
-        files = {i: redexes[i].open_file(name, cfg) for i in (ib, ic, id_)}
+        repl = ReplicationConfig(factor=3, heartbeat_ms=100, ack="quorum")
+
+        def cfg(i: int) -> RedexFileConfig:
+            if not persisted:
+                return RedexFileConfig(replication=repl)
+            path = str(tmp_path / f"n{i}")
+            return RedexFileConfig(path=path, fsync="batch", replication=repl)
+
+        files = {i: redexes[i].open_file(name, cfg(i)) for i in (ib, ic, id_)}
 
         def leader() -> int | None:
             for i in (ia, ib, ic, id_):
@@ -94,7 +107,7 @@ def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing() -> None
         coord = redexes[lead].replication_coordinator_for(name)
         await poll(lambda: coord.commit_seq >= 10, 5, "10 events committed")
 
-        files[ia] = redexes[ia].open_file(name, cfg)
+        files[ia] = redexes[ia].open_file(name, cfg(ia))
         final = (a, b, c)
         await poll(
             lambda: (
@@ -111,6 +124,10 @@ def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing() -> None
         lead = leader()
         assert lead in (ia, ib, ic)
         await poll(lambda: files[ia].next_seq >= 10, 5, "A caught up")
+        # A copied the 10 committed events as a learner, before the members counted it
+        assert redexes[ia].placement_stats()["learner_events"] == 10
+        served = sum(redexes[i].placement_stats()["learner_chunks_served"] for i in (ib, ic, id_))
+        assert served >= 1
         want = [f"acked-{k}".encode() for k in range(10)]
         for i in (ia, ib, ic):
             assert [e.payload for e in files[i].read_range(0, 10)] == want
