@@ -74,6 +74,39 @@ adopting it. So a node that stops hearing a healthy leader (a one-way loss) cann
 raise the term and depose it. Handoffs, challenges and manual transitions use a
 ``FORCE`` vote that skips the pre-vote and the leases (etcd's leadership transfer).
 
+Quiescence (CockroachDB's quiescent ranges + node liveness; issue 10 §6 at scale).
+An idle channel stops its per-channel heartbeats. A leader whose every healthy
+follower holds its whole log, knows the commit (= tail) and shares its term, with no
+push pending and no pinned node waiting to take over, sends its next heartbeat with
+``quiesce=True`` and goes *quiescent*; a follower in sync with it that receives that
+heartbeat goes quiescent too. A quiescent coordinator is never due
+(:meth:`~ReplicationCoordinator.next_tick_at` is ``inf``), sends nothing and ignores
+the heartbeats that say nothing new (a follower's last heartbeats crossing the quiesce
+heartbeat); any other input wakes it: a local append (the push leaves at once: no
+added latency), a vote request, a sync request or response, a heartbeat with a new
+term, tail or commit, a non-quiesce heartbeat of its leader, a manual transition, a
+close. Instead of per-channel heartbeats the shell sends one liveness beat per peer
+per heartbeat interval, listing the channels it leads quiescently (with their term),
+and feeds per-peer liveness in: :meth:`~ReplicationCoordinator.refresh` before any
+input to a quiescent coordinator (the times stand in for the per-channel heartbeats
+it no longer gets: a peer heard is a follower heard, the leader's beat listing the
+channel is the leader's heartbeat), and :meth:`~ReplicationCoordinator.wake` when
+the leader's node fell silent for the window, its beat stopped listing the channel,
+or (for a leader) a member's node fell silent. A woken follower's election timer
+counts from the last beat that listed the channel, so failover takes as long as
+without quiescence; a woken leader heartbeats at once, and its check-quorum
+(etcd-raft's CheckQuorum lease) judges the peers by that liveness.
+
+Safety is untouched: quiescence changes only *when* timers fire and heartbeats are
+sent. Terms, votes, the vote rules, log matching, the divergence rule and the commit
+rule are the same code paths; a quiescent node that receives anything term-bearing
+wakes first and then handles it exactly as before. Node liveness only feeds the
+liveness mechanisms (election timer, pre-vote lease, leader lease/check-quorum),
+which Raft already allows to be wrong (a timer that fires early causes an election,
+a late one delays one; neither lets two leaders share a term or lose a committed
+entry). CockroachDB quiesces ranges on the same argument ("Raft's safety does not
+depend on heartbeats").
+
 Replication. A follower not in sync with its leader's heartbeat keeps one SyncRequest
 outstanding (retried after one heartbeat); each response is applied idempotently
 (held prefix skipped, gaps and term mismatches ignored). A follower acks what it
@@ -88,7 +121,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -228,6 +261,8 @@ class ReplicationMetrics:
     log_gaps_total: int = 0
     #: events skipped by those restarts (never held here)
     gap_events_total: int = 0
+    #: idle: no timer, no per-channel heartbeats (see "Quiescence")
+    quiescent: bool = False
     #: silence windows in which this node would have campaigned but did not: it
     #: started without hard state and no peer has shown it the current state yet
     elections_withheld_total: int = 0
@@ -344,6 +379,10 @@ class _Peer:
     epoch_term: int = 0
     last_term: int = 0
     tail: int = 0
+    #: from its last heartbeat: its term and commit (a leader quiesces once every
+    #: healthy follower shares its term, tail and commit)
+    term: int = 0
+    commit: int = 0
 
 
 @dataclass
@@ -402,6 +441,9 @@ class ReplicationCoordinator:
             keeps ``currentTerm`` on stable storage for exactly this; Cassandra's
             gossip generation is the wall-clock second of the process start).
             Clamped to ``MAX_TERM // 2``.
+        quiesce: idle channels go quiescent (default; see "Quiescence" in the module
+            docstring). The shell must then send liveness beats and call
+            :meth:`refresh` / :meth:`wake`; False keeps per-channel heartbeats always.
 
     Raises:
         LocalProtocolError: ``self_id`` not in ``members``.
@@ -423,6 +465,7 @@ class ReplicationCoordinator:
         min_push_gap: float = 0.0,
         push_batch_events: int = 512,
         term_floor: int = 0,
+        quiesce: bool = True,
     ) -> None:
         self.members = tuple(sorted(set(members)))
         self.min_push_gap = min_push_gap
@@ -489,6 +532,12 @@ class ReplicationCoordinator:
         #: this node already deferred once to a better candidate since it last heard a
         #: leader: the next silence it campaigns itself (bounded deferral)
         self._deferred = False
+        #: idle: no timer, no per-channel heartbeat (module docstring, "Quiescence")
+        self._quiescent = False
+        #: may quiesce at all (the ``quiesce`` argument)
+        self.quiesce_enabled = quiesce
+        #: when it last went quiescent
+        self._quiet_at = float("-inf")
 
     # ------------------------------------------------------------------ public inputs
 
@@ -516,7 +565,8 @@ class ReplicationCoordinator:
         """Advance timers: bootstrap, heartbeats, silence detection, retries
         (dispatched per role through :data:`TICK_TABLE`)."""
         self._begin(now)
-        TICK_TABLE[self.role](self)
+        if not self._quiescent:
+            TICK_TABLE[self.role](self)
         return self._end()
 
     def next_tick_at(self) -> float:
@@ -530,6 +580,8 @@ class ReplicationCoordinator:
         the majority it heard last would fall silent).
         """
         role = self.role
+        if self._quiescent:
+            return float("inf")
         if role is IDLE:
             return self._now if self.auto_bootstrap and not self._bootstrapped else float("inf")
         if role is C:
@@ -577,6 +629,8 @@ class ReplicationCoordinator:
         self._begin(now)
         peer = self._peers.get(from_id)
         if peer is not None and self.role not in (IDLE, FAILED):
+            if self._quiescent:
+                return self._step_quiescent(from_id, msg)
             peer.heard_at = now
             if msg.term > self.term:
                 if isinstance(msg, VoteRequest) and msg.kind is VoteKind.VOTE and self._in_lease():
@@ -613,6 +667,7 @@ class ReplicationCoordinator:
         RoleChanged notification (no hard state is saved: storage is what failed).
         """
         self._begin(now)
+        self._quiescent = False
         if self.role is not FAILED:
             self._set_role(Sig.STORAGE_FAILED)
             self.leader_id = None
@@ -627,6 +682,8 @@ class ReplicationCoordinator:
         appended on a non-leader is a divergent suffix and will be truncated.
         """
         self._begin(now)
+        if tail_seq > self.tail:
+            self._wake()  # the push below leaves now: waking adds no latency
         self.tail = max(self.tail, tail_seq)
         if self.role is L:
             for p in self._progress:
@@ -688,6 +745,7 @@ class ReplicationCoordinator:
             InvalidTransition: the table has no ``(current role, signal) -> role``.
         """
         self._begin(self._now if now is None else now)
+        self._wake()
         if role is self.role and any(
             t is role and s is signal for (_, s), t in TRANSITIONS.items()
         ):
@@ -695,6 +753,152 @@ class ReplicationCoordinator:
         transition(self.role, signal, role)
         self._manual(signal)
         return self._end()
+
+    # ------------------------------------------------------------------ quiescence
+
+    @property
+    def quiescent(self) -> bool:
+        """Idle: not due, no per-channel heartbeats (module docstring, "Quiescence")."""
+        return self._quiescent
+
+    def refresh(self, now: float, heard: Mapping[int, float]) -> None:
+        """Node liveness: the shell calls it before every input (cheap: one lookup per
+        peer). No outputs.
+
+        Args:
+            now: current time (seconds, the ``tick`` clock).
+            heard: peer node id -> the last time (same clock) its liveness beat
+                arrived; peers absent keep what this channel heard itself.
+
+        A peer heard is counted as heard by this channel (its health: who a leader's
+        check-quorum counts, who a leader-mode candidate needs, whether quorum mode
+        may campaign), in every role: a quiescent peer sends no per-channel
+        heartbeats, and an awake channel must not take it for dead. For a quiescent
+        follower the beat of its leader L also stands in for L's heartbeats (the
+        election timer and the pre-vote lease, ``_in_lease``): the shell guarantees
+        that while it follows L quiescently, L's beats list this channel in this term
+        (it wakes the channel with the time of the last listing as soon as they do
+        not). An awake follower's election timer stays on per-channel heartbeats (a
+        live node does not mean a live leader).
+        """
+        self._now = max(self._now, now)
+        for p, peer in self._peers.items():
+            at = heard.get(p)
+            if at is not None and (peer.heard_at is None or at > peer.heard_at):
+                peer.heard_at = min(at, self._now)
+        lead = self.leader_id
+        if self._quiescent and self.role is R and lead is not None and lead in heard:
+            at = min(heard[lead], self._now)
+            self._leader_heard_at = max(self._leader_heard_at, at)
+            self._lease_at = max(self._lease_at, at)
+
+    def wake(self, now: float, heard: Mapping[int, float]) -> list[Output]:
+        """Leave quiescence (after :meth:`refresh` with ``heard``): a follower's
+        election timer runs again from the last time its leader was heard (so a leader
+        whose node fell silent a window ago is replaced at the next tick, as without
+        quiescence); a leader heartbeats at its next tick (its followers wake on a
+        heartbeat without ``quiesce``) and its check-quorum runs on the refreshed
+        per-peer times. No-op when awake. Outputs: none today (the next tick acts)."""
+        self._begin(now)
+        self.refresh(now, heard)
+        self._wake()
+        return self._end()
+
+    def _wake(self) -> None:
+        if self._quiescent:
+            self._quiescent = False
+            self._next_hb_at = min(self._next_hb_at, self._now)
+
+    def _step_quiescent(self, frm: int, msg: Message) -> list[Output]:
+        """:meth:`step` on a quiescent coordinator (after the shell's ``refresh``).
+
+        Votes are handled without waking, and wake only if they changed the term, the
+        vote, the role or the leader: a refused pre-vote (the lease holds: the
+        leader's beats list the channel) leaves the channel quiet, so a node cut off
+        from the leader cannot keep the healthy ones awake. A heartbeat that says
+        nothing new (:meth:`_says_nothing_new`) is noted without waking. Anything else
+        (events, syncs, acks, a new term, tail or commit, our leader awake) wakes the
+        channel first and is then handled exactly as when awake.
+        """
+        self._peers[frm].heard_at = self._now
+        if isinstance(msg, VoteRequest | VoteResponse):
+            before = (self.term, self.voted_for, self.role, self.leader_id)
+            if msg.term > self.term:
+                if isinstance(msg, VoteRequest) and msg.kind is VoteKind.VOTE and self._in_lease():
+                    return self._end()  # etcd checkQuorum: a live leader is not deposed
+                if not _keeps_term(msg):
+                    self._adopt_term(msg.term)
+            STEP_TABLE[(self.role, type(msg))](self, frm, msg)
+            if (self.term, self.voted_for, self.role, self.leader_id) != before:
+                self._wake()
+            return self._end()
+        if not self._says_nothing_new(frm, msg):
+            self._wake()
+            return self.step(frm, msg, self._now)
+        STEP_TABLE[(self.role, type(msg))](self, frm, msg)
+        return self._end()
+
+    def _says_nothing_new(self, frm: int, msg: Message) -> bool:
+        """A heartbeat a quiescent coordinator takes without waking: same term, tail,
+        commit and epoch as ours, and either our leader's quiesce heartbeat again, or
+        a follower's heartbeat: at a follower always (other followers do not concern
+        it), at a leader only within one heartbeat of quiescing (a follower's last
+        heartbeat crossing the quiesce heartbeat; later, a follower that heartbeats is
+        awake and needs to hear us, so we wake and heartbeat)."""
+        if type(msg) is not Heartbeat or msg.term != self.term:
+            return False
+        if (msg.tail_seq, msg.commit_seq, msg.epoch_term) != (self.tail, self.commit, self.term):
+            return False
+        if msg.role is L:
+            return msg.quiesce and frm == self.leader_id
+        return self.role is R or self._now - self._quiet_at < self.hb
+
+    def _can_quiesce(self) -> bool:
+        """Leader: idle and every healthy follower caught up (CockroachDB's
+        ``shouldReplicaQuiesce``): commit = tail, no push held back, each healthy peer
+        reported our term as its term and epoch, our tail as its tail and match, our
+        commit as its commit; and a majority (us included) is healthy, in either ack
+        mode (check-quorum would otherwise step down; a leader alone keeps
+        heartbeating). A peer not heard for a window is left out (a dead follower
+        does not keep its channels awake); when it is back its heartbeats say
+        something new and wake the leader. A pinned node other than us that is
+        healthy keeps the channel awake: it takes over on a heartbeat."""
+        if not self.quiesce_enabled or self.commit != self.tail or self.push_due is not None:
+            return False
+        if not self._quorum_reachable():
+            return False
+        healthy = self._healthy()
+        if self.pinned is not None and self.pinned != self.self_id and self.pinned in healthy:
+            return False
+        for p in healthy:
+            peer, prog = self._peers[p], self._progress.get(p)
+            if prog is None or prog.match != self.tail:
+                return False
+            if (peer.term, peer.epoch_term, peer.tail, peer.commit) != (
+                self.term,
+                self.term,
+                self.tail,
+                self.commit,
+            ):
+                return False
+        return True
+
+    def _follower_quiesce(self, frm: int, m: Heartbeat) -> None:
+        """Follower: quiesce with a leader that quiesced, if in sync with it (its
+        whole log, its commit = tail) and not the pinned node (which must stay awake
+        to take over)."""
+        if (
+            m.quiesce
+            and self.quiesce_enabled
+            and self.role is R
+            and self.leader_id == frm
+            and self._in_sync()
+            and self.commit == m.commit_seq == self.tail
+            and self._outstanding is None
+            and self.self_id != self.pinned
+        ):
+            self._quiescent, self._quiet_at = True, self._now
+            self.metrics.replica_lag_seconds = 0.0
 
     # ------------------------------------------------------------------ plumbing
 
@@ -718,6 +922,7 @@ class ReplicationCoordinator:
             self._never_saved = False
         m = self.metrics
         m.role, m.term, m.tail_seq, m.commit_seq = self.role, self.term, self.tail, self.commit
+        m.quiescent = self._quiescent
         return out
 
     def _send(self, to: int, msg: Message) -> None:
@@ -726,6 +931,7 @@ class ReplicationCoordinator:
     def _set_role(self, signal: TransitionSignal) -> None:
         old = self.role
         self.role = transition(old, signal)
+        self._quiescent = False  # only a settled leader or follower is quiescent
         if self.role is L:
             self.metrics.leader_changes_total += 1
         elif self.role is C:
@@ -851,9 +1057,13 @@ class ReplicationCoordinator:
             self._lose()
 
     def _tick_leader(self) -> None:
-        if self._maybe_heartbeat():
+        quiesce = self._now >= self._next_hb_at and self._can_quiesce()
+        if self._maybe_heartbeat(quiesce):
             for prog in self._progress.values():
                 prog.inflight, prog.sent = 0, prog.match
+            if quiesce:
+                self._quiescent, self._quiet_at = True, self._now
+                return
         if (
             self.quorum_mode
             and self._now - self._leader_since >= self.silence
@@ -863,7 +1073,7 @@ class ReplicationCoordinator:
             self.leader_id = None
             self._leader_heard_at = self._now
 
-    def _maybe_heartbeat(self) -> bool:
+    def _maybe_heartbeat(self, quiesce: bool = False) -> bool:
         if self._now < self._next_hb_at:
             return False
         self._next_hb_at = self._now + self.hb
@@ -874,6 +1084,7 @@ class ReplicationCoordinator:
             self.commit,
             self._epoch_term(),
             self._last_term(),
+            quiesce,
         )
         for p in self._peers:
             self._send(p, hb)
@@ -1034,6 +1245,7 @@ class ReplicationCoordinator:
         """Every role that takes input: remember the sender's log position."""
         peer = self._peers[frm]
         peer.epoch_term, peer.last_term, peer.tail = m.epoch_term, m.last_term, m.tail_seq
+        peer.term, peer.commit = m.term, m.commit_seq
         self.metrics.heartbeats_received_total += 1
 
     def _replica_heartbeat(self, frm: int, m: Heartbeat) -> None:
@@ -1046,6 +1258,7 @@ class ReplicationCoordinator:
         self._learn_commit(m.commit_seq)
         self._maybe_challenge(m)
         self._maybe_request()
+        self._follower_quiesce(frm, m)
 
     def _candidate_heartbeat(self, frm: int, m: Heartbeat) -> None:
         """A real candidate owns its fresh term: no leader shares it. A pre-candidate

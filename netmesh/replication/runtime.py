@@ -18,6 +18,23 @@ tick that ticks only the channels whose coordinator is due (``next_tick_at``), a
 sends every heartbeat queued in a loop turn to one peer as bundles on
 :data:`HEARTBEAT_STREAM`; the other messages keep the channel's own stream.
 
+Quiescence (issue 10 §6 at scale, issue 15 §4): an idle channel whose followers
+are caught up goes quiescent (the coordinator's "Quiescence"): no timer, no
+per-channel heartbeats. The hub then sends ONE liveness beat per peer per heartbeat
+interval on :data:`LIVENESS_STREAM` (:class:`~netmesh.replication.messages.LivenessBeat`:
+the set of channels this node leads quiescently, as ``quiet_key(channel, term)``
+values, sent in full only for a silence window after it changed, else just its
+generation), and wakes quiescent channels itself: followers whose leader's node fell
+silent for the window or whose leader's beat stopped listing them (or never listed
+them within a window of quiescing), leaders when a member's node falls silent.
+Every coordinator input is preceded by ``coord.refresh(now, beat times)``. On the
+idle path the hub does per-peer work only (a bytes or generation compare per beat);
+per-channel work happens only when a channel changes state. Quiescent channels are
+not ticked: the node-wide tick pops due channels from a heap instead of scanning
+them all. This is CockroachDB's design (quiescent ranges plus node liveness, with
+the dead-follower refinement: a leader quiesces leaving out followers silent for a
+window).
+
 Lost state (issue 10 §2): a log that holds events without its hard state file is
 refused (LogCorrupt, :meth:`FileStorage.check_hard_state`); a channel that starts
 without hard state campaigns only in terms above :func:`incarnation_term_floor`.
@@ -73,6 +90,11 @@ log = logging.getLogger(__name__)
 KIND_PREFIX = "redex/"
 #: MeshNode stream of heartbeat bundles (every channel's heartbeats to one peer)
 HEARTBEAT_STREAM = "redex-hb"
+#: MeshNode stream of liveness beats (one per peer per heartbeat interval)
+LIVENESS_STREAM = "redex-live"
+#: a beat carries the whole quiescent set every this many beats even if unchanged
+#: (a receiver that missed every copy sent after a change catches up)
+BEAT_FULL_EVERY = 10
 #: channels per bundle: ~32 x (20 B + name) stays near one 1400 B datagram
 BUNDLE_ROWS = 32
 HARD_STATE_FILE = "hardstate"
@@ -131,6 +153,7 @@ class ChannelMetrics:
     truncated_events_total: int
     log_gaps_total: int
     gap_events_total: int
+    quiescent: bool = False
     decode_errors_total: int = 0
     send_errors_total: int = 0
     behind_retention_total: int = 0
@@ -184,7 +207,9 @@ class CoordinatorHandle:
     async def transition_to(self, role: ReplicaRole, signal: TransitionSignal) -> None:
         """Apply a role transition by hand; raises InvalidTransition if illegal."""
         rt = self._rt
-        rt.run(rt.coord.transition_to(role, signal, rt.now()))
+        now = rt.now()
+        rt.coord.refresh(now, rt.hub.beat_at)
+        rt.run(rt.coord.transition_to(role, signal, now))
 
 
 class FileStorage:
@@ -415,12 +440,19 @@ class ChannelRuntime:
             max_inflight=PUSH_WINDOW,
             min_push_gap=MIN_PUSH_GAP,
             term_floor=0 if saved is not None else incarnation_term_floor(),
+            quiesce=hub.quiesce,
         )
         self.executor = OutputExecutor(self.coord, self.storage, self._send, self.now, _Hooks(self))
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
         #: next time the coordinator's tick may act (``next_tick_at``); the hub's one
         #: node-wide tick only ticks channels that are due
         self.due = self.now()
+        #: the time of this channel's live entry in the hub's timer heap (inf: none)
+        self.heap_at = float("inf")
+        #: quiescence as the hub registered it: None (awake) or (role, key, leader)
+        self.quiet: tuple[ReplicaRole, int, int | None] | None = None
+        #: quiescent follower: its leader's beat listed it since it quiesced
+        self.listed = False
         self.decode_errors = 0
         self.send_errors = 0
         self.waiter_errors = 0
@@ -461,6 +493,7 @@ class ChannelRuntime:
             self.due = float("inf")
             return
         try:
+            self.coord.refresh(now, self.hub.beat_at)
             self.run(self.coord.tick(now))
         except Exception:  # a bug, not storage (the executor stops on those)
             self.tick_errors += 1
@@ -473,6 +506,7 @@ class ChannelRuntime:
     def on_heartbeat(self, from_id: int, msg: messages.Heartbeat, now: float) -> None:
         """A heartbeat from a bundle (the hub decoded it)."""
         if not self._closed:
+            self.coord.refresh(now, self.hub.beat_at)
             self.run(self.coord.step(from_id, msg, now))
 
     def _on_messages(self, from_id: int, msgs: list[bytes]) -> None:
@@ -491,6 +525,7 @@ class ChannelRuntime:
                 self.decode_errors += 1
                 log.debug("%s: undecodable message from %#x: %s", self.name, from_id, exc)
                 continue
+            self.coord.refresh(now, self.hub.beat_at)
             self.run(self.coord.step(from_id, msg, now))
 
     def update_refusal(self) -> None:
@@ -527,7 +562,9 @@ class ChannelRuntime:
     def _push(self) -> None:
         self.file.append_pending = False
         if not self._closed:
-            self.run(self.coord.local_appended(self.file.next_seq, self.now()))
+            now = self.now()
+            self.coord.refresh(now, self.hub.beat_at)
+            self.run(self.coord.local_appended(self.file.next_seq, now))
 
     # -- outputs ---------------------------------------------------------------------
     def run(self, outputs: Sequence[Output]) -> None:
@@ -543,6 +580,15 @@ class ChannelRuntime:
         if outputs:  # most idle ticks and heartbeats change nothing
             self.executor.run(outputs)
         self.due = float("inf") if self.executor.stopped else self.coord.next_tick_at()
+        if (self.quiet is not None) != self.coord.quiescent:
+            self.hub.quiet_changed(self)
+        if self.due < self.heap_at:
+            self.hub.schedule(self)
+
+    def wake(self, heard: dict[int, float]) -> None:
+        """Wake the quiescent coordinator (the hub decided: see the module doc)."""
+        if not self._closed and not self.executor.stopped:
+            self.run(self.coord.wake(self.now(), heard))
 
     def _send(self, to: int, msg: messages.Message) -> None:
         if type(msg) is messages.Heartbeat:  # coalesced per peer (one bundle a turn)
@@ -599,6 +645,7 @@ class ChannelRuntime:
             return
         with contextlib.suppress(NetmeshError):
             if self.coord.role is not ReplicaRole.IDLE:
+                self.coord.refresh(self.now(), self.hub.beat_at)
                 self.run(
                     self.coord.transition_to(
                         ReplicaRole.IDLE, TransitionSignal.CHANNEL_CLOSE, self.now()
@@ -606,6 +653,7 @@ class ChannelRuntime:
                 )
         self._closed = True
         self.due = float("inf")
+        self.hub.forget(self)
         self.node.unsubscribe(self.kind, self._on_messages)
         self.file.refusal = None
         self.file.on_append = None
@@ -627,10 +675,46 @@ class ReplicationHub:
     :data:`HEARTBEAT_STREAM` (one msgpack call per bundle; MeshNode packs the
     bundles into as few datagrams as fit). CockroachDB coalesces the Raft heartbeats
     of all ranges between two stores the same way.
+
+    Quiescence (module doc): due channels are popped from a heap (a quiescent one is
+    never due), one liveness beat per peer per heartbeat interval replaces the
+    heartbeats of quiescent channels, and the hub wakes quiescent channels on node
+    liveness. ``quiesce = False`` before the first ``attach`` keeps every channel
+    heartbeating (tests of the bundles).
     """
 
     def __init__(self, node: Any) -> None:
         self.node = node
+        #: channels may quiesce (set before attaching them)
+        self.quiesce = True
+        #: timer heap of (due, n, runtime); an entry is live iff due == rt.heap_at
+        self._heap: list[tuple[float, int, ChannelRuntime]] = []
+        self._heap_n = 0
+        #: peer node id -> when its last beat with a known quiescent set arrived
+        #: (every coordinator input gets it through ``refresh``)
+        self.beat_at: dict[int, float] = {}
+        #: peer -> (incarnation, generation, its quiescent-leader keys, their bytes)
+        self._listing: dict[int, tuple[int, int, frozenset[int], bytes]] = {}
+        #: quiescent followers by leader and key; quiescent leaders by name
+        self._following: dict[int, dict[int, ChannelRuntime]] = {}
+        self._quiet_leaders: dict[str, ChannelRuntime] = {}
+        #: quiescent followers not yet listed by their leader, oldest first
+        self._unlisted: dict[str, tuple[float, ChannelRuntime]] = {}
+        #: peers silent for a window (edges wake quiescent leaders)
+        self._silent: set[int] = set()
+        #: what this node leads quiescently, as beats carry it
+        self._led: set[int] = set()
+        self._led_bytes = b""
+        self._generation = 0
+        self._led_changed_at = float("-inf")
+        self._incarnation = random.getrandbits(63)
+        self._beats_sent = 0
+        self._next_beat_at = float("-inf")
+        self._beat_peers: set[int] = set()
+        self._silence = float("inf")
+        self._beat_interval = float("inf")
+        #: when the first channel attached: a peer never heard counts as heard then
+        self._t0: float | None = None
         self.runtimes: dict[str, ChannelRuntime] = {}
         self.memory_hard_states: dict[str, HardState] = {}
         self.closed_metrics: dict[str, ChannelMetrics] = {}
@@ -639,8 +723,18 @@ class ReplicationHub:
         self._ticker: asyncio.Task[None] | None = None
         self.tick_interval = 0.05
         #: node-wide counters (bundles are not any one channel's)
-        self.counters = {"bundles_out": 0, "bundles_in": 0, "bundle_errors": 0, "ticks": 0}
+        self.counters = {
+            "bundles_out": 0,
+            "bundles_in": 0,
+            "bundle_errors": 0,
+            "ticks": 0,
+            "beats_out": 0,
+            "beats_in": 0,
+            "beat_errors": 0,
+            "wakes": 0,
+        }
         node.subscribe_batch(HEARTBEAT_STREAM, self._on_bundles)
+        node.subscribe_batch(LIVENESS_STREAM, self._on_beats)
 
     def attach(
         self,
@@ -654,6 +748,12 @@ class ReplicationHub:
         rt = ChannelRuntime(self, name, file, config, members)
         self.runtimes[name] = rt
         self.tick_interval = min(self.tick_interval, rt.tick_interval)
+        self._beat_peers.update(p for p in rt.coord.members if p != self.node.node_id)
+        self._silence = min(self._silence, rt.coord.silence)
+        self._beat_interval = min(self._beat_interval, rt.coord.hb)
+        if self._t0 is None:
+            self._t0 = rt.now()
+        self.schedule(rt)
         t = self._ticker
         if t is None or t.done() or t.get_loop() is not rt.loop:
             self._ticker = rt.loop.create_task(self._tick_loop(), name="repl-tick")
@@ -666,10 +766,197 @@ class ReplicationHub:
         while self.runtimes:
             now = loop.time()
             self.counters["ticks"] += 1
-            for rt in list(self.runtimes.values()):
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                at, _, rt = heapq.heappop(heap)
+                if at != rt.heap_at:
+                    continue  # superseded by an earlier entry
+                rt.heap_at = float("inf")
                 if rt.due <= now:
-                    rt.tick(now)
+                    rt.tick(now)  # reschedules itself (run)
+                else:
+                    self.schedule(rt)
+            self._liveness(now)
             await asyncio.sleep(self.tick_interval)
+
+    def schedule(self, rt: ChannelRuntime) -> None:
+        """Put ``rt`` on the timer heap at ``rt.due`` if that is earlier than its entry."""
+        if rt.due < rt.heap_at:
+            rt.heap_at = rt.due
+            self._heap_n += 1
+            heapq.heappush(self._heap, (rt.due, self._heap_n, rt))
+
+    # -- quiescence ------------------------------------------------------------------
+    def quiet_changed(self, rt: ChannelRuntime) -> None:
+        """``rt``'s coordinator went quiescent or woke (called by ``rt.run``): register
+        or unregister it (per-channel work only on such a change)."""
+        now = rt.now()
+        if rt.quiet is not None:
+            self._unregister(rt, now)
+        c = rt.coord
+        if not c.quiescent or rt._closed:
+            return
+        key = messages.quiet_key(rt.name, c.term)
+        if c.role is ReplicaRole.LEADER:
+            rt.quiet = (ReplicaRole.LEADER, key, None)
+            self._quiet_leaders[rt.name] = rt
+            self._led.add(key)
+            self._led_changed(now)
+            return
+        lead = c.leader_id
+        if lead is None:  # cannot happen (a quiescent follower follows); stay safe
+            rt.run(c.wake(now, self.beat_at))
+            return
+        rt.quiet = (ReplicaRole.REPLICA, key, lead)
+        self._following.setdefault(lead, {})[key] = rt
+        listing = self._listing.get(lead)
+        rt.listed = listing is not None and key in listing[2]
+        if not rt.listed:
+            self._unlisted[rt.name] = (now, rt)
+
+    def _unregister(self, rt: ChannelRuntime, now: float) -> None:
+        assert rt.quiet is not None
+        role, key, lead = rt.quiet
+        rt.quiet = None
+        if role is ReplicaRole.LEADER:
+            self._quiet_leaders.pop(rt.name, None)
+            self._led.discard(key)
+            self._led_changed(now)
+        else:
+            following = self._following.get(lead) if lead is not None else None
+            if following is not None and following.get(key) is rt:
+                del following[key]
+            if self._unlisted.get(rt.name, (0.0, None))[1] is rt:
+                del self._unlisted[rt.name]
+
+    def forget(self, rt: ChannelRuntime) -> None:
+        """``rt`` closed: drop it from the quiescence registers."""
+        if rt.quiet is not None:
+            self._unregister(rt, rt.now())
+
+    def _led_changed(self, now: float) -> None:
+        self._generation += 1
+        self._led_changed_at = now
+        self._led_bytes = b""  # packed again at the next beat that carries it
+
+    def _wake(self, rt: ChannelRuntime, heard: dict[int, float]) -> None:
+        self.counters["wakes"] += 1
+        rt.wake(heard)
+        if rt.quiet is not None and not rt.coord.quiescent:  # closed: forget it anyway
+            self._unregister(rt, rt.now())
+
+    def _liveness(self, now: float) -> None:
+        """Per tick: send the beats when due; wake quiescent followers whose leader's
+        node fell silent for the window (or that no beat listed within one) and, once
+        per silence, quiescent leaders of which the silent node is a member. Per-peer
+        work, plus per-channel work only for channels that wake."""
+        if now >= self._next_beat_at and self._beat_peers:
+            self._next_beat_at = now + self._beat_interval
+            self._send_beats(now)
+        silence, t0 = self._silence, self._t0 if self._t0 is not None else now
+        for p in self._beat_peers:
+            if now - self.beat_at.get(p, t0) < silence:
+                self._silent.discard(p)
+                continue
+            following = self._following.get(p)
+            if following:
+                for rt in list(following.values()):
+                    self._wake(rt, self.beat_at)
+            if p not in self._silent:
+                self._silent.add(p)
+                for rt in list(self._quiet_leaders.values()):
+                    if p in rt.coord.members:
+                        self._wake(rt, self.beat_at)
+        unlisted = self._unlisted
+        while unlisted:
+            name = next(iter(unlisted))
+            since, rt = unlisted[name]
+            if now - since < silence:
+                break
+            del unlisted[name]
+            lead = rt.quiet[2] if rt.quiet is not None else None
+            self._wake(rt, {p: t for p, t in self.beat_at.items() if p != lead})
+
+    def _send_beats(self, now: float) -> None:
+        self._beats_sent += 1
+        full = (
+            now - self._led_changed_at < self._silence + self._beat_interval
+            or self._beats_sent % BEAT_FULL_EVERY == 0
+        )
+        keys = None
+        if full:
+            if not self._led_bytes and self._led:
+                self._led_bytes = messages.pack_keys(self._led)
+            keys = self._led_bytes
+        data = messages.encode_liveness(
+            messages.LivenessBeat(self._incarnation, self._generation, keys)
+        )
+        for p in self._beat_peers:
+            try:
+                self.node.send(p, LIVENESS_STREAM, data)
+                self.counters["beats_out"] += 1
+            except (LocalProtocolError, NetmeshError) as exc:
+                self.counters["beat_errors"] += 1
+                log.debug("liveness beat to %#x not sent: %s", p, exc)
+
+    def _on_beats(self, from_id: int, raws: list[bytes]) -> None:
+        now = asyncio.get_running_loop().time()
+        for raw in raws:
+            try:
+                beat = messages.decode_liveness(raw)
+            except DecodeError as exc:
+                self.counters["beat_errors"] += 1
+                log.debug("undecodable liveness beat from %#x: %s", from_id, exc)
+                continue
+            self.counters["beats_in"] += 1
+            self._on_beat(from_id, beat, now)
+
+    def _on_beat(self, frm: int, beat: messages.LivenessBeat, now: float) -> None:
+        """Note a beat. Its set is known if it carries it, or if its generation is the
+        one we hold; an unknown set (its carriers were lost) does not count as a beat,
+        so followers of ``frm`` wake after a window unless a full beat arrives."""
+        old = self._listing.get(frm)
+        same_life = old is not None and old[0] == beat.incarnation
+        if beat.keys is None:
+            if not (same_life and old is not None and old[1] == beat.generation):
+                return
+            self.beat_at[frm] = now
+            return
+        if same_life and old is not None and beat.generation < old[1]:
+            return  # an older beat overtaken by a newer one
+        prev_at = self.beat_at.get(frm)
+        self.beat_at[frm] = now
+        if old is not None and same_life and old[3] == beat.keys:
+            if old[1] != beat.generation:
+                self._listing[frm] = (beat.incarnation, beat.generation, old[2], old[3])
+            return
+        keys = messages.unpack_keys(beat.keys)
+        self._listing[frm] = (beat.incarnation, beat.generation, keys, beat.keys)
+        following = self._following.get(frm)
+        if not following:
+            return
+        if old is not None:  # confirm the newly listed
+            for key in keys - old[2]:
+                rt = following.get(key)
+                if rt is not None and not rt.listed:
+                    rt.listed = True
+                    self._unlisted.pop(rt.name, None)
+        else:
+            for key in keys & following.keys():
+                rt = following[key]
+                rt.listed = True
+                self._unlisted.pop(rt.name, None)
+        # wake the followers it stopped listing (all that were listed, if it restarted)
+        gone = following.keys() - keys
+        for key in gone:
+            rt = following[key]
+            if rt.listed or not same_life:
+                heard = dict(self.beat_at)
+                if prev_at is not None and same_life:
+                    heard[frm] = prev_at
+                else:
+                    heard.pop(frm, None)
+                self._wake(rt, heard)
 
     def queue_heartbeat(self, to: int, channel: str, hb: messages.Heartbeat) -> None:
         """Queue ``hb`` for peer ``to``; flushed at the end of this loop turn."""
@@ -739,6 +1026,7 @@ class ReplicationHub:
         for name in list(self.runtimes):
             self.detach(name)
         self.node.unsubscribe(HEARTBEAT_STREAM, self._on_bundles)
+        self.node.unsubscribe(LIVENESS_STREAM, self._on_beats)
         t, self._ticker = self._ticker, None
         if t is not None and not t.done():
             t.cancel()

@@ -17,7 +17,14 @@ Each node's shell is the shipped :class:`~netmesh.replication.executor.OutputExe
 (the one the node runtime uses) over a :class:`FaultyStorage` (a list-of-payloads log
 with a term per batch, retention and log restarts, a saved HardState, and injected
 OSErrors before or after a write reaches it) and a send callable into the simulated
-network, so every seed exercises the executor that ships. Its crash hook places power
+network, so every seed exercises the executor that ships. Quiescence runs as in the
+node (``ReplicationHub``): every node sends a liveness beat to every peer each
+heartbeat (a simulated datagram, dropped, delayed and cut like the others) listing
+the channel's :func:`~netmesh.replication.messages.quiet_key` while it leads it
+quiescently; every coordinator gets ``refresh`` with the beat times before any input,
+and a quiescent one ``wake`` when its leader's node fell silent for the window, stopped listing
+the channel (or restarted), never listed it within a window of quiescing, or (a
+leader) a member's node fell silent. Its crash hook places power
 cuts at output boundaries (``crash_mid_output``, ``crash_points``; every boundary:
 :data:`EVERY_BOUNDARY`). A storage error stops the node (role FAILED) until
 ``restart`` reopens it; ``down()`` lists crashed and failed nodes.
@@ -51,7 +58,17 @@ from netmesh.replication.coordinator import (
     Truncate,
 )
 from netmesh.replication.executor import CrashPoint, ExecutorHooks, OutputExecutor
-from netmesh.replication.messages import Message, decode, encode
+from netmesh.replication.messages import (
+    LivenessBeat,
+    Message,
+    decode,
+    decode_liveness,
+    encode,
+    encode_liveness,
+    pack_keys,
+    quiet_key,
+    unpack_keys,
+)
 from netmesh.replication.roles import ReplicaRole
 
 #: the output boundaries where ``crash_mid_output`` may cut power, by default: just
@@ -228,8 +245,12 @@ def _timer_state(c: ReplicationCoordinator) -> tuple[object, ...]:
     return (
         c.role, c.term, c.voted_for, c.leader_id, c.tail, c.commit, c.epochs,
         c._deferred, c._leader_heard_at, c._extra_wait, c._last_campaign_at,
-        c._outstanding, c._next_hb_at, c._campaign.term, c._campaign.kind,
+        c._outstanding, c._next_hb_at, c._campaign.term, c._campaign.kind, c.quiescent,
     )  # fmt: skip
+
+
+#: the channel name the simulated nodes list in their liveness beats
+CHANNEL = "sim"
 
 
 @dataclass
@@ -240,6 +261,17 @@ class SimNode:
     storage: MemoryStorage
     alive: bool = True
     last_commit: int = 0
+    #: liveness (the node's ReplicationHub in the runtime): this process start's id,
+    #: when each peer's last beat arrived, its incarnation, the peers silent for a
+    #: window (edges wake leaders), when the follower last saw its leader list the
+    #: channel since it quiesced (None: not yet), when it quiesced
+    incarnation: int = 0
+    beat_at: dict[int, float] = field(default_factory=dict)
+    peer_incarnation: dict[int, int] = field(default_factory=dict)
+    silent: set[int] = field(default_factory=set)
+    listed_at: float | None = None
+    quiet_since: float | None = None
+    next_beat_at: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -302,8 +334,11 @@ class SimCluster:
         storage_errors: float = 0.0,
         log_terms: bool = True,
         retention_max_events: int | None = None,
+        quiesce: bool = True,
     ) -> None:
         self.seed = seed
+        self.quiesce = quiesce
+        self._incarnations = 0
         self.storage_errors = storage_errors
         self.log_terms = log_terms
         #: (when, output type) of every crash the crash hook placed, in order
@@ -335,7 +370,7 @@ class SimCluster:
             storage = FaultyStorage(self, log_terms)
             storage.retention_max_events = retention_max_events
             self.nodes[i] = self._node(i, storage)
-        self._queue: list[tuple[float, int, int, int, bytes]] = []
+        self._queue: list[tuple[float, int, int, int, bytes, bool]] = []
         self._counter = 0
         self._cut: set[tuple[int, int]] = set()  # (from, to): datagrams from -> to drop
         self.leaders_by_term: dict[int, int] = {}
@@ -356,13 +391,15 @@ class SimCluster:
             epochs=storage.epochs,
             rng=random.Random(self.rng.getrandbits(32)),
             auto_bootstrap=self.auto_bootstrap,
+            quiesce=self.quiesce,
         )
 
         def send(to: int, msg: Message) -> None:
             self._transmit(node_id, to, encode(msg))
 
         executor = OutputExecutor(coord, storage, send, lambda: self.now, _SimHooks(self, node_id))
-        return SimNode(node_id, coord, executor, storage)
+        self._incarnations += 1
+        return SimNode(node_id, coord, executor, storage, incarnation=self._incarnations)
 
     def fail(self, what: str) -> InvariantViolation:
         return InvariantViolation(f"seed={self.seed} step={self.steps} t={self.now:.3f}: {what}")
@@ -386,23 +423,99 @@ class SimCluster:
     def _linked(self, frm: int, to: int) -> bool:
         return (frm, to) not in self._cut
 
-    def _transmit(self, frm: int, to: int, data: bytes) -> None:
+    def _transmit(self, frm: int, to: int, data: bytes, beat: bool = False) -> None:
         copies = 2 if self.rng.random() < self.duplicate else 1
         for _ in range(copies):
             if self.rng.random() < self.drop or not self._linked(frm, to):
                 continue
             self._counter += 1
             at = self.now + self.rng.uniform(0.0, self.max_delay)
-            heapq.heappush(self._queue, (at, self._counter, frm, to, data))
+            heapq.heappush(self._queue, (at, self._counter, frm, to, data, beat))
 
     def _deliver_due(self) -> None:
         while self._queue and self._queue[0][0] <= self.now:
-            _, _, frm, to, data = heapq.heappop(self._queue)
+            _, _, frm, to, data, beat = heapq.heappop(self._queue)
             node = self.nodes[to]
             if not node.alive or not self._linked(frm, to):
                 continue
+            if beat:
+                self._on_beat(node, frm, decode_liveness(data))
+                continue
             self.delivered += 1
+            node.coord.refresh(self.now, node.beat_at)
             self._execute(node, node.coord.step(frm, decode(data), self.now))
+
+    # ------------------------------------------------------------------ liveness
+
+    def _send_beats(self, node: SimNode) -> None:
+        """Every heartbeat: a beat to each peer, listing the channel if this node leads
+        it quiescently (the generation is not modelled: every beat carries its set)."""
+        if self.now < node.next_beat_at:
+            return
+        node.next_beat_at = self.now + self.config.heartbeat_ms / 1000.0
+        c = node.coord
+        led = c.quiescent and c.role is ReplicaRole.LEADER and node.running
+        keys = pack_keys({quiet_key(CHANNEL, c.term)} if led else set())
+        data = encode_liveness(LivenessBeat(node.incarnation, 0, keys))
+        for p in self.ids:
+            if p != node.node_id:
+                self._transmit(node.node_id, p, data, beat=True)
+
+    def _on_beat(self, node: SimNode, frm: int, beat: LivenessBeat) -> None:
+        """A peer's beat: note the time; a follower quiescent with ``frm`` wakes when
+        the beat no longer lists the channel in its term (or ``frm`` restarted), its
+        election timer counting from the last listing."""
+        restarted = node.peer_incarnation.get(frm, beat.incarnation) != beat.incarnation
+        node.peer_incarnation[frm] = beat.incarnation
+        node.beat_at[frm] = self.now
+        c = node.coord
+        if not (node.running and c.quiescent and c.role is ReplicaRole.REPLICA):
+            return
+        if c.leader_id != frm:
+            return
+        if quiet_key(CHANNEL, c.term) in unpack_keys(beat.keys or b"") and not restarted:
+            node.listed_at = self.now
+        elif node.listed_at is not None or restarted:
+            heard = {p: t for p, t in node.beat_at.items() if p != frm}
+            if node.listed_at is not None:
+                heard[frm] = node.listed_at
+            self._execute(node, c.wake(self.now, heard))
+
+    def _liveness(self, node: SimNode) -> None:
+        """The hub's periodic check: wake a quiescent follower whose leader's node fell
+        silent for a window (or that was never listed within one), a quiescent leader
+        when a member's node falls silent (check-quorum counts live peers)."""
+        c = node.coord
+        if c.quiescent and node.quiet_since is None:
+            node.quiet_since, node.listed_at = self.now, None
+        elif not c.quiescent:
+            node.quiet_since = None
+        newly = set()
+        for p in self.ids:
+            if p == node.node_id:
+                continue
+            if self.now - node.beat_at.get(p, float("-inf")) >= c.silence:
+                if p not in node.silent:
+                    newly.add(p)
+                    node.silent.add(p)
+            else:
+                node.silent.discard(p)
+        if not (node.running and c.quiescent):
+            return
+        if c.role is ReplicaRole.LEADER:
+            wake = bool(newly)
+            heard = node.beat_at
+        else:
+            lead = c.leader_id
+            wake = lead in node.silent
+            heard = node.beat_at
+            unlisted = not wake and node.listed_at is None and node.quiet_since is not None
+            if unlisted and self.now - (node.quiet_since or 0.0) >= c.silence:
+                wake = True
+                heard = {p: t for p, t in node.beat_at.items() if p != lead}
+        if wake:
+            self._execute(node, c.wake(self.now, heard))
+            node.quiet_since = None
 
     # ------------------------------------------------------------------ verbs
 
@@ -414,6 +527,8 @@ class SimCluster:
             self._deliver_due()
             for node in self.nodes.values():
                 if node.alive:
+                    self._send_beats(node)
+                    self._liveness(node)
                     self._tick(node)
             self.check()
 
@@ -421,6 +536,7 @@ class SimCluster:
         """Tick ``node``; a tick before the coordinator's ``next_tick_at`` must do
         nothing (nodes tick only their due channels), else an invariant fails."""
         coord = node.coord
+        coord.refresh(self.now, node.beat_at)
         due = coord.next_tick_at()
         before = _timer_state(coord) if self.now < due else None
         outputs = coord.tick(self.now)
@@ -442,6 +558,7 @@ class SimCluster:
         node = self.nodes[target]
         first = len(node.log)
         MemoryStorage.append(node.storage, first, payloads, node.coord.term)  # no faults
+        node.coord.refresh(self.now, node.beat_at)
         self._execute(node, node.coord.local_appended(len(node.log), self.now))
         self.check()
         return first

@@ -238,6 +238,9 @@ def test_many_channels_share_one_tick_and_bundle_their_heartbeats() -> None:
         ra, rb = Redex(), Redex()
         ra.enable_replication(a)
         rb.enable_replication(b)
+        for r in (ra, rb):  # idle channels would quiesce: keep them heartbeating
+            assert r._hub is not None
+            r._hub.quiesce = False
         rcfg = ReplicationConfig(
             factor=2, heartbeat_ms=100, placement=PlacementStrategy.pinned([a.node_id, b.node_id])
         )
