@@ -639,6 +639,143 @@ class RedexFile:
             self._wake_tails()
         return first
 
+    # -- raw records (catch-up from disk, issue 15 §5) ------------------------------------
+    def read_records(
+        self, from_seq: int, max_bytes: int, end_seq: int | None = None
+    ) -> tuple[int, bytes, int] | None:
+        """Whole batch records as stored, from the one that starts at ``from_seq``:
+        (events, record bytes, payload bytes), records added while their payloads stay
+        within ``max_bytes`` and their events below ``end_seq`` (and ``next_seq``); the
+        first record alone may hold up to 4x ``max_bytes``; a ``from_seq`` inside a record
+        gets the rest of that record re-encoded (same term and time) in front. None when
+        ``from_seq`` is not held or the file is in memory: the caller then reads
+        payloads. Each record is checked (CRCs, seqs) as it is read;
+        LogCorrupt otherwise."""
+        limit = self._next_seq if end_seq is None else min(end_seq, self._next_seq)
+        if not self._persisted or not self._first_seq <= from_seq < limit:
+            return None
+        si = bisect.bisect_right(self._seg_firsts, from_seq) - 1
+        if si < 0:
+            return None
+        seg = self._segments[si]
+        j = bisect.bisect_right(seg.idx_seq, from_seq) - 1
+        off = seg.idx_off[j] if j >= 0 else record.FILE_HEADER_SIZE
+        if seg.rfd < 0:
+            seg.rfd = os.open(seg.path, os.O_RDONLY)
+        n = self._fit(from_seq, limit, max_bytes)
+        base = self._head - self._first_seq
+        want = (
+            sum(self._lens[base + from_seq : base + from_seq + n])
+            + (record.LENGTH_SIZE + record.RECORD_HEADER_SIZE) * n
+            + self.config.index_interval_bytes
+        )
+        while off < seg.size:
+            buf = os.pread(seg.rfd, min(max(want, 1 << 16), seg.size - off), off)
+            res = record.scan(buf, payloads=False)
+            if not res.batches and res.end is record.ScanEnd.TORN and len(buf) >= 4:
+                need = record.RECORD_HEADER_SIZE + int.from_bytes(buf[:4], "little")
+                buf = os.pread(seg.rfd, min(need, seg.size - off), off)  # one large record
+                res = record.scan(buf, payloads=False)
+            if not res.batches:
+                raise LogCorrupt(seg.path, off, res.reason or "unreadable record")
+            for i, b in enumerate(res.batches):
+                if b.end_seq <= from_seq:
+                    continue
+                head = b""
+                count = payload = 0
+                if b.first_seq != from_seq:  # inside a record: its rest, re-encoded
+                    rec = record.scan(buf[b.offset : b.offset + b.size]).batches[0]
+                    rest = rec.payloads[from_seq - b.first_seq : limit - b.first_seq]
+                    head = record.encode_batch(from_seq, rest, b.term, b.time_ns)
+                    count, payload = len(rest), sum(map(len, rest))
+                    i += 1
+                start = stop = res.batches[i].offset if i < len(res.batches) else 0
+                for c in res.batches[i:]:
+                    size = c.size - record.RECORD_HEADER_SIZE - record.LENGTH_SIZE * len(c.lengths)
+                    if c.end_seq > limit or (count and payload + size > max_bytes):
+                        break
+                    if not count and size > 4 * max_bytes:
+                        return None
+                    count += len(c.lengths)
+                    payload += size
+                    stop = c.offset + c.size
+                if not count:
+                    return None
+                return count, (head + buf[start:stop] if head else buf[start:stop]), payload
+            off += res.consumed
+        return None
+
+    def append_records(
+        self,
+        first_seq: int,
+        count: int,
+        records: bytes,
+        runs: tuple[tuple[int, int, int], ...] | list[tuple[int, int, int]] = (),
+    ) -> None:
+        """Append another log's batch records as they are (a replica catching up from
+        its leader's disk): ``count`` events from ``first_seq`` (= ``next_seq``).
+        Every record is checked first -- header and body CRC, contiguous seqs from
+        ``first_seq``, terms never below the last one, each record's term equal to the
+        term its seqs have in ``runs`` ((start, end, term) of the adopted epochs), the
+        payload size limit -- and the chunk is refused whole (OutOfOrder; nothing
+        written) if any fails. Then one ``write``, and the index, epochs and ages come
+        from the records. Raises Closed, StorageFailed, PayloadTooLarge, OutOfOrder."""
+        self._check_writable()
+        if first_seq != self._next_seq:
+            raise OutOfOrder(
+                f"{self.name}: records start at {first_seq}, next_seq is {self._next_seq}"
+            )
+        res = record.scan_index(records, 0, first_seq, self.last_term)
+        if res.end is not record.ScanEnd.CLEAN or len(res.lengths) != count or not count:
+            why = res.reason or f"{len(res.lengths)} events, {count} announced"
+            raise OutOfOrder(f"{self.name}: refused a chunk of records at seq {first_seq}: {why}")
+        firsts, terms = res.first_seqs, res.terms
+        end = first_seq + count
+        k = 0
+        for i, first in enumerate(firsts):
+            last = (firsts[i + 1] if i + 1 < len(firsts) else end) - 1
+            while k < len(runs) and runs[k][1] <= first:
+                k += 1
+            if (
+                k >= len(runs)
+                or not runs[k][0] <= first <= last < runs[k][1]
+                or (runs[k][2] != terms[i])
+            ):
+                raise OutOfOrder(
+                    f"{self.name}: refused a chunk of records: the record at seq {first} has"
+                    f" term {terms[i]}, the leader's epochs another"
+                )
+        if max(res.lengths) > self.config.max_payload:
+            raise PayloadTooLarge(max(res.lengths), self.config.max_payload)
+        if not self._persisted or self.config.idempotence:  # payload objects needed
+            for b in record.scan(records).batches:
+                self.apply_batch(b.payloads, b.first_seq, b.term)
+            return
+        seg = self._segments[-1]
+        offset = seg.size
+        self._write(records)  # disk first
+        interval = self.config.index_interval_bytes
+        offsets, times, lens = res.offsets, res.times, res.lengths
+        self._cache_clear()  # the cache holds a contiguous run up to next_seq
+        self._lens.extend(lens)
+        self._retained_bytes += sum(lens)
+        self._next_seq = end
+        for i, first in enumerate(firsts):
+            nxt = firsts[i + 1] if i + 1 < len(firsts) else end
+            rec_end = offsets[i + 1] if i + 1 < len(firsts) else len(records)
+            seg.index(first, offset + offsets[i], interval)
+            if not self._epochs or self._epochs[-1][0] != terms[i]:
+                self._epochs.append((terms[i], first))
+            size = rec_end - offsets[i] - record.RECORD_HEADER_SIZE
+            size -= record.LENGTH_SIZE * (nxt - first)
+            self._note_age(first, times[i], size, i == 0 and offset == record.FILE_HEADER_SIZE)
+        self._refresh_fast()
+        self._apply_retention()
+        if self._segments[-1].size >= self.config.segment_bytes:
+            self._guarded(self._start_segment, self._next_seq)
+        if self._tails:
+            self._wake_tails()
+
     def _cache_add(self, first: int, payloads: list[bytes], size: int) -> None:
         limit = self.config.cache_bytes
         if size > limit:

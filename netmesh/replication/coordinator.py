@@ -134,6 +134,7 @@ from netmesh.replication.messages import (
     Message,
     Nack,
     NackReason,
+    SyncRecords,
     SyncRequest,
     SyncResponse,
     VoteKind,
@@ -191,6 +192,19 @@ class Apply:
 
 
 @dataclass(frozen=True)
+class ApplyRecords:
+    """Append the leader's batch ``records`` as they are (``count`` events from
+    ``first_seq`` = tail); ``runs`` are the ``(start, end, term)`` runs of the adopted
+    epochs over them, which every record's own term must match (else the log refuses
+    the whole chunk, as it does one whose CRCs fail)."""
+
+    first_seq: int
+    count: int
+    records: bytes
+    runs: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
 class Truncate:
     """Discard local events with seq >= ``from_seq`` (a divergent, unacknowledged suffix)."""
 
@@ -231,7 +245,15 @@ class SaveHardState:
 
 
 Output = (
-    Send | ServeSync | Apply | Truncate | ResetLog | CommitAdvanced | RoleChanged | SaveHardState
+    Send
+    | ServeSync
+    | Apply
+    | ApplyRecords
+    | Truncate
+    | ResetLog
+    | CommitAdvanced
+    | RoleChanged
+    | SaveHardState
 )
 
 
@@ -370,7 +392,7 @@ def _merge_epochs(
     return epochs
 
 
-_LOG_CHANGES = (Truncate, Apply, ResetLog)
+_LOG_CHANGES = (Truncate, Apply, ApplyRecords, ResetLog)
 
 
 @dataclass
@@ -1413,6 +1435,65 @@ class ReplicationCoordinator:
             max_bytes = min(m.max_bytes, self.config.sync_chunk_bytes)
             self._out.append(ServeSync(frm, m.from_seq, max_bytes, m.request_id))
 
+    def serve_records(
+        self, req: ServeSync, count: int, records: bytes, payload_bytes: int, now: float
+    ) -> list[Output]:
+        """Answer a :class:`ServeSync` for a request with the log's own batch records
+        (``count`` events from ``req.from_seq``, ``payload_bytes`` of payloads) as one
+        :class:`SyncRecords` (issue 15 §5: catch-up without an object per event). The
+        shell only offers whole records within the leader's tail; budget and refusals
+        as :meth:`serve`."""
+        self._begin(now)
+        end = req.from_seq + count
+        if self.role is L and req.to in self._progress and req.request_id and end <= self.tail:
+            cost = RESPONSE_OVERHEAD + payload_bytes + EVENT_OVERHEAD * count
+            if not self.budget.try_consume(cost, self._now):
+                self.metrics.under_capacity_total += 1
+                self._send(
+                    req.to, Nack(self.term, req.request_id, NackReason.BACKPRESSURE, req.from_seq)
+                )
+            else:
+                self.metrics.sync_bytes_total += cost
+                first = req.from_seq
+                msg = SyncRecords(
+                    self.term,
+                    req.request_id,
+                    first,
+                    term_at(self.epochs, first - 1),
+                    self.commit,
+                    overlapping(self.epochs, first, end),
+                    count,
+                    records,
+                )
+                self._send(req.to, msg)
+        elif req.request_id:
+            self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER, req.from_seq))
+        return self._end()
+
+    def _replica_sync_records(self, frm: int, m: SyncRecords) -> None:
+        """Raw records continue the log only where it ends (no partial records are cut
+        here): a chunk that starts elsewhere, or after another term than ours, is left
+        for the next request (from our tail) to fetch again."""
+        if m.term != self.term:
+            return
+        first, end = m.first_seq, m.first_seq + m.count
+        self._follow(frm, end)
+        if self._outstanding is not None and self._outstanding[0] == m.request_id:
+            self._outstanding = None
+        if m.count and first == self.tail and term_at(self.epochs, first - 1) == m.prev_term:
+            epochs = tuple(e for e in self.epochs if e[1] < first)
+            for t, st in m.epochs:
+                if st >= first:
+                    epochs = add_epoch(epochs, t, st)
+            runs = tuple(term_runs(epochs, first, end))
+            self._out.append(ApplyRecords(first, m.count, m.records, runs))
+            self.tail = end
+            self._set_epochs(epochs)
+            if self._epoch_term() == self.term:
+                self._send(frm, Ack(self.term, self.tail))
+        self._learn_commit(m.commit_seq)
+        self._maybe_request()
+
     def _respond(self, to: int, rid: int, first: int, payloads: tuple[bytes, ...]) -> None:
         prog = self._progress[to]
         cost = RESPONSE_OVERHEAD + sum(len(p) + EVENT_OVERHEAD for p in payloads)
@@ -1542,3 +1623,8 @@ def format_step_table() -> str:
     return "\n".join(
         f"{role.name:<9} {t.__name__:<12} -> {h.__name__}" for (role, t), h in STEP_TABLE.items()
     )
+
+
+# raw catch-up (issue 15 §5): SyncRecords answers requests; only a replica applies them
+STEP_TABLE.update({(role, SyncRecords): _DROP for role in ReplicaRole})
+STEP_TABLE[(R, SyncRecords)] = _RC._replica_sync_records

@@ -14,6 +14,9 @@ Outputs and what executing them means:
 
 * ``Apply`` -> :meth:`LogStorage.append` (the first event must get ``first_seq``;
   the log records the batch's ``term``);
+* ``ApplyRecords`` -> ``append_records(first_seq, count, records, runs)`` of a storage
+  that offers ``read_records``/``append_records`` (a RedexFile on disk): the leader's
+  batch records, checked and appended as they are (OutOfOrder refuses the chunk);
 * ``Truncate`` -> :meth:`LogStorage.truncate`; a log that then ends anywhere but
   ``from_seq`` is resynced (rule 2);
 * ``ResetLog`` -> :meth:`LogStorage.reset` (a replica behind the leader's retained
@@ -24,10 +27,12 @@ Outputs and what executing them means:
   after it leaves the node);
 * ``Send`` -> the ``send(to, msg)`` callable (network errors are the callable's to
   count; a lost datagram is normal);
-* ``ServeSync`` -> :meth:`LogStorage.read`, trimmed to ``max_bytes`` (at least one
-  event), handed back to :meth:`~ReplicationCoordinator.serve` (with the retained head
-  when retention already dropped ``from_seq``); its outputs run next, before the rest
-  of the list;
+* ``ServeSync`` -> for a request, ``read_records(from_seq, max_bytes, tail)`` when
+  the storage has it and ``from_seq`` starts a record (whole records, handed to
+  :meth:`~ReplicationCoordinator.serve_records`); else :meth:`LogStorage.read`,
+  trimmed to ``max_bytes`` (at least one event), handed back to
+  :meth:`~ReplicationCoordinator.serve` (with the retained head when retention already
+  dropped ``from_seq``); its outputs run next, before the rest of the list;
 * ``CommitAdvanced`` -> :meth:`LogStorage.set_retention_floor` with the coordinator's
   ``retention_floor`` (quorum mode: retention never removes events a majority does
   not hold yet), then :meth:`ExecutorHooks.on_commit`;
@@ -79,6 +84,7 @@ from netmesh.errors import Closed, OutOfOrder
 from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication.coordinator import (
     Apply,
+    ApplyRecords,
     CommitAdvanced,
     Output,
     ReplicationCoordinator,
@@ -266,6 +272,8 @@ class OutputExecutor:
         elif isinstance(out, Apply):
             self.hooks.on_apply(out)
             _store(storage.append, out.first_seq, out.payloads, out.term)
+        elif isinstance(out, ApplyRecords):
+            _store(_append_records(storage), out.first_seq, out.count, out.records, out.runs)
         elif isinstance(out, SaveHardState):
             _store(storage.save_hard_state, out.state)
         elif isinstance(out, Truncate):
@@ -299,6 +307,12 @@ class OutputExecutor:
         return []
 
     def _serve(self, out: ServeSync) -> list[Output]:
+        read_records = getattr(self.storage, "read_records", None)
+        if read_records is not None and out.request_id:  # raw catch-up (issue 15 §5)
+            got = _store(read_records, out.from_seq, out.max_bytes, self.coord.tail_seq)
+            if got is not None:
+                count, records, payload_bytes = got
+                return self.coord.serve_records(out, count, records, payload_bytes, self.clock())
         read_bytes = getattr(self.storage, "read_bytes", None)
         if read_bytes is not None:  # reads what the chunk sends, not READ_CHUNK events
             payloads, first = _store(
@@ -351,6 +365,16 @@ class OutputExecutor:
         for note in self.coord.storage_failed(self.clock()):
             if isinstance(note, RoleChanged):
                 self.hooks.on_role(note)
+
+
+def _append_records(storage: LogStorage) -> Callable[..., None]:
+    """``storage.append_records(first_seq, count, records, runs)``: the checked raw
+    append (OutOfOrder refuses a chunk whose CRCs, seqs or terms do not hold, and the
+    coordinator is resynced, rule 2). A storage without it never asked for records."""
+    op: Callable[..., None] | None = getattr(storage, "append_records", None)
+    if op is None:
+        raise OutOfOrder("this log takes no raw records")
+    return op
 
 
 def _claims_durable(msg: Message) -> int | None:

@@ -168,7 +168,7 @@ class Ack:
     tail_seq: int
 
 
-Message = Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResponse | Ack
+# Message: the union of the message classes, at the end of the module
 
 # field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
 # s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, k = vote kind, e = epochs,
@@ -421,3 +421,42 @@ def decode_liveness(data: bytes) -> LivenessBeat:
     if keys is not None and (type(keys) is not bytes or len(keys) % 8):
         raise DecodeError("beat keys must be nil or bin of 8-byte keys")
     return LivenessBeat(_uint(body[2]), _uint(body[3]), keys)
+
+
+# ------------------------------------------------------------- raw catch-up (issue 15)
+
+
+@dataclass(frozen=True)
+class SyncRecords:
+    """Leader -> replica, answering a SyncRequest from the log on disk: ``count``
+    events from ``first_seq`` as the leader's own batch records
+    (:mod:`netmesh.log.record` format: header and body CRC per record, each record
+    stamped with its term), sent as stored, so neither side builds a Python object per
+    event (issue 15 §5). The replica checks every record (CRCs, seqs, terms against
+    ``epochs``) and appends the bytes as they are, or refuses the whole chunk. Other
+    fields as :class:`SyncResponse`; only requests are answered so (``request_id`` is
+    never 0), pushes stay SyncResponses."""
+
+    term: int
+    request_id: int
+    first_seq: int
+    prev_term: int
+    commit_seq: int
+    epochs: tuple[Epoch, ...]
+    count: int
+    records: bytes
+
+
+def _records(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise DecodeError("records must be bin")
+    return v
+
+
+_KINDS["B"] = _records
+_SCHEMA[8] = (SyncRecords, "tustseuB")
+_TAGS[SyncRecords] = 8
+
+Message = (
+    Heartbeat | SyncRequest | SyncResponse | Nack | VoteRequest | VoteResponse | Ack | SyncRecords
+)

@@ -268,6 +268,19 @@ class FileStorage:
     def read(self, from_seq: int, end_seq: int) -> tuple[list[bytes], int]:
         return self.file.read_payloads(from_seq, end_seq)
 
+    def read_records(
+        self, from_seq: int, max_bytes: int, end_seq: int
+    ) -> tuple[int, bytes, int] | None:
+        """Whole batch records from ``from_seq`` as stored (raw catch-up, issue 15 §5):
+        (events, bytes, payload bytes), or None to read payloads instead."""
+        return self.file.read_records(from_seq, max_bytes, end_seq)
+
+    def append_records(
+        self, first_seq: int, count: int, records: bytes, runs: tuple[tuple[int, int, int], ...]
+    ) -> None:
+        """Check and append the leader's records as they are (OutOfOrder refuses)."""
+        self.file.append_records(first_seq, count, records, runs)
+
     def read_bytes(self, from_seq: int, end_seq: int, max_bytes: int) -> tuple[list[bytes], int]:
         """:meth:`read` of at most ``max_bytes`` of payloads (at least one event): a
         sync chunk reads from disk what it sends."""
