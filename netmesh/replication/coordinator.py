@@ -595,11 +595,12 @@ class ReplicationCoordinator:
         """Earliest time (seconds, the ``now`` clock) at which :meth:`tick` may do
         anything; a tick before it returns no output and changes no state (so a shell
         driving thousands of channels ticks only the due ones). ``inf``: no timer
-        (Failed, or Idle without auto-bootstrap). Valid until the next input of any
-        kind: recompute after each. The deadlines: the next heartbeat, the silence
-        window (plus the randomised extra wait), the pinned leader's campaign, a sync
-        retry or backoff, a campaign's deadline, and a quorum leader's step-down (when
-        the majority it heard last would fall silent).
+        (Failed, quiescent, or Idle without auto-bootstrap). Valid until the next
+        input of any kind (``refresh`` included): recompute after each. The
+        deadlines: the next heartbeat, the silence window (plus the randomised extra
+        wait), the pinned leader's campaign, a sync retry or backoff, a campaign's
+        deadline, and a quorum leader's step-down (when the majority it heard last
+        would fall silent).
         """
         role = self.role
         if self._quiescent:

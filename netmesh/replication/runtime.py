@@ -764,8 +764,8 @@ class ReplicationHub:
         self._beat_peers.update(p for p in rt.coord.members if p != self.node.node_id)
         self._silence = min(self._silence, rt.coord.silence)
         self._beat_interval = min(self._beat_interval, rt.coord.hb)
-        if self._t0 is None:
-            self._t0 = rt.now()
+        if self._t0 is None:  # the first beats carry the (empty) set: a restarted
+            self._t0 = self._led_changed_at = rt.now()  # node is known at once
         self.schedule(rt)
         t = self._ticker
         if t is None or t.done() or t.get_loop() is not rt.loop:
@@ -929,7 +929,8 @@ class ReplicationHub:
         one we hold; an unknown set (its carriers were lost) does not count as a beat,
         so followers of ``frm`` wake after a window unless a full beat arrives."""
         old = self._listing.get(frm)
-        same_life = old is not None and old[0] == beat.incarnation
+        restarted = old is not None and old[0] != beat.incarnation
+        same_life = old is not None and not restarted
         if beat.keys is None:
             if not (same_life and old is not None and old[1] == beat.generation):
                 return
@@ -959,13 +960,13 @@ class ReplicationHub:
                 rt = following[key]
                 rt.listed = True
                 self._unlisted.pop(rt.name, None)
-        # wake the followers it stopped listing (all that were listed, if it restarted)
+        # wake the followers it stopped listing (all of them, if it restarted)
         gone = following.keys() - keys
         for key in gone:
             rt = following[key]
-            if rt.listed or not same_life:
+            if rt.listed or restarted:
                 heard = dict(self.beat_at)
-                if prev_at is not None and same_life:
+                if prev_at is not None and not restarted:
                     heard[frm] = prev_at
                 else:
                     heard.pop(frm, None)

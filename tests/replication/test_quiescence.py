@@ -6,14 +6,13 @@ simulation (which sends liveness beats as the node does), then two in-process no
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from netmesh import Redex, RedexFileConfig
+from netmesh import EntityKeypair, MeshNode, MeshNodeConfig, Redex, RedexFileConfig
 from netmesh.config import PlacementStrategy, ReplicationConfig
 from netmesh.errors import DecodeError
-from netmesh.identity import EntityKeypair
-from netmesh.link.node import MeshNode, MeshNodeConfig
 from netmesh.replication.coordinator import ReplicationCoordinator, Send, ServeSync
 from netmesh.replication.messages import (
     Heartbeat,
@@ -147,7 +146,7 @@ def test_woken_by_its_leaders_silence_a_follower_campaigns_at_once() -> None:
     assert not c.quiescent
     assert c.next_tick_at() <= 1.0 + 3 * HB
     out = c.tick(1.0 + 3 * HB)
-    assert c.role is R.CANDIDATE
+    assert c.role.name == "CANDIDATE"
     assert any(isinstance(o, Send) and isinstance(o.msg, VoteRequest) for o in out)
 
 
@@ -344,3 +343,119 @@ def test_in_process_nodes_quiesce_and_wake_on_append() -> None:
         await b.shutdown()
 
     asyncio.run(body())
+
+
+# ------------------------------------------------------------------ the hub's liveness
+
+
+class _Node:
+    node_id = A
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str, bytes]] = []
+
+    def subscribe_batch(self, kind: str, handler: object) -> None:
+        pass
+
+    def send(self, to: int, stream: str, data: bytes) -> None:
+        self.sent.append((to, stream, data))
+
+
+class _Coord:
+    def __init__(self, role: R, leader: int | None) -> None:
+        self.quiescent, self.role, self.term, self.leader_id = True, role, 5, leader
+        self.members, self.silence, self.hb = (A, B, C), 3 * HB, HB
+
+
+class _Rt:
+    """What the hub touches of a ChannelRuntime."""
+
+    def __init__(self, hub: Any, name: str, role: R, leader: int | None) -> None:
+        self.hub, self.name, self.coord = hub, name, _Coord(role, leader)
+        self.quiet: object = None
+        self.listed, self._closed, self.t = False, False, 0.0
+        self.woken: list[dict[int, float]] = []
+        self.due, self.heap_at = INF, INF
+
+    def now(self) -> float:
+        return self.t
+
+    def wake(self, heard: dict[int, float]) -> None:
+        self.woken.append(dict(heard))
+        self.coord.quiescent = False
+        self.hub.quiet_changed(self)
+
+
+def _hub() -> Any:
+    from netmesh.replication.runtime import ReplicationHub
+
+    hub = ReplicationHub(_Node())
+    hub._silence, hub._beat_interval, hub._t0 = 3 * HB, HB, 0.0
+    hub._beat_peers = {B, C}
+    return hub
+
+
+def test_hub_wakes_a_follower_its_leader_stopped_listing() -> None:
+    h = _hub()  # its private parts are under test
+    rt = _Rt(h, "ch", R.REPLICA, B)
+    h.quiet_changed(rt)
+    key = quiet_key("ch", 5)
+    assert rt.quiet is not None and not rt.listed and "ch" in h._unlisted
+    h._on_beat(B, LivenessBeat(9, 1, pack_keys({key})), 0.1)
+    assert rt.listed and "ch" not in h._unlisted
+    h._on_beat(B, LivenessBeat(9, 1, None), 0.2)  # unchanged: generation only
+    assert h.beat_at[B] == 0.2 and not rt.woken
+    h._on_beat(B, LivenessBeat(9, 2, None), 0.3)  # a change we missed: not a beat
+    assert h.beat_at[B] == 0.2 and not rt.woken
+    h._on_beat(B, LivenessBeat(9, 3, pack_keys(set())), 0.4)  # no longer listed
+    assert rt.woken == [{B: 0.2}] and rt.quiet is None  # timer from the last listing
+
+
+def test_hub_wakes_followers_of_a_restarted_or_silent_node_and_leaders_once() -> None:
+    h = _hub()
+    f1, f2 = _Rt(h, "f1", R.REPLICA, B), _Rt(h, "f2", R.REPLICA, C)
+    lead = _Rt(h, "l", R.LEADER, A)
+    for rt in (f1, f2, lead):
+        h.quiet_changed(rt)
+    assert quiet_key("l", 5) in h._led
+    for t in (0.1, 0.2):
+        h._on_beat(B, LivenessBeat(9, 1, pack_keys({quiet_key("f1", 5)})), t)
+        h._on_beat(C, LivenessBeat(4, 1, pack_keys({quiet_key("f2", 5)})), t)
+    h._on_beat(B, LivenessBeat(10, 0, pack_keys(set())), 0.25)  # B restarted
+    assert f1.woken == [{C: 0.2}]  # B's time dropped: it no longer vouches
+    h._liveness(0.3)
+    assert not f2.woken and not lead.woken
+    h._on_beat(B, LivenessBeat(10, 0, None), 0.5)  # B beats on
+    h._liveness(0.21 + 3 * HB)  # C silent for a window
+    assert len(f2.woken) == 1 and len(lead.woken) == 1  # its follower, and the leader
+    lead.coord.quiescent = True
+    h.quiet_changed(lead)
+    h._on_beat(B, LivenessBeat(10, 0, None), 0.6)
+    h._liveness(0.31 + 3 * HB)  # still silent: the leader is not woken again
+    assert len(lead.woken) == 1
+
+
+def test_hub_wakes_a_follower_never_listed_within_a_window() -> None:
+    h = _hub()
+    rt = _Rt(h, "ch", R.REPLICA, B)
+    h.quiet_changed(rt)
+    for t in (0.1, 0.2, 0.25):
+        h._on_beat(B, LivenessBeat(9, 1, pack_keys(set())), t)
+        h._liveness(t)
+    assert not rt.woken
+    h._liveness(0.01 + 3 * HB)
+    assert len(rt.woken) == 1 and B not in rt.woken[0]
+
+
+def test_hub_beats_carry_the_set_after_a_change_then_only_the_generation() -> None:
+    h = _hub()
+    node = h.node
+    lead = _Rt(h, "l", R.LEADER, A)
+    h.quiet_changed(lead)
+    h._send_beats(0.0)
+    first = decode_liveness(node.sent[-1][2])
+    assert unpack_keys(first.keys or b"") == {quiet_key("l", 5)}
+    assert {to for to, _, _ in node.sent} == {B, C}
+    h._send_beats(1.0)
+    later = decode_liveness(node.sent[-1][2])
+    assert later.keys is None and later.generation == first.generation
