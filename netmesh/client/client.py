@@ -287,7 +287,16 @@ class ClientProducer:
 
     def append(self, payload: bytes, timeout: float | None = 10.0) -> None:
         """Queue one event (PayloadTooLarge, RingFull, NotLeader: see ``flush``)."""
-        self.append_batch([payload], timeout)
+        if self.idempotent:
+            self.append_batch([payload], timeout)
+            return
+        p = self._live()
+        try:
+            p.append(payload, timeout)  # the ring's one-record fast path
+        except RingClosed:  # the node stopped: its unacknowledged events are reported
+            lost = p.sent - p.acked()
+            self._retarget()
+            raise _not_acked(self.channel, lost, "its node stopped") from None
 
     def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
         """Queue events in order; blocks while the ring is full (the node's backpressure)."""
