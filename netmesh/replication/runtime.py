@@ -728,6 +728,8 @@ class ReplicationHub:
         self._beat_interval = float("inf")
         #: when the first channel attached: a peer never heard counts as heard then
         self._t0: float | None = None
+        #: when ``_liveness`` last ran (a late run means our own loop stalled)
+        self._last_liveness = float("inf")
         self.runtimes: dict[str, ChannelRuntime] = {}
         self.memory_hard_states: dict[str, HardState] = {}
         self.closed_metrics: dict[str, ChannelMetrics] = {}
@@ -866,6 +868,9 @@ class ReplicationHub:
         if now >= self._next_beat_at and self._beat_peers:
             self._next_beat_at = now + self._beat_interval
             self._send_beats(now)
+        late, self._last_liveness = now - self._last_liveness > self._silence / 2, now
+        if late:  # this loop itself stalled: read what arrived meanwhile before judging
+            return
         silence, t0 = self._silence, self._t0 if self._t0 is not None else now
         for p in self._beat_peers:
             if now - self.beat_at.get(p, t0) < silence:

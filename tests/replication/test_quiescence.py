@@ -426,12 +426,13 @@ def test_hub_wakes_followers_of_a_restarted_or_silent_node_and_leaders_once() ->
     h._liveness(0.3)
     assert not f2.woken and not lead.woken
     h._on_beat(B, LivenessBeat(10, 0, None), 0.5)  # B beats on
+    h._liveness(0.41)
     h._liveness(0.21 + 3 * HB)  # C silent for a window
     assert len(f2.woken) == 1 and len(lead.woken) == 1  # its follower, and the leader
     lead.coord.quiescent = True
     h.quiet_changed(lead)
     h._on_beat(B, LivenessBeat(10, 0, None), 0.6)
-    h._liveness(0.31 + 3 * HB)  # still silent: the leader is not woken again
+    h._liveness(0.61)  # still silent: the leader is not woken again
     assert len(lead.woken) == 1
 
 
@@ -459,3 +460,15 @@ def test_hub_beats_carry_the_set_after_a_change_then_only_the_generation() -> No
     h._send_beats(1.0)
     later = decode_liveness(node.sent[-1][2])
     assert later.keys is None and later.generation == first.generation
+
+
+def test_hub_does_not_judge_its_peers_on_the_first_run_after_its_own_stall() -> None:
+    h = _hub()
+    rt = _Rt(h, "ch", R.REPLICA, B)
+    h.quiet_changed(rt)
+    h._on_beat(B, LivenessBeat(9, 1, pack_keys({quiet_key("ch", 5)})), 0.1)
+    h._liveness(0.1)
+    h._liveness(1.0)  # our loop stalled 0.9 s: B's beats may wait unread in the socket
+    assert not rt.woken
+    h._liveness(1.03)  # read them all, and none came: B is silent
+    assert rt.woken == [{B: 0.1}]
