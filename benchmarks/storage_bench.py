@@ -122,21 +122,38 @@ def bench_catchup(mb: int, size: int, budget: bool) -> None:
 
 
 def bench_reopen(events: int, batch: int = 64) -> None:
+    """Fill a persisted file in a child process that then dies without closing it (a
+    SIGKILLed node), reopen it (crash recovery), close it cleanly, reopen again."""
+    import subprocess
+
     from netmesh.config import RedexFileConfig
     from netmesh.log.file import RedexFile
 
     tmp = tempfile.mkdtemp(prefix="nm-r-")
+    fill = (
+        "import os, sys\n"
+        "from netmesh.config import RedexFileConfig\n"
+        "from netmesh.log.file import RedexFile\n"
+        "f = RedexFile('bench/r', RedexFileConfig(path=sys.argv[1], fsync='never'))\n"
+        "chunk = [b'y' * 64] * int(sys.argv[3])\n"
+        "for _ in range(int(sys.argv[2]) // len(chunk)):\n"
+        "    f.append_batch(chunk)\n"
+        "os._exit(0)  # no close: as a killed process\n"
+    )
     try:
+        subprocess.run([sys.executable, "-c", fill, tmp, str(events), str(batch)], check=True)
         cfg = RedexFileConfig(path=tmp, fsync="never")
-        f = RedexFile("bench/r", cfg)
-        chunk = [b"y" * 64] * batch
-        for _ in range(events // batch):
-            f.append_batch(chunk)
-        f.close()
+        want = events // batch * batch
         t0 = time.perf_counter()
         g = RedexFile("bench/r", cfg)
         dt = time.perf_counter() - t0
-        assert g.next_seq == events // batch * batch
+        assert g.next_seq == want, (g.next_seq, want)
+        g.close()
+        _emit(figure="reopen_after_crash_s", value=dt, events=events, batch=batch)
+        t0 = time.perf_counter()
+        g = RedexFile("bench/r", cfg)
+        dt = time.perf_counter() - t0
+        assert g.next_seq == want
         g.close()
         _emit(figure="reopen_s", value=dt, events=events, batch=batch)
     finally:

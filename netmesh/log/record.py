@@ -56,6 +56,7 @@ FILE_HEADER_SIZE = len(FILE_HEADER)
 
 _HEAD = struct.Struct("<IQQQII")  # body_len, first_seq, term, time_ns, count, body_crc
 _HEAD_CRC = struct.Struct("<I")
+_LEN = struct.Struct("<I")
 RECORD_HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 40
 LENGTH_SIZE = 4
 MAX_BODY = (1 << 32) - 1
@@ -259,6 +260,7 @@ def scan_index(
     floor = min_term
     head_size = _HEAD.size
     unpack_head, unpack_crc = _HEAD.unpack_from, _HEAD_CRC.unpack_from
+    unpack_len = _LEN.unpack_from
     firsts, offsets, terms, times = out.first_seqs, out.offsets, out.terms, out.times
     lengths = out.lengths
     while pos < total:
@@ -294,16 +296,22 @@ def scan_index(
         if lens_end > end:
             out.end, out.reason = ScanEnd.CORRUPT, f"{count} lengths overrun the body"
             return out
-        n0 = len(lengths)
-        lengths.frombytes(mv[body:lens_end])
-        if _BIG_ENDIAN:
-            tail = lengths[n0:]
-            tail.byteswap()
-            lengths[n0:] = tail
-        if lens_end + sum(lengths[n0:]) != end:
-            del lengths[n0:]
-            out.end, out.reason = ScanEnd.CORRUPT, "lengths do not add up to the body"
-            return out
+        if count == 1:  # the single-event record: no slice, no sum
+            if unpack_len(mv, body)[0] != end - lens_end:
+                out.end, out.reason = ScanEnd.CORRUPT, "lengths do not add up to the body"
+                return out
+            lengths.append(end - lens_end)
+        else:
+            n0 = len(lengths)
+            lengths.frombytes(mv[body:lens_end])
+            if _BIG_ENDIAN:
+                tail = lengths[n0:]
+                tail.byteswap()
+                lengths[n0:] = tail
+            if lens_end + sum(lengths[n0:]) != end:
+                del lengths[n0:]
+                out.end, out.reason = ScanEnd.CORRUPT, "lengths do not add up to the body"
+                return out
         firsts.append(first)
         offsets.append(pos)
         terms.append(term)

@@ -16,7 +16,21 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from netmesh.config import RedexFileConfig
 from netmesh.errors import ConfigError, LogCorrupt
+from netmesh.log import file as file_mod
 from netmesh.log.file import RedexFile
+
+
+def crash(f: RedexFile) -> None:
+    """Drop ``f`` as a killed process would: descriptors closed, nothing synced or
+    written on the way out (no clean-close sidecar)."""
+    for seg in f._segments:
+        seg.close_reader()
+    for fd in (f._fd, f._lock_fd):
+        if fd >= 0:
+            os.close(fd)
+    f._fd = f._lock_fd = -1
+    f._closed = True
+
 
 payload = st.binary(min_size=0, max_size=300)
 
@@ -36,10 +50,13 @@ class DiskFileVersusList(RuleBasedStateMachine):
         self.f = RedexFile("sm", self.cfg)
         self.model: list[bytes] = []
         self.first = 0  # first retained seq of the model
+        self.saved_ckpt = file_mod.CHECKPOINT_BYTES
+        file_mod.CHECKPOINT_BYTES = 512  # checkpoints of the active segment, often
 
     def teardown(self) -> None:
         import shutil
 
+        file_mod.CHECKPOINT_BYTES = self.saved_ckpt
         self.f.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -61,6 +78,15 @@ class DiskFileVersusList(RuleBasedStateMachine):
         assert self.f.first_retained_seq <= self.first
         if keep is not None:
             assert self.f.first_retained_seq >= len(self.model) - keep
+        self.first = self.f.first_retained_seq
+
+    @rule()
+    def crash(self) -> None:
+        """The process dies: no clean close (no sidecar for the active segment beyond
+        its last checkpoint); the page cache keeps every write."""
+        crash(self.f)
+        self.f = RedexFile("sm", self.cfg)
+        assert self.f.first_retained_seq <= self.first
         self.first = self.f.first_retained_seq
 
     @precondition(lambda self: len(self.model) > self.first)
@@ -266,7 +292,8 @@ def test_sealed_segments_reopen_from_their_index_sidecars(tmp_path: Path) -> Non
     cfg = _single_records(tmp_path / "s", 60_000)  # ~3 MiB of single-event records
     sides = sorted((tmp_path / "s").glob("*.idx"))
     segs = sorted((tmp_path / "s").glob("*.seg"))
-    assert len(sides) == len(segs) - 1 >= 2  # every sealed segment, not the active one
+    assert len(sides) == len(segs) >= 3  # every sealed segment, and after a clean close
+    # the active one too (its own is removed when the file opens for appends again)
     g = RedexFile("s", cfg)
     assert g.next_seq == 60_000 and g.retained_bytes == 8 * 60_000
     assert [e.payload for e in g.read_range(12345, 12347)] == [b"00012345", b"00012346"]
@@ -308,6 +335,58 @@ def test_reopen_scans_only_the_active_segment(
     monkeypatch.setattr(record, "scan_index", counting)
     g = RedexFile("s", cfg)
     assert g.next_seq == 40_000
+    assert not list((tmp_path / "s").glob(f"{g._segments[-1].first_seq:020d}.idx"))
+    os.close(g._fd)  # a crash: no clean close, no sidecar for the active segment
+    os.close(g._lock_fd)
+    g._fd = g._lock_fd = -1
+    big = [n for n in scanned if n > 8192]
+    assert big == [], "a clean close left sidecars: only record tails are checked"
+    scanned.clear()
+    g = RedexFile("s", cfg)
+    assert g.next_seq == 40_000
     g.close()
     segs = sorted((tmp_path / "s").glob("*.seg"))
-    assert len(segs) >= 2 and scanned == [segs[-1].stat().st_size]
+    big = [n for n in scanned if n > 8192]
+    assert len(segs) >= 2 and big == [segs[-1].stat().st_size], "after a crash: the active one"
+
+
+def test_after_a_crash_only_the_records_after_the_last_checkpoint_are_scanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17 §3: the active segment gets a checkpoint sidecar every CHECKPOINT_BYTES,
+    so a crashed log reopens by scanning at most that much (and its torn tail)."""
+    from netmesh.log import record
+
+    monkeypatch.setattr(file_mod, "CHECKPOINT_BYTES", 64 << 10)
+    cfg = RedexFileConfig(path=str(tmp_path / "k"), segment_bytes=1 << 30)
+    f = RedexFile("k", cfg)
+    events = [b"%08d" % i for i in range(30_000)]  # ~1.5 MB of single-event records
+    for e in events:
+        f.append(e)
+    crash(f)
+    seg = next((tmp_path / "k").glob("*.seg"))
+    size = seg.stat().st_size
+    scanned: list[int] = []
+    real = record.scan_index
+
+    def counting(buf: bytes, *a: object, **kw: object) -> record.IndexScan:
+        scanned.append(len(buf))
+        return real(buf, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(record, "scan_index", counting)
+    g = RedexFile("k", cfg)
+    assert g.read_payloads(0, 30_000)[0] == events and g.torn_tail_truncations == 0
+    assert scanned and max(scanned) <= (64 << 10) + 4096, "not a rescan of every record"
+    g.append(b"more")
+    crash(g)
+    with open(seg, "r+b") as fh:  # a torn write after the checkpoint
+        fh.truncate(seg.stat().st_size - 3)
+    h = RedexFile("k", cfg)
+    assert h.next_seq == 30_000 and h.torn_tail_truncations == 1
+    assert seg.stat().st_size < size + 100
+    h.truncate_from(100)  # below every checkpoint: they go with the cut
+    h.append(b"after")
+    crash(h)
+    k = RedexFile("k", cfg)
+    assert k.read_payloads(0, 200)[0] == [*events[:100], b"after"]
+    k.close()
