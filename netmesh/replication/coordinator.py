@@ -83,29 +83,35 @@ heartbeat goes quiescent too. A quiescent coordinator is never due
 (:meth:`~ReplicationCoordinator.next_tick_at` is ``inf``), sends nothing and ignores
 the heartbeats that say nothing new (a follower's last heartbeats crossing the quiesce
 heartbeat); any other input wakes it: a local append (the push leaves at once: no
-added latency), a vote request, a sync request or response, a heartbeat with a new
-term, tail or commit, a non-quiesce heartbeat of its leader, a manual transition, a
-close. Instead of per-channel heartbeats the shell sends one liveness beat per peer
-per heartbeat interval, listing the channels it leads quiescently (with their term),
-and feeds per-peer liveness in: :meth:`~ReplicationCoordinator.refresh` before any
-input to a quiescent coordinator (the times stand in for the per-channel heartbeats
-it no longer gets: a peer heard is a follower heard, the leader's beat listing the
-channel is the leader's heartbeat), and :meth:`~ReplicationCoordinator.wake` when
-the leader's node fell silent for the window, its beat stopped listing the channel,
-or (for a leader) a member's node fell silent. A woken follower's election timer
-counts from the last beat that listed the channel, so failover takes as long as
-without quiescence; a woken leader heartbeats at once, and its check-quorum
-(etcd-raft's CheckQuorum lease) judges the peers by that liveness.
+added latency), a sync request or response, an ack, a heartbeat with a new term,
+tail or commit, a non-quiesce heartbeat of its leader, a manual transition, a close,
+and a vote that changes its term, vote or role. A vote it refuses (a pre-vote inside
+the lease, a stale term) is answered without waking: a node cut off from the leader
+campaigns every few windows, and must not keep the healthy members awake.
+
+Instead of per-channel heartbeats the shell sends one liveness beat per peer per
+heartbeat interval, listing the channels it leads quiescently (with their term), and
+feeds per-peer liveness in: :meth:`~ReplicationCoordinator.refresh` before every
+input (the times stand in for the per-channel heartbeats quiescent peers no longer
+send: a peer heard is a member heard, by awake channels too; for a quiescent
+follower the leader's beat listing the channel is the leader's heartbeat), and
+:meth:`~ReplicationCoordinator.wake` when the leader's node fell silent for the
+window, its beat stopped listing the channel, or (for a leader) a member's node fell
+silent. A woken follower's election timer counts from the last beat that listed the
+channel, so failover takes as long as without quiescence; a woken leader heartbeats
+at once, and its check-quorum (etcd-raft's CheckQuorum lease) judges the peers by
+that liveness.
 
 Safety is untouched: quiescence changes only *when* timers fire and heartbeats are
 sent. Terms, votes, the vote rules, log matching, the divergence rule and the commit
-rule are the same code paths; a quiescent node that receives anything term-bearing
-wakes first and then handles it exactly as before. Node liveness only feeds the
-liveness mechanisms (election timer, pre-vote lease, leader lease/check-quorum),
-which Raft already allows to be wrong (a timer that fires early causes an election,
-a late one delays one; neither lets two leaders share a term or lose a committed
-entry). CockroachDB quiesces ranges on the same argument ("Raft's safety does not
-depend on heartbeats").
+rule are the same code paths: a quiescent node settles a message's term and runs the
+same handler as an awake one (votes directly, everything else after waking). Node
+liveness only feeds the liveness mechanisms (election timer, pre-vote lease, leader
+lease/check-quorum), which Raft already allows to be wrong (a timer that fires early
+causes an election, a late one delays one; neither lets two leaders share a term or
+lose a committed entry). CockroachDB's quiescence rests on the same argument: it
+suppresses ticks and heartbeats of idle ranges and leaves the Raft state machine as
+it is.
 
 Replication. A follower not in sync with its leader's heartbeat keeps one SyncRequest
 outstanding (retried after one heartbeat); each response is applied idempotently
