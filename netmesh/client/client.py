@@ -39,6 +39,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class Client:
         self._decoder = control.FrameDecoder()
         self._next_id = 1
         self._closed = False
+        #: open subscriptions and producers: closed (acks flushed) when the client closes
+        self._children: weakref.WeakSet[Subscription | ClientProducer] = weakref.WeakSet()
         self.info = self._call("hello")
 
     # -- requests --------------------------------------------------------------------
@@ -214,6 +217,11 @@ class Client:
             return list(sub)
 
     def close(self) -> None:
+        """Close every subscription and producer of this client still open (a durable
+        subscription's acknowledgements are sent first), then the connection."""
+        for child in list(self._children):
+            with contextlib.suppress(NetmeshError, OSError):
+                child.close()
         with self._lock:
             if self._closed:
                 return
@@ -245,6 +253,7 @@ class ClientProducer:
         self._p: Producer | None = None
         self._node = -1
         self._attach()
+        client._children.add(self)
 
     @property
     def node(self) -> int:
@@ -445,6 +454,7 @@ class Subscription:
         self._done = False
         self._closed = False
         self._open(exclude=[])
+        client._children.add(self)
 
     @property
     def next_seq(self) -> int | None:
@@ -474,14 +484,20 @@ class Subscription:
         self._pid = got.get("pid")
         self._ring = ShmRing.attach(self._ring_name)
 
-    def _drop_ring(self) -> None:
+    def _drop_ring(self, clean: bool = False) -> None:
+        """Detach from the ring and release it. ``clean`` (a group member closing):
+        tell the group which unacknowledged events the application was handed; the
+        prefetched rest does not count as delivered."""
         ring, self._ring = self._ring, None
         if ring is not None:
             with contextlib.suppress(Exception):
                 ring.close_consumer()
             ring.close()
+            extra: dict[str, Any] = {}
+            if clean and self.group is not None:
+                extra["seen"] = sorted(self._unacked)
             with contextlib.suppress(NetmeshError):
-                self.client._call("release", ring=self._ring_name)
+                self.client._call("release", ring=self._ring_name, **extra)
 
     def _failover(self) -> None:
         dead = self._node
@@ -543,7 +559,6 @@ class Subscription:
                     self._history.append([term, end])
         elif kind == subframes.GROUP:
             for seq, count, p in msg[1]:
-                self._unacked.add(seq)
                 self._buf.append(DeliveredEvent(RedexEntry(seq, len(p)), p, count))
         elif kind == subframes.TRUNCATED:
             self._done = True
@@ -585,10 +600,17 @@ class Subscription:
             self.client._call("ack", ring=self._ring_name, seqs=acks)
 
     # -- iteration -------------------------------------------------------------------
+    def _hand(self, ev: RedexEvent) -> RedexEvent:
+        """An event goes to the application: from now on a group member counts it as
+        delivered (``ack_through`` covers it; a clean close reports it as seen)."""
+        if self.group is not None:
+            self._unacked.add(ev.entry.seq)
+        return ev
+
     def poll(self, timeout: float = 0.0) -> list[RedexEvent]:
         """The events that are ready (waiting up to ``timeout`` s for the first)."""
         self._fill(timeout)
-        out = list(self._buf)
+        out = [self._hand(ev) for ev in self._buf]
         self._buf.clear()
         return out
 
@@ -601,7 +623,7 @@ class Subscription:
         self._fill(None)
         if not self._buf:
             raise StopIteration
-        return self._buf.popleft()
+        return self._hand(self._buf.popleft())
 
     def __aiter__(self) -> AsyncIterator[RedexEvent]:
         return self._agen()
@@ -613,7 +635,7 @@ class Subscription:
                 if not got and self._done:
                     return
             while self._buf:
-                yield self._buf.popleft()
+                yield self._hand(self._buf.popleft())
             if self._done and not self._buf:
                 return
 
@@ -624,7 +646,8 @@ class Subscription:
         self._closed = True
         with contextlib.suppress(NetmeshError):
             self.flush_acks()
-        self._drop_ring()
+        self._drop_ring(clean=True)
+        self._buf.clear()
 
     def __enter__(self) -> Subscription:
         return self

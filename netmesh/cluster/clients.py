@@ -19,7 +19,9 @@ Ops (args -> result):
 ``subscribe``          channel, from_seq (>= 0, or "earliest"/"latest"), end_seq (None:
                        follow), exclude [node] -> {ring, node}: a ring fed by a node that
                        holds the channel (the leader when it can)
-``release``            ring -> None: detach and remove a ring of this connection
+``release``            ring[, seen] -> None: detach and remove a ring of this connection
+                       (``seen``: a group member's unacknowledged seqs its application
+                       was handed; its other events in flight do not count as delivered)
 ``node_alive``         node, pid (optional) -> bool: the node runs (and, with ``pid``, is
                        still the process the ring was attached to: a restarted node
                        does not serve the old rings)
@@ -202,7 +204,8 @@ class ClientServer:
             if op == "subscribe":
                 return self._subscribe(args, rings)
             if op == "release":
-                self._release(args["ring"], rings)
+                seen = args.get("seen")
+                self._release(args["ring"], rings, None if seen is None else list(seen))
                 return None
             if op == "node_alive":
                 node = int(args["node"])
@@ -316,13 +319,18 @@ class ClientServer:
         pid_of = getattr(self.backend, "node_pid", None)
         return None if pid_of is None else pid_of(node)
 
-    def _release(self, name: str, rings: dict[str, tuple[int, ShmRing]]) -> None:
+    def _release(
+        self, name: str, rings: dict[str, tuple[int, ShmRing]], seen: list[int] | None = None
+    ) -> None:
+        """Detach and remove a ring. A group member's unacknowledged events go to the
+        other members; ``seen`` (a clean close): the ones its application was handed,
+        the rest do not count as deliveries (:meth:`Group.leave`)."""
         entry = rings.pop(name, None)
         if entry is None:
             return
         group = self._member_of.pop(name, None)
         if group is not None:
-            group.leave(name)  # its unacknowledged events go to the other members
+            group.leave(name, seen)
         node, ring = entry
         if node >= 0 and self.backend.node_alive(node):
             with contextlib.suppress(Exception):

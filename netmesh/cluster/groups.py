@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -248,15 +249,33 @@ class Group:
         with self.lock:
             self.members[ring_name] = Member(ring_name, ring)
 
-    def leave(self, ring_name: str) -> None:
-        """A member left (or died): its unacknowledged events go to the others."""
+    def leave(self, ring_name: str, seen: Collection[int] | None = None) -> None:
+        """A member left (or died): its unacknowledged events go to the others.
+
+        ``seen``: given by a member that closes cleanly, the unacknowledged seqs its
+        application was handed. Every other event in flight to it (prefetched, never
+        handed over) does not count as a delivery: its ``delivery_count`` is rolled
+        back, so closing a subscription never moves unseen events towards the
+        dead-letter channel. None (a member that died): every event in flight counts.
+        """
         with self.lock:
             m = self.members.pop(ring_name, None)
             if m is None:
                 return
+            handed = None if seen is None else set(seen)
             for seq in sorted(m.inflight, reverse=True):
                 self._pending.pop(seq, None)
+                if handed is not None and seq not in handed:
+                    count = self.state.deliveries.get(seq, 0) - 1
+                    if count > 0:
+                        self.state.deliveries[seq] = count
+                        self.redelivered -= 1
+                    else:
+                        self.state.deliveries.pop(seq, None)
+                    self.delivered -= 1
+                    self._dirty = True
                 self._requeue(seq)
+            self._dead.sort()  # dead-lettered in channel order
 
     def _requeue(self, seq: int) -> None:
         """An unacknowledged delivery ended: deliver again, or dead-letter it."""

@@ -231,3 +231,55 @@ def test_a_group_position_survives_a_full_restart_with_data_dir(
             first = next(sub)
             assert 600 - 256 <= first.entry.seq <= 600  # at most the last unsent acks again
             assert first.payload == b"e-%d" % first.entry.seq
+
+
+READ_TWO = """
+import sys, json, netmesh
+name, close_sub = sys.argv[1], sys.argv[2] == "1"
+with netmesh.connect(name) as cl:
+    sub = cl.subscribe("orders", durable="g", ack_wait=2.0, max_deliver=3)
+    got = []
+    for ev in sub:
+        sub.ack(ev)
+        got.append([ev.entry.seq, ev.delivery_count])
+        if len(got) == 2:
+            break
+    if close_sub:
+        sub.close()
+    # otherwise the client's own close must send the acks and release the rest
+print(json.dumps(got))
+"""
+
+
+def _read_two(name: str, close_sub: bool) -> list[list[int]]:
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", READ_TWO, name, "1" if close_sub else "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("close_sub", [True, False])
+def test_events_prefetched_but_never_handed_over_do_not_count_as_deliveries(
+    run_dir: Path, close_sub: bool
+) -> None:
+    """A member that takes 2 of 20 events, acks them and exits cleanly, three times in
+    a row: the runs get 0-1, 2-3, 4-5, each on its first delivery, and nothing is
+    dead-lettered (before: the prefetched rest counted as delivered on every run, so
+    the third run saw delivery_count 3 and events 6..19 went to the dead-letter
+    channel unseen). Without ``sub.close()`` the client's close sends the acks
+    (before: they were lost and the next run got seqs 0 and 1 again)."""
+    with Cluster(nodes=1, name="pref") as c:
+        c.open_channel("orders")
+        with netmesh.connect("pref") as cl:
+            _publish(cl, [b"ev%d" % i for i in range(20)])
+            runs = [_read_two("pref", close_sub) for _ in range(3)]
+            assert runs == [[[0, 1], [1, 1]], [[2, 1], [3, 1]], [[4, 1], [5, 1]]]
+            info = cl.consumers("orders")[0]
+            assert info["dead_lettered"] == 0 and info["acknowledged_through"] == 6
+            assert "orders.dlq" not in [ch.name for ch in cl.channels()] or cl.read_range(
+                "orders.dlq", 0, 1
+            ) == []
