@@ -10,7 +10,8 @@
 * ``netmesh bench``: benchmarks (``netmesh bench --help``).
 
 Exit codes: 0 success, 1 failure (one line on stderr), 2 bad arguments (one line on
-stderr, nothing was started), 130 interrupted. Environment: NETMESH_RUN_DIR is where
+stderr, nothing was started), 70 internal error (one line; NETMESH_DEBUG=1 shows the
+traceback), 130 interrupted. Environment: NETMESH_RUN_DIR is where
 ``netmesh up`` writes its run file and ``netmesh status`` looks for it (default: the
 system temporary directory); NETMESH_LOG sets the node processes' log level.
 """
@@ -471,6 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{_prog(argv)}: interrupted", file=sys.stderr)
         return 130
+    except (TimeoutError, OSError) as exc:  # e.g. no leader elected in time, a full disk
+        print(f"{_prog(argv)}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line; the traceback on request
+        if os.environ.get("NETMESH_DEBUG"):
+            raise
+        print(
+            f"{_prog(argv)}: internal error: {type(exc).__name__}: {exc}"
+            " (set NETMESH_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 70  # EX_SOFTWARE (sysexits.h)
 
 
 def _prog(argv: list[str]) -> str:

@@ -112,3 +112,37 @@ def test_unknown_command_is_a_one_line_usage_error() -> None:
     out = netmesh("launch")
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
     assert "invalid choice: 'launch'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "shown"),
+    [
+        (TimeoutError("timed out after 10.0s waiting for a leader"), 1, "TimeoutError: timed"),
+        (OSError(28, "No space left on device"), 1, "No space left on device"),
+        (RuntimeError("a bug"), 70, "internal error: RuntimeError: a bug"),
+    ],
+    ids=["timeout", "oserror", "bug"],
+)
+def test_an_unexpected_error_is_one_line_and_a_nonzero_exit(
+    raised: BaseException,
+    code: int,
+    shown: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A new-user trial saw `netmesh demo` end in a TimeoutError traceback: errors that
+    are not NetmeshErrors are one line too (NETMESH_DEBUG=1 re-raises a bug)."""
+    from netmesh.cli import main as cli
+
+    def boom(_args: object) -> int:
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_status", boom)
+    monkeypatch.delenv("NETMESH_DEBUG", raising=False)
+    assert cli.main(["status"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("netmesh status: ") and shown in err
+    if code == 70:
+        monkeypatch.setenv("NETMESH_DEBUG", "1")
+        with pytest.raises(RuntimeError):
+            cli.main(["status"])
