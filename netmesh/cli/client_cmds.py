@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, Literal
 
+from netmesh.channel import ChannelName
 from netmesh.client.client import Client, ClientProducer, connect
-from netmesh.errors import ChannelNotOpen, ConfigError, NotLeader
+from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NotLeader
 
 Command = Callable[[str, str], argparse.ArgumentParser]
 BATCH = 512
@@ -182,7 +183,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
                     pub.add(payload)
             except ConfigError as exc:
                 pub.flush()
-                raise ConfigError(f"{exc}; {pub.count} events before it were published") from None
+                if pub.count == 0:
+                    raise  # nothing was published: a usage error (exit 2)
+                n = pub.count
+                last = f" (seqs up to {pub.last_seq})" if pub.last_seq is not None else ""
+                raise BadInput(
+                    f"{exc}; the {n} event{'s' if n != 1 else ''} before it were published{last}"
+                ) from None
             finally:
                 if fh is not sys.stdin.buffer:
                     fh.close()
@@ -197,8 +204,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+class BadInput(NetmeshError):
+    """Malformed input after some events were already published (exit 1, not 2: the
+    message says how many went in)."""
+
+
 # -- tail -----------------------------------------------------------------------------
 def _channel_exists(cl: Client, channel: str) -> Any:
+    ChannelName(channel)  # a malformed name is ChannelNameError (exit 2), not "not open"
     for info in cl.channels():
         if info.name == channel:
             return info

@@ -270,9 +270,14 @@ def test_cli_publish_then_tail_reproduces_the_file(run_dir: Path, tmp_path: Path
         bad = cli(
             "publish", "orders", "--name", "cli", "--format", "jsonl", stdin=b'{"a":1}\nnope\n'
         )
-        assert bad.returncode == 2
+        assert bad.returncode == 1  # not 2: one event went in (2 means nothing started)
         assert bad.stderr.decode().count("\n") == 1 and b"line 2: not JSON" in bad.stderr
-        assert b"1 events before it were published" in bad.stderr
+        assert b"the 1 event before it were published (seqs up to 3000)" in bad.stderr
+        nothing = cli("publish", "orders", "--name", "cli", "--format", "jsonl", stdin=b"nope\n")
+        assert nothing.returncode == 2 and b"line 1: not JSON" in nothing.stderr
+        badname = cli("publish", "a//b", "--name", "cli", stdin=b"x\n")
+        assert badname.returncode == 2 and b"ChannelNameError" not in badname.stdout
+        assert b"empty segment" in badname.stderr, badname.stderr
         for args in (
             ("tail", "nope", "--name", "cli"),
             ("publish", "orders", "--name", "nosuch"),
