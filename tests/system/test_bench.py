@@ -100,8 +100,12 @@ def test_replicated_and_quorum_beside_redis_and_jetstream_then_servers_stop() ->
         servers.close()
     fig = rep["replicated_eps"]
     _check_figure(fig, {"redis_py", "redis_benchmark", "jetstream_r1", "jetstream_r3"})
-    # 0.2 s cannot outlast the budget's burst: the figure must say so
-    assert fig["inside_budget_burst"] is True and "INSIDE" in fig["note"]
+    # 0.2 s cannot outlast a budget's burst: the figure must say so. On loopback the
+    # default NIC peak ("auto") is unlimited (issue 17 §2): no burst, nothing to be inside
+    if fig["budget_burst_bytes"] is None:
+        assert fig["inside_budget_burst"] is False and "INSIDE" not in fig["note"]
+    else:
+        assert fig["inside_budget_burst"] is True and "INSIDE" in fig["note"]
     _check_figure(q["figures"]["replicated_quorum_eps"], {"redis_wait1", "jetstream_r3"})
     lat = q["samples"]["ack_latency_ms_per_500"]
     assert all(lat[k] for k in ("netmesh", "redis_wait1", "jetstream_r3"))
