@@ -37,8 +37,9 @@ append_fsync_batch_eps     the same on one node without replication (append_batc
 catchup_disk_mb_s          an empty replica restarted behind a persisted leader whose segment
                            files were dropped from the page cache: payload MB/s until it holds
                            all, default budget; ``catchup_disk_lifted_mb_s``: budget lifted
-                           (``nic_peak_bytes_per_s=10**12``); peer: a Redis replica started
-                           empty (full resync)
+                           (``nic_peak_bytes_per_s=10**12``); beside: the same catch-up in
+                           memory; peers: a Redis replica started empty (full resync), a
+                           JetStream R3 server restarted behind its peers' file stores
 =========================  =================================================================
 
 JetStream 2.9 file store fsyncs on a timer (``sync_interval``, 2 min), not before an
@@ -1238,7 +1239,61 @@ def netmesh_catchup_disk(
         shutil.rmtree(data, ignore_errors=True)
 
 
-def bench_catchup(plan: StoragePlan, directory: str, log: Log) -> dict[str, Any]:
+def nats_catchup(directory: str, nbytes: int, size: int) -> float:
+    """JetStream R3 file store: one server of its own 3-server cluster (not the stream
+    leader) is SIGKILLed, ``nbytes`` of ``size``-byte messages are published to the
+    other two, their store files are dropped from the page cache, the server restarts:
+    payload MB/s until the stream leader reports it current with no lag."""
+    from netmesh.testing import servers
+
+    cl = servers.NatsCluster(tempfile.mkdtemp(prefix="nats-catchup-", dir=directory))
+    n = nbytes // size
+
+    async def go() -> float:
+        nc = await _nats_connect(cl.urls.split(","))
+        try:
+            js = nc.jetstream(timeout=30)
+            await _nats_stream(js, "CATCH", 3)
+            leader = (await js.stream_info("CATCH")).cluster.leader
+        finally:
+            await nc.close()
+        victim = next(s for s in cl.servers if s.server_name != leader)
+        # the client talks to the two that stay up only
+        nc = await _nats_connect([s.url for s in cl.servers if s is not victim])
+        try:
+            js = nc.jetstream(timeout=30)
+            victim.kill()
+            await _publish(nc, "catch", n, size)
+            await _wait_count(js, "CATCH", n)
+            for srv in cl.servers:
+                if srv is not victim:
+                    drop_page_cache(_files(str(srv.dir / "js")))
+            victim.start(wait=False)
+            t0 = time.perf_counter()
+            deadline = t0 + 900
+            while True:
+                info = await js.stream_info("CATCH")
+                peer = next(
+                    (r for r in (info.cluster.replicas or []) if r.name == victim.server_name),
+                    None,
+                )
+                if peer is not None and peer.current and not peer.offline and not peer.lag:
+                    return n * size / (time.perf_counter() - t0) / 1e6
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("the restarted JetStream server did not catch up")
+                await asyncio.sleep(0.01)  # polling cadence for the replica's state
+        finally:
+            await nc.close()
+
+    try:
+        cl.start()
+        return asyncio.run(go())
+    finally:
+        cl.stop()
+        shutil.rmtree(cl.servers[0].dir.parent, ignore_errors=True)
+
+
+def bench_catchup(plan: StoragePlan, peers_: Peers, directory: str, log: Log) -> dict[str, Any]:
     from benchmarks import log_peers
 
     size = KIB
@@ -1264,6 +1319,14 @@ def bench_catchup(plan: StoragePlan, directory: str, log: Log) -> dict[str, Any]
         errors["redis_resync"] = str(exc)
     except Exception as exc:  # a peer's failure is reported, not fatal
         errors["redis_resync"] = f"{type(exc).__name__}: {exc}"
+    try:
+        peers_.nats1()  # the same checks (nats-py, nats-server) and error text
+        peers["jetstream_r3"] = [nats_catchup(directory, plan.catchup_bytes, size)]
+        log(f"catch-up jetstream r3: {peers['jetstream_r3'][0]:.1f} MB/s")
+    except Unavailable as exc:
+        errors["jetstream_r3"] = str(exc)
+    except Exception as exc:  # a peer's failure is reported, not fatal
+        errors["jetstream_r3"] = f"{type(exc).__name__}: {exc}"
     note = "one trial each (a trial is the whole catch-up); fsync never on both nodes"
     if resident:
         note += f"; leader segments at most {max(resident):.1%} in the page cache at restart"
@@ -1274,6 +1337,8 @@ def bench_catchup(plan: StoragePlan, directory: str, log: Log) -> dict[str, Any]
         "(no data_dir): what reading from disk costs",
         "redis_resync": "Redis replica started empty: full resync (diskless RDB) until "
         "its XLEN has all",
+        "jetstream_r3": "JetStream R3 file store: a SIGKILLed server restarted behind (its "
+        "peers' files out of the page cache) until the leader reports it current, lag 0",
     }
     figures = {}
     for key, label, what in (
@@ -1331,7 +1396,7 @@ def run(
         ("rss", lambda: bench_rss(plan, peers, directory, log)),
         ("cold", lambda: bench_cold_read(plan, peers, directory, log)),
         ("acked", lambda: bench_acked(plan, peers, workers, errors, baseline, log)),
-        ("catchup", lambda: bench_catchup(plan, directory, log)),
+        ("catchup", lambda: bench_catchup(plan, peers, directory, log)),
     ]
     try:
         if "acked" in only:  # clusters and JetStream form while the first figures run
