@@ -117,9 +117,9 @@ class StoragePlan:
             rounds=rounds or 3,
             rss_sizes=(64 * MIB, 128 * MIB, 256 * MIB),
             peer_rss_max=256 * MIB,
-            cold_bytes=24 * MIB,
+            cold_bytes=16 * MIB,
             ack_s=0.5,
-            catchup_bytes=32 * MIB,
+            catchup_bytes=24 * MIB,
         )
 
     @classmethod
