@@ -422,16 +422,6 @@ def nats_acked_every(
 # --------------------------------------------------------------------------- redis helpers
 
 
-def redis_fill(client: Any, key: str, n: int, size: int) -> None:
-    """``n`` XADDs of ``size`` bytes to ``key``, pipelined x500 (redis-py)."""
-    fields = {b"p": b"x" * size}
-    pipe = client.pipeline(transaction=False)
-    for start in range(0, n, EVERY):
-        for _ in range(min(EVERY, n - start)):
-            pipe.xadd(key, fields)
-        pipe.execute()
-
-
 def redis_bench_fill(port: int, key: str, n: int, size: int) -> None:
     """``n`` XADDs through the redis-benchmark C client (-c 1 -P 500); Unavailable
     without it."""
