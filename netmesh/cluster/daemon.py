@@ -10,11 +10,24 @@ driven in-process, plus
   peer state change (up, down, unreachable). A peer that restarts is back as soon as
   either side's handshake gets through (MeshNode also probes peers it had, see
   ``netmesh.link.peer``); a restarted daemon connects to every peer at once;
-* **channels** (``[[channels]]``) opened at start, persisted under ``data_dir``;
-  standard placement resolves to the ``factor`` lowest node ids of the configured
-  nodes (:meth:`~netmesh.cluster.nodeconfig.NodeConfig.resolve`), so every daemon whose
-  config lists the same nodes picks the same holders; a node that is not a holder does
-  not open the channel (logged);
+* **channels** (``[[channels]]``) opened at start, persisted under ``data_dir``, and
+  only from there: a client's ``open_channel`` is refused (ConfigError: daemon channels
+  come from the config file, SIGHUP reloads it), since a channel opened on one daemon
+  would be known to that daemon only. Standard placement is
+  ``PlacementStrategy.standard()`` (:mod:`netmesh.replication.placement`): every daemon
+  opens and announces the channel, the ``factor`` lowest node ids among those that
+  announced it hold it, the others stay Idle (open, storing nothing, appends refused
+  with NotLeader). Placement settings (``Redex.set_placement_policy``): the configured
+  peers' announcements are retained while they are down (a crashed host stays a
+  member; only removing it from the config removes it), a set smaller than a majority
+  of ``factor`` is never formed (a lone restarted daemon waits for its peers), and
+  announcements go out at most once per ``[node] announce_interval_ms``;
+* **membership**: add a host by starting it with a config that lists the others and
+  adding it to theirs + SIGHUP (the others only accept handshakes from configured
+  peers, so reload is the route, not discovery); remove one by SIGTERM and removing it
+  from the others' configs + SIGHUP. Each standard channel's set follows; quorum
+  channels change one node at a time and a newcomer catches up as a learner before it
+  counts (issue 13 §3, ``placement.quorum_change``);
 * **clients** (``netmesh.connect(name)``, ``netmesh publish/tail/channels``): a
   :class:`~netmesh.cluster.clients.ClientServer` on ``$NETMESH_RUN_DIR/<name>.sock``
   serving :class:`DaemonBackend` (this node only: producers attach here, so publish
@@ -168,6 +181,11 @@ class Daemon:
             )
         except OSError as exc:
             raise StartError(f"cannot bind node.bind {node.bind_text}: {exc.strerror}") from None
+        self.service.redex.set_placement_policy(
+            retain=[p.node_id for p in self.cfg.peers],
+            min_announce_interval=node.announce_interval_ms / 1000,
+            form_majority=True,
+        )
         mesh = self.service._node()
         mesh.subscribe(PEER_EVENTS, self._on_peer_event)
         for p in self.cfg.peers:
@@ -256,25 +274,20 @@ class Daemon:
     def open_channels(self) -> list[str]:
         return [str(f.name) for f in self._svc().redex.open_files()]
 
-    def _open(self, ch: ChannelConfig) -> bool:
-        """Open a configured channel unless this node does not hold it; True if opened."""
+    def _open(self, ch: ChannelConfig) -> None:
+        """Open a configured channel (a pinned one this node is not in: logged, left
+        closed)."""
         repl = self.cfg.resolve(ch, self.me)
-        if repl is not None and self.me not in repl.placement.nodes:
-            log.info("channel %s: this node is not one of its %d holders", ch.name, repl.factor)
-            return False
+        pinned = repl is not None and repl.placement.kind == "pinned"
+        if pinned and repl is not None and self.me not in repl.placement.nodes:
+            log.info("channel %s: this node is not in its pinned placement", ch.name)
+            return
         self.open_channel(ch.name, repl, ch.options_dict())
-        return True
 
     def open_channel(
         self, name: str, repl: ReplicationConfig | None, options: dict[str, Any]
     ) -> None:
-        """Open ``name`` here (standard placement resolved against the configured
-        nodes); ConfigError if this node would not be a holder."""
-        if repl is not None and repl.placement.kind != "pinned":
-            repl = self.cfg.resolve(ChannelConfig(name, repl), self.me)
-            assert repl is not None
-            if self.me not in repl.placement.nodes:
-                raise ConfigError(f"channel {name!r}: this node is not one of its holders")
+        """Open ``name`` here as configured (idempotent)."""
         svc = self._svc()
         if svc.redex.get_file(name) is not None:
             return  # already open (config and a client both asked)
@@ -285,6 +298,10 @@ class Daemon:
             "local" if repl is None else f"{repl.ack} ack, holders {_ids(repl.placement.nodes)}",
             svc.redex.get_file(name).next_seq,  # type: ignore[union-attr]
         )
+
+    def placement_retain(self) -> None:
+        """Placement keeps the configured peers' announcements (module doc)."""
+        self._svc().redex.set_placement_policy(retain=[p.node_id for p in self.cfg.peers])
 
     def node_index(self, node_id: int | None) -> int | None:
         """0 for this node, i for ``peers[i - 1]``, None if unknown."""
@@ -311,7 +328,10 @@ class Daemon:
                 "next_seq": f.next_seq,
                 "commit": f.next_seq,
             }
-            if coord is not None and rt is not None:
+            repl = f.config.replication
+            if repl is not None and rt is None:  # placement left this node Idle
+                row.update(factor=repl.factor, ack=repl.ack, leader=None, commit=0)
+            elif coord is not None and rt is not None:
                 cfg = rt.coord.config
                 leader = self.me if coord.role == ReplicaRole.LEADER else coord.leader_id
                 row.update(
@@ -433,6 +453,7 @@ class Daemon:
             self.peer_state.pop(nid, None)
             mesh.block_peer(nid)
             log.info("reload: peer %#x removed (its traffic is dropped)", nid)
+        self.placement_retain()  # a removed host's announcement is dropped: sets re-resolve
         old_ch = {c.name: c for c in old.channels}
         new_ch = {c.name: c for c in new.channels}
         for name, ch in new_ch.items():
@@ -543,7 +564,11 @@ class DaemonBackend:
         return list(self.d.on_loop(self.d.channel_rows))
 
     def open_channel(self, name: str, replication: Any, options: dict[str, Any]) -> None:
-        self.d.on_loop(lambda: self.d.open_channel(name, replication, dict(options)), 60.0)
+        """Refused: a channel opened through one daemon would be known to it alone."""
+        raise ConfigError(
+            f"channel {name!r}: a node daemon's channels come from the [[channels]] table of"
+            f" its config file ({self.d.cfg.path}; SIGHUP to reload), not from clients"
+        )
 
     def is_open(self, channel: str) -> bool:
         return bool(self.d.on_loop(lambda: self.d._svc().redex.get_file(channel) is not None))

@@ -13,6 +13,9 @@
     session_timeout_ms = 2000        # optional: a silent peer is down after this (2000)
     max_datagram = 1400              # optional: largest UDP payload sent (fits a 1500 MTU;
                                      # 8972 for 9000-byte jumbo frames)
+    announce_interval_ms = 1000      # optional: at most one placement announcement per
+                                     # this period (default 1000; upstream's
+                                     # min_announce_interval)
 
     [[peers]]                        # every other node of the cluster
     address = "127.0.0.1:7411"       # its [node] bind
@@ -36,10 +39,16 @@ unknown sections and keys, missing keys, wrong types, bad values. :func:`load_se
 reads the key and PSK files and refuses them when the group or others may read them
 (like ssh and WireGuard refuse such private keys).
 
-``placement = "standard"`` means, on a daemon, the ``factor`` lowest node ids among
-this node and its configured peers: the same set on every node whose configuration
-lists the same nodes (upstream net-mesh's standard placement, resolved from the
-configuration instead of from who happens to be reachable when the channel opens).
+``placement = "standard"`` is upstream net-mesh's standard placement
+(``PlacementStrategy.standard()``, :mod:`netmesh.replication.placement`): every daemon
+opens the channel and announces it; the ``factor`` lowest node ids among the nodes that
+announced it hold it (the others stay Idle and store nothing). Adding a host (its
+config lists the others, theirs get it by SIGHUP) or removing one (SIGTERM it, remove
+it from the others' configs, SIGHUP) changes the set; a quorum channel changes it one
+node at a time, a new member catching up as a learner first. A peer that is down but
+still configured stays a candidate (``Redex.set_placement_policy(retain=...)``), and
+a set smaller than a majority of ``factor`` is never formed, so a crash or a partition
+does not shrink a set the way removing the host does.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ NODE_KEYS = {
     "keepalive_ms": False,
     "session_timeout_ms": False,
     "max_datagram": False,
+    "announce_interval_ms": False,
 }
 PEER_KEYS = {"address": True, "public_key": True}
 CHANNEL_KEYS = {
@@ -101,6 +111,7 @@ DEFAULT_NAME = "default"
 DEFAULT_KEEPALIVE_MS = 250
 DEFAULT_SESSION_TIMEOUT_MS = 2000
 DEFAULT_MAX_DATAGRAM = 1400
+DEFAULT_ANNOUNCE_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,7 @@ class NodeSection:
     keepalive_ms: int = DEFAULT_KEEPALIVE_MS
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
     max_datagram: int = DEFAULT_MAX_DATAGRAM
+    announce_interval_ms: int = DEFAULT_ANNOUNCE_INTERVAL_MS
 
     @property
     def bind_text(self) -> str:
@@ -135,10 +147,9 @@ class PeerConfig:
 class ChannelConfig:
     """One ``[[channels]]`` entry.
 
-    ``replication`` is None for ``replicated = false``. With standard placement it is
-    still ``PlacementStrategy.standard()`` here: :meth:`NodeConfig.resolve` turns it into
-    the pinned set once this node's id is known. ``options``: RedexFileConfig fields as
-    sorted (key, value) pairs.
+    ``replication`` is None for ``replicated = false``; placement is
+    ``PlacementStrategy.standard()`` or ``pinned(ids)`` as written (module doc).
+    ``options``: RedexFileConfig fields as sorted (key, value) pairs.
     """
 
     name: str
@@ -163,8 +174,9 @@ class NodeConfig:
         return sorted({me, *(p.node_id for p in self.peers)})
 
     def resolve(self, channel: ChannelConfig, me: int) -> ReplicationConfig | None:
-        """The channel's replication with standard placement resolved to the pinned set
-        of the ``factor`` lowest node ids (module doc); None if not replicated. Raises
+        """The channel's replication as the daemon opens it (None: not replicated):
+        standard placement stays ``standard()`` (resolved from announcements at run
+        time, module doc), its factor capped at the configured nodes. Raises
         ConfigError if a pinned id is neither this node nor a configured peer."""
         repl = channel.replication
         if repl is None:
@@ -178,10 +190,8 @@ class NodeConfig:
                     " neither this node nor one of its peers"
                 )
             return repl
-        holders = self.node_ids(me)[: repl.factor]
-        return dataclasses.replace(
-            repl, factor=len(holders), placement=PlacementStrategy.pinned(holders)
-        )
+        factor = min(repl.factor, len(known))
+        return repl if factor == repl.factor else dataclasses.replace(repl, factor=factor)
 
 
 # -- loading -------------------------------------------------------------------------
@@ -316,6 +326,12 @@ def _node(raw: dict[str, Any], base: str) -> NodeSection:
         session_timeout_ms=timeout,
         max_datagram=_int(
             "node.max_datagram", raw.get("max_datagram", DEFAULT_MAX_DATAGRAM), 576, 65000
+        ),
+        announce_interval_ms=_int(
+            "node.announce_interval_ms",
+            raw.get("announce_interval_ms", DEFAULT_ANNOUNCE_INTERVAL_MS),
+            10,
+            60_000,
         ),
     )
 

@@ -294,6 +294,9 @@ class ChannelPlacement:
     settle_window: float
     #: the members the channel runs with here (None: Idle, not a member)
     applied: tuple[int, ...] | None = None
+    #: a set smaller than this is never formed (node daemons: a majority of
+    #: ``factor``, so a lone restarted node does not form a set of one)
+    min_form: int = 1
     _candidate: tuple[int, ...] | None = field(default=None, repr=False)
     _since: float = field(default=0.0, repr=False)
 
@@ -305,6 +308,9 @@ class ChannelPlacement:
             self.applied = None
             return Change(None)
         if resolved == self.applied:
+            self._candidate = None
+            return None
+        if len(resolved) < self.min_form:
             self._candidate = None
             return None
         if len(resolved) >= self.factor or self.settle_window <= 0:

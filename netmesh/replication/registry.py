@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +201,44 @@ class Redex:
             if self._placement is not None:
                 self._placement.changed()
 
+    def set_placement_policy(
+        self,
+        *,
+        retain: Iterable[int] | None = None,
+        min_announce_interval: float | None = None,
+        form_majority: bool | None = None,
+    ) -> None:
+        """Placement settings of a node daemon (None: unchanged); needs
+        :meth:`enable_replication` first (ConfigError otherwise).
+
+        Args:
+            retain: node ids whose announcements are kept when their session goes
+                down (a daemon's configured peers: a crashed host stays a candidate,
+                and a member, until it is removed from the configuration, as with a
+                pinned set; a partitioned minority cannot shrink itself into a
+                quorum). A node dropped from ``retain`` while down is forgotten now
+                and every channel re-resolves.
+            min_announce_interval: seconds, replaces ``MeshNodeConfig``'s (the rate
+                limit, the settle window and the re-announce period follow it).
+            form_majority: a set smaller than a majority of ``factor`` is never
+                formed (applies to channels opened afterwards).
+        """
+        p = self._placement
+        if p is None:
+            raise ConfigError("set_placement_policy requires Redex.enable_replication(node)")
+        if min_announce_interval is not None:
+            p.set_interval(float(min_announce_interval))
+        if form_majority is not None:
+            p.form_majority = bool(form_majority)
+        if retain is not None:
+            p.retain = {int(n) for n in retain}
+            up = set(p.node.peers())
+            gone = [n for n in p.view if n not in p.retain and n not in up]
+            for n in gone:
+                del p.view[n]
+            if gone:
+                p._resolve_all()
+
     def placement_members(self, name: str) -> tuple[int, ...] | None:
         """The replica set this node runs ``name`` with (sorted node ids; pinned: the
         pinned set), or None when this node is not a member (Idle) or the channel is
@@ -355,10 +393,10 @@ class _Placement:
         self.self_id: int = node.node_id
         cfg = getattr(node, "config", None)
         interval = getattr(cfg, "min_announce_interval", DEFAULT_MIN_ANNOUNCE_INTERVAL)
-        self.interval = float(interval)
-        self.settle = pl.SETTLE_WINDOWS * self.interval
-        self.reannounce_every = max(REANNOUNCE_WINDOWS * self.interval, MIN_REANNOUNCE_S)
-        self.limiter = pl.AnnounceLimiter(self.interval)
+        self.set_interval(float(interval))
+        #: nodes whose announcements outlive their sessions (Redex.set_placement_policy)
+        self.retain: set[int] = set()
+        self.form_majority = False
         self.incarnation = time.time_ns()
         self.version = 0
         self.own = pl.Announcement(self.self_id, self.incarnation, 0)
@@ -385,12 +423,24 @@ class _Placement:
         node.subscribe_batch(pl.LEARN_STREAM, self._on_learn)
         node.subscribe(PEER_EVENTS, self._on_peer_event)
 
+    def set_interval(self, interval: float) -> None:
+        self.interval = interval
+        self.settle = pl.SETTLE_WINDOWS * self.interval
+        self.reannounce_every = max(REANNOUNCE_WINDOWS * self.interval, MIN_REANNOUNCE_S)
+        last = getattr(self, "limiter", None)
+        self.limiter = pl.AnnounceLimiter(self.interval)
+        if last is not None:
+            self.limiter.last_sent, self.limiter.pending = last.last_sent, last.pending
+
     # -- local changes ---------------------------------------------------------------
     def open(self, name: ChannelName, file: RedexFile, config: ReplicationConfig) -> None:
         """A non-pinned channel opened here: announce the candidacy, join if the set
         resolved from what is known already holds this node. Raises what starting the
         runtime raises (LogCorrupt, ...)."""
-        cp = pl.ChannelPlacement(self.self_id, config.effective_factor(), self.settle)
+        factor = config.effective_factor()
+        cp = pl.ChannelPlacement(self.self_id, factor, self.settle)
+        if self.form_majority:
+            cp.min_form = factor // 2 + 1
         self.channels[name] = _Channel(file, config, cp)
         file.refusal = NotLeader(name, None)  # Idle until selected
         self._rebuild_own()
@@ -657,6 +707,8 @@ class _Placement:
     def _on_peer_event(self, node_id: int, event: bytes) -> None:
         if event == b"up":
             self._send_direct(node_id)
+        elif node_id in self.retain:
+            pass  # down, not removed: it stays a candidate (set_placement_policy)
         elif self.view.pop(node_id, None) is not None:  # left the cluster
             self._resolve_all()
 

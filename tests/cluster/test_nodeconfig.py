@@ -79,22 +79,30 @@ def test_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
         cfg.node.name = "x"  # type: ignore[misc]
 
 
-def test_standard_placement_resolves_to_the_same_lowest_ids_everywhere(tmp_path: Path) -> None:
+def test_standard_placement_stays_standard_for_the_daemon_to_resolve(tmp_path: Path) -> None:
+    """A daemon opens a standard channel with PlacementStrategy.standard() (the set is
+    resolved from announcements at run time), not a list fixed from the file."""
     text = GOOD.replace("factor = 3", "factor = 2")
     cfg = nodeconfig.load(write(tmp_path, text))
     me = KP[0].node_id
     repl = cfg.resolve(cfg.channels[0], me)
-    assert repl is not None and repl.placement.kind == "pinned"
-    lowest = sorted(k.node_id for k in KP)[:2]
-    assert list(repl.placement.nodes) == lowest and repl.factor == 2
-    assert repl.ack == "quorum" and repl.heartbeat_ms == 150
+    assert repl is not None and repl.placement.kind == "standard"
+    assert repl.factor == 2 and repl.ack == "quorum" and repl.heartbeat_ms == 150
+    pinned = cfg.resolve(cfg.channels[1], me)
+    assert pinned is not None and pinned.placement.kind == "pinned"
     assert cfg.resolve(cfg.channels[2], me) is None
+    assert cfg.node.announce_interval_ms == nodeconfig.DEFAULT_ANNOUNCE_INTERVAL_MS
+    fast = nodeconfig.load(
+        write(tmp_path, text.replace("[node]", "[node]\nannounce_interval_ms = 200"))
+    )
+    assert fast.node.announce_interval_ms == 200
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (("[node]", "[node]\nport = 1"), "node.port: unknown key"),
+        (("[node]", "[node]\nannounce_interval_ms = 5"), "node.announce_interval_ms: must be"),
         (("[[peers]]", "[[peer]]"), "peer: unknown key"),
         (('name = "n2"', 'name = "-bad"'), "node.name:"),
         (('bind = "127.0.0.2:7411"', 'bind = "127.0.0.2"'), "node.bind: must be 'host:port'"),

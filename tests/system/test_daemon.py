@@ -80,6 +80,7 @@ class Daemons:
         prefix: Callable[[int], list[str]] = lambda i: [],
         ports: Sequence[int] | None = None,
         max_datagram: int | None = None,
+        announce_ms: int | None = None,
     ) -> None:
         self.root = root
         self.hosts = list(hosts)
@@ -102,6 +103,7 @@ class Daemons:
         self.metrics = [f"{h}:{free_tcp_port(h)}" if metrics else None for h in hosts]
         self.channels_toml = channels_toml
         self.max_datagram = max_datagram
+        self.announce_ms = announce_ms
         for i in range(len(hosts)):
             self.write_config(i, [j for j in range(len(hosts)) if j != i])
 
@@ -120,6 +122,8 @@ class Daemons:
             lines.append(f'metrics = "{self.metrics[i]}"')
         if self.max_datagram:
             lines.append(f"max_datagram = {self.max_datagram}")
+        if self.announce_ms:
+            lines.append(f"announce_interval_ms = {self.announce_ms}")
         for j in peers:
             lines += [
                 "",

@@ -1,8 +1,9 @@
 """Placement between node daemons (issue 13 §4, the scenarios a daemon settles itself).
 
-* standard placement with factor f < nodes: the f lowest node ids of the configured
-  nodes hold the channel, the same set on every daemon, exactly one leader; the other
-  daemon does not open it and stores nothing;
+* standard placement with factor f < nodes (``PlacementStrategy.standard()``, resolved
+  from the daemons' announcements): the f lowest node ids hold the channel, the same
+  set on every daemon, exactly one leader; the other daemon opens it, stays Idle and
+  stores nothing;
 * a pinned pair without a pinned leader converges on exactly one leader within 5 s and
   does not flap.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from netmesh.errors import ChannelNotOpen
+from netmesh.errors import NotLeader
 from netmesh.testing.wait import wait_until
 from tests.system.test_daemon import CHANNEL, Daemons, publish
 
@@ -48,8 +49,9 @@ def test_standard_placement_picks_the_lowest_ids_on_every_daemon(
     ids = [k["node_id"] for k in d.keys]
     holders = sorted(range(3), key=lambda i: ids[i])[:2]
     outsider = next(i for i in range(3) if i not in holders)
-    assert d.row(outsider) is None  # not a holder: never opened, stores nothing
-    assert "is not one of its 2 holders" in d.log(outsider)
+    members = [f"{ids[i]:#x}" for i in sorted(holders, key=lambda i: ids[i])]
+    for i in holders:  # placement ran the channel with the two lowest ids
+        wait_until(lambda i=i: f"replica set {members}" in d.log(i), timeout=10)
 
     def one_leader() -> tuple[int] | None:
         rows = [d.row(i) for i in holders]
@@ -60,9 +62,13 @@ def test_standard_placement_picks_the_lowest_ids_on_every_daemon(
     (lead,) = wait_until(one_leader, timeout=10, message="one leader among the holders")
     assert publish(d.clients[lead], 100) == 99
     wait_until(lambda: all(d.row(i).next_seq == 100 for i in holders), timeout=10)
-    with pytest.raises(ChannelNotOpen):
-        d.clients[outsider].producer(CHANNEL)
-    assert not (tmp_path / f"data-n{outsider}" / CHANNEL).exists()
+    idle = d.row(outsider)  # open (a candidate), Idle: no leader known, nothing stored
+    assert idle is not None and idle.leader is None and idle.next_seq == 0
+    assert idle.factor == 2
+    with pytest.raises(NotLeader), d.clients[outsider].producer(CHANNEL) as p:
+        p.append(b"x")
+        p.flush()
+    assert d.row(outsider).next_seq == 0
     for i in range(3):
         assert d.terminate(i) == 0
     assert d.leftovers() == []
