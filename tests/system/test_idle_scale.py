@@ -123,22 +123,23 @@ def measure(replicated: int, plain: int = 0, seconds: float = 5.0) -> dict[str, 
 
 @pytest.mark.system
 def test_thousands_of_idle_channels_keep_their_leaders() -> None:
+    """Read through the metrics pages only: a control call building 2,000 channel
+    entries would stall the node's loop past the election window on a busy machine."""
     n = 2000
     with Cluster(nodes=3, heartbeat_ms=HEARTBEAT_MS) as c:
         open_channels(c, n)
-        settle(c, n)
+        settle(c, n, fresh=False)
         # idle channels go quiescent on all three nodes (leader and both followers)
-        wait_until(lambda: census(c)[2] == 3 * n, timeout=30, interval=0.2, message="quiescence")
-        _, changes0, _ = census(c)
-        end = time.monotonic() + 3.0  # three idle seconds, observed every half second
-        while time.monotonic() < end:
-            one, changes, _ = census(c)
-            assert one == n and changes == changes0, (one, changes - changes0)
-            nxt = min(end, time.monotonic() + 0.5)
-            wait_until(lambda: time.monotonic() >= nxt, timeout=1.0, interval=0.05)  # noqa: B023
-        one, changes, quiet = census(c)
-        assert (one, changes) == (n, changes0)
-        assert quiet == 3 * n
+        wait_until(
+            lambda: census(c, fresh=False)[2] == 3 * n, timeout=60, interval=0.5, message="quiet"
+        )
+        t0 = time.monotonic()
+        one0, changes0, _ = census(c, fresh=False, since=t0)
+        assert one0 == n
+        t1 = time.monotonic() + 3.0  # three idle seconds
+        wait_until(lambda: time.monotonic() >= t1, timeout=5, interval=0.05)
+        one, changes, quiet = census(c, fresh=False, since=t1)
+        assert (one, changes - changes0, quiet) == (n, 0, 3 * n)
 
 
 @pytest.mark.system
