@@ -295,7 +295,7 @@ class Daemon:
         log.info(
             "channel %s open: %s, next_seq %d",
             name,
-            "local" if repl is None else f"{repl.ack} ack, holders {_ids(repl.placement.nodes)}",
+            "local" if repl is None else _describe(repl),
             svc.redex.get_file(name).next_seq,  # type: ignore[union-attr]
         )
 
@@ -681,6 +681,12 @@ def _escape(value: str) -> str:
 
 def _ids(ids: tuple[int, ...]) -> str:
     return "[" + ", ".join(f"{i:#x}" for i in ids) + "]"
+
+
+def _describe(repl: ReplicationConfig) -> str:
+    if repl.placement.kind == "pinned":
+        return f"{repl.ack} ack, holders {_ids(repl.placement.nodes)}"
+    return f"{repl.ack} ack, {repl.placement.kind} placement, factor {repl.factor}"
 
 
 # -- entry point ---------------------------------------------------------------------
