@@ -9,6 +9,11 @@ open), with the newest ``cache_bytes`` of payloads also kept in memory. What a
 persisted file holds in memory is bounded: 4 bytes per retained event (its length), 24
 bytes per ``index_interval_bytes`` of records, the cache, and the epochs. On reopen:
 
+* segments are restored from their index sidecars (``<first seq>.idx``: written when a
+  segment is sealed, when the file closes cleanly, and as an unsynced checkpoint every
+  ``CHECKPOINT_BYTES`` of the active segment), each checked against its segment; only
+  the records a sidecar does not cover are scanned (after a crash: those past the last
+  checkpoint), so reopening takes about the same time at any log size;
 * a torn tail (the last write cut short by a crash) is truncated and counted in
   ``torn_tail_truncations``;
 * a corrupt record anywhere else raises :class:`LogCorrupt` naming the file and offset;
@@ -79,6 +84,7 @@ SEGMENT_SUFFIX = ".seg"
 HEAD_FILE = "HEAD"
 LOCK_FILE = "LOCK"
 READ_BYTES = 1 << 20  # bytes per pread of cold records
+READ_EVENTS = 1 << 16  # events a raw read sizes its pread for, at most
 INDEX_SUFFIX = ".idx"  # a sealed segment's index sidecar (or the active one's checkpoint)
 #: the active segment gets a checkpoint sidecar every this many bytes (see _maybe_checkpoint)
 CHECKPOINT_BYTES = 8 << 20
@@ -427,10 +433,14 @@ class RedexFile:
     def _fit(self, lo: int, hi: int, max_bytes: int) -> int:
         """How many events from ``lo`` (below ``hi``) fit in ``max_bytes`` (>= 1)."""
         base = self._head - self._first_seq
-        lens = self._lens[base + lo : base + hi]
-        if sum(lens) <= max_bytes:
-            return hi - lo
-        return max(1, bisect.bisect_right(list(accumulate(lens)), max_bytes))
+        k = 64  # a window that grows until it holds more than max_bytes (or all)
+        while True:
+            lens = self._lens[base + lo : base + min(hi, lo + k)]
+            if sum(lens) > max_bytes:
+                return max(1, bisect.bisect_right(list(accumulate(lens)), max_bytes))
+            if lo + k >= hi:
+                return hi - lo
+            k *= 4
 
     def _read_cache(self, lo: int, hi: int) -> list[bytes]:
         seqs, batches = self._cache_seqs, self._cache
@@ -670,7 +680,7 @@ class RedexFile:
         off = seg.idx_off[j] if j >= 0 else record.FILE_HEADER_SIZE
         if seg.rfd < 0:
             seg.rfd = os.open(seg.path, os.O_RDONLY)
-        n = self._fit(from_seq, limit, max_bytes)
+        n = self._fit(from_seq, min(limit, from_seq + READ_EVENTS), max_bytes)
         base = self._head - self._first_seq
         want = (
             sum(self._lens[base + from_seq : base + from_seq + n])
@@ -1441,7 +1451,13 @@ class RedexFile:
             if s < end_seq
             and (i + 1 == len(self._epochs) or self._epochs[i + 1][1] > seg.first_seq)
         ]
-        ages = [[s, t] for s, t in self._ages if seg.first_seq <= s < end_seq]
+        ages = []  # this segment's entries: the newest ones (no pass over the whole log)
+        for s, t in reversed(self._ages):
+            if s < seg.first_seq:
+                break
+            if s < end_seq:
+                ages.append([s, t])
+        ages.reverse()
         body = {
             "size": size,
             "first_seq": seg.first_seq,
