@@ -81,7 +81,7 @@ def bench_quorum(seconds: float, channels: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_catchup(mb: int, size: int, budget: bool) -> None:
+def bench_catchup(mb: int, size: int, budget: bool, chunk: int | None = None) -> None:
     from netmesh.cluster.cluster import Cluster
     from netmesh.config import ReplicationConfig
 
@@ -92,6 +92,8 @@ def bench_catchup(mb: int, size: int, budget: bool) -> None:
             cfg = ReplicationConfig(factor=2, heartbeat_ms=150, leader_pinned=c.node_ids[0])
             if not budget:
                 cfg = dataclasses.replace(cfg, nic_peak_bytes_per_s=10**12)
+            if chunk is not None:
+                cfg = dataclasses.replace(cfg, sync_chunk_bytes=chunk)
             # fsync "never" while filling (the figure is the catch-up, not the fill)
             c.open_channel("bench/c", cfg, cache_bytes=1 << 20)
             c.wait_until(lambda: c.leader("bench/c") == 0, timeout=20, message="leader")
@@ -112,7 +114,8 @@ def bench_catchup(mb: int, size: int, budget: bool) -> None:
             )
             dt = time.perf_counter() - t0
             _emit(
-                figure=f"catchup_mb_s_{size}B_{'budget' if budget else 'unbudgeted'}",
+                figure=f"catchup_mb_s_{size}B_{'budget' if budget else 'unbudgeted'}"
+                + (f"_chunk{chunk}" if chunk else ""),
                 value=n * size / dt / 1e6,
                 seconds=dt,
                 mb=n * size / 1e6,
@@ -195,13 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, action="append")
     ap.add_argument("--events", type=int, default=8_000_000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=None, help="sync_chunk_bytes")
     a = ap.parse_args(argv)
     if a.what == "quorum":
         bench_quorum(1.5 if a.quick else a.seconds, a.channels)
     elif a.what == "catchup":
         for size in a.size or [1024, 16384]:
             for budget in (False, True):
-                bench_catchup(32 if a.quick else a.mb, size, budget)
+                bench_catchup(32 if a.quick else a.mb, size, budget, a.chunk)
     elif a.what == "reopen":
         bench_reopen(500_000 if a.quick else a.events, a.batch)
     else:
