@@ -52,6 +52,8 @@ def test_cluster_heartbeat_drives_the_channels() -> None:
     with Cluster(nodes=2, heartbeat_ms=100) as c:
         c.open_channel("hb", ReplicationConfig(factor=2))
         lead = c.wait_for_leader("hb")
+        # an idle channel quiesces (no heartbeats); one that hears no majority cannot
+        c.cut(1 - lead, lead)
         start = c.metrics(fresh=True)["nodes"][lead]["channels"]["hb"]["heartbeats_sent_total"]
         # 100 ms heartbeats: 8 more within 2 s (the 500 ms default would send 4)
         wait_until(
