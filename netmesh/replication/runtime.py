@@ -83,6 +83,7 @@ from netmesh.replication.coordinator import (
     RoleChanged,
 )
 from netmesh.replication.executor import ExecutorHooks, OutputExecutor
+from netmesh.replication.nic import resolve_config
 from netmesh.replication.placement import membership_id
 from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
@@ -429,6 +430,9 @@ class ChannelRuntime:
         self.kind = KIND_PREFIX + name
         self.file = file
         self.loop = asyncio.get_running_loop()
+        addr = getattr(self.node, "local_addr", None)
+        if addr is not None:  # issue 17 §2: "auto" NIC peak from the bound interface
+            config = resolve_config(config, addr[0])
         # explicit members: the set ``netmesh.replication.placement`` resolved (the
         # Redex rebuilds the runtime when it re-resolves); else from the config
         members = list(members) if members is not None else self._members(config)

@@ -18,6 +18,7 @@ from netmesh import (
     ReplicationConfig,
 )
 from netmesh.errors import LocalProtocolError, LogCorrupt, StorageFailed
+from netmesh.replication.budget import UnlimitedBudget
 from netmesh.replication.registry import Redex
 
 PSK = bytes(range(32))
@@ -188,5 +189,26 @@ def test_quorum_batch_larger_than_retention_commits_on_real_nodes() -> None:
             r.close()
         for node in nodes:
             await node.shutdown()
+
+    asyncio.run(body())
+
+
+def test_an_in_process_channel_on_loopback_has_no_replication_budget() -> None:
+    """Issue 17 §2: the "auto" NIC peak resolves in the runtime too (not only in node
+    workers), so an in-process Redex on loopback replicates unbudgeted, while an
+    explicit peak still applies."""
+
+    async def body() -> None:
+        node, redex = await one_node()
+        pinned = PlacementStrategy.pinned([node.node_id])
+        redex.open_file("auto", RedexFileConfig(replication=ReplicationConfig(placement=pinned)))
+        explicit = ReplicationConfig(placement=pinned, nic_peak_bytes_per_s=10_000_000)
+        redex.open_file("fixed", RedexFileConfig(replication=explicit))
+        hub = redex._hub
+        assert hub is not None
+        assert ReplicationConfig().nic_peak_bytes_per_s == "auto"
+        assert isinstance(hub.runtimes["auto"].coord.budget, UnlimitedBudget)
+        assert not isinstance(hub.runtimes["fixed"].coord.budget, UnlimitedBudget)
+        await node.shutdown()
 
     asyncio.run(body())
