@@ -6,6 +6,7 @@ The shell feeds inputs and executes the returned outputs, in list order, before 
 next input (etcd's Ready loop, flattened):
 
 * inputs: ``tick(now)``, ``step(from_id, msg, now)``, ``local_appended(tail, now)``,
+  ``local_durable(durable, now)``,
   ``serve(req, payloads, now)``, ``applied(tail)``, ``transition_to(role, signal)``.
 * outputs: :class:`SaveHardState` (persist before anything after it is sent),
   :class:`Truncate` / :class:`Apply` (change the local log), :class:`Send`,
@@ -525,6 +526,9 @@ class ReplicationCoordinator:
         self.amnesiac = hard_state is None and len(self.members) > 1
         self.epochs = _merge_epochs(epochs, hs.epochs, tail_seq)
         self.tail = tail_seq
+        #: this node's own durable tail as the shell last reported it (group commit
+        #: writes before it syncs); None: every event in the log is durable
+        self.durable: int | None = None
         self.commit = 0
         self.role = ReplicaRole.IDLE
         self.leader_id: int | None = None
@@ -704,19 +708,41 @@ class ReplicationCoordinator:
         self._dirty = False
         return self._end()
 
-    def local_appended(self, tail_seq: int, now: float) -> list[Output]:
+    def local_appended(
+        self, tail_seq: int, now: float, durable_seq: int | None = None
+    ) -> list[Output]:
         """The shell appended locally; the log's next seq is now ``tail_seq``.
 
         Only the leader should append (the shell refuses appends elsewhere); an event
         appended on a non-leader is a divergent suffix and will be truncated.
+        ``durable_seq``: the storage's durable tail when it syncs after writing (group
+        commit), see :meth:`local_durable`.
         """
         self._begin(now)
+        if durable_seq is not None:
+            self.durable = durable_seq
         if tail_seq > self.tail:
             self._wake()  # the push below leaves now: waking adds no latency
         self.tail = max(self.tail, tail_seq)
         if self.role is L:
             for p in self._progress:
                 self._maybe_push(p)
+            self._maybe_commit()
+        return self._end()
+
+    def local_durable(self, durable_seq: int, now: float) -> list[Output]:
+        """The storage made every event below ``durable_seq`` durable (a group-commit
+        fsync round completed).
+
+        The leader counts itself towards the commit only up to its durable tail, so
+        ``commit_seq`` (what followers and quorum subscribers are told) never runs
+        ahead of the copies that survive a power cut: Raft lets the leader write its
+        log in parallel with replication but count its own vote once the entry is on
+        stable storage (Ongaro's thesis §10.2.1).
+        """
+        self._begin(now)
+        self.durable = durable_seq
+        if self.role is L:
             self._maybe_commit()
         return self._end()
 
@@ -1557,7 +1583,8 @@ class ReplicationCoordinator:
         self._maybe_push(p)
 
     def _maybe_commit(self) -> None:
-        c = committed_seq([self.tail, *(prog.match for prog in self._progress.values())])
+        own = self.tail if self.durable is None else min(self.tail, self.durable)
+        c = committed_seq([own, *(prog.match for prog in self._progress.values())])
         if c > self.commit:
             self.commit = c
             self._out.append(CommitAdvanced(c))

@@ -460,6 +460,9 @@ class ChannelRuntime:
             quiesce=hub.quiesce,
         )
         self.executor = OutputExecutor(self.coord, self.storage, self._send, self.now, _Hooks(self))
+        # the leader counts itself towards the commit only up to its durable tail
+        # (group commit syncs after writing): report every fsync round
+        self.file.add_durable_listener(self._durable_advanced)
         self.tick_interval = min(config.heartbeat_ms / 1000.0 / 5, 0.05)
         #: next time the coordinator's tick may act (``next_tick_at``); the hub's one
         #: node-wide tick only ticks channels that are due
@@ -581,7 +584,16 @@ class ChannelRuntime:
         if not self._closed:
             now = self.now()
             self.coord.refresh(now, self.hub.beat_at)
-            self.run(self.coord.local_appended(self.file.next_seq, now))
+            self.run(self.coord.local_appended(self.file.next_seq, now, self.file.durable_seq))
+
+    def _durable_advanced(self) -> None:
+        """A group-commit round made more of the log durable (or the file failed)."""
+        if self._closed or self.file.failed is not None:
+            return
+        durable = self.file.durable_seq
+        now = self.now()
+        self.coord.refresh(now, self.hub.beat_at)
+        self.run(self.coord.local_durable(durable, now))
 
     # -- outputs ---------------------------------------------------------------------
     def run(self, outputs: Sequence[Output]) -> None:
@@ -678,6 +690,7 @@ class ChannelRuntime:
         # keeps the file): drop the durability callback, which holds the executor and,
         # through it, the hub and the node
         self.file.remove_durable_listener(self.executor.durable_advanced)
+        self.file.remove_durable_listener(self._durable_advanced)
         self.release_waiters(all_of_them=True)
 
 

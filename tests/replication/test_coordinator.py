@@ -475,3 +475,36 @@ def test_epochs_come_from_the_log_with_saved_history_and_empty_newest_epoch() ->
     assert merge((), ((7, 0),), 500) == ((7, 0),)
     # a log without terms: the saved epochs up to the tail, as before
     assert merge(None, ((3, 0), (4, 10)), 10) == ((3, 0), (4, 10))
+
+
+def quorum_leader(c: ReplicationCoordinator) -> None:
+    """Make ``c`` (members A, B, C) the quorum leader: a forced campaign B grants."""
+    c.tick(0.0)
+    c.transition_to(R.REPLICA, S.CAPABILITY_SELECTED, 0.0)
+    c.transition_to(R.CANDIDATE, S.MISSED_HEARTBEATS, 0.0)
+    c.step(B, VoteResponse(c.term, True), 0.001)
+    assert c.role is R.LEADER
+
+
+def test_the_leader_counts_itself_towards_the_commit_only_up_to_its_durable_tail() -> None:
+    """Group commit writes before it syncs: with 3 members, one follower holding 5
+    events and the leader's own fsync round still pending, nothing is committed (before:
+    the leader's written-but-unsynced tail made a majority with that follower, so
+    commit_seq ran ahead of the copies that survive a power cut); the round completing
+    commits (Raft thesis §10.2.1)."""
+    three = cfg(factor=3, ack="quorum", placement=PlacementStrategy.pinned([A, B, C]))
+    a = ReplicationCoordinator(A, three, [A, B, C], hard_state=HardState())
+    quorum_leader(a)
+    a.step(B, Ack(a.term, 0), 0.01)
+    a.local_appended(5, 0.02, durable_seq=0)
+    a.step(B, Ack(a.term, 5), 0.03)
+    assert a.commit_seq == 0
+    out = a.local_durable(5, 0.04)
+    assert a.commit_seq == 5 and CommitAdvanced(5) in out
+    # a storage that syncs before returning reports nothing: its tail counts at once
+    b = ReplicationCoordinator(A, three, [A, B, C], hard_state=HardState())
+    quorum_leader(b)
+    b.step(B, Ack(b.term, 0), 0.01)
+    b.local_appended(5, 0.02)
+    b.step(B, Ack(b.term, 5), 0.03)
+    assert b.commit_seq == 5
