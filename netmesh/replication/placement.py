@@ -414,7 +414,11 @@ def quorum_change(
             return Change(None)
         return None
     shared = (set(applied) & set(nxt)) - {self_id}
-    if ready is not None and not set(nxt) - set(applied) <= set(ready):
+    # a node to be added counts as caught up once it announced ready, or once it runs a
+    # set holding it (it joined after other members took the step, and stopped
+    # announcing ready before this node heard it)
+    joined = {n for n, m in running.items() if n in m}
+    if ready is not None and not set(nxt) - set(applied) <= set(ready) | joined:
         return None  # the node to be added has not caught up yet
     if all(running[n] in (applied, nxt) for n in shared if n in running):
         return Change(nxt)

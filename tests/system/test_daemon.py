@@ -387,6 +387,9 @@ def test_peers_that_start_late_are_joined_with_back_off(daemons: Daemons) -> Non
     daemons.start(2)
     daemons.ready(2)
     wait_until(lambda: daemons.row(2).commit == 10, timeout=20, message="late node caught up")
+    # {0, 1} formed without it (a majority of 3); adding it was a placement step, which
+    # restarts the channel's runtime on the members: ask again who leads
+    lead = daemons.wait_leader()
     # the CLI clients against daemons: publish on the leader's, tail on another's
     pub = subprocess.run(
         [sys.executable, "-P", "-m", "netmesh.cli", "publish", CHANNEL, "--name", f"n{lead}"],

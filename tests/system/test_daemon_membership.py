@@ -29,7 +29,7 @@ import pytest
 import netmesh
 from netmesh.client.client import Client
 from netmesh.errors import ConfigError
-from netmesh.replication.placement import Change, ChannelPlacement
+from netmesh.replication.placement import Change, ChannelPlacement, quorum_change
 from netmesh.testing.wait import wait_until
 from tests.system.test_daemon import CHANNEL, CHANNELS_TOML, Daemons, payload
 
@@ -306,3 +306,16 @@ def test_a_set_smaller_than_a_majority_of_the_factor_is_never_formed() -> None:
     upstream = ChannelPlacement(self_id=1, factor=3, settle_window=1.0)
     assert upstream.update((1,), 0.0) == 1.0
     assert upstream.update((1,), 1.0) == Change((1,))
+
+
+def test_a_newcomer_that_already_joined_counts_as_ready() -> None:
+    """Member A of {A, B} missed newcomer C's 'ready' announcement (rate-limited, and
+    superseded once C joined the step B took): C now announces it runs {A, B, C}. A
+    takes the step too instead of waiting for a 'ready' that never comes (seen between
+    daemons: A led {A, B} for ever while C campaigned against a refused member list)."""
+    a, b, c = 1, 2, 3
+    seen = {b: (a, b, c), c: (a, b, c)}
+    assert quorum_change(a, (a, b), (a, b, c), seen, ready=set()) == Change((a, b, c))
+    # not yet joined and not ready: wait
+    early = {b: (a, b), c: None}
+    assert quorum_change(a, (a, b), (a, b, c), early, ready=set()) is None
