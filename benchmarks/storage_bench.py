@@ -10,7 +10,9 @@ same-run ratios are compared (the machine is shared; absolute figures mean littl
   (threads) on as many channels at once: quorum-acknowledged events/s.
 * ``catchup``: factor 2 with ``data_dir``; the replica is killed, the leader appends
   ``--mb`` MB of 1 KiB and 16 KiB events, the replica restarts: payload MB/s until it
-  holds them all, with the budget lifted and with the default budget.
+  holds them all, with the budget lifted and with the default budget. ``--profile DIR``:
+  py-spy records both nodes during the catch-up (``DIR/<figure>_{leader,follower}.txt``,
+  collapsed stacks; py-spy must be installed).
 * ``reopen``: a persisted file of ``--events`` 64 B events (batches of 64), closed,
   then reopened: seconds.
 * ``inproc``: ``RedexFile.append`` single event in memory, events/s, next to the
@@ -24,6 +26,8 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -81,7 +85,9 @@ def bench_quorum(seconds: float, channels: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_catchup(mb: int, size: int, budget: bool, chunk: int | None = None) -> None:
+def bench_catchup(
+    mb: int, size: int, budget: bool, chunk: int | None = None, profile: str | None = None
+) -> None:
     from netmesh.cluster.cluster import Cluster
     from netmesh.config import ReplicationConfig
 
@@ -108,14 +114,21 @@ def bench_catchup(mb: int, size: int, budget: bool, chunk: int | None = None) ->
                     done += k
                 p.flush(timeout=120)
             c.restart(1)
+            figure = f"catchup_mb_s_{size}B_{'budget' if budget else 'unbudgeted'}" + (
+                f"_chunk{chunk}" if chunk else ""
+            )
+            spies = [] if profile is None else _spy(c, profile, figure)
             t0 = time.perf_counter()
             c.wait_until(
                 lambda: c.next_seq(1, "bench/c") >= n, timeout=900, interval=0.01, message="sync"
             )
             dt = time.perf_counter() - t0
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            for spy in spies:
+                spy.wait(timeout=60)
             _emit(
-                figure=f"catchup_mb_s_{size}B_{'budget' if budget else 'unbudgeted'}"
-                + (f"_chunk{chunk}" if chunk else ""),
+                figure=figure,
                 value=n * size / dt / 1e6,
                 seconds=dt,
                 mb=n * size / 1e6,
@@ -124,11 +137,29 @@ def bench_catchup(mb: int, size: int, budget: bool, chunk: int | None = None) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _spy(c: Any, out_dir: str, figure: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy record (collapsed stacks, 200 Hz) on node 0 (leader) and 1 (follower)."""
+    os.makedirs(out_dir, exist_ok=True)
+    cmd = ["py-spy", "record", "-r", "200", "-f", "raw"]
+    return [
+        subprocess.Popen(
+            [
+                *cmd,
+                "--pid",
+                str(c.info[i]["pid"]),
+                "-o",
+                os.path.join(out_dir, f"{figure}_{who}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i, who in ((0, "leader"), (1, "follower"))
+    ]
+
+
 def bench_reopen(events: int, batch: int = 64) -> None:
     """Fill a persisted file in a child process that then dies without closing it (a
     SIGKILLed node), reopen it (crash recovery), close it cleanly, reopen again."""
-    import subprocess
-
     from netmesh.config import RedexFileConfig
     from netmesh.log.file import RedexFile
 
@@ -199,13 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=8_000_000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=None, help="sync_chunk_bytes")
+    ap.add_argument("--profile", default=None, help="catchup: py-spy both nodes into DIR")
     a = ap.parse_args(argv)
     if a.what == "quorum":
         bench_quorum(1.5 if a.quick else a.seconds, a.channels)
     elif a.what == "catchup":
         for size in a.size or [1024, 16384]:
             for budget in (False, True):
-                bench_catchup(32 if a.quick else a.mb, size, budget, a.chunk)
+                bench_catchup(32 if a.quick else a.mb, size, budget, a.chunk, a.profile)
     elif a.what == "reopen":
         bench_reopen(500_000 if a.quick else a.events, a.batch)
     else:

@@ -435,7 +435,14 @@ class SyncRecords:
     event (issue 15 §5). The replica checks every record (CRCs, seqs, terms against
     ``epochs``) and appends the bytes as they are, or refuses the whole chunk. Other
     fields as :class:`SyncResponse`; only requests are answered so (``request_id`` is
-    never 0), pushes stay SyncResponses."""
+    never 0), pushes stay SyncResponses.
+
+    ``more`` (last on the wire; default False): the leader answers a request far behind
+    its tail with a *burst* of consecutive chunks, each self-contained and starting
+    where the previous one ended; every chunk but the last says ``more=True``, so the
+    replica keeps its request outstanding instead of asking again (one round trip per
+    burst, not per chunk; issue 15 §5). A lost chunk is a gap the replica ignores; its
+    retry timer asks again from its tail."""
 
     term: int
     request_id: int
@@ -445,6 +452,7 @@ class SyncRecords:
     epochs: tuple[Epoch, ...]
     count: int
     records: bytes
+    more: bool = False
 
 
 def _records(v: Any) -> bytes:
@@ -454,7 +462,7 @@ def _records(v: Any) -> bytes:
 
 
 _KINDS["B"] = _records
-_SCHEMA[8] = (SyncRecords, "tustseuB")
+_SCHEMA[8] = (SyncRecords, "tustseuBb")
 _TAGS[SyncRecords] = 8
 
 Message = (

@@ -1,0 +1,269 @@
+"""Catch-up bursts (issue 15 §5): a persisted leader answers one SyncRequest far behind
+its tail with up to SYNC_BURST_CHUNKS x sync_chunk_bytes of raw-record chunks, all but
+the last marked
+``more``; the replica keeps its request outstanding meanwhile, ignores gaps, and its
+retry timer (or the burst's last chunk) asks again from its tail."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from netmesh.config import PlacementStrategy, RedexFileConfig, ReplicationConfig
+from netmesh.log.file import RedexFile
+from netmesh.replication.coordinator import (
+    SYNC_BURST_CHUNKS,
+    ApplyRecords,
+    Output,
+    ReplicationCoordinator,
+    Send,
+    ServeSync,
+)
+from netmesh.replication.executor import OutputExecutor
+from netmesh.replication.messages import (
+    Ack,
+    Heartbeat,
+    Message,
+    Nack,
+    NackReason,
+    SyncRecords,
+    SyncRequest,
+    decode,
+    encode,
+)
+from netmesh.replication.roles import ReplicaRole, TransitionSignal
+from netmesh.replication.runtime import FileStorage
+
+A, B = 10, 20
+R, S = ReplicaRole, TransitionSignal
+CHUNK = 1000  # events per chunk in the pure tests
+
+
+def cfg() -> ReplicationConfig:
+    return ReplicationConfig(factor=2, heartbeat_ms=100, placement=PlacementStrategy.pinned([A, B]))
+
+
+def msgs(out: list[Output], kind: type) -> list[Any]:
+    return [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, kind)]
+
+
+def leader(tail: int) -> ReplicationCoordinator:
+    a = ReplicationCoordinator(A, cfg(), [A, B], tail_seq=tail, epochs=((1, 0),))
+    a.transition_to(R.REPLICA, S.CAPABILITY_SELECTED, 0.0)
+    a.transition_to(R.CANDIDATE, S.MISSED_HEARTBEATS, 0.0)
+    a.transition_to(R.LEADER, S.ELECTION_WON, 0.0)
+    assert a.role is R.LEADER
+    return a
+
+
+def serve_burst(
+    a: ReplicationCoordinator, out: list[Output], now: float = 0.1
+) -> list[SyncRecords | Nack]:
+    """Run the leader's ServeSyncs as the executor would (CHUNK events each, raw bytes
+    faked: ``max_bytes`` of them); returns the answers in order."""
+    answers: list[SyncRecords | Nack] = []
+    pending = [o for o in out if isinstance(o, ServeSync)]
+    while pending:
+        req = pending.pop(0)
+        count = min(CHUNK, a.tail_seq - req.from_seq)
+        got = a.serve_records(req, count, b"r" * req.max_bytes, count * 10, now)
+        answers += msgs(got, SyncRecords) + msgs(got, Nack)
+        pending += [o for o in got if isinstance(o, ServeSync)]
+    return answers
+
+
+def test_a_far_behind_request_gets_a_burst_with_more_on_all_but_the_last() -> None:
+    a = leader(100 * CHUNK)
+    out = a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1)
+    (req,) = [o for o in out if isinstance(o, ServeSync)]
+    assert req.max_bytes == a.config.sync_chunk_bytes
+    assert req.burst == SYNC_BURST_CHUNKS * req.max_bytes
+    answers = serve_burst(a, out)
+    assert len(answers) == SYNC_BURST_CHUNKS
+    assert all(isinstance(m, SyncRecords) and m.request_id == 7 for m in answers)
+    recs = [m for m in answers if isinstance(m, SyncRecords)]
+    assert [m.first_seq for m in recs] == [i * CHUNK for i in range(SYNC_BURST_CHUNKS)]
+    assert [m.more for m in recs] == [True] * (SYNC_BURST_CHUNKS - 1) + [False]
+    assert a.metrics.sync_bytes_total > SYNC_BURST_CHUNKS * CHUNK * 10, "each chunk charged"
+
+
+def test_a_burst_stops_at_the_tail_and_near_the_tail_is_one_chunk() -> None:
+    a = leader(2 * CHUNK + 5)
+    recs = serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
+    assert [(m.first_seq, m.more) for m in recs if isinstance(m, SyncRecords)] == [
+        (0, True),
+        (CHUNK, True),
+        (2 * CHUNK, False),
+    ]
+    recs = serve_burst(a, a.step(B, SyncRequest(a.term, 2 * CHUNK, 1, 1 << 20, 8), 0.1))
+    assert [(m.first_seq, m.count, m.more) for m in recs if isinstance(m, SyncRecords)] == [
+        (2 * CHUNK, 5, False)
+    ]
+
+
+class _Budget:
+    def __init__(self, grants: int) -> None:
+        self.grants = grants
+
+    def try_consume(self, cost: int, now: float) -> bool:
+        self.grants -= 1
+        return self.grants >= 0
+
+
+def test_the_budget_applies_to_every_chunk_of_a_burst() -> None:
+    a = leader(100 * CHUNK)
+    a.budget = _Budget(3)  # type: ignore[assignment]
+    answers = serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
+    assert [type(m) for m in answers] == [SyncRecords] * 3 + [Nack]
+    nack = answers[-1]
+    assert isinstance(nack, Nack) and nack.reason is NackReason.BACKPRESSURE
+    assert nack.from_seq == 3 * CHUNK and a.metrics.under_capacity_total == 1
+
+
+def test_more_survives_the_wire() -> None:
+    for more in (True, False):
+        m = SyncRecords(3, 9, 10, 2, 5, ((2, 0), (3, 8)), 4, b"\x00raw", more)
+        assert decode(encode(m)) == m
+
+
+# ------------------------------------------------------------------ follower side
+
+
+def follower() -> tuple[ReplicationCoordinator, SyncRequest]:
+    """A replica that heard leader A (term 1, far ahead) and asked from 0."""
+    b = ReplicationCoordinator(B, cfg(), [A, B])
+    b.tick(0.0)
+    out = b.step(A, Heartbeat(1, R.LEADER, 100 * CHUNK, 0, 1, 1), 0.01)
+    (req,) = msgs(out, SyncRequest)
+    assert req.from_seq == 0
+    return b, req
+
+
+def chunk(req: SyncRequest, i: int, more: bool) -> SyncRecords:
+    return SyncRecords(1, req.request_id, i * CHUNK, 1 if i else 0, 0, ((1, 0),), CHUNK, b"r", more)
+
+
+def test_the_follower_does_not_ask_again_while_more_chunks_come() -> None:
+    b, req = follower()
+    now = 0.02
+    for i in range(SYNC_BURST_CHUNKS - 1):
+        now += 0.06  # the whole burst takes longer than one retry period
+        out = b.step(A, chunk(req, i, True), now)
+        assert [o.first_seq for o in out if isinstance(o, ApplyRecords)] == [i * CHUNK]
+        assert not msgs(out, SyncRequest), "request still outstanding"
+        assert not msgs(b.tick(now + 0.05), SyncRequest), "applied chunks restart the timer"
+    out = b.step(A, chunk(req, SYNC_BURST_CHUNKS - 1, False), now + 0.01)
+    (nxt,) = msgs(out, SyncRequest)
+    assert nxt.from_seq == SYNC_BURST_CHUNKS * CHUNK == b.tail_seq
+    assert nxt.request_id != req.request_id and b.metrics.sync_requests_total == 2
+
+
+def test_a_lost_middle_chunk_is_recovered_by_the_retry() -> None:
+    b, req = follower()
+    b.step(A, chunk(req, 0, True), 0.02)
+    b.step(A, chunk(req, 1, True), 0.03)
+    # chunk 2 is lost; the rest of the burst (all but its last) are gaps
+    for i in range(3, SYNC_BURST_CHUNKS - 1):
+        out = b.step(A, chunk(req, i, True), 0.04)
+        assert not [o for o in out if isinstance(o, ApplyRecords)], "a gap is ignored"
+        assert not msgs(out, SyncRequest)
+    assert b.tail_seq == 2 * CHUNK
+    b.step(A, Heartbeat(1, R.LEADER, 100 * CHUNK, 0, 1, 1), 0.1)
+    assert not msgs(b.tick(0.12), SyncRequest), "within one heartbeat of the last progress"
+    (retry,) = msgs(b.tick(0.14), SyncRequest)
+    assert retry.from_seq == 2 * CHUNK and retry.request_id != req.request_id
+    # a late chunk of the old burst (reordered) still applies where it fits
+    out = b.step(A, chunk(req, 2, True), 0.15)
+    assert [o.first_seq for o in out if isinstance(o, ApplyRecords)] == [2 * CHUNK]
+
+
+def test_the_last_chunk_of_a_burst_with_a_gap_asks_again_at_once() -> None:
+    b, req = follower()
+    b.step(A, chunk(req, 0, True), 0.02)
+    b.step(A, chunk(req, 2, True), 0.03)  # chunk 1 lost
+    (nxt,) = msgs(b.step(A, chunk(req, 3, False), 0.04), SyncRequest)
+    assert nxt.from_seq == CHUNK == b.tail_seq
+
+
+# ------------------------------------------------- refused chunk (real files, executor)
+
+
+class _Hub:
+    memory_hard_states: dict[str, Any] = {}
+
+
+def test_a_refused_chunk_of_a_burst_resyncs_and_the_log_catches_up(tmp_path: Path) -> None:
+    """Leader and replica coordinators over real RedexFiles, executors in between; the
+    first burst's second chunk is corrupted on the way: the replica refuses it whole
+    (resync), ignores the rest of the burst and asks again from its real tail."""
+    lead_cfg = RedexFileConfig(path=str(tmp_path / "lead"), segment_bytes=1 << 20)
+    lead = RedexFile("burst/lead", lead_cfg)
+    lead.append_term = 1
+    events = [os.urandom(300 + i % 500) for i in range(3000)]
+    for i in range(0, len(events), 50):
+        lead.append_batch(events[i : i + 50])
+    small = replace(cfg(), sync_chunk_bytes=40_000)
+    a = ReplicationCoordinator(A, small, [A, B], tail_seq=lead.next_seq, epochs=lead.epochs)
+    b = ReplicationCoordinator(B, small, [A, B])
+    f = RedexFile("burst/f", RedexFileConfig(path=str(tmp_path / "f")))
+    net: list[tuple[int, int, Message]] = []
+    now = [0.0]
+    ea = OutputExecutor(
+        a,
+        FileStorage(_Hub(), "burst/lead", lead),  # type: ignore[arg-type]
+        lambda to, m: net.append((A, to, m)),
+        lambda: now[0],
+    )
+    eb = OutputExecutor(
+        b,
+        FileStorage(_Hub(), "burst/f", f),  # type: ignore[arg-type]
+        lambda to, m: net.append((B, to, m)),
+        lambda: now[0],
+    )
+    ea.run(a.transition_to(R.REPLICA, S.CAPABILITY_SELECTED, 0.0))
+    ea.run(a.transition_to(R.CANDIDATE, S.MISSED_HEARTBEATS, 0.0))
+    ea.run(a.transition_to(R.LEADER, S.ELECTION_WON, 0.0))
+    eb.run(b.tick(0.0))
+    records: list[SyncRecords] = []
+    corrupted = False
+    for _ in range(10_000):
+        if not net:
+            now[0] += 0.01
+            ea.run(a.tick(now[0]))
+            eb.run(b.tick(now[0]))
+            if f.next_seq == lead.next_seq:
+                break
+            continue
+        frm, to, m = net.pop(0)
+        if isinstance(m, SyncRecords):
+            records.append(m)
+            if len(records) == 2 and m.more and not corrupted:
+                bad = bytearray(m.records)
+                bad[len(bad) // 2] ^= 0x01
+                m = replace(m, records=bytes(bad))
+                corrupted = True
+        (ea if to == A else eb).run((a if to == A else b).step(frm, m, now[0]))
+    assert corrupted and eb.resyncs == 1, "the corrupted chunk was refused"
+    assert f.next_seq == lead.next_seq
+    assert f.read_payloads(0, len(events))[0] == events
+    assert any(r.more for r in records) and len(records) > SYNC_BURST_CHUNKS
+    bursts = {r.request_id for r in records}
+    assert b.metrics.sync_requests_total <= len(bursts) + 2 < len(records), "bursts, not chunks"
+    f.close()
+    lead.close()
+
+
+def test_a_follower_that_asks_is_not_pushed_to_until_it_stops_asking() -> None:
+    """Pushes (per-event SyncResponses) would duplicate the bursts of a follower that
+    catches up by requests: the leader holds them for one heartbeat after a request."""
+    a = leader(100 * CHUNK)
+
+    def pushes(out: list[Output]) -> list[ServeSync]:
+        return [o for o in out if isinstance(o, ServeSync) and not o.request_id]
+
+    serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
+    assert not pushes(a.step(B, Ack(a.term, CHUNK), 0.12)), "asked 20 ms ago: no push"
+    out = a.step(B, Ack(a.term, 2 * CHUNK), 0.21)
+    assert [(o.from_seq, o.request_id) for o in pushes(out)] == [(2 * CHUNK, 0)], "resumed"
