@@ -110,8 +110,8 @@ class Client:
         self._decoder = control.FrameDecoder()
         self._next_id = 1
         self._closed = False
-        #: open subscriptions and producers: closed (acks flushed) when the client closes
-        self._children: weakref.WeakSet[Subscription | ClientProducer] = weakref.WeakSet()
+        #: open subscriptions: their acks are sent when the client closes
+        self._children: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self.info = self._call("hello")
 
     # -- requests --------------------------------------------------------------------
@@ -217,11 +217,14 @@ class Client:
             return list(sub)
 
     def close(self) -> None:
-        """Close every subscription and producer of this client still open (a durable
-        subscription's acknowledgements are sent first), then the connection."""
-        for child in list(self._children):
+        """Close the connection; what it set up is released by the server. A durable
+        subscription still open first sends its acknowledgements and which events its
+        application was handed (see :meth:`Subscription.close`); its shared memory
+        stays mapped, so another thread still reading it gets a NetmeshError from the
+        closed connection, never a fault."""
+        for sub in list(self._children):
             with contextlib.suppress(NetmeshError, OSError):
-                child.close()
+                sub._release_for_client()
         with self._lock:
             if self._closed:
                 return
@@ -253,7 +256,6 @@ class ClientProducer:
         self._p: Producer | None = None
         self._node = -1
         self._attach()
-        client._children.add(self)
 
     @property
     def node(self) -> int:
@@ -638,6 +640,14 @@ class Subscription:
                 yield self._hand(self._buf.popleft())
             if self._done and not self._buf:
                 return
+
+    def _release_for_client(self) -> None:
+        """The client closes: send the acks and release the ring with what the
+        application was handed, without unmapping it (another thread may be reading)."""
+        if self._closed or self.group is None:
+            return
+        self.flush_acks()
+        self.client._call("release", ring=self._ring_name, seen=sorted(self._unacked))
 
     def close(self) -> None:
         """Stop; the node's pump ends and every shared-memory name is released."""
