@@ -243,6 +243,10 @@ def _sample(info: dict[str, Any], procs: dict[int, psutil.Process | None]) -> di
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.node is not None:  # issue 13 §2: `netmesh status --node ADDR|SOCKET`
+        from netmesh.cli.node_cmds import cmd_node_status
+
+        return cmd_node_status(argparse.Namespace(target=args.node, json=args.json))
     path, info = _read_run(args)
     procs: dict[int, psutil.Process | None] = {}
     before = _sample(info, procs) if args.interval > 0 else None
@@ -436,6 +440,14 @@ def parser() -> argparse.ArgumentParser:
         help="pid of the 'netmesh up' to read (None: the newest)",
     )
     st.add_argument("--prometheus", action="store_true", help="Prometheus text format")
+    st.add_argument(
+        "--node",
+        default=None,
+        metavar="TARGET",
+        help="one node daemon's view instead (as 'netmesh node-status TARGET': its socket"
+        " name or path, or its metrics host:port)",
+    )
+    st.add_argument("--json", action="store_true", help="with --node: one JSON object")
     st.add_argument(
         "--interval",
         type=at_least(0, float),

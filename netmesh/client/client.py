@@ -255,6 +255,7 @@ class ClientProducer:
         self.retargets = 0
         self._p: Producer | None = None
         self._node = -1
+        self._last_seq = -1  # of the last acknowledged event (-1: none yet)
         self._attach()
 
     @property
@@ -332,7 +333,8 @@ class ClientProducer:
             raise _not_acked(self.channel, lost, "its node stopped") from None
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait until every queued event is acknowledged; the seq of the last one.
+        """Wait until every queued event is acknowledged; the seq of the last one (-1
+        while this producer has had no event acknowledged).
 
         Plain producers: see :meth:`_flush_once`. Idempotent producers resend what a
         leader change left unacknowledged until a leader acknowledges it all (each batch
@@ -392,7 +394,9 @@ class ClientProducer:
             self._retarget()
             raise _not_acked(self.channel, lost, "its node stopped")
         try:
-            return p.flush(max(0.0, deadline - time.monotonic()))
+            seq = p.flush(max(0.0, deadline - time.monotonic()))
+            self._last_seq = max(self._last_seq, seq)  # a retarget starts a new ring
+            return self._last_seq
         except NotLeader as exc:
             count = p.refused_total
             self._retarget()

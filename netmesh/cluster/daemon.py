@@ -391,7 +391,8 @@ class Daemon:
                 if mesh.peer_is_up(peer.node_id):
                     continue  # it came up through its own handshake meanwhile
                 if self.peer_state.get(peer.node_id) in (None, "up"):
-                    self._peer_changed(peer, "unreachable", f" ({exc})")
+                    hint = "; host down, or it rejects our psk/public key (see its log)"
+                    self._peer_changed(peer, "unreachable", f" ({exc}{hint})")
                 await self._nap(wake, delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX_S)
             except Closed:

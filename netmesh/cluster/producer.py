@@ -119,7 +119,9 @@ class Producer:
         return self.ring.acked()[0]
 
     def flush(self, timeout: float = 10.0) -> int:
-        """Wait until every queued event is handled; return the last stored event's seq.
+        """Wait until every queued event is handled; return the last stored event's seq,
+        or -1 when this producer has had no event acknowledged yet (seq 0 is a real
+        event).
 
         Raises NotLeader / PayloadTooLarge / NetmeshError for refusals since the last
         flush (see the module doc), NodeUnresponsive if the node does not catch up
@@ -148,7 +150,7 @@ class Producer:
             refused = rejected - self.refused_total
             self.refused_total = rejected
             raise _refusal(self.channel, refused, reason)
-        return seq
+        return seq if count > 0 else -1
 
     def close(self) -> None:
         if self._closed:

@@ -220,6 +220,8 @@ class MeshNode:
             0,
         )
         self._drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._rejected_log_at = float("-inf")  # last "handshake rejected" warning
+        self._rejected_hosts: dict[str, float] = {}
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
@@ -498,6 +500,28 @@ class MeshNode:
     def _drop(self, reason: str, addr: Addr, detail: object = "") -> None:
         self._drops[reason] += 1
         log.debug("dropped datagram from %s: %s %s", addr, reason, detail)
+        if reason == "wrong_psk_or_key":
+            self._warn_rejected(addr, detail)
+
+    def _warn_rejected(self, addr: Addr, detail: object) -> None:
+        """A handshake that fails to authenticate is most often a misconfigured peer
+        (another PSK, or a key this node does not list): say so at WARNING, at most
+        once a minute per source host and once every 10 s in all (hostile floods stay
+        counted in ``drops``, not logged)."""
+        now = self._loop.time()
+        host = addr[0]
+        if now - self._rejected_log_at < 10.0 or now - self._rejected_hosts.get(host, -1e9) < 60:
+            return
+        if len(self._rejected_hosts) > 1024:
+            self._rejected_hosts.clear()
+        self._rejected_log_at = self._rejected_hosts[host] = now
+        log.warning(
+            "handshake with %s:%s rejected (%s): a different psk, or a public key this node"
+            " does not list as a peer",
+            host,
+            addr[1],
+            detail,
+        )
 
     def _on_datagram(self, data: bytes, addr: Addr) -> None:
         m = self._m
@@ -526,6 +550,8 @@ class MeshNode:
             return
         if not mac1_ok(self._mac_key, codec.mac1_part(data)):  # before any DH
             self._drop("bad_mac", addr)
+            if isinstance(msg, codec.Initiation):  # mac1 is keyed by our key and the PSK
+                self._warn_rejected(addr, "initiation with a bad mac1")
             return
         if isinstance(msg, codec.Initiation):
             now = self._loop.time()
@@ -696,6 +722,7 @@ class MeshNode:
         try:
             keys = peer.pending.consume_response(msg.noise)
         except AuthenticationError:
+            peer.rejected_responses += 1  # named in the connect error (a different psk?)
             self._drop("wrong_psk_or_key", addr, "response failed to decrypt")
             return
         except HandshakeError as exc:

@@ -130,6 +130,9 @@ class Peer:
         self.responder_rekey_delay = self._draw_responder_delay()
         self.connect_waiter: asyncio.Future[int] | None = None
         self.ever_up = False
+        #: handshake responses that failed to authenticate (the peer answered with
+        #: another PSK, or is not the key we expect there)
+        self.rejected_responses = 0
         self.outbox: list[tuple[str, list[bytes]]] = []
         # random start: a restarted sender does not reuse the ids of its previous life
         self.frag_id = secrets.randbits(62)
@@ -315,10 +318,18 @@ class Peer:
                 w = self.connect_waiter
                 self.connect_waiter = None
                 if w is not None and not w.done():
+                    hint = (
+                        f"; {self.rejected_responses} response(s) failed to authenticate:"
+                        " the peer has a different psk"
+                        if self.rejected_responses
+                        else ": the host is down or drops our initiations (a different psk,"
+                        " or not the public key it has; its log says which)"
+                    )
+                    self.rejected_responses = 0
                     w.set_exception(
                         HandshakeError(
                             f"no valid handshake response from {self.node_id:#x} after "
-                            f"{self.ctx.handshake_retries} attempts"
+                            f"{self.ctx.handshake_retries} attempts{hint}"
                         )
                     )
             elif (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from dataclasses import replace
 from typing import Any
@@ -385,6 +386,34 @@ def test_an_initiation_from_elsewhere_does_not_move_the_peer() -> None:
             await wait_for(lambda: got == [b"still here"], 10.0)
         finally:
             relay.close()
+            await a.shutdown()
+            await b.shutdown()
+
+    run(body)
+
+
+def test_a_wrong_psk_is_named_in_the_error_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A misconfigured peer (another PSK) is named: in the connect error, and in the
+    log once per host and window, not once per datagram (a new-user trial saw a wrong
+    PSK look exactly like a host that is down)."""
+
+    async def body() -> None:
+        fast = dict(handshake_retries=2, handshake_timeout=0.1)
+        a = await MeshNode.create(EntityKeypair.generate(), cfg(**fast))
+        b = await MeshNode.create(EntityKeypair.generate(), replace(cfg(**fast), psk=bytes(32)))
+        try:
+            with caplog.at_level(logging.WARNING, logger="netmesh.link.node"):
+                for _ in range(2):
+                    with pytest.raises(HandshakeError, match="different psk"):
+                        await b.connect(a.local_addr, a.public_key, a.node_id)
+            # mac1 is keyed by the responder's key and the PSK: the responder drops
+            # each initiation before any DH (2 connects x 2 tries) and says so once
+            assert a.metrics()["drops"]["bad_mac"] == 4
+            lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+            assert len(lines) == 1 and "psk" in lines[0] and "127.0.0.1" in lines[0]
+        finally:
             await a.shutdown()
             await b.shutdown()
 

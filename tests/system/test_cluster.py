@@ -56,6 +56,7 @@ def test_replicates_to_every_member(factor: int) -> None:
         lead = leader_of(c, "orders")
         events = [b"order-%d" % i for i in range(20_000)]
         with c.producer(lead, "orders") as p:
+            assert p.flush() == -1  # nothing acknowledged yet (0 would be a real seq)
             for i in range(0, len(events), 500):
                 p.append_batch(events[i : i + 500])
             assert p.flush() == len(events) - 1

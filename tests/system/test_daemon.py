@@ -356,6 +356,10 @@ def test_three_daemons_replicate_fail_over_and_catch_up(daemons: Daemons) -> Non
     out = netmesh_cli("node-status", daemons.metrics[lead] or "", env=daemons.env)
     assert out.returncode == 0, out.stderr
     assert "LEADER" in out.stdout and out.stdout.count(" up") >= 2
+    same = netmesh_cli("status", "--node", daemons.names[lead], "--json", env=daemons.env)
+    assert same.returncode == 0, same.stderr
+    ch = json.loads(same.stdout)["channels"][0]  # issue 13 §2's spelling of node-status
+    assert (ch["leader"], ch["next_seq"]) == (0, 70_000)
     # SIGTERM with clients still attached (a producer on the leader, a subscription on a
     # replica): clean exit 0, nothing left behind (sockets, shared memory, sessions)
     follower = next(i for i in daemons.alive() if i != lead)
