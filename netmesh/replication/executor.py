@@ -278,6 +278,9 @@ class OutputExecutor:
             _store(storage.save_hard_state, out.state)
         elif isinstance(out, Truncate):
             dropped = _store(storage.truncate, out.from_seq)
+            if self._held:  # claims beyond the new end will never hold: drop them, or
+                # they block every later Ack and heartbeat behind them (rule 3 is FIFO)
+                self._held = deque(h for h in self._held if h[0] <= out.from_seq)
             if dropped:
                 self.hooks.on_truncated(out.from_seq, dropped)
             if self.storage.next_seq != out.from_seq:  # e.g. retention held a later head

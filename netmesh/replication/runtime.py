@@ -357,6 +357,9 @@ class _Hooks(ExecutorHooks):
             self.rt.measure(out.payloads)
 
     def on_truncated(self, from_seq: int, dropped: int) -> None:
+        coord = self.rt.coord
+        if coord.durable is not None and coord.durable > from_seq:
+            coord.durable = from_seq  # what was durable there is gone (group commit)
         log.warning(
             "%s: discarded %d divergent events from seq %d", self.rt.name, dropped, from_seq
         )
@@ -460,6 +463,7 @@ class ChannelRuntime:
             quiesce=hub.quiesce,
         )
         self.executor = OutputExecutor(self.coord, self.storage, self._send, self.now, _Hooks(self))
+        self.coord.durable = file.durable_seq  # a round may be pending (a rebuilt runtime)
         # the leader counts itself towards the commit only up to its durable tail
         # (group commit syncs after writing): report every fsync round
         self.file.add_durable_listener(self._durable_advanced)

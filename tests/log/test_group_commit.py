@@ -16,7 +16,7 @@ from netmesh.config import PlacementStrategy, RedexFileConfig, ReplicationConfig
 from netmesh.errors import StorageFailed
 from netmesh.log.commit import GroupCommitter
 from netmesh.log.file import RedexFile
-from netmesh.replication.coordinator import Apply, ReplicationCoordinator, Send
+from netmesh.replication.coordinator import Apply, ReplicationCoordinator, Send, Truncate
 from netmesh.replication.executor import ExecutorHooks, OutputExecutor
 from netmesh.replication.messages import Ack, Message, SyncRequest
 from netmesh.replication.runtime import FileStorage
@@ -230,6 +230,30 @@ def test_a_failed_fsync_fails_the_follower_and_its_ack_never_leaves(
         await asyncio.wait_for(done, 10)
         assert sent == [], "no ack for bytes that never became durable"
         assert ex.stopped and len(failures) == 1 and isinstance(failures[0], StorageFailed)
+        f.close()
+
+    asyncio.run(main())
+    gc.close()
+
+
+def test_a_truncation_drops_held_acks_it_made_untrue(tmp_path: pathlib.Path) -> None:
+    """An Ack held for an fsync claims seqs a truncation then takes back: it is
+    dropped, so the Ack for the new history is not stuck behind it (found by an
+    adversarial review: held sends leave in order, and the stale claim would only
+    have come true once the log grew past it again)."""
+    sync = CountingSync()
+    sync.gate = threading.Event()
+    gc = GroupCommitter(fsync=sync)
+
+    async def main() -> None:
+        (f,) = open_files(tmp_path, 1, gc)
+        ex, sent, _ = follower(f)
+        ex.run([Apply(0, (b"a", b"b", b"c"), 0), Send(A, Ack(1, 3))])
+        assert sent == []
+        ex.run([Truncate(1), Apply(1, (b"x",), 0), Send(A, Ack(2, 2))])
+        sync.gate.set()
+        await durable(f, 2)
+        assert sent == [(A, Ack(2, 2))], sent
         f.close()
 
     asyncio.run(main())
