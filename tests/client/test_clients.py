@@ -387,31 +387,24 @@ def test_done_when_up_publish_tail_follow_across_kill_9_of_the_leader(
                 stdout=tail_out,
                 env=env,
             )
-            first = "".join(json.dumps({"n": i}) + "\n" for i in range(2000))
-            r = subprocess.run(
-                [*cli, "publish", "orders", "--name", "demo", "--format", "jsonl"],
-                input=first,
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=60,
-                check=False,
-            )
-            assert r.returncode == 0, r.stderr
+
+            def publish(first: int, end: int, timeout: float) -> None:
+                r = subprocess.run(
+                    [*cli, "publish", "orders", "--name", "demo", "--format", "jsonl"],
+                    input="".join(json.dumps({"n": i}) + "\n" for i in range(first, end)),
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=timeout,
+                    check=False,
+                )
+                assert r.returncode == 0, r.stderr
+
+            publish(0, 2000, timeout=60)
             leader = cl.channels()[0].leader
             run_file = next(run_dir.glob("netmesh-up-*.json"))
             os.kill(json.loads(run_file.read_text())["pids"][leader], signal.SIGKILL)
-            second = "".join(json.dumps({"n": i}) + "\n" for i in range(2000, 4000))
-            r = subprocess.run(
-                [*cli, "publish", "orders", "--name", "demo", "--format", "jsonl"],
-                input=second,
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=120,
-                check=False,
-            )
-            assert r.returncode == 0, r.stderr
+            publish(2000, 4000, timeout=120)
             wait_until(
                 lambda: (tmp_path / "tail.out").read_bytes().count(b"\n") >= 4000,
                 timeout=60,
