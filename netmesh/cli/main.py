@@ -11,9 +11,10 @@
 
 Exit codes: 0 success, 1 failure (one line on stderr), 2 bad arguments (one line on
 stderr, nothing was started), 70 internal error (one line; NETMESH_DEBUG=1 shows the
-traceback), 130 interrupted. Environment: NETMESH_RUN_DIR is where
-``netmesh up`` writes its run file and ``netmesh status`` looks for it (default: the
-system temporary directory); NETMESH_LOG sets the node processes' log level.
+traceback), 130 interrupted. Environment: NETMESH_RUN_DIR is the run directory (default
+$XDG_RUNTIME_DIR/netmesh, else /tmp/netmesh-<uid>): client sockets, the run files
+``netmesh status`` reads and the run locks all live there; NETMESH_LOG sets the node
+processes' log level.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.producer import Producer
 from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
 from netmesh.errors import ChannelNameError, ConfigError, NameTaken, NetmeshError
+from netmesh.replication.roles import ReplicaRole
 
 CHANNEL = "demo/orders"
 TERMS = (
@@ -91,6 +93,11 @@ def check_up(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """``netmesh up``. Status lines first (what runs, the client socket, the run file,
+    how to stop it), then a live table on a terminal; when stdout is not a terminal
+    (piped, ``nohup``, a service) no live rendering: one plain line per change (leader,
+    a node exiting) and a summary line every ``PLAIN_SUMMARY_S`` s, each flushed at
+    once, and the final table when it stops."""
     check_up(args)
     console = _console()
     stop = False
@@ -126,14 +133,41 @@ def cmd_up(args: argparse.Namespace) -> int:
             },
         )
         try:
+            for line in _started_lines(c, args, run_path):
+                _say(console, line)
             _up_loop(console, c, args, lambda: stop)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(run_path)
-    if not console.is_terminal:
-        console.line()  # the last table printed by Live ends without a newline
-    console.print("cluster stopped cleanly")
+    _say(console, "cluster stopped cleanly")
     return 0
+
+
+PLAIN_SUMMARY_S = 30.0
+
+
+def _say(console: Console, line: str) -> None:
+    """One status line: printed and flushed at once (a pipe or a nohup file is block
+    buffered otherwise); plain text when stdout is not a terminal."""
+    if console.is_terminal:
+        console.print(line, highlight=False, markup=False)
+    else:
+        print(line, flush=True)
+
+
+def _started_lines(c: Cluster, args: argparse.Namespace, run_path: str) -> list[str]:
+    pids = ", ".join(str(c.info[i]["pid"]) for i in range(c.size))
+    rate = f"{args.rate:,} events/s of {args.payload} B" if args.rate else "no events (--rate 0)"
+    me = os.getpid()
+    return [
+        f"netmesh up: {c.size} node processes started (pids {pids}); channel"
+        f" {args.channel!r}, factor {args.factor}, ack {args.ack}; producing {rate}",
+        f"clients: socket {rundir.socket_path(args.name)} (netmesh.connect({args.name!r}),"
+        f" netmesh publish/tail --name {args.name})",
+        f"status: netmesh status --run {me} (run file {run_path})",
+        f"stop: Ctrl-C, or kill -INT {me} / kill -TERM {me}"
+        + (f"; stops by itself after {args.duration:g} s" if args.duration else ""),
+    ]
 
 
 def _up_loop(
@@ -144,24 +178,55 @@ def _up_loop(
     end = time.monotonic() + args.duration if args.duration else float("inf")
     payload = b"x" * args.payload
     title = f"netmesh up: {args.nodes} nodes (Ctrl-C stops)"
-    with Live(console=console, refresh_per_second=4) as live:
+    live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
+    leader_text: str | None = None
+    next_summary = time.monotonic() + PLAIN_SUMMARY_S
+    rows: list[status.Row] = []
+    with live if live is not None else contextlib.nullcontext():
         while not stopped() and time.monotonic() < end:
             tick = time.monotonic()
             for node, code in c.check_nodes():
-                console.print(
+                _say(
+                    console,
                     f"node {node} exited with code {code}"
-                    + (", restarted" if args.restart_policy == "on-failure" else "")
+                    + (", restarted" if args.restart_policy == "on-failure" else ""),
                 )
             if args.rate:
                 producer = _feed(c, args, producer, payload)
             if tick - prev_t >= 0.5 or prev is None:
                 snap = c.metrics()
                 rows = status.rows(snap, prev)
-                live.update(status.table(rows, title=title, width=console.width))
                 prev, prev_t = snap, tick
+                if live is not None:
+                    live.update(status.table(rows, title=title, width=console.width))
+                else:
+                    text = status.leaders_caption(rows)
+                    if text and text != leader_text:
+                        leader_text = text
+                        _say(console, f"{args.channel}: {text}")
+                    if tick >= next_summary:
+                        next_summary = tick + PLAIN_SUMMARY_S
+                        _say(console, _summary(rows))
             time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+    if live is None and rows:
+        console.print(status.table(rows, title=title, width=console.width))
     if producer is not None:
         producer.close()
+
+
+def _summary(rows: list[status.Row]) -> str:
+    """One plain line of the cluster's state (the table's leader row, or the node
+    count): ``events: next_seq 1,234, 9,998 events/s, 3/3 nodes up``."""
+    up = len({r.node for r in rows if r.alive})
+    nodes = len({r.node for r in rows})
+    lead = next((r for r in rows if r.alive and r.role is ReplicaRole.LEADER), None)
+    if lead is None:
+        return f"no leader; {up}/{nodes} nodes up"
+    rate = "-" if lead.events_per_s is None else f"{lead.events_per_s:,.0f}"
+    return (
+        f"{lead.channel}: next_seq {lead.next_seq:,}, commit {lead.commit_seq:,},"
+        f" {rate} events/s, {up}/{nodes} nodes up"
+    )
 
 
 def _feed(
@@ -191,7 +256,7 @@ def _read_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.run is not None:
         path = status.run_file(args.run)
         if not os.path.exists(path):
-            raise NetmeshError(f"no `netmesh up` with pid {args.run} in {status.RUN_DIR}")
+            raise NetmeshError(f"no `netmesh up` with pid {args.run} in {rundir.default_run_dir()}")
     elif getattr(args, "name", None) is not None:
         named = []
         for candidate in status.find_run_files():
@@ -199,13 +264,22 @@ def _read_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                 if json.load(fh).get("name") == args.name:
                     named.append(candidate)
         if not named:
-            raise NetmeshError(f"no running `netmesh up --name {args.name}` in {status.RUN_DIR}")
+            hint = ""
+            with contextlib.suppress(NetmeshError):
+                if args.name in rundir.served_names():
+                    hint = (
+                        f" ({args.name!r} is served by a node daemon or a Cluster:"
+                        f" netmesh status --node {args.name})"
+                    )
+            raise NetmeshError(
+                f"no running `netmesh up --name {args.name}` in {rundir.default_run_dir()}{hint}"
+            )
         path = named[0]
     else:
         files = status.find_run_files()
         if not files:
             raise NetmeshError(
-                f"no running `netmesh up` found in {status.RUN_DIR} (set NETMESH_RUN_DIR "
+                f"no running `netmesh up` found in {rundir.default_run_dir()} (set NETMESH_RUN_DIR "
                 "to the directory the `netmesh up` uses)"
             )
         path = files[0]
@@ -424,7 +498,7 @@ def parser() -> argparse.ArgumentParser:
     st = command(
         "status",
         "show the status of a running 'netmesh up': the newest one in $NETMESH_RUN_DIR "
-        f"(now {status.RUN_DIR}) unless --run names one",
+        f"(now {rundir.default_run_dir()}) unless --run names one",
     )
     st.add_argument(
         "--name",

@@ -2,10 +2,10 @@
 
 ``Cluster.metrics()`` returns ``{"nodes": [...], "totals": {...}}``; this module turns
 two successive snapshots into per-node rows (role, next_seq, lag, events/s, cpu) and
-renders them. ``netmesh up`` writes a run file (``netmesh-up-<pid>.json`` in
-``$NETMESH_RUN_DIR``, default the system temporary directory) naming its metrics
-pages, so that ``netmesh status`` (another process) reads the same pages without
-asking the nodes.
+renders them. ``netmesh up`` writes a run file (``netmesh-up-<pid>.json``) naming its
+metrics pages in the run directory (:func:`netmesh.cluster.rundir.run_dir`, the same
+one its client socket is in), so that ``netmesh status`` (another process) reads the
+same pages without asking the nodes.
 
 Terms: ``next_seq`` is the seq the next appended event gets, i.e. the number of
 events a node holds (seqs start at 0); ``commit`` the seq below which a majority holds
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from typing import Any, Literal
 
 from rich.table import Table
 
+from netmesh.cluster import rundir
+from netmesh.cluster.nodeconfig import describe_node
 from netmesh.cluster.snapshot import is_stale
 from netmesh.replication.roles import ReplicaRole
-
-RUN_DIR = os.environ.get("NETMESH_RUN_DIR", tempfile.gettempdir())
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ class Row:
     cpu_percent: float
     rss_mb: float
     stale_s: float | None = None  # age of a stale page (None: current)
+    node_id: int | None = None
 
     @property
     def role_text(self) -> str:
@@ -122,6 +122,7 @@ def rows(now: dict[str, Any], before: dict[str, Any] | None) -> list[Row]:
                     cpu_percent=float(n.get("cpu_percent", 0.0)),
                     rss_mb=n.get("rss_bytes", 0) / 1e6,
                     stale_s=stale_s,
+                    node_id=n.get("node_id"),
                 )
             )
     return out
@@ -177,7 +178,7 @@ def table(rs: list[Row], title: str = "netmesh", width: int = 80) -> Table:
     stale = sorted({r.node for r in rs if r.stale_s is not None})
     if stale:
         title = f"{title}  STALE metrics: node {', '.join(map(str, stale))}"
-    t = Table(title=title)
+    t = Table(title=title, caption=leaders_caption(rs) or None, caption_justify="left")
     for col in cols:
         t.add_column(col, justify=_COLUMNS[col][0], no_wrap=True)
     for r in rs:
@@ -188,6 +189,28 @@ def table(rs: list[Row], title: str = "netmesh", width: int = 80) -> Table:
         )
         t.add_row(*(_COLUMNS[c][1](r) for c in cols), style=style)
     return t
+
+
+def leaders_caption(rs: list[Row]) -> str:
+    """Who leads each replicated channel, in the one user-facing form of a node
+    (:func:`netmesh.cluster.nodeconfig.describe_node`: ``0x… (node 2)``): ``leader
+    0x… (node 2)`` for one channel (``no leader`` while it has no live leader), ``leader
+    of 'a': …; leader of 'b': …`` for several (``none``). Unreplicated channels and
+    nodes whose role is not known yet are left out ("" when nothing is known)."""
+    channels = sorted({r.channel for r in rs if r.role is not None})
+    parts = []
+    for ch in channels:
+        leads = [r for r in rs if r.channel == ch and r.alive and r.role is ReplicaRole.LEADER]
+        who = (
+            describe_node(leads[0].node_id, index=leads[0].node)
+            if len(leads) == 1 and leads[0].node_id is not None
+            else (f"node {leads[0].node}" if len(leads) == 1 else None)
+        )
+        if len(channels) == 1:
+            parts.append("no leader" if who is None else f"leader {who}")
+        else:
+            parts.append(f"leader of {ch!r}: {who or 'none'}")
+    return "; ".join(parts)
 
 
 # HELP text of the metrics a node publishes (the rest get a generic line)
@@ -289,12 +312,14 @@ def prometheus(snapshot: dict[str, Any]) -> str:
 
 
 def run_file(pid: int) -> str:
-    """Path of the run file of the ``netmesh up`` with process id ``pid``."""
-    return os.path.join(RUN_DIR, f"netmesh-up-{pid}.json")
+    """Path of the run file of the ``netmesh up`` with process id ``pid`` (in the run
+    directory, :func:`netmesh.cluster.rundir.run_dir`)."""
+    return os.path.join(rundir.run_dir(create=False), f"netmesh-up-{pid}.json")
 
 
 def write_run_file(pid: int, info: dict[str, Any]) -> str:
     """Write ``info`` (pages, pids, node_ids, channel) atomically; returns the path."""
+    rundir.run_dir(create=True)
     path = run_file(pid)
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -307,8 +332,9 @@ def find_run_files() -> list[str]:
     """Run files of ``netmesh up`` processes that are still alive, newest first
     (stale files of dead runs are removed)."""
     found = []
+    directory = rundir.run_dir(create=False)
     try:
-        names = os.listdir(RUN_DIR)
+        names = os.listdir(directory)
     except FileNotFoundError:
         return []
     for name in names:
@@ -317,7 +343,7 @@ def find_run_files() -> list[str]:
                 pid = int(name[len("netmesh-up-") : -len(".json")])
             except ValueError:
                 continue
-            path = os.path.join(RUN_DIR, name)
+            path = os.path.join(directory, name)
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:

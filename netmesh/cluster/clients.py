@@ -85,9 +85,20 @@ class ClientServer:
     """Serves ``backend`` (:class:`ClusterBackend` for a Cluster) to clients under
     ``name`` until :meth:`close`."""
 
-    def __init__(self, backend: ClientBackend, name: str) -> None:
+    def __init__(
+        self, backend: ClientBackend, name: str, claim: rundir.Claim | None = None
+    ) -> None:
+        """Serve under ``name``; ``claim``: the name already taken by the caller
+        (:func:`netmesh.cluster.rundir.claim`, ``listen=False`` or not), else taken here
+        (NameTaken when a live process serves it). The claim is released by
+        :meth:`close`, or here if listening fails."""
         self.backend = backend
-        self.claim = rundir.claim(name)
+        self.claim = rundir.claim(name) if claim is None else claim
+        try:
+            self.listener = self.claim.listen()
+        except BaseException:
+            self.claim.close()
+            raise
         self.name = name
         self.refused_peers = 0
         self.connections = 0
@@ -108,7 +119,7 @@ class ClientServer:
             return
         self._closed = True
         with contextlib.suppress(OSError):
-            self.claim.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.claim.close()
         for conn in list(self._conns):
             with contextlib.suppress(OSError):
@@ -123,7 +134,7 @@ class ClientServer:
     def _serve(self) -> None:
         while not self._closed:
             try:
-                conn, _ = self.claim.listener.accept()
+                conn, _ = self.listener.accept()
             except OSError:
                 return
             if rundir.peer_uid(conn) != os.getuid():

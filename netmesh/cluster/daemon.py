@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import errno
 import http.server
 import logging
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -70,7 +71,7 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from netmesh.cluster import nodeconfig
+from netmesh.cluster import nodeconfig, rundir
 from netmesh.cluster.clients import ClientServer
 from netmesh.cluster.node_worker import NodeService, replication_to_dict
 from netmesh.cluster.nodeconfig import ChannelConfig, NodeConfig, PeerConfig, format_addr
@@ -126,6 +127,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._lock_fd = -1
         self._run_lock: tuple[str, int] | None = None
+        self._claim: rundir.Claim | None = None
+        self._http_running = False
+        self._created_data_dir = False
+        self._started = False
 
     # -- lifetime --------------------------------------------------------------------
     async def run(self) -> int:
@@ -157,16 +162,14 @@ class Daemon:
         return 0
 
     async def start(self) -> None:
+        """Start-up, conflicts first (:meth:`preflight`: nothing is opened while another
+        process could still be in the way), then the mesh, channels, peers, clients."""
         node = self.cfg.node
+        self.preflight()
         # our shm names belong to us while we hold this lock (the supervisor's rule), and
         # names of daemons or clusters that died (their lock free) are removed
         self._run_lock = claim_run(self.prefix)
         remove_stale_names()
-        try:
-            os.makedirs(node.data_dir, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"node.data_dir: {node.data_dir}: {exc.strerror or exc}") from None
-        self._lock_data_dir(node.data_dir)
         self.service = NodeService()
         try:
             await self.service.op_init(
@@ -194,12 +197,55 @@ class Daemon:
             self._open(ch)
         for p in self.cfg.peers:
             self._watch(p)
+        claim, self._claim = self._claim, None
+        self.clients = ClientServer(DaemonBackend(self), node.name, claim=claim)
+        if self.http is not None:
+            threading.Thread(
+                target=self.http.serve_forever, name="metrics-http", daemon=True
+            ).start()
+            self._http_running = True
+        self._started = True
+
+    def preflight(self) -> None:
+        """Every start conflict, checked before anything is opened; StartError (exit 1,
+        one line) and nothing left behind when one is found:
+
+        * ``[node] name`` served by a live process (a daemon or ``netmesh up``): the name
+          is taken here (:func:`netmesh.cluster.rundir.claim` without listening) and
+          held until the client socket listens, at the end of start-up;
+        * ``[node] bind`` (UDP) in use: a probe socket is bound and closed (the mesh binds
+          it for real a moment later; a process that takes it in between is reported by
+          that bind);
+        * ``[node] metrics`` (TCP) in use: its server is bound here, served at the end;
+        * ``[node] data_dir`` used by another running node: ``flock`` on its
+          ``node.lock`` (created with the directory if need be; a directory created here
+          is removed again if start-up fails).
+        """
+        node = self.cfg.node
         try:
-            self.clients = ClientServer(DaemonBackend(self), node.name)
+            self._claim = rundir.claim(node.name, listen=False)
         except NameTaken as exc:
             raise StartError(f"node.name: {exc}") from None
+        family = socket.AF_INET6 if ":" in node.bind[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(node.bind)
+            except OSError as exc:
+                raise StartError(
+                    f"node.bind {node.bind_text}: {exc.strerror or exc}"
+                    + (" (another process uses it)" if exc.errno == errno.EADDRINUSE else "")
+                ) from None
         if node.metrics is not None:
-            self.http = self._serve_metrics(node.metrics)
+            self.http = self._metrics_server(node.metrics)
+        if not os.path.isdir(node.data_dir):
+            try:
+                os.makedirs(node.data_dir, mode=0o700)
+            except OSError as exc:
+                raise ConfigError(
+                    f"node.data_dir: {node.data_dir}: {exc.strerror or exc}"
+                ) from None
+            self._created_data_dir = True
+        self._lock_data_dir(node.data_dir)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -210,12 +256,18 @@ class Daemon:
 
     async def close(self) -> None:
         """Clients first (their rings are detached through the running loop), then
-        metrics, peers, channels (fsynced), the mesh; every shm name is unlinked."""
+        metrics, peers, channels (fsynced), the mesh; every shm name is unlinked and
+        every lock file this daemon created is removed (run lock, name lock, data_dir
+        lock; a data_dir created by a start-up that failed goes too)."""
         self.stopping = True
         if self.clients is not None:
             await asyncio.to_thread(self.clients.close)
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
         if self.http is not None:
-            await asyncio.to_thread(self._close_http, self.http)
+            await asyncio.to_thread(self._close_http, self.http, self._http_running)
+            self.http = None
         tasks = list(self.peer_tasks.values())
         for t in tasks:
             t.cancel()
@@ -232,27 +284,24 @@ class Daemon:
         if self._run_lock is not None:
             path, fd = self._run_lock
             self._run_lock = None
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
+            rundir.release_lock(path, fd)
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            rundir.release_lock(os.path.join(self.cfg.node.data_dir, LOCK_FILE), self._lock_fd)
             self._lock_fd = -1
+        if self._created_data_dir and not self._started:
+            shutil.rmtree(self.cfg.node.data_dir, ignore_errors=True)
 
     def _lock_data_dir(self, data_dir: str) -> None:
         path = os.path.join(data_dir, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
+            self._lock_fd = rundir.take_lock(path, f"node.data_dir {data_dir}")
+        except BlockingIOError as exc:
+            holder = getattr(exc, "holder", "?")
             raise StartError(
                 f"node.data_dir: {data_dir} is used by another running node (pid {holder})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        except OSError as exc:
+            raise ConfigError(f"node.data_dir: {path}: {exc.strerror or exc}") from None
 
     # -- names (shared memory of client rings) -----------------------------------------
     def name(self, *parts: object) -> str:
@@ -501,7 +550,9 @@ class Daemon:
             fut.cancel()
             raise NodeUnresponsive("the node's loop did not answer in time") from None
 
-    def _serve_metrics(self, addr: tuple[str, int]) -> http.server.ThreadingHTTPServer:
+    def _metrics_server(self, addr: tuple[str, int]) -> http.server.ThreadingHTTPServer:
+        """The /metrics server, bound (StartError when the address is in use), not yet
+        serving: :meth:`start` starts its thread once the node runs."""
         daemon = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -537,12 +588,12 @@ class Daemon:
                 f"cannot listen on node.metrics {format_addr(addr)}: {exc.strerror}"
             ) from None
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server
 
     @staticmethod
-    def _close_http(server: http.server.ThreadingHTTPServer) -> None:
-        server.shutdown()
+    def _close_http(server: http.server.ThreadingHTTPServer, running: bool) -> None:
+        if running:
+            server.shutdown()  # waits for serve_forever: only when it runs
         server.server_close()
 
 

@@ -449,6 +449,35 @@ def format_addr(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def format_node_id(node_id: int) -> str:
+    """The one user-facing form of a node: its node id as ``0x`` and 16 hex digits,
+    as ``netmesh keygen`` prints it (``0x00c0ffee00c0ffee``). Where more is known it is
+    followed by a qualifier in parentheses (``(node 2)``: index of a local cluster;
+    ``(this node)``, ``(10.0.0.1:7411)``: a daemon's view); see :func:`describe_node`."""
+    return f"{node_id:#018x}"
+
+
+def describe_node(
+    node_id: int | None,
+    *,
+    index: int | None = None,
+    address: str | None = None,
+    this: bool = False,
+) -> str:
+    """:func:`format_node_id` with what else is known, for messages and tables:
+    ``0x… (node 2)``, ``0x… (this node)``, ``0x… (10.0.0.2:7411)``; ``"unknown"`` for
+    None."""
+    if node_id is None:
+        return "unknown"
+    extra = [
+        *(["this node"] if this else []),
+        *([f"node {index}"] if index is not None else []),
+        *([address] if address else []),
+    ]
+    text = format_node_id(node_id)
+    return f"{text} ({', '.join(extra)})" if extra else text
+
+
 def parse_public_key(key: str, value: Any) -> bytes:
     """A public key as 64 hex digits."""
     if isinstance(value, str):

@@ -377,6 +377,14 @@ def remove_stale_names() -> list[str]:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(directory, f"{prefix}.lock"))
+                names = sum(1 for e in removed if prefix in e)
+                log.warning(
+                    "stale run %s of pid %s (gone without cleaning up: its lock was free)"
+                    " taken over: its lock file and %d shared-memory names removed",
+                    prefix,
+                    prefix.split("-")[1],
+                    names,
+                )
     finally:
         for fd in taken.values():
             if fd is not None:
