@@ -83,8 +83,7 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".seg"
 HEAD_FILE = "HEAD"
 LOCK_FILE = "LOCK"
-READ_BYTES = 1 << 20  # bytes per pread of cold records
-READ_EVENTS = 1 << 16  # events a raw read sizes its pread for, at most
+READ_BYTES = 1 << 20  # bytes per pread of cold records (raw reads: at least)
 INDEX_SUFFIX = ".idx"  # a sealed segment's index sidecar (or the active one's checkpoint)
 #: the active segment gets a checkpoint sidecar every this many bytes (see _maybe_checkpoint)
 CHECKPOINT_BYTES = 8 << 20
@@ -133,6 +132,29 @@ class _Segment:
         if self.rfd >= 0:
             fd, self.rfd = self.rfd, -1
             os.close(fd)
+
+
+@dataclass(slots=True)
+class _RawWindow:
+    """Records one :meth:`RedexFile.read_records` pread read and checked (CRCs, seqs,
+    terms: :func:`record.scan_index`): ``buf`` is segment ``seg`` from offset ``off``
+    to ``end_off`` (seq ``end_seq``); per record ``firsts`` (first seqs) and
+    ``offsets`` (in ``buf``), every event's length in ``lengths``; valid while the
+    file's truncation generation is ``gen``. Consecutive chunks of a catch-up (a
+    record larger than a chunk included) are cut from it without reading or checking
+    the bytes again; ``sums``: prefix sums of the lengths of the records sliced so
+    far (by record index)."""
+
+    gen: int
+    seg: _Segment
+    off: int
+    buf: bytes
+    firsts: array[int]
+    offsets: array[int]
+    lengths: array[int]
+    end_off: int
+    end_seq: int
+    sums: dict[int, list[int]] = field(default_factory=dict)
 
 
 class RedexFile:
@@ -213,6 +235,8 @@ class RedexFile:
         self._job_at: tuple[int, _Segment, int, int] | None = None  # gen, seg, size, seq
         #: the last cold read (segment, offset, end offset, records); cut on truncation
         self._last_read: tuple[_Segment, int, int, list[record.Batch]] | None = None
+        #: the last raw window read_records read (catch-up from disk; see _RawWindow)
+        self._raw_win: _RawWindow | None = None
         if self.config.path is not None:
             try:
                 self._recover(self.config.path)
@@ -661,14 +685,22 @@ class RedexFile:
     def read_records(
         self, from_seq: int, max_bytes: int, end_seq: int | None = None
     ) -> tuple[int, bytes, int] | None:
-        """Whole batch records as stored, from the one that starts at ``from_seq``:
-        (events, record bytes, payload bytes), records added while their payloads stay
-        within ``max_bytes`` and their events below ``end_seq`` (and ``next_seq``); the
-        first record alone may hold up to 4x ``max_bytes``; a ``from_seq`` inside a record
-        gets the rest of that record re-encoded (same term and time) in front. None when
-        ``from_seq`` is not held or the file is in memory: the caller then reads
-        payloads. Each record is checked (CRCs, seqs) as it is read;
-        LogCorrupt otherwise."""
+        """Batch records as stored, from ``from_seq``: (events, record bytes, payload
+        bytes), whole records added while their payloads stay within ``max_bytes`` and
+        their events below ``end_seq`` (and ``next_seq``), never past the end of a
+        segment. A record that starts before ``from_seq``, or that does not fit, is
+        sliced (:func:`record.slice_record`: its events in range, one new record with
+        the same term and time; a record is sliced to fill a chunk that is less than
+        half full, and always when nothing else would fit): so a chunk holds at least
+        one event and, unless its first event alone is larger, at most ``max_bytes``
+        of payloads, whatever the size of the records on disk. None when ``from_seq``
+        is not held or the file is in memory: the caller then reads payloads.
+
+        Reads go through a window (:class:`_RawWindow`, at least ``READ_BYTES`` or one
+        whole record, every record in it checked -- CRCs, seqs, terms -- once, when it
+        is read; LogCorrupt otherwise): consecutive chunks of a catch-up are cut from
+        the same window, and the next window starts where the last one ended, not at
+        the sparse index."""
         limit = self._next_seq if end_seq is None else min(end_seq, self._next_seq)
         if not self._persisted or not self._first_seq <= from_seq < limit:
             return None
@@ -676,50 +708,55 @@ class RedexFile:
         if si < 0:
             return None
         seg = self._segments[si]
-        j = bisect.bisect_right(seg.idx_seq, from_seq) - 1
-        off = seg.idx_off[j] if j >= 0 else record.FILE_HEADER_SIZE
+        gen = self.truncation_generation
+        win = self._raw_win
+        if (
+            win is None
+            or win.gen != gen
+            or win.seg is not seg
+            or not win.firsts[0] <= from_seq < win.end_seq
+        ):
+            if win is not None and win.gen == gen and win.seg is seg and from_seq == win.end_seq:
+                off = win.end_off  # the chunk before ended this window: read on from it
+            else:
+                j = bisect.bisect_right(seg.idx_seq, from_seq) - 1
+                off = seg.idx_off[j] if j >= 0 else record.FILE_HEADER_SIZE
+            win = self._raw_window(seg, off, from_seq, max(READ_BYTES, 4 * max_bytes), gen)
+            if win is None:
+                return None
+            self._raw_win = win
+        else:  # less than a chunk left in the window: read on from the record start
+            start = win.off + win.offsets[bisect.bisect_right(win.firsts, from_seq) - 1]
+            if win.end_off - start < max_bytes and win.end_off < seg.size and win.end_seq < limit:
+                win = self._raw_window(seg, start, from_seq, max(READ_BYTES, 4 * max_bytes), gen)
+                if win is None:
+                    return None
+                self._raw_win = win
+        return _raw_chunk(win, from_seq, max_bytes, limit)
+
+    def _raw_window(
+        self, seg: _Segment, off: int, from_seq: int, want: int, gen: int
+    ) -> _RawWindow | None:
+        """Read records of ``seg`` from ``off`` (a record start at or before
+        ``from_seq``) until a window holds ``from_seq``: about ``want`` bytes, or the
+        whole record when one is larger. None if the segment ends first."""
         if seg.rfd < 0:
             seg.rfd = os.open(seg.path, os.O_RDONLY)
-        n = self._fit(from_seq, min(limit, from_seq + READ_EVENTS), max_bytes)
-        base = self._head - self._first_seq
-        want = (
-            sum(self._lens[base + from_seq : base + from_seq + n])
-            + (record.LENGTH_SIZE + record.RECORD_HEADER_SIZE) * n
-            + self.config.index_interval_bytes
-        )
         while off < seg.size:
-            buf = os.pread(seg.rfd, min(max(want, 1 << 16), seg.size - off), off)
-            res = record.scan(buf, payloads=False)
-            if not res.batches and res.end is record.ScanEnd.TORN and len(buf) >= 4:
+            buf = os.pread(seg.rfd, min(want, seg.size - off), off)
+            res = record.scan_index(buf)
+            if not res.first_seqs and res.end is record.ScanEnd.TORN and len(buf) >= 4:
                 need = record.RECORD_HEADER_SIZE + int.from_bytes(buf[:4], "little")
-                buf = os.pread(seg.rfd, min(need, seg.size - off), off)  # one large record
-                res = record.scan(buf, payloads=False)
-            if not res.batches:
+                if len(buf) < need <= seg.size - off:  # one record larger than want
+                    buf += os.pread(seg.rfd, need - len(buf), off + len(buf))
+                    res = record.scan_index(buf)
+            if not res.first_seqs:
                 raise LogCorrupt(seg.path, off, res.reason or "unreadable record")
-            for i, b in enumerate(res.batches):
-                if b.end_seq <= from_seq:
-                    continue
-                head = b""
-                count = payload = 0
-                if b.first_seq != from_seq:  # inside a record: its rest, re-encoded
-                    rec = record.scan(buf[b.offset : b.offset + b.size]).batches[0]
-                    rest = rec.payloads[from_seq - b.first_seq : limit - b.first_seq]
-                    head = record.encode_batch(from_seq, rest, b.term, b.time_ns)
-                    count, payload = len(rest), sum(map(len, rest))
-                    i += 1
-                start = stop = res.batches[i].offset if i < len(res.batches) else 0
-                for c in res.batches[i:]:
-                    size = c.size - record.RECORD_HEADER_SIZE - record.LENGTH_SIZE * len(c.lengths)
-                    if c.end_seq > limit or (count and payload + size > max_bytes):
-                        break
-                    if not count and size > 4 * max_bytes:
-                        return None
-                    count += len(c.lengths)
-                    payload += size
-                    stop = c.offset + c.size
-                if not count:
-                    return None
-                return count, (head + buf[start:stop] if head else buf[start:stop]), payload
+            end_seq = res.first_seqs[0] + len(res.lengths)
+            if end_seq > from_seq:
+                firsts, offsets, lengths = res.first_seqs, res.offsets, res.lengths
+                end = off + res.consumed
+                return _RawWindow(gen, seg, off, buf, firsts, offsets, lengths, end, end_seq)
             off += res.consumed
         return None
 
@@ -1583,6 +1620,63 @@ class RedexFile:
 
 
 _SIDECAR_MAGIC = b"NMIX\x01"
+
+
+def _raw_chunk(
+    win: _RawWindow, from_seq: int, max_bytes: int, limit: int
+) -> tuple[int, bytes, int]:
+    """The chunk :meth:`RedexFile.read_records` answers from ``win`` (which holds
+    ``from_seq``): (events, record bytes, payload bytes)."""
+    firsts, offsets, lengths = win.firsts, win.offsets, win.lengths
+    nrec = len(firsts)
+    base = firsts[0]
+    stop_off = win.end_off - win.off
+    i = bisect.bisect_right(firsts, from_seq) - 1
+    mv = memoryview(win.buf)
+    parts: list[bytes | memoryview] = []
+    count = payload = 0
+    seq = from_seq
+    run_start = run_end = 0  # a run of whole records not yet in parts (buf offsets)
+    fixed = record.RECORD_HEADER_SIZE
+    while i < nrec and seq < limit:
+        first, at = firsts[i], offsets[i]
+        last = i + 1 == nrec
+        n = (win.end_seq if last else firsts[i + 1]) - first
+        lo, hi = seq - first, min(n, limit - first)
+        room = max_bytes - payload
+        if lo == 0 and hi == n:
+            rec_end = stop_off if last else offsets[i + 1]
+            size = rec_end - at - fixed - record.LENGTH_SIZE * n
+            if size <= room or (not count and n == 1):
+                if run_end != at:  # whole records next to each other go as one slice
+                    if run_end > run_start:
+                        parts.append(mv[run_start:run_end])
+                    run_start = at
+                run_end = rec_end
+                count, payload, seq, i = count + n, payload + size, first + n, i + 1
+                continue
+        if count and 2 * payload >= max_bytes:
+            break  # at least half full: leave the record whole for the next chunk
+        sums = win.sums.get(i)
+        if sums is None:
+            k0 = first - base
+            sums = win.sums[i] = list(accumulate(lengths[k0 : k0 + n], initial=0))
+        k = min(hi, bisect.bisect_right(sums, sums[lo] + room) - 1)
+        if k <= lo:
+            if count:
+                break
+            k = lo + 1  # one event larger than a chunk goes alone
+        if run_end > run_start:
+            parts.append(mv[run_start:run_end])
+        run_start = run_end = 0
+        parts += record.slice_record(mv, at, sums, lo, k)
+        count, payload, seq = count + k - lo, payload + sums[k] - sums[lo], first + k
+        if k < hi:
+            break  # the chunk is full
+        i += 1
+    if run_end > run_start:
+        parts.append(mv[run_start:run_end])
+    return count, (bytes(parts[0]) if len(parts) == 1 else b"".join(parts)), payload
 
 
 def _encode_sidecar(body: dict[str, object]) -> bytes:

@@ -136,6 +136,32 @@ def encode_batch(first_seq: int, payloads: list[bytes], term: int = 0, time_ns: 
     return head + _HEAD_CRC.pack(crc32c(head)) + body
 
 
+def slice_record(
+    buf: bytes | memoryview, offset: int, offs: list[int], lo: int, hi: int
+) -> list[bytes | memoryview]:
+    """Events ``lo <= i < hi`` (indices within the record) of the record at ``offset``
+    in ``buf``, which :func:`scan` or :func:`scan_index` checked, framed as one record
+    of their own (first seq ``first_seq + lo``, the same term and time):
+    ``[header, lengths, payloads]``, the last two slices of ``buf`` (no copy; join
+    them or write them in order). ``offs``: the prefix sums of the record's lengths
+    (``offs[0] == 0``, count + 1 items).
+
+    The body CRC is computed over the slice (C, no object per event), so a slice of a
+    checked record is as trustworthy as the record. Raises ValueError for an empty or
+    out-of-range slice."""
+    mv = memoryview(buf)
+    _, first, term, time_ns, n, _ = _HEAD.unpack_from(mv, offset)
+    if not 0 <= lo < hi <= n or len(offs) != n + 1:
+        raise ValueError(f"bad slice [{lo}, {hi}) of a record of {n} events")
+    body = offset + RECORD_HEADER_SIZE
+    lens_end = body + LENGTH_SIZE * n
+    lens = mv[body + LENGTH_SIZE * lo : body + LENGTH_SIZE * hi]
+    data = mv[lens_end + offs[lo] : lens_end + offs[hi]]
+    bcrc = crc32c(data, crc32c(lens))
+    head = _HEAD.pack(len(lens) + len(data), first + lo, term, time_ns, hi - lo, bcrc)
+    return [head + _HEAD_CRC.pack(crc32c(head)), lens, data]
+
+
 def record_size(payloads: list[bytes]) -> int:
     """Bytes :func:`encode_batch` produces for ``payloads`` in one record."""
     return RECORD_HEADER_SIZE + LENGTH_SIZE * len(payloads) + sum(map(len, payloads))

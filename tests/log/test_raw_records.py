@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from netmesh.config import PlacementStrategy, RedexFileConfig, ReplicationConfig
-from netmesh.errors import OutOfOrder
+from netmesh.errors import LogCorrupt, OutOfOrder
 from netmesh.log.file import RedexFile
 from netmesh.replication.coordinator import ApplyRecords, ReplicationCoordinator, ServeSync
 from netmesh.replication.executor import OutputExecutor
@@ -158,4 +158,92 @@ def test_the_executor_serves_requests_with_records(tmp_path: Path) -> None:
     follower.append_records(out.first_seq, out.count, out.records, out.runs)
     assert follower.read_payloads(0, msg.count) == lead.read_payloads(0, msg.count)
     follower.close()
+    lead.close()
+
+
+def test_records_larger_than_a_chunk_are_sliced_within_max_bytes(tmp_path: Path) -> None:
+    """A leader whose records are far larger than a sync chunk (one record per drained
+    ring batch, ~4 MB) answers every chunk within ``max_bytes``, from any seq (a slice
+    is re-framed with the record's term and time and its own CRC)."""
+    cfg = RedexFileConfig(path=str(tmp_path / "lead"), cache_bytes=4096)
+    lead = RedexFile("raw/lead", cfg)
+    events = [os.urandom(100 + i % 300) for i in range(3000)]
+    lead.append_term = 2
+    lead.append_batch(events[:2000])  # one record of ~500 KB
+    lead.append_term = 3
+    lead.append_batch(events[2000:])
+    for start in (0, 777):
+        f = RedexFile("raw/f", RedexFileConfig(path=str(tmp_path / f"f{start}")))
+        if start:
+            f.append_term = 2
+            f.append_batch(events[:start])
+        seq, sizes = start, []
+        while seq < lead.next_seq:
+            got = lead.read_records(seq, 20_000)
+            assert got is not None
+            count, raw, payload = got
+            assert payload <= 20_000 and count >= 1
+            runs = [(a, b, lead.term_at(a)) for a, b in _runs(lead, seq, seq + count)]
+            f.append_records(seq, count, raw, runs)  # type: ignore[arg-type]
+            sizes.append(payload)
+            seq += count
+        assert len(sizes) > 20 and min(sizes[:-1]) > 10_000, "chunks are full, not scraps"
+        assert f.read_payloads(0, 3000)[0] == events
+        assert f.epochs == lead.epochs
+        f.close()
+    lead.close()
+
+
+def test_a_raw_read_stops_at_end_seq_inside_a_record(tmp_path: Path) -> None:
+    lead = RedexFile("raw/lead", RedexFileConfig(path=str(tmp_path / "lead")))
+    events = [bytes([i % 256]) * 50 for i in range(400)]
+    lead.append_batch(events)
+    got = lead.read_records(10, 1 << 20, end_seq=123)
+    assert got is not None
+    count, raw, payload = got
+    assert (count, payload) == (113, 113 * 50)
+    f = RedexFile("raw/f", RedexFileConfig(path=str(tmp_path / "f")))
+    f.append_batch(events[:10])
+    f.append_records(10, count, raw, [(10, 123, 0)])
+    assert f.read_payloads(0, 400)[0] == events[:123]
+    f.close()
+    lead.close()
+
+
+def test_a_raw_read_after_a_truncation_reads_the_new_records(tmp_path: Path) -> None:
+    """The raw read window is dropped when the log is cut: the events appended after
+    a truncation are served, not the old bytes at the same seqs."""
+    lead = RedexFile("raw/lead", RedexFileConfig(path=str(tmp_path / "lead")))
+    lead.append_batch([b"old"] * 100)
+    assert lead.read_records(0, 1 << 20) is not None
+    lead.truncate_from(40)
+    lead.append_term = 7
+    lead.append_batch([b"new!"] * 60)
+    got = lead.read_records(30, 1 << 20)
+    assert got is not None
+    count, raw, payload = got
+    assert count == 70 and payload == 10 * 3 + 60 * 4
+    f = RedexFile("raw/f", RedexFileConfig(path=str(tmp_path / "f")))
+    f.append_batch([b"old"] * 30)
+    f.append_records(30, count, raw, [(30, 40, 0), (40, 100, 7)])
+    assert f.read_payloads(0, 100)[0] == [b"old"] * 40 + [b"new!"] * 60
+    f.close()
+    lead.close()
+
+
+def test_a_raw_read_of_a_corrupted_record_raises(tmp_path: Path) -> None:
+    path = tmp_path / "lead"
+    lead = RedexFile("raw/lead", RedexFileConfig(path=str(path), cache_bytes=0))
+    lead.append_batch([os.urandom(1000) for _ in range(300)])
+    lead.append_batch([os.urandom(1000) for _ in range(300)])
+    seg = next(path.glob("*.seg"))
+    with open(seg, "r+b") as fh:  # a payload byte of the second record
+        fh.seek(os.path.getsize(seg) - 5000)
+        b = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([b[0] ^ 0x04]))
+    got = lead.read_records(0, 100_000)  # the first record is intact
+    assert got is not None and got[0] == 100
+    with pytest.raises(LogCorrupt):
+        lead.read_records(300, 100_000)
     lead.close()
