@@ -1,7 +1,8 @@
 """On-disk format of a channel's replication hard state (pure).
 
 ``magic b"NMHS" | version u8 (=1) | length u32 | crc32c u32 | msgpack body``; the body
-is ``[term, voted_for or None, [[term, start_seq], ...]]``. ``decode`` checks every
+is ``[term, voted_for or None, [[term, start_seq], ...]]``, with a fourth element
+``true`` while the node is recovering (older files have three). ``decode`` checks every
 byte and type and raises only DecodeError.
 """
 
@@ -26,11 +27,17 @@ Epoch = tuple[int, int]
 
 @dataclass(frozen=True)
 class HardState:
-    """What must survive a restart: pass it back as ``hard_state=`` with the log's tail."""
+    """What must survive a restart: pass it back as ``hard_state=`` with the log's tail.
+
+    ``recovering``: saved by a node that started without its state and has not yet
+    learned the current one (the coordinator's "Lost state"); a restart before it did
+    must not take the term it adopted meanwhile for an intact history.
+    """
 
     term: int = 0
     voted_for: int | None = None
     epochs: tuple[Epoch, ...] = ()
+    recovering: bool = False
 
 
 MAGIC = b"NMHS"
@@ -40,7 +47,10 @@ _MAX_U64 = (1 << 64) - 1
 
 
 def encode(state: HardState) -> bytes:
-    body: bytes = msgpack.packb([state.term, state.voted_for, [list(e) for e in state.epochs]])
+    fields: list[object] = [state.term, state.voted_for, [list(e) for e in state.epochs]]
+    if state.recovering:
+        fields.append(True)
+    body: bytes = msgpack.packb(fields)
     return _HEAD.pack(MAGIC, VERSION, len(body), crc32c(body)) + body
 
 
@@ -54,7 +64,11 @@ def decode(data: bytes) -> HardState:
     if len(body) != length or crc32c(body) != crc:
         raise DecodeError("hard state length or checksum mismatch")
     try:
-        term, voted_for, epochs = msgpack.unpackb(body)
+        fields = msgpack.unpackb(body)
+        if type(fields) is not list or fields[3:] not in ([], [True]):
+            raise ValueError("a hard state body is [term, vote, epochs(, true)]")
+        recovering = len(fields) == 4
+        term, voted_for, epochs = fields[:3]
         epochs = tuple((int(t), int(s)) for t, s in epochs)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise DecodeError(f"bad hard state body: {exc}") from None
@@ -62,7 +76,7 @@ def decode(data: bytes) -> HardState:
         raise DecodeError("hard state term or vote out of range")
     if any(not (_u64(t) and t <= MAX_TERM and _u64(s) and s <= MAX_SEQ) for t, s in epochs):
         raise DecodeError("hard state epoch out of range")
-    return HardState(term, voted_for, epochs)
+    return HardState(term, voted_for, epochs, recovering)
 
 
 def _u64(v: object) -> bool:

@@ -114,11 +114,28 @@ lose a committed entry). CockroachDB's quiescence rests on the same argument: it
 suppresses ticks and heartbeats of idle ranges and leaves the Raft state machine as
 it is.
 
+Lost state (issue 10 §2; Viewstamped Replication's recovery protocol, Liskov and
+Cowling 2012 §4.3). Raft keeps ``currentTerm``, the vote and the log on stable storage
+(§5.1); a node that comes back without them (no data directory, a wiped one) may have
+acknowledged events it no longer holds, so its votes and its leadership would lie. Such
+a coordinator is *amnesiac* (the hard state is missing, or was saved with
+``recovering``): it never campaigns, says so in its heartbeats, and grants a vote only
+to a candidate whose log is at least as up to date as the newest log among the
+non-amnesiac members it has heard, and only once it has heard ``n - majority + 1`` of
+them: any committed event is held by a majority, so at least one of those holds it
+(VR's recovering replica likewise waits for ``f + 1`` answers). It stops being
+amnesiac when it is in sync with a live leader (who was elected by such votes), or
+when the channel is fresh: a majority of members, itself included, is heard, each
+amnesiac or at term 0 with an empty log, and no member with state was heard. Out of
+scope, as for VR: a majority of members without state at once (nothing can tell a
+fresh channel from that).
+
 Replication. A follower not in sync with its leader's heartbeat keeps one SyncRequest
 outstanding (retried after one heartbeat); each response is applied idempotently
 (held prefix skipped, gaps and term mismatches ignored). A persisted leader may answer
-one request with a burst of raw-record chunks (``SyncRecords.more``), during which the
-request stays outstanding. A follower acks what it
+one request with a stream of raw-record chunks (``SyncRecords.more``), during which the
+request stays outstanding: the first :data:`SYNC_BURST_CHUNKS` at once, then one more
+per chunk the follower acknowledges (a window of unacknowledged chunks). A follower acks what it
 holds once it has adopted the leader's epoch; acked followers are *streaming*: the
 leader pushes new events to them right after ``local_appended`` (request_id 0), at
 most ``max_inflight`` unacked pushes each. Leader commit = highest seq held by a
@@ -311,6 +328,9 @@ class ReplicationMetrics:
     #: silence windows in which this node would have campaigned but did not: it
     #: started without hard state and no peer has shown it the current state yet
     elections_withheld_total: int = 0
+    #: vote requests refused because this node is amnesiac and does not yet know
+    #: enough intact members' logs, or the candidate's log is older than theirs
+    votes_withheld_total: int = 0
 
 
 # ----------------------------------------------------------------------- epoch helpers
@@ -428,6 +448,8 @@ class _Peer:
     #: healthy follower shares its term, tail and commit)
     term: int = 0
     commit: int = 0
+    #: from its last heartbeat: whether it was amnesiac (None: not heard yet)
+    amnesiac: bool | None = None
 
 
 @dataclass
@@ -542,7 +564,7 @@ class ReplicationCoordinator:
         #: than the log it once had (a node restarted without its data, or a channel
         #: without a data directory), so it does not campaign until a peer has shown
         #: it the current state (see :meth:`_note_amnesia`)
-        self.amnesiac = hard_state is None and len(self.members) > 1
+        self.amnesiac = (hard_state is None or hard_state.recovering) and len(self.members) > 1
         self.epochs = _merge_epochs(epochs, hs.epochs, tail_seq)
         self.tail = tail_seq
         #: this node's own durable tail as the shell last reported it (group commit
@@ -602,7 +624,7 @@ class ReplicationCoordinator:
 
     @property
     def hard_state(self) -> HardState:
-        return HardState(self.term, self.voted_for, self.epochs)
+        return HardState(self.term, self.voted_for, self.epochs, self.amnesiac)
 
     @property
     def retention_floor(self) -> int | None:
@@ -695,22 +717,44 @@ class ReplicationCoordinator:
         return self._end()
 
     def _note_amnesia(self, frm: int, msg: Message) -> None:
-        """Forget the amnesia once a peer showed this node the current state: it is in
-        sync with a live leader, or a peer's heartbeat shows a log no newer than ours
-        (a fresh cluster: nobody holds anything this node could lack).
+        """Forget the amnesia once this node has learned the current state (module
+        docstring, "Lost state"): it is in sync with a live leader, or the channel is
+        fresh (:meth:`_fresh_majority`).
 
         Why (issue 10 §2): a node that lost its state and, cut off at once, led alone
         in a fresh term would let its newer-term events win over the acknowledged
-        history in leader mode (the log order compares last terms). Until cleared it
-        never campaigns (:meth:`_may_campaign`); it follows, votes and catches up as
-        usual. A single-member channel is never amnesiac. Raft avoids the case by
-        persisting ``currentTerm`` and the log (§5.1); a node without them must learn
-        before it leads.
+        history in leader mode; and its vote, cast for a log shorter than what it once
+        acknowledged, could elect a leader without committed events in quorum mode.
+        Until cleared it never campaigns (:meth:`_may_campaign`) and votes only as
+        :meth:`_amnesiac_may_grant` allows; it follows and catches up as usual. A
+        single-member channel is never amnesiac.
         """
-        if self._in_sync() or (
-            isinstance(msg, Heartbeat) and self._peer_key(frm) <= self._own_key()
-        ):
+        if self._in_sync() or (isinstance(msg, Heartbeat) and self._fresh_majority()):
             self.amnesiac = False
+            self._dirty = True  # the saved ``recovering`` flag goes too
+
+    def _fresh_majority(self) -> bool:
+        """A fresh channel: a majority of members, this node included, heard within
+        the window, each *stateless* (amnesiac, or at term 0 with an empty log: it
+        never heard any election or leader), and no member heard (in this
+        incarnation) with state. A member that acknowledged an event holds it and a
+        term above 0, so committed events can only hide in such a majority if every
+        holder in it lost its state too."""
+        peers = self._peers
+        if any(not peer.amnesiac and (peer.term or peer.tail) for peer in peers.values()):
+            return False  # state heard (a peer not heard yet has amnesiac None, term 0)
+        fresh = sum(1 for p in self._healthy() if peers[p].amnesiac is not None)
+        return fresh + 1 >= majority(len(self.members))
+
+    def _amnesiac_may_grant(self, theirs: tuple[int, int]) -> bool:
+        """An amnesiac voter's extra rule (module docstring, "Lost state"): it knows the
+        logs of at least ``n - majority + 1`` intact members (one of them holds every
+        committed event) and the candidate's log ``theirs`` is at least as up to date
+        as the newest of them."""
+        intact = [p for p, peer in self._peers.items() if peer.amnesiac is False]
+        if len(intact) < len(self.members) - majority(len(self.members)) + 1:
+            return False
+        return theirs >= max(self._peer_key(p) for p in intact)
 
     def storage_failed(self, now: float) -> list[Output]:
         """The shell's storage failed: stop for good (role FAILED, nothing is sent).
@@ -992,7 +1036,8 @@ class ReplicationCoordinator:
                 # the first save ever goes before the first log change too: term and
                 # vote only (the log's records label its events), so "events on disk
                 # but no hard state file" can only mean a lost file (LogCorrupt on open)
-                out = [SaveHardState(HardState(self.term, self.voted_for)), *out]
+                first_hs = HardState(self.term, self.voted_for, recovering=self.amnesiac)
+                out = [SaveHardState(first_hs), *out]
             self._never_saved = False
         m = self.metrics
         m.role, m.term, m.tail_seq, m.commit_seq = self.role, self.term, self.tail, self.commit
@@ -1159,6 +1204,7 @@ class ReplicationCoordinator:
             self._epoch_term(),
             self._last_term(),
             quiesce,
+            self.amnesiac,
         )
         for p in self._peers:
             self._send(p, hb)
@@ -1279,20 +1325,24 @@ class ReplicationCoordinator:
         self._maybe_commit()
 
     def _vote(self, frm: int, m: VoteRequest) -> None:
-        """Replica or candidate: grant once per term to a log at least as up to date.
+        """Replica or candidate: grant once per term to a log at least as up to date
+        (an amnesiac voter only as :meth:`_amnesiac_may_grant` allows).
 
         A pre-vote changes nothing here (no term, no vote recorded); it is granted iff
         a real vote could be: a higher term, a log at least as up to date, and no live
         leader known (:meth:`_in_lease`)."""
         theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
+        lost = self.amnesiac and not self._amnesiac_may_grant(theirs)
+        self.metrics.votes_withheld_total += lost
         if m.kind is VoteKind.PRE:
             ok = m.term > self.term and not self._in_lease() and theirs >= self._own_key()
+            ok = ok and not lost
             self._send(frm, VoteResponse(m.term if ok else self.term, ok, True))
             return
         if m.term < self.term:
             self._send(frm, VoteResponse(self.term, False))
             return
-        ok = self.voted_for in (None, frm) and theirs >= self._own_key()
+        ok = self.voted_for in (None, frm) and theirs >= self._own_key() and not lost
         if ok:
             self.voted_for = frm
             self._dirty = True
@@ -1319,7 +1369,7 @@ class ReplicationCoordinator:
         """Every role that takes input: remember the sender's log position."""
         peer = self._peers[frm]
         peer.epoch_term, peer.last_term, peer.tail = m.epoch_term, m.last_term, m.tail_seq
-        peer.term, peer.commit = m.term, m.commit_seq
+        peer.term, peer.commit, peer.amnesiac = m.term, m.commit_seq, m.amnesiac
         self.metrics.heartbeats_received_total += 1
 
     def _replica_heartbeat(self, frm: int, m: Heartbeat) -> None:

@@ -41,7 +41,9 @@ from netmesh.errors import DecodeError
 from netmesh.log.hardstate import MAX_SEQ, MAX_TERM, Epoch
 from netmesh.replication.roles import ReplicaRole
 
-WIRE_VERSION = 3  # 2: Heartbeat lost its unread leader_id; vote kinds (pre-vote); 3: quiesce
+#: 2: Heartbeat lost its unread leader_id; vote kinds (pre-vote); 3: quiesce,
+#: SyncRecords; 4: Heartbeat.amnesiac, heartbeat bundle rows carry the membership id
+WIRE_VERSION = 4
 MAX_U64 = (1 << 64) - 1
 
 
@@ -72,6 +74,9 @@ class Heartbeat:
     ``quiesce`` (leaders only): the channel is idle and every follower caught up; this
     is the leader's last per-channel heartbeat until it wakes (CockroachDB's quiesce
     heartbeat; see the coordinator's "Quiescence").
+    ``amnesiac``: the sender started without hard state and has not yet learned the
+    current state (see the coordinator's "Lost state"): its log says nothing about
+    what the channel committed, so its peers do not count it as evidence.
     """
 
     term: int
@@ -81,6 +86,7 @@ class Heartbeat:
     epoch_term: int
     last_term: int
     quiesce: bool = False
+    amnesiac: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ class Ack:
 # s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, k = vote kind, e = epochs,
 # p = payloads
 _SCHEMA: dict[int, tuple[type, str]] = {
-    1: (Heartbeat, "trssttb"),
+    1: (Heartbeat, "trssttbb"),
     2: (SyncRequest, "tstuu"),
     3: (SyncResponse, "tustsep"),
     4: (Nack, "tunsts"),
@@ -296,14 +302,28 @@ _ROLES = tuple(ReplicaRole)
 _ROLE_OF = {int(r): r for r in ReplicaRole}
 
 
-def encode_heartbeats(beats: list[tuple[str, Heartbeat]]) -> bytes:
+def encode_heartbeats(beats: list[tuple[str, int, Heartbeat]]) -> bytes:
     """One msgpack call for the heartbeats of many channels to one peer:
-    ``[version, 64, [[channel, term, role, tail, commit, epoch_term, last_term,
-    quiesce], ...]]`` (CockroachDB coalesces the heartbeats of all ranges between two
-    nodes the same way). About 20 bytes per channel plus its name."""
+    ``[version, 64, [[channel, membership_id, term, role, tail, commit, epoch_term,
+    last_term, quiesce, amnesiac], ...]]`` (CockroachDB coalesces the heartbeats of
+    all ranges between two nodes the same way). ``beats``: ``(channel, membership id
+    (u64, ``placement.membership_id``), heartbeat)``; the receiver drops a row whose
+    membership id is not its own, as it drops any message of another member list
+    (issue 13 §3). About 30 bytes per channel plus its name."""
     rows = [
-        [name, h.term, int(h.role), h.tail_seq, h.commit_seq, h.epoch_term, h.last_term, h.quiesce]
-        for name, h in beats
+        [
+            name,
+            mid,
+            h.term,
+            int(h.role),
+            h.tail_seq,
+            h.commit_seq,
+            h.epoch_term,
+            h.last_term,
+            h.quiesce,
+            h.amnesiac,
+        ]
+        for name, mid, h in beats
     ]
     data: bytes = msgpack.packb([WIRE_VERSION, BUNDLE_TAG, rows], use_bin_type=True)
     return data
@@ -312,7 +332,7 @@ def encode_heartbeats(beats: list[tuple[str, Heartbeat]]) -> bytes:
 assert MAX_SEQ == MAX_TERM
 
 
-def decode_heartbeats(data: bytes) -> list[tuple[str, Heartbeat]]:
+def decode_heartbeats(data: bytes) -> list[tuple[str, int, Heartbeat]]:
     """Parse a bundle from :func:`encode_heartbeats`.
 
     Raises:
@@ -331,14 +351,18 @@ def decode_heartbeats(data: bytes) -> list[tuple[str, Heartbeat]]:
         or type(body[2]) is not list
     ):
         raise DecodeError("a heartbeat bundle is [version, 64, [rows]]")
-    out: list[tuple[str, Heartbeat]] = []
+    out: list[tuple[str, int, Heartbeat]] = []
     role_of = _ROLE_OF
     for row in body[2]:
-        if type(row) is not list or len(row) != 8 or type(row[0]) is not str:
-            raise DecodeError("a bundle row is [channel, term, role, tail, commit, et, lt, q]")
-        name, term, role, tail, commit, et, lt, quiesce = row
-        if type(quiesce) is not bool:
-            raise DecodeError(f"bad quiesce flag {quiesce!r:.20}")
+        if type(row) is not list or len(row) != 10 or type(row[0]) is not str:
+            raise DecodeError(
+                "a bundle row is [channel, membership, term, role, tail, commit, et, lt, q, a]"
+            )
+        name, mid, term, role, tail, commit, et, lt, quiesce, amnesiac = row
+        if type(quiesce) is not bool or type(amnesiac) is not bool:
+            raise DecodeError(f"bad quiesce or amnesiac flag {quiesce!r:.20} {amnesiac!r:.20}")
+        if type(mid) is not int or not 0 <= mid <= MAX_U64:
+            raise DecodeError(f"bad membership id {mid!r:.30}")
         # MAX_SEQ == MAX_TERM: one bound for the five numbers
         if not (
             type(term) is type(tail) is type(commit) is type(et) is type(lt) is int
@@ -349,7 +373,7 @@ def decode_heartbeats(data: bytes) -> list[tuple[str, Heartbeat]]:
         r = role_of.get(role) if type(role) is int else None
         if r is None:
             raise DecodeError(f"bad ReplicaRole {role!r:.20}")
-        out.append((name, Heartbeat(term, r, tail, commit, et, lt, quiesce)))
+        out.append((name, mid, Heartbeat(term, r, tail, commit, et, lt, quiesce, amnesiac)))
     return out
 
 

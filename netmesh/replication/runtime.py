@@ -162,6 +162,7 @@ class ChannelMetrics:
     storage_errors_total: int = 0
     membership_refused_total: int = 0
     elections_withheld_total: int = 0
+    votes_withheld_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -625,7 +626,7 @@ class ChannelRuntime:
 
     def _send(self, to: int, msg: messages.Message) -> None:
         if type(msg) is messages.Heartbeat:  # coalesced per peer (one bundle a turn)
-            self.hub.queue_heartbeat(to, self.name, msg)
+            self.hub.queue_heartbeat(to, self.name, self.membership_id, msg)
             return
         try:
             self.node.send(to, self.kind, self._mid + messages.encode(msg))
@@ -754,7 +755,7 @@ class ReplicationHub:
         self.runtimes: dict[str, ChannelRuntime] = {}
         self.memory_hard_states: dict[str, HardState] = {}
         self.closed_metrics: dict[str, ChannelMetrics] = {}
-        self._hb_out: dict[int, list[tuple[str, messages.Heartbeat]]] = {}
+        self._hb_out: dict[int, list[tuple[str, int, messages.Heartbeat]]] = {}
         self._hb_flush_scheduled = False
         self._ticker: asyncio.Task[None] | None = None
         self.tick_interval = 0.05
@@ -998,12 +999,13 @@ class ReplicationHub:
                     heard.pop(frm, None)
                 self._wake(rt, heard)
 
-    def queue_heartbeat(self, to: int, channel: str, hb: messages.Heartbeat) -> None:
-        """Queue ``hb`` for peer ``to``; flushed at the end of this loop turn."""
+    def queue_heartbeat(self, to: int, channel: str, mid: int, hb: messages.Heartbeat) -> None:
+        """Queue ``hb`` of ``channel`` (run with member list id ``mid``) for peer ``to``;
+        flushed at the end of this loop turn."""
         beats = self._hb_out.get(to)
         if beats is None:
             beats = self._hb_out[to] = []
-        beats.append((channel, hb))
+        beats.append((channel, mid, hb))
         if not self._hb_flush_scheduled:
             self._hb_flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_heartbeats)
@@ -1034,10 +1036,14 @@ class ReplicationHub:
                 log.debug("undecodable heartbeat bundle from %#x: %s", from_id, exc)
                 continue
             self.counters["bundles_in"] += 1
-            for name, hb in beats:
+            for name, mid, hb in beats:
                 rt = runtimes.get(name)
-                if rt is not None:
-                    rt.on_heartbeat(from_id, hb, now)
+                if rt is None:
+                    continue
+                if mid != rt.membership_id:  # another member list: as _on_messages
+                    rt.membership_refused += 1
+                    continue
+                rt.on_heartbeat(from_id, hb, now)
 
     def detach(self, name: str) -> None:
         rt = self.runtimes.pop(name, None)

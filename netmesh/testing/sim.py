@@ -106,7 +106,8 @@ class MemoryStorage:
 
     #: payload per seq; None below ``head`` (dropped by retention or never held)
     log: list[bytes | None] = field(default_factory=list)
-    hard_state: HardState = field(default_factory=HardState)
+    #: None until the first save (a fresh or wiped node starts amnesiac)
+    hard_state: HardState | None = None
     #: (term, first seq) runs of the log, as a log with a term per batch record
     #: rebuilds them on open; ``terms=False`` models a log without terms
     runs: list[Epoch] = field(default_factory=list)
@@ -284,7 +285,7 @@ class SimNode:
 
     @property
     def hard_state(self) -> HardState:
-        return self.storage.hard_state
+        return self.storage.hard_state or HardState()
 
 
 class SimCluster:
@@ -590,6 +591,15 @@ class SimCluster:
     def restart(self, node_id: int) -> None:
         """Start a crashed node again: a new coordinator and executor over its storage."""
         self.nodes[node_id] = self._node(node_id, self.nodes[node_id].storage)
+
+    def wipe(self, node_id: int) -> None:
+        """Crash ``node_id`` and lose everything it stored (log and hard state): a
+        disk replaced, a data directory deleted. :meth:`restart` starts it empty."""
+        self.crash(node_id)
+        old = self.nodes[node_id].storage
+        storage = FaultyStorage(self, self.log_terms)
+        storage.retention_max_events = old.retention_max_events
+        self.nodes[node_id].storage = storage
 
     def down(self) -> list[int]:
         """Nodes that are crashed or stopped by a storage failure (restart reopens them)."""

@@ -9,9 +9,17 @@ from typing import Literal
 import pytest
 
 from netmesh import PlacementStrategy, ReplicaRole, ReplicationConfig
-from netmesh.log.hardstate import HardState
-from netmesh.replication.coordinator import ReplicationCoordinator, Send
-from netmesh.replication.messages import Heartbeat, VoteRequest
+from netmesh.log.hardstate import HardState, decode, encode
+from netmesh.replication.coordinator import ReplicationCoordinator, SaveHardState, Send
+from netmesh.replication.messages import (
+    Heartbeat,
+    SyncRequest,
+    SyncResponse,
+    VoteKind,
+    VoteRequest,
+    VoteResponse,
+)
+from netmesh.testing.sim import SimCluster
 
 IDS = [11, 22, 33]
 
@@ -74,22 +82,114 @@ def test_a_single_member_channel_is_never_amnesiac() -> None:
     assert c.role is ReplicaRole.LEADER
 
 
-def test_a_peer_with_an_empty_log_clears_the_amnesia_a_fuller_one_does_not() -> None:
+def test_an_intact_peer_with_an_empty_log_does_not_clear_the_amnesia() -> None:
+    """The adversary's input: one empty heartbeat from an intact member proved nothing
+    (that member may simply have missed every event another member holds)."""
     c = coord()
     c.tick(0.0)
-    # a replica's heartbeat showing 10 events: this node may lack them
     c.step(22, Heartbeat(3, ReplicaRole.REPLICA, 10, 10, 3, 3), 0.1)
+    c.step(33, Heartbeat(3, ReplicaRole.REPLICA, 0, 0, 0, 0), 0.2)
     assert c.amnesiac
-    # a fresh cluster: the other peer holds nothing either
-    c.step(33, Heartbeat(0, ReplicaRole.REPLICA, 0, 0, 0, 0), 0.2)
+
+
+def test_a_majority_of_amnesiac_members_is_a_fresh_channel() -> None:
+    """Every member heard is amnesiac and, with this node, they are a majority: nobody
+    reachable holds a history, so the channel is new and may elect."""
+    c = coord()
+    c.tick(0.0)
+    c.step(22, Heartbeat(0, ReplicaRole.REPLICA, 0, 0, 0, 0, amnesiac=True), 0.1)
     assert not c.amnesiac
+    # once an intact member was heard, amnesiac peers no longer make it fresh
+    d = coord()
+    d.tick(0.0)
+    d.step(33, Heartbeat(2, ReplicaRole.REPLICA, 5, 5, 2, 2), 0.1)
+    d.step(22, Heartbeat(0, ReplicaRole.REPLICA, 0, 0, 0, 0, amnesiac=True), 0.2)
+    assert d.amnesiac
+
+
+def vote_answers(outs: list[object]) -> list[VoteResponse]:
+    return [o.msg for o in outs if isinstance(o, Send) and isinstance(o.msg, VoteResponse)]
+
+
+@pytest.mark.parametrize("kind", [VoteKind.PRE, VoteKind.VOTE, VoteKind.FORCE])
+def test_an_amnesiac_voter_grants_only_to_the_newest_log_of_enough_intact_members(
+    kind: VoteKind,
+) -> None:
+    """Quorum, 3 nodes: 11 (this node) and 22 acknowledged 200 events, 33 has 100;
+    11 lost its state. Hearing only 33, it cannot know 22 holds more: it refuses 33
+    (which would otherwise win with its vote and cut 100 committed events from 22).
+    Once it has heard both intact members it grants to a log as new as the newest."""
+    c = coord(ack="quorum")
+    c.tick(0.0)
+    c.step(33, Heartbeat(2, ReplicaRole.REPLICA, 100, 100, 2, 2), 0.1)
+    ans = vote_answers(c.step(33, VoteRequest(4, 2, 2, 100, kind), 0.2))
+    assert [a.granted for a in ans] == [False]
+    assert c.metrics.votes_withheld_total == 1
+    c.step(22, Heartbeat(2, ReplicaRole.REPLICA, 200, 200, 2, 2), 0.3)
+    ans = vote_answers(c.step(33, VoteRequest(5, 2, 2, 100, kind), 0.4))
+    assert [a.granted for a in ans] == [False]  # 100 < 200 events
+    ans = vote_answers(c.step(22, VoteRequest(5, 2, 2, 200, kind), 0.5))
+    assert [a.granted for a in ans] == [True]
+    assert c.metrics.votes_withheld_total == 2
+
+
+def test_the_recovering_flag_is_saved_and_survives_a_restart() -> None:
+    """A node that adopted a term while amnesiac saves ``recovering``; restarted from
+    that hard state (which now exists) it is still amnesiac; once it has learned the
+    current state the flag is saved cleared."""
+    c = coord(ack="quorum")
+    c.tick(0.0)
+    out = c.step(22, Heartbeat(7, ReplicaRole.REPLICA, 10, 10, 7, 7), 0.1)
+    saved = [o.state for o in out if isinstance(o, SaveHardState)]
+    assert saved and saved[-1].term == 7 and saved[-1].recovering
+    assert decode(encode(saved[-1])) == saved[-1]
+    again = coord(hs=saved[-1], ack="quorum")
+    assert again.amnesiac
+    again.tick(0.2)
+    out = again.step(22, Heartbeat(8, ReplicaRole.LEADER, 0, 0, 8, 0), 0.2)
+    (req,) = [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, SyncRequest)]
+    out = again.step(22, SyncResponse(8, req.request_id, 0, 0, 0, ((8, 0),), ()), 0.25)
+    assert not again.amnesiac
+    saved = [o.state for o in out if isinstance(o, SaveHardState)]
+    assert saved and not saved[-1].recovering
+
+
+def test_a_wiped_member_does_not_elect_a_shorter_log_in_the_simulation() -> None:
+    """The adversary's scenario end to end (SimCluster, quorum, 3 nodes): L and F hold
+    200 committed events, O went down after 100; all stop; F's disk is wiped; F and O
+    come back. Without the vote rule F elects O and L later loses 100 committed
+    events; with it nobody leads until L is back, then every node holds all 200."""
+    sim = SimCluster(3, seed=5, ack="quorum")
+    lead = sim.wait_for_leader()
+    f, o = (i for i in sim.ids if i != lead)
+    sim.propose([b"e%d" % i for i in range(100)])
+    sim.wait_converged()
+    sim.crash(o)
+    sim.propose([b"e%d" % i for i in range(100, 200)])
+    sim.run_heartbeats(5)
+    assert len(sim.committed) == 200
+    sim.crash(lead)
+    sim.wipe(f)
+    sim.restart(f)
+    sim.restart(o)
+    sim.run_heartbeats(40)
+    assert sim.leaders() == []
+    assert sim.nodes[f].coord.metrics.votes_withheld_total > 0
+    sim.restart(lead)
+    sim.wait_converged()
+    sim.assert_committed_kept()
+    assert all(len(n.log) == 200 for n in sim.nodes.values())
+    assert not sim.nodes[f].coord.amnesiac
 
 
 def test_catching_up_with_a_live_leader_clears_the_amnesia() -> None:
     c = coord()
     c.tick(0.0)
-    c.step(22, Heartbeat(4, ReplicaRole.LEADER, 0, 0, 4, 0), 0.1)  # leader, empty log
-    assert c.leader_id == 22 and not c.amnesiac
+    out = c.step(22, Heartbeat(4, ReplicaRole.LEADER, 0, 0, 4, 0), 0.1)  # leader, empty log
+    assert c.leader_id == 22 and c.amnesiac  # it has not adopted the leader's epoch yet
+    (req,) = [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, SyncRequest)]
+    c.step(22, SyncResponse(4, req.request_id, 0, 0, 0, ((4, 0),), ()), 0.15)
+    assert not c.amnesiac
     d = coord()
     d.tick(0.0)
     d.step(22, Heartbeat(4, ReplicaRole.LEADER, 10, 10, 4, 4), 0.1)

@@ -109,7 +109,8 @@ def test_crash_point_stops_at_the_boundary(when: CrashPoint) -> None:
     ex, sent = leader_executor(storage, hooks)
     ex.run(campaign(ex))
     assert ex.crashed and sent == []
-    assert (storage.hard_state.term > 0) is (when == "after")
+    saved = storage.hard_state
+    assert (saved is not None and saved.term > 0) is (when == "after")
 
 
 def test_out_of_order_apply_resyncs_the_coordinator() -> None:

@@ -164,7 +164,12 @@ def test_failed_and_manual_idle_channels_have_no_timer() -> None:
 
 def test_bundles_round_trip() -> None:
     beats = [
-        (f"ch/{i}", Heartbeat(MAX_TERM - i, ReplicaRole(i % 4), i, i // 2, 7, 6)) for i in range(40)
+        (
+            f"ch/{i}",
+            (1 << 64) - 1 - i,
+            Heartbeat(MAX_TERM - i, ReplicaRole(i % 4), i, i // 2, 7, 6, i % 2 == 0, i % 3 == 0),
+        )
+        for i in range(40)
     ]
     assert decode_heartbeats(encode_heartbeats(beats)) == beats
     assert decode_heartbeats(encode_heartbeats([])) == []
@@ -178,6 +183,9 @@ def test_bundles_round_trip() -> None:
         msgpack.packb([WIRE_VERSION + 1, BUNDLE_TAG, []]),
         msgpack.packb([WIRE_VERSION, 1, []]),
         msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [["c", 1, 3, 0, 0, 1]]]),
+        msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [["c", 1, 1, 3, 0, 0, 1, 1, False, 1]]]),
+        msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [["c", -1, 1, 3, 0, 0, 1, 1, False, False]]]),
+        msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [["c", 1.5, 1, 3, 0, 0, 1, 1, False, True]]]),
         msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [[b"c", 1, 3, 0, 0, 1, 1]]]),
         msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [["c", True, 3, 0, 0, 1, 1]]]),
         msgpack.packb([WIRE_VERSION, BUNDLE_TAG, [["c", MAX_TERM + 1, 3, 0, 0, 1, 1]]]),
