@@ -86,7 +86,7 @@ from netmesh.log.file import RedexFile
 from netmesh.replication.nic import resolve_config
 from netmesh.replication.registry import Redex
 from netmesh.replication.roles import ReplicaRole
-from netmesh.ring.shm import ShmRing, unlink_ring
+from netmesh.ring.shm import Frames, ShmRing, unlink_ring
 
 log = logging.getLogger("netmesh.worker")
 METRICS_PERIOD = 0.1
@@ -119,7 +119,8 @@ class RingDrainer:
     """Moves records from one producer ring into a channel, acknowledging in order.
 
     The event loop takes the records itself (:meth:`NodeService.on_ring_ready`: one
-    ``get_batch`` per loop turn, every frame published so far, appended as one batch);
+    ``take_frames`` per loop turn, the frames published so far copied out in one piece,
+    appended as one batch without an object per event);
     a thread only *waits* while the ring is empty (it sleeps on the ring's data
     semaphore, no spinning) and then wakes the loop once. So while the producer keeps
     the ring busy no thread hand-off happens at all, and a node slower than its
@@ -546,20 +547,20 @@ class NodeService:
         if drainer.detached:
             return
         try:
-            batch = drainer.ring.get_batch(drainer.MAX_RECORDS, timeout=0)
-        except RingClosed:  # the producer closed its end: nothing more will come
-            return
+            batch = drainer.ring.take_frames(drainer.MAX_RECORDS)
         except ValueError as exc:  # a corrupt frame: shared memory was scribbled on
             self.on_ring_error(drainer, exc)
             return
-        if not batch:
+        if batch is None:
             drainer.rearm()
             return
         self.on_ring_batch(drainer, batch)
         asyncio.get_running_loop().call_soon(self.on_ring_ready, drainer)
 
-    def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes]) -> None:
-        """Append one ring batch (loop thread); queue its acknowledgement.
+    def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes] | Frames) -> None:
+        """Append one ring batch (loop thread); queue its acknowledgement. ``batch``:
+        frames as :meth:`ShmRing.take_frames` copied them (an in-memory file keeps
+        them as they are: one copy per batch, issue 17 §3), or payloads.
 
         Every failure is a refusal of the whole batch, reported to the producer with
         a reason code, logged and counted; the node keeps running.
@@ -571,8 +572,13 @@ class NodeService:
         try:
             f = self.redex.get_file(drainer.channel)
             if f is not None and f.config.idempotence:  # idempotent producers' batches
-                last = self._append_idempotent(f, batch)
+                records = batch if isinstance(batch, list) else batch.payloads()
+                last = self._append_idempotent(f, records)
+            elif f is not None and isinstance(batch, Frames):
+                last = f.append_frames(batch) + len(batch) - 1
             else:
+                if isinstance(batch, Frames):
+                    batch = batch.payloads()  # not open: Redex.append raises ConfigError
                 first = self.redex.append(drainer.channel, batch)
                 last = first + len(batch) - 1
             needed = self.redex.commit_target(drainer.channel, last)

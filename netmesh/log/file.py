@@ -1,7 +1,9 @@
 """RedexFile: one append-only event file (a channel's log), in memory or on disk.
 
 Sequence numbers start at 0 and grow by one per event. In memory (no ``path``) the
-retained payloads are a list, bounded by retention. With ``RedexFileConfig(path=dir)``
+retained payloads are chunks, bounded by retention: lists of ``bytes`` (single appends,
+batches of objects) and batches of ring frames kept as the ring held them, one
+``bytes`` per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them). With ``RedexFileConfig(path=dir)``
 the log lives in segment files in ``dir`` (format: :mod:`netmesh.log.record`), one
 ``write`` per batch, and **reads are served from the files** (``pread`` located through
 a sparse seq -> offset index per segment, rebuilt and checked against the records on
@@ -57,8 +59,8 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
-from typing import Any
+from itertools import accumulate, pairwise
+from typing import Any, Protocol
 
 import msgpack
 from crc32c import crc32c
@@ -180,9 +182,10 @@ class RedexFile:
         self.config = config or RedexFileConfig()
         self.config.validate()
         self._persisted = self.config.path is not None
-        self._payloads: list[bytes] = []  # in memory only: the retained payloads
+        self._mem = _MemStore()  # in memory only: the retained payloads
+        self._open: list[bytes] | None = None  # the fast path's list (_mem.open)
         self._lens = array("I")  # the length of every retained event (both modes)
-        self._head = 0  # index in _lens (and _payloads) of the first retained event
+        self._head = 0  # index in _lens of the first retained event
         self._first_seq = 0  # seq of the first retained event
         self._next_seq = 0
         self._retained_bytes = 0
@@ -448,8 +451,7 @@ class RedexFile:
         if max_bytes is not None:
             hi = lo + self._fit(lo, hi, max_bytes)
         if not self._persisted:
-            base = self._head - self._first_seq
-            return self._payloads[base + lo : base + hi], lo
+            return self._mem.read(lo, hi, self._lens, self._head - self._first_seq), lo
         if self._cache_head < len(self._cache_seqs) and lo >= self._cache_seqs[self._cache_head]:
             return self._read_cache(lo, hi), lo
         return self._read_disk(lo, hi), lo
@@ -572,8 +574,10 @@ class RedexFile:
         append term already open. Anything else takes :meth:`append_batch`, which does
         every check. Called whenever one of those inputs changes."""
         cfg = self.config
+        self._open = self._mem.open
         self._fast = (
-            not self._persisted
+            self._open is not None
+            and not self._persisted
             and not self._closed
             and self._failed is None
             and self._refusal is None
@@ -597,7 +601,7 @@ class RedexFile:
         """
         if self._fast and type(payload) is bytes and len(payload) <= self._max_payload:
             seq = self._next_seq
-            self._payloads.append(payload)
+            self._open.append(payload)  # type: ignore[union-attr]  # _fast: not None
             self._lens.append(len(payload))
             self._retained_bytes += len(payload)
             self._next_seq = seq + 1
@@ -660,16 +664,59 @@ class RedexFile:
             self._write(record.encode_batch(first, payloads, term, now))  # disk first
             self._segments[-1].index(first, offset, self.config.index_interval_bytes)
             self._cache_add(first, payloads, size)
-        else:
-            self._payloads.extend(payloads)
+        elif self._mem.extend(first, payloads):
+            self._refresh_fast()  # a new list: the fast path appends to it
         self._lens.extend(lens)
         self._next_seq = first + len(payloads)
         self._retained_bytes += size
+        if self._producers is not None:  # replicated batches keep the table current
+            _scan_envelopes(self._producers, payloads, first)
+        self._appended(first, term, now, size, fresh)
+        return first
+
+    def append_frames(self, frames: Frames) -> int:
+        """Append the records of ring frames (:class:`Frames`, as
+        ``ShmRing.take_frames`` copied them out of a ring) as one batch; returns the
+        first seq. Like :meth:`append_batch` (the append guard, ``on_append``, stamped
+        with :attr:`append_term`; raises Closed, StorageFailed, PayloadTooLarge,
+        ``refusal``), but in memory the frames are kept as they are: one ``bytes`` per
+        batch, no object per event; reads cut the payloads out (copies: a reader never
+        holds the ring's memory, nor the batch's). A persisted or ``idempotence`` file
+        takes ``frames.payloads()`` through :meth:`append_batch`."""
+        self._check_writable()
+        if self._refusal is not None:
+            raise self._refusal
+        if self._persisted or self.config.idempotence:
+            return self.append_batch(frames.payloads())
+        first = self._next_seq
+        n = frames.count
+        if not n:
+            return first
+        term = self._append_term
+        if term < self.last_term:
+            raise OutOfOrder(f"{self.name}: batch of term {term} after term {self.last_term}")
+        size, limit = frames.size, self.config.max_payload
+        if size > limit and max(frames.lens) > limit:  # no pass while the sum fits
+            raise PayloadTooLarge(max(frames.lens), limit)
+        now = self.clock()
+        self._mem.add_frames(first, frames)
+        self._open = None
+        self._fast = False  # the next single append opens a list (append_batch)
+        self._lens.extend(frames.lens)
+        self._next_seq = first + n
+        self._retained_bytes += size
+        self._appended(first, term, now, size, False)
+        if self._on_append is not None and not self.append_pending:
+            self.append_pending = True
+            self._on_append()
+        return first
+
+    def _appended(self, first: int, term: int, now: int, size: int, fresh: bool) -> None:
+        """After a batch from ``first`` (``size`` payload bytes) is stored: epochs,
+        ages, retention, checkpoint and segment roll, tail wake-ups."""
         if not self._epochs or self._epochs[-1][0] != term:
             self._epochs.append((term, first))
             self._refresh_fast()
-        if self._producers is not None:  # replicated batches keep the table current
-            _scan_envelopes(self._producers, payloads, first)
         self._note_age(first, now, size, fresh)
         self._apply_retention()
         if self._pending_ckpt:
@@ -679,7 +726,6 @@ class RedexFile:
             self._guarded(self._start_segment, self._next_seq)
         if self._tails:
             self._wake_tails()
-        return first
 
     # -- raw records (catch-up from disk, issue 15 §5) ------------------------------------
     def read_records(
@@ -743,13 +789,14 @@ class RedexFile:
         if seg.rfd < 0:
             seg.rfd = os.open(seg.path, os.O_RDONLY)
         while off < seg.size:
-            buf = os.pread(seg.rfd, min(want, seg.size - off), off)
+            size = min(want, seg.size - off)
+            head = os.pread(seg.rfd, 4, off)  # the first record's body_len
+            if len(head) == 4:  # (checked by the scan with its header CRC)
+                need = record.RECORD_HEADER_SIZE + int.from_bytes(head, "little")
+                if size < need <= seg.size - off:  # one record larger than want
+                    size = need
+            buf = os.pread(seg.rfd, size, off)
             res = record.scan_index(buf)
-            if not res.first_seqs and res.end is record.ScanEnd.TORN and len(buf) >= 4:
-                need = record.RECORD_HEADER_SIZE + int.from_bytes(buf[:4], "little")
-                if len(buf) < need <= seg.size - off:  # one record larger than want
-                    buf += os.pread(seg.rfd, need - len(buf), off + len(buf))
-                    res = record.scan_index(buf)
             if not res.first_seqs:
                 raise LogCorrupt(seg.path, off, res.reason or "unreadable record")
             end_seq = res.first_seqs[0] + len(res.lengths)
@@ -902,7 +949,7 @@ class RedexFile:
         self._retained_bytes -= sum(self._lens[keep:])
         del self._lens[keep:]
         if not self._persisted:
-            del self._payloads[keep:]
+            self._mem.truncate(seq)
         self._next_seq = seq
         while self._epochs and self._epochs[-1][1] >= seq:
             self._epochs.pop()
@@ -934,7 +981,7 @@ class RedexFile:
         self._wake_tails()
 
     def _restart_memory(self, first_seq: int, prev_term: int) -> None:
-        self._payloads.clear()
+        self._mem = _MemStore()
         self._lens = array("I")
         self._head = 0
         self._first_seq = self._next_seq = first_seq
@@ -1165,19 +1212,44 @@ class RedexFile:
         count = self._next_seq - self._first_seq
         if cfg.retention_max_events is not None and count > cfg.retention_max_events:
             drop = count - cfg.retention_max_events
+        by_bytes, freed = 0, -1
         if cfg.retention_max_bytes is not None and self._retained_bytes > cfg.retention_max_bytes:
-            excess = self._retained_bytes - cfg.retention_max_bytes
-            i, freed, lens = self._head, 0, self._lens
-            while freed < excess:
-                freed += lens[i]
-                i += 1
-            drop = max(drop, i - self._head)
+            by_bytes, freed = self._bytes_to_drop(self._retained_bytes - cfg.retention_max_bytes)
+            drop = max(drop, by_bytes)
         if cfg.retention_max_age_s is not None and self._ages:
             drop = max(drop, self._expired(self.clock() - int(cfg.retention_max_age_s * 1e9)))
         if self._retention_floor is not None:
             drop = min(drop, max(0, self._retention_floor - self._first_seq))
         if drop > 0:
-            self._drop_head(drop)
+            self._drop_head(drop, freed if drop == by_bytes else -1)
+
+    def _bytes_to_drop(self, excess: int) -> tuple[int, int]:
+        """(events, their payload bytes): the fewest events from the head whose
+        payloads add up to at least ``excess`` (<= the retained bytes). Per batch, not
+        per event: C-level sums over windows of lengths sized by the mean length, and
+        arithmetic for a window whose lengths are all equal (one ``memcmp``)."""
+        lens, i, end = self._lens, self._head, len(self._lens)
+        freed = 0
+        k = excess * (end - i) // max(1, self._retained_bytes) + 64  # about enough
+        while True:
+            window = lens[i : i + k]
+            raw = window.tobytes()
+            if window and raw == raw[:4] * len(window):  # one length: no pass at all
+                size = window[0]
+                if size and freed + size * len(window) >= excess:
+                    m = -(-(excess - freed) // size)
+                    return i - self._head + m, freed + m * size
+                total = size * len(window)
+            else:
+                total = sum(window)
+            if freed + total >= excess or i + k >= end:
+                break
+            freed += total
+            i += k
+            k *= 2
+        sums = list(accumulate(window, initial=freed))
+        m = bisect.bisect_left(sums, excess, 1)
+        return i - self._head + m, sums[m]
 
     def _expired(self, cutoff_ns: int) -> int:
         """How many events from the head are older than ``cutoff_ns``: whole age entries
@@ -1190,16 +1262,18 @@ class RedexFile:
             upto = ages[i + 1][0] if i + 1 < len(ages) else self._next_seq
         return max(0, upto - self._first_seq)
 
-    def _drop_head(self, n: int) -> None:
+    def _drop_head(self, n: int, freed: int = -1) -> None:
+        """Drop the ``n`` oldest events (``freed``: their payload bytes, if known)."""
         stop = self._head + n
-        self._retained_bytes -= sum(self._lens[self._head : stop])
+        self._retained_bytes -= sum(self._lens[self._head : stop]) if freed < 0 else freed
         self._head = stop
         self._first_seq += n
-        if self._head > 4096 and self._head * 2 > len(self._lens):
-            del self._lens[: self._head]  # amortised O(1) per dropped event
-            if not self._persisted:
-                del self._payloads[: self._head]
-            self._head = 0
+        cut = self._head
+        if not self._persisted:  # a packed batch reads the lengths from its first event
+            cut -= self._first_seq - self._mem.drop_before(self._first_seq)
+        if cut > 4096 and cut * 2 > len(self._lens):
+            del self._lens[:cut]  # amortised O(1) per dropped event
+            self._head -= cut
         while len(self._epochs) > 1 and self._epochs[1][1] <= self._first_seq:
             self._epochs.pop(0)
         while len(self._ages) > 1 and self._ages[1][0] <= self._first_seq:
@@ -1753,3 +1827,175 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Frames(Protocol):
+    """Records copied out of a shared-memory ring, still framed (what
+    ``netmesh.ring.shm.ShmRing.take_frames`` returns; the log does not import the
+    ring): ``blob`` holds frame ``i``'s payloads back to back from ``offs[i]``, its
+    records are ``firsts[i]`` up to ``firsts[i + 1]`` (or ``count``), ``lens`` every
+    record's length (u32 array), ``size`` their sum."""
+
+    blob: bytes
+    firsts: array[int]
+    offs: array[int]
+    lens: array[int]
+    size: int
+    count: int
+
+    def payloads(self) -> list[bytes]: ...
+
+
+class _Packed:
+    """A batch of ring frames kept as copied (see :class:`Frames`): one ``bytes``."""
+
+    __slots__ = ("blob", "count", "firsts", "offs")
+
+    def __init__(self, frames: Frames) -> None:
+        self.blob = frames.blob
+        self.firsts = frames.firsts
+        self.offs = frames.offs
+        self.count = frames.count
+
+    def read(self, a: int, b: int, lens: array[int], base: int, out: list[bytes]) -> None:
+        """Append copies of records ``a <= i < b`` of this batch to ``out``; their
+        lengths are ``lens[base + a : base + b]``."""
+        firsts, offs, blob = self.firsts, self.offs, self.blob
+        nf = len(firsts)
+        f = bisect.bisect_right(firsts, a) - 1
+        while a < b:
+            fa = firsts[f]
+            stop = min(b, firsts[f + 1] if f + 1 < nf else self.count)
+            if stop > a:
+                pos = offs[f] + (sum(lens[base + fa : base + a]) if a > fa else 0)
+                ls = lens[base + a : base + stop]
+                st = _unpackers.get(ls)
+                if st is not None:  # every record of the piece in one C call
+                    out += st.unpack_from(blob, pos)
+                else:
+                    ends = list(accumulate(ls, initial=pos))
+                    out += [blob[x:y] for x, y in pairwise(ends)]
+                a = stop
+            f += 1
+
+
+class _Unpackers:
+    """A compiled ``struct`` per length signature (``<64s64s...``), built on its second
+    sighting, at most ``MAX`` kept (all dropped when full), none for more than
+    ``MAX_COUNT`` records: one C call cuts a frame's payloads out of a batch."""
+
+    MAX, MAX_COUNT = 128, 4096
+
+    def __init__(self) -> None:
+        self.structs: dict[bytes, struct.Struct] = {}
+        self.seen: set[bytes] = set()
+
+    def get(self, lens: array[int]) -> struct.Struct | None:
+        if len(lens) > self.MAX_COUNT:
+            return None
+        key = lens.tobytes()
+        st = self.structs.get(key)
+        if st is not None:
+            return st
+        if key not in self.seen:
+            if len(self.seen) >= self.MAX:
+                self.seen.clear()
+            self.seen.add(key)
+            return None
+        if len(self.structs) >= self.MAX:
+            self.structs.clear()
+        st = self.structs[key] = struct.Struct("<" + "".join(map("{}s".format, lens)))
+        return st
+
+
+_unpackers = _Unpackers()
+
+
+class _MemStore:
+    """An in-memory file's payloads: chunks in seq order (``seqs[i]``: the first seq
+    of ``chunks[i]``), each a list of ``bytes`` (single appends and batches of
+    objects; the last one, ``open``, grows) or a :class:`_Packed` batch of ring
+    frames. Chunks before ``head`` were dropped by retention; a list chunk's dropped
+    events are cut off its front once they are more than half of it (amortised O(1)
+    per event), a packed batch is freed whole once all its events are dropped (it
+    is at most one ring's capacity)."""
+
+    __slots__ = ("chunks", "head", "open", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.chunks: list[list[bytes] | _Packed] = []
+        self.head = 0
+        self.open: list[bytes] | None = None
+
+    def extend(self, first: int, payloads: list[bytes]) -> bool:
+        """Store ``payloads`` from seq ``first`` (= the end); True if a new open list
+        was started."""
+        opened = self.open is None
+        if self.open is None:
+            self.open = []
+            self.seqs.append(first)
+            self.chunks.append(self.open)
+        self.open.extend(payloads)
+        return opened
+
+    def add_frames(self, first: int, frames: Frames) -> None:
+        if self.open is not None and not self.open:  # an emptied open list: replace it
+            self.seqs.pop()
+            self.chunks.pop()
+        self.open = None
+        self.seqs.append(first)
+        self.chunks.append(_Packed(frames))
+
+    def read(self, lo: int, hi: int, lens: array[int], base: int) -> list[bytes]:
+        """Payloads of seqs ``lo <= seq < hi`` (all held); ``lens[base + seq]`` is the
+        length of ``seq``."""
+        seqs, chunks = self.seqs, self.chunks
+        last = len(seqs) - 1
+        i = bisect.bisect_right(seqs, lo, self.head) - 1
+        out: list[bytes] = []
+        seq = lo
+        while seq < hi:
+            first, c = seqs[i], chunks[i]
+            stop = hi if i == last else min(hi, seqs[i + 1])
+            if type(c) is list:
+                out += c[seq - first : stop - first]
+            elif stop > seq:
+                c.read(seq - first, stop - first, lens, base + first, out)  # type: ignore[union-attr]
+            seq = stop
+            i += 1
+        return out
+
+    def drop_before(self, seq: int) -> int:
+        """Retention dropped every event below ``seq``; returns the first seq of the
+        oldest chunk still held (its lengths are still needed), ``seq`` if none."""
+        seqs, chunks = self.seqs, self.chunks
+        h, n = self.head, len(seqs)
+        while h + 1 < n and seqs[h + 1] <= seq:
+            chunks[h] = []  # freed now, its slot later (below)
+            h += 1
+        if h < n:
+            c = chunks[h]
+            k = seq - seqs[h]
+            if type(c) is list and k > 0 and (k == len(c) or (k > 4096 and 2 * k > len(c))):
+                del c[:k]
+                seqs[h] = seq
+        if h > 1024 and 2 * h > n:
+            del seqs[:h]
+            del chunks[:h]
+            h = 0
+        self.head = h
+        return min(seq, seqs[h]) if h < len(seqs) else seq
+
+    def truncate(self, seq: int) -> None:
+        """Drop every event at or above ``seq``."""
+        seqs, chunks = self.seqs, self.chunks
+        while len(seqs) > self.head and seqs[-1] >= seq:
+            seqs.pop()
+            if chunks.pop() is self.open:
+                self.open = None
+        self.head = min(self.head, len(seqs))
+        if len(seqs) > self.head:
+            c = chunks[-1]
+            if type(c) is list:
+                del c[seq - seqs[-1] :]

@@ -24,7 +24,9 @@ without wrapping is one Python frame: a header ``pack_into`` and one slice copy
 straight into shared memory. ``put_batch`` packs a whole frame with one compiled
 ``struct`` per length signature (:class:`~netmesh.ring.layout.StructCache`) straight
 into the ring, and ``get_batch`` unpacks a frame's records with one C call, each
-record a ``bytes`` copied once out of shared memory. Frames that wrap around the end
+record a ``bytes`` copied once out of shared memory; ``take_frames`` (a node's drain)
+makes no object per record at all: every frame it takes is copied out in one piece
+(:class:`Frames`), and the node's log keeps that copy. Frames that wrap around the end
 of the data area, and length signatures seen for the first time, take the general
 path (a frame built in memory, copied in up to two pieces).
 """
@@ -38,6 +40,7 @@ import threading
 import time
 from array import array
 from collections.abc import Sequence
+from itertools import accumulate, pairwise
 
 import posix_ipc
 
@@ -407,6 +410,68 @@ class ShmRing:
                 self._release(pos)
         return True
 
+    def take_frames(self, max_n: int = 1 << 14) -> Frames | None:
+        """Consumer: whole published frames, at least one and about ``max_n`` records
+        (whole frames: the frame that reaches ``max_n`` is the last one), copied out of
+        shared memory **in one piece** (:class:`Frames`: one ``bytes`` for the region,
+        the lengths of every record, where each frame's payloads start); the space is
+        released before this returns. None when the ring is empty (never waits; use
+        :meth:`wait_readable`). No object per record is made: the caller keeps the
+        frames as they are (a log stores the region) or unpacks them
+        (:meth:`Frames.payloads`).
+
+        Raises ValueError for a frame whose own counts do not add up (shared memory
+        was scribbled on); the frames before it are returned first. Do not mix with
+        :meth:`get_batch` on one ring (records it decoded are not seen here)."""
+        words = self._words
+        tail = words[L.W_TAIL]
+        head = words[L.W_HEAD]
+        if head == tail:
+            return None
+        data, cap = self._data, self.capacity
+        firsts = array("I")
+        offs = array("Q")
+        lens = array("I")
+        add_first, add_off = firsts.append, offs.append
+        add_len, add_lens = lens.append, lens.frombytes
+        unpack_single = L.SINGLE_HEAD.unpack_from
+        unpack_head = L.FRAME_HEAD.unpack_from
+        pos, got, room, frames = tail, 0, 0, 0
+        while pos < head and got < max_n:
+            off = pos % cap
+            if off + 12 <= cap:  # frame head and first length word in one unpack
+                total, count, n = unpack_single(data, off)
+            else:
+                (total, count), n = unpack_head(data, off), -1
+            start = 8 + 4 * count  # payloads, from the frame's start
+            if total < 8 or total > head - pos or start > total or (count == 0) != (total == 8):
+                if frames:
+                    break  # return what came before it; the next call raises
+                raise ValueError(f"{self.name}: corrupt frame head at {pos}")
+            if count == 1 and n >= 0:
+                add_len(n)
+            elif off + start <= cap:
+                add_lens(data[off + 8 : off + start])
+            else:  # the lengths wrap around the end of the data area
+                add_lens(bytes(data[off + 8 : cap]) + bytes(data[: off + start - cap]))
+            add_first(got)
+            add_off(pos - tail + start)
+            got += count
+            room += total - start
+            frames += 1
+            pos += total
+        size = sum(lens)
+        if not room - (L.ALIGN - 1) * frames <= size <= room:  # lengths vs frame sizes
+            raise ValueError(f"{self.name}: corrupt frame lengths between {tail} and {pos}")
+        off, n = tail % cap, pos - tail
+        base = L.HEADER_BYTES
+        if off + n <= cap:
+            blob = self._mm[base + off : base + off + n]  # one copy out of shared memory
+        else:
+            blob = b"".join((data[off:cap], data[: off + n - cap]))
+        self._release(pos)
+        return Frames(blob, firsts, offs, lens, size)
+
     def _release(self, pos: int) -> None:
         """Consumer: frames up to stream position ``pos`` are consumed; wake a producer
         that waits for space."""
@@ -525,6 +590,44 @@ class ShmRing:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Frames:
+    """Records :meth:`ShmRing.take_frames` copied out of a ring, still framed.
+
+    ``blob``: the ring's bytes of whole frames, as they were (one copy, owned here:
+    never shared memory); frame ``i`` holds records ``firsts[i]`` up to ``firsts[i + 1]``
+    (or ``count``), its payloads back to back from ``blob[offs[i]:]``, their lengths in
+    ``lens`` (all records, in order); ``size``: payload bytes in all (checked against
+    the frames' own sizes). Each frame's ``lens`` part followed by its payloads is
+    byte for byte a log batch record's body (:mod:`netmesh.log.record`)."""
+
+    __slots__ = ("blob", "count", "firsts", "lens", "offs", "size")
+
+    def __init__(
+        self, blob: bytes, firsts: array[int], offs: array[int], lens: array[int], size: int
+    ) -> None:
+        self.blob = blob
+        self.firsts = firsts
+        self.offs = offs
+        self.lens = lens
+        self.size = size
+        self.count = len(lens)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def payloads(self) -> list[bytes]:
+        """Every record as its own ``bytes`` (copies of ``blob``'s slices), in order."""
+        blob, lens, offs, firsts = self.blob, self.lens, self.offs, self.firsts
+        out: list[bytes] = []
+        nf = len(firsts)
+        for i in range(nf):
+            a = firsts[i]
+            b = firsts[i + 1] if i + 1 < nf else self.count
+            ends = list(accumulate(lens[a:b], initial=offs[i]))
+            out += [blob[x:y] for x, y in pairwise(ends)]
+        return out
 
 
 def unlink_ring(name: str) -> None:
