@@ -73,7 +73,8 @@ class NotLeader(NetmeshError):
     """
 
     def __init__(self, channel: str, leader: int | None = None) -> None:
-        where = f"; leader is {leader:#x}" if leader is not None else ""
+        # the user-facing form of a node: 0x + 16 hex digits (nodeconfig.format_node_id)
+        where = f"; leader is {leader:#018x}" if leader is not None else ""
         super().__init__(f"this node is not the leader of {channel!r}{where}")
         self.channel = channel
         self.leader = leader

@@ -14,7 +14,9 @@ They are clients (:func:`netmesh.connect`): they work against any ``netmesh up
   exactly as published (``raw``), or one JSON object per event (``json``: seq and
   payload, as text when it is UTF-8, else base64). Without ``--follow`` it stops at the
   current end, so ``publish < f`` then ``tail --from 0`` reproduces ``f``.
-* ``channels``: name, factor, ack mode, leader, next_seq and commit of every channel.
+* ``channels``: name, factor, ack mode, next_seq, commit and leader of every channel (the
+  leader as ``0x<node id>`` with ``(node i)`` in a cluster, its UDP address from a
+  daemon; ``--json`` has ``leader_id``/``leader_address`` too).
 """
 
 from __future__ import annotations
@@ -163,6 +165,10 @@ class _Publisher:
                 self.count += len(pending)
                 return
             except NotLeader as exc:
+                if getattr(exc, "final", False):  # a node daemon whose leader is elsewhere
+                    lost = min(len(pending), int(getattr(exc, "unacknowledged", len(pending))))
+                    self.count += len(pending) - lost
+                    raise
                 lost = min(len(pending), int(getattr(exc, "unacknowledged", len(pending))))
                 done = len(pending) - lost
                 self.count += done
@@ -181,6 +187,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
             try:
                 for _n, payload in _events(fh, args.format):
                     pub.add(payload)
+            except NotLeader as exc:  # a daemon's leader moved to another host
+                if pub.count:
+                    last = f" (seqs up to {pub.last_seq})" if pub.last_seq is not None else ""
+                    exc.args = (f"{exc}; {pub.count} events were published before{last}",)
+                raise
             except ConfigError as exc:
                 pub.flush()
                 if pub.count == 0:
@@ -193,7 +204,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
             finally:
                 if fh is not sys.stdin.buffer:
                     fh.close()
-            pub.flush()
+            try:
+                pub.flush()
+            except NotLeader as exc:
+                if pub.count:
+                    exc.args = (f"{exc}; {pub.count} events were published before",)
+                raise
     took = max(time.perf_counter() - t0, 1e-9)
     last = "-" if pub.last_seq is None else str(pub.last_seq)
     note = f", {pub.resent} resent after a leader change" if pub.resent else ""
@@ -294,12 +310,11 @@ def cmd_channels(args: argparse.Namespace) -> int:
         for i in infos:
             print(json.dumps({**i.__dict__, "groups": list(i.groups)}))
         return 0
-    print(f"{'channel':<24} {'factor':>6} {'ack':<7} {'leader':>6} {'next_seq':>10} {'commit':>10}")
-    for i in infos:
-        leader = "-" if i.leader is None else str(i.leader)
-        print(
-            f"{i.name:<24} {i.factor:>6} {i.ack:<7} {leader:>6} {i.next_seq:>10,} {i.commit:>10,}"
-        )
+    rows = [(i, "-" if i.leader is None else i.leader_text) for i in infos]
+    head = f"{'channel':<24} {'factor':>6} {'ack':<7} {'next_seq':>10} {'commit':>10}  leader"
+    print(head)
+    for i, leader in rows:
+        print(f"{i.name:<24} {i.factor:>6} {i.ack:<7} {i.next_seq:>10,} {i.commit:>10,}  {leader}")
         for g in i.groups:
             print(
                 f"  group {g['group']}: {g['members']} members, {g['pending']} pending,"

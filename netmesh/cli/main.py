@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -101,6 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_up(args)
     console = _console()
     stop = False
+    status.find_run_files()  # removes the run files of `up`s that were SIGKILLed
 
     def on_signal(_sig: int, _frame: object) -> None:
         nonlocal stop
@@ -133,7 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             },
         )
         try:
-            for line in _started_lines(c, args, run_path):
+            for line in _started_lines(c, args):
                 _say(console, line)
             _up_loop(console, c, args, lambda: stop)
         finally:
@@ -151,21 +153,28 @@ def _say(console: Console, line: str) -> None:
     buffered otherwise); plain text when stdout is not a terminal."""
     if console.is_terminal:
         console.print(line, highlight=False, markup=False)
-    else:
-        print(line, flush=True)
+    else:  # wrapped at spaces to the width (a path stays whole)
+        wrapped = textwrap.wrap(
+            line,
+            console.width,
+            subsequent_indent="  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        print("\n".join(wrapped), flush=True)
 
 
-def _started_lines(c: Cluster, args: argparse.Namespace, run_path: str) -> list[str]:
+def _started_lines(c: Cluster, args: argparse.Namespace) -> list[str]:
     pids = ", ".join(str(c.info[i]["pid"]) for i in range(c.size))
     rate = f"{args.rate:,} events/s of {args.payload} B" if args.rate else "no events (--rate 0)"
     me = os.getpid()
     return [
-        f"netmesh up: {c.size} node processes started (pids {pids}); channel"
-        f" {args.channel!r}, factor {args.factor}, ack {args.ack}; producing {rate}",
-        f"clients: socket {rundir.socket_path(args.name)} (netmesh.connect({args.name!r}),"
-        f" netmesh publish/tail --name {args.name})",
-        f"status: netmesh status --run {me} (run file {run_path})",
-        f"stop: Ctrl-C, or kill -INT {me} / kill -TERM {me}"
+        f"netmesh up: {c.size} node processes started (pids {pids})",
+        f"channel {args.channel!r}: factor {args.factor}, ack {args.ack}; producing {rate}",
+        f"clients: netmesh.connect({args.name!r}), netmesh publish/tail --name {args.name};"
+        f" socket {rundir.socket_path(args.name)}",
+        f"status: netmesh status --run {me} (or --name {args.name})",
+        f"stop: Ctrl-C, or kill -INT {me} (or -TERM)"
         + (f"; stops by itself after {args.duration:g} s" if args.duration else ""),
     ]
 

@@ -8,8 +8,9 @@
 * ``netmesh node --config node.toml``: run one node until SIGTERM
   (:mod:`netmesh.cluster.daemon`; SIGHUP reloads peers and channels).
 * ``netmesh node-status TARGET``: one node's view. TARGET is the daemon's client
-  socket (its ``[node] name``, or a path to the ``.sock``): channels with their role,
-  leader, next_seq and commit; or its metrics address ``host:port`` (``[node]
+  socket (its ``[node] name``, or a path to the ``.sock``): channels with their ack mode,
+  next_seq, commit and leader (``0x<16 hex>`` node id with ``(this node, addr)`` or its
+  UDP address); or its metrics address ``host:port`` (``[node]
   metrics``): peers up/down and channels, read from ``/metrics``.
 
 Existing key and PSK files are never overwritten without ``--force``.
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from netmesh.cluster import control, rundir
-from netmesh.cluster.nodeconfig import load_psk
+from netmesh.cluster.nodeconfig import format_node_id, load_psk
 from netmesh.errors import ConfigError, DecodeError, NodeUnresponsive
 from netmesh.identity import EntityKeypair
 
@@ -218,16 +219,18 @@ def _print_view(view: dict[str, Any]) -> None:
     else:
         print(f"  pid {node.get('pid')}, {node.get('nodes')} nodes configured")
         rows = [
-            [c["name"], c["ack"], c["factor"], _leader(c["leader"]), c["next_seq"], c["commit"]]
+            [c["name"], c["ack"], c["factor"], c["next_seq"], c["commit"], _leader(c)]
             for c in view["channels"]
         ]
-        _table(["channel", "ack", "factor", "leader", "next_seq", "commit"], rows)
+        _table(["channel", "ack", "factor", "next_seq", "commit", "leader"], rows)
 
 
-def _leader(index: int | None) -> str:
-    if index is None:
-        return "unknown"
-    return "this node" if index == 0 else f"peers[{index - 1}]"
+def _leader(row: dict[str, Any]) -> str:
+    """The leader of a channel row in the one user-facing form (``0x<16 hex>`` with
+    ``(this node, addr)`` or ``(addr)``; "unknown")."""
+    if row.get("leader_text"):
+        return str(row["leader_text"])
+    return "unknown" if row.get("leader_id") is None else format_node_id(row["leader_id"])
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from netmesh.cluster import rundir
 from netmesh.cluster.nodeconfig import describe_node
 from netmesh.cluster.snapshot import is_stale
 from netmesh.replication.roles import ReplicaRole
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ def write_run_file(pid: int, info: dict[str, Any]) -> str:
 
 def find_run_files() -> list[str]:
     """Run files of ``netmesh up`` processes that are still alive, newest first
-    (stale files of dead runs are removed)."""
+    (stale files of dead runs are removed, one WARNING line each)."""
     found = []
     directory = rundir.run_dir(create=False)
     try:
@@ -349,6 +352,7 @@ def find_run_files() -> list[str]:
             except ProcessLookupError:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # stale: its `up` died without cleaning up
+                    log.warning("stale run file %s of pid %d (not running) removed", path, pid)
                 continue
             except PermissionError:
                 pass

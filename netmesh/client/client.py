@@ -12,13 +12,18 @@
 The socket (``$NETMESH_RUN_DIR/<name>.sock``) only sets rings up and moves them; events
 travel through shared memory (:mod:`netmesh.cluster.clients` serves it).
 
-**Producers follow the leader.** A producer appends into a ring to the channel's
-leader. When that node stops leading (or dies), the events it had not acknowledged are
-reported by the next ``flush()`` raising :class:`~netmesh.errors.NotLeader` with their
-count in ``unacknowledged``: never dropped silently, never sent twice by netmesh (in
-quorum mode such events may or may not have been committed, like a timed-out write in
-any consensus system: resend them with an idempotent producer, issue 12). The producer
-attaches to the new leader by itself; appends after the error go there.
+**Producers follow the leader** within what the server serves. A producer appends into a
+ring to the channel's leader. When that node stops leading (or dies), the events it had
+not acknowledged are reported by the next ``flush()`` raising
+:class:`~netmesh.errors.NotLeader` with their count in ``unacknowledged``: never dropped
+silently, never sent twice by netmesh (in quorum mode such events may or may not have
+been committed, like a timed-out write in any consensus system: resend them with an
+idempotent producer, issue 12). The producer attaches to the new leader by itself;
+appends after the error go there. A node daemon (``netmesh node``) serves its own node
+only: when its channel's leader is (or becomes) another host, ``producer()`` /
+``flush()`` raise NotLeader naming that leader's node id and UDP address, with ``final =
+True`` (no retry brings it here): connect to the daemon on the leader's host.
+Subscriptions on a daemon read its local replica.
 
 **Subscriptions deliver in seq order, each event once.** Quorum channels deliver only
 committed events (which no failover removes). Leader-mode and unreplicated channels
@@ -72,12 +77,22 @@ class ChannelInfo:
     name: str
     factor: int
     ack: str  # "leader", "quorum", or "local" (not replicated)
-    leader: int | None  # node index
+    #: the leader's index: in a Cluster / ``netmesh up`` the node index (the
+    #: supervisor API's handle); from a node daemon 0 = that daemon, i = its config's
+    #: ``peers[i - 1]``. None: no leader known. Name it with ``leader_id`` / ``leader_text``
+    leader: int | None
     next_seq: int
     commit: int
     #: consumer groups: group, members, pending, acknowledged_through, delivered,
     #: redelivered, dead_lettered
     groups: tuple[dict[str, Any], ...] = ()
+    #: the leader's node id (as ``netmesh keygen`` prints it), None if unknown
+    leader_id: int | None = None
+    #: the leader's UDP mesh address as host:port (node daemons), None if unknown
+    leader_address: str | None = None
+    #: the leader in the one user-facing form: ``0x<16 hex digits>`` and what is known
+    #: in parentheses (``(node 2)``; ``(this node, 10.0.0.1:7411)``), or "unknown"
+    leader_text: str = "unknown"
 
 
 def connect(name: str = "default", timeout: float = 5.0) -> Client:
@@ -112,7 +127,15 @@ class Client:
         self._closed = False
         #: open subscriptions: their acks are sent when the client closes
         self._children: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._where = f"cluster {self.name}"
         self.info = self._call("hello")
+        #: "cluster" (Cluster / netmesh up: every node) or "node" (a node daemon: its own
+        #: node only; producers do not follow a leader to another host)
+        self.serves: str = self.info.get("serves", "cluster")
+        #: the node id of the daemon (None for a cluster)
+        self.node_id: int | None = self.info.get("node_id")
+        if self.serves == "node":
+            self._where = f"node daemon {self.name}"
 
     # -- requests --------------------------------------------------------------------
     def _call(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
@@ -131,7 +154,7 @@ class Client:
                     for msg in self._decoder.feed(data):
                         if msg[0] == control.RESPONSE and msg[1] == req_id:
                             if not msg[2]:
-                                raise control.error_from_value(msg[3], f"cluster {self.name} {op}")
+                                raise control.error_from_value(msg[3], f"{self._where} {op}")
                             return msg[3]
             except TimeoutError:
                 raise NodeUnresponsive(f"cluster {self.name!r} did not answer {op!r}") from None
@@ -264,9 +287,17 @@ class ClientProducer:
         return self._node
 
     def _attach(self) -> None:
-        got = self.client._call(
-            "producer", channel=self.channel, capacity=self.capacity, idempotent=self.idempotent
-        )
+        try:
+            got = self.client._call(
+                "producer", channel=self.channel, capacity=self.capacity, idempotent=self.idempotent
+            )
+        except NotLeader as exc:
+            lead = getattr(exc, "leader", None)
+            if self.client.serves == "node" and lead is not None and lead != self.client.node_id:
+                # a node daemon serves its own node only: the leader is on another host,
+                # and waiting here would not bring it back (README, several machines)
+                exc.final = True  # type: ignore[attr-defined]
+            raise
         self._p = Producer(got["ring"], self.channel, max_payload=got["max_payload"])
         self._node = got["node"]
         self._pid = got.get("pid")
@@ -286,10 +317,25 @@ class ClientProducer:
             try:
                 self._attach()
                 return
-            except (NotLeader, NodeUnresponsive, TimeoutError):
-                if time.monotonic() > deadline:
+            except (NotLeader, NodeUnresponsive, TimeoutError) as exc:
+                if getattr(exc, "final", False) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def _lost(self, count: int, why: str) -> NotLeader:
+        """Move to the new leader after ``count`` events went unacknowledged (``why``);
+        the NotLeader to raise (``unacknowledged = count``). When a node daemon's leader
+        moved to another host, the daemon's refusal naming it, with the count: this
+        producer stays detached (each later call raises that refusal again)."""
+        try:
+            self._retarget()
+        except NotLeader as final:
+            if not getattr(final, "final", False):
+                raise
+            final.unacknowledged = count  # type: ignore[attr-defined]
+            final.args = (f"{self.channel}: {count} events were not acknowledged ({why}); {final}",)
+            return final
+        return _not_acked(self.channel, count, why)
 
     def _live(self) -> Producer:
         if self._p is None:
@@ -306,9 +352,7 @@ class ClientProducer:
         try:
             p.append(payload, timeout)  # the ring's one-record fast path
         except RingClosed:  # the node stopped: its unacknowledged events are reported
-            lost = p.sent - p.acked()
-            self._retarget()
-            raise _not_acked(self.channel, lost, "its node stopped") from None
+            raise self._lost(p.sent - p.acked(), "its node stopped") from None
 
     def append_batch(self, payloads: Sequence[bytes], timeout: float | None = 10.0) -> None:
         """Queue events in order; blocks while the ring is full (the node's backpressure)."""
@@ -328,9 +372,7 @@ class ClientProducer:
         try:
             p.append_batch(payloads, timeout)
         except RingClosed:  # the node stopped: its unacknowledged events are reported
-            lost = p.sent - p.acked()
-            self._retarget()
-            raise _not_acked(self.channel, lost, "its node stopped") from None
+            raise self._lost(p.sent - p.acked(), "its node stopped") from None
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every queued event is acknowledged; the seq of the last one (-1
@@ -384,24 +426,17 @@ class ClientProducer:
             if now >= next_check:
                 next_check = now + LIVENESS_S
                 if not self.client._call("node_alive", node=self._node, pid=self._pid):
-                    lost = p.sent - p.acked()
-                    self._retarget()
-                    raise _not_acked(self.channel, lost, f"node {self._node} died")
+                    raise self._lost(p.sent - p.acked(), f"node {self._node} died")
             time.sleep(pause)
             pause = min(pause * 2, 1e-3)
         if p.acked() < p.sent:  # the node closed the ring (it stopped)
-            lost = p.sent - p.acked()
-            self._retarget()
-            raise _not_acked(self.channel, lost, "its node stopped")
+            raise self._lost(p.sent - p.acked(), "its node stopped")
         try:
             seq = p.flush(max(0.0, deadline - time.monotonic()))
             self._last_seq = max(self._last_seq, seq)  # a retarget starts a new ring
             return self._last_seq
         except NotLeader as exc:
-            count = p.refused_total
-            self._retarget()
-            err = _not_acked(self.channel, count, "the node is no longer the leader")
-            raise err from exc
+            raise self._lost(p.refused_total, "the node is no longer the leader") from exc
 
     def close(self) -> None:
         self._detach()

@@ -11,8 +11,9 @@ leader changes or a node dies.
 Ops (args -> result):
 
 =====================  ===================================================================
-``hello``              -> {name, nodes, pid, version}
-``channels``           -> [{name, factor, ack, leader, next_seq, commit}]
+``hello``              -> {name, nodes, pid, version, serves ("cluster"/"node"), node_id}
+``channels``           -> [{name, factor, ack, leader (index), leader_id, leader_address,
+                       leader_text (the user-facing form), next_seq, commit}]
 ``open_channel``       name, replication (dict or None), options -> None
 ``producer``           channel, capacity -> {ring, node, max_payload}: a ring attached to
                        the channel's leader (node 0 for an unreplicated channel)
@@ -50,6 +51,7 @@ from netmesh.channel import ChannelName
 from netmesh.cluster import control, rundir
 from netmesh.cluster.groups import Group
 from netmesh.cluster.node_worker import replication_from_dict
+from netmesh.cluster.nodeconfig import describe_node
 from netmesh.config import DEFAULT_MAX_PAYLOAD
 from netmesh.errors import ChannelNotOpen, ConfigError, DecodeError, NodeUnresponsive
 from netmesh.replication.roles import ReplicaRole
@@ -187,6 +189,11 @@ class ClientServer:
                     "nodes": b.nodes(),
                     "pid": os.getpid(),
                     "version": netmesh.__version__,
+                    # "node": a node daemon serving its own node (node_id), whose
+                    # producers cannot follow a leader to another host; "cluster": every
+                    # node of a supervised cluster
+                    "serves": getattr(b, "serves", "cluster"),
+                    "node_id": getattr(b, "node_id", None),
                 }
             if op == "channels":
                 out = b.channel_list()
@@ -425,12 +432,17 @@ class ClusterBackend:
                 if ch.get("role") in (ReplicaRole.LEADER, "LEADER"):
                     leader = n["node"]
             quorum = cfg is not None and cfg.ack == "quorum"
+            index = leader if cfg else 0
+            leader_id = None if index is None else c.node_ids[index]
             out.append(
                 {
                     "name": name,
                     "factor": cfg.factor if cfg else 1,
                     "ack": cfg.ack if cfg else "local",
-                    "leader": leader if cfg else 0,
+                    "leader": index,
+                    "leader_id": leader_id,
+                    "leader_address": None,
+                    "leader_text": describe_node(leader_id, index=index),
                     "next_seq": next_seq,
                     "commit": commit if quorum else next_seq,
                 }

@@ -31,8 +31,9 @@ driven in-process, plus
 * **clients** (``netmesh.connect(name)``, ``netmesh publish/tail/channels``): a
   :class:`~netmesh.cluster.clients.ClientServer` on ``$NETMESH_RUN_DIR/<name>.sock``
   serving :class:`DaemonBackend` (this node only: producers attach here, so publish
-  through the daemon of the channel's leader; a replica refuses with NotLeader naming
-  the leader's node index, see :meth:`DaemonBackend.channel_list`);
+  through the daemon of the channel's leader: a replica refuses a producer with one
+  NotLeader line naming the leader's node id and UDP address, :meth:`Daemon.not_leader`;
+  subscriptions and reads are served from this node's replica);
 * **metrics** (``[node] metrics = "host:port"``): Prometheus text format 0.0.4 on
   ``http://host:port/metrics`` (stdlib HTTP server, one thread).
 
@@ -74,7 +75,14 @@ from typing import Any
 from netmesh.cluster import nodeconfig, rundir
 from netmesh.cluster.clients import ClientServer
 from netmesh.cluster.node_worker import NodeService, replication_to_dict
-from netmesh.cluster.nodeconfig import ChannelConfig, NodeConfig, PeerConfig, format_addr
+from netmesh.cluster.nodeconfig import (
+    ChannelConfig,
+    NodeConfig,
+    PeerConfig,
+    describe_node,
+    format_addr,
+    format_node_id,
+)
 from netmesh.cluster.supervisor import claim_run, remove_stale_names
 from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
 from netmesh.errors import (
@@ -86,6 +94,7 @@ from netmesh.errors import (
     NameTaken,
     NetmeshError,
     NodeUnresponsive,
+    NotLeader,
 )
 from netmesh.identity import EntityKeypair
 from netmesh.link.node import PEER_EVENTS
@@ -144,8 +153,8 @@ class Daemon:
         try:
             await self.start()
             log.info(
-                "node %#x up: mesh %s, clients %r%s, %d peers, %d channels",
-                self.me,
+                "node %s up: mesh %s, clients %r%s, %d peers, %d channels",
+                format_node_id(self.me),
                 self.cfg.node.bind_text,
                 self.cfg.node.name,
                 f", metrics http://{format_addr(self.cfg.node.metrics)}/metrics"
@@ -155,10 +164,10 @@ class Daemon:
                 len(self.open_channels()),
             )
             await self._stop.wait()
-            log.info("node %#x stopping", self.me)
+            log.info("node %s stopping", format_node_id(self.me))
         finally:
             await self.close()
-        log.info("node %#x stopped", self.me)
+        log.info("node %s stopped", format_node_id(self.me))
         return 0
 
     async def start(self) -> None:
@@ -353,7 +362,8 @@ class Daemon:
         self._svc().redex.set_placement_policy(retain=[p.node_id for p in self.cfg.peers])
 
     def node_index(self, node_id: int | None) -> int | None:
-        """0 for this node, i for ``peers[i - 1]``, None if unknown."""
+        """0 for this node, i for ``peers[i - 1]``, None if unknown (the ``leader``
+        field of a channel row; users see :meth:`describe`)."""
         if node_id is None:
             return None
         if node_id == self.me:
@@ -363,34 +373,77 @@ class Daemon:
                 return i
         return None
 
+    def address_of(self, node_id: int | None) -> str | None:
+        """The UDP address of this node or of a configured peer (None if unknown)."""
+        if node_id == self.me:
+            return self.cfg.node.bind_text
+        for p in self.cfg.peers:
+            if p.node_id == node_id:
+                return format_addr(p.address)
+        return None
+
+    def describe(self, node_id: int | None) -> str:
+        """A node as users see it (:func:`netmesh.cluster.nodeconfig.describe_node`):
+        ``0x… (this node, 10.0.0.1:7411)`` or ``0x… (10.0.0.2:7411)``."""
+        return describe_node(node_id, address=self.address_of(node_id), this=node_id == self.me)
+
     def channel_rows(self) -> list[dict[str, Any]]:
+        """One row per open channel: name, factor, ack, leader (index: 0 this node, i
+        ``peers[i - 1]``), leader_id, leader_address (UDP), leader_text (the user-facing
+        form), next_seq, commit."""
         svc = self._svc()
         out = []
         for f in svc.redex.open_files():
             coord = svc.redex.replication_coordinator_for(f.name)
             rt = svc.redex.replication_runtime(f.name)
+            leader_id: int | None = self.me
             row: dict[str, Any] = {
                 "name": str(f.name),
                 "factor": 1,
                 "ack": "local",
-                "leader": 0,
                 "next_seq": f.next_seq,
                 "commit": f.next_seq,
             }
             repl = f.config.replication
             if repl is not None and rt is None:  # placement left this node Idle
-                row.update(factor=repl.factor, ack=repl.ack, leader=None, commit=0)
+                leader_id = None
+                row.update(factor=repl.factor, ack=repl.ack, commit=0)
             elif coord is not None and rt is not None:
                 cfg = rt.coord.config
-                leader = self.me if coord.role == ReplicaRole.LEADER else coord.leader_id
+                leader_id = self.me if coord.role == ReplicaRole.LEADER else coord.leader_id
                 row.update(
                     factor=cfg.effective_factor(),
                     ack=cfg.ack,
-                    leader=self.node_index(leader),
                     commit=coord.commit_seq if cfg.ack == "quorum" else f.next_seq,
                 )
+            row.update(
+                leader=self.node_index(leader_id),
+                leader_id=leader_id,
+                leader_address=self.address_of(leader_id),
+                leader_text=self.describe(leader_id),
+            )
             out.append(row)
         return out
+
+    def not_leader(self, exc: NotLeader, channel: str) -> NotLeader:
+        """``exc`` (a refused producer on this daemon) with a message naming the leader
+        and where to publish instead: producers do not follow a leader to another host
+        (README, Running on several machines)."""
+        lead = exc.leader
+        here = f"node daemon {self.cfg.node.name!r} ({format_node_id(self.me)})"
+        if lead is None or lead == self.me:
+            where = (
+                "it knows no leader (an election is running, too few daemons are up, or this"
+                " host does not hold the channel): retry, or publish through the daemon of"
+                " the leader's host"
+            )
+        else:
+            where = (
+                f"its leader is {self.describe(lead)}: publish through the node daemon on that host"
+            )
+        err = NotLeader(channel, lead)
+        err.args = (f"{here} does not lead channel {channel!r}; {where}",)
+        return err
 
     # -- peers -----------------------------------------------------------------------
     def _watch(self, peer: PeerConfig) -> None:
@@ -415,9 +468,11 @@ class Daemon:
         self.peer_state[peer.node_id] = state
         addr = format_addr(peer.address)
         if state == "up":
-            log.info("peer %#x (%s) up", peer.node_id, addr)
+            log.info("peer %s (%s) up", format_node_id(peer.node_id), addr)
         else:
-            log.warning("peer %#x (%s) %s%s; retrying", peer.node_id, addr, state, detail)
+            log.warning(
+                "peer %s (%s) %s%s; retrying", format_node_id(peer.node_id), addr, state, detail
+            )
 
     async def _keep_connected(self, peer: PeerConfig) -> None:
         """Connect to ``peer`` whenever it is not up; back off while it stays away."""
@@ -447,7 +502,7 @@ class Daemon:
             except Closed:
                 return
             except Exception:  # a bug must not end the reconnection of this peer
-                log.exception("peer %#x: connection attempt failed", peer.node_id)
+                log.exception("peer %s: connection attempt failed", format_node_id(peer.node_id))
                 await self._nap(wake, BACKOFF_MAX_S)
 
     @staticmethod
@@ -495,14 +550,14 @@ class Daemon:
                     task.cancel()
                 self.peer_state.pop(nid, None)
                 self._watch(p)
-                log.info("reload: peer %#x at %s added", nid, format_addr(p.address))
+                log.info("reload: peer %s at %s added", format_node_id(nid), format_addr(p.address))
         for nid in set(old_peers) - set(new_peers):
             task = self.peer_tasks.pop(nid, None)
             if task is not None:
                 task.cancel()
             self.peer_state.pop(nid, None)
             mesh.block_peer(nid)
-            log.info("reload: peer %#x removed (its traffic is dropped)", nid)
+            log.info("reload: peer %s removed (its traffic is dropped)", format_node_id(nid))
         self.placement_retain()  # a removed host's announcement is dropped: sets re-resolve
         old_ch = {c.name: c for c in old.channels}
         new_ch = {c.name: c for c in new.channels}
@@ -605,9 +660,15 @@ class DaemonBackend:
     daemon's loop (``run_coroutine_threadsafe``) from the client threads.
     """
 
+    serves = "node"  # ``hello`` tells clients: one node, producers do not move hosts
+
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
         self.ring_bytes = RING_BYTES
+
+    @property
+    def node_id(self) -> int:
+        return self.d.me
 
     def nodes(self) -> int:
         return 1 + len(self.d.cfg.peers)
@@ -648,6 +709,10 @@ class DaemonBackend:
         except FutureTimeout:
             fut.cancel()
             raise NodeUnresponsive(f"node did not answer {op!r} within {timeout}s") from None
+        except NotLeader as exc:
+            if op != "attach_ring":
+                raise
+            raise self.d.not_leader(exc, str(args.get("channel"))) from None
 
     def node_alive(self, node: int) -> bool:
         return node == 0 and not self.d.stopping
@@ -679,7 +744,7 @@ def prometheus_text(snap: dict[str, Any]) -> str:
         text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
         fam[2].append(f"{name}{{{text}}} {float(value)!r}")
 
-    node = {"node_id": f"{snap.get('node_id') or 0:016x}", "name": str(snap.get("name", ""))}
+    node = {"node_id": format_node_id(snap.get("node_id") or 0), "name": str(snap.get("name", ""))}
     sample("netmesh_node_up", "1 while the node daemon runs", node, 1)
     peers = snap.get("configured_peers", [])
     sample("netmesh_node_peers_configured", "peers in the configuration file", node, len(peers))
@@ -688,7 +753,7 @@ def prometheus_text(snap: dict[str, Any]) -> str:
         sum(1 for p in peers if p["up"]),
     )  # fmt: skip
     for p in peers:
-        labels = {**node, "peer": f"{p['node_id']:016x}", "address": p["address"]}
+        labels = {**node, "peer": format_node_id(p["node_id"]), "address": p["address"]}
         sample("netmesh_peer_up", "1 if the peer has a live session", labels, int(p["up"]))
     for k, v in sorted(snap.get("counters", {}).items()):
         sample(f"netmesh_node_{k}_total", f"node counter {k.replace('_', ' ')}", node, v)
@@ -732,7 +797,7 @@ def _escape(value: str) -> str:
 
 
 def _ids(ids: tuple[int, ...]) -> str:
-    return "[" + ", ".join(f"{i:#x}" for i in ids) + "]"
+    return "[" + ", ".join(format_node_id(i) for i in ids) + "]"
 
 
 def _describe(repl: ReplicationConfig) -> str:

@@ -186,8 +186,9 @@ class NodeConfig:
             unknown = [n for n in repl.placement.nodes if n not in known]
             if unknown:
                 raise ConfigError(
-                    f"channel {channel.name!r}: placement names node {unknown[0]:#x}, which is"
-                    " neither this node nor one of its peers"
+                    f"channel {channel.name!r}: placement names node"
+                    f" {format_node_id(unknown[0])}, which is neither this node nor one of its"
+                    " peers"
                 )
             return repl
         factor = min(repl.factor, len(known))

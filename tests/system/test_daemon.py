@@ -460,7 +460,7 @@ def test_sighup_reload_adds_and_removes_peers(daemons: Daemons) -> None:
     daemons.write_config(0, [1], "")
     daemons.procs[0].send_signal(signal.SIGHUP)
     wait_until(lambda: peers_up(0) == {one: 1.0}, timeout=10, message="peer added")
-    assert f"peer {daemons.keys[1]['node_id']:#x} at {one} added" in daemons.log(0)
+    assert f"peer {daemons.keys[1]['node_id']:#018x} at {one} added" in daemons.log(0)
     daemons.write_config(0, [], "")
     daemons.procs[0].send_signal(signal.SIGHUP)
     wait_until(lambda: "removed" in daemons.log(0), timeout=10, message="peer removed")

@@ -278,7 +278,7 @@ def test_a_crashed_member_stays_in_the_set_until_removed_from_the_config(
     assert lead is not None
     victim = next(i for i in range(3) if i != lead)
     d.kill(victim)
-    victim_id = f"{c.node_id(victim):#x}"
+    victim_id = f"{c.node_id(victim):#018x}"
     for i in range(3):
         if i != victim:
             down = f"peer {victim_id} ({d.hosts[victim]}:{d.ports[victim]}) down"
