@@ -31,7 +31,7 @@ from typing import Any, Literal
 from rich.table import Table
 
 from netmesh.cluster import rundir
-from netmesh.cluster.nodeconfig import describe_node
+from netmesh.cluster.nodeconfig import describe_node, format_node_id
 from netmesh.cluster.snapshot import is_stale
 from netmesh.replication.roles import ReplicaRole
 
@@ -246,7 +246,8 @@ def prometheus(snapshot: dict[str, Any]) -> str:
 
     Every metric has its HELP and TYPE line once, followed by all its samples;
     ``netmesh_channel_role`` is a state set (one sample per role, 1 for the current
-    one); ``*_total`` metrics are counters, the rest gauges; unknown values
+    one); every sample is labelled ``node`` (index) and ``node_id`` (``0x<16 hex>``,
+    as the node daemons' metrics); ``*_total`` metrics are counters, the rest gauges; unknown values
     (``replica_lag_seconds`` before a heartbeat) are left out.
     """
     families: dict[str, tuple[str, str, list[str]]] = {}
@@ -258,6 +259,8 @@ def prometheus(snapshot: dict[str, Any]) -> str:
 
     for n in snapshot["nodes"]:
         node = {"node": str(n["node"])}
+        if n.get("node_id") is not None:  # the user-facing form (nodeconfig.format_node_id)
+            node["node_id"] = format_node_id(n["node_id"])
         sample("netmesh_node_up", "gauge", "1 if the node process runs", node, n.get("alive", 0))
         sample(
             "netmesh_node_cpu_percent",

@@ -101,3 +101,16 @@ def test_prometheus_text_parses_with_help_and_type_for_every_metric() -> None:
     assert {s.labels["channel"] for s in roles} == {'orders "eu"/2026'}  # escaped and back
     # each HELP/TYPE pair appears once, before its samples
     assert text.count("# TYPE netmesh_channel_next_seq ") == 1
+
+
+def test_the_leader_is_named_by_its_node_id_in_the_caption_and_the_labels() -> None:
+    rows = status.rows(snapshot(100.5, 1_000), None)
+    assert status.leaders_caption(rows) == "leader 0x0000000000abcdef (node 0)"
+    console = Console(width=80, file=io.StringIO(), force_terminal=False)
+    console.print(status.table(rows, title="netmesh up"))
+    assert "leader 0x0000000000abcdef (node 0)" in console.file.getvalue()  # type: ignore[attr-defined]
+    fams = {f.name: f for f in text_string_to_metric_families(status.prometheus(snapshot(1, 5)))}
+    ids = {s.labels["node"]: s.labels["node_id"] for s in fams["netmesh_node_up"].samples}
+    assert ids == {"0": "0x0000000000abcdef", "1": "0x0000000000001234", "2": "0x0000000000005678"}
+    no_leader = [r for r in rows if r.role is not ReplicaRole.LEADER]
+    assert status.leaders_caption(no_leader) == "no leader"
