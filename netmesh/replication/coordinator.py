@@ -30,8 +30,11 @@ Logs and seqs. Seqs start at 0; ``tail_seq`` is the next seq (= events held);
 start_seq)]`` (Kafka leader epochs): the leader of ``term`` wrote its first event at
 ``start_seq``. A new leader appends ``(term, tail)`` at once, so its newest epoch may
 be empty: it plays the role of Raft's no-op entry without taking a seq. Terms are
-unique per candidate (``term % n == index of the candidate in the sorted member
-list``), so each term has at most one leader even where no majority is required.
+unique per candidate node (:func:`term_slot`: ``term % TERM_SLOTS`` is the low bits of
+the candidate's node id), so each term has at most one leader even where no majority
+is required, whatever member lists the nodes run with: a placement change (issue 13
+§3) cannot give two nodes the same term, as ``term % n == index in the member list``
+did when two nodes' lists differed in size or order.
 
 Log matching. Two logs holding the same term at the same seq hold the same prefix.
 A follower asks ``SyncRequest(from_seq=tail, last_term=term of event tail-1)``; the
@@ -186,6 +189,18 @@ DEFAULT_MAX_INFLIGHT = 4
 #: about twice its size there), so it stays well below it: bursts of 8 x 1 MiB records
 #: lost chunks and waited for the retry (2x slower than no burst)
 SYNC_BURST_CHUNKS = 4
+#: terms a node may campaign in: ``term % TERM_SLOTS == term_slot(node id)``. A
+#: constant of the protocol, the same on every node and for every member list
+TERM_SLOTS = 1 << 24
+
+
+def term_slot(node_id: int) -> int:
+    """The residue of the terms ``node_id`` owns: its low 24 bits (node ids are
+    uniform 64-bit hashes of public keys, ``identity.node_id_of``). Two members with
+    the same slot are refused (:class:`~netmesh.errors.LocalProtocolError` from the
+    coordinator); the chance for two random ids is 2**-24."""
+    return node_id % TERM_SLOTS
+
 
 L, R, C, IDLE = ReplicaRole.LEADER, ReplicaRole.REPLICA, ReplicaRole.CANDIDATE, ReplicaRole.IDLE
 FAILED = ReplicaRole.FAILED
@@ -516,7 +531,8 @@ class ReplicationCoordinator:
             :meth:`refresh` / :meth:`wake`; False keeps per-channel heartbeats always.
 
     Raises:
-        LocalProtocolError: ``self_id`` not in ``members``.
+        LocalProtocolError: ``self_id`` not in ``members``, or two members share a
+            :func:`term_slot`.
     """
 
     def __init__(
@@ -545,6 +561,13 @@ class ReplicationCoordinator:
         self.push_due: float | None = None
         if self_id not in self.members:
             raise LocalProtocolError(f"node {self_id} is not a member of {list(self.members)}")
+        slots = {term_slot(m) for m in self.members}
+        if len(slots) != len(self.members):
+            raise LocalProtocolError(
+                f"two members of {[hex(m) for m in self.members]} own the same terms "
+                f"(node id mod 2**24): give one of them a new key"
+            )
+        self._slot = term_slot(self_id)
         self.self_id = self_id
         self.config = config
         self.pinned = config.leader_pinned
@@ -1132,10 +1155,9 @@ class ReplicationCoordinator:
 
     def _next_owned_term(self) -> int:
         """Smallest term above ``self.term`` and at least ``term_floor`` that this
-        node owns (``term % n == index in members``)."""
-        n, idx = len(self.members), self.members.index(self.self_id)
+        node owns (:func:`term_slot`)."""
         base = max(self.term + 1, self.term_floor)
-        return base + ((idx - base) % n)
+        return base + ((self._slot - base) % TERM_SLOTS)
 
     # ------------------------------------------------------------------ ticks
 

@@ -10,6 +10,7 @@ from netmesh.config import PlacementStrategy, ReplicationConfig
 from netmesh.errors import InvalidTransition, LocalProtocolError
 from netmesh.log.hardstate import HardState
 from netmesh.replication.coordinator import (
+    TERM_SLOTS,
     Apply,
     CommitAdvanced,
     ReplicationCoordinator,
@@ -22,6 +23,7 @@ from netmesh.replication.coordinator import (
     first_conflict,
     own_end,
     term_at,
+    term_slot,
 )
 from netmesh.replication.messages import (
     Ack,
@@ -159,7 +161,7 @@ def test_lone_survivor_in_leader_mode_wins_after_silence() -> None:
     out = c.tick(0.05 + 3 * HB)
     assert c.role is R.LEADER and c.metrics.elections_total == 1
     assert RoleChanged(R.CANDIDATE, R.LEADER, c.term) in out
-    assert c.term % 2 == 1  # B is index 1 of 2: its terms are odd
+    assert c.term % TERM_SLOTS == term_slot(B)  # a term B owns
 
 
 def test_quorum_mode_needs_a_majority_and_prevote() -> None:
@@ -342,7 +344,7 @@ def test_higher_term_fences_old_leader() -> None:
 
 
 def test_divergent_suffix_is_truncated_then_refetched() -> None:
-    # B led term 2 and wrote seqs 4..7 nobody else got; A leads term 4 from seq 5.
+    # B led term 2 and wrote seqs 4..7 nobody else got; A leads a term > 3 from seq 5.
     b = replica(tail_seq=8, hard_state=HardState(2, B, ((1, 0), (2, 4))))
     out = b.step(A, leader_hb(3, 6, epoch_term=3, last_term=3), 0.05)
     req = sends(out, SyncRequest)[0].msg
@@ -353,10 +355,11 @@ def test_divergent_suffix_is_truncated_then_refetched() -> None:
     a.tick(0.0)
     manual_leader(a)
     a.local_appended(6, 0.01)
-    assert a.term == 4 and a.epochs == ((1, 0), (4, 5))
-    nack = sends(a.step(B, replace(req, term=4), 0.05), Nack)[0].msg
+    t = a.term  # A's first owned term above 3 (term_slot)
+    assert t > 3 and t % TERM_SLOTS == term_slot(A) and a.epochs == ((1, 0), (t, 5))
+    nack = sends(a.step(B, replace(req, term=t), 0.05), Nack)[0].msg
     assert nack.reason is NackReason.DIVERGED
-    b.step(A, leader_hb(4, 6, epoch_term=4, last_term=4), 0.05)
+    b.step(A, leader_hb(t, 6, epoch_term=t, last_term=t), 0.05)
     req = sends(b.tick(0.2), SyncRequest)[0].msg
     nack = replace(nack, request_id=req.request_id)
     assert nack.epoch_term == 1 and nack.epoch_end == 5

@@ -24,10 +24,12 @@ from netmesh import (
 from netmesh.errors import DecodeError, LogCorrupt
 from netmesh.log.hardstate import MAX_TERM, HardState
 from netmesh.replication.coordinator import (
+    TERM_SLOTS,
     Apply,
     ReplicationCoordinator,
     SaveHardState,
     Send,
+    term_slot,
 )
 from netmesh.replication.messages import (
     BUNDLE_TAG,
@@ -82,14 +84,14 @@ def test_campaigns_never_go_below_the_term_floor_and_stay_owned(me: int) -> None
     floor = 1_700_000_000_000_001
     c = coord(me, floor, ack="leader")
     term = campaign_term(c, 0.0)
-    assert floor <= term < floor + len(IDS)
-    assert term % len(IDS) == IDS.index(me)
+    assert floor <= term < floor + TERM_SLOTS
+    assert term % TERM_SLOTS == term_slot(me)
 
 
 def test_a_persisted_term_above_the_floor_wins() -> None:
     c = coord(11, floor=5, hs=HardState(term=300), ack="leader")
     term = campaign_term(c, 0.0)
-    assert 300 < term <= 303 and term % 3 == 0
+    assert 300 < term <= 300 + TERM_SLOTS and term % TERM_SLOTS == term_slot(11)
 
 
 def test_the_floor_is_clamped_below_max_term() -> None:
