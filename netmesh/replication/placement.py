@@ -377,8 +377,11 @@ def quorum_change(
         when an announcement changes).
 
     Rules. A member moves from ``applied`` to ``next_step(applied, target)`` once
-    every node in both sets runs one of the two (a node leaving the target takes the
-    steps that keep it too); when the step removes this node, it leaves once no
+    no node of both sets is known to run another set and a majority of ``applied``
+    (itself included) is known to run one of the two (a member not heard from, e.g.
+    one that is down, does not block the step; a majority not heard from does: it may
+    still run an older set); a node leaving the target takes the steps that keep it
+    too; when the step removes this node, it leaves once no
     other running member's set holds it. A node that runs nothing joins the
     step that adds it, once the members it shares with that step run the current
     set or that step. With ``ready`` given, a new member catches up before it
@@ -420,9 +423,17 @@ def quorum_change(
     joined = {n for n, m in running.items() if n in m}
     if ready is not None and not set(nxt) - set(applied) <= set(ready) | joined:
         return None  # the node to be added has not caught up yet
-    if all(running[n] in (applied, nxt) for n in shared if n in running):
-        return Change(nxt)
-    return None
+    if not all(running[n] in (applied, nxt) for n in shared if n in running):
+        return None
+    # a majority of the current set (this node included) must be known to run it or
+    # the step: members not heard may still run an older set, and a node two steps
+    # ahead of a majority that stayed behind would run a set whose majority is
+    # disjoint from theirs (two leaders at once). Known to have moved, a majority of
+    # each step leaves at most a minority of the step before it behind.
+    known = 1 + sum(1 for n in set(applied) - {self_id} if running.get(n) in (applied, nxt))
+    if known < len(applied) // 2 + 1:
+        return None
+    return Change(nxt)
 
 
 # ------------------------------------------------------------------ rate limit

@@ -279,3 +279,23 @@ def test_learner_messages_round_trip() -> None:
     ):
         with pytest.raises(DecodeError):
             decode_learn(bad)
+
+
+def test_a_step_waits_for_a_majority_of_the_current_set_to_be_heard() -> None:
+    """Adversary's input (placement.py's step rule skipped members not heard from):
+    A runs {A, B, C} and hears nobody; the target adds D. Before, A took the step to
+    {A, B, C, D} and then {A, B, D} with D alone, while B and C (unheard, still on
+    {A, B, C}) are a majority of that set: two disjoint majorities. Now A waits for
+    a majority of its set; one silent member (down) does not block it."""
+    a, b, c, d = 1, 2, 3, 4
+    cur, target = (a, b, c), (a, b, d)
+    step1 = next_step(cur, target)
+    assert step1 == (a, b, c, d)
+    assert quorum_change(a, cur, target, {}) is None
+    assert quorum_change(a, cur, target, {d: None}) is None
+    assert quorum_change(a, cur, target, {b: cur}) == Change(step1)  # C down: fine
+    step2 = next_step(step1, target)
+    assert step2 == (a, b, d)
+    # from the 4-set, a majority (3) must be known on it or the next step
+    assert quorum_change(a, step1, target, {d: step1}) is None
+    assert quorum_change(a, step1, target, {b: step1, d: step1}) == Change(step2)
