@@ -206,7 +206,9 @@ def _from_metrics(addr: str) -> dict[str, Any]:
 
 def _print_view(view: dict[str, Any]) -> None:
     node = view.get("node", {})
-    print(f"node {node.get('name')} ({view['source']})")
+    nid = node.get("node_id")
+    ident = f" {format_node_id(nid)}" if isinstance(nid, int) else (f" {nid}" if nid else "")
+    print(f"node {node.get('name')}{ident} ({view['source']})")
     if "peers" in view:
         for p in view["peers"]:
             print(f"  peer {p['node_id']} {p['address']:<22} {'up' if p['up'] else 'DOWN'}")

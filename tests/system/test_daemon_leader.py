@@ -125,11 +125,13 @@ def test_publish_on_a_follower_names_the_leader_and_tail_reads_its_replica(
         out = netmesh_cli(*cmd, d.names[f], env=d.env)
         assert out.returncode == 0 and named in out.stdout, out.stdout
         assert "peers[" not in out.stdout
+        assert format_node_id(d.keys[f]["node_id"]) in out.stdout.splitlines()[0], out.stdout
     view = json.loads(netmesh_cli("status", "--node", d.names[f], "--json", env=d.env).stdout)
     assert view["channels"][0]["leader_id"] == lead_id
     assert view["channels"][0]["leader_address"] == addr(d, lead)
     metrics = netmesh_cli("node-status", d.metrics[f] or "", env=d.env)
     assert metrics.returncode == 0 and f"peer {format_node_id(lead_id)}" in metrics.stdout
+    assert format_node_id(d.keys[f]["node_id"]) in metrics.stdout.splitlines()[0]
 
 
 def test_a_producer_whose_daemon_loses_the_lead_is_told_within_seconds(
