@@ -138,9 +138,10 @@ def bench_catchup(
 
 
 def _spy(c: Any, out_dir: str, figure: str) -> list[subprocess.Popen[bytes]]:
-    """py-spy record (collapsed stacks, 200 Hz) on node 0 (leader) and 1 (follower)."""
+    """py-spy record (collapsed stacks, 200 Hz, idle samples included: a node waiting
+    for its peer shows as time in the selector) on node 0 (leader) and 1 (follower)."""
     os.makedirs(out_dir, exist_ok=True)
-    cmd = ["py-spy", "record", "-r", "200", "-f", "raw"]
+    cmd = ["py-spy", "record", "-r", "200", "-f", "raw", "--idle"]
     return [
         subprocess.Popen(
             [

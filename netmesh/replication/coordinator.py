@@ -137,8 +137,9 @@ Replication. A follower not in sync with its leader's heartbeat keeps one SyncRe
 outstanding (retried after one heartbeat); each response is applied idempotently
 (held prefix skipped, gaps and term mismatches ignored). A persisted leader may answer
 one request with a stream of raw-record chunks (``SyncRecords.more``), during which the
-request stays outstanding: the first :data:`SYNC_BURST_CHUNKS` at once, then one more
-per chunk the follower acknowledges (a window of unacknowledged chunks). A follower acks what it
+request stays outstanding: :data:`SYNC_BURST_CHUNKS` chunks at once, then one more per
+chunk the follower has applied (it says so with a *credit*: a SyncRequest from its new
+tail carrying the stream's request id). A follower acks what it
 holds once it has adopted the leader's epoch; acked followers are *streaming*: the
 leader pushes new events to them right after ``local_appended`` (request_id 0), at
 most ``max_inflight`` unacked pushes each. Leader commit = highest seq held by a
@@ -181,13 +182,18 @@ if TYPE_CHECKING:
 RESPONSE_OVERHEAD = 47
 EVENT_OVERHEAD = 12
 DEFAULT_MAX_INFLIGHT = 4
-#: ``sync_chunk_bytes`` a leader may answer ONE SyncRequest with when it serves raw
-#: records (:class:`SyncRecords` bursts, issue 15 §5), counted in record bytes sent:
-#: the replica keeps the request outstanding while ``more`` is set, so catch-up pays
-#: one round trip per burst instead of one per chunk. A burst has no flow control but
-#: the replica's socket buffer (``NodeConfig.recv_buffer``, 4 MiB; a datagram costs
-#: about twice its size there), so it stays well below it: bursts of 8 x 1 MiB records
-#: lost chunks and waited for the retry (2x slower than no burst)
+#: The window of a raw catch-up stream (issue 15 §5), in ``sync_chunk_bytes``: a
+#: leader answers a SyncRequest far behind its tail with :class:`SyncRecords` chunks
+#: (``more=True`` but the last, at its tail), at most this many sent and not yet
+#: applied by the follower. The follower keeps its request outstanding and, for each
+#: chunk it applies, sends a *credit*: a SyncRequest from its new tail with the same
+#: request id (a retry always takes a new id), which frees the chunk's window space
+#: and lets the next one go. So the follower has the next chunks queued while it
+#: applies one and the leader reads and seals the next meanwhile: no round trip per
+#: chunk or per burst, and no wait for the follower's fsync (its Acks wait for that;
+#: an Ack frees window space too). The window stays well below the follower's socket
+#: buffer (``NodeConfig.recv_buffer``, 4 MiB; a datagram costs about twice its size
+#: there): bursts of 8 x 1 MiB records lost chunks and waited for the retry
 SYNC_BURST_CHUNKS = 4
 #: terms a node may campaign in: ``term % TERM_SLOTS == term_slot(node id)``. A
 #: constant of the protocol, the same on every node and for every member list
@@ -223,10 +229,10 @@ class ServeSync:
     """Read events from ``from_seq`` (at least one, then while the payload bytes fit
     ``max_bytes``) and pass them to :meth:`ReplicationCoordinator.serve`.
 
-    ``burst``: record bytes this request may still be answered with, this chunk
-    included (default 0: one chunk; a request gets :data:`SYNC_BURST_CHUNKS` x
-    ``max_bytes``); only :meth:`~ReplicationCoordinator.serve_records` uses it. Not
-    compared: it says how long to keep answering, not what to read."""
+    ``burst``: nonzero for a chunk of the raw stream answering the request (default
+    0: one chunk; see :data:`SYNC_BURST_CHUNKS`); only
+    :meth:`~ReplicationCoordinator.serve_records` uses it. Not compared: it says how
+    long to keep answering, not what to read."""
 
     to: int
     from_seq: int
@@ -477,6 +483,19 @@ class _Progress:
     #: when a request of its was last answered with a burst that had more to send (it
     #: is far behind and catching up by raw bursts: not pushed to meanwhile)
     burst_at: float = float("-inf")
+    #: the raw stream answering its request ``stream_rid`` (see SYNC_BURST_CHUNKS),
+    #: going on while ``stream_open``: the next chunk starts at ``stream_next`` with at
+    #: most ``stream_max`` payload bytes; ``stream_out``: (end seq, record bytes) of the
+    #: chunks sent and not applied yet, oldest first; ``stream_queued``: a ServeSync of
+    #: the stream waits in the outputs; ``stream_prev``: the request id of the stream
+    #: it replaced (its late credits are ignored, not taken for a new request)
+    stream_rid: int = 0
+    stream_prev: int = 0
+    stream_open: bool = False
+    stream_next: int = 0
+    stream_max: int = 0
+    stream_out: list[tuple[int, int]] = field(default_factory=list)
+    stream_queued: bool = False
 
 
 @dataclass
@@ -857,8 +876,10 @@ class ReplicationCoordinator:
         follower restarts its log there; a push just stops streaming to it.
         """
         self._begin(now)
+        prog = self._progress.get(req.to)
+        if prog is not None and req.request_id and req.request_id == prog.stream_rid:
+            prog.stream_open = prog.stream_queued = False  # answered once, not streamed
         if head is not None and head > req.from_seq and self.role is L:
-            prog = self._progress.get(req.to)
             if req.request_id:
                 t = term_at(self.epochs, head - 1)
                 nack = Nack(self.term, req.request_id, NackReason.BAD_RANGE, req.from_seq, t, head)
@@ -1553,12 +1574,20 @@ class ReplicationCoordinator:
             t, end = epoch_end(self.epochs, m.last_term, self.tail)
             self._send(frm, Nack(self.term, m.request_id, NackReason.DIVERGED, m.from_seq, t, end))
             return
+        prog = self._progress.get(frm)
+        if prog is not None and m.request_id in (prog.stream_rid, prog.stream_prev):  # a credit
+            if prog.stream_rid == m.request_id and prog.stream_open:  # not a stale one
+                self._stream(frm, prog, min(m.from_seq, prog.stream_next))
+            return  # a late credit of a stream that ended: nothing to answer
         if m.from_seq == self.tail:
             self._respond(frm, m.request_id, m.from_seq, ())
         else:
             max_bytes = min(m.max_bytes, self.config.sync_chunk_bytes)
-            burst = SYNC_BURST_CHUNKS * max_bytes
-            self._out.append(ServeSync(frm, m.from_seq, max_bytes, m.request_id, burst))
+            if prog is not None:  # a new request replaces the stream of an older one
+                prog.stream_prev = prog.stream_rid
+                prog.stream_rid, prog.stream_open, prog.stream_queued = m.request_id, True, True
+                prog.stream_next, prog.stream_max, prog.stream_out = m.from_seq, max_bytes, []
+            self._out.append(ServeSync(frm, m.from_seq, max_bytes, m.request_id, 1))
 
     def serve_records(
         self, req: ServeSync, count: int, records: bytes, payload_bytes: int, now: float
@@ -1569,15 +1598,20 @@ class ReplicationCoordinator:
         shell only offers whole records within the leader's tail; budget and refusals
         as :meth:`serve`.
 
-        Bursts: while ``req.burst`` has bytes left after this chunk's records and the
-        chunk ends below the tail, the message says ``more=True`` and a
-        :class:`ServeSync` for the next chunk (from ``end``, with the bytes left)
-        follows it; the shell runs it next. Every
-        chunk is charged to the budget: one refused ends the burst with a BACKPRESSURE
-        Nack (the replica backs off as for a single chunk)."""
+        Streams (``req.burst``, see :data:`SYNC_BURST_CHUNKS`): a chunk of an open
+        stream that ends below the tail says ``more=True``, and the next chunk (from
+        ``end``) is queued at once while the window has room, else when a credit or
+        an Ack frees it (:meth:`_stream`); the shell runs it next. A chunk at the tail
+        ends the stream. Every chunk is charged to the budget: one refused ends the
+        stream with a BACKPRESSURE Nack (the replica backs off as for a single chunk)."""
         self._begin(now)
         end = req.from_seq + count
-        if self.role is L and req.to in self._progress and req.request_id and end <= self.tail:
+        prog = self._progress.get(req.to)
+        stream = False
+        if prog is not None and req.burst and prog.stream_rid == req.request_id:
+            stream, prog.stream_open = prog.stream_open, False  # until this chunk says more
+            prog.stream_queued = False
+        if self.role is L and prog is not None and req.request_id and end <= self.tail:
             cost = RESPONSE_OVERHEAD + payload_bytes + EVENT_OVERHEAD * count
             if not self.budget.try_consume(cost, self._now):
                 self.metrics.under_capacity_total += 1
@@ -1587,8 +1621,7 @@ class ReplicationCoordinator:
             else:
                 self.metrics.sync_bytes_total += cost
                 first = req.from_seq
-                left = req.burst - len(records)
-                more = left > 0 and count > 0 and end < self.tail
+                more = stream and count > 0 and end < self.tail
                 msg = SyncRecords(
                     self.term,
                     req.request_id,
@@ -1601,30 +1634,50 @@ class ReplicationCoordinator:
                     more,
                 )
                 self._send(req.to, msg)
-                if more:
-                    self._progress[req.to].burst_at = self._now
-                    nxt = ServeSync(req.to, end, req.max_bytes, req.request_id, left)
-                    self._out.append(nxt)
+                if prog is not None and more:
+                    prog.burst_at = self._now
+                    prog.stream_open, prog.stream_next = True, end
+                    prog.stream_out.append((end, len(records)))
+                    self._stream(req.to, prog, prog.match)
         elif req.request_id:
             self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER, req.from_seq))
         return self._end()
+
+    def _stream(self, to: int, prog: _Progress, applied: int) -> None:
+        """The follower ``to`` holds the events below ``applied`` (a credit's or an
+        Ack's tail): drop its chunks ending there from the window, then queue the next
+        chunk of its open stream if the window has room (fewer than
+        :data:`SYNC_BURST_CHUNKS` x ``stream_max`` record bytes sent and not applied)."""
+        out = prog.stream_out
+        while out and out[0][0] <= applied:
+            out.pop(0)
+        if not prog.stream_open or prog.stream_queued or self.role is not L:
+            return
+        nxt = prog.stream_next
+        if nxt >= self.tail or sum(b for _, b in out) >= SYNC_BURST_CHUNKS * prog.stream_max:
+            return
+        prog.stream_queued = True
+        self._out.append(ServeSync(to, nxt, prog.stream_max, prog.stream_rid, 1))
 
     def _replica_sync_records(self, frm: int, m: SyncRecords) -> None:
         """Raw records continue the log only where it ends (no partial records are cut
         here): a chunk that starts elsewhere, or after another term than ours, is left
         for the next request (from our tail) to fetch again.
 
-        A chunk of a burst (``more=True``) keeps our request outstanding: the leader
-        sends the next chunk unasked. Each applied one restarts the retry timer, so a
-        lost chunk (the ones after it are gaps, ignored) is asked for again one
-        heartbeat after the last progress; the last chunk (``more=False``) ends the
-        request and the next one goes at once."""
+        A chunk of a stream (``more=True``) keeps our request outstanding: the leader
+        sends the next chunks unasked. Each applied one restarts the retry timer and
+        is answered with a credit (a SyncRequest from our new tail with the request's
+        id; see SYNC_BURST_CHUNKS). A chunk of it that starts past our tail (one
+        before it was lost; it and the rest are gaps, ignored) ends the request, and
+        the next one, from our tail, goes at once; the last chunk (``more=False``)
+        ends the request too. A lost last chunk is asked for again one heartbeat
+        after the last progress."""
         if m.term != self.term:
             return
         first, end = m.first_seq, m.first_seq + m.count
         self._follow(frm, end)
         current = self._outstanding is not None and self._outstanding[0] == m.request_id
-        if current and not m.more:
+        if current and (not m.more or first > self.tail):
             self._outstanding = None
         if m.count and first == self.tail and term_at(self.epochs, first - 1) == m.prev_term:
             if current and m.more:
@@ -1639,6 +1692,11 @@ class ReplicationCoordinator:
             self._set_epochs(epochs)
             if self._epoch_term() == self.term:
                 self._send(frm, Ack(self.term, self.tail))
+            if current and m.more:  # a credit: not held for durability (no claim)
+                credit = SyncRequest(
+                    self.term, end, self._last_term(), self.config.sync_chunk_bytes, m.request_id
+                )
+                self._send(frm, credit)
         self._learn_commit(m.commit_seq)
         self._maybe_request()
 
@@ -1693,6 +1751,9 @@ class ReplicationCoordinator:
     def _leader_ack(self, frm: int, m: Ack) -> None:
         if m.term == self.term:
             self._record_match(frm, m.tail_seq, acked=True)
+            prog = self._progress.get(frm)
+            if prog is not None and prog.stream_open:
+                self._stream(frm, prog, prog.match)
 
     def _record_match(self, p: int, tail: int, acked: bool) -> None:
         prog = self._progress[p]

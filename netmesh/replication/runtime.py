@@ -417,6 +417,13 @@ class _Hooks(ExecutorHooks):
         log.info("%s: %s met a moved log end (%s); resynced", self.rt.name, type(out).__name__, exc)
 
 
+#: messages of a catch-up stream leave at once, not at the end of the loop turn: a
+#: chunk goes while the leader reads the next one, and a replica's credit while it
+#: applies the next chunk (issue 15 §5: a turn that handles a whole window before its
+#: one flush made the two nodes take turns instead of working at the same time)
+_FLUSHED = (messages.SyncRecords, messages.SyncRequest)
+
+
 class ChannelRuntime:
     """The replication shell of one channel on one node."""
 
@@ -630,6 +637,10 @@ class ChannelRuntime:
             return
         try:
             self.node.send(to, self.kind, self._mid + messages.encode(msg))
+            if type(msg) in _FLUSHED:
+                flush = getattr(self.node, "flush", None)
+                if flush is not None:
+                    flush()
         except (LocalProtocolError, NetmeshError) as exc:
             self.send_errors += 1
             log.debug("%s: send to %#x failed: %s", self.name, to, exc)

@@ -1,8 +1,9 @@
-"""Catch-up bursts (issue 15 §5): a persisted leader answers one SyncRequest far behind
-its tail with up to SYNC_BURST_CHUNKS x sync_chunk_bytes of raw-record chunks, all but
-the last marked
-``more``; the replica keeps its request outstanding meanwhile, ignores gaps, and its
-retry timer (or the burst's last chunk) asks again from its tail."""
+"""Catch-up streams (issue 15 §5): a persisted leader answers one SyncRequest far behind
+its tail with raw-record chunks marked ``more`` (all but the one at its tail), at most
+SYNC_BURST_CHUNKS x sync_chunk_bytes of them not yet applied by the replica. The
+replica keeps its request outstanding and credits each chunk it applies (a SyncRequest
+from its new tail with the stream's request id), which lets the next chunk go; a gap (a
+lost chunk) or the last chunk makes it ask again from its tail at once."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from netmesh.replication.messages import (
     NackReason,
     SyncRecords,
     SyncRequest,
+    SyncResponse,
     decode,
     encode,
 )
@@ -74,19 +76,48 @@ def serve_burst(
     return answers
 
 
-def test_a_far_behind_request_gets_a_burst_with_more_on_all_but_the_last() -> None:
+def test_a_far_behind_request_gets_a_window_of_chunks_with_more() -> None:
     a = leader(100 * CHUNK)
     out = a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1)
     (req,) = [o for o in out if isinstance(o, ServeSync)]
-    assert req.max_bytes == a.config.sync_chunk_bytes
-    assert req.burst == SYNC_BURST_CHUNKS * req.max_bytes
+    assert req.max_bytes == a.config.sync_chunk_bytes and req.burst
     answers = serve_burst(a, out)
-    assert len(answers) == SYNC_BURST_CHUNKS
+    assert len(answers) == SYNC_BURST_CHUNKS, "the window, at once"
     assert all(isinstance(m, SyncRecords) and m.request_id == 7 for m in answers)
     recs = [m for m in answers if isinstance(m, SyncRecords)]
     assert [m.first_seq for m in recs] == [i * CHUNK for i in range(SYNC_BURST_CHUNKS)]
-    assert [m.more for m in recs] == [True] * (SYNC_BURST_CHUNKS - 1) + [False]
+    assert all(m.more for m in recs)
     assert a.metrics.sync_bytes_total > SYNC_BURST_CHUNKS * CHUNK * 10, "each chunk charged"
+    assert not serve_burst(a, a.tick(0.2)), "nothing more until the replica applies some"
+
+
+def credit(a: ReplicationCoordinator, tail: int, rid: int = 7) -> SyncRequest:
+    """What a replica sends for each chunk of stream ``rid`` it applies."""
+    return SyncRequest(a.term, tail, a.term if tail else 0, 1 << 20, rid)
+
+
+def test_a_stream_goes_on_one_chunk_per_credit_and_ends_at_the_tail() -> None:
+    a = leader(0)
+    a.local_appended(20 * CHUNK, 0.05)  # events of its own term
+    serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
+    recs = serve_burst(a, a.step(B, credit(a, CHUNK), 0.11))
+    assert [(m.first_seq, m.request_id, m.more) for m in recs] == [
+        (SYNC_BURST_CHUNKS * CHUNK, 7, True)
+    ], "one chunk per applied chunk"
+    assert not serve_burst(a, a.step(B, credit(a, CHUNK), 0.12)), "a repeated credit: no room"
+    recs = serve_burst(a, a.step(B, credit(a, 3 * CHUNK), 0.13))  # two at once: two more
+    assert [m.first_seq for m in recs] == [(SYNC_BURST_CHUNKS + i) * CHUNK for i in (1, 2)]
+    recs = serve_burst(a, a.step(B, Ack(a.term, 4 * CHUNK), 0.14))  # an Ack frees room too
+    assert [m.first_seq for m in recs] == [(SYNC_BURST_CHUNKS + 3) * CHUNK]
+    tail, now, seen = 4 * CHUNK, 0.15, []
+    while tail < a.tail_seq:  # the replica credits every chunk: the stream runs to the tail
+        tail += CHUNK
+        now += 0.001
+        seen += serve_burst(a, a.step(B, credit(a, tail), now), now)
+    assert [m.first_seq for m in seen] == [i * CHUNK for i in range(8, 20)]
+    assert [m.more for m in seen] == [True] * 11 + [False], "the chunk at the tail ends it"
+    assert not serve_burst(a, a.step(B, credit(a, 19 * CHUNK), now)), "late credit: ignored"
+    assert not [m for m in msgs(a.step(B, credit(a, 19 * CHUNK), now), SyncRecords)]
 
 
 def test_a_burst_stops_at_the_tail_and_near_the_tail_is_one_chunk() -> None:
@@ -128,6 +159,36 @@ def test_more_survives_the_wire() -> None:
         assert decode(encode(m)) == m
 
 
+def test_a_new_request_replaces_the_stream() -> None:
+    a = leader(100 * CHUNK)
+    serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
+    # chunk 1 was lost; the replica asks again from CHUNK with a new request id
+    recs = serve_burst(a, a.step(B, SyncRequest(a.term, CHUNK, 1, 1 << 20, 8), 0.11))
+    assert [(m.first_seq, m.request_id) for m in recs] == [
+        ((1 + i) * CHUNK, 8) for i in range(SYNC_BURST_CHUNKS)
+    ]
+    assert not serve_burst(a, a.step(B, SyncRequest(a.term, 2 * CHUNK, 1, 1 << 20, 7), 0.12))
+    recs = serve_burst(a, a.step(B, SyncRequest(a.term, 2 * CHUNK, 1, 1 << 20, 8), 0.12))
+    assert [(m.first_seq, m.request_id) for m in recs] == [((1 + SYNC_BURST_CHUNKS) * CHUNK, 8)]
+
+
+def test_a_refused_chunk_or_a_payload_answer_ends_the_stream() -> None:
+    a = leader(100 * CHUNK)
+    a.budget = _Budget(2)  # type: ignore[assignment]
+    answers = serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
+    assert [type(m) for m in answers] == [SyncRecords, SyncRecords, Nack]
+    a.budget = _Budget(100)  # type: ignore[assignment]
+    out = a.step(B, SyncRequest(a.term, CHUNK, 1, 1 << 20, 7), 0.11)  # a late credit
+    assert not [o for o in out if isinstance(o, ServeSync)] and not msgs(out, SyncRecords)
+    # a memory log answers the request with payloads (serve): no stream either
+    out = a.step(B, SyncRequest(a.term, 2 * CHUNK, 1, 1 << 20, 9), 0.12)
+    (req,) = [o for o in out if isinstance(o, ServeSync)]
+    got = a.serve(req, [b"x"] * 10, 0.12)
+    assert [m.request_id for m in msgs(got, SyncResponse)] == [9]
+    out = a.step(B, SyncRequest(a.term, 2 * CHUNK + 10, 1, 1 << 20, 9), 0.13)
+    assert not [o for o in out if isinstance(o, ServeSync)], "no stream"
+
+
 # ------------------------------------------------------------------ follower side
 
 
@@ -145,45 +206,55 @@ def chunk(req: SyncRequest, i: int, more: bool) -> SyncRecords:
     return SyncRecords(1, req.request_id, i * CHUNK, 1 if i else 0, 0, ((1, 0),), CHUNK, b"r", more)
 
 
-def test_the_follower_does_not_ask_again_while_more_chunks_come() -> None:
+def test_the_follower_credits_each_chunk_and_does_not_ask_again_meanwhile() -> None:
     b, req = follower()
     now = 0.02
-    for i in range(SYNC_BURST_CHUNKS - 1):
-        now += 0.06  # the whole burst takes longer than one retry period
+    for i in range(SYNC_BURST_CHUNKS + 2):
+        now += 0.06  # the whole stream takes longer than one retry period
         out = b.step(A, chunk(req, i, True), now)
         assert [o.first_seq for o in out if isinstance(o, ApplyRecords)] == [i * CHUNK]
-        assert not msgs(out, SyncRequest), "request still outstanding"
+        (cr,) = msgs(out, SyncRequest)
+        assert (cr.from_seq, cr.request_id, cr.last_term) == ((i + 1) * CHUNK, req.request_id, 1)
         assert not msgs(b.tick(now + 0.05), SyncRequest), "applied chunks restart the timer"
-    out = b.step(A, chunk(req, SYNC_BURST_CHUNKS - 1, False), now + 0.01)
+    assert b.metrics.sync_requests_total == 1, "credits are not requests"
+    out = b.step(A, chunk(req, SYNC_BURST_CHUNKS + 2, False), now + 0.01)
     (nxt,) = msgs(out, SyncRequest)
-    assert nxt.from_seq == SYNC_BURST_CHUNKS * CHUNK == b.tail_seq
+    assert nxt.from_seq == (SYNC_BURST_CHUNKS + 3) * CHUNK == b.tail_seq
     assert nxt.request_id != req.request_id and b.metrics.sync_requests_total == 2
 
 
-def test_a_lost_middle_chunk_is_recovered_by_the_retry() -> None:
+def test_a_lost_middle_chunk_is_asked_for_again_at_the_first_gap() -> None:
     b, req = follower()
     b.step(A, chunk(req, 0, True), 0.02)
     b.step(A, chunk(req, 1, True), 0.03)
-    # chunk 2 is lost; the rest of the burst (all but its last) are gaps
-    for i in range(3, SYNC_BURST_CHUNKS - 1):
-        out = b.step(A, chunk(req, i, True), 0.04)
-        assert not [o for o in out if isinstance(o, ApplyRecords)], "a gap is ignored"
-        assert not msgs(out, SyncRequest)
-    assert b.tail_seq == 2 * CHUNK
-    b.step(A, Heartbeat(1, R.LEADER, 100 * CHUNK, 0, 1, 1), 0.1)
-    assert not msgs(b.tick(0.12), SyncRequest), "within one heartbeat of the last progress"
-    (retry,) = msgs(b.tick(0.14), SyncRequest)
-    assert retry.from_seq == 2 * CHUNK and retry.request_id != req.request_id
-    # a late chunk of the old burst (reordered) still applies where it fits
-    out = b.step(A, chunk(req, 2, True), 0.15)
+    # chunk 2 is lost: chunk 3 is a gap, ignored, and the request ends at once
+    out = b.step(A, chunk(req, 3, True), 0.04)
+    assert not [o for o in out if isinstance(o, ApplyRecords)], "a gap is ignored"
+    (retry,) = msgs(out, SyncRequest)
+    assert retry.from_seq == 2 * CHUNK == b.tail_seq and retry.request_id != req.request_id
+    # the rest of the old stream: gaps, not current, no new request and no credit
+    assert not msgs(b.step(A, chunk(req, 4, True), 0.05), SyncRequest)
+    assert b.metrics.sync_requests_total == 2
+    # a late chunk of the old stream (reordered) still applies where it fits, uncredited
+    out = b.step(A, chunk(req, 2, True), 0.06)
     assert [o.first_seq for o in out if isinstance(o, ApplyRecords)] == [2 * CHUNK]
+    assert not msgs(out, SyncRequest)
+
+
+def test_a_lost_last_chunk_is_recovered_by_the_retry() -> None:
+    b, req = follower()
+    b.step(A, chunk(req, 0, True), 0.02)
+    # chunk 1 (and everything after it) is lost: the retry timer asks again
+    b.step(A, Heartbeat(1, R.LEADER, 100 * CHUNK, 0, 1, 1), 0.1)
+    assert not msgs(b.tick(0.11), SyncRequest), "within one heartbeat of the last progress"
+    (retry,) = msgs(b.tick(0.13), SyncRequest)
+    assert retry.from_seq == CHUNK and retry.request_id != req.request_id
 
 
 def test_the_last_chunk_of_a_burst_with_a_gap_asks_again_at_once() -> None:
     b, req = follower()
     b.step(A, chunk(req, 0, True), 0.02)
-    b.step(A, chunk(req, 2, True), 0.03)  # chunk 1 lost
-    (nxt,) = msgs(b.step(A, chunk(req, 3, False), 0.04), SyncRequest)
+    (nxt,) = msgs(b.step(A, chunk(req, 2, False), 0.04), SyncRequest)  # chunk 1 lost
     assert nxt.from_seq == CHUNK == b.tail_seq
 
 
