@@ -191,10 +191,12 @@ DEFAULT_MAX_INFLIGHT = 4
 #: and lets the next one go. So the follower has the next chunks queued while it
 #: applies one and the leader reads and seals the next meanwhile: no round trip per
 #: chunk or per burst, and no wait for the follower's fsync (its Acks wait for that;
-#: an Ack frees window space too). The window stays well below the follower's socket
-#: buffer (``NodeConfig.recv_buffer``, 4 MiB; a datagram costs about twice its size
-#: there): bursts of 8 x 1 MiB records lost chunks and waited for the retry
-SYNC_BURST_CHUNKS = 4
+#: an Ack frees window space too). 8 x 256 KiB: a window of 4 left the follower idle
+#: between the turns in which it applies what it has and sends its credits (one
+#: datagram a turn); 2 MiB stays well below its socket buffer (``NodeConfig.
+#: recv_buffer``, 4 MiB; a datagram costs about twice its size there: bursts of
+#: 8 x 1 MiB records lost chunks and waited for the retry)
+SYNC_BURST_CHUNKS = 8
 #: terms a node may campaign in: ``term % TERM_SLOTS == term_slot(node id)``. A
 #: constant of the protocol, the same on every node and for every member list
 TERM_SLOTS = 1 << 24

@@ -417,11 +417,12 @@ class _Hooks(ExecutorHooks):
         log.info("%s: %s met a moved log end (%s); resynced", self.rt.name, type(out).__name__, exc)
 
 
-#: messages of a catch-up stream leave at once, not at the end of the loop turn: a
-#: chunk goes while the leader reads the next one, and a replica's credit while it
-#: applies the next chunk (issue 15 §5: a turn that handles a whole window before its
-#: one flush made the two nodes take turns instead of working at the same time)
-_FLUSHED = (messages.SyncRecords, messages.SyncRequest)
+#: the chunks of a catch-up stream leave at once, not at the end of the loop turn: the
+#: replica applies one while the leader reads and seals the next (issue 15 §5: a turn
+#: that sends a whole window at its end made the two nodes take turns instead of
+#: working at the same time). A replica's credits go at the end of its turn, together
+#: (a datagram each woke the leader once per chunk)
+_FLUSHED = (messages.SyncRecords,)
 
 
 class ChannelRuntime:

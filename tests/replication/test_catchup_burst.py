@@ -98,7 +98,8 @@ def credit(a: ReplicationCoordinator, tail: int, rid: int = 7) -> SyncRequest:
 
 def test_a_stream_goes_on_one_chunk_per_credit_and_ends_at_the_tail() -> None:
     a = leader(0)
-    a.local_appended(20 * CHUNK, 0.05)  # events of its own term
+    total = 2 * SYNC_BURST_CHUNKS + 8  # chunks
+    a.local_appended(total * CHUNK, 0.05)  # events of its own term
     serve_burst(a, a.step(B, SyncRequest(a.term, 0, 0, 1 << 20, 7), 0.1))
     recs = serve_burst(a, a.step(B, credit(a, CHUNK), 0.11))
     assert [(m.first_seq, m.request_id, m.more) for m in recs] == [
@@ -114,10 +115,11 @@ def test_a_stream_goes_on_one_chunk_per_credit_and_ends_at_the_tail() -> None:
         tail += CHUNK
         now += 0.001
         seen += serve_burst(a, a.step(B, credit(a, tail), now), now)
-    assert [m.first_seq for m in seen] == [i * CHUNK for i in range(8, 20)]
-    assert [m.more for m in seen] == [True] * 11 + [False], "the chunk at the tail ends it"
-    assert not serve_burst(a, a.step(B, credit(a, 19 * CHUNK), now)), "late credit: ignored"
-    assert not [m for m in msgs(a.step(B, credit(a, 19 * CHUNK), now), SyncRecords)]
+    rest = range(SYNC_BURST_CHUNKS + 4, total)
+    assert [m.first_seq for m in seen] == [i * CHUNK for i in rest]
+    assert [m.more for m in seen] == [True] * (len(rest) - 1) + [False], "the tail ends it"
+    late = credit(a, (total - 1) * CHUNK)
+    assert not serve_burst(a, a.step(B, late, now)), "a late credit: ignored"
 
 
 def test_a_burst_stops_at_the_tail_and_near_the_tail_is_one_chunk() -> None:
