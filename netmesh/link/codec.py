@@ -286,8 +286,9 @@ def pack_bodies(
                 cur = []
             fid = next_frag_id
             next_frag_id += 1
+            whole = memoryview(message)  # pieces are packed from it, not copied first
             for k in range(count):
-                piece = message[k * chunk : (k + 1) * chunk]
+                piece = whole[k * chunk : (k + 1) * chunk]
                 entry = [ENTRY_FRAGMENT, stream, fid, k, count, piece]
                 if k < count - 1:
                     bodies.append(packb([entry]))

@@ -127,7 +127,7 @@ class Session:
         try:
             body = self._open_aead.decrypt(
                 _ZERO4 + counter.to_bytes(8, "little"),
-                datagram[DATA_HEADER_LEN:],
+                memoryview(datagram)[DATA_HEADER_LEN:],  # not a copy of the ciphertext
                 datagram[:DATA_HEADER_LEN],
             )
         except InvalidTag:
