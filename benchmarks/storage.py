@@ -1196,6 +1196,7 @@ def netmesh_catchup_disk(
     """Payload MB/s of an empty replica catching up with a persisted leader whose
     segment files are out of the page cache (``persisted=False``: both in memory, the
     reference), and the fraction of the segments resident when it restarted."""
+    from benchmarks.storage_bench import wait_caught_up
     from netmesh.cluster.cluster import Cluster
     from netmesh.cluster.producer_worker import produce
     from netmesh.config import ReplicationConfig
@@ -1217,12 +1218,7 @@ def netmesh_catchup_disk(
             resident = resident_fraction(segs)
             c.restart(1)
             t0 = time.perf_counter()
-            c.wait_until(
-                lambda: c.next_seq(1, "bench/c") >= n,
-                timeout=900,
-                interval=0.005,
-                message="catch-up",
-            )
+            wait_caught_up(c, 1, "bench/c", n, t0)
             rate = n * size / (time.perf_counter() - t0) / 1e6
             return {"mb_s": rate, "resident": -1.0 if resident is None else resident}
     finally:
