@@ -50,10 +50,11 @@ import dataclasses
 import functools
 import logging
 import os
+import select
+import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -118,19 +119,24 @@ def replication_to_dict(cfg: ReplicationConfig | None) -> dict[str, Any] | None:
 class RingDrainer:
     """Moves records from one producer ring into a channel, acknowledging in order.
 
-    The event loop takes the records itself (:meth:`NodeService.on_ring_ready`: one
-    ``take_frames`` per loop turn, the frames published so far copied out in one piece,
-    appended as one batch without an object per event);
-    a thread only *waits* while the ring is empty (it sleeps on the ring's data
-    semaphore, no spinning) and then wakes the loop once. So while the producer keeps
-    the ring busy no thread hand-off happens at all, and a node slower than its
-    producer leaves frames in the ring: it fills and the producer blocks
-    (backpressure). A corrupt frame stops the drainer (logged and counted in
-    ``ring_errors``); the producer then times out.
+    The event loop does it all, with no thread (issue 17 §3): it takes the records
+    itself (:meth:`NodeService.on_ring_ready`: one ``take_frames`` per loop turn, the
+    frames published so far copied out in one piece, appended as one batch without an
+    object per event), and while the ring is empty it sleeps in ``epoll`` on the
+    ring's wake socket (:meth:`ShmRing.wake_socket`: the producer sends one datagram
+    when it publishes a frame the loop said it waits for). So a frame wakes the loop
+    once, directly; while the producer keeps the ring busy no wake-up happens at
+    all, and a node slower than its producer leaves frames in the ring: it fills and
+    the producer blocks (backpressure). A lost wake-up (never seen) costs at most
+    ``SAFETY_S``: the service looks at every idle ring that often. A corrupt frame
+    stops the drainer (logged and counted in ``ring_errors``); the producer then
+    times out.
     """
 
     #: records the loop takes from the ring per turn (one log append)
     MAX_RECORDS = 1 << 14
+    #: seconds between looks at idle rings (a lost wake-up's cost, at most)
+    SAFETY_S = 0.05
 
     def __init__(self, service: NodeService, ring_name: str, channel: str) -> None:
         self.service = service
@@ -145,54 +151,54 @@ class RingDrainer:
         # (events, last seq or None if refused, commit_seq to wait for or -1, reason)
         self.pending: deque[tuple[int, int | None, int, int]] = deque()
         self.detached = False
-        # Set by the loop when it found the ring empty: the thread waits for data then;
-        # the thread clears it *before* waking the loop, so exactly one of them reads.
-        self._armed = threading.Event()
-        self._armed.set()
-        self._stop = threading.Event()
-        self._close_lock = threading.Lock()
+        self.ended = False  # the producer closed its end and everything was taken
+        self.stopped = False  # a corrupt frame: nothing more is taken
+        self.scheduled = False  # on_ring_ready is due this loop turn
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name=f"drain-{ring_name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
         try:
-            self._wait_until_stopped()
-        finally:
-            if self._stop.is_set():
-                self._close_ring()  # detached: the loop no longer touches the ring
+            self._sock = self.ring.wake_socket()
+            self._loop.add_reader(self._sock.fileno(), self._on_wake)
+        except BaseException:
+            self.ring.close()
+            raise
+        self.schedule()  # frames published before the socket was registered
 
-    def _wait_until_stopped(self) -> None:
-        ring = self.ring
-        while not self._stop.is_set():
-            if not self._armed.wait(0.2):
-                continue  # the loop is taking records
-            try:
-                ready = ring.wait_readable(0.2)
-            except RingClosed:  # the producer closed its end and everything was taken
-                return
-            if ready and not self._stop.is_set():
-                self._armed.clear()
-                self._loop.call_soon_threadsafe(self.service.on_ring_ready, self)
+    def schedule(self) -> None:
+        """Run :meth:`NodeService.on_ring_ready` this loop turn (once)."""
+        if not self.scheduled and not self.detached:
+            self.scheduled = True
+            self._loop.call_soon(self.service.on_ring_ready, self)
+
+    def _on_wake(self) -> None:
+        sock = self._sock
+        try:
+            while sock.recv(64):
+                pass
+        except OSError:  # BlockingIOError: every datagram read
+            pass
+        self.schedule()
 
     def rearm(self) -> None:
-        """Loop: the ring is empty; let the thread wait for the next frame."""
-        self._armed.set()
+        """Loop: the ring looked empty; say we wait (a datagram wakes us), unless a
+        frame came meanwhile (then take it this turn)."""
+        try:
+            if self.ring.arm():
+                self.schedule()
+        except RingClosed:  # the producer closed its end and everything was taken
+            self.ended = True
+
+    def check(self) -> None:
+        """The safety look: take frames a lost wake-up left in the ring."""
+        if not (self.detached or self.ended or self.stopped) and self.ring.readable():
+            self.schedule()
 
     def stop(self) -> None:
-        """Stop the thread: wake it out of its waits, give it a moment to leave, and
-        unmap the ring (the thread unmaps it itself if it is slower than that)."""
+        """Stop watching the ring and unmap it (loop thread)."""
         self.detached = True  # the loop takes nothing more from this ring
-        self._stop.set()
-        self.ring.interrupt()
-        self._armed.set()
-        self._thread.join(0.05)
-        if not self._thread.is_alive():
-            self._close_ring()
-
-    def _close_ring(self) -> None:
-        with self._close_lock:  # the thread and the loop may both get here
-            self.ring.close()
+        if not self.ring.closed:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._sock.fileno())
+            self.ring.close()  # closes the wake socket too
 
 
 class NodeService:
@@ -215,6 +221,7 @@ class NodeService:
         self.group_commit = GroupCommitter()  # the node's fsync rounds (netmesh.log.commit)
         self.spec: dict[str, Any] = {}
         self.drainers: dict[str, RingDrainer] = {}
+        self._ring_watch: asyncio.TimerHandle | None = None  # see _watch_rings
         self.pumps: dict[str, SubscriptionPump] = {}
         self.page: MetricsPage | None = None
         self.metrics_task: asyncio.Task[None] | None = None
@@ -365,6 +372,18 @@ class NodeService:
         ):  # it knows another node leads: refuse now rather than at the first flush
             raise NotLeader(channel, coord.leader_id)
         self.drainers[ring] = RingDrainer(self, ring, channel)
+        if self._ring_watch is None:
+            self._watch_rings()
+
+    def _watch_rings(self) -> None:
+        """Every ``RingDrainer.SAFETY_S`` while rings are attached: take what a lost
+        wake-up left in one (the wake-ups are designed not to be lost)."""
+        self._ring_watch = None
+        if self.drainers and not self.done.done():
+            for d in self.drainers.values():
+                d.check()
+            loop = asyncio.get_running_loop()
+            self._ring_watch = loop.call_later(RingDrainer.SAFETY_S, self._watch_rings)
 
     def op_detach_ring(self, ring: str) -> None:
         d = self.drainers.pop(ring, None)
@@ -544,18 +563,20 @@ class NodeService:
         """Loop side of the drainer: take what the ring holds (at most ``MAX_RECORDS``)
         and append it; come back next loop turn while records keep coming (UDP, timers
         and control requests run in between), else let the thread wait."""
-        if drainer.detached:
+        drainer.scheduled = False
+        if drainer.detached or drainer.stopped:
             return
         try:
             batch = drainer.ring.take_frames(drainer.MAX_RECORDS)
         except ValueError as exc:  # a corrupt frame: shared memory was scribbled on
+            drainer.stopped = True
             self.on_ring_error(drainer, exc)
             return
         if batch is None:
             drainer.rearm()
             return
         self.on_ring_batch(drainer, batch)
-        asyncio.get_running_loop().call_soon(self.on_ring_ready, drainer)
+        drainer.schedule()
 
     def on_ring_batch(self, drainer: RingDrainer, batch: list[bytes] | Frames) -> None:
         """Append one ring batch (loop thread); queue its acknowledgement. ``batch``:
@@ -731,8 +752,10 @@ class NodeService:
             d.detached = True
         self.redex.close()  # releases quorum waiters; detached drainers ack nothing
         self.group_commit.close()
+        if self._ring_watch is not None:
+            self._ring_watch.cancel()
         for d in self.drainers.values():
-            d.stop()  # each thread unmaps its ring within 0.2 s
+            d.stop()
         pumps = list(self.pumps.values())
         for pump in pumps:
             pump.stop()
@@ -792,6 +815,27 @@ async def amain(control_fd: int) -> int:
     return 0
 
 
+class FineEpollSelector(selectors.EpollSelector):
+    """``epoll`` that can sleep less than a millisecond. ``epoll_wait`` counts whole
+    milliseconds and Python rounds a timeout up, so an asyncio timer due in 50 us
+    (the replication push gap: ``MIN_PUSH_GAP``) fired a millisecond late, which was
+    most of a replica's median latency at 10k events/s (issue 17 §3). A sub-ms wait
+    sleeps in ``select`` on the epoll descriptor itself (microsecond timeouts), then
+    collects the events without waiting."""
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and 0 < timeout < 0.001:
+            with contextlib.suppress(OSError, ValueError):  # ValueError: fd >= FD_SETSIZE
+                select.select([self._selector.fileno()], [], [], timeout)  # type: ignore[attr-defined]
+            timeout = 0
+        return super().select(timeout)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The node's event loop: asyncio's, on :class:`FineEpollSelector`."""
+    return asyncio.SelectorEventLoop(FineEpollSelector())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="netmesh.cluster.node_worker")
     ap.add_argument("--control-fd", type=int, required=True)
@@ -801,7 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s node %(process)d %(message)s")
     _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles the terminal
-    return asyncio.run(amain(args.control_fd))
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(amain(args.control_fd))
 
 
 if __name__ == "__main__":

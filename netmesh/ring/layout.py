@@ -4,10 +4,10 @@ Shared block = 512-byte header + ``capacity`` data bytes (capacity a multiple of
 The header is an array of native u64 words; each word the other side polls sits on
 its own 64-byte line so producer and consumer do not false-share::
 
-    word  0 MAGIC            word  1 CAPACITY
+    word  0 MAGIC            word  1 CAPACITY  word  2 WAKE_ADDR (consumer's wake socket)
     word  8 HEAD             (bytes ever written; only the producer stores it)
     word 16 TAIL             (bytes ever consumed; only the consumer stores it)
-    word 24 CONSUMER_WAITING (consumer sleeps on the data semaphore)
+    word 24 CONSUMER_WAITING (consumer sleeps on the data semaphore or its wake socket)
     word 32 PRODUCER_WAITING (producer sleeps on the space semaphore)
     word 40 PRODUCER_CLOSED  word 48 CONSUMER_CLOSED
     word 56 ACK_SEQ  word 57 ACK_COUNT  word 58 ACK_REJECTED  word 59 ACK_REASON
@@ -39,7 +39,7 @@ from itertools import accumulate, pairwise
 
 MAGIC = 0x4E4D52494E470001  # "NMRING" + version 1
 HEADER_BYTES = 512
-W_MAGIC, W_CAPACITY = 0, 1
+W_MAGIC, W_CAPACITY, W_WAKE_ADDR = 0, 1, 2
 W_HEAD, W_TAIL = 8, 16
 W_CONSUMER_WAITING, W_PRODUCER_WAITING = 24, 32
 W_PRODUCER_CLOSED, W_CONSUMER_CLOSED = 40, 48
@@ -48,6 +48,21 @@ W_ACK_SEQ, W_ACK_COUNT, W_ACK_REJECTED, W_ACK_REASON = 56, 57, 58, 59
 FRAME_HEAD = struct.Struct("<II")
 ALIGN = 8
 MIN_CAPACITY = 4096
+
+
+def encode_wake_addr(addr: bytes) -> int:
+    """A Linux abstract socket address (``b"\\0"`` + up to 7 bytes, e.g. an autobound
+    ``b"\\x000fb07"``) as the WAKE_ADDR word: length in the top byte. ValueError for
+    other addresses."""
+    if not addr.startswith(b"\0") or not 2 <= len(addr) <= 8:
+        raise ValueError(f"not a short abstract socket address: {addr!r}")
+    return len(addr) << 56 | int.from_bytes(addr[1:], "little")
+
+
+def decode_wake_addr(word: int) -> bytes:
+    """Inverse of :func:`encode_wake_addr` (the word is non-zero)."""
+    n = word >> 56
+    return b"\0" + (word & ((1 << 56) - 1)).to_bytes(n - 1, "little")
 
 
 def align(n: int) -> int:

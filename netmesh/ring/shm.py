@@ -8,6 +8,12 @@ Layout and framing live in :mod:`netmesh.ring.layout`; this module maps the bloc
 * ``space``: the producer sleeps on it only when the ring is full; the consumer posts
   it after freeing space only if the producer said it is waiting.
 
+A consumer driven by an event loop instead registers a **wake socket**
+(:meth:`ShmRing.wake_socket`: a datagram socket with an autobound Linux abstract
+address, published in the header's WAKE_ADDR word): producers then wake it with one
+datagram instead of the semaphore, and the loop sleeps in ``epoll`` on it, with no
+thread in between (issue 17 §3: one wake-up per hop, not two).
+
 "Said it is waiting" is a flag word in the header. The waiter stores its flag and then
 re-reads the index; the other side stores the index and then reads the flag. On x86
 a store may pass a later load, so each side puts a full fence between its store and its
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import socket
 import struct
 import threading
 import time
@@ -101,6 +108,9 @@ class ShmRing:
         self._read_structs = L.StructCache()
         self._closed = False
         self._interrupted = False
+        self._wake_out: socket.socket | None = None  # producer: sends wake datagrams
+        self._wake_to: tuple[int, bytes] = (0, b"")  # (WAKE_ADDR word, its address)
+        self._wake_in: socket.socket | None = None  # consumer: its wake socket
 
     @classmethod
     def create(cls, name: str, capacity: int = 1 << 22) -> ShmRing:
@@ -145,8 +155,7 @@ class ShmRing:
             self._fence_acquire()  # full fence (see fence())
             self._fence_release()
             if words[24]:  # W_CONSUMER_WAITING
-                words[24] = 0
-                self._sem_data.release()
+                self._wake()
             return
         if n + 16 > self.max_frame:
             raise PayloadTooLarge(n, self.max_frame - 16)
@@ -227,8 +236,7 @@ class ShmRing:
         self._fence_acquire()
         self._fence_release()
         if words[L.W_CONSUMER_WAITING]:
-            words[L.W_CONSUMER_WAITING] = 0
-            self._sem_data.release()
+            self._wake()
         return True
 
     def _reserve(self, n: int, timeout: float | None) -> None:
@@ -317,8 +325,7 @@ class ShmRing:
         words[L.W_HEAD] = head + len(frame)  # publish: one aligned 8-byte store
         fence()
         if words[L.W_CONSUMER_WAITING]:
-            words[L.W_CONSUMER_WAITING] = 0
-            self._sem_data.release()
+            self._wake()
 
     def _wait_space(self, need: int, deadline: float | None) -> None:
         words = self._words
@@ -340,6 +347,28 @@ class ShmRing:
     def close_producer(self) -> None:
         """Tell the consumer no more records will come (it drains, then gets RingClosed)."""
         self._words[L.W_PRODUCER_CLOSED] = 1
+        fence()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Producer: the consumer said it waits; wake it: one datagram to its wake
+        socket if it registered one (the semaphore as well if that fails: the consumer
+        is gone, or its socket's queue is full, so it is awake anyway), else the data
+        semaphore."""
+        words = self._words
+        words[L.W_CONSUMER_WAITING] = 0
+        word = words[L.W_WAKE_ADDR]
+        if word:
+            if word != self._wake_to[0]:
+                self._wake_to = (word, L.decode_wake_addr(word))
+            try:
+                if self._wake_out is None:
+                    self._wake_out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self._wake_out.setblocking(False)
+                self._wake_out.sendto(b"\x01", self._wake_to[1])
+                return
+            except (OSError, ValueError):
+                pass
         self._sem_data.release()
 
     # -- consumer --------------------------------------------------------------------
@@ -514,6 +543,46 @@ class ShmRing:
             with contextlib.suppress(posix_ipc.BusyError):
                 self._sem_data.acquire(min(wait, _SAFETY_WAIT))
 
+    def wake_socket(self) -> socket.socket:
+        """Consumer: a non-blocking datagram socket producers wake this end through
+        from now on, instead of the data semaphore (for an event loop: watch it, read
+        what arrives, then :meth:`take_frames`; after taking nothing, :meth:`arm`).
+        Created once; closed by :meth:`close`. A wake that cannot be sent falls back
+        to the semaphore, so :meth:`wait_readable` keeps working, late by at most its
+        50 ms safety wait."""
+        if self._wake_in is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind("")  # Linux autobind: a unique abstract address
+                self._words[L.W_WAKE_ADDR] = L.encode_wake_addr(sock.getsockname())
+            except BaseException:
+                sock.close()
+                raise
+            self._wake_in = sock
+        return self._wake_in
+
+    def arm(self) -> bool:
+        """Consumer with a wake socket, after taking nothing: say it waits, then look
+        again. True if there is something to take after all (it does not wait then);
+        False: the next frame sends a wake datagram. Raises RingClosed once the
+        producer closed the ring and every record was taken."""
+        words = self._words
+        words[L.W_CONSUMER_WAITING] = 1
+        fence()
+        if self._pending or words[L.W_HEAD] != words[L.W_TAIL]:
+            words[L.W_CONSUMER_WAITING] = 0
+            return True
+        if words[L.W_PRODUCER_CLOSED]:
+            words[L.W_CONSUMER_WAITING] = 0
+            raise RingClosed(f"{self.name}: producer closed the ring")
+        return False
+
+    def readable(self) -> bool:
+        """Consumer: whether there is something to take (never waits)."""
+        words = self._words
+        return bool(self._pending) or words[L.W_HEAD] != words[L.W_TAIL]
+
     def interrupt(self) -> None:
         """Consumer side, from another thread of this process: make a blocked (and
         every later) ``get_batch`` return at once; used to stop a draining thread."""
@@ -561,6 +630,11 @@ class ShmRing:
         )
 
     # -- lifetime --------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether this end was closed (unmapped)."""
+        return self._closed
+
     def used_bytes(self) -> int:
         """Bytes written and not yet consumed (0 once this end is closed)."""
         if self._closed:
@@ -572,6 +646,11 @@ class ShmRing:
         if self._closed:
             return
         self._closed = True
+        if self._wake_in is not None:
+            self._words[L.W_WAKE_ADDR] = 0
+            self._wake_in.close()
+        if self._wake_out is not None:
+            self._wake_out.close()
         self._words.release()
         self._data.release()
         self._mm.close()

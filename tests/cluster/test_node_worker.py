@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import random
+import threading
 from collections import deque
 from typing import Any
 
@@ -19,6 +20,7 @@ from netmesh.errors import NotLeader
 from netmesh.identity import EntityKeypair
 from netmesh.ratelimit import TokenBucket
 from netmesh.replication.budget import UnlimitedBudget
+from netmesh.ring import layout as L
 from netmesh.ring.shm import ShmRing
 
 
@@ -132,21 +134,24 @@ def test_a_loopback_nodes_replicated_channels_have_no_budget_cap() -> None:
     assert isinstance(fixed_budget, TokenBucket) and fixed_budget.rate == 2000  # 0.5 x 4000
 
 
-def test_the_loop_drains_a_real_ring_and_the_thread_only_waits() -> None:
+def test_the_loop_drains_a_real_ring_with_no_thread() -> None:
     """A real shm ring into an in-process NodeService: singles and batches (the
-    struct path included) from a producer thread arrive in order, acknowledged; a
-    detached drainer's thread ends and its ring is unmapped."""
+    struct path included) from a producer thread arrive in order, acknowledged; the
+    loop sleeps on the ring's wake socket (no drainer thread); a detached drainer's
+    socket is closed and its ring unmapped."""
     name = f"/netmesh-test-nw-{os.getpid()}-{random.getrandbits(32):x}"
 
-    async def scenario() -> tuple[int, list[bytes], bool, bool]:
+    async def scenario() -> tuple[int, list[bytes], int, bool, bool]:
         service = NodeService(None, None)  # type: ignore[arg-type]
         kp = EntityKeypair.generate()
         await service.op_init(private_key=kp.private_key, psk=b"k" * 32, bind="127.0.0.1:0")
         ring = ShmRing.create(name, 1 << 16)  # small: the producer blocks on a full ring
+        threads = threading.active_count()
         try:
             service.op_open_channel("orders")
             service.op_attach_ring(name, "orders")
             drainer = service.drainers[name]
+            added = threading.active_count() - threads
 
             def produce() -> int:
                 with Producer(name, "orders") as p:
@@ -159,15 +164,15 @@ def test_the_loop_drains_a_real_ring_and_the_thread_only_waits() -> None:
 
             last = await asyncio.to_thread(produce)
             got = service.op_read_range("orders", 0, 10_000)
+            sock = drainer._sock
             service.op_detach_ring(name)
-            await asyncio.to_thread(drainer._thread.join, 5.0)
-            return last, got, drainer._thread.is_alive(), drainer.ring._closed
+            return last, got, added, sock.fileno() == -1, drainer.ring.closed
         finally:
             await service.close()
             ring.close()
             ring.unlink()
 
-    last, got, alive, unmapped = asyncio.run(scenario())
+    last, got, added, sock_closed, unmapped = asyncio.run(scenario())
     expected = [
         p
         for i in range(200)
@@ -175,4 +180,40 @@ def test_the_loop_drains_a_real_ring_and_the_thread_only_waits() -> None:
     ]
     assert got == expected
     assert last == len(expected) - 1
-    assert not alive and unmapped
+    assert added == 0
+    assert sock_closed and unmapped
+
+
+def test_a_lost_wake_up_costs_at_most_the_safety_look() -> None:
+    """Frames published while the loop did not say it waits (so no datagram is sent)
+    are taken by the service's periodic look at idle rings."""
+    name = f"/netmesh-test-nw-{os.getpid()}-{random.getrandbits(32):x}"
+
+    async def scenario() -> list[bytes]:
+        service = NodeService(None, None)  # type: ignore[arg-type]
+        kp = EntityKeypair.generate()
+        await service.op_init(private_key=kp.private_key, psk=b"k" * 32, bind="127.0.0.1:0")
+        ring = ShmRing.create(name, 1 << 16)
+        try:
+            service.op_open_channel("orders")
+            service.op_attach_ring(name, "orders")
+            await asyncio.sleep(0)  # one loop turn: the drainer's first look (call_soon)
+            assert not service.drainers[name].scheduled  # it found nothing and armed
+            words = ring.header_words()
+            try:
+                words[L.W_CONSUMER_WAITING] = 0  # as if the wake-up were lost
+            finally:
+                words.release()
+            ring.put(b"late")  # no datagram: nobody said it waits
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while service.redex.get_file("orders").next_seq == 0:  # type: ignore[union-attr]
+                assert loop.time() < deadline, "the safety look never took the frame"
+                await asyncio.sleep(0.01)  # polling the state under test, with a deadline
+            return service.op_read_range("orders", 0, 10)
+        finally:
+            await service.close()
+            ring.close()
+            ring.unlink()
+
+    assert asyncio.run(scenario()) == [b"late"]

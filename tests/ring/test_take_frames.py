@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from netmesh.errors import RingClosed
 from netmesh.ring import layout as L
 from netmesh.ring.shm import ShmRing, unlink_ring
 
@@ -84,3 +85,44 @@ def test_lengths_that_disagree_with_the_frame_are_refused(ring: ShmRing) -> None
     ring._data[8:12] = (70).to_bytes(4, "little")  # 70 + 40 > the frame's 80 bytes
     with pytest.raises(ValueError, match="corrupt frame lengths"):
         ring.take_frames()
+
+
+def test_a_wake_socket_gets_one_datagram_per_armed_wait(ring: ShmRing) -> None:
+    sock = ring.wake_socket()
+    assert ring.wake_socket() is sock and ring.header_words()[L.W_WAKE_ADDR]
+    assert ring.arm() is False  # empty: it waits
+    ring.put(b"a")  # the consumer said it waits: one datagram
+    ring.put(b"b")  # it did not say so again: none
+    assert sock.recv(16) == b"\x01"
+    with pytest.raises(BlockingIOError):
+        sock.recv(16)
+    assert ring.arm() is True  # frames are there: it does not wait
+    frames = ring.take_frames()
+    assert frames is not None and frames.payloads() == [b"a", b"b"]
+    assert ring.arm() is False
+    ring.close_producer()
+    assert sock.recv(16) == b"\x01"  # the close wakes it too
+    with pytest.raises(RingClosed):
+        ring.arm()
+
+
+def test_a_wake_to_a_closed_socket_falls_back_to_the_semaphore(ring: ShmRing) -> None:
+    peer = ShmRing.attach(ring.name)
+    try:
+        sock = peer.wake_socket()
+        addr = ring.header_words()[L.W_WAKE_ADDR]
+        sock.close()  # the consumer's socket is gone, its address still published
+        ring.header_words()[L.W_WAKE_ADDR] = addr
+        assert peer.arm() is False
+        ring.put(b"x")  # ECONNREFUSED: the semaphore is posted instead
+        peer._sem_data.acquire(0)  # posted (BusyError otherwise)
+    finally:
+        peer.close()
+
+
+def test_encoded_wake_addresses_round_trip() -> None:
+    for addr in (b"\x000fb07", b"\x00a", b"\x001234567"):
+        assert L.decode_wake_addr(L.encode_wake_addr(addr)) == addr
+    for bad in (b"/tmp/x", b"\x00", b"\x0012345678"):
+        with pytest.raises(ValueError):
+            L.encode_wake_addr(bad)
