@@ -8,6 +8,7 @@ lost chunk) or the last chunk makes it ask again from its tail at once."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -267,10 +268,15 @@ class _Hub:
     memory_hard_states: dict[str, Any] = {}
 
 
-def test_a_refused_chunk_of_a_burst_resyncs_and_the_log_catches_up(tmp_path: Path) -> None:
-    """Leader and replica coordinators over real RedexFiles, executors in between; the
-    first burst's second chunk is corrupted on the way: the replica refuses it whole
-    (resync), ignores the rest of the burst and asks again from its real tail."""
+Tamper = Callable[[int, SyncRecords], SyncRecords | None]
+
+
+def catch_up(tmp_path: Path, tamper: Tamper) -> tuple[list[SyncRecords], Any, float]:
+    """Leader and replica coordinators over real RedexFiles, executors in between, a
+    network that delivers in order; ``tamper(i, m)`` sees the i-th SyncRecords on the
+    way (returns what to deliver, None to lose it). Time moves 10 ms whenever nothing
+    is in flight. Returns the SyncRecords sent, the replica's executor and the time
+    the replica held the whole log; checks that it holds exactly the leader's events."""
     lead_cfg = RedexFileConfig(path=str(tmp_path / "lead"), segment_bytes=1 << 20)
     lead = RedexFile("burst/lead", lead_cfg)
     lead.append_term = 1
@@ -300,32 +306,60 @@ def test_a_refused_chunk_of_a_burst_resyncs_and_the_log_catches_up(tmp_path: Pat
     ea.run(a.transition_to(R.LEADER, S.ELECTION_WON, 0.0))
     eb.run(b.tick(0.0))
     records: list[SyncRecords] = []
-    corrupted = False
     for _ in range(10_000):
+        if f.next_seq == lead.next_seq:
+            break
         if not net:
             now[0] += 0.01
             ea.run(a.tick(now[0]))
             eb.run(b.tick(now[0]))
-            if f.next_seq == lead.next_seq:
-                break
             continue
         frm, to, m = net.pop(0)
         if isinstance(m, SyncRecords):
             records.append(m)
-            if len(records) == 2 and m.more and not corrupted:
-                bad = bytearray(m.records)
-                bad[len(bad) // 2] ^= 0x01
-                m = replace(m, records=bytes(bad))
-                corrupted = True
+            got = tamper(len(records), m)
+            if got is None:
+                continue
+            m = got
         (ea if to == A else eb).run((a if to == A else b).step(frm, m, now[0]))
-    assert corrupted and eb.resyncs == 1, "the corrupted chunk was refused"
-    assert f.next_seq == lead.next_seq
-    assert f.read_payloads(0, len(events))[0] == events
-    assert any(r.more for r in records) and len(records) > SYNC_BURST_CHUNKS
-    bursts = {r.request_id for r in records}
-    assert b.metrics.sync_requests_total <= len(bursts) + 2 < len(records), "bursts, not chunks"
+    assert f.read_payloads(0, len(events))[0] == events and f.next_seq == lead.next_seq
     f.close()
     lead.close()
+    return records, eb, now[0]
+
+
+def test_a_refused_chunk_of_a_stream_resyncs_and_the_log_catches_up(tmp_path: Path) -> None:
+    """The stream's second chunk is corrupted on the way: the replica refuses it whole
+    (resync), and the next chunk, a gap, makes it ask again from its real tail."""
+
+    def corrupt(i: int, m: SyncRecords) -> SyncRecords:
+        if i != 2:
+            return m
+        bad = bytearray(m.records)
+        bad[len(bad) // 2] ^= 0x01
+        return replace(m, records=bytes(bad))
+
+    records, eb, at = catch_up(tmp_path, corrupt)
+    assert eb.resyncs == 1, "the corrupted chunk was refused"
+    assert any(r.more for r in records) and len(records) > SYNC_BURST_CHUNKS
+    streams = {r.request_id for r in records}
+    assert len(streams) == 2, "one stream, then one from the refused chunk on"
+    assert eb.coord.metrics.sync_requests_total == 2 < len(records), "streams, not chunks"
+    assert at < 0.1, "no wait for the retry timer"
+
+
+def test_a_lost_chunk_of_a_stream_is_asked_for_again_at_once(tmp_path: Path) -> None:
+    records, eb, at = catch_up(tmp_path, lambda i, m: None if i == 3 else m)
+    assert eb.resyncs == 0 and len({r.request_id for r in records}) == 2
+    assert eb.coord.metrics.sync_requests_total == 2 < len(records)
+    assert at < 0.1, "no wait for the retry timer"
+
+
+def test_an_undisturbed_stream_is_one_request(tmp_path: Path) -> None:
+    records, eb, _ = catch_up(tmp_path, lambda i, m: m)
+    assert len(records) > 2 * SYNC_BURST_CHUNKS, "more chunks than one window"
+    assert eb.coord.metrics.sync_requests_total == 1
+    assert [r.more for r in records] == [True] * (len(records) - 1) + [False]
 
 
 def test_a_follower_that_asks_is_not_pushed_to_until_it_stops_asking() -> None:
