@@ -2,14 +2,15 @@
 
 Sequence numbers start at 0 and grow by one per event. In memory (no ``path``) the
 retained payloads are chunks, bounded by retention: lists of ``bytes`` (single appends,
-batches of objects) and batches of ring frames kept as the ring held them, one
-``bytes`` per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them). With ``RedexFileConfig(path=dir)``
-the log lives in segment files in ``dir`` (format: :mod:`netmesh.log.record`), one
-``write`` per batch, and **reads are served from the files** (``pread`` located through
-a sparse seq -> offset index per segment, rebuilt and checked against the records on
-open), with the newest ``cache_bytes`` of payloads also kept in memory. What a
-persisted file holds in memory is bounded: 4 bytes per retained event (its length), 24
-bytes per ``index_interval_bytes`` of records, the cache, and the epochs. On reopen:
+batches of objects) and batches of ring frames kept as the ring held them, one ``bytes``
+per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them). With
+``RedexFileConfig(path=dir)`` the log lives in segment files in ``dir`` (format:
+:mod:`netmesh.log.record`), one ``write`` per batch, and **reads are served from the
+files** (``pread`` located through a sparse seq -> offset index per segment, rebuilt and
+checked against the records on open), with the newest ``cache_bytes`` of payloads also
+kept in memory. What a persisted file holds in memory is bounded: 4 bytes per retained
+event (its length), 24 bytes per ``index_interval_bytes`` of records, the cache, and the
+epochs. On reopen:
 
 * segments are restored from their index sidecars (``<first seq>.idx``: written when a
   segment is sealed, when the file closes cleanly, and as an unsynced checkpoint every
@@ -649,9 +650,11 @@ class RedexFile:
             if type(p) is not bytes:
                 payloads = [bytes(p)]
             lens: array[int] | list[int] = [size]
-        else:  # per batch, not per event: C-level map/max/sum/set, no Python loop
+        else:  # per batch, not per event: C-level map/sum/set, no Python loop
             lens = array("I", map(len, payloads))
-            biggest, size = max(lens), sum(lens)
+            size = sum(lens)
+            # the largest only matters when the sum passes the limit (no pass otherwise)
+            biggest = max(lens) if size > self.config.max_payload else size
             if set(map(type, payloads)) != {bytes}:  # immutable copies of anything else
                 payloads = [bytes(p) for p in payloads]
         if biggest > self.config.max_payload:
