@@ -640,7 +640,8 @@ class Daemon:
             server = server_cls(addr, Handler)
         except OSError as exc:
             raise StartError(
-                f"cannot listen on node.metrics {format_addr(addr)}: {exc.strerror}"
+                f"node.metrics {format_addr(addr)}: {exc.strerror or exc}"
+                + (" (another process uses it)" if exc.errno == errno.EADDRINUSE else "")
             ) from None
         server.daemon_threads = True
         return server

@@ -76,7 +76,7 @@ def listing(root: Path) -> list[str]:
     [
         ("name", "node.name: a cluster or node daemon named 'n0' is already running (pid {pid})"),
         ("bind", "node.bind 127.0.0.1:{port}: Address already in use (another process uses it)"),
-        ("metrics", "cannot listen on node.metrics {metrics}: Address already in use"),
+        ("metrics", "node.metrics {metrics}: Address already in use (another process uses it)"),
         ("data_dir", "node.data_dir: {root}/data-n0 is used by another running node (pid {pid})"),
     ],
 )
