@@ -42,7 +42,8 @@ from netmesh.log.hardstate import MAX_SEQ, MAX_TERM, Epoch
 from netmesh.replication.roles import ReplicaRole
 
 #: 2: Heartbeat lost its unread leader_id; vote kinds (pre-vote); 3: quiesce,
-#: SyncRecords; 4: Heartbeat.amnesiac, heartbeat bundle rows carry the membership id
+#: SyncRecords; 4: Heartbeat.amnesiac, heartbeat bundle rows carry the membership id,
+#: a SyncRequest repeating the outstanding request id credits a raw catch-up stream
 WIRE_VERSION = 4
 MAX_U64 = (1 << 64) - 1
 
