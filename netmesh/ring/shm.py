@@ -60,6 +60,24 @@ if (L.W_HEAD, L.W_CONSUMER_WAITING) != (8, 24):  # ShmRing.put spells them as li
 _SAFETY_WAIT = 0.05  # a lost wake-up (should be impossible) costs at most this
 
 
+_wake_out: list[socket.socket] = []  # the process's one wake sender (see _wake_sender)
+_wake_lock = threading.Lock()
+
+
+def _wake_sender() -> socket.socket:
+    """The unbound, non-blocking datagram socket this process sends every ring's wake
+    datagrams from (made on first use, open for the process's life: datagram sends
+    from several threads are atomic, and a socket per ring would outlive producers
+    that are never closed)."""
+    if not _wake_out:
+        with _wake_lock:
+            if not _wake_out:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                _wake_out.append(sock)
+    return _wake_out[0]
+
+
 def fence() -> None:
     """A full memory barrier: the lock's atomic compare-and-swap is a locked instruction."""
     _fence_lock.acquire()
@@ -108,7 +126,6 @@ class ShmRing:
         self._read_structs = L.StructCache()
         self._closed = False
         self._interrupted = False
-        self._wake_out: socket.socket | None = None  # producer: sends wake datagrams
         self._wake_to: tuple[int, bytes] = (0, b"")  # (WAKE_ADDR word, its address)
         self._wake_in: socket.socket | None = None  # consumer: its wake socket
 
@@ -362,10 +379,7 @@ class ShmRing:
             if word != self._wake_to[0]:
                 self._wake_to = (word, L.decode_wake_addr(word))
             try:
-                if self._wake_out is None:
-                    self._wake_out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                    self._wake_out.setblocking(False)
-                self._wake_out.sendto(b"\x01", self._wake_to[1])
+                _wake_sender().sendto(b"\x01", self._wake_to[1])
                 return
             except (OSError, ValueError):
                 pass
@@ -649,8 +663,6 @@ class ShmRing:
         if self._wake_in is not None:
             self._words[L.W_WAKE_ADDR] = 0
             self._wake_in.close()
-        if self._wake_out is not None:
-            self._wake_out.close()
         self._words.release()
         self._data.release()
         self._mm.close()
