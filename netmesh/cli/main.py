@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -68,9 +67,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(_console(), args.events, args.heartbeat_ms)
 
 
+#: the largest ``netmesh up --nodes``: every node is a Python process with its own event
+#: loop, and a local cluster far beyond the cores only starves itself (100 nodes on two
+#: cores ran at load 50 and printed nothing for a minute). Clusters spanning machines
+#: are node daemons (``netmesh node``), which this bound does not apply to.
+MAX_NODES = 16
+
+
+class _Interrupted(BaseException):
+    """SIGINT/SIGTERM while ``netmesh up`` starts: unwinds whatever is starting (the
+    Cluster stops the nodes it started) so the command exits 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def check_up(args: argparse.Namespace) -> None:
     """Cross-field checks of ``netmesh up`` before anything starts: ConfigError or
     ChannelNameError naming the option."""
+    if args.nodes > MAX_NODES:
+        raise ConfigError(
+            f"--nodes {args.nodes} is more than {MAX_NODES}, the most one machine runs"
+            " as a local cluster (use node daemons, netmesh node, beyond that)"
+        )
     if args.factor > args.nodes:
         raise ConfigError(
             f"--factor {args.factor} is larger than --nodes {args.nodes}: a channel "
@@ -102,47 +122,67 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_up(args)
     console = _console()
     stop = False
+    starting = True
     status.find_run_files()  # removes the run files of `up`s that were SIGKILLed
 
-    def on_signal(_sig: int, _frame: object) -> None:
+    def on_signal(sig: int, _frame: object) -> None:
         nonlocal stop
+        if stop:
+            return  # a second signal while stopping: the stop is under way
         stop = True
+        if starting:  # honoured at once: the started nodes are stopped on the way out
+            raise _Interrupted(sig)
 
     # the nodes run in their own session: the terminal's Ctrl-C reaches this process
     # only, and the cluster is stopped in order when the loop ends
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     cfg = ReplicationConfig(factor=args.factor, ack=args.ack)
-    with Cluster(
-        nodes=args.nodes,
-        heartbeat_ms=args.heartbeat_ms,
-        data_dir=args.data_dir,
-        restart_policy=args.restart_policy,
-        name=args.name,
-    ) as c:
-        retention = {"retention_max_bytes": args.retention_bytes or None}
-        if args.retention_events:
-            retention["retention_max_events"] = args.retention_events
-        c.open_channel(args.channel, cfg, **retention)
-        run_path = status.write_run_file(
-            os.getpid(),
-            {
-                "pages": [c.pages[i].name for i in range(c.size)],
-                "pids": [c.info[i]["pid"] for i in range(c.size)],
-                "node_ids": c.node_ids,
-                "channel": args.channel,
-                "name": args.name,
-            },
-        )
-        try:
-            for line in _started_lines(c, args):
-                _say(console, line)
-            _up_loop(console, c, args, lambda: stop)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(run_path)
+    run_path = status.run_file(os.getpid())
+    try:
+        _say(console, f"netmesh up: starting {args.nodes} node processes (Ctrl-C stops)")
+        with Cluster(
+            nodes=args.nodes,
+            heartbeat_ms=args.heartbeat_ms,
+            data_dir=args.data_dir,
+            restart_policy=args.restart_policy,
+            name=args.name,
+        ) as c:
+            try:
+                retention = {"retention_max_bytes": args.retention_bytes or None}
+                if args.retention_events:
+                    retention["retention_max_events"] = args.retention_events
+                c.open_channel(args.channel, cfg, **retention)
+                _write_run(c, args)
+                for line in _started_lines(c, args):
+                    _say(console, line)
+                starting = False
+                if not stop:
+                    _up_loop(console, c, args, lambda: stop)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(run_path)
+    except _Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"netmesh up: {name} during startup: stopped what was started", file=sys.stderr)
+        return 128 + exc.signum
     _say(console, "cluster stopped cleanly")
     return 0
+
+
+def _write_run(c: Cluster, args: argparse.Namespace) -> str:
+    """Write (or rewrite: after a node restart its pid changed) the run file that
+    ``netmesh status`` reads; its path."""
+    return status.write_run_file(
+        os.getpid(),
+        {
+            "pages": [c.pages[i].name for i in range(c.size)],
+            "pids": [c.info[i]["pid"] for i in range(c.size)],
+            "node_ids": c.node_ids,
+            "channel": args.channel,
+            "name": args.name,
+        },
+    )
 
 
 PLAIN_SUMMARY_S = 30.0
@@ -153,15 +193,8 @@ def _say(console: Console, line: str) -> None:
     buffered otherwise); plain text when stdout is not a terminal."""
     if console.is_terminal:
         console.print(line, highlight=False, markup=False)
-    else:  # wrapped at spaces to the width (a path stays whole)
-        wrapped = textwrap.wrap(
-            line,
-            console.width,
-            subsequent_indent="  ",
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
-        print("\n".join(wrapped), flush=True)
+    else:  # one line each, never wrapped: a log or a pipe has no width, and a path
+        print(line, flush=True)  # split over two lines cannot be copied or grepped
 
 
 def _started_lines(c: Cluster, args: argparse.Namespace) -> list[str]:
@@ -188,18 +221,21 @@ def _up_loop(
     payload = b"x" * args.payload
     title = f"netmesh up: {args.nodes} nodes (Ctrl-C stops)"
     live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
-    leader_text: str | None = None
+    leader_text: dict[str, str] = {}
     next_summary = time.monotonic() + PLAIN_SUMMARY_S
     rows: list[status.Row] = []
     with live if live is not None else contextlib.nullcontext():
         while not stopped() and time.monotonic() < end:
             tick = time.monotonic()
-            for node, code in c.check_nodes():
+            exits = c.check_nodes()
+            for node, code in exits:
                 _say(
                     console,
                     f"node {node} exited with code {code}"
                     + (", restarted" if args.restart_policy == "on-failure" else ""),
                 )
+            if exits and args.restart_policy == "on-failure":
+                _write_run(c, args)  # the restarted nodes' pids, for `netmesh status`
             if args.rate:
                 producer = _feed(c, args, producer, payload)
             if tick - prev_t >= 0.5 or prev is None:
@@ -209,10 +245,11 @@ def _up_loop(
                 if live is not None:
                     live.update(status.table(rows, title=title, width=console.width))
                 else:
-                    text = status.leaders_caption(rows)
-                    if text and text != leader_text:
-                        leader_text = text
-                        _say(console, f"{args.channel}: {text}")
+                    for ch in sorted({r.channel for r in rows}):  # only those that changed
+                        text = status.leaders_caption([r for r in rows if r.channel == ch])
+                        if text and text != leader_text.get(ch):
+                            leader_text[ch] = text
+                            _say(console, f"{ch}: {text}")
                     if tick >= next_summary:
                         next_summary = tick + PLAIN_SUMMARY_S
                         _say(console, _summary(rows))
@@ -437,7 +474,13 @@ def parser() -> argparse.ArgumentParser:
     )
     dm.set_defaults(func=cmd_demo)
     up = command("up", "run a local cluster with a live status table until Ctrl-C")
-    up.add_argument("--nodes", type=at_least(1), default=3, metavar="N", help="node processes")
+    up.add_argument(
+        "--nodes",
+        type=at_least(1),
+        default=3,
+        metavar="N",
+        help=f"node processes (at most {MAX_NODES}: one machine's local cluster)",
+    )
     up.add_argument(
         "--factor", type=at_least(1), default=3, metavar="N", help="copies of the channel"
     )
@@ -567,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{_prog(argv)}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `netmesh ... | head`: the reader is gone; say nothing, as
+        _quiet_stdout()  # cat and ls do, and exit 128 + SIGPIPE
+        return 141
     except (TimeoutError, OSError) as exc:  # e.g. no leader elected in time, a full disk
         print(f"{_prog(argv)}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -579,6 +625,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70  # EX_SOFTWARE (sysexits.h)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's final flush of a closed pipe would
+    print another BrokenPipeError otherwise."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _prog(argv: list[str]) -> str:

@@ -52,7 +52,14 @@ from netmesh.config import (
     ReplicationConfig,
     is_default,
 )
-from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NodeUnresponsive, NotLeader
+from netmesh.errors import (
+    ChannelNotOpen,
+    ConfigError,
+    LogLocked,
+    NetmeshError,
+    NodeUnresponsive,
+    NotLeader,
+)
 from netmesh.identity import EntityKeypair
 from netmesh.replication.roles import ReplicaRole
 from netmesh.ring import layout
@@ -134,8 +141,21 @@ class Cluster:
         # loopback carries 64 KiB datagrams; fewer, larger datagrams mean fewer AEAD
         # calls and syscalls per event (pass 1400 to model an Ethernet MTU)
         self.max_datagram = max_datagram
-        self.sup = Supervisor()
-        self.keys = [self._keypair(i) for i in range(nodes)]
+        #: the data_dir's lock (path, fd): one Cluster per data_dir at a time
+        self._data_lock: tuple[str, int] | None = None
+        if data_dir is not None:
+            self._data_lock = lock_data_dir(data_dir)
+        try:
+            self.sup = Supervisor()
+        except BaseException:
+            self._release_data_dir()
+            raise
+        try:
+            self.keys = [self._keypair(i) for i in range(nodes)]
+        except BaseException:
+            self.sup.close()
+            self._release_data_dir()
+            raise
         self.node_ids = [k.node_id for k in self.keys]
         self.info: dict[int, dict[str, Any]] = {}
         self.channels: dict[str, ReplicationConfig | None] = {}
@@ -390,6 +410,12 @@ class Cluster:
             page.close()
         self.pages.clear()
         self.sup.close()
+        self._release_data_dir()
+
+    def _release_data_dir(self) -> None:
+        if self._data_lock is not None:
+            rundir.release_lock(*self._data_lock)
+            self._data_lock = None
 
     def __enter__(self) -> Cluster:
         return self
@@ -980,6 +1006,28 @@ def _check_ring_bytes(name: str, value: int) -> None:
         raise ConfigError(
             f"{name} must be a multiple of {layout.ALIGN} and >= {layout.MIN_CAPACITY}, got {value}"
         )
+
+
+#: the lock file in a Cluster's data_dir (held while the Cluster runs)
+DATA_DIR_LOCK = "netmesh.lock"
+
+
+def lock_data_dir(data_dir: str) -> tuple[str, int]:
+    """Take ``<data_dir>/netmesh.lock`` (:func:`netmesh.cluster.rundir.take_lock`):
+    (path, fd). Two clusters on one data_dir would run the same node keys and write the
+    same event files; the second gets LogLocked naming the holder's pid. A lock left by
+    a SIGKILLed run is taken over (one log line)."""
+    path = os.path.join(data_dir, DATA_DIR_LOCK)
+    try:
+        fd = rundir.take_lock(path, f"data_dir {data_dir!r}")
+    except BlockingIOError as exc:
+        holder = getattr(exc, "holder", "?")
+        raise LogLocked(
+            f"data_dir {data_dir!r} is in use by another netmesh up or Cluster (pid {holder})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"data_dir {data_dir!r}: cannot lock it: {exc.strerror}") from None
+    return path, fd
 
 
 def check_data_dir(data_dir: str) -> None:

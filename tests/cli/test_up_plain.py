@@ -59,7 +59,8 @@ def test_up_prints_plain_lines_at_once_and_leaves_an_empty_run_dir(
         )
         pids = node_pids(tmp_path, proc.pid)
         lines = text.splitlines()
-        assert lines[0].startswith("netmesh up: 3 node processes started (pids ")
+        assert lines[0] == "netmesh up: starting 3 node processes (Ctrl-C stops)"
+        assert lines[1].startswith("netmesh up: 3 node processes started (pids ")
         sock = tmp_path / "run" / "default.sock"
         assert str(sock) in text.split(), text
         assert any(f"kill -INT {proc.pid}" in ln for ln in lines), text
