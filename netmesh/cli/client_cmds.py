@@ -10,6 +10,9 @@ They are clients (:func:`netmesh.connect`): they work against any ``netmesh up
   lines before it were published and acknowledged. After a leader change the events
   the old leader had not acknowledged are sent again and counted (at-least-once: use
   an idempotent producer where duplicates matter, issue 12).
+* ``tail CHANNEL --durable GROUP --ack``: as a member of a consumer group, acknowledging
+  each event once printed; ``--durable`` without ``--ack`` is refused (exit 2): a member
+  that never acknowledges would stall and have the group dead-letter the channel.
 * ``tail CHANNEL [--from SEQ | --last N] [--follow]``: each payload on its own line
   exactly as published (``raw``), or one JSON object per event (``json``: seq and
   payload, as text when it is UTF-8, else base64). Without ``--follow`` it stops at the
@@ -33,7 +36,7 @@ from typing import IO, Any, Literal
 
 from netmesh.channel import ChannelName
 from netmesh.client.client import Client, ClientProducer, connect
-from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NotLeader
+from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NotLeader, PayloadTooLarge
 
 Command = Callable[[str, str], argparse.ArgumentParser]
 BATCH = 512
@@ -69,10 +72,14 @@ def register(command: Command) -> None:
         "--durable",
         default=None,
         metavar="GROUP",
-        help="read as a member of this consumer group (implies --follow)",
+        help="read as a member of this consumer group (implies --follow; needs --ack)",
     )
     tail.add_argument(
-        "--ack", action="store_true", help="with --durable: acknowledge each event once printed"
+        "--ack",
+        action="store_true",
+        help="with --durable (required there): acknowledge each event once printed; a"
+        " member that never acknowledged would stall after max_ack_pending events and get"
+        " them again every ack_wait until they are dead-lettered",
     )
     tail.add_argument("--format", choices=["raw", "json"], default="raw", help="output format")
     tail.set_defaults(func=cmd_tail)
@@ -145,17 +152,20 @@ class _Publisher:
     def __init__(self, producer: ClientProducer) -> None:
         self.p = producer
         self.batch: list[bytes] = []
+        self.lines: list[int] = []  # the input line of each batched event
         self.count = 0
         self.resent = 0
         self.last_seq: int | None = None
 
-    def add(self, payload: bytes) -> None:
+    def add(self, payload: bytes, line: int = 0) -> None:
         self.batch.append(payload)
+        self.lines.append(line)
         if len(self.batch) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
         pending, self.batch = self.batch, []
+        lines, self.lines = self.lines, []
         for _attempt in range(20):
             if not pending:
                 return
@@ -164,6 +174,14 @@ class _Publisher:
                 self.last_seq = self.p.flush()
                 self.count += len(pending)
                 return
+            except PayloadTooLarge as exc:  # the whole batch was refused: say so
+                n = next((n for n, p in zip(lines, pending, strict=False) if len(p) > exc.limit), 0)
+                raise BadInput(
+                    f"line {n}: payload of {exc.size} bytes exceeds the channel's limit of"
+                    f" {exc.limit} bytes; nothing of its batch (lines {lines[0]}-{lines[-1]})"
+                    " was published"
+                    + (f"; {_published(self.count, self.last_seq)} before" if self.count else "")
+                ) from None
             except NotLeader as exc:
                 if getattr(exc, "final", False):  # a node daemon whose leader is elsewhere
                     lost = min(len(pending), int(getattr(exc, "unacknowledged", len(pending))))
@@ -185,13 +203,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
         with cl.producer(args.channel) as producer:
             pub = _Publisher(producer)
             try:
-                for _n, payload in _events(fh, args.format):
-                    pub.add(payload)
+                for n, payload in _events(fh, args.format):
+                    pub.add(payload, n)
             except NotLeader as exc:  # a daemon's leader moved to another host
                 if pub.count:
                     last = f" (seqs up to {pub.last_seq})" if pub.last_seq is not None else ""
-                    exc.args = (f"{exc}; {pub.count} events were published before{last}",)
+                    exc.args = (f"{exc}; {_published(pub.count, None)} before{last}",)
                 raise
+            except KeyboardInterrupt:  # Ctrl-C: how far it got, then exit 130
+                print(f"netmesh publish: interrupted; {_published(pub.count, pub.last_seq)}",
+                      file=sys.stderr)  # fmt: skip
+                return 130
             except ConfigError as exc:
                 pub.flush()
                 if pub.count == 0:
@@ -199,7 +221,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 n = pub.count
                 last = f" (seqs up to {pub.last_seq})" if pub.last_seq is not None else ""
                 raise BadInput(
-                    f"{exc}; the {n} event{'s' if n != 1 else ''} before it were published{last}"
+                    f"{exc}; the {_events_text(n)} before it {'was' if n == 1 else 'were'}"
+                    f" published{last}"
                 ) from None
             finally:
                 if fh is not sys.stdin.buffer:
@@ -208,16 +231,31 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 pub.flush()
             except NotLeader as exc:
                 if pub.count:
-                    exc.args = (f"{exc}; {pub.count} events were published before",)
+                    exc.args = (f"{exc}; {_published(pub.count, None)} before",)
                 raise
+            except KeyboardInterrupt:  # Ctrl-C while the last batch was acknowledged
+                print(f"netmesh publish: interrupted; {_published(pub.count, pub.last_seq)}",
+                      file=sys.stderr)  # fmt: skip
+                return 130
     took = max(time.perf_counter() - t0, 1e-9)
     last = "-" if pub.last_seq is None else str(pub.last_seq)
     note = f", {pub.resent} resent after a leader change" if pub.resent else ""
     print(
-        f"published {pub.count} events to {args.channel}: last seq {last},"
+        f"published {_events_text(pub.count)} to {args.channel}: last seq {last},"
         f" {pub.count / took:,.0f} events/s{note}"
     )
     return 0
+
+
+def _events_text(n: int) -> str:
+    """``1 event``, ``2 events``."""
+    return f"{n} event" + ("" if n == 1 else "s")
+
+
+def _published(n: int, last_seq: int | None) -> str:
+    """``3 events were published (seqs up to 41)`` / ``1 event was published``."""
+    upto = "" if last_seq is None or n == 0 else f" (seqs up to {last_seq})"
+    return f"{_events_text(n)} {'was' if n == 1 else 'were'} published{upto}"
 
 
 class BadInput(NetmeshError):
@@ -237,6 +275,18 @@ def _channel_exists(cl: Client, channel: str) -> Any:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
+    if args.ack and args.durable is None:  # acknowledging is a consumer group's
+        print("netmesh tail: error: --ack requires --durable GROUP", file=sys.stderr)
+        return 2
+    if args.durable is not None and not args.ack:
+        # a group member that never acknowledges stalls, is redelivered every ack_wait
+        # and dead-letters the channel (issue 12 trial): refuse it, like a usage error
+        print(
+            "netmesh tail: --durable needs --ack (a group member must acknowledge what it"
+            " prints, or the group redelivers and dead-letters it)",
+            file=sys.stderr,
+        )
+        return 2
     with connect(args.name) as cl:
         info = _channel_exists(cl, args.channel)
         end = info.commit if info.ack == "quorum" else info.next_seq

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from netmesh.cluster import control, idem, rundir, subframes
+from netmesh.cluster.groups import DEFAULT_MAX_ACK_PENDING
 from netmesh.cluster.producer import Producer
 from netmesh.config import ReplicationConfig
 from netmesh.errors import (
@@ -68,6 +69,10 @@ from netmesh.log.file import RedexEntry, RedexEvent
 from netmesh.ring.shm import ShmRing
 
 LIVENESS_S = 0.25  # how often a waiting client asks whether its node still runs
+#: a group member's acknowledgements are held at most this long (s) before they are
+#: sent (sooner when half its max_ack_pending are held, or when it has nothing more in
+#: hand): the server sends a member new events only as acknowledgements come back
+ACK_FLUSH_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,8 @@ class Client:
         self._closed = False
         #: open subscriptions: their acks are sent when the client closes
         self._children: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._acks_due = threading.Event()  # set on close: the ack flusher leaves
+        self._ack_flusher: threading.Thread | None = None
         self._where = f"cluster {self.name}"
         self.info = self._call("hello")
         #: "cluster" (Cluster / netmesh up: every node) or "node" (a node daemon: its own
@@ -203,6 +210,7 @@ class Client:
         ack_wait: float = 30.0,
         max_deliver: int = 5,
         dead_letter: str | None = None,
+        max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
     ) -> Subscription:
         """Events of ``channel`` from ``from_seq`` on, then live (see the module doc).
 
@@ -212,6 +220,12 @@ class Client:
         ``sub.ack(ev)`` / ``sub.ack_through(seq)``; an event not acknowledged within
         ``ack_wait`` s (or whose member died) is delivered again (``ev.delivery_count``),
         after ``max_deliver`` deliveries it goes to ``dead_letter`` (``<channel>.dlq``).
+        ``max_ack_pending`` (default 64, JetStream's option of that name, per member
+        here): the member is sent a new event only while it holds fewer unacknowledged
+        ones; the ``ack_wait`` clock starts when an event is sent, so a member that
+        takes longer than ``ack_wait / max_ack_pending`` s per event gets events again.
+        Acknowledgements are sent within ``ACK_FLUSH_S`` (50 ms).
+        Raises ConfigError (``max_ack_pending`` < 1, ``ack_wait`` <= 0, ...).
         """
         if durable is None:
             return Subscription(self, channel, from_seq, None)
@@ -220,8 +234,31 @@ class Client:
             "ack_wait": ack_wait,
             "max_deliver": max_deliver,
             "dead_letter": dead_letter,
+            "max_ack_pending": max_ack_pending,
         }
         return Subscription(self, channel, 0, None, group)
+
+    def _start_ack_flusher(self) -> None:
+        """Start (once) the thread that sends group members' held acknowledgements
+        within ``ACK_FLUSH_S`` of the first one, even while the application is busy
+        with a later event (issue 12 trial: acks held until 256 piled up made a slow
+        member's acknowledged events expire)."""
+        with self._lock:
+            if self._ack_flusher is not None or self._closed:
+                return
+            self._ack_flusher = threading.Thread(
+                target=self._flush_acks_loop, name=f"acks-{self.name}", daemon=True
+            )
+        self._ack_flusher.start()
+
+    def _flush_acks_loop(self) -> None:
+        while not self._acks_due.wait(ACK_FLUSH_S / 2):
+            now = time.monotonic()
+            for sub in list(self._children):
+                since = sub._acks_since
+                if since is not None and now - since >= ACK_FLUSH_S:
+                    with contextlib.suppress(NetmeshError, OSError):
+                        sub.flush_acks()
 
     def consumers(self, channel: str) -> list[dict[str, Any]]:
         """The consumer groups of ``channel``: members, pending, acknowledged_through,
@@ -245,6 +282,7 @@ class Client:
         application was handed (see :meth:`Subscription.close`); its shared memory
         stays mapped, so another thread still reading it gets a NetmeshError from the
         closed connection, never a fault."""
+        self._acks_due.set()
         for sub in list(self._children):
             with contextlib.suppress(NetmeshError, OSError):
                 sub._release_for_client()
@@ -480,6 +518,8 @@ class Subscription:
     ) -> None:
         self.group = group
         self._acks: list[int] = []
+        self._acks_lock = threading.RLock()
+        self._acks_since: float | None = None  # when the oldest held ack was given
         self._unacked: set[int] = set()
         self.client = client
         self.channel = channel
@@ -511,6 +551,7 @@ class Subscription:
             got = self.client._call("subscribe_group", channel=self.channel, **self.group)
             self._ring_name, self._node, self._pid = got["ring"], got["node"], None
             self._ring = ShmRing.attach(self._ring_name)
+            self.client._start_ack_flusher()
             return
         start = self._next if self._next is not None else self._from
         got = self.client._call(
@@ -618,14 +659,19 @@ class Subscription:
 
     # -- acknowledgements (consumer groups) ----------------------------------------------
     def ack(self, ev: RedexEvent | int) -> None:
-        """Acknowledge one delivered event (sent in batches, at the latest when this
-        subscription next waits or closes)."""
+        """Acknowledge one delivered event. Sent in batches: within ``ACK_FLUSH_S``
+        (by the client's flusher thread), at once when half of ``max_ack_pending`` are
+        held or when the member has nothing more in hand, and when it waits or closes."""
         seq = ev if isinstance(ev, int) else ev.entry.seq
         if self.group is None:
             raise ConfigError("ack() is for durable subscriptions (subscribe(..., durable=))")
         self._unacked.discard(seq)
-        self._acks.append(seq)
-        if len(self._acks) >= 256:
+        with self._acks_lock:
+            self._acks.append(seq)
+            if self._acks_since is None:
+                self._acks_since = time.monotonic()
+            held = len(self._acks)
+        if held >= max(1, int(self.group.get("max_ack_pending") or 64) // 2) or not self._buf:
             self.flush_acks()
 
     def ack_through(self, seq: int) -> None:
@@ -634,11 +680,15 @@ class Subscription:
             self.ack(s)
 
     def flush_acks(self) -> None:
-        """Send the acknowledgements given so far now (they otherwise travel in batches
-        of 256, or when the subscription waits or closes)."""
+        """Send the acknowledgements given so far now (see :meth:`ack` for when they
+        otherwise travel). The lock is held across the request, so acks sent by the
+        flusher thread always reach the server before a close releases the member."""
         if self._acks and self.group is not None:
-            acks, self._acks = self._acks, []
-            self.client._call("ack", ring=self._ring_name, seqs=acks)
+            with self._acks_lock:
+                acks, self._acks = self._acks, []
+                self._acks_since = None
+                if acks:
+                    self.client._call("ack", ring=self._ring_name, seqs=acks)
 
     # -- iteration -------------------------------------------------------------------
     def _hand(self, ev: RedexEvent) -> RedexEvent:

@@ -26,8 +26,9 @@ Ops (args -> result):
 ``node_alive``         node, pid (optional) -> bool: the node runs (and, with ``pid``, is
                        still the process the ring was attached to: a restarted node
                        does not serve the old rings)
-``subscribe_group``    channel, durable, ack_wait, max_deliver, dead_letter -> {ring}:
-                       a member of the consumer group (:mod:`netmesh.cluster.groups`)
+``subscribe_group``    channel, durable, ack_wait, max_deliver, dead_letter,
+                       max_ack_pending -> {ring}: a member of the consumer group
+                       (:mod:`netmesh.cluster.groups`)
 ``ack``                ring, seqs -> None: the member acknowledges these events
 ``groups``             channel -> [{group, members, pending, acknowledged_through, ...}]
 =====================  ===================================================================
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import netmesh
 from netmesh.channel import ChannelName
 from netmesh.cluster import control, rundir
-from netmesh.cluster.groups import Group
+from netmesh.cluster.groups import DEFAULT_MAX_ACK_PENDING, Group
 from netmesh.cluster.node_worker import replication_from_dict
 from netmesh.cluster.nodeconfig import describe_node
 from netmesh.config import DEFAULT_MAX_PAYLOAD
@@ -312,6 +313,10 @@ class ClientServer:
         ack_wait, max_deliver = float(args.get("ack_wait", 30.0)), int(args.get("max_deliver", 5))
         if not ack_wait > 0 or max_deliver < 1:
             raise ConfigError("ack_wait must be > 0 and max_deliver >= 1")
+        got = args.get("max_ack_pending")
+        max_ack_pending = DEFAULT_MAX_ACK_PENDING if got is None else int(got)
+        if max_ack_pending < 1:
+            raise ConfigError(f"max_ack_pending must be >= 1, got {max_ack_pending}")
         group = self._groups.get((channel, durable))
         if group is None:
             dlq = str(ChannelName(args.get("dead_letter") or f"{channel}.dlq"))
@@ -329,7 +334,7 @@ class ClientServer:
         name, ring = self._new_ring(-1, 8 << 20)  # this process produces into it
         rings[name] = (-1, ring)
         self._member_of[name] = group
-        group.join(name, ring)
+        group.join(name, ring, max_ack_pending)
         return {"ring": name, "node": -1}
 
     def _node_pid(self, node: int) -> int | None:

@@ -44,8 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERSIST_S = 0.05
-CREDIT = 512  # events in flight per member
-TICK_S = 0.005
+#: unacknowledged events per member at most unless it asks otherwise (JetStream's
+#: ``max_ack_pending``, per member here): a new event goes to a member only while it
+#: holds fewer, so the ``ack_wait`` clock of an event, which starts when it is sent,
+#: covers at most this many events of queueing in the member
+DEFAULT_MAX_ACK_PENDING = 64
+FETCH_AHEAD = 4096  # events read from the channel ahead of delivery (not yet sent)
+TICK_S = 0.005  # the dispatcher's longest sleep; an acknowledgement wakes it at once
 LOAD_WAIT_S = 10.0  # for a reopened state channel's commit index
 
 
@@ -53,6 +58,7 @@ LOAD_WAIT_S = 10.0  # for a reopened state channel's commit index
 class Member:
     ring_name: str
     ring: ShmRing
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
     inflight: set[int] = field(default_factory=set)
 
 
@@ -68,6 +74,7 @@ class GroupState:
     def ack(self, seq: int) -> None:
         if seq >= self.floor:
             self.acked.add(seq)
+            self.deliveries.pop(seq, None)  # an acknowledged event is never delivered again
             while self.floor in self.acked:
                 self.acked.discard(self.floor)
                 self.deliveries.pop(self.floor, None)
@@ -131,6 +138,7 @@ class Group:
         self._dirty = False
         self._last_persist = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by acks and joins: credit came back
         self._source: tuple[str, ShmRing, int] | None = None  # ring name, ring, node
         self._source_checked = 0.0
         self._state_producer: Any = None  # (ring name, ring, Producer, node)
@@ -245,9 +253,14 @@ class Group:
         raise NetmeshError(f"group {self.name!r}: cannot append to {channel!r}")
 
     # -- members and acks ------------------------------------------------------------
-    def join(self, ring_name: str, ring: ShmRing) -> None:
+    def join(
+        self, ring_name: str, ring: ShmRing, max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
+    ) -> None:
+        """A member joins; it is sent events while it holds fewer than
+        ``max_ack_pending`` unacknowledged ones (>= 1)."""
         with self.lock:
-            self.members[ring_name] = Member(ring_name, ring)
+            self.members[ring_name] = Member(ring_name, ring, max_ack_pending)
+        self._wake.set()
 
     def leave(self, ring_name: str, seen: Collection[int] | None = None) -> None:
         """A member left (or died): its unacknowledged events go to the others.
@@ -294,6 +307,7 @@ class Group:
                     m.inflight.discard(seq)
                 self.state.ack(seq)
             self._dirty = True
+        self._wake.set()
 
     def info(self) -> dict[str, Any]:
         with self.lock:
@@ -315,7 +329,8 @@ class Group:
                 self._expire()
                 self._dispatch()
                 self._persist()
-                time.sleep(TICK_S)
+                self._wake.wait(TICK_S)
+                self._wake.clear()
         except Exception:
             log.exception("consumer group %s of %s stopped", self.name, self.channel)
         finally:
@@ -353,7 +368,9 @@ class Group:
             self._drop_ring(name, ring)
 
     def _fetch(self) -> None:
-        if len(self._payloads) > CREDIT * max(1, len(self.members)) * 2:
+        with self.lock:
+            room = sum(m.max_ack_pending for m in self.members.values())
+        if len(self._payloads) > FETCH_AHEAD + room:
             return  # enough in hand
         if self._source is None:
             self._open_source([])
@@ -425,7 +442,7 @@ class Group:
                     dead.append((seq, payload))
                     continue
                 m = order[k % len(order)]
-                if len(m.inflight) >= CREDIT:
+                if len(m.inflight) >= m.max_ack_pending:
                     order.remove(m)
                     self._ready.appendleft(seq)
                     continue

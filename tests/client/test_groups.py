@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import netmesh
 from netmesh import Cluster, ReplicationConfig
+from netmesh.client.client import DeliveredEvent
 from netmesh.testing.wait import wait_until
 
 pytestmark = pytest.mark.system
@@ -280,6 +282,90 @@ def test_events_prefetched_but_never_handed_over_do_not_count_as_deliveries(
             assert runs == [[[0, 1], [1, 1]], [[2, 1], [3, 1]], [[4, 1], [5, 1]]]
             info = cl.consumers("orders")[0]
             assert info["dead_lettered"] == 0 and info["acknowledged_through"] == 6
-            assert "orders.dlq" not in [ch.name for ch in cl.channels()] or cl.read_range(
-                "orders.dlq", 0, 1
-            ) == []
+            assert (
+                "orders.dlq" not in [ch.name for ch in cl.channels()]
+                or cl.read_range("orders.dlq", 0, 1) == []
+            )
+
+
+def test_a_slow_member_that_acks_within_ack_wait_gets_each_event_once(run_dir: Path) -> None:
+    """Issue 12 trial §1: one member taking 10 ms per event with ack_wait=2 s and
+    max_deliver=3 acknowledges all 600 events, each delivered exactly once, nothing
+    dead-lettered. Before: 512 events were pushed into the member at once with their
+    ack_wait clocks running, and its acks were held until 256 piled up: most events
+    were delivered again and many dead-lettered although every one was acknowledged."""
+    n = 600
+    with Cluster(nodes=3, heartbeat_ms=100, name="slow") as c:
+        c.open_channel("orders", ReplicationConfig(factor=3, ack="quorum"))
+        c.wait_for_leader("orders")
+        with netmesh.connect("slow") as cl:
+            _publish(cl, [b"ev-%d" % i for i in range(n)])
+            seen: list[tuple[int, int]] = []
+            with cl.subscribe("orders", durable="slow", ack_wait=2.0, max_deliver=3) as sub:
+                for ev in sub:
+                    time.sleep(0.01)  # the application's work, not synchronisation
+                    sub.ack(ev)
+                    assert isinstance(ev, DeliveredEvent)
+                    seen.append((ev.entry.seq, ev.delivery_count))
+                    if len(seen) == n:
+                        break
+                    info = cl.consumers("orders")[0] if len(seen) % 100 == 0 else None
+                    if info is not None and info["dead_lettered"]:
+                        break  # before the fix: no point waiting for events gone to the DLQ
+                wait_until(
+                    lambda: cl.consumers("orders")[0]["acknowledged_through"] == len(seen),
+                    timeout=10,
+                    message="every ack sent without a close",
+                )
+            info = cl.consumers("orders")[0]
+    assert sorted(s for s, _ in seen) == list(range(n))
+    assert all(count == 1 for _, count in seen)
+    assert info["redelivered"] == 0 and info["dead_lettered"] == 0
+    assert info["delivered"] == n and info["acknowledged_through"] == n
+
+
+def test_max_ack_pending_bounds_what_a_member_holds(run_dir: Path) -> None:
+    """A member that reads without acknowledging is sent max_ack_pending events, no
+    more, until it acknowledges (credit comes back with acks, not with receipt)."""
+    with Cluster(nodes=1, name="map") as c:
+        c.open_channel("orders")
+        with netmesh.connect("map") as cl:
+            _publish(cl, [b"ev-%d" % i for i in range(100)])
+            with pytest.raises(netmesh.ConfigError):
+                cl.subscribe("orders", durable="g", max_ack_pending=0)
+            with cl.subscribe("orders", durable="g", max_ack_pending=8) as sub:
+                got = []
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:  # a second of reading: 8, never more
+                    got += sub.poll(timeout=0.1)
+                assert [ev.entry.seq for ev in got] == list(range(8))
+                assert cl.consumers("orders")[0]["pending"] == 8
+                for ev in got[:3]:
+                    sub.ack(ev)
+                wait_until(
+                    lambda: len(got) == 11 or bool(got.extend(sub.poll(timeout=0.05))),
+                    timeout=10,
+                    message="three more after three acks",
+                )
+                assert [ev.entry.seq for ev in got] == list(range(11))
+
+
+def test_tail_durable_without_ack_is_refused(run_dir: Path) -> None:
+    """Issue 12 trial §2: ``netmesh tail CH --durable G`` without ``--ack`` exits 2 with
+    one line and joins no group. Before: it printed max-in-flight events, stalled, was
+    sent them again every ack_wait and finally dead-lettered the channel."""
+    with Cluster(nodes=1, name="tl") as c:
+        c.open_channel("orders")
+        with netmesh.connect("tl") as cl:
+            _publish(cl, [b"ev-%d" % i for i in range(10)])
+            out = subprocess.run(
+                [sys.executable, "-P", "-m", "netmesh.cli", "tail", "orders", "--durable", "g"]
+                + ["--name", "tl"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.returncode == 2, out
+            assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1
+            assert "--ack" in out.stderr
+            assert cl.consumers("orders") == []
