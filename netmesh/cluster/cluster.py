@@ -438,6 +438,8 @@ class Cluster:
         a factor larger than the cluster, pinned ids that are not its nodes), or the
         error a node raised. A refused channel leaves no trace: it is closed again on
         the nodes that had opened it and is not reopened by :meth:`restart`.
+        Opening an open channel with the same configuration is a no-op (like etcd's
+        idempotent puts: a script run twice works); with another one it is ConfigError.
         """
         ChannelName(name)
         unknown = sorted(set(options) - FILE_OPTIONS)
@@ -451,7 +453,12 @@ class Cluster:
             RedexFileConfig(replication=replication, **options).validate()
             check_replicable(options.get("max_payload", DEFAULT_MAX_PAYLOAD))
         if name in self.channels:
-            raise ConfigError(f"channel {name!r} is already open on this cluster")
+            if self.channels[name] == replication and self.channel_options[name] == options:
+                return  # the same channel again (a script run twice): nothing to do
+            raise ConfigError(
+                f"channel {name!r} is already open on this cluster with another"
+                " configuration (close it first, or open it as it is)"
+            )
         holders = [
             i
             for i in self.running()

@@ -272,7 +272,7 @@ def test_cli_publish_then_tail_reproduces_the_file(run_dir: Path, tmp_path: Path
         )
         assert bad.returncode == 1  # not 2: one event went in (2 means nothing started)
         assert bad.stderr.decode().count("\n") == 1 and b"line 2: not JSON" in bad.stderr
-        assert b"the 1 event before it were published (seqs up to 3000)" in bad.stderr
+        assert b"the 1 event before it was published (seqs up to 3000)" in bad.stderr
         nothing = cli("publish", "orders", "--name", "cli", "--format", "jsonl", stdin=b"nope\n")
         assert nothing.returncode == 2 and b"line 1: not JSON" in nothing.stderr
         badname = cli("publish", "a//b", "--name", "cli", stdin=b"x\n")
