@@ -10,6 +10,9 @@ They are clients (:func:`netmesh.connect`): they work against any ``netmesh up
   lines before it were published and acknowledged. After a leader change the events
   the old leader had not acknowledged are sent again and counted (at-least-once: use
   an idempotent producer where duplicates matter, issue 12).
+* ``tail CHANNEL --durable GROUP --ack``: as a member of a consumer group, acknowledging
+  each event once printed; ``--durable`` without ``--ack`` is refused (exit 2): a member
+  that never acknowledges would stall and have the group dead-letter the channel.
 * ``tail CHANNEL [--from SEQ | --last N] [--follow]``: each payload on its own line
   exactly as published (``raw``), or one JSON object per event (``json``: seq and
   payload, as text when it is UTF-8, else base64). Without ``--follow`` it stops at the
@@ -69,10 +72,14 @@ def register(command: Command) -> None:
         "--durable",
         default=None,
         metavar="GROUP",
-        help="read as a member of this consumer group (implies --follow)",
+        help="read as a member of this consumer group (implies --follow; needs --ack)",
     )
     tail.add_argument(
-        "--ack", action="store_true", help="with --durable: acknowledge each event once printed"
+        "--ack",
+        action="store_true",
+        help="with --durable (required there): acknowledge each event once printed; a"
+        " member that never acknowledged would stall after max_ack_pending events and get"
+        " them again every ack_wait until they are dead-lettered",
     )
     tail.add_argument("--format", choices=["raw", "json"], default="raw", help="output format")
     tail.set_defaults(func=cmd_tail)
@@ -270,6 +277,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     if args.ack and args.durable is None:  # acknowledging is a consumer group's
         print("netmesh tail: error: --ack requires --durable GROUP", file=sys.stderr)
+        return 2
+    if args.durable is not None and not args.ack:
+        # a group member that never acknowledges stalls, is redelivered every ack_wait
+        # and dead-letters the channel (issue 12 trial): refuse it, like a usage error
+        print(
+            "netmesh tail: --durable needs --ack (a group member must acknowledge what it"
+            " prints, or the group redelivers and dead-letters it)",
+            file=sys.stderr,
+        )
         return 2
     with connect(args.name) as cl:
         info = _channel_exists(cl, args.channel)
