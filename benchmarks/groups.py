@@ -245,11 +245,8 @@ def redelivery(s: Systems, system: str, trial: int) -> float | None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the victim holds the first 50 events
             vout.seek(0)
-            if (
-                sum(1 for line in vout if line.startswith("got") and int(line.split()[1]) < hold)
-                >= hold
-            ):
-                break
+            if sum(1 for seq, _ in _got(vout.read()) if seq < hold) >= hold:
+                break  # (complete lines only: the victim is writing the file)
             time.sleep(0.01)
         survivor = _spawn(system, {**spec, "report": True, "claim": True}, sout)
         time.sleep(0.3)  # the survivor is connected and idle

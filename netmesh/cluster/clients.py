@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import netmesh
 from netmesh.channel import ChannelName
 from netmesh.cluster import control, rundir
-from netmesh.cluster.groups import DEFAULT_MAX_ACK_PENDING, Group
+from netmesh.cluster.groups import DEFAULT_MAX_ACK_PENDING, Group, StateStore
 from netmesh.cluster.node_worker import replication_from_dict
 from netmesh.cluster.nodeconfig import describe_node
 from netmesh.config import DEFAULT_MAX_PAYLOAD
@@ -112,6 +112,7 @@ class ClientServer:
         self._ring_no = 0
         self._groups: dict[tuple[str, str], Group] = {}
         self._member_of: dict[str, Group] = {}  # member ring -> its group
+        self._stores: dict[str, StateStore] = {}  # channel -> its groups' state channel
         self._accept = threading.Thread(target=self._serve, name=f"clients-{name}", daemon=True)
         self._accept.start()
 
@@ -133,6 +134,9 @@ class ClientServer:
         for group in list(self._groups.values()):
             group.close()
         self._groups.clear()
+        for store in list(self._stores.values()):
+            store.close()
+        self._stores.clear()
 
     def _serve(self) -> None:
         while not self._closed:
@@ -320,6 +324,10 @@ class ClientServer:
         group = self._groups.get((channel, durable))
         if group is None:
             dlq = str(ChannelName(args.get("dead_letter") or f"{channel}.dlq"))
+            store = self._stores.get(channel)
+            if store is None:
+                store = StateStore(self.backend, channel, self._new_ring, self._drop)
+                self._stores[channel] = store
             group = Group(
                 self.backend,
                 channel,
@@ -329,6 +337,7 @@ class ClientServer:
                 dlq,
                 self._new_ring,
                 self._drop,
+                store,
             )
             self._groups[(channel, durable)] = group
         name, ring = self._new_ring(-1, 8 << 20)  # this process produces into it

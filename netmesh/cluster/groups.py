@@ -17,7 +17,16 @@ socket.
   same ack mode, survives node SIGKILLs and, with ``data_dir``, full restarts) at most
   every ``PERSIST_S`` seconds while acknowledgements arrive. A group that starts again
   resumes after the newest record: at-least-once, an acknowledgement younger than
-  ``PERSIST_S`` at a crash means one more delivery.
+  ``PERSIST_S`` at a crash means one more delivery. The groups of a channel share one
+  :class:`StateStore`: it appends a snapshot of all of them every ``SNAPSHOT_EVERY``
+  records, so a start reads O(live state), and opens the state channel with a retention
+  (``STATE_RETENTION_EVENTS``) that never drops the newest snapshot.
+* Flow control (JetStream's ``max_ack_pending``, per member, default
+  ``DEFAULT_MAX_ACK_PENDING``): a member is sent a new event only while it holds fewer
+  unacknowledged ones; acknowledgements (not receipt) give the room back and wake the
+  dispatcher. The ``ack_wait`` clock starts when an event is sent, which is fair since
+  at most ``max_ack_pending`` wait in the member: one slower than
+  ``ack_wait / max_ack_pending`` per event is too slow and gets events again.
 """
 
 from __future__ import annotations
@@ -52,6 +61,12 @@ DEFAULT_MAX_ACK_PENDING = 64
 FETCH_AHEAD = 4096  # events read from the channel ahead of delivery (not yet sent)
 TICK_S = 0.005  # the dispatcher's longest sleep; an acknowledgement wakes it at once
 LOAD_WAIT_S = 10.0  # for a reopened state channel's commit index
+#: every this many records a :class:`StateStore` appends a snapshot (the latest state of
+#: every group of the channel), so a start reads at most about twice this many records
+SNAPSHOT_EVERY = 100
+#: the state channel's retention when netmesh opens it (a Cluster): the latest snapshot
+#: is always among the newest SNAPSHOT_EVERY records, so this never drops it
+STATE_RETENTION_EVENTS = 10 * SNAPSHOT_EVERY
 
 
 @dataclass
@@ -102,6 +117,205 @@ class GroupState:
         )
 
 
+def read_channel(
+    backend: ClientBackend, new_ring: Any, drop_ring: Any, channel: str, from_seq: int
+) -> list[tuple[int, bytes]]:
+    """Every (seq, payload) of ``channel`` held now from ``from_seq`` (or from the first
+    retained event, if retention removed some), through a bounded subscription ring.
+
+    Raises NetmeshError when the read stalls for 5 s, NodeUnresponsive."""
+    node = backend.serving_node(channel, [])
+    out: list[tuple[int, bytes]] = []
+    start: int | str = from_seq
+    while True:
+        ring_name, ring = new_ring(node, 8 << 20)
+        lagged: int | None = None
+        try:
+            backend.call(
+                node,
+                "subscribe",
+                ring=ring_name,
+                channel=channel,
+                from_seq=start,
+                end_seq=1 << 62,
+                history=None,
+            )
+            done = False
+            while not done:
+                try:
+                    frames = ring.get_batch(256, timeout=5.0)
+                except RingClosed:
+                    break
+                if not frames:
+                    raise NetmeshError(f"reading {channel!r} for consumer groups stalled")
+                for frame in frames:
+                    msg = subframes.decode(frame)
+                    if msg[0] == subframes.EVENTS:
+                        out += enumerate(msg[2], start=msg[1])
+                    else:
+                        if msg[0] == subframes.LAGGED:
+                            lagged = int(msg[1])
+                        done = True
+        finally:
+            with contextlib.suppress(Exception):
+                backend.call(node, "detach_ring", timeout=5.0, ring=ring_name)
+            drop_ring(ring_name, ring)
+        if lagged is None or out:
+            return out
+        start = lagged  # retention moved the start on: read from there
+
+
+class StateStore:
+    """The state channel ``<channel>.consumers`` of one channel, shared by its groups in
+    this process (issue 12 trial §3: the channel grew without limit and every group start
+    read all of it).
+
+    Records (JSON): ``{"group": name, ...state}`` (a group's state, see
+    :meth:`GroupState.to_json`) and, every ``SNAPSHOT_EVERY`` records and as the first
+    record after a start, ``{"snapshot": {name: state, ...}}``: the latest state of
+    every group known, running or not. A start reads from the newest snapshot found
+    among the last ``2 * SNAPSHOT_EVERY`` records (the whole channel only when there is
+    none: a log written before snapshots). Cost of a start: O(live state), not
+    O(history). With the single writer of a state channel (the supervisor, or the daemon
+    leading it) the newest snapshot is always among the newest ``SNAPSHOT_EVERY``
+    records, so a retention of ``STATE_RETENTION_EVENTS`` never drops it.
+    """
+
+    def __init__(self, backend: ClientBackend, channel: str, new_ring: Any, drop_ring: Any):
+        self.backend = backend
+        self.channel = channel
+        self.state_channel = f"{channel}.consumers"
+        self._new_ring = new_ring
+        self._drop_ring = drop_ring
+        self.lock = threading.RLock()
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.records_read = 0  # at the load (what a start cost)
+        self._since_snapshot = SNAPSHOT_EVERY  # the first write is a snapshot
+        self._producer: Any = None  # (ring name, ring, Producer, node)
+        self._load()
+
+    def _load(self) -> None:
+        _ensure_channel(self.backend, self.channel, self.state_channel, retention=True)
+        # a reopened quorum channel delivers below its commit index only, which the
+        # new leader learns again: wait (briefly) until it covers what the log holds
+        deadline = time.monotonic() + LOAD_WAIT_S
+        next_seq = 0
+        while time.monotonic() < deadline:
+            info = next(
+                (c for c in self.backend.channel_list() if c["name"] == self.state_channel), None
+            )
+            if info is not None:
+                next_seq = int(info["next_seq"])
+            if (
+                info is not None
+                and info["leader"] is not None
+                and info["commit"] >= info["next_seq"]
+            ):
+                break
+            time.sleep(0.02)
+        rd = (self.backend, self._new_ring, self._drop_ring, self.state_channel)
+        records = read_channel(*rd, max(0, next_seq - 2 * SNAPSHOT_EVERY))
+        if not any(b'"snapshot"' in p[:16] for _, p in records):
+            records = read_channel(*rd, 0)  # no snapshot yet: an older log
+        self.records_read = len(records)
+        for _, raw in records:
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                d = json.loads(raw)
+                if "snapshot" in d:
+                    self.latest = {str(k): v for k, v in d["snapshot"].items()}
+                elif "group" in d:
+                    self.latest[str(d["group"])] = d
+
+    def get(self, group: str) -> GroupState:
+        with self.lock:
+            d = self.latest.get(group)
+        if d is None:
+            return GroupState()
+        try:
+            return GroupState.from_json(d)
+        except (ValueError, KeyError, TypeError):
+            return GroupState()
+
+    def write(self, group: str, record: bytes) -> None:
+        """Append ``group``'s state (and a snapshot when one is due)."""
+        with self.lock:
+            self.latest[group] = json.loads(record)
+            out = [record]
+            self._since_snapshot += 1
+            if self._since_snapshot >= SNAPSHOT_EVERY:
+                self._since_snapshot = 0
+                snap = {"snapshot": self.latest}
+                out = [json.dumps(snap, separators=(",", ":")).encode()]
+            self._append(out)
+
+    def _append(self, payloads: list[bytes]) -> None:
+        _append_via(self, "_producer", self.backend, self._new_ring, self._drop_ring,
+                    self.state_channel, payloads)  # fmt: skip
+
+    def close(self) -> None:
+        _close_producer(self, "_producer", self.backend, self._drop_ring)
+
+
+def _ensure_channel(backend: ClientBackend, of: str, name: str, retention: bool = False) -> None:
+    """Open ``name`` with the replication of channel ``of`` unless it is open (a state
+    channel gets ``STATE_RETENTION_EVENTS``). A node daemon refuses (ConfigError):
+    there it must be in [[channels]]."""
+    if not backend.is_open(name):
+        rep = getattr(backend, "replication_of", None)
+        opts: dict[str, Any] = {"retention_max_events": STATE_RETENTION_EVENTS} if retention else {}
+        backend.open_channel(name, rep(of) if rep else None, opts)
+
+
+def _append_via(
+    holder: Any,
+    slot: str,
+    backend: ClientBackend,
+    new_ring: Any,
+    drop_ring: Any,
+    channel: str,
+    payloads: list[bytes],
+) -> None:
+    """Append through a ring to the channel's leader, kept in ``holder.<slot>`` (re-made
+    after a leader change). Raises NetmeshError after 50 failed attempts (or the
+    NotLeader of a node daemon that does not lead ``channel``: it never will here)."""
+    for _attempt in range(50):
+        held = getattr(holder, slot, None)
+        if held is None:
+            node = backend.serving_node(channel, [])
+            name, ring = new_ring(node, 4 << 20)
+            try:
+                backend.call(node, "attach_ring", ring=name, channel=channel)
+            except BaseException:
+                drop_ring(name, ring)
+                raise
+            held = (name, ring, Producer(name, channel), node)
+            setattr(holder, slot, held)
+        name, ring, prod, node = held
+        try:
+            prod.append_batch(payloads)
+            prod.flush(timeout=5.0)
+            return
+        except NetmeshError:
+            setattr(holder, slot, None)
+            prod.close()
+            with contextlib.suppress(Exception):
+                backend.call(node, "detach_ring", timeout=5.0, ring=name)
+            drop_ring(name, ring)
+            time.sleep(0.05)
+    raise NetmeshError(f"consumer groups: cannot append to {channel!r}")
+
+
+def _close_producer(holder: Any, slot: str, backend: ClientBackend, drop_ring: Any) -> None:
+    held = getattr(holder, slot, None)
+    if held is not None:
+        name, ring, prod, node = held
+        setattr(holder, slot, None)
+        prod.close()
+        with contextlib.suppress(Exception):
+            backend.call(node, "detach_ring", timeout=5.0, ring=name)
+        drop_ring(name, ring)
+
+
 class Group:
     """One consumer group's dispatcher (a thread); see the module doc."""
 
@@ -115,6 +329,7 @@ class Group:
         dlq: str,
         new_ring: Any,
         drop_ring: Any,
+        store: StateStore | None = None,
     ) -> None:
         self.backend = backend
         self.channel = channel
@@ -141,78 +356,17 @@ class Group:
         self._wake = threading.Event()  # set by acks and joins: credit came back
         self._source: tuple[str, ShmRing, int] | None = None  # ring name, ring, node
         self._source_checked = 0.0
-        self._state_producer: Any = None  # (ring name, ring, Producer, node)
-        self._dlq_producer: Any = None
+        self._dlq_producer: Any = None  # (ring name, ring, Producer, node)
+        self.store = store or StateStore(backend, channel, new_ring, drop_ring)
         self._load()
         self._next_fetch = self.state.floor  # acknowledged seqs above it are skipped
         self._thread = threading.Thread(target=self._run, name=f"group-{name}", daemon=True)
         self._thread.start()
 
     # -- persistence -----------------------------------------------------------------
-    def _ensure_channel(self, name: str) -> None:
-        if not self.backend.is_open(name):
-            of = getattr(self.backend, "replication_of", None)
-            self.backend.open_channel(name, of(self.channel) if of else None, {})
-
-    def _read_all(self, channel: str) -> list[bytes]:
-        """Every event of ``channel`` held now, through a bounded subscription ring."""
-        node = self.backend.serving_node(channel, [])
-        ring_name, ring = self._new_ring(node, 8 << 20)
-        out: list[bytes] = []
-        try:
-            self.backend.call(
-                node,
-                "subscribe",
-                ring=ring_name,
-                channel=channel,
-                from_seq="earliest",
-                end_seq=1 << 62,
-                history=None,
-            )
-            while True:
-                try:
-                    frames = ring.get_batch(256, timeout=5.0)
-                except RingClosed:
-                    break
-                if not frames:
-                    raise NetmeshError(f"reading {channel!r} for group {self.name!r} stalled")
-                done = False
-                for frame in frames:
-                    msg = subframes.decode(frame)
-                    if msg[0] == subframes.EVENTS:
-                        out += msg[2]
-                    else:
-                        done = True
-                if done:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                self.backend.call(node, "detach_ring", timeout=5.0, ring=ring_name)
-            self._drop_ring(ring_name, ring)
-        return out
-
     def _load(self) -> None:
-        self._ensure_channel(self.state_channel)
-        self._ensure_channel(self.dlq)
-        # a reopened quorum channel delivers below its commit index only, which the
-        # new leader learns again: wait (briefly) until it covers what the log holds
-        deadline = time.monotonic() + LOAD_WAIT_S
-        while time.monotonic() < deadline:
-            info = next(
-                (c for c in self.backend.channel_list() if c["name"] == self.state_channel), None
-            )
-            if (
-                info is not None
-                and info["leader"] is not None
-                and info["commit"] >= info["next_seq"]
-            ):
-                break
-            time.sleep(0.02)
-        for raw in self._read_all(self.state_channel):
-            with contextlib.suppress(ValueError, KeyError):
-                d = json.loads(raw)
-                if d.get("group") == self.name:
-                    self.state = GroupState.from_json(d)
+        _ensure_channel(self.backend, self.channel, self.dlq)
+        self.state = self.store.get(self.name)
 
     def _persist(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -222,35 +376,7 @@ class Group:
             record = self.state.to_json(self.name)
             self._dirty = False
         self._last_persist = now
-        self._append(self.state_channel, [record], "_state_producer")
-
-    def _append(self, channel: str, payloads: list[bytes], slot: str) -> None:
-        """Append through a ring to the channel's leader (re-made after a leader change)."""
-        for _attempt in range(50):
-            held = getattr(self, slot, None)
-            if held is None:
-                node = self.backend.serving_node(channel, [])
-                name, ring = self._new_ring(node, 4 << 20)
-                try:
-                    self.backend.call(node, "attach_ring", ring=name, channel=channel)
-                except BaseException:
-                    self._drop_ring(name, ring)
-                    raise
-                held = (name, ring, Producer(name, channel), node)
-                setattr(self, slot, held)
-            name, ring, prod, node = held
-            try:
-                prod.append_batch(payloads)
-                prod.flush(timeout=5.0)
-                return
-            except NetmeshError:
-                setattr(self, slot, None)
-                prod.close()
-                with contextlib.suppress(Exception):
-                    self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
-                self._drop_ring(name, ring)
-                time.sleep(0.05)
-        raise NetmeshError(f"group {self.name!r}: cannot append to {channel!r}")
+        self.store.write(self.name, record)
 
     # -- members and acks ------------------------------------------------------------
     def join(
@@ -473,7 +599,8 @@ class Group:
         """Append to the dead-letter channel (outside the lock: it may wait), then ack."""
         if not dead:
             return
-        self._append(self.dlq, [p for _, p in dead], "_dlq_producer")
+        _append_via(self, "_dlq_producer", self.backend, self._new_ring, self._drop_ring,
+                    self.dlq, [p for _, p in dead])  # fmt: skip
         with self.lock:
             self.state.dead_lettered += len(dead)
             self.ack("", [seq for seq, _ in dead])
@@ -482,12 +609,4 @@ class Group:
         self._stop.set()
         self._thread.join(5)
         self._close_source()
-        for slot in ("_state_producer", "_dlq_producer"):
-            held = getattr(self, slot, None)
-            if held is not None:
-                name, ring, prod, node = held
-                prod.close()
-                with contextlib.suppress(Exception):
-                    self.backend.call(node, "detach_ring", timeout=5.0, ring=name)
-                self._drop_ring(name, ring)
-                setattr(self, slot, None)
+        _close_producer(self, "_dlq_producer", self.backend, self._drop_ring)

@@ -358,9 +358,9 @@ def test_tail_durable_without_ack_is_refused(run_dir: Path) -> None:
         c.open_channel("orders")
         with netmesh.connect("tl") as cl:
             _publish(cl, [b"ev-%d" % i for i in range(10)])
+            argv = ["netmesh.cli", "tail", "orders", "--durable", "g", "--name", "tl"]
             out = subprocess.run(
-                [sys.executable, "-P", "-m", "netmesh.cli", "tail", "orders", "--durable", "g"]
-                + ["--name", "tl"],
+                [sys.executable, "-P", "-m", *argv],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -369,3 +369,51 @@ def test_tail_durable_without_ack_is_refused(run_dir: Path) -> None:
             assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1
             assert "--ack" in out.stderr
             assert cl.consumers("orders") == []
+
+
+def test_the_state_channel_is_bounded_and_a_start_reads_only_live_state(run_dir: Path) -> None:
+    """Issue 12 trial §3: 1500 state records of group "busy" after one of group "idle".
+    The state channel keeps at most STATE_RETENTION_EVENTS (plus a segment) yet still
+    has idle's state; a start reads at most 2 * SNAPSHOT_EVERY records, not all 1501,
+    and finds both groups' latest state. Before: no retention, and every group start
+    read the whole channel."""
+    from netmesh.cluster.groups import (
+        SNAPSHOT_EVERY,
+        STATE_RETENTION_EVENTS,
+        GroupState,
+        StateStore,
+    )
+
+    with Cluster(nodes=1, name="st") as c:
+        c.open_channel("orders")
+        with netmesh.connect("st") as cl:
+            _publish(cl, [b"x"])
+            with cl.subscribe("orders", durable="idle") as sub:
+                sub.ack(next(sub))
+            wait_until(
+                lambda: cl.consumers("orders")[0]["acknowledged_through"] == 1,
+                timeout=10,
+                message="idle acked",
+            )
+            server = c.client_server
+            assert server is not None
+            store = server._stores["orders"]
+            for i in range(1500):
+                store.write("busy", GroupState(floor=i).to_json("busy"))
+
+            def held() -> netmesh.ChannelInfo:
+                return next(ch for ch in cl.channels() if ch.name == "orders.consumers")
+
+            wait_until(lambda: held().next_seq > 1500, timeout=10, message="1501 records")
+            end = held().next_seq
+            with pytest.raises(netmesh.Lagged):  # retention dropped the oldest records
+                cl.read_range("orders.consumers", 0, end)
+            kept = cl.read_range("orders.consumers", end - STATE_RETENTION_EVENTS, end)
+            assert len(kept) == STATE_RETENTION_EVENTS
+            again = StateStore(server.backend, "orders", server._new_ring, server._drop)
+            try:
+                assert again.records_read <= 2 * SNAPSHOT_EVERY
+                assert again.get("busy").floor == 1499
+                assert again.get("idle").floor == 1  # never dropped by retention
+            finally:
+                again.close()
