@@ -127,11 +127,15 @@ to a candidate whose log is at least as up to date as the newest log among the
 non-amnesiac members it has heard, and only once it has heard ``n - majority + 1`` of
 them: any committed event is held by a majority, so at least one of those holds it
 (VR's recovering replica likewise waits for ``f + 1`` answers). It stops being
-amnesiac when it is in sync with a live leader (who was elected by such votes), or
-when the channel is fresh: a majority of members, itself included, is heard, each
-amnesiac or at term 0 with an empty log, and no member with state was heard. Out of
-scope, as for VR: a majority of members without state at once (nothing can tell a
-fresh channel from that).
+amnesiac when it is in sync with a live leader (who was elected by such votes) and
+what it copied is durable, or when the channel is fresh: ``n - majority + 2`` members
+(leader mode: a majority), itself included, are heard, each amnesiac or at term 0
+with an empty log, and no member with state was heard (:meth:`_fresh_majority`). A
+fresh quorum channel of 3 therefore elects once all 3 are up. A manual transition
+(``transition_to``, the reference's way to drive roles) overrides the rule: it is
+the operator's decision, as etcd's ``--force-new-cluster``. In leader mode an
+amnesiac node votes as any other (its vote protects no acknowledgement). Out of
+scope, as for VR: more than one member without state at once.
 
 Replication. A follower not in sync with its leader's heartbeat keeps one SyncRequest
 outstanding (retried after one heartbeat); each response is applied idempotently
@@ -773,22 +777,41 @@ class ReplicationCoordinator:
         :meth:`_amnesiac_may_grant` allows; it follows and catches up as usual. A
         single-member channel is never amnesiac.
         """
-        if self._in_sync() or (isinstance(msg, Heartbeat) and self._fresh_majority()):
-            self.amnesiac = False
-            self._dirty = True  # the saved ``recovering`` flag goes too
+        if self._recovered() or (isinstance(msg, Heartbeat) and self._fresh_majority()):
+            self._clear_amnesia()
+
+    def _recovered(self) -> bool:
+        """In sync with a live leader, and what was copied from it is durable (group
+        commit writes before it syncs: a power cut before the sync must not leave a
+        node flagged intact that lacks events it once acknowledged)."""
+        return self._in_sync() and (self.durable is None or self.durable >= self.tail)
+
+    def _clear_amnesia(self) -> None:
+        self.amnesiac = False
+        self._dirty = True  # the saved ``recovering`` flag goes too
 
     def _fresh_majority(self) -> bool:
-        """A fresh channel: a majority of members, this node included, heard within
-        the window, each *stateless* (amnesiac, or at term 0 with an empty log: it
-        never heard any election or leader), and no member heard (in this
-        incarnation) with state. A member that acknowledged an event holds it and a
-        term above 0, so committed events can only hide in such a majority if every
-        holder in it lost its state too."""
+        """A fresh channel: enough members, this node included, heard within the
+        window, each *stateless* (amnesiac, or at term 0 with an empty log: it never
+        heard any election or leader), and no member heard (in this incarnation)
+        with state.
+
+        How many: quorum mode ``n - majority + 2`` (all 3 of 3, 4 of 5). Committed
+        events are on a majority; this node may be one of its holders that lost its
+        state, the other ``majority - 1`` are intact and hold them, and each holder
+        is then either heard with state (no bootstrap) or among the
+        ``n - heard < majority - 1`` not heard: one wipe plus crashes up to a
+        minority never pass for a fresh channel. (A majority was not enough: a wiped
+        holder plus a member that crashed before the first election, at term 0 with
+        nothing, elected an empty log over committed events.) Leader mode promises
+        nothing beyond the leader's log, so a majority is enough there: it only
+        keeps a node cut off at once from leading alone."""
         peers = self._peers
         if any(not peer.amnesiac and (peer.term or peer.tail) for peer in peers.values()):
             return False  # state heard (a peer not heard yet has amnesiac None, term 0)
-        fresh = sum(1 for p in self._healthy() if peers[p].amnesiac is not None)
-        return fresh + 1 >= majority(len(self.members))
+        fresh = 1 + sum(1 for p in self._healthy() if peers[p].amnesiac is not None)
+        n = len(self.members)
+        return fresh >= (n - majority(n) + 2 if self.quorum_mode else majority(n))
 
     def _amnesiac_may_grant(self, theirs: tuple[int, int]) -> bool:
         """An amnesiac voter's extra rule (module docstring, "Lost state"): it knows the
@@ -851,6 +874,8 @@ class ReplicationCoordinator:
         self.durable = durable_seq
         if self.role is L:
             self._maybe_commit()
+        elif self.amnesiac and self._recovered():
+            self._clear_amnesia()
         return self._end()
 
     def applied(self, new_tail: int, epochs: Sequence[Epoch] | None = None) -> list[Output]:
@@ -1377,7 +1402,9 @@ class ReplicationCoordinator:
         a real vote could be: a higher term, a log at least as up to date, and no live
         leader known (:meth:`_in_lease`)."""
         theirs = ((m.epoch_term if self.quorum_mode else m.last_term), m.tail_seq)
-        lost = self.amnesiac and not self._amnesiac_may_grant(theirs)
+        # leader mode: the vote protects no acknowledgement (only the leader's log
+        # counts), and refusing it would stop a lone survivor from leading
+        lost = self.amnesiac and self.quorum_mode and not self._amnesiac_may_grant(theirs)
         self.metrics.votes_withheld_total += lost
         if m.kind is VoteKind.PRE:
             ok = m.term > self.term and not self._in_lease() and theirs >= self._own_key()
@@ -1461,7 +1488,7 @@ class ReplicationCoordinator:
             self._out.append(CommitAdvanced(new))
 
     def _maybe_challenge(self, m: Heartbeat) -> None:
-        if self._now - self._last_campaign_at < self.silence:
+        if self._now - self._last_campaign_at < self.silence or self.amnesiac:
             return
         challenge = (
             not self.quorum_mode

@@ -20,9 +20,9 @@ One ``packb``/``unpackb`` call per message.
   type or range.
 * Bounds: terms are at most :data:`MAX_TERM` and sequence numbers (``*_seq``,
   ``epoch_end``, epoch starts) at most :data:`MAX_SEQ`, both 2**62; ``decode``
-  rejects larger values. Honest nodes never get near them (a term grows by at most
-  the member count per election, a seq by one per event), and the headroom below
-  2**64 means ``term + members`` or ``seq + count`` computed from accepted input
+  rejects larger values. Honest nodes stay far below them (a term grows by at most
+  2**24 per election and starts near 2**58, a seq by one per event), and the headroom
+  below 2**64 means ``term + 2**24`` or ``seq + count`` computed from accepted input
   still encodes as a msgpack uint64 (a peer's term near 2**64 used to make the
   next owned term unencodable). The coordinator never campaigns past
   ``MAX_TERM``. Node ids, request ids and ``max_bytes`` are plain uint64.

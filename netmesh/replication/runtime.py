@@ -36,8 +36,8 @@ the dead-follower refinement: a leader quiesces leaving out followers silent for
 window).
 
 Lost state (issue 10 §2): a log that holds events without its hard state file is
-refused (LogCorrupt, :meth:`FileStorage.check_hard_state`); a channel that starts
-without hard state campaigns only in terms above :func:`incarnation_term_floor`.
+refused (LogCorrupt, :meth:`FileStorage.check_hard_state`); every incarnation of a
+channel campaigns only in terms above :func:`incarnation_term_floor`.
 
 Messages travel on the MeshNode message kind ``"redex/<channel name>"``. Local appends are
 pushed to streaming followers once per event-loop turn (not per append), so a tight
@@ -76,6 +76,7 @@ from netmesh.log.file import RedexFile
 from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication import messages
 from netmesh.replication.coordinator import (
+    TERM_SLOTS,
     Apply,
     Output,
     ReplicationCoordinator,
@@ -111,20 +112,24 @@ MIN_PUSH_GAP = 0.001
 
 
 def incarnation_term_floor() -> int:
-    """The least term a channel without persisted hard state may campaign in: the wall
-    clock in microseconds (~1.8e15 in 2026, far below MAX_TERM = 2**62).
+    """The least term this incarnation of a node may campaign in: the wall clock in
+    tenths of a second, times ``TERM_SLOTS`` (2**24; ~2**58 in 2026, below the
+    coordinator's ``MAX_TERM // 2`` = 2**61 until about the year 2400).
 
     A node that lost (or never had) its hard state cannot know the terms it led in an
-    earlier life; reusing one lets two histories share a term (issue 10 §2). Terms of
-    a live cluster grow by at most the member count per election, and an election
-    takes at least one silence window (>= 150 ms at the smallest heartbeat), so they
-    stay far below the microseconds that pass; a restarted node's floor is above every
-    term it could have reached. Assumes the wall clock does not step back by more
-    than the node's downtime (Cassandra's gossip generation, the start second, makes
-    the same assumption; Raft §5.1 avoids it by persisting ``currentTerm``, which
-    ``Cluster(data_dir=...)`` does).
+    earlier life, and one that lost it and learned a lower term from its peers (a
+    recovered node) may campaign from below them; reusing a term lets two histories
+    share it (issue 10 §2). So every incarnation campaigns above this floor, with
+    persisted hard state or without. A term grows by at most ``TERM_SLOTS`` per
+    election (terms are owned per node, ``coordinator.term_slot``) and the floor by
+    ``TERM_SLOTS`` every 0.1 s, so terms stay below the floor of any later
+    incarnation unless elections run faster than ten a second for as long as the
+    node lived. Assumes the wall clock does not step back by more than the node's
+    downtime and that a node does not restart twice within 0.1 s (Cassandra's gossip
+    generation, the start second, makes the same kind of assumption; Raft §5.1
+    persists ``currentTerm``, which the hard state keeps too).
     """
-    return time.time_ns() // 1000
+    return (time.time_ns() // 100_000_000) * TERM_SLOTS
 
 
 def probe_payload(size: int) -> bytes:

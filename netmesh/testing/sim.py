@@ -50,6 +50,7 @@ from netmesh.config import AckMode, PlacementStrategy, ReplicationConfig
 from netmesh.errors import OutOfOrder
 from netmesh.log.hardstate import Epoch, HardState
 from netmesh.replication.coordinator import (
+    TERM_SLOTS,
     Apply,
     Output,
     ReplicationCoordinator,
@@ -393,6 +394,9 @@ class SimCluster:
             rng=random.Random(self.rng.getrandbits(32)),
             auto_bootstrap=self.auto_bootstrap,
             quiesce=self.quiesce,
+            # as ChannelRuntime: every incarnation campaigns above the clock's floor
+            # (runtime.incarnation_term_floor: tenths of a second x TERM_SLOTS)
+            term_floor=(int(self.now * 10) + 1) * TERM_SLOTS,
         )
 
         def send(to: int, msg: Message) -> None:

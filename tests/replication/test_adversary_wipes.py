@@ -176,13 +176,25 @@ def test_a_wiped_node_cut_off_at_once_never_leads_in_leader_mode(n: int) -> None
         assert not any(sim.nodes[i].coord.amnesiac for i in sim.ids)
 
 
-@pytest.mark.parametrize(("n", "up"), [(3, 2), (5, 3), (3, 3), (5, 5)])
-@pytest.mark.parametrize("ack", ["quorum", "leader"])
-def test_a_fresh_cluster_of_amnesiac_nodes_elects_with_a_majority_up(
+@pytest.mark.parametrize(
+    ("n", "up", "ack"),
+    [
+        (3, 2, "leader"),
+        (5, 3, "leader"),
+        (3, 3, "leader"),
+        (5, 5, "leader"),
+        (3, 3, "quorum"),
+        (5, 4, "quorum"),
+        (5, 5, "quorum"),
+    ],
+)
+def test_a_fresh_cluster_of_amnesiac_nodes_elects_with_enough_members_up(
     n: int, up: int, ack: Ack
 ) -> None:
-    """Liveness of a new channel: every node starts without hard state (amnesiac); a
-    majority of them running is a fresh channel and elects; the rest join later."""
+    """Liveness of a new channel: every node starts without hard state (amnesiac);
+    enough of them running is a fresh channel and elects (leader mode: a majority;
+    quorum mode: n - majority + 2, so that one wiped holder plus members that never
+    held anything cannot pass for a fresh channel); the rest join later."""
     for seed in range(5):
         sim = SimCluster(n, seed=seed, ack=ack)
         down = sim.ids[up:]
@@ -198,6 +210,45 @@ def test_a_fresh_cluster_of_amnesiac_nodes_elects_with_a_majority_up(
         assert all(n.log == [b"first"] for n in sim.nodes.values())
         sim.run_heartbeats(3)
         assert not any(sim.nodes[i].coord.amnesiac for i in sim.ids)
+
+
+@pytest.mark.parametrize(("n", "up"), [(3, 2), (5, 3)])
+def test_a_fresh_quorum_channel_with_only_a_majority_up_waits(n: int, up: int) -> None:
+    """The price of the rule above (the adversary's F1): a quorum channel whose members
+    all start without state does not elect with a bare majority up; it elects as soon
+    as n - majority + 2 are."""
+    sim = SimCluster(n, seed=3, ack="quorum")
+    for i in sim.ids[up:]:
+        sim.crash(i)
+    sim.run_heartbeats(30)
+    assert sim.leaders() == []
+    sim.restart(sim.ids[up])
+    sim.wait_for_leader(max_heartbeats=40)
+
+
+def test_one_wipe_and_a_member_that_never_held_anything_are_not_a_fresh_channel() -> None:
+    """The adversary's F1: all clear the initial amnesia; B crashes before the first
+    election (saved: term 0, empty log); A and X commit 10 events; A crashes, X is
+    wiped; X and B come back. X and B alone must not elect an empty log."""
+    sim = SimCluster(3, seed=0, ack="quorum")
+    while any(nd.coord.amnesiac for nd in sim.nodes.values()):
+        sim.step()
+    b = sim.ids[-1]
+    sim.crash(b)
+    lead = sim.wait_for_leader()
+    x = next(i for i in sim.ids if i not in (lead, b))
+    sim.propose([b"e%d" % i for i in range(10)])
+    sim.run_heartbeats(5)
+    assert len(sim.committed) == 10
+    sim.crash(lead)
+    sim.wipe(x)
+    sim.restart(x)
+    sim.restart(b)
+    sim.run_heartbeats(40)
+    assert sim.leaders() == []
+    sim.restart(lead)
+    sim.wait_converged()
+    sim.assert_committed_kept()
 
 
 def test_a_crash_while_recovering_keeps_the_amnesia() -> None:

@@ -194,3 +194,87 @@ def test_catching_up_with_a_live_leader_clears_the_amnesia() -> None:
     d.tick(0.0)
     d.step(22, Heartbeat(4, ReplicaRole.LEADER, 10, 10, 4, 4), 0.1)
     assert d.leader_id == 22 and d.amnesiac  # not in sync yet: 10 events behind
+
+
+def test_the_amnesia_clears_only_once_the_copied_history_is_durable() -> None:
+    """The adversary's F2: under group commit the copied events are written before
+    they are synced; clearing at once (and saving ``recovering=False``) would let a
+    power cut leave a node flagged intact that lacks events. It clears when the
+    storage reports them durable."""
+    c = coord(ack="quorum")
+    c.durable = 0  # group commit: written, fsync pending
+    c.tick(0.0)
+    out = c.step(22, Heartbeat(4, ReplicaRole.LEADER, 3, 3, 4, 4), 0.1)
+    (req,) = [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, SyncRequest)]
+    out = c.step(22, SyncResponse(4, req.request_id, 0, 0, 0, ((4, 0),), (b"a", b"b", b"c")), 0.15)
+    assert c.amnesiac
+    assert all(o.state.recovering for o in out if isinstance(o, SaveHardState))
+    out = c.local_durable(3, 0.2)
+    assert not c.amnesiac
+    saved = [o.state for o in out if isinstance(o, SaveHardState)]
+    assert saved and not saved[-1].recovering
+
+
+def test_a_recovered_node_never_leads_a_term_of_its_former_life() -> None:
+    """The adversary's F3 (leader mode): X leads a term T while cut off with Y and
+    writes old-life events; Y crashes; X is wiped, recovers from Z (whose term is
+    lower than T) and restarts normally; alone, it used to lead T again with new
+    events, and Y, back, kept the old ones under the same term for ever. Every
+    incarnation now campaigns above the clock's floor (the simulator runs the
+    runtime's rule), so X's new term is above T and one history survives."""
+    sim = SimCluster(3, seed=1, ack="leader")
+    z = sim.wait_for_leader()
+    x, y = (i for i in sim.ids if i != z)
+    sim.propose([b"base"])
+    sim.wait_converged()
+    sim.partition([x, y], [z])
+    for _ in range(400):
+        sim.step()
+        if ReplicaRole.LEADER in (sim.nodes[x].coord.role, sim.nodes[y].coord.role):
+            break
+    if sim.nodes[y].coord.role is ReplicaRole.LEADER:
+        x, y = y, x
+    t_old = sim.nodes[x].coord.term
+    sim.propose([b"old-%d" % i for i in range(3)], x)
+    sim.run_heartbeats(3)
+    sim.crash(y)
+    sim.wipe(x)
+    sim.restart(x)
+    sim.heal()
+    sim.run_heartbeats(10)
+    sim.crash(x)
+    sim.restart(x)
+    sim.run_heartbeats(2)
+    sim.crash(z)
+    for _ in range(400):
+        sim.step()
+        if sim.nodes[x].coord.role is ReplicaRole.LEADER:
+            break
+    assert sim.nodes[x].coord.role is ReplicaRole.LEADER
+    assert sim.nodes[x].coord.term > t_old
+    sim.propose([b"new"], x)
+    sim.restart(y)
+    sim.restart(z)
+    sim.wait_converged()
+    logs = {tuple(n.log) for n in sim.nodes.values()}
+    assert logs == {(b"base", b"new")}, logs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_in_leader_mode_an_amnesiac_member_does_not_veto_a_lone_survivor(seed: int) -> None:
+    """The adversary's F4: in leader mode the vote protects no acknowledgement, so a
+    wiped member votes as any other; refusing kept A, the only intact survivor, from
+    leading for ever."""
+    sim = SimCluster(3, seed=seed, ack="leader")
+    a = sim.wait_for_leader()
+    b, x = (i for i in sim.ids if i != a)
+    sim.propose([b"e%d" % i for i in range(10)])
+    sim.wait_converged()
+    sim.crash(b)
+    sim.crash(a)
+    sim.wipe(x)
+    sim.restart(x)
+    sim.restart(a)
+    assert sim.wait_for_leader(max_heartbeats=100) == a
+    sim.wait_converged()
+    assert sim.nodes[x].log == sim.nodes[a].log and len(sim.nodes[a].log) == 10

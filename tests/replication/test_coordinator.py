@@ -166,7 +166,7 @@ def test_lone_survivor_in_leader_mode_wins_after_silence() -> None:
 
 def test_quorum_mode_needs_a_majority_and_prevote() -> None:
     c3 = cfg(ack="quorum", placement=PlacementStrategy.pinned([A, B, C]), factor=3)
-    c = ReplicationCoordinator(B, c3, [A, B, C])
+    c = ReplicationCoordinator(B, c3, [A, B, C], hard_state=HardState())
     c.tick(0.0)
     c.tick(1.0)  # heard nobody: no campaign (pre-vote), stays replica at term 0
     assert c.role is R.REPLICA and c.term == 0

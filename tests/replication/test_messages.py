@@ -206,7 +206,7 @@ def test_values_at_the_bound_and_full_u64_ids_are_accepted() -> None:
 def test_coordinator_fed_the_largest_term_only_emits_decodable_messages(ack: str) -> None:
     """A member at MAX_TERM must not push our next owned term out of range: every
     message the coordinator emits (heartbeats, vote requests, ...) must still decode."""
-    a, b, c = 10, 20, 30  # b owns terms == 1 (mod 3), MAX_TERM == 1 (mod 3): b's next is > bound
+    a, b, c = 10, 20, 30  # MAX_TERM == 0 (mod 2**24) and b owns 20: b's next is > bound
     config = ReplicationConfig(
         factor=3,
         heartbeat_ms=100,

@@ -39,7 +39,9 @@ def test_votes_are_refused_across_member_lists() -> None:
     needs the other's vote for a majority: without the membership check C (or B)
     would win with the other's vote, a leader that the other's member list does not
     agree on. With it neither leads and both count refusals; once C opens the channel
-    with B's member list, the two elect a leader and replicate."""
+    with B's member list (and A opens it too: a fresh quorum channel of 3 elects with
+    all 3 running it, the coordinator's "Lost state"), a leader is elected and
+    replicates."""
 
     async def body() -> None:
         nodes, (ra, rb, rc) = await mesh(3)
@@ -56,10 +58,14 @@ def test_votes_are_refused_across_member_lists() -> None:
 
         rc.close_file(name)
         fc = rc.open_file(name, quorum([a, b, c]))  # the same member list as B
-        await poll(lambda: LEADER in roles(), 8, "a leader once the member lists agree")
-        leader, other = (fb, fc) if roles()[0] is LEADER else (fc, fb)
+        fa = ra.open_file(name, quorum([a, b, c]))
+        files = (fa, fb, fc)
+        every = lambda: [r.replication_coordinator_for(name).role for r in (ra, rb, rc)]  # noqa: E731
+        await poll(lambda: LEADER in every(), 8, "a leader once the member lists agree")
+        leader = files[every().index(LEADER)]
         leader.append(b"agreed")
-        await poll(lambda: other.next_seq == 1, 5, "the other member replicated")
+        others = [f for f in files if f is not leader]
+        await poll(lambda: all(f.next_seq == 1 for f in others), 5, "the members replicated")
         for r in (ra, rb, rc):
             r.close()
 
