@@ -410,6 +410,9 @@ def quorum_change(
         return LEARN if self_id not in ready else None
     if applied == target:
         return None
+    behind = _quorate_neighbour(self_id, applied, running)
+    if behind is not None:
+        return Change(behind)
     nxt = next_step(applied, target)
     if self_id not in nxt:  # this step removes this node
         others = set(applied) - {self_id}
@@ -434,6 +437,22 @@ def quorum_change(
     if known < len(applied) // 2 + 1:
         return None
     return Change(nxt)
+
+
+def _quorate_neighbour(
+    self_id: int, applied: tuple[int, ...], running: Mapping[int, tuple[int, ...]]
+) -> tuple[int, ...] | None:
+    """A set one step from ``applied`` that holds this node and that a majority of
+    its members (other than this node) is known to run: the others moved on while
+    this node was behind (it missed a step, or the target changed under it), and
+    joining a set a majority already runs creates no new majority. None: none."""
+    for cand in sorted(set(running.values())):
+        if cand == applied or self_id not in cand or len(set(cand) ^ set(applied)) != 1:
+            continue
+        on = sum(1 for n in cand if n != self_id and running.get(n) == cand)
+        if on >= len(cand) // 2 + 1:
+            return cand
+    return None
 
 
 # ------------------------------------------------------------------ rate limit

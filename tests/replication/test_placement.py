@@ -299,3 +299,53 @@ def test_a_step_waits_for_a_majority_of_the_current_set_to_be_heard() -> None:
     # from the 4-set, a majority (3) must be known on it or the next step
     assert quorum_change(a, step1, target, {d: step1}) is None
     assert quorum_change(a, step1, target, {b: step1, d: step1}) == Change(step2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 13 §3, adversary's P1): members that resolved different targets "
+    "take different single-server steps from one set; needs leader-driven steps",
+)
+def test_divergent_targets_never_run_two_sets_with_disjoint_majorities() -> None:
+    """The channel runs on S = {1,2,3,4}, mid-way from {2,3,4} to {1,2,3}; node 0
+    announces. Nodes 3 and 4 heard it (target {0,1,2}: they add 0), nodes 1 and 2 did
+    not yet (target {1,2,3}: they remove 4). Right value: at most one of the sets in
+    use has a majority of its members running it."""
+    s = (1, 2, 3, 4)
+    view = {1: s, 2: s, 3: s, 4: s}
+    assert quorum_change(0, None, (0, 1, 2), view, set()) == LEARN
+    moves: dict[int, tuple[int, ...] | None] = {}
+    for me, target in [(1, (1, 2, 3)), (2, (1, 2, 3)), (3, (0, 1, 2)), (4, (0, 1, 2))]:
+        seen = {k: m for k, m in {**view, 0: None}.items() if k != me}
+        out = quorum_change(me, s, target, seen, {0})
+        if isinstance(out, Change):
+            moves[me] = out.members
+    joined = quorum_change(0, None, (0, 1, 2), {**view, **moves}, {0})
+    if isinstance(joined, Change):
+        moves[0] = joined.members
+    running: dict[tuple[int, ...], set[int]] = {}
+    for n, m in moves.items():
+        if m is not None:
+            running.setdefault(m, set()).add(n)
+    for n in view:
+        if n not in moves:
+            running.setdefault(s, set()).add(n)
+    quorate = [m for m, r in running.items() if len(r & set(m)) > len(m) // 2]
+    assert len(quorate) <= 1, running
+
+
+def test_a_target_change_mid_step_does_not_stick_the_placement() -> None:
+    """Members 1, 2, 3 run {1,2,3,4} (they added 1 toward {1,2,3}); member 4 still runs
+    {2,3,4}; node 0 appears, so the target becomes {0,1,2}. Right value: some node can
+    move (here: 4 catches up to the set the others run)."""
+    s, s1 = (2, 3, 4), (1, 2, 3, 4)
+    state: dict[int, tuple[int, ...] | None] = {0: None, 1: s1, 2: s1, 3: s1, 4: s}
+    outs = []
+    for ready in (set(), {0}):
+        for me, applied in state.items():
+            seen = {k: m for k, m in state.items() if k != me}
+            outs.append(quorum_change(me, applied, (0, 1, 2), seen, ready))
+    assert any(o is not None for o in outs), "no node can ever move"
+    # the one that can: 4 joins the set a majority of its members runs
+    seen4 = {k: m for k, m in state.items() if k != 4}
+    assert quorum_change(4, s, (0, 1, 2), seen4, {0}) == Change(s1)
