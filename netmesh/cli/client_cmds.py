@@ -39,6 +39,8 @@ from netmesh.client.client import Client, ClientProducer, connect
 from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NotLeader, PayloadTooLarge
 
 Command = Callable[[str, str], argparse.ArgumentParser]
+#: how a node daemon outside a channel's replica set names its leader (daemon.py)
+OUTSIDE = "not a member "
 BATCH = 512
 
 
@@ -289,6 +291,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 2
     with connect(args.name) as cl:
         info = _channel_exists(cl, args.channel)
+        if info.leader_text.startswith(OUTSIDE):  # a node daemon outside its replica set
+            raise ChannelNotOpen(
+                f"node daemon {args.name!r} does not hold {args.channel!r}"
+                f" (its {info.leader_text[len(OUTSIDE) :].strip('()')})"
+            )
         end = info.commit if info.ack == "quorum" else info.next_seq
         if args.last is not None:
             start: int | Literal["earliest", "latest"] = max(0, end - args.last)

@@ -324,10 +324,16 @@ def _read_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     else:
         files = status.find_run_files()
         if not files:
-            raise NetmeshError(
-                f"no running `netmesh up` found in {rundir.default_run_dir()} (set NETMESH_RUN_DIR "
-                "to the directory the `netmesh up` uses)"
+            served: list[str] = []
+            with contextlib.suppress(NetmeshError):
+                served = rundir.served_names()
+            hint = (
+                f" (served there by a node daemon or a Cluster: {', '.join(served)}; see"
+                f" netmesh status --node {served[0]})"
+                if served
+                else " (set NETMESH_RUN_DIR to the directory the `netmesh up` uses)"
             )
+            raise NetmeshError(f"no running `netmesh up` found in {rundir.default_run_dir()}{hint}")
         path = files[0]
     with open(path) as fh:
         info: dict[str, Any] = json.load(fh)

@@ -45,7 +45,11 @@ def register(command: Command) -> None:
     what = kg.add_mutually_exclusive_group(required=True)
     what.add_argument("--out", metavar="FILE", help="write a new key here")
     what.add_argument("--show", metavar="FILE", help="print the public key of an existing key")
-    kg.add_argument("--json", action="store_true", help='one JSON object {"public_key", "node_id"}')
+    kg.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object {"public_key", "node_id" (int), "node_id_hex" (0x<16 hex>)}',
+    )
     kg.add_argument("--force", action="store_true", help="replace an existing --out file")
     kg.set_defaults(func=cmd_keygen)
 
@@ -93,7 +97,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         _refuse_existing(args.out, args.force)
         kp = EntityKeypair.generate().save(args.out)
     if args.json:
-        print(json.dumps({"public_key": kp.public_key.hex(), "node_id": kp.node_id}))
+        print(
+            json.dumps(
+                {
+                    "public_key": kp.public_key.hex(),
+                    "node_id": kp.node_id,
+                    "node_id_hex": format_node_id(kp.node_id),
+                }
+            )
+        )
     else:
         print(f"public_key {kp.public_key.hex()}")
         print(f"node_id    {kp.node_id} ({kp.node_id:#018x})")
@@ -131,10 +143,30 @@ def cmd_node_status(args: argparse.Namespace) -> int:
     else:
         view = _from_socket(target)
     if args.json:
-        print(json.dumps(view, sort_keys=True))
+        print(json.dumps(with_hex_ids(view), sort_keys=True))
         return 0
     _print_view(view)
     return 0
+
+
+#: JSON keys holding a node id (an int): each gets a ``<key>_hex`` sibling
+HEX_KEYS = ("node_id", "leader_id", "peer_id")
+
+
+def with_hex_ids(value: Any) -> Any:
+    """``value`` (JSON-shaped) with ``node_id_hex``/``leader_id_hex`` beside every int
+    ``node_id``/``leader_id``: the ``0x<16 hex>`` form the README, logs and tables use
+    (:func:`~netmesh.cluster.nodeconfig.format_node_id`); the int stays for programs."""
+    if isinstance(value, list):
+        return [with_hex_ids(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: with_hex_ids(v) for k, v in value.items()}
+    for key in HEX_KEYS:
+        v = value.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[f"{key}_hex"] = format_node_id(v)
+    return out
 
 
 def _from_socket(target: str) -> dict[str, Any]:

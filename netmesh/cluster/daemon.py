@@ -394,6 +394,7 @@ class Daemon:
         svc = self._svc()
         out = []
         for f in svc.redex.open_files():
+            outside: tuple[int, ...] | None = None  # the replicas, when not one of them
             coord = svc.redex.replication_coordinator_for(f.name)
             rt = svc.redex.replication_runtime(f.name)
             leader_id: int | None = self.me
@@ -408,6 +409,7 @@ class Daemon:
             if repl is not None and rt is None:  # placement left this node Idle
                 leader_id = None
                 row.update(factor=repl.factor, ack=repl.ack, commit=0)
+                outside = self.replicas_of(str(f.name))
             elif coord is not None and rt is not None:
                 cfg = rt.coord.config
                 leader_id = self.me if coord.role == ReplicaRole.LEADER else coord.leader_id
@@ -422,8 +424,51 @@ class Daemon:
                 leader_address=self.address_of(leader_id),
                 leader_text=self.describe(leader_id),
             )
+            if outside is not None:  # not "unknown": this node does not hold it
+                replicas = ", ".join(self.describe(m) for m in outside) or "none announced"
+                row["leader_text"] = f"not a member (replicas: {replicas})"
             out.append(row)
         return out
+
+    def replicas_of(self, channel: str) -> tuple[int, ...]:
+        """The replica set of ``channel`` for a node outside it: the set most of its
+        peers announce they run it with, else the set placement resolves from their
+        announcements (:func:`netmesh.replication.placement.resolve`); () if unknown."""
+        from netmesh.replication.placement import resolve
+
+        svc = self._svc()
+        view = svc.redex.placement_view()
+        counts: dict[tuple[int, ...], int] = {}
+        for ann in view.values():
+            members = ann.members_of(channel)
+            if members:
+                counts[members] = counts.get(members, 0) + 1
+        if counts:
+            return max(counts, key=lambda m: (counts[m], m))
+        f = svc.redex.get_file(channel)
+        repl = None if f is None else f.config.replication
+        if repl is None:
+            return ()
+        resolved = resolve(repl.placement, repl.factor, channel, view.values())
+        return () if self.me in resolved else resolved  # not settled yet: unknown
+
+    def check_holds(self, channel: str) -> None:
+        """ChannelNotOpen, one line naming this daemon and the channel's replicas, when
+        ``channel`` is open here but placement left this node outside its replica set
+        (Idle): its file holds nothing current, so a read from it would answer stale
+        events or silence (README, Running on several machines)."""
+        svc = self._svc()
+        f = svc.redex.get_file(channel)
+        if f is None or f.config.replication is None:
+            return
+        if svc.redex.replication_runtime(channel) is not None:
+            return
+        members = self.replicas_of(channel)
+        where = ", ".join(self.describe(m) for m in members) or "none announced yet"
+        raise ChannelNotOpen(
+            f"node daemon {self.cfg.node.name!r} does not hold {channel!r} (its replicas:"
+            f" {where}): read it through the node daemon of a replica's host"
+        )
 
     def not_leader(self, exc: NotLeader, channel: str) -> NotLeader:
         """``exc`` (a refused producer on this daemon) with a message naming the leader
@@ -704,6 +749,8 @@ class DaemonBackend:
     def call(self, node: int, op: str, timeout: float = 10.0, **args: Any) -> Any:
         if node != 0 or self.d.stopping or self.d.loop is None:
             raise NodeUnresponsive(f"node {node} is not served here")
+        if op == "subscribe":  # tail, read_range, subscribe: only from a replica
+            self.d.on_loop(lambda: self.d.check_holds(str(args.get("channel"))))
         fut = asyncio.run_coroutine_threadsafe(self.d._svc().call_op(op, args), self.d.loop)
         try:
             return fut.result(timeout)
