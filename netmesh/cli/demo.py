@@ -14,16 +14,27 @@ and every node holds the same history.
 The subscriber counts each row number once (the row number is the events' idempotency
 key: a resent event may be stored twice, issue 12 removes even that).
 
-Workers: ``python -P -m netmesh.cli.demo publish|subscribe NAME CHANNEL N``.
+Workers: ``python -P -m netmesh.cli.demo publish|subscribe NAME CHANNEL N``; they die
+with the demo (``PR_SET_PDEATHSIG``), even a SIGKILLed one.
+
+Leftovers of a SIGKILLed demo (its ``demo-<pid>.lock``/``.sock`` in the run directory,
+its ``netmesh-demo-<pid>-*`` data directory in the temporary directory) carry its pid;
+the next demo removes those whose pid is not running (:func:`remove_stale`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import importlib.util
 import io
 import json
+import logging
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +47,11 @@ from netmesh.errors import ConfigError, NotLeader
 
 CHANNEL = "demo/flights"
 BATCH = 1000
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PARENT_ENV = "NETMESH_DEMO_PARENT"
+_STALE_NAME = re.compile(r"^demo-(\d+)\.(?:lock|sock)$")
+_STALE_DIR = re.compile(r"^netmesh-demo-(\d+)-")
+log = logging.getLogger(__name__)
 
 
 def flights_zip() -> str:
@@ -131,8 +147,63 @@ def subscribe(name: str, channel: str, limit: int) -> None:
         sub.close()
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this worker when the demo that started it dies (a SIGKILLed demo's
+    subscriber would wait 30-60 s for a cluster that is gone); exit now if it already
+    died before this call."""
+    parent = os.environ.get(_PARENT_ENV)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != int(parent):
+        os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale() -> list[str]:
+    """Remove what SIGKILLed demos left behind (module doc): their served name (lock
+    taken over, socket removed) and their data directory, when their pid is not
+    running. Returns the paths removed."""
+    from netmesh.cluster import rundir
+    from netmesh.errors import NetmeshError
+
+    removed: list[str] = []
+    with contextlib.suppress(OSError, NetmeshError):
+        d = rundir.run_dir(create=False)
+        pids = {int(m.group(1)) for e in os.listdir(d) if (m := _STALE_NAME.match(e))}
+        for pid in sorted(pids):
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            name = f"demo-{pid}"
+            with contextlib.suppress(NetmeshError, OSError):
+                rundir.claim(name, listen=False).close()  # takes the dead lock, unlinks it
+                removed.append(os.path.join(d, f"{name}.lock"))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, f"{name}.sock"))
+                removed.append(os.path.join(d, f"{name}.sock"))
+    tmp = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(tmp):
+            m = _STALE_DIR.match(entry)
+            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
+                removed.append(os.path.join(tmp, entry))
+    for path in removed:
+        log.info("removed %s, left by a demo that was killed", path)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
     role, name, channel, limit = argv[0], argv[1], argv[2], int(argv[3])
     (publish if role == "publish" else subscribe)(name, channel, limit)
     return 0
@@ -146,6 +217,7 @@ def _worker(role: str, name: str, limit: int) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, _PARENT_ENV: str(os.getpid())},
     )
 
 
@@ -169,9 +241,10 @@ def run(console: Any, events: int | None, heartbeat_ms: int) -> int:
     for row in flights(events):
         expected.add(row)
         limit += 1
+    remove_stale()
     name = f"demo-{os.getpid()}"
     with (
-        tempfile.TemporaryDirectory(prefix="netmesh-demo-") as data,
+        tempfile.TemporaryDirectory(prefix=f"netmesh-demo-{os.getpid()}-") as data,
         Cluster(nodes=3, heartbeat_ms=heartbeat_ms, name=name, data_dir=data) as c,
     ):
         pids = [c.info[i]["pid"] for i in range(3)]
