@@ -1871,6 +1871,11 @@ class _Packed:
             stop = min(b, firsts[f + 1] if f + 1 < nf else self.count)
             if stop > a:
                 pos = offs[f] + (sum(lens[base + fa : base + a]) if a > fa else 0)
+                if stop - a == 1:  # a single record: a slice
+                    out.append(blob[pos : pos + lens[base + a]])
+                    a = stop
+                    f += 1
+                    continue
                 ls = lens[base + a : base + stop]
                 st = _unpackers.get(ls)
                 if st is not None:  # every record of the piece in one C call
@@ -1883,20 +1888,32 @@ class _Packed:
 
 
 class _Unpackers:
-    """A compiled ``struct`` per length signature (``<64s64s...``), built on its second
-    sighting, at most ``MAX`` kept (all dropped when full), none for more than
-    ``MAX_COUNT`` records: one C call cuts a frame's payloads out of a batch."""
+    """A compiled ``struct`` per length signature (``<64s64s...``): for ``k`` records of
+    one length, by (length, ``k``) (a ``memcmp`` tells); else by the lengths, built on
+    their second sighting. At most ``MAX`` of each kind kept (all dropped when full),
+    none for more than ``MAX_COUNT`` records: one C call cuts a frame's payloads (or
+    the part of it a read wants) out of a batch."""
 
     MAX, MAX_COUNT = 128, 4096
 
     def __init__(self) -> None:
         self.structs: dict[bytes, struct.Struct] = {}
+        self.uniform: dict[tuple[int, int], struct.Struct] = {}
         self.seen: set[bytes] = set()
 
     def get(self, lens: array[int]) -> struct.Struct | None:
-        if len(lens) > self.MAX_COUNT:
+        k = len(lens)
+        if k > self.MAX_COUNT:
             return None
         key = lens.tobytes()
+        if key == key[:4] * k:  # one length: (length, count) names the struct
+            uk = (lens[0], k)
+            st = self.uniform.get(uk)
+            if st is None:
+                if len(self.uniform) >= self.MAX:
+                    self.uniform.clear()
+                st = self.uniform[uk] = struct.Struct("<" + f"{lens[0]}s" * k)
+            return st
         st = self.structs.get(key)
         if st is not None:
             return st
