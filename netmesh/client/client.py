@@ -590,9 +590,9 @@ class Subscription:
             try:
                 self._open(exclude=[dead])
                 return
-            except (NodeUnresponsive, NotLeader):
-                if time.monotonic() > deadline:
-                    raise
+            except (NodeUnresponsive, NotLeader) as exc:
+                if getattr(exc, "final", False) or time.monotonic() > deadline:
+                    raise  # final: e.g. a group that runs on another daemon now
                 time.sleep(0.05)
 
     def _fill(self, timeout: float | None) -> bool:

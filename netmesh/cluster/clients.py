@@ -45,6 +45,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import netmesh
@@ -54,7 +55,7 @@ from netmesh.cluster.groups import DEFAULT_MAX_ACK_PENDING, Group, StateStore
 from netmesh.cluster.node_worker import replication_from_dict
 from netmesh.cluster.nodeconfig import describe_node
 from netmesh.config import DEFAULT_MAX_PAYLOAD
-from netmesh.errors import ChannelNotOpen, ConfigError, DecodeError, NodeUnresponsive
+from netmesh.errors import ChannelNotOpen, Closed, ConfigError, DecodeError, NodeUnresponsive
 from netmesh.replication.roles import ReplicaRole
 from netmesh.ring.shm import ShmRing
 
@@ -107,6 +108,8 @@ class ClientServer:
         self.connections = 0
         self._lock = threading.RLock()  # one cluster request at a time
         self._closed = False
+        #: set by :meth:`stopping`: every request is answered with Closed(this)
+        self.stopped: str | None = None
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._ring_no = 0
@@ -117,6 +120,16 @@ class ClientServer:
         self._accept.start()
 
     # -- lifetime --------------------------------------------------------------------
+    def stopping(self, timeout: float = 1.0) -> None:
+        """A clean stop begins: answer every request with Closed("cluster 'N' stopped")
+        -- a waiting subscriber asks every ``LIVENESS_S`` (0.25 s) whether its node
+        runs -- and wait up to ``timeout`` s for the clients to hang up. A client only
+        told by a closed socket (NodeUnresponsive) retries it as a failover for 30 s."""
+        self.stopped = f"cluster {self.name!r} stopped"
+        deadline = time.monotonic() + timeout
+        while self._conns and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls the connection threads' bookkeeping, not a sync
+
     def close(self) -> None:
         """Stop accepting, drop every connection (releasing its rings), free the name."""
         if self._closed:
@@ -186,6 +199,8 @@ class ClientServer:
     def _handle(self, op: str, args: dict[str, Any], rings: dict[str, tuple[int, ShmRing]]) -> Any:
         if self._closed:
             raise NodeUnresponsive(f"cluster {self.name!r} is stopping")
+        if self.stopped is not None:  # final: clients do not retry it as a failover
+            raise Closed(self.stopped)
         b = self.backend
         with self._lock:
             if op == "hello":
@@ -321,6 +336,10 @@ class ClientServer:
         max_ack_pending = DEFAULT_MAX_ACK_PENDING if got is None else int(got)
         if max_ack_pending < 1:
             raise ConfigError(f"max_ack_pending must be >= 1, got {max_ack_pending}")
+        host_check = getattr(self.backend, "check_group_host", None)
+        if host_check is not None:  # a node daemon: the group runs where its state is led
+            host_check(channel)
+        self._drop_failed_groups(channel)
         group = self._groups.get((channel, durable))
         if group is None:
             dlq = str(ChannelName(args.get("dead_letter") or f"{channel}.dlq"))
@@ -345,6 +364,19 @@ class ClientServer:
         self._member_of[name] = group
         group.join(name, ring, max_ack_pending)
         return {"ring": name, "node": -1}
+
+    def _drop_failed_groups(self, channel: str) -> None:
+        """Forget the stopped groups of ``channel`` (their members got the error); with
+        none left running, its state is read again at the next start (another daemon
+        may have written it meanwhile)."""
+        for key, g in list(self._groups.items()):
+            if key[0] == channel and g.failed is not None:
+                del self._groups[key]
+                g.close()
+        if not any(key[0] == channel for key in self._groups):
+            store = self._stores.pop(channel, None)
+            if store is not None:
+                store.close()
 
     def _node_pid(self, node: int) -> int | None:
         """The process serving ``node`` now (None when the backend cannot tell)."""

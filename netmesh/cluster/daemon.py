@@ -765,6 +765,46 @@ class DaemonBackend:
     def node_alive(self, node: int) -> bool:
         return node == 0 and not self.d.stopping
 
+    def check_group_host(self, channel: str) -> None:
+        """The consumer groups of ``channel`` run here only if this daemon leads
+        ``<channel>.consumers``, where they write their state: so each group has one
+        dispatcher in the cluster (issue 12 trial §4; as a producer on a follower is
+        refused, README "Running on several machines").
+
+        Raises ConfigError (``<channel>.consumers`` is not in [[channels]]), NotLeader
+        (another daemon leads it: ``final`` set, ``.leader`` its node id, the message
+        names it and its address; no leader known: not final, retry)."""
+        state = f"{channel}.consumers"
+        row = next((r for r in self.channel_list() if r["name"] == state), None)
+        if row is None:
+            raise ConfigError(
+                f"durable subscriptions to {channel!r} need channels {state!r} and"
+                f" '{channel}.dlq' (or the dead_letter channel named) in [[channels]] of"
+                f" {self.d.cfg.path}, with the replication of {channel!r}; SIGHUP to reload"
+            )
+        lead = row["leader_id"]
+        if lead == self.d.me:
+            return
+        here = f"node daemon {self.d.cfg.node.name!r} ({format_node_id(self.d.me)})"
+        err = NotLeader(state, lead)
+        if lead is None:
+            where = (
+                "it knows no leader (an election is running, too few daemons are up, or this"
+                " host does not hold it): retry, or subscribe through the daemon of its"
+                " leader's host"
+            )
+        else:
+            where = (
+                f"its leader is {self.d.describe(lead)}: subscribe with durable= through the"
+                " node daemon on that host"
+            )
+            err.final = True  # type: ignore[attr-defined]
+        err.args = (
+            f"{here} does not lead {state!r}, where the consumer groups of {channel!r} run;"
+            f" {where}",
+        )
+        raise err
+
     def new_name(self, *parts: object) -> str:
         return self.d.name(*parts)
 

@@ -42,7 +42,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from netmesh.cluster import subframes
+from netmesh.cluster import control, subframes
 from netmesh.cluster.producer import Producer
 from netmesh.errors import NetmeshError, RingClosed
 from netmesh.ring.shm import ShmRing
@@ -60,6 +60,7 @@ PERSIST_S = 0.05
 DEFAULT_MAX_ACK_PENDING = 64
 FETCH_AHEAD = 4096  # events read from the channel ahead of delivery (not yet sent)
 TICK_S = 0.005  # the dispatcher's longest sleep; an acknowledgement wakes it at once
+HOST_CHECK_S = 0.5  # how often a dispatcher checks it may still run here (a node daemon)
 LOAD_WAIT_S = 10.0  # for a reopened state channel's commit index
 #: every this many records a :class:`StateStore` appends a snapshot (the latest state of
 #: every group of the channel), so a start reads at most about twice this many records
@@ -357,6 +358,10 @@ class Group:
         self._source: tuple[str, ShmRing, int] | None = None  # ring name, ring, node
         self._source_checked = 0.0
         self._dlq_producer: Any = None  # (ring name, ring, Producer, node)
+        #: why the dispatcher stopped (its members got it as their error), or None
+        self.failed: BaseException | None = None
+        self._host_check = getattr(backend, "check_group_host", None)
+        self._host_checked = time.monotonic()
         self.store = store or StateStore(backend, channel, new_ring, drop_ring)
         self._load()
         self._next_fetch = self.state.floor  # acknowledged seqs above it are skipped
@@ -445,23 +450,48 @@ class Group:
                 "delivered": self.delivered,
                 "redelivered": self.redelivered,
                 "dead_lettered": self.state.dead_lettered,
+                "error": None if self.failed is None else str(self.failed),
             }
 
     # -- the dispatcher --------------------------------------------------------------
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                if self._host_check is not None:
+                    now = time.monotonic()
+                    if now - self._host_checked >= HOST_CHECK_S:
+                        self._host_checked = now
+                        self._host_check(self.channel)  # a daemon that lost the lead: raises
                 self._fetch()
                 self._expire()
                 self._dispatch()
                 self._persist()
                 self._wake.wait(TICK_S)
                 self._wake.clear()
-        except Exception:
+        except NetmeshError as exc:
+            log.warning("consumer group %s of %s stopped: %s", self.name, self.channel, exc)
+            self._fail(exc)
+        except Exception as exc:
             log.exception("consumer group %s of %s stopped", self.name, self.channel)
+            self._fail(exc)
         finally:
+            if self.failed is None:
+                with contextlib.suppress(Exception):
+                    self._persist(force=True)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The dispatcher stopped (e.g. NotLeader: this daemon no longer leads the state
+        channel): every member gets ``exc`` as its subscription's error (a FAILED frame,
+        then its ring ends), and a new subscribe makes the group again (or is refused)."""
+        self.failed = exc
+        frame = subframes.control(subframes.FAILED, control.error_value(exc))
+        with self.lock:
+            members = list(self.members.values())
+        for m in members:
             with contextlib.suppress(Exception):
-                self._persist(force=True)
+                m.ring.put(frame, timeout=1.0)
+            with contextlib.suppress(Exception):
+                m.ring.close_producer()
 
     def _open_source(self, exclude: list[int]) -> None:
         node = self.backend.serving_node(self.channel, exclude)
