@@ -41,7 +41,7 @@ from netmesh.cluster.cluster import Cluster, check_data_dir
 from netmesh.cluster.metrics_page import MetricsPage
 from netmesh.cluster.producer import Producer
 from netmesh.config import DEFAULT_MAX_PAYLOAD, ReplicationConfig
-from netmesh.errors import ChannelNameError, ConfigError, NameTaken, NetmeshError
+from netmesh.errors import ChannelNameError, Closed, ConfigError, NameTaken, NetmeshError
 from netmesh.replication.roles import ReplicaRole
 
 CHANNEL = "demo/orders"
@@ -610,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ChannelNameError) as exc:
         print(f"{_prog(argv)}: error: {exc}", file=sys.stderr)
         return 2
+    except Closed as exc:  # "cluster 'x' stopped": the cluster went away on purpose
+        print(f"{_prog(argv)}: {str(exc).rsplit(': ', 1)[-1]}", file=sys.stderr)
+        return 1
     except NetmeshError as exc:
         print(f"{_prog(argv)}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

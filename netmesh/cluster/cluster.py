@@ -400,7 +400,10 @@ class Cluster:
     def close(self) -> None:
         """Stop every node and remove every shared-memory object; idempotent."""
         if self.client_server is not None:
-            self.client_server.close()  # clients' rings go first, then the nodes
+            # clients are told first (Closed: "cluster 'N' stopped"), within a second,
+            # while their nodes still run; then their rings go, then the nodes
+            self.client_server.stopping()
+            self.client_server.close()
             self.client_server = None
         for handle in list(self.producer_processes):
             handle.kill()
