@@ -268,6 +268,8 @@ class Daemon:
         metrics, peers, channels (fsynced), the mesh; every shm name is unlinked and
         every lock file this daemon created is removed (run lock, name lock, data_dir
         lock; a data_dir created by a start-up that failed goes too)."""
+        if self.clients is not None:  # told while the node runs: Closed, within 1 s
+            await asyncio.to_thread(self.clients.stopping)
         self.stopping = True
         if self.clients is not None:
             await asyncio.to_thread(self.clients.close)

@@ -98,3 +98,47 @@ def test_status_with_only_daemons_hints_node(d: Daemons) -> None:
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r
     assert "netmesh status --node n0" in r.stderr, r.stderr
     assert d.terminate(0) == 0
+
+
+FOLLOWER = """
+import netmesh, sys
+with netmesh.connect("n0") as cl:
+    sub = cl.subscribe(sys.argv[1], from_seq=0)
+    print("subscribed", flush=True)
+    try:
+        for ev in sub:
+            pass
+    except netmesh.errors.Closed as exc:
+        print(exc, flush=True)
+        sys.exit(3)
+"""
+
+
+def test_a_stopping_daemon_tells_its_subscribers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = Daemons(tmp_path, HOSTS[:1], channels_toml=f'[[channels]]\nname = "{CHANNEL}"\n')
+    monkeypatch.setenv("NETMESH_RUN_DIR", str(d.run_dir))
+    try:
+        d.start(0)
+        d.ready(0)
+        sub = subprocess.Popen(
+            [sys.executable, "-P", "-c", FOLLOWER, CHANNEL],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.env,
+        )  # fmt: skip
+        try:
+            assert sub.stdout is not None
+            assert sub.stdout.readline() == "subscribed\n"
+            assert d.terminate(0) == 0
+            # before: it ran on for 30 s, then NodeUnresponsive ... Broken pipe
+            assert sub.wait(2) == 3
+            assert "cluster 'n0' stopped" in sub.stdout.read()
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+                sub.wait(10)
+            for pipe in (sub.stdout, sub.stderr):
+                if pipe is not None:
+                    pipe.close()
+    finally:
+        d.close()
