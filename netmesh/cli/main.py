@@ -606,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
             args.file = extra[0]  # `publish CHANNEL --name N FILE`: argparse stops early
         elif extra:
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the EPIPE handling below
+        return code
     except (ConfigError, ChannelNameError) as exc:
         print(f"{_prog(argv)}: error: {exc}", file=sys.stderr)
         return 2

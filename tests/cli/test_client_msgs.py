@@ -107,3 +107,22 @@ def test_opening_a_channel_again_the_same_way_is_a_no_op(run_dir: Path) -> None:
             assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
         with pytest.raises(ConfigError, match="another configuration"):
             c.open_channel("payments", ReplicationConfig(factor=1))
+
+
+def test_channels_into_a_closed_pipe_is_quiet(run_dir: Path) -> None:
+    with Cluster(nodes=1, name="pipe", heartbeat_ms=100) as c:
+        for i in range(3):
+            c.open_channel(f"ch{i}")
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "netmesh.cli", "channels", "--name", "pipe"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # `| head -0`: the reader is gone before anything is written
+        err = proc.stderr.read()
+        proc.stderr.close()
+        # before: exit 120 with "Exception ignored ... BrokenPipeError"
+        assert proc.wait(60) == 141, err
+        assert err == "", err
