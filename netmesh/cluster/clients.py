@@ -259,6 +259,7 @@ class ClientServer:
                 return None
             if op == "groups":
                 channel = self._channel(args["channel"])
+                self._drop_failed_groups(channel)  # stopped here: they run elsewhere now
                 return [g.info() for (ch, _), g in self._groups.items() if ch == channel]
         raise ConfigError(f"unknown client request {op!r}")
 

@@ -124,6 +124,7 @@ def test_a_group_runs_only_on_the_daemon_leading_its_state_channel(daemons: Daem
     assert f"its leader is {format_node_id(d.keys[new]['node_id'])}" in str(lost.value)
     sub.close()
     assert "Traceback" not in d.log(lead), d.log(lead)[-3000:]
+    assert cl.consumers(CHANNEL) == []  # not "acknowledged through ..." from a stopped group
 
     # the group resumes on the new leader's daemon after what was acknowledged
     assert publish(d.clients[d.wait_leader()], 10, start=300) == 309
