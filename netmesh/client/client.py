@@ -661,7 +661,8 @@ class Subscription:
     def ack(self, ev: RedexEvent | int) -> None:
         """Acknowledge one delivered event. Sent in batches: within ``ACK_FLUSH_S``
         (by the client's flusher thread), at once when half of ``max_ack_pending`` are
-        held or when the member has nothing more in hand, and when it waits or closes."""
+        held or when the member has nothing more in hand (every event it was handed
+        acknowledged, none buffered), and when it waits or closes."""
         seq = ev if isinstance(ev, int) else ev.entry.seq
         if self.group is None:
             raise ConfigError("ack() is for durable subscriptions (subscribe(..., durable=))")
@@ -671,7 +672,8 @@ class Subscription:
             if self._acks_since is None:
                 self._acks_since = time.monotonic()
             held = len(self._acks)
-        if held >= max(1, int(self.group.get("max_ack_pending") or 64) // 2) or not self._buf:
+        half = max(1, int(self.group.get("max_ack_pending") or DEFAULT_MAX_ACK_PENDING) // 2)
+        if held >= half or not (self._buf or self._unacked):  # nothing more in hand
             self.flush_acks()
 
     def ack_through(self, seq: int) -> None:
