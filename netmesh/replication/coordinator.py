@@ -1321,7 +1321,9 @@ class ReplicationCoordinator:
         )
 
     def _winner(self) -> int:
-        keys = {p: self._peer_key(p) for p in self._healthy()}
+        # an amnesiac member never campaigns: deferring to it only delays the election
+        peers = self._peers
+        keys = {p: self._peer_key(p) for p in self._healthy() if not peers[p].amnesiac}
         keys[self.self_id] = self._own_key()
         return max(keys, key=lambda p: (keys[p], p == self.pinned, -p))
 
