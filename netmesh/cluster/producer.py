@@ -130,7 +130,6 @@ class Producer:
         if self._closed:
             raise Closed(f"producer for {self.channel!r} is closed")
         deadline = time.monotonic() + timeout
-        pause = 20e-6
         while True:
             count, seq, rejected, reason = self.ring.acked()
             if count >= self.sent:
@@ -144,8 +143,7 @@ class Producer:
                 raise NodeUnresponsive(
                     f"{self.channel}: {self.sent - count} events not acknowledged in {timeout}s"
                 )
-            time.sleep(pause)  # backoff poll of the ack word; flush is not a hot path
-            pause = min(pause * 2, 1e-3)
+            self.ring.wait_acked(self.sent, deadline - time.monotonic())
         if rejected != self.refused_total:
             refused = rejected - self.refused_total
             self.refused_total = rejected

@@ -9,6 +9,7 @@ its own 64-byte line so producer and consumer do not false-share::
     word 16 TAIL             (bytes ever consumed; only the consumer stores it)
     word 24 CONSUMER_WAITING (consumer sleeps on the data semaphore or its wake socket)
     word 32 PRODUCER_WAITING (producer sleeps on the space semaphore)
+    word 33 ACK_WAITING      (producer sleeps on the space semaphore for an ack: flush)
     word 40 PRODUCER_CLOSED  word 48 CONSUMER_CLOSED
     word 56 ACK_SEQ  word 57 ACK_COUNT  word 58 ACK_REJECTED  word 59 ACK_REASON
                                          (consumer -> producer acknowledgements)
@@ -41,7 +42,7 @@ MAGIC = 0x4E4D52494E470001  # "NMRING" + version 1
 HEADER_BYTES = 512
 W_MAGIC, W_CAPACITY, W_WAKE_ADDR = 0, 1, 2
 W_HEAD, W_TAIL = 8, 16
-W_CONSUMER_WAITING, W_PRODUCER_WAITING = 24, 32
+W_CONSUMER_WAITING, W_PRODUCER_WAITING, W_ACK_WAITING = 24, 32, 33
 W_PRODUCER_CLOSED, W_CONSUMER_CLOSED = 40, 48
 W_ACK_SEQ, W_ACK_COUNT, W_ACK_REJECTED, W_ACK_REASON = 56, 57, 58, 59
 

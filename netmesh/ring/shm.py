@@ -631,6 +631,28 @@ class ShmRing:
         words[L.W_ACK_REJECTED] = rejected
         words[L.W_ACK_REASON] = reason
         words[L.W_ACK_COUNT] = count
+        fence()
+        if words[L.W_ACK_WAITING]:  # a flush sleeps on it: one post, only then
+            words[L.W_ACK_WAITING] = 0
+            self._sem_space.release()
+
+    def wait_acked(self, count: int, timeout: float) -> None:
+        """Producer: sleep until ``acked()`` reaches ``count`` records, the consumer
+        closes, or ``timeout`` seconds (at most 50 ms: a lost wake-up costs no more)
+        pass; the caller re-reads :meth:`acked`. The producer says it waits (a flag
+        word, then a fence and a re-check, as for space) and :meth:`ack` posts the
+        space semaphore for it: a waiting flush wakes on the ack instead of polling
+        with back-off (which added up to a millisecond to every quorum flush). A
+        wake-up may be spurious (a space post): callers loop."""
+        words = self._words
+        words[L.W_ACK_WAITING] = 1
+        fence()
+        if words[L.W_ACK_COUNT] >= count or words[L.W_CONSUMER_CLOSED] or timeout <= 0:
+            words[L.W_ACK_WAITING] = 0
+            return
+        with contextlib.suppress(posix_ipc.BusyError):
+            self._sem_space.acquire(min(timeout, _SAFETY_WAIT))
+        words[L.W_ACK_WAITING] = 0
 
     def acked(self) -> tuple[int, int, int, int]:
         """Producer: (records handled, seq of the last stored, records refused, reason)."""

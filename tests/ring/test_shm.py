@@ -346,3 +346,56 @@ def test_wait_readable_waits_without_taking(ring_name: str) -> None:
     for r in (peer, ring):
         r.close()
     ring.unlink()
+
+
+def test_an_ack_wakes_a_waiting_flush_and_only_a_waiting_one(ring_name: str) -> None:
+    """wait_acked says it waits (a flag word); ack posts the space semaphore only then
+    and clears the flag, so a flush sleeps until the ack instead of polling with
+    back-off, and acks nobody waits for cost no system call."""
+    ring = ShmRing.create(ring_name, 4096)  # the producer end in this test
+    node = ShmRing.attach(ring_name)
+    sem = posix_ipc.Semaphore(ring_name + "-s")
+    try:
+        node.ack(1, 0)  # nobody waits: no post
+        with pytest.raises(posix_ipc.BusyError):
+            sem.acquire(0)
+        ring.wait_acked(1, 1.0)  # already acked: returns without sleeping
+        assert node._words[L.W_ACK_WAITING] == 0
+        ring._words[L.W_ACK_WAITING] = 1  # as wait_acked leaves it while it sleeps
+        node.ack(2, 1)
+        assert node._words[L.W_ACK_WAITING] == 0
+        sem.acquire(0)  # posted exactly once for the waiting flush
+        with pytest.raises(posix_ipc.BusyError):
+            sem.acquire(0)
+        assert ring.acked()[0] == 2
+    finally:
+        sem.close()
+        for r in (node, ring):
+            r.close()
+        ring.unlink()
+
+
+def test_a_flush_waiting_in_another_process_wakes_on_the_ack(ring_name: str) -> None:
+    ring = ShmRing.create(ring_name, 4096)
+    node = ShmRing.attach(ring_name)
+    proc = CTX.Process(target=_flush_waiter, args=(ring_name,))
+    proc.start()
+    try:
+        wait_until(lambda: node._words[L.W_ACK_WAITING] == 1, 10, message="the flush waits")
+        node.ack(5, 4)
+        proc.join(10)
+        assert proc.exitcode == 0, "the waiting flush saw the ack"
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        for r in (node, ring):
+            r.close()
+        ring.unlink()
+
+
+def _flush_waiter(name: str) -> None:
+    ring = ShmRing.attach(name)
+    while ring.acked()[0] < 5:
+        ring.wait_acked(5, 30.0)
+    ring.close()
