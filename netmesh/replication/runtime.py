@@ -105,10 +105,12 @@ PROBE_MAGIC = b"NMTS"
 # low rates every append goes out at once, under load appends pile up behind the ack
 # and travel together (Nagle-like), so pushes and acks per event fall as load rises.
 PUSH_WINDOW = 1
-# At most one push per follower per MIN_PUSH_GAP: at 10k events/s (a batch a
-# millisecond) every batch still goes at once; a saturating producer's events travel
-# in pushes of hundreds, which keeps the leader's replication cost per event low.
-MIN_PUSH_GAP = 0.001
+# Least seconds between two pushes to one follower (the coordinator's min_push_gap).
+# 0: the window above already batches under load, and a gap timed from the last push
+# carried every late batch's delay into the next (replica latency p50 0.88 -> 0.36 ms
+# at 10k events/s with 0; replicated f2 throughput the same within the noise:
+# 2.03/2.49x vs 2.31/2.34x redis-benchmark, interleaved quick runs).
+MIN_PUSH_GAP = 0.0
 
 
 def incarnation_term_floor() -> int:
