@@ -497,7 +497,8 @@ def test_keygen_and_psk_files(tmp_path: Path) -> None:
     out = netmesh_cli("keygen", "--out", str(tmp_path / "a.key"), "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    assert set(info) == {"public_key", "node_id"}
+    assert set(info) == {"public_key", "node_id", "node_id_hex"}
+    assert info["node_id_hex"] == f"{info['node_id']:#018x}"  # the README's 0x<16 hex>
     kp = EntityKeypair.load(tmp_path / "a.key")
     assert kp.public_key.hex() == info["public_key"]
     assert node_id_of(bytes.fromhex(info["public_key"])) == info["node_id"] == kp.node_id
