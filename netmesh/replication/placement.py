@@ -410,7 +410,7 @@ def quorum_change(
         return LEARN if self_id not in ready else None
     if applied == target:
         return None
-    behind = _quorate_neighbour(self_id, applied, running)
+    behind = _quorate_neighbour(self_id, applied, target, running)
     if behind is not None:
         return Change(behind)
     nxt = next_step(applied, target)
@@ -440,14 +440,25 @@ def quorum_change(
 
 
 def _quorate_neighbour(
-    self_id: int, applied: tuple[int, ...], running: Mapping[int, tuple[int, ...]]
+    self_id: int,
+    applied: tuple[int, ...],
+    target: tuple[int, ...],
+    running: Mapping[int, tuple[int, ...]],
 ) -> tuple[int, ...] | None:
-    """A set one step from ``applied`` that holds this node and that a majority of
-    its members (other than this node) is known to run: the others moved on while
-    this node was behind (it missed a step, or the target changed under it), and
-    joining a set a majority already runs creates no new majority. None: none."""
+    """A set one step from ``applied``, closer to ``target``, that holds this node and
+    that a majority of its members (other than this node) is known to run, while no
+    majority runs ``applied``: the others moved on while this node was behind (it
+    missed a step, or the target changed under it). Joining a set a majority already
+    runs creates no new majority. Only closer to the target: the first member to take
+    a step must not be pulled back to the set the others still run. None: none."""
+    own = 1 + sum(1 for n in applied if n != self_id and running.get(n) == applied)
+    if own >= len(applied) // 2 + 1:
+        return None
+    far = len(set(applied) ^ set(target))
     for cand in sorted(set(running.values())):
         if cand == applied or self_id not in cand or len(set(cand) ^ set(applied)) != 1:
+            continue
+        if len(set(cand) ^ set(target)) >= far:
             continue
         on = sum(1 for n in cand if n != self_id and running.get(n) == cand)
         if on >= len(cand) // 2 + 1:

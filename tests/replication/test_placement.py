@@ -349,3 +349,14 @@ def test_a_target_change_mid_step_does_not_stick_the_placement() -> None:
     # the one that can: 4 joins the set a majority of its members runs
     seen4 = {k: m for k, m in state.items() if k != 4}
     assert quorum_change(4, s, (0, 1, 2), seen4, {0}) == Change(s1)
+
+
+def test_the_first_member_to_take_a_step_is_not_pulled_back() -> None:
+    """Seen with daemons: A took the removal step {A, B, C, D} -> {A, C, D} first; C
+    and D still ran the old set (a majority of it), and the catch-up rule pulled A
+    back, then everyone flapped twice. Only a set closer to the target is joined."""
+    a, b, c, d = 1, 2, 3, 4
+    old, new = (a, b, c, d), (a, c, d)
+    assert quorum_change(a, new, new, {b: old, c: old, d: old}) is None
+    # and the others take the step as usual
+    assert quorum_change(c, old, new, {a: new, b: old, d: old}) == Change(new)
