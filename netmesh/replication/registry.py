@@ -527,7 +527,11 @@ class _Placement:
         self.stats["reresolved"] += 1
         running = hub.runtime(name) is not None
         if outcome.members is None:
-            log.info("%s: not in the replica set %s any more: Idle", name, list(resolved))
+            log.info(
+                "%s: not in the replica set %s any more: Idle",
+                name,
+                [f"{m:#018x}" for m in resolved],
+            )
             hub.detach(name)
             ch.file.refusal = NotLeader(name, None)
             ch.ready = ch.learned = False
@@ -535,7 +539,7 @@ class _Placement:
         log.info(
             "%s: replica set %s (%s)",
             name,
-            [f"{m:#x}" for m in outcome.members],
+            [f"{m:#018x}" for m in outcome.members],
             "re-resolved" if running else "selected",
         )
         if running:

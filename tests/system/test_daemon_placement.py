@@ -49,7 +49,7 @@ def test_standard_placement_picks_the_lowest_ids_on_every_daemon(
     ids = [k["node_id"] for k in d.keys]
     holders = sorted(range(3), key=lambda i: ids[i])[:2]
     outsider = next(i for i in range(3) if i not in holders)
-    members = [f"{ids[i]:#x}" for i in sorted(holders, key=lambda i: ids[i])]
+    members = [f"{ids[i]:#018x}" for i in sorted(holders, key=lambda i: ids[i])]
     for i in holders:  # placement ran the channel with the two lowest ids
         wait_until(lambda i=i: f"replica set {members}" in d.log(i), timeout=10)
 
