@@ -1107,6 +1107,12 @@ class RedexFile:
         ``next_seq``, except under group commit while an fsync round is pending."""
         return self._durable if self._committer is not None else self._next_seq
 
+    @property
+    def syncs_later(self) -> bool:
+        """Group commit: writes become durable when a later fsync round completes
+        (:attr:`durable_seq` may lag :attr:`next_seq`); False: at once."""
+        return self._committer is not None
+
     def when_durable(self, seq_exclusive: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the loop) once ``durable_seq >= seq_exclusive`` or the
         file failed or closed (the callback checks :attr:`failed`); at once if so."""

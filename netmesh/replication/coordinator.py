@@ -777,8 +777,26 @@ class ReplicationCoordinator:
         :meth:`_amnesiac_may_grant` allows; it follows and catches up as usual. A
         single-member channel is never amnesiac.
         """
-        if self._recovered() or (isinstance(msg, Heartbeat) and self._fresh_majority()):
+        if self._recovered() or (
+            isinstance(msg, Heartbeat) and (self._fresh_majority() or self._newest_of_majority())
+        ):
             self._clear_amnesia()
+
+    def _newest_of_majority(self) -> bool:
+        """Leader mode only: a majority of members, this node included, heard within
+        the window, none with a newer log than this node's. Leader mode promises no
+        more than the leader's log (a lone survivor may lead), so an amnesiac node that
+        copied more than every member it hears may lead too; cut off alone it still
+        may not (issue 10 §2 input 2). Without it a restarted node that had copied the
+        most from the dead leader, next to an intact one further behind, left the
+        channel without a leader for good (netmesh bench failover, trial 3 to 12)."""
+        if self.quorum_mode:
+            return False
+        own = self._own_key()
+        heard = [p for p in self._healthy() if self._peers[p].amnesiac is not None]
+        if any(self._peer_key(p) > own for p in heard):
+            return False
+        return len(heard) + 1 >= majority(len(self.members))
 
     def _recovered(self) -> bool:
         """In sync with a live leader, and what was copied from it is durable (group

@@ -479,7 +479,10 @@ class ChannelRuntime:
             quiesce=hub.quiesce,
         )
         self.executor = OutputExecutor(self.coord, self.storage, self._send, self.now, _Hooks(self))
-        self.coord.durable = file.durable_seq  # a round may be pending (a rebuilt runtime)
+        # a round may be pending (a rebuilt runtime); None: every write is durable at once
+        # (a follower of such a file never hears local_durable, and an amnesiac one
+        # waits for durable >= tail before it counts as recovered)
+        self.coord.durable = file.durable_seq if file.syncs_later else None
         # the leader counts itself towards the commit only up to its durable tail
         # (group commit syncs after writing): report every fsync round
         self.file.add_durable_listener(self._durable_advanced)
@@ -604,7 +607,8 @@ class ChannelRuntime:
         if not self._closed:
             now = self.now()
             self.coord.refresh(now, self.hub.beat_at)
-            self.run(self.coord.local_appended(self.file.next_seq, now, self.file.durable_seq))
+            durable = self.file.durable_seq if self.file.syncs_later else None
+            self.run(self.coord.local_appended(self.file.next_seq, now, durable))
 
     def _durable_advanced(self) -> None:
         """A group-commit round made more of the log durable (or the file failed)."""

@@ -183,7 +183,7 @@ def test_a_wiped_member_does_not_elect_a_shorter_log_in_the_simulation() -> None
 
 
 def test_catching_up_with_a_live_leader_clears_the_amnesia() -> None:
-    c = coord()
+    c = coord(ack="quorum")
     c.tick(0.0)
     out = c.step(22, Heartbeat(4, ReplicaRole.LEADER, 0, 0, 4, 0), 0.1)  # leader, empty log
     assert c.leader_id == 22 and c.amnesiac  # it has not adopted the leader's epoch yet
@@ -294,3 +294,39 @@ def test_nobody_defers_to_an_amnesiac_member() -> None:
         c.step(33, Heartbeat(5, ReplicaRole.REPLICA, 10, 0, 5, 5, amnesiac=True), t)
         out = c.tick(t)
     assert votes(out), "campaigned at the end of the first window, without deferring"
+
+
+def test_in_leader_mode_the_newest_log_of_a_majority_clears_the_amnesia() -> None:
+    """netmesh bench failover found it: a restarted (amnesiac) node that had copied
+    the most from the killed leader, next to an intact member further behind, never
+    campaigned, and the intact one could not win its vote: no leader for good. In
+    leader mode a majority heard with no newer log clears it (quorum mode: no)."""
+    c = coord(ack="leader")
+    c.tick(0.0)
+    c.step(22, Heartbeat(5, ReplicaRole.REPLICA, 20, 0, 5, 5), 0.1)  # newer: stays
+    assert c.amnesiac
+    d = ReplicationCoordinator(
+        11,
+        ReplicationConfig(
+            factor=3, heartbeat_ms=100, placement=PlacementStrategy.pinned(IDS), ack="leader"
+        ),
+        IDS,
+        tail_seq=10,
+        epochs=((5, 0),),
+    )
+    d.tick(0.0)
+    assert d.amnesiac
+    d.step(22, Heartbeat(5, ReplicaRole.REPLICA, 4, 0, 5, 5), 0.1)  # behind us: clears
+    assert not d.amnesiac
+    q = ReplicationCoordinator(
+        11,
+        ReplicationConfig(
+            factor=3, heartbeat_ms=100, placement=PlacementStrategy.pinned(IDS), ack="quorum"
+        ),
+        IDS,
+        tail_seq=10,
+        epochs=((5, 0),),
+    )
+    q.tick(0.0)
+    q.step(22, Heartbeat(5, ReplicaRole.REPLICA, 4, 0, 5, 5), 0.1)
+    assert q.amnesiac
