@@ -43,6 +43,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+from netmesh.cluster.rundir import pid_alive
 from netmesh.errors import ConfigError, NotLeader
 
 CHANNEL = "demo/flights"
@@ -158,16 +159,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(tmp: str) -> list[str]:
     """Remove what SIGKILLed demos left behind (module doc): their served name (lock
     taken over, socket removed) and their data directory in ``tmp`` (the temporary
@@ -180,7 +171,7 @@ def remove_stale(tmp: str) -> list[str]:
         d = rundir.run_dir(create=False)
         pids = {int(m.group(1)) for e in os.listdir(d) if (m := _STALE_NAME.match(e))}
         for pid in sorted(pids):
-            if pid == os.getpid() or _pid_alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue
             name = f"demo-{pid}"
             with contextlib.suppress(NetmeshError, OSError):
@@ -192,7 +183,7 @@ def remove_stale(tmp: str) -> list[str]:
     with contextlib.suppress(OSError):
         for entry in os.listdir(tmp):
             m = _STALE_DIR.match(entry)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
                 shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
                 removed.append(os.path.join(tmp, entry))
     for path in removed:

@@ -93,7 +93,8 @@ def socket_path(name: str) -> str:
     return os.path.join(run_dir(create=False), f"{check_name(name)}.sock")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -134,7 +135,7 @@ def take_lock(path: str, what: str) -> int:
         try:
             previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
             if previous.isdigit() and int(previous) != os.getpid():
-                alive = _pid_alive(int(previous))
+                alive = pid_alive(int(previous))
                 state = "that pid is another process now" if alive else "not running"
                 log.warning(
                     "%s: stale lock %s of pid %s (%s) taken over", what, path, previous, state
