@@ -28,6 +28,8 @@ def coord(
     hs: HardState | None = None,
     ack: Literal["leader", "quorum"] = "leader",
     members: list[int] = IDS,
+    tail_seq: int = 0,
+    epochs: tuple[tuple[int, int], ...] | None = None,
 ) -> ReplicationCoordinator:
     cfg = ReplicationConfig(
         factor=len(members),
@@ -36,7 +38,7 @@ def coord(
         ack=ack,
         leader_pinned=None,
     )
-    return ReplicationCoordinator(11, cfg, members, hard_state=hs)
+    return ReplicationCoordinator(11, cfg, members, hard_state=hs, tail_seq=tail_seq, epochs=epochs)
 
 
 def votes(outs: list[object]) -> list[VoteRequest]:
@@ -305,28 +307,12 @@ def test_in_leader_mode_the_newest_log_of_a_majority_clears_the_amnesia() -> Non
     c.tick(0.0)
     c.step(22, Heartbeat(5, ReplicaRole.REPLICA, 20, 0, 5, 5), 0.1)  # newer: stays
     assert c.amnesiac
-    d = ReplicationCoordinator(
-        11,
-        ReplicationConfig(
-            factor=3, heartbeat_ms=100, placement=PlacementStrategy.pinned(IDS), ack="leader"
-        ),
-        IDS,
-        tail_seq=10,
-        epochs=((5, 0),),
-    )
+    d = coord(ack="leader", tail_seq=10, epochs=((5, 0),))
     d.tick(0.0)
     assert d.amnesiac
     d.step(22, Heartbeat(5, ReplicaRole.REPLICA, 4, 0, 5, 5), 0.1)  # behind us: clears
     assert not d.amnesiac
-    q = ReplicationCoordinator(
-        11,
-        ReplicationConfig(
-            factor=3, heartbeat_ms=100, placement=PlacementStrategy.pinned(IDS), ack="quorum"
-        ),
-        IDS,
-        tail_seq=10,
-        epochs=((5, 0),),
-    )
+    q = coord(ack="quorum", tail_seq=10, epochs=((5, 0),))
     q.tick(0.0)
     q.step(22, Heartbeat(5, ReplicaRole.REPLICA, 4, 0, 5, 5), 0.1)
     assert q.amnesiac
