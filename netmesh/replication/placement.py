@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 
 #: MeshNode stream of capability announcements
 CAPABILITY_STREAM = "redex-cap"
-WIRE_VERSION = 3  # 2: members (the set each channel runs with); 3: ready
+#: 2: members (the set each channel runs with); 3: ready; 4: steps (leader orders)
+WIRE_VERSION = 4
 MAX_U64 = (1 << 64) - 1
 #: the most channels, chains or metadata entries one announcement may carry
 MAX_ENTRIES = 65536
@@ -87,6 +88,8 @@ class Announcement:
         (sorted ``(channel, sorted node ids)`` pairs); quorum channels change their
         sets one node at a time by these (:func:`quorum_change`).
     ready: channels the sender caught up with as a learner and waits to be added to.
+    steps: for each quorum channel whose set the sender ordered to change while it led
+        it, that order (sorted ``(channel, Step)`` pairs; :func:`quorum_change`).
     """
 
     node_id: int
@@ -97,12 +100,20 @@ class Announcement:
     metadata: tuple[tuple[str, str], ...] = ()
     members: tuple[tuple[str, tuple[int, ...]], ...] = ()
     ready: frozenset[str] = frozenset()
+    steps: tuple[tuple[str, Step], ...] = ()
 
     def members_of(self, channel: str) -> tuple[int, ...] | None:
         """The member set the sender runs ``channel`` with (None: it runs none)."""
         for name, ids in self.members:
             if name == channel:
                 return ids
+        return None
+
+    def step_of(self, channel: str) -> Step | None:
+        """The step the sender ordered for ``channel`` as its leader (None: none)."""
+        for name, step in self.steps:
+            if name == channel:
+                return step
         return None
 
     @property
@@ -117,7 +128,14 @@ class Announcement:
     @property
     def empty(self) -> bool:
         """Announces nothing (no candidacy, no chain, no metadata)."""
-        return not (self.channels or self.chains or self.metadata or self.members or self.ready)
+        return not (
+            self.channels
+            or self.chains
+            or self.metadata
+            or self.members
+            or self.ready
+            or self.steps
+        )
 
     def metadata_dict(self) -> dict[str, str]:
         return dict(self.metadata)
@@ -135,8 +153,8 @@ def sorted_members(members: Mapping[str, Iterable[int]]) -> tuple[tuple[str, tup
 
 def encode(a: Announcement) -> bytes:
     """One msgpack array ``[version, node_id, incarnation, version, channels, chains,
-    metadata, members, ready]`` (lists sorted, so equal announcements encode
-    equally)."""
+    metadata, members, ready, steps]`` (lists sorted, so equal announcements encode
+    equally); a step is ``[channel, source ids, term, member ids]``."""
     body = [
         WIRE_VERSION,
         a.node_id,
@@ -147,6 +165,7 @@ def encode(a: Announcement) -> bytes:
         [list(kv) for kv in a.metadata],
         [[name, list(ids)] for name, ids in a.members],
         sorted(a.ready),
+        [[name, list(st.source), st.term, list(st.members)] for name, st in a.steps],
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -178,8 +197,8 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not a msgpack announcement: {type(exc).__name__}") from None
-    if not isinstance(body, list) or len(body) != 9:
-        raise DecodeError("announcement is not a 9-element array")
+    if not isinstance(body, list) or len(body) != 10:
+        raise DecodeError("announcement is not a 10-element array")
     if body[0] != WIRE_VERSION:
         raise DecodeError(f"unknown announcement version {body[0]!r}")
     node_id = _u64(body[1], "node_id")
@@ -200,10 +219,15 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
     for run in runs:
         if not (isinstance(run, list) and len(run) == 2 and type(run[0]) is str):
             raise DecodeError("announcement members holds a non-(str, ids) pair")
-        ids = run[1]
-        if not isinstance(ids, list) or len(ids) > MAX_REPLICATION_FACTOR:
-            raise DecodeError("announcement member set is not a list of at most 16 ids")
-        members[run[0]] = tuple(sorted({_u64(i, "member id") for i in ids}))
+        members[run[0]] = _ids(run[1])
+    orders = body[9]
+    if not isinstance(orders, list) or len(orders) > MAX_ENTRIES:
+        raise DecodeError("announcement steps is not a list")
+    steps: dict[str, Step] = {}
+    for o in orders:
+        if not (isinstance(o, list) and len(o) == 4 and type(o[0]) is str):
+            raise DecodeError("announcement steps holds a non-(str, ids, term, ids) entry")
+        steps[o[0]] = Step(_ids(o[1]), _u64(o[2], "step term"), _ids(o[3]))
     return Announcement(
         node_id=node_id,
         incarnation=_u64(body[2], "incarnation"),
@@ -213,7 +237,14 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         metadata=tuple(sorted(dict(pairs).items())),
         members=tuple(sorted(members.items())),
         ready=_strings(body[8], "ready"),
+        steps=tuple(sorted(steps.items())),
     )
+
+
+def _ids(ids: Any) -> tuple[int, ...]:
+    if not isinstance(ids, list) or len(ids) > MAX_REPLICATION_FACTOR:
+        raise DecodeError("announcement member set is not a list of at most 16 ids")
+    return tuple(sorted({_u64(i, "member id") for i in ids}))
 
 
 # ------------------------------------------------------------------ resolution
@@ -348,120 +379,240 @@ FORM = "form"
 LEARN = "learn"
 
 
+@dataclass(frozen=True)
+class Step:
+    """A single-server change the leader of ``source`` ordered in ``term``: the
+    members of ``source`` run ``members`` next (``next_step(source, target)`` of the
+    leader's target). A leader orders at most one step per term."""
+
+    source: tuple[int, ...]
+    term: int
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Lead:
+    """What this node's coordinator of the channel knows now: its current ``term``
+    and that term's ``leader`` (None: not known yet)."""
+
+    term: int
+    leader: int | None
+
+
 def quorum_change(
     self_id: int,
     applied: tuple[int, ...] | None,
     target: tuple[int, ...],
     seen: Mapping[int, tuple[int, ...] | None],
     ready: Collection[int] | None = None,
-) -> Change | str | None:
+    *,
+    lead: Lead | None = None,
+    steps: Mapping[int, Step] | None = None,
+) -> Change | Step | str | None:
     """When a quorum channel's member set changes here (issue 13 §3): one node at a
-    time, and only once the others are ready, so that at any moment the sets in use
-    are the current step and the next (two sets that differ by one node, whose
-    majorities always intersect; the membership id keeps votes within one set).
+    time, each step ordered by the leader of the current set, so that of the sets in
+    use at most one has a majority of its members running it (Raft's single-server
+    changes, thesis §4.1, driven by the leader as there; the membership id keeps votes
+    within one set).
 
     Args:
         self_id: this node.
         applied: the set this node runs the channel with (None: it runs nothing).
-        target: the set resolved from the announcements (:func:`resolve`).
+        target: the set resolved from the announcements (:func:`resolve`); nodes
+            may resolve different targets while announcements travel.
         seen: node -> the set it announced it runs the channel with (None or
             absent: it runs nothing); this node's own entry is ignored.
         ready: the nodes that announced they caught up with the channel as
-            learners (None: nobody needs to; a newcomer joins at once).
+            learners (None: nobody needs to; a newcomer is added at once).
+        lead: this node's coordinator of ``applied``: its term and leader (None:
+            no coordinator, or nothing known).
+        steps: node -> the step it announced it ordered as a leader (this node's own
+            entry: the step it ordered itself).
 
     Returns:
-        a :class:`Change` to apply now; :data:`FORM` when nobody runs the channel
-        yet (the caller forms the first set, :class:`ChannelPlacement`);
-        :data:`LEARN` when this node is the next to be added and must first catch
-        up as a learner (then announce it is ready); None: nothing now (re-asked
-        when an announcement changes).
+        a :class:`Change` to apply now; a :class:`Step` this node, leading
+        ``applied``, orders now (the caller records and announces it, then asks
+        again); :data:`FORM` when nobody runs the channel yet (the caller forms the
+        first set, :class:`ChannelPlacement`); :data:`LEARN` when this node is the
+        next to be added and must first catch up as a learner (then announce it is
+        ready); None: nothing now (asked again when an announcement or the
+        coordinator's term or leader changes).
 
-    Rules. A member moves from ``applied`` to ``next_step(applied, target)`` once
-    no node of both sets is known to run another set and a majority of ``applied``
-    (itself included) is known to run one of the two (a member not heard from, e.g.
-    one that is down, does not block the step; a majority not heard from does: it may
-    still run an older set); a node leaving the target takes the steps that keep it
-    too; when the step removes this node, it leaves once no
-    other running member's set holds it. A node that runs nothing joins the
-    step that adds it, once the members it shares with that step run the current
-    set or that step. With ``ready`` given, a new member catches up before it
-    counts (Raft's learners, thesis §4.2.1): the node to be added learns first,
-    the members take the step that adds it only once it announced it is ready, and
-    it joins when their sets hold it.
+    Rules.
+      * Only the leader of ``applied`` orders a step, toward its own target, at most
+        one per term, once the node it adds is ready (Raft's learners, thesis
+        §4.2.1), no member of both sets is known to run a third and a majority of
+        ``applied`` is known to run it or the step.
+      * A member follows the step its current leader ordered in its current term
+        (whatever its own target); the leader follows last, once a majority of
+        ``applied`` runs the step, or every member of both sets it hears from runs
+        it and the step's set has a majority with it; a node the step removes leaves
+        once no other running member's set holds it.
+      * Why two majorities cannot be disjoint (the adversary's P1: members that
+        resolved different targets took two different steps from one set): a step
+        ordered in term t is followed only by members still in term t. Another step
+        from the same set needs a leader of a later term, elected by a majority of
+        the set, none of which follows the earlier step any more; so the first
+        step's set is run by at most a minority of the old set (plus the node it
+        adds), never a majority of it, since the two sets differ by one node.
+      * A member whose set no majority runs any more (it missed a step) joins a set
+        holding it that a majority of that set's other members is known to run and
+        that is closer to its target or was ordered from its set, never the set its
+        own set was ordered from (the first to follow a step is not pulled back);
+        a member left on such a set that is not in its target leaves once a set
+        without it is known to be run by a majority of its members.
+      * A node that runs nothing joins the set that holds it once the members
+        took the step that adds it; with ``ready`` given it first learns, when it
+        is the next node to add.
     """
     running = {n: m for n, m in seen.items() if m is not None and n != self_id}
     if applied is None:
-        if self_id not in target:
+        return _newcomer(self_id, target, running, ready)
+    steps = steps or {}
+    leading = lead is not None and lead.leader == self_id
+    step = _in_force(applied, lead, steps)
+    if step is not None:
+        return _follow(self_id, applied, step.members, running, leading)
+    if leading and lead is not None:
+        if applied == target:
             return None
-        if not running:
-            return FORM
-        holding = sorted(m for m in running.values() if self_id in m)
-        if holding:  # the members already moved to a set that holds this node
-            return Change(holding[0]) if len(set(holding)) == 1 else None
-        cur = running[min(running)]
-        nxt = next_step(cur, target)
-        if self_id not in nxt:
-            return None  # another node is added first
-        shared = set(cur) - {self_id}
-        if not all(running[n] in (cur, nxt) for n in shared if n in running):
+        nxt = next_step(applied, target)
+        if not _may_order(self_id, applied, nxt, running, ready):
             return None
-        if ready is None:
-            return Change(nxt)
-        return LEARN if self_id not in ready else None
-    if applied == target:
-        return None
-    behind = _quorate_neighbour(self_id, applied, target, running)
+        return Step(applied, lead.term, nxt)
+    behind = _quorate_set(self_id, applied, target, running, steps)
     if behind is not None:
         return Change(behind)
-    nxt = next_step(applied, target)
-    if self_id not in nxt:  # this step removes this node
+    moved_on = any(self_id not in m and _quorate(m, running) for m in set(running.values()))
+    if self_id not in target and moved_on and _majority_left(self_id, applied, running):
+        return Change(None)  # the others moved on without this node
+    return None
+
+
+def _quorate(members: tuple[int, ...], running: Mapping[int, tuple[int, ...]]) -> bool:
+    """A majority of ``members`` is known to run ``members``."""
+    return sum(1 for n in members if running.get(n) == members) >= _majority(members)
+
+
+def _majority(members: Collection[int]) -> int:
+    return len(members) // 2 + 1
+
+
+def _in_force(
+    applied: tuple[int, ...], lead: Lead | None, steps: Mapping[int, Step]
+) -> Step | None:
+    """The step this node's current leader ordered from ``applied`` in the current
+    term (None: none, or no leader known)."""
+    if lead is None or lead.leader is None:
+        return None
+    st = steps.get(lead.leader)
+    if st is None or st.source != applied or st.term != lead.term:
+        return None
+    return st
+
+
+def _newcomer(
+    self_id: int,
+    target: tuple[int, ...],
+    running: Mapping[int, tuple[int, ...]],
+    ready: Collection[int] | None,
+) -> Change | str | None:
+    if self_id not in target:
+        return None
+    if not running:
+        return FORM
+    holding = sorted(m for m in running.values() if self_id in m)
+    if holding:  # the members took the step that adds this node
+        return Change(holding[0]) if len(set(holding)) == 1 else None
+    if ready is None:
+        return None  # the leader adds it at once; it joins the set that holds it
+    cur = running[min(running)]
+    if self_id not in next_step(cur, target):
+        return None  # another node is added first
+    return LEARN if self_id not in ready else None
+
+
+def _may_order(
+    self_id: int,
+    applied: tuple[int, ...],
+    nxt: tuple[int, ...],
+    running: Mapping[int, tuple[int, ...]],
+    ready: Collection[int] | None,
+) -> bool:
+    # a node to be added counts as caught up once it announced ready, or once it runs a
+    # set holding it (it joined after an earlier order, and stopped announcing ready)
+    joined = {n for n, m in running.items() if n in m}
+    if ready is not None and not set(nxt) - set(applied) <= set(ready) | joined:
+        return False  # the node to be added has not caught up yet
+    shared = (set(applied) & set(nxt)) - {self_id}
+    if not all(running[n] in (applied, nxt) for n in shared if n in running):
+        return False
+    known = 1 + sum(1 for n in set(applied) - {self_id} if running.get(n) in (applied, nxt))
+    return known >= _majority(applied)
+
+
+def _follow(
+    self_id: int,
+    applied: tuple[int, ...],
+    nxt: tuple[int, ...],
+    running: Mapping[int, tuple[int, ...]],
+    leading: bool,
+) -> Change | None:
+    if self_id not in nxt:  # the step removes this node
         others = set(applied) - {self_id}
         if all(self_id not in running[n] for n in others if n in running):
             return Change(None)
         return None
+    if not leading:
+        return Change(nxt)
+    # the leader moves last: it keeps leading its set (heartbeats, commits) while the
+    # members follow, until its set can no longer elect another leader, or until every
+    # member of both sets it hears from followed and the step's set has a majority
+    # with it (a member that is down does not hold it back)
+    moved = 1 + sum(1 for n in applied if n != self_id and running.get(n) == nxt)
+    if moved >= _majority(applied):
+        return Change(nxt)
     shared = (set(applied) & set(nxt)) - {self_id}
-    # a node to be added counts as caught up once it announced ready, or once it runs a
-    # set holding it (it joined after other members took the step, and stopped
-    # announcing ready before this node heard it)
-    joined = {n for n, m in running.items() if n in m}
-    if ready is not None and not set(nxt) - set(applied) <= set(ready) | joined:
-        return None  # the node to be added has not caught up yet
-    if not all(running[n] in (applied, nxt) for n in shared if n in running):
-        return None
-    # a majority of the current set (this node included) must be known to run it or
-    # the step: members not heard may still run an older set, and a node two steps
-    # ahead of a majority that stayed behind would run a set whose majority is
-    # disjoint from theirs (two leaders at once). Known to have moved, a majority of
-    # each step leaves at most a minority of the step before it behind.
-    known = 1 + sum(1 for n in set(applied) - {self_id} if running.get(n) in (applied, nxt))
-    if known < len(applied) // 2 + 1:
-        return None
-    return Change(nxt)
+    on = 1 + sum(1 for n in nxt if n != self_id and running.get(n) == nxt)
+    if all(running[n] == nxt for n in shared if n in running) and on >= _majority(nxt):
+        return Change(nxt)
+    return None
 
 
-def _quorate_neighbour(
+def _majority_left(
+    self_id: int, applied: tuple[int, ...], running: Mapping[int, tuple[int, ...]]
+) -> bool:
+    """No majority of ``applied`` (this node included) is known to run it."""
+    own = 1 + sum(1 for n in applied if n != self_id and running.get(n) == applied)
+    return own < _majority(applied)
+
+
+def _quorate_set(
     self_id: int,
     applied: tuple[int, ...],
     target: tuple[int, ...],
     running: Mapping[int, tuple[int, ...]],
+    steps: Mapping[int, Step],
 ) -> tuple[int, ...] | None:
-    """A set one step from ``applied``, closer to ``target``, that holds this node and
-    that a majority of its members (other than this node) is known to run, while no
-    majority runs ``applied``: the others moved on while this node was behind (it
-    missed a step, or the target changed under it). Joining a set a majority already
-    runs creates no new majority. Only closer to the target: the first member to take
-    a step must not be pulled back to the set the others still run. None: none."""
-    own = 1 + sum(1 for n in applied if n != self_id and running.get(n) == applied)
-    if own >= len(applied) // 2 + 1:
+    """A set holding this node that a majority of its members (other than this node)
+    is known to run, while no majority runs ``applied``: the others moved on while
+    this node was behind (it missed an order, or its leader moved before it heard
+    it). Joining a set a majority already runs creates no new majority. Only a set
+    closer to ``target`` or ordered from ``applied``, and never the set ``applied``
+    was ordered from: the first member to follow a step must not be pulled back to
+    the set the others still run. None: none."""
+    if not _majority_left(self_id, applied, running):
         return None
+    onward = {st.members for st in steps.values() if st.source == applied}
+    back = {st.source for st in steps.values() if st.members == applied}
     far = len(set(applied) ^ set(target))
     for cand in sorted(set(running.values())):
-        if cand == applied or self_id not in cand or len(set(cand) ^ set(applied)) != 1:
+        if cand == applied or self_id not in cand or cand in back:
             continue
-        if len(set(cand) ^ set(target)) >= far:
+        if cand not in onward and len(set(cand) ^ set(target)) >= far:
             continue
         on = sum(1 for n in cand if n != self_id and running.get(n) == cand)
-        if on >= len(cand) // 2 + 1:
+        if on >= _majority(cand):
             return cand
     return None
 

@@ -56,6 +56,8 @@ REANNOUNCE_WINDOWS = 15
 MIN_REANNOUNCE_S = 1.0
 #: a learner re-asks after max(this, 2 heartbeats) without an answer
 MIN_LEARN_RETRY_S = 0.2
+#: quorum placement: a pending step is re-checked at most this often (seconds)
+MIN_STEP_RECHECK_S = 0.05
 
 
 class Redex:
@@ -375,6 +377,10 @@ class _Channel:
     learned: bool = False
     learn_from: int | None = None
     learn_asked_at: float = -math.inf
+    #: quorum: the step this node ordered as the leader of its set (announced while it
+    #: runs the step's source or the step, so stragglers follow it and the first to
+    #: follow is not pulled back)
+    step: pl.Step | None = None
 
 
 class _Placement:
@@ -481,6 +487,9 @@ class _Placement:
                 for n, ch in self.channels.items()
                 if ch.ready and ch.placement.applied is None
             ),
+            steps=tuple(
+                sorted((str(n), ch.step) for n, ch in self.channels.items() if ch.step is not None)
+            ),
         )
         self.limiter.changed()
         self._schedule()
@@ -501,19 +510,20 @@ class _Placement:
         resolved = pl.resolve(ch.config.placement, ch.config.factor, str(name), anns)
         outcome: pl.Change | float | None
         if ch.config.ack == "quorum":  # one node at a time once formed (issue 13 §3)
-            seen = {n: a.members_of(str(name)) for n, a in self.view.items()}
-            ready = {n for n, a in self.view.items() if str(name) in a.ready}
-            step = pl.quorum_change(self.self_id, ch.placement.applied, resolved, seen, ready)
+            step = self._quorum_step(name, ch, resolved, now)  # sets ch.due
             if step == pl.FORM:
                 outcome = ch.placement.update(resolved, now)
             elif step == pl.LEARN:
+                seen = {n: a.members_of(str(name)) for n, a in self.view.items()}
                 self._learn(name, ch, seen, now)  # sets ch.due: when to ask again
                 return
             elif isinstance(step, pl.Change):
                 outcome = step
                 ch.placement.applied = step.members
+                if ch.step is not None and ch.step.members != step.members:
+                    ch.step = None  # announced until this node takes another step
             else:
-                outcome = None
+                return
         else:
             outcome = ch.placement.update(resolved, now)
         if isinstance(outcome, float):
@@ -555,6 +565,49 @@ class _Placement:
             if raise_errors:
                 raise
             log.exception("%s: could not start replication with %s", name, outcome.members)
+
+    def _quorum_step(
+        self, name: ChannelName, ch: _Channel, resolved: tuple[int, ...], now: float
+    ) -> pl.Change | pl.Step | str | None:
+        """``placement.quorum_change`` with this node's view, its coordinator's term and
+        leader and the steps leaders announced; a step this node orders as the leader
+        is recorded and announced, then asked again. While a change is pending (this
+        node's set is not its target, or a leader ordered a step from it) it is asked
+        again every heartbeat: the coordinator's term and leader change without an
+        announcement."""
+        key = str(name)
+        seen = {n: a.members_of(key) for n, a in self.view.items()}
+        ready = {n for n, a in self.view.items() if key in a.ready}
+        steps = {n: st for n, a in self.view.items() if (st := a.step_of(key)) is not None}
+        hub = self.redex._hub
+        rt = None if hub is None else hub.runtime(name)
+        lead = None if rt is None else pl.Lead(rt.coord.term, rt.coord.leader_id)
+        applied = ch.placement.applied
+        for _ in range(2):
+            if ch.step is not None:
+                steps[self.self_id] = ch.step
+            out = pl.quorum_change(
+                self.self_id, applied, resolved, seen, ready, lead=lead, steps=steps
+            )
+            if not isinstance(out, pl.Step):
+                break
+            log.info(
+                "%s: leader in term %d orders the step %s -> %s",
+                name,
+                out.term,
+                [f"{m:#018x}" for m in out.source],
+                [f"{m:#018x}" for m in out.members],
+            )
+            ch.step = out
+            self._rebuild_own()
+            out = None
+        pending = applied is not None and (
+            applied != resolved or any(st.source == applied for st in steps.values())
+        )
+        ch.due = math.inf
+        if out is None and pending:
+            ch.due = now + max(MIN_STEP_RECHECK_S, ch.config.heartbeat_ms / 1000.0)
+        return out
 
     # -- learners (quorum channels: a new member catches up before it counts) --------
     def _learn(

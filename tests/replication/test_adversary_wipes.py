@@ -319,54 +319,121 @@ def test_a_quiescent_cluster_takes_back_a_wiped_member(who: str) -> None:
 
 
 # ------------------------------------------------------------------ placement steps
-# Issue 13 §3 (commit 2c1c146, ``placement.quorum_change``), checked as a model: nodes
-# step with stale, per-sender monotone views of the others' announcements. Divergent
-# targets (some members resolved a candidate others had not heard yet) are NOT covered
-# here: they can put two sets with disjoint running majorities in use (see the
-# adversary's report); these properties give every node the same target at any time.
+# Issue 13 §3 (``placement.quorum_change``), checked as a model: nodes step with stale,
+# per-sender monotone views of the others' announcements (the set each runs, whether it
+# is a ready learner, the step it ordered as a leader), elections (a candidate wins a
+# term from a majority of its set's members running it and reachable), heartbeats (a
+# leader tells the members of its set its term), and targets that may differ between
+# nodes (some resolved a newcomer the others had not heard yet: the adversary's P1).
 
 PLACEMENT_NODES = range(6)
 
+_Entry = tuple[tuple[int, ...] | None, bool, pl.Step | None]
+
 
 class _StepModel:
-    """Each node's announcement history (the set it runs, whether it is a ready
-    learner), each node's view (an index into every other node's history, or None
-    while that node is down for it), one target for all."""
+    """Each node's announcement history, each node's view (an index into every other
+    node's history, or None while that node is down for it), each node's target and
+    coordinator (term, known leader; a new set starts a new coordinator)."""
 
     def __init__(self, first: tuple[int, ...]) -> None:
         self.applied: dict[int, tuple[int, ...] | None] = {
             n: (first if n in first else None) for n in PLACEMENT_NODES
         }
-        self.history = {n: [(self.applied[n], False)] for n in PLACEMENT_NODES}
+        self.history: dict[int, list[_Entry]] = {
+            n: [(self.applied[n], False, None)] for n in PLACEMENT_NODES
+        }
         self.view: dict[int, dict[int, int | None]] = {
             i: {j: 0 for j in PLACEMENT_NODES if j != i} for i in PLACEMENT_NODES
         }
         self.up = {n: True for n in PLACEMENT_NODES}
-        self.target = first
+        self.targets: dict[int, tuple[int, ...]] = {n: first for n in PLACEMENT_NODES}
         self.learning: set[int] = set()
+        self.term = {n: 0 for n in PLACEMENT_NODES}
+        self.lead: dict[int, pl.Lead | None] = {n: None for n in PLACEMENT_NODES}
+        self.step: dict[int, pl.Step | None] = {n: None for n in PLACEMENT_NODES}
 
-    def seen(self, i: int) -> tuple[dict[int, tuple[int, ...] | None], set[int]]:
+    @property
+    def target(self) -> tuple[int, ...]:
+        return self.targets[0]
+
+    @target.setter
+    def target(self, target: tuple[int, ...]) -> None:
+        self.targets = {n: target for n in PLACEMENT_NODES}
+
+    def seen(
+        self, i: int
+    ) -> tuple[dict[int, tuple[int, ...] | None], set[int], dict[int, pl.Step]]:
         seen: dict[int, tuple[int, ...] | None] = {}
         ready = set()
+        steps: dict[int, pl.Step] = {}
         for j, at in self.view[i].items():
             if at is not None:
-                members, is_ready = self.history[j][at]
+                members, is_ready, step = self.history[j][at]
                 seen[j] = members
                 if is_ready and members is None:
                     ready.add(j)
-        return seen, ready
+                if step is not None:
+                    steps[j] = step
+        return seen, ready, steps
+
+    def _announce(self, i: int, ready: bool = False) -> None:
+        self.history[i].append((self.applied[i], ready, self.step[i]))
 
     def act(self, i: int) -> None:
         if not self.up[i]:
             return
-        seen, ready = self.seen(i)
-        out = pl.quorum_change(i, self.applied[i], self.target, seen, ready)
+        seen, ready, steps = self.seen(i)
+        for _ in range(2):
+            if self.step[i] is not None:
+                steps[i] = self.step[i]  # type: ignore[assignment]
+            out = pl.quorum_change(
+                i, self.applied[i], self.targets[i], seen, ready, lead=self.lead[i], steps=steps
+            )
+            if not isinstance(out, pl.Step):
+                break
+            assert self.lead[i] == pl.Lead(out.term, i), "only a leader orders, in its term"
+            self.step[i] = out
+            self._announce(i)
         if out == pl.LEARN:
             self.learning.add(i)
         elif isinstance(out, pl.Change):
             self.applied[i] = out.members
+            self.lead[i] = None  # a new set: a new coordinator
+            if self.step[i] is not None and self.step[i].members != out.members:  # type: ignore[union-attr]
+                self.step[i] = None
             self.learning.discard(i)
-            self.history[i].append((out.members, False))
+            self._announce(i)
+
+    def _reach(self, i: int, j: int) -> bool:
+        return i == j or (
+            self.up[i]
+            and self.up[j]
+            and self.view[i][j] is not None
+            and self.view[j][i] is not None
+        )
+
+    def elect(self, i: int) -> None:
+        """``i`` campaigns in the set it runs: it wins a new term if a majority of
+        that set runs it, is up and reaches ``i`` (votes are per term and set: the
+        membership id)."""
+        cur = self.applied[i]
+        if not self.up[i] or cur is None:
+            return
+        voters = [j for j in cur if self.applied[j] == cur and self._reach(i, j)]
+        if len(voters) < len(cur) // 2 + 1:
+            return
+        term = max(self.term[j] for j in voters) + 1
+        for j in voters:
+            self.term[j], self.lead[j] = term, pl.Lead(term, i)
+
+    def beat(self, i: int, j: int) -> None:
+        """Leader ``i``'s heartbeat reaches ``j`` (same set): ``j`` learns its term."""
+        lead = self.lead[i]
+        if lead is None or lead.leader != i or lead.term != self.term[i] or i == j:
+            return
+        if self.applied[j] == self.applied[i] and self._reach(i, j) and self.term[j] <= lead.term:
+            self.term[j], self.lead[j] = lead.term, lead
 
     def deliver(self, i: int, j: int, how_far: float) -> None:
         at = self.view[i][j]
@@ -405,16 +472,17 @@ class _StepModel:
         if self.up[i]:
             return
         self.up[i], self.applied[i] = True, None  # a daemon restarts running nothing
+        self.lead[i], self.step[i] = None, None  # its term is hard state: kept
         self.learning.discard(i)
-        self.history[i].append((None, False))
+        self._announce(i)
         for k in PLACEMENT_NODES:
             if k != i:
                 self.view[k][i] = len(self.history[i]) - 1
 
     def ready(self) -> None:
         for i in sorted(self.learning):
-            if self.applied[i] is None and self.history[i][-1] != (None, True):
-                self.history[i].append((None, True))
+            if self.applied[i] is None and self.history[i][-1][:2] != (None, True):
+                self._announce(i, ready=True)
 
     def check(self) -> None:
         running: dict[tuple[int, ...], set[int]] = {}
@@ -424,13 +492,23 @@ class _StepModel:
                 running.setdefault(members, set()).add(n)
         quorate = [m for m, r in running.items() if len(r & set(m)) >= len(m) // 2 + 1]
         assert len(quorate) <= 1, f"sets with a running majority at once: {running}"
+        leaders = {}
+        for n in PLACEMENT_NODES:
+            lead = self.lead[n]
+            if lead is not None and lead.leader is not None:
+                other = leaders.setdefault((self.applied[n], lead.term), lead.leader)
+                assert other == lead.leader, "two leaders of one set in one term"
 
 
 _node = st.integers(0, len(PLACEMENT_NODES) - 1)
+_three = st.sets(_node, min_size=3, max_size=3)
 _op = st.one_of(
     st.tuples(st.just("deliver"), _node, _node, st.floats(0, 1)),
     st.tuples(st.just("act"), _node),
-    st.tuples(st.just("target"), st.sets(_node, min_size=3, max_size=3)),
+    st.tuples(st.just("elect"), _node),
+    st.tuples(st.just("beat"), _node, _node),
+    st.tuples(st.just("target"), _three),
+    st.tuples(st.just("target_some"), st.sets(_node, min_size=1), _three),
     st.tuples(st.just("crash"), _node),
     st.tuples(st.just("restart"), _node),
     st.tuples(st.just("lose"), _node, _node),
@@ -442,6 +520,7 @@ _op = st.one_of(
 #: the scenario of 2c1c146: 0 hears neither 1 nor 2 (they run on) and walks
 #: {0,1,2} -> {0,1,2,3} -> {0,1,3} with 3; 1 and 2 are a majority of {0,1,2}
 _TWO_STEPS_AHEAD = [
+    ("elect", 0),
     ("lose", 0, 1),
     ("lose", 0, 2),
     ("target", {0, 1, 3}),
@@ -453,15 +532,44 @@ _TWO_STEPS_AHEAD = [
     ("act", 3),
     ("deliver", 0, 3, 1.0),
     ("act", 0),
+    ("elect", 0),
+    ("act", 0),
     ("lose", 3, 1),
     ("lose", 3, 2),
     ("deliver", 3, 0, 1.0),
     ("act", 3),
 ]
 
+#: the adversary's P1 in this model: the channel runs on {1,2,3,4} (mid-way from
+#: {2,3,4} to {1,2,3}), leader 3; nodes 3 and 4 heard newcomer 0 (target {0,1,2}),
+#: nodes 1 and 2 did not (target {1,2,3}). Under the rule before leader-ordered steps,
+#: 3 and 4 added 0 while 1 and 2 removed 4: {0,3,4} ran {0,1,2,3,4} and {1,2} ran
+#: {1,2,3}, each a majority of its set.
+_P1 = [
+    ("elect", 3),
+    *[("beat", 3, j) for j in (1, 2, 4)],
+    ("target_some", {0, 3, 4}, {0, 1, 2}),
+    ("act", 0),
+    ("ready",),
+    ("deliver", 3, 0, 1.0),
+    ("deliver", 4, 0, 1.0),
+    ("act", 3),
+    ("act", 4),
+    ("act", 1),
+    ("act", 2),
+    ("deliver", 0, 3, 1.0),
+    ("deliver", 0, 4, 1.0),
+    ("act", 0),
+]
 
-def _play(ops: list[tuple]) -> None:  # type: ignore[type-arg]
-    model = _StepModel((0, 1, 2))
+
+def _play(
+    ops: list[tuple],  # type: ignore[type-arg]
+    first: tuple[int, ...] = (0, 1, 2),
+    target: tuple[int, ...] | None = None,
+) -> _StepModel:
+    model = _StepModel(first)
+    model.target = first[:3] if target is None else target
     for op in ops:
         kind = op[0]
         if kind == "deliver":
@@ -469,8 +577,15 @@ def _play(ops: list[tuple]) -> None:  # type: ignore[type-arg]
                 model.deliver(op[1], op[2], op[3])
         elif kind == "act":
             model.act(op[1])
+        elif kind == "elect":
+            model.elect(op[1])
+        elif kind == "beat":
+            model.beat(op[1], op[2])
         elif kind == "target":
             model.target = tuple(sorted(op[1]))
+        elif kind == "target_some":
+            for n in op[1]:
+                model.targets[n] = tuple(sorted(op[2]))
         elif kind == "crash":
             model.crash(op[1])
         elif kind == "restart":
@@ -486,6 +601,7 @@ def _play(ops: list[tuple]) -> None:  # type: ignore[type-arg]
         else:
             model.ready()
         model.check()
+    return model
 
 
 @settings(max_examples=400, deadline=None)
@@ -493,35 +609,85 @@ def _play(ops: list[tuple]) -> None:  # type: ignore[type-arg]
 @example(_TWO_STEPS_AHEAD)
 def test_placement_steps_never_run_two_sets_with_disjoint_majorities(ops: list[tuple]) -> None:  # type: ignore[type-arg]
     """Stale views, crashes (dropped from views), partitions (a live node dropped from
-    some views), restarts (running nothing), learners, target changes at any time (the
-    same on every node): at no time do two sets each have a majority of their members
-    running them. The rule before 2c1c146 fails on its scenario (the example) and on
-    3 of the 600 seeded schedules of the next test."""
+    some views), restarts (running nothing), learners, elections and heartbeats, and
+    target changes at any time, on every node or only on some: at no time do two sets
+    each have a majority of their members running them. The rule before 2c1c146 fails
+    on its scenario (the example)."""
     _play(ops)
+
+
+def test_the_adversarys_p1_in_the_model() -> None:
+    """Divergent targets from a 4-set (``_P1``): the rule before leader-ordered steps
+    put two sets with running majorities in use; now 3's order is the only step taken,
+    and once the targets agree the members reach the target."""
+    model = _play(_P1, first=(1, 2, 3, 4), target=(1, 2, 3))
+    model.target = (0, 1, 2)
+    for _ in range(40):
+        _round(model)
+    assert model.applied == {0: (0, 1, 2), 1: (0, 1, 2), 2: (0, 1, 2), 3: None, 4: None, 5: None}
 
 
 def test_placement_steps_over_seeded_random_schedules() -> None:
     """The same property over 600 seeded schedules of 300 operations, weighted towards
-    steps, deliveries and partitions (random lists rarely line up a learner, a
-    partition and two steps), half of them with crashes and restarts."""
-    kinds = ["deliver", "act", "target", "crash", "restart", "partition", "heal", "ready"]
+    steps, elections, deliveries and partitions (random lists rarely line up a
+    learner, a partition and two steps), from 3-sets and 4-sets (mid-step), with
+    targets that differ between nodes."""
+    kinds = [
+        "deliver",
+        "act",
+        "elect",
+        "beat",
+        "target",
+        "target_some",
+        "crash",
+        "restart",
+        "partition",
+        "heal",
+        "ready",
+    ]
     for seed in range(600):
         rng = random.Random(seed)
+        first = tuple(sorted(rng.sample(PLACEMENT_NODES, 3 + seed % 2)))
         ops: list[tuple] = []  # type: ignore[type-arg]
         for _ in range(300):
-            kind = rng.choices(kinds, [10, 10, 3, 1, 1, 6, 2, 4])[0]
+            kind = rng.choices(kinds, [10, 10, 3, 6, 2, 2, 1, 1, 6, 2, 4])[0]
             a, b = rng.sample(PLACEMENT_NODES, 2)
             if kind == "deliver":
                 ops.append((kind, a, b, rng.random()))
-            elif kind in ("act", "crash", "restart"):
+            elif kind in ("act", "crash", "restart", "elect"):
                 ops.append((kind, a))
+            elif kind == "beat":
+                ops.append((kind, a, b))
             elif kind == "target":
                 ops.append((kind, set(rng.sample(PLACEMENT_NODES, 3))))
+            elif kind == "target_some":
+                who = set(rng.sample(PLACEMENT_NODES, rng.randint(1, 5)))
+                ops.append((kind, who, set(rng.sample(PLACEMENT_NODES, 3))))
             elif kind == "partition":
                 ops.append((kind, set(rng.sample(PLACEMENT_NODES, rng.randint(1, 3)))))
             else:
                 ops.append((kind,))
-        _play(ops)
+        _play(ops, first)
+
+
+def _round(model: _StepModel) -> None:
+    """Announcements delivered, each set in use without a leader elects its lowest
+    running member that can win, leaders beat, every node acts, learners get ready."""
+    for i in PLACEMENT_NODES:
+        for j in model.view[i]:
+            model.deliver(i, j, 1.0)
+    for members in {m for m in model.applied.values() if m is not None}:
+        runners = [n for n in members if model.applied[n] == members and model.up[n]]
+        led = any((lead := model.lead[n]) is not None and lead.leader in runners for n in runners)
+        if runners and not led:
+            model.elect(runners[0])
+    for i in PLACEMENT_NODES:
+        for j in PLACEMENT_NODES:
+            model.beat(i, j)
+    for i in PLACEMENT_NODES:
+        model.act(i)
+    model.ready()
+    model.check()
 
 
 def test_placement_reaches_any_target_with_one_member_down() -> None:
@@ -536,13 +702,30 @@ def test_placement_reaches_any_target_with_one_member_down() -> None:
                 model.target = target
                 if down is not None:
                     model.crash(down)
-                for _ in range(30):
-                    for i in PLACEMENT_NODES:
-                        for j in model.view[i]:
-                            model.deliver(i, j, 1.0)
-                        model.act(i)
-                    model.ready()
-                    model.check()
+                for _ in range(40):
+                    _round(model)
                 want = {n: (target if n in target else None) for n in PLACEMENT_NODES}
                 got = {n: model.applied[n] for n in PLACEMENT_NODES if n != down}
                 assert got == {n: want[n] for n in got}, (first, target, down, got)
+
+
+def test_placement_converges_once_divergent_targets_agree() -> None:
+    """Targets differ between nodes for a while (each node heard a different newcomer
+    first), then every node resolves the same target: the members reach it."""
+    rng = random.Random(7)
+    for trial in range(200):
+        first = tuple(sorted(rng.sample(PLACEMENT_NODES, 3)))
+        model = _StepModel(first)
+        for n in PLACEMENT_NODES:
+            model.targets[n] = tuple(sorted(rng.sample(PLACEMENT_NODES, 3)))
+        for _ in range(rng.randint(0, 6)):
+            _round(model)
+        target = tuple(sorted(rng.sample(PLACEMENT_NODES, 3)))
+        model.target = target
+        for _ in range(40):
+            _round(model)
+        got = {n: model.applied[n] for n in PLACEMENT_NODES}
+        assert got == {n: (target if n in target else None) for n in PLACEMENT_NODES}, (
+            trial,
+            got,
+        )

@@ -17,8 +17,10 @@ from netmesh.replication.placement import (
     Announcement,
     Change,
     ChannelPlacement,
+    Lead,
     LearnChunk,
     LearnRequest,
+    Step,
     decode,
     decode_learn,
     encode,
@@ -226,41 +228,62 @@ def test_steps_reach_the_target_and_each_differs_by_one_node(
     assert step == goal or (not goal and len(step) == 1)
 
 
-def test_quorum_change_waits_for_the_members_of_both_sets() -> None:
+def test_only_the_leader_orders_a_step_and_its_members_follow_it() -> None:
     b, c, d, a = 2, 3, 4, 1  # A (lowest id) opened later: target {A, B, C}
     old, mid, new = (b, c, d), (a, b, c, d), (a, b, c)
-    # B moves to the step that adds A once C and D run the old set or that step
-    assert quorum_change(b, old, new, {c: old, d: old}) == Change(mid)
-    assert quorum_change(b, old, new, {c: (b, c), d: old}) is None  # C is elsewhere
-    # A joins the step that adds it as soon as the members run the old set or it
-    assert quorum_change(a, None, new, {b: old, c: old, d: old}) == Change(mid)
-    assert quorum_change(a, None, new, {b: mid, c: mid, d: mid}) == Change(mid)
-    # the removal waits until every node of both sets runs one of them (A included)
-    assert quorum_change(b, mid, new, {a: mid, c: mid, d: old}) == Change(new)
-    assert quorum_change(b, mid, new, {a: None, c: mid, d: mid}) == Change(new)
-    assert quorum_change(b, mid, new, {a: (a,), c: mid, d: mid}) is None
-    # D, outside the target, takes the add step too, then leaves once no running
-    # member's set holds it any more
-    assert quorum_change(d, old, new, {b: old, c: mid}) == Change(mid)
-    assert quorum_change(d, mid, new, {a: mid, b: new, c: mid}) is None
-    assert quorum_change(d, mid, new, {a: new, b: new, c: new}) == Change(None)
-    assert quorum_change(b, new, new, {a: new, c: new}) is None
+    led_by_b = Lead(5, b)
+    # a member that does not lead orders nothing and moves on nothing of its own
+    assert quorum_change(c, old, new, {b: old, d: old}, lead=led_by_b) is None
+    assert quorum_change(c, old, new, {b: old, d: old}) is None  # no leader known
+    # the leader orders the step that adds A once C and D run the old set or that step
+    order = quorum_change(b, old, new, {c: old, d: old}, lead=led_by_b)
+    assert order == Step(old, 5, mid)
+    assert quorum_change(b, old, new, {c: (b, c), d: old}, lead=led_by_b) is None  # C elsewhere
+    # the members follow the order of their leader in their term, whatever their target
+    ordered = {b: Step(old, 5, mid)}
+    assert quorum_change(c, old, old, {b: old, d: old}, lead=led_by_b, steps=ordered) == Change(mid)
+    # not an order of another term, nor of a node that is not their leader
+    assert quorum_change(c, old, new, {b: old}, lead=Lead(6, b), steps=ordered) is None
+    assert quorum_change(c, old, new, {b: old}, lead=Lead(5, d), steps=ordered) is None
+    # the leader follows its own order last, once a majority of its set (2 of 3) runs it
+    assert quorum_change(b, old, new, {c: old, d: old}, lead=led_by_b, steps=ordered) is None
+    following = quorum_change(b, old, new, {c: mid, d: old}, lead=led_by_b, steps=ordered)
+    assert following == Change(mid)
+    # A joins the step that adds it once a member's set holds it
+    assert quorum_change(a, None, new, {b: old, c: old, d: old}) is None
+    assert quorum_change(a, None, new, {b: old, c: mid, d: old}) == Change(mid)
+    # the leader of mid orders the removal of D; D leaves once no running member holds it
+    removal = {c: Step(mid, 9, new)}
+    led_by_c = Lead(9, c)
+    assert quorum_change(c, mid, new, {a: mid, b: mid, d: mid}, lead=led_by_c) == Step(mid, 9, new)
+    assert quorum_change(b, mid, new, {a: mid, c: mid}, lead=led_by_c, steps=removal) == Change(new)
+    assert (
+        quorum_change(d, mid, new, {a: new, b: new, c: mid}, lead=led_by_c, steps=removal) is None
+    )
+    assert quorum_change(d, mid, new, {a: new, b: new, c: new}, lead=led_by_c, steps=removal) == (
+        Change(None)
+    )
+    assert quorum_change(b, new, new, {a: new, c: new}, lead=Lead(11, b)) is None
     # nobody runs it yet: form the first set
     assert quorum_change(b, None, new, {a: None}) == FORM
     assert quorum_change(d, None, new, {}) is None  # not selected
 
 
-def test_a_new_member_learns_before_the_members_count_it() -> None:
+def test_a_new_member_learns_before_the_leader_orders_its_addition() -> None:
     b, c, d, a = 2, 3, 4, 1
     old, mid, new = (b, c, d), (a, b, c, d), (a, b, c)
-    # A's turn to be added: it learns first (the members wait for its "ready")
+    lead = Lead(3, b)
+    # A's turn to be added: it learns first (the leader waits for its "ready")
     assert quorum_change(a, None, new, {b: old, c: old, d: old}, ready=set()) == LEARN
-    assert quorum_change(b, old, new, {c: old, d: old}, ready=set()) is None
-    assert quorum_change(b, old, new, {c: old, d: old}, ready={a}) == Change(mid)
+    assert quorum_change(b, old, new, {c: old, d: old}, ready=set(), lead=lead) is None
+    assert quorum_change(b, old, new, {c: old, d: old}, ready={a}, lead=lead) == Step(old, 3, mid)
     # ready, A waits until the members' sets hold it, then joins theirs
+    assert quorum_change(a, None, new, {b: old, c: old, d: old}, ready={a}) is None
     assert quorum_change(a, None, new, {b: mid, c: old, d: old}, ready=set()) == Change(mid)
     # a removal needs no learner
-    assert quorum_change(b, mid, new, {a: mid, c: mid, d: mid}, ready=set()) == Change(new)
+    assert quorum_change(b, mid, new, {a: mid, c: mid, d: mid}, ready=set(), lead=lead) == Step(
+        mid, 3, new
+    )
 
 
 def test_learner_messages_round_trip() -> None:
@@ -281,57 +304,88 @@ def test_learner_messages_round_trip() -> None:
             decode_learn(bad)
 
 
-def test_a_step_waits_for_a_majority_of_the_current_set_to_be_heard() -> None:
+def test_the_leader_orders_only_once_a_majority_of_its_set_is_heard() -> None:
     """Adversary's input (placement.py's step rule skipped members not heard from):
     A runs {A, B, C} and hears nobody; the target adds D. Before, A took the step to
     {A, B, C, D} and then {A, B, D} with D alone, while B and C (unheard, still on
-    {A, B, C}) are a majority of that set: two disjoint majorities. Now A waits for
-    a majority of its set; one silent member (down) does not block it."""
+    {A, B, C}) are a majority of that set: two disjoint majorities. Now A, even as the
+    leader, orders only once a majority of its set is known to run it; one silent
+    member (down) does not block it."""
     a, b, c, d = 1, 2, 3, 4
     cur, target = (a, b, c), (a, b, d)
     step1 = next_step(cur, target)
     assert step1 == (a, b, c, d)
-    assert quorum_change(a, cur, target, {}) is None
-    assert quorum_change(a, cur, target, {d: None}) is None
-    assert quorum_change(a, cur, target, {b: cur}) == Change(step1)  # C down: fine
+    lead = Lead(7, a)
+    assert quorum_change(a, cur, target, {}, lead=lead) is None
+    assert quorum_change(a, cur, target, {d: None}, lead=lead) is None
+    assert quorum_change(a, cur, target, {b: cur}, lead=lead) == Step(cur, 7, step1)  # C down
     step2 = next_step(step1, target)
     assert step2 == (a, b, d)
     # from the 4-set, a majority (3) must be known on it or the next step
-    assert quorum_change(a, step1, target, {d: step1}) is None
-    assert quorum_change(a, step1, target, {b: step1, d: step1}) == Change(step2)
+    assert quorum_change(a, step1, target, {d: step1}, lead=lead) is None
+    assert quorum_change(a, step1, target, {b: step1, d: step1}, lead=lead) == Step(step1, 7, step2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 13 §3, adversary's P1): members that resolved different targets "
-    "take different single-server steps from one set; needs leader-driven steps",
-)
-def test_divergent_targets_never_run_two_sets_with_disjoint_majorities() -> None:
-    """The channel runs on S = {1,2,3,4}, mid-way from {2,3,4} to {1,2,3}; node 0
-    announces. Nodes 3 and 4 heard it (target {0,1,2}: they add 0), nodes 1 and 2 did
-    not yet (target {1,2,3}: they remove 4). Right value: at most one of the sets in
-    use has a majority of its members running it."""
-    s = (1, 2, 3, 4)
-    view = {1: s, 2: s, 3: s, 4: s}
-    assert quorum_change(0, None, (0, 1, 2), view, set()) == LEARN
-    moves: dict[int, tuple[int, ...] | None] = {}
-    for me, target in [(1, (1, 2, 3)), (2, (1, 2, 3)), (3, (0, 1, 2)), (4, (0, 1, 2))]:
-        seen = {k: m for k, m in {**view, 0: None}.items() if k != me}
-        out = quorum_change(me, s, target, seen, {0})
-        if isinstance(out, Change):
-            moves[me] = out.members
-    joined = quorum_change(0, None, (0, 1, 2), {**view, **moves}, {0})
-    if isinstance(joined, Change):
-        moves[0] = joined.members
+def _quorate(moves: dict[int, tuple[int, ...] | None]) -> list[tuple[int, ...]]:
     running: dict[tuple[int, ...], set[int]] = {}
     for n, m in moves.items():
         if m is not None:
             running.setdefault(m, set()).add(n)
-    for n in view:
-        if n not in moves:
-            running.setdefault(s, set()).add(n)
-    quorate = [m for m, r in running.items() if len(r & set(m)) > len(m) // 2]
-    assert len(quorate) <= 1, running
+    return [m for m, r in running.items() if len(r & set(m)) > len(m) // 2]
+
+
+def test_divergent_targets_never_run_two_sets_with_disjoint_majorities() -> None:
+    """The adversary's P1. The channel runs on S = {1,2,3,4}, mid-way from {2,3,4} to
+    {1,2,3}; node 0 announces. Nodes 3 and 4 heard it (target {0,1,2}: they add 0),
+    nodes 1 and 2 did not yet (target {1,2,3}: they remove 4). Before, 3 and 4 ran
+    {0,1,2,3,4} with 0 and 1 and 2 ran {1,2,3}: two sets each run by a majority.
+    Right value: at most one of the sets in use has a majority of its members
+    running it, whoever leads; here every member follows its leader's one step."""
+    s = (1, 2, 3, 4)
+    targets = {1: (1, 2, 3), 2: (1, 2, 3), 3: (0, 1, 2), 4: (0, 1, 2)}
+    for leader in s:
+        lead = Lead(8, leader)
+        view = {1: s, 2: s, 3: s, 4: s}
+        step = quorum_change(leader, s, targets[leader], {**view, 0: None}, {0}, lead=lead)
+        assert isinstance(step, Step) and step.source == s
+        moves: dict[int, tuple[int, ...] | None] = {0: None, **view}
+        for me, target in targets.items():
+            seen = {k: m for k, m in {**view, 0: None}.items() if k != me}
+            out = quorum_change(me, s, target, seen, {0}, lead=lead, steps={leader: step})
+            if isinstance(out, Change):
+                moves[me] = out.members
+        joined = quorum_change(0, None, (0, 1, 2), moves, {0})
+        if isinstance(joined, Change):
+            moves[0] = joined.members
+        assert len(_quorate(moves)) <= 1, (leader, moves)
+        assert set(moves.values()) - {None} == {step.members} | ({s} if leader else set())
+
+
+def test_a_stale_order_is_not_followed_after_a_later_election() -> None:
+    """Leader 3 of S = {1,2,3,4} orders the addition of 0 in term 8; only 4 follows
+    before the others lose 3 for a while. 1, 2 and 3 (a majority of S; 4 left it)
+    elect 1 in term 9, and 1 orders the removal of 4 (its target). The order of term
+    8 reaches 2 late: it is not followed (2 is in term 9). Right value: only the set
+    of the later order ends up with a running majority; 4 leaves."""
+    s, plus0, minus4 = (1, 2, 3, 4), (0, 1, 2, 3, 4), (1, 2, 3)
+    old = {3: Step(s, 8, plus0)}
+    moves: dict[int, tuple[int, ...] | None] = {0: None, 1: s, 2: s, 3: s, 4: s}
+    out = quorum_change(4, s, (0, 1, 2), {1: s, 2: s, 3: s}, {0}, lead=Lead(8, 3), steps=old)
+    assert out == Change(plus0)
+    moves[4] = plus0
+    moves[0] = plus0
+    seen2 = {k: m for k, m in moves.items() if k != 2}
+    assert quorum_change(2, s, (0, 1, 2), seen2, {0}, lead=Lead(9, 1), steps=old) is None
+    new = {**old, 1: Step(s, 9, minus4)}
+    for me in (2, 3):
+        seen = {k: m for k, m in moves.items() if k != me}
+        out = quorum_change(me, s, (0, 1, 2), seen, {0}, lead=Lead(9, 1), steps=new)
+        assert out == Change(minus4), me
+        moves[me] = minus4
+    moves[1] = minus4
+    assert _quorate(moves) == [minus4]
+    # 4 and 0 are left on a set no majority runs: 4 is not in the target; 0 waits
+    assert quorum_change(4, plus0, (1, 2, 3), moves, steps=new) == Change(None)
 
 
 def test_a_target_change_mid_step_does_not_stick_the_placement() -> None:
@@ -354,9 +408,15 @@ def test_a_target_change_mid_step_does_not_stick_the_placement() -> None:
 def test_the_first_member_to_take_a_step_is_not_pulled_back() -> None:
     """Seen with daemons: A took the removal step {A, B, C, D} -> {A, C, D} first; C
     and D still ran the old set (a majority of it), and the catch-up rule pulled A
-    back, then everyone flapped twice. Only a set closer to the target is joined."""
+    back, then everyone flapped twice. Only a set closer to the target, or ordered from
+    this node's set, is joined, and never the set this node's set was ordered from."""
     a, b, c, d = 1, 2, 3, 4
     old, new = (a, b, c, d), (a, c, d)
     assert quorum_change(a, new, new, {b: old, c: old, d: old}) is None
-    # and the others take the step as usual
-    assert quorum_change(c, old, new, {a: new, b: old, d: old}) == Change(new)
+    ordered = {b: Step(old, 4, new)}
+    assert quorum_change(a, new, old, {b: old, c: old, d: old}, steps=ordered) is None
+    # and the others follow the order as usual
+    lead = Lead(4, b)
+    assert quorum_change(c, old, new, {a: new, b: old, d: old}, lead=lead, steps=ordered) == (
+        Change(new)
+    )
