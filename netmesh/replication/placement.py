@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from netmesh.config import MAX_REPLICATION_FACTOR
-from netmesh.errors import DecodeError
+from netmesh.errors import DecodeError, LogCorrupt
 
 if TYPE_CHECKING:
     from netmesh.config import PlacementStrategy
@@ -90,6 +90,8 @@ class Announcement:
     ready: channels the sender caught up with as a learner and waits to be added to.
     steps: for each quorum channel whose set the sender ordered to change while it led
         it, that order (sorted ``(channel, Step)`` pairs; :func:`quorum_change`).
+    versions: for each quorum channel the sender runs, the version of its set (sorted
+        ``(channel, version)`` pairs; :func:`quorum_change`).
     """
 
     node_id: int
@@ -101,6 +103,8 @@ class Announcement:
     members: tuple[tuple[str, tuple[int, ...]], ...] = ()
     ready: frozenset[str] = frozenset()
     steps: tuple[tuple[str, Step], ...] = ()
+    #: quorum channels: the version of the set the sender runs (absent: 0)
+    versions: tuple[tuple[str, int], ...] = ()
 
     def members_of(self, channel: str) -> tuple[int, ...] | None:
         """The member set the sender runs ``channel`` with (None: it runs none)."""
@@ -108,6 +112,13 @@ class Announcement:
             if name == channel:
                 return ids
         return None
+
+    def version_of(self, channel: str) -> int:
+        """The version of the set the sender runs ``channel`` with (0: none given)."""
+        for name, v in self.versions:
+            if name == channel:
+                return v
+        return 0
 
     def step_of(self, channel: str) -> Step | None:
         """The step the sender ordered for ``channel`` as its leader (None: none)."""
@@ -154,7 +165,8 @@ def sorted_members(members: Mapping[str, Iterable[int]]) -> tuple[tuple[str, tup
 def encode(a: Announcement) -> bytes:
     """One msgpack array ``[version, node_id, incarnation, version, channels, chains,
     metadata, members, ready, steps]`` (lists sorted, so equal announcements encode
-    equally); a step is ``[channel, source ids, term, member ids]``."""
+    equally); a member set is ``[channel, ids, version]``, a step ``[channel, source
+    ids, term, member ids, source version]``."""
     body = [
         WIRE_VERSION,
         a.node_id,
@@ -163,9 +175,9 @@ def encode(a: Announcement) -> bytes:
         sorted(a.channels),
         sorted(a.chains),
         [list(kv) for kv in a.metadata],
-        [[name, list(ids)] for name, ids in a.members],
+        [[name, list(ids), a.version_of(name)] for name, ids in a.members],
         sorted(a.ready),
-        [[name, list(st.source), st.term, list(st.members)] for name, st in a.steps],
+        [[name, list(st.source), st.term, list(st.members), st.version] for name, st in a.steps],
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -216,18 +228,23 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
     if not isinstance(runs, list) or len(runs) > MAX_ENTRIES:
         raise DecodeError("announcement members is not a list")
     members: dict[str, tuple[int, ...]] = {}
+    versions: dict[str, int] = {}
     for run in runs:
-        if not (isinstance(run, list) and len(run) == 2 and type(run[0]) is str):
-            raise DecodeError("announcement members holds a non-(str, ids) pair")
+        if not (isinstance(run, list) and len(run) == 3 and type(run[0]) is str):
+            raise DecodeError("announcement members holds a non-(str, ids, version) entry")
         members[run[0]] = _ids(run[1])
+        if _u64(run[2], "set version"):
+            versions[run[0]] = run[2]
     orders = body[9]
     if not isinstance(orders, list) or len(orders) > MAX_ENTRIES:
         raise DecodeError("announcement steps is not a list")
     steps: dict[str, Step] = {}
     for o in orders:
-        if not (isinstance(o, list) and len(o) == 4 and type(o[0]) is str):
-            raise DecodeError("announcement steps holds a non-(str, ids, term, ids) entry")
-        steps[o[0]] = Step(_ids(o[1]), _u64(o[2], "step term"), _ids(o[3]))
+        if not (isinstance(o, list) and len(o) == 5 and type(o[0]) is str):
+            raise DecodeError("announcement steps holds a non-(str, ids, term, ids, version)")
+        steps[o[0]] = Step(
+            _ids(o[1]), _u64(o[2], "step term"), _ids(o[3]), _u64(o[4], "step version")
+        )
     return Announcement(
         node_id=node_id,
         incarnation=_u64(body[2], "incarnation"),
@@ -238,6 +255,7 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         members=tuple(sorted(members.items())),
         ready=_strings(body[8], "ready"),
         steps=tuple(sorted(steps.items())),
+        versions=tuple(sorted(versions.items())),
     )
 
 
@@ -300,9 +318,12 @@ def resolve_ids(
 
 @dataclass(frozen=True)
 class Change:
-    """Apply now: run the channel with ``members`` (None: leave, stay Idle)."""
+    """Apply now: run the channel with ``members`` (None: leave, stay Idle).
+    ``version``: quorum channels, the version of that set (:func:`quorum_change`);
+    not compared."""
 
     members: tuple[int, ...] | None
+    version: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -381,13 +402,16 @@ LEARN = "learn"
 
 @dataclass(frozen=True)
 class Step:
-    """A single-server change the leader of ``source`` ordered in ``term``: the
-    members of ``source`` run ``members`` next (``next_step(source, target)`` of the
-    leader's target). A leader orders at most one step per term."""
+    """A single-server change the leader of ``source`` (of ``version``) ordered in
+    ``term``: the members of ``source`` run ``members`` next (``next_step(source,
+    target)`` of the leader's target; ``source`` itself to re-version it, see
+    :func:`quorum_change`). A leader orders at most one step per term."""
 
     source: tuple[int, ...]
     term: int
     members: tuple[int, ...]
+    #: the version of ``source`` (the step's set is one more)
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -408,6 +432,8 @@ def quorum_change(
     *,
     lead: Lead | None = None,
     steps: Mapping[int, Step] | None = None,
+    version: int = 0,
+    versions: Mapping[int, int] | None = None,
 ) -> Change | Step | str | None:
     """When a quorum channel's member set changes here (issue 13 §3): one node at a
     time, each step ordered by the leader of the current set, so that of the sets in
@@ -428,9 +454,13 @@ def quorum_change(
             no coordinator, or nothing known).
         steps: node -> the step it announced it ordered as a leader (this node's own
             entry: the step it ordered itself).
+        version: the version of ``applied``; when ``applied`` is None, the version
+            of the last set this node ran (0: none; it joins no set older than that).
+        versions: node -> the version of the set it announced it runs (absent: 0).
 
     Returns:
-        a :class:`Change` to apply now; a :class:`Step` this node, leading
+        a :class:`Change` to apply now (with the version of its set); a
+        :class:`Step` this node, leading
         ``applied``, orders now (the caller records and announces it, then asks
         again); :data:`FORM` when nobody runs the channel yet (the caller forms the
         first set, :class:`ChannelPlacement`); :data:`LEARN` when this node is the
@@ -456,42 +486,69 @@ def quorum_change(
         step's set is run by at most a minority of the old set (plus the node it
         adds), never a majority of it, since the two sets differ by one node.
       * A member whose set no majority runs any more (it missed a step) joins a set
-        holding it that a majority of that set's other members is known to run and
-        that is closer to its target or was ordered from its set, never the set its
-        own set was ordered from (the first to follow a step is not pulled back);
-        a member left on such a set that is not in its target leaves once a set
-        without it is known to be run by a majority of its members.
+        holding it, of a version at least its own, that a majority of that set's
+        other members is known to run; a member left on such a set that is not in
+        its target leaves once a set without it is known to be run by a majority.
+      * A step is void when its leader lost the term before a majority followed it;
+        a member that followed it may not go back to the older version, so the leader
+        of the source, seeing a member of its set on a newer set no majority runs,
+        orders its own set again (one version on: a re-version step) and that member
+        joins it.
       * A node that runs nothing joins the set that holds it once the members
         took the step that adds it; with ``ready`` given it first learns, when it
         is the next node to add.
+      * Versions: the first set has version 0 (or the version a restarted node ran
+        last), each step one more than the set it was ordered from. A node never
+        joins a set of a lower version than the one it runs or ran last (Raft: a
+        server never goes back to an older configuration in its log). Without it a
+        node with a stale view (or a restarted one that has heard only part of the
+        cluster) could join an old set next to a member left behind there, a
+        majority of that old set, while the current set runs with another majority.
     """
+    vers = versions or {}
     running = {n: m for n, m in seen.items() if m is not None and n != self_id}
+    sets = {n: (m, vers.get(n, 0)) for n, m in running.items()}
     if applied is None:
-        return _newcomer(self_id, target, running, ready)
+        return _newcomer(self_id, target, sets, ready, version)
     steps = steps or {}
     leading = lead is not None and lead.leader == self_id
-    step = _in_force(applied, lead, steps)
+    step = _in_force(applied, version, lead, steps)
     if step is not None:
-        return _follow(self_id, applied, step.members, running, leading)
+        return _follow(self_id, applied, version, step.members, sets, leading)
     if leading and lead is not None:
+        if _stranded(self_id, applied, version, sets):
+            return Step(applied, lead.term, applied, version)  # re-version: they rejoin
         if applied == target:
             return None
         nxt = next_step(applied, target)
         if not _may_order(self_id, applied, nxt, running, ready):
             return None
-        return Step(applied, lead.term, nxt)
-    behind = _quorate_set(self_id, applied, target, running, steps)
+        return Step(applied, lead.term, nxt, version)
+    behind = _quorate_set(self_id, (applied, version), sets)
     if behind is not None:
-        return Change(behind)
-    moved_on = any(self_id not in m and _quorate(m, running) for m in set(running.values()))
-    if self_id not in target and moved_on and _majority_left(self_id, applied, running):
+        return Change(*behind)
+    moved_on = any(self_id not in mv[0] and _quorate(mv, sets) for mv in set(sets.values()))
+    if self_id not in target and moved_on and _majority_left(self_id, (applied, version), sets):
         return Change(None)  # the others moved on without this node
     return None
 
 
-def _quorate(members: tuple[int, ...], running: Mapping[int, tuple[int, ...]]) -> bool:
-    """A majority of ``members`` is known to run ``members``."""
-    return sum(1 for n in members if running.get(n) == members) >= _majority(members)
+def _stranded(
+    self_id: int, applied: tuple[int, ...], version: int, sets: Mapping[int, _Versioned]
+) -> bool:
+    """A member of ``applied`` runs a newer set that no majority runs: it followed a
+    step that was voided (its leader lost the term before the others followed) and
+    may not come back to an older version; the leader re-versions its set for it."""
+    return any(
+        n in applied and mv[1] > version and not _quorate(mv, sets)
+        for n, mv in sets.items()
+        if n != self_id
+    )
+
+
+def _quorate(mv: _Versioned, sets: Mapping[int, _Versioned]) -> bool:
+    """A majority of the members of ``mv`` is known to run it (that version)."""
+    return sum(1 for n in mv[0] if sets.get(n) == mv) >= _majority(mv[0])
 
 
 def _majority(members: Collection[int]) -> int:
@@ -499,34 +556,39 @@ def _majority(members: Collection[int]) -> int:
 
 
 def _in_force(
-    applied: tuple[int, ...], lead: Lead | None, steps: Mapping[int, Step]
+    applied: tuple[int, ...], version: int, lead: Lead | None, steps: Mapping[int, Step]
 ) -> Step | None:
-    """The step this node's current leader ordered from ``applied`` in the current
-    term (None: none, or no leader known)."""
+    """The step this node's current leader ordered from ``applied`` (this version) in
+    the current term (None: none, or no leader known)."""
     if lead is None or lead.leader is None:
         return None
     st = steps.get(lead.leader)
-    if st is None or st.source != applied or st.term != lead.term:
+    if st is None or st.source != applied or st.version != version or st.term != lead.term:
         return None
     return st
+
+
+#: a member set and its version
+_Versioned = tuple[tuple[int, ...], int]
 
 
 def _newcomer(
     self_id: int,
     target: tuple[int, ...],
-    running: Mapping[int, tuple[int, ...]],
+    sets: Mapping[int, _Versioned],
     ready: Collection[int] | None,
+    floor: int,
 ) -> Change | str | None:
     if self_id not in target:
         return None
-    if not running:
+    if not sets:
         return FORM
-    holding = sorted(m for m in running.values() if self_id in m)
+    holding = {mv for mv in sets.values() if self_id in mv[0] and mv[1] >= floor}
     if holding:  # the members took the step that adds this node
-        return Change(holding[0]) if len(set(holding)) == 1 else None
+        return Change(*holding.pop()) if len(holding) == 1 else None
     if ready is None:
         return None  # the leader adds it at once; it joins the set that holds it
-    cur = running[min(running)]
+    cur = sets[min(sets)][0]
     if self_id not in next_step(cur, target):
         return None  # another node is added first
     return LEARN if self_id not in ready else None
@@ -554,67 +616,93 @@ def _may_order(
 def _follow(
     self_id: int,
     applied: tuple[int, ...],
+    version: int,
     nxt: tuple[int, ...],
-    running: Mapping[int, tuple[int, ...]],
+    sets: Mapping[int, _Versioned],
     leading: bool,
 ) -> Change | None:
+    step = (nxt, version + 1)
     if self_id not in nxt:  # the step removes this node
         others = set(applied) - {self_id}
-        if all(self_id not in running[n] for n in others if n in running):
+        if all(self_id not in sets[n][0] for n in others if n in sets):
             return Change(None)
         return None
     if not leading:
-        return Change(nxt)
+        return Change(*step)
     # the leader moves last: it keeps leading its set (heartbeats, commits) while the
     # members follow, until its set can no longer elect another leader, or until every
     # member of both sets it hears from followed and the step's set has a majority
     # with it (a member that is down does not hold it back)
-    moved = 1 + sum(1 for n in applied if n != self_id and running.get(n) == nxt)
+    moved = 1 + sum(1 for n in applied if n != self_id and sets.get(n) == step)
     if moved >= _majority(applied):
-        return Change(nxt)
+        return Change(*step)
     shared = (set(applied) & set(nxt)) - {self_id}
-    on = 1 + sum(1 for n in nxt if n != self_id and running.get(n) == nxt)
-    if all(running[n] == nxt for n in shared if n in running) and on >= _majority(nxt):
-        return Change(nxt)
+    on = 1 + sum(1 for n in nxt if n != self_id and sets.get(n) == step)
+    if all(sets[n] == step for n in shared if n in sets) and on >= _majority(nxt):
+        return Change(*step)
     return None
 
 
-def _majority_left(
-    self_id: int, applied: tuple[int, ...], running: Mapping[int, tuple[int, ...]]
-) -> bool:
+def _majority_left(self_id: int, applied: _Versioned, sets: Mapping[int, _Versioned]) -> bool:
     """No majority of ``applied`` (this node included) is known to run it."""
-    own = 1 + sum(1 for n in applied if n != self_id and running.get(n) == applied)
-    return own < _majority(applied)
+    own = 1 + sum(1 for n in applied[0] if n != self_id and sets.get(n) == applied)
+    return own < _majority(applied[0])
 
 
 def _quorate_set(
-    self_id: int,
-    applied: tuple[int, ...],
-    target: tuple[int, ...],
-    running: Mapping[int, tuple[int, ...]],
-    steps: Mapping[int, Step],
-) -> tuple[int, ...] | None:
-    """A set holding this node that a majority of its members (other than this node)
-    is known to run, while no majority runs ``applied``: the others moved on while
-    this node was behind (it missed an order, or its leader moved before it heard
-    it). Joining a set a majority already runs creates no new majority. Only a set
-    closer to ``target`` or ordered from ``applied``, and never the set ``applied``
-    was ordered from: the first member to follow a step must not be pulled back to
-    the set the others still run. None: none."""
-    if not _majority_left(self_id, applied, running):
+    self_id: int, applied: _Versioned, sets: Mapping[int, _Versioned]
+) -> _Versioned | None:
+    """A set holding this node, of a version at least its own, that a majority of its
+    members (other than this node) is known to run, while no majority runs
+    ``applied``: the others moved on while this node was behind (it missed an order,
+    or its leader moved before it heard it). Joining a set a majority already runs
+    creates no new majority; never an older version (the first member to follow a
+    step is not pulled back to the set the others still run). None: none."""
+    if not _majority_left(self_id, applied, sets):
         return None
-    onward = {st.members for st in steps.values() if st.source == applied}
-    back = {st.source for st in steps.values() if st.members == applied}
-    far = len(set(applied) ^ set(target))
-    for cand in sorted(set(running.values())):
-        if cand == applied or self_id not in cand or cand in back:
+    for cand in sorted(set(sets.values())):
+        m, v = cand
+        if cand == applied or v < applied[1] or self_id not in m:
             continue
-        if cand not in onward and len(set(cand) ^ set(target)) >= far:
-            continue
-        on = sum(1 for n in cand if n != self_id and running.get(n) == cand)
-        if on >= _majority(cand):
+        if sum(1 for n in m if n != self_id and sets.get(n) == cand) >= _majority(m):
             return cand
     return None
+
+
+def encode_version(members: Iterable[int], version: int) -> bytes:
+    """The placement record a quorum channel keeps beside its log: msgpack
+    ``[1, member ids, version]``: the set this node ran last (empty: it left it)
+    and its version."""
+    data: bytes = msgpack.packb([1, sorted(set(members)), version], use_bin_type=True)
+    return data
+
+
+def decode_version(data: bytes, where: str = "placement") -> tuple[tuple[int, ...], int]:
+    """``(members, version)`` of an :func:`encode_version` record.
+
+    Raises:
+        LogCorrupt: not such a record (naming ``where``).
+    """
+    try:
+        body = msgpack.unpackb(data, raw=False)
+        if isinstance(body, list) and len(body) == 3 and body[0] == 1:
+            return _ids(body[1]), _u64(body[2], "set version")
+    except (DecodeError, ValueError, TypeError, msgpack.UnpackException):
+        pass
+    raise LogCorrupt(where, 0, "not a placement record ([1, member ids, version])")
+
+
+def may_form(ran: bool, configured: Collection[int], heard: Collection[int], factor: int) -> bool:
+    """Whether this node may form a quorum channel's first set once it sees nobody
+    run it (:data:`FORM`): only if it never ran the channel (a node that did resumes
+    its set: it may have heard only part of the cluster yet), and, on a node daemon
+    (``configured``: its configured peers), once fewer of them than a majority of
+    ``factor`` are unheard: a set that runs with a majority of its members then
+    has a member this node heard running nothing (the adversary's S3: a first view
+    of a few nodes proves nothing about the others). In-process Redex (no configured
+    peers): upstream's rule."""
+    unheard = set(configured) - set(heard)
+    return not ran and len(unheard) < _majority(range(max(1, factor)))
 
 
 # ------------------------------------------------------------------ rate limit

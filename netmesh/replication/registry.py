@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ REANNOUNCE_WINDOWS = 15
 MIN_REANNOUNCE_S = 1.0
 #: a learner re-asks after max(this, 2 heartbeats) without an answer
 MIN_LEARN_RETRY_S = 0.2
+#: quorum placement: the version of the set a node ran a channel with last, in the
+#: channel's directory (``placement.encode_version``)
+PLACEMENT_FILE = "placement"
 #: quorum placement: a pending step is re-checked at most this often (seconds)
 MIN_STEP_RECHECK_S = 0.05
 
@@ -67,6 +71,9 @@ class Redex:
         self._files: dict[ChannelName, RedexFile] = {}
         self._hub: ReplicationHub | None = None
         self._placement: _Placement | None = None
+        #: quorum placement of in-memory files: channel -> the set this process ran it
+        #: with last and its version (persisted files keep it in ``PLACEMENT_FILE``)
+        self._set_versions: dict[str, tuple[tuple[int, ...], int]] = {}
         self._chains: set[str] = set()
         self._metadata: dict[str, str] = {}
 
@@ -381,6 +388,12 @@ class _Channel:
     #: runs the step's source or the step, so stragglers follow it and the first to
     #: follow is not pulled back)
     step: pl.Step | None = None
+    #: quorum: the version of the set this node runs, or ran last (``PLACEMENT_FILE``)
+    version: int = 0
+    #: quorum: this node ran the channel before (a placement record exists): it never
+    #: forms a first set; ``resume``: the set it ran last, joined at once on open
+    ran: bool = False
+    resume: tuple[int, ...] | None = None
 
 
 class _Placement:
@@ -447,7 +460,14 @@ class _Placement:
         cp = pl.ChannelPlacement(self.self_id, factor, self.settle)
         if self.form_majority:
             cp.min_form = factor // 2 + 1
-        self.channels[name] = _Channel(file, config, cp)
+        ch = _Channel(file, config, cp)
+        if config.ack == "quorum":
+            stored = self._load_version(name, file)
+            if stored is not None:
+                members, ch.version = stored
+                ch.ran = True
+                ch.resume = members if self.self_id in members else None
+        self.channels[name] = ch
         file.refusal = NotLeader(name, None)  # Idle until selected
         self._rebuild_own()
         self._resolve(name, self._now(), raise_errors=True)
@@ -490,6 +510,13 @@ class _Placement:
             steps=tuple(
                 sorted((str(n), ch.step) for n, ch in self.channels.items() if ch.step is not None)
             ),
+            versions=tuple(
+                sorted(
+                    (str(n), ch.version)
+                    for n, ch in self.channels.items()
+                    if ch.placement.applied is not None and ch.version
+                )
+            ),
         )
         self.limiter.changed()
         self._schedule()
@@ -510,8 +537,16 @@ class _Placement:
         resolved = pl.resolve(ch.config.placement, ch.config.factor, str(name), anns)
         outcome: pl.Change | float | None
         if ch.config.ack == "quorum":  # one node at a time once formed (issue 13 §3)
-            step = self._quorum_step(name, ch, resolved, now)  # sets ch.due
-            if step == pl.FORM:
+            resume, ch.resume = ch.resume, None
+            step = (
+                pl.Change(resume, ch.version)  # the set it ran last, as it left it
+                if resume is not None and ch.placement.applied is None
+                else self._quorum_step(name, ch, resolved, now)  # sets ch.due
+            )
+            factor = ch.config.effective_factor()
+            if step == pl.FORM and not pl.may_form(ch.ran, self.retain, self.view, factor):
+                step = None  # asked again when an announcement changes
+            if step == pl.FORM:  # the first set of a channel nobody ran: version 0
                 outcome = ch.placement.update(resolved, now)
             elif step == pl.LEARN:
                 seen = {n: a.members_of(str(name)) for n, a in self.view.items()}
@@ -533,6 +568,11 @@ class _Placement:
         if outcome is None:
             return
         ch.changes = [*ch.changes[-15:], outcome.members]
+        if ch.config.ack == "quorum":
+            if outcome.members is not None:
+                ch.version = outcome.version
+            ch.ran = True
+            self._save_version(name, ch)
         self._rebuild_own()  # the others learn the set this node runs now
         self.stats["reresolved"] += 1
         running = hub.runtime(name) is not None
@@ -579,6 +619,7 @@ class _Placement:
         seen = {n: a.members_of(key) for n, a in self.view.items()}
         ready = {n for n, a in self.view.items() if key in a.ready}
         steps = {n: st for n, a in self.view.items() if (st := a.step_of(key)) is not None}
+        versions = {n: a.version_of(key) for n, a in self.view.items()}
         hub = self.redex._hub
         rt = None if hub is None else hub.runtime(name)
         lead = None if rt is None else pl.Lead(rt.coord.term, rt.coord.leader_id)
@@ -587,7 +628,15 @@ class _Placement:
             if ch.step is not None:
                 steps[self.self_id] = ch.step
             out = pl.quorum_change(
-                self.self_id, applied, resolved, seen, ready, lead=lead, steps=steps
+                self.self_id,
+                applied,
+                resolved,
+                seen,
+                ready,
+                lead=lead,
+                steps=steps,
+                version=ch.version,
+                versions=versions,
             )
             if not isinstance(out, pl.Step):
                 break
@@ -608,6 +657,40 @@ class _Placement:
         if out is None and pending:
             ch.due = now + max(MIN_STEP_RECHECK_S, ch.config.heartbeat_ms / 1000.0)
         return out
+
+    def _load_version(
+        self, name: ChannelName, file: RedexFile
+    ) -> tuple[tuple[int, ...], int] | None:
+        """The set this node ran ``name`` with last (empty: it left it) and its
+        version: from ``<path>/placement`` (LogCorrupt if unreadable), or this
+        process's memory for an in-memory file (None: it never ran it)."""
+        path = file.config.path
+        if path is None:
+            return self.redex._set_versions.get(str(name))
+        full = os.path.join(path, PLACEMENT_FILE)
+        try:
+            with open(full, "rb") as fh:
+                return pl.decode_version(fh.read(), full)
+        except FileNotFoundError:
+            return None
+
+    def _save_version(self, name: ChannelName, ch: _Channel) -> None:
+        """tmp, fsync, rename, fsync the directory (before the set is announced)."""
+        self.redex._set_versions[str(name)] = (ch.placement.applied or (), ch.version)
+        path = ch.file.config.path
+        if path is None:
+            return
+        tmp = os.path.join(path, PLACEMENT_FILE + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(pl.encode_version(ch.placement.applied or (), ch.version))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, os.path.join(path, PLACEMENT_FILE))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # -- learners (quorum channels: a new member catches up before it counts) --------
     def _learn(

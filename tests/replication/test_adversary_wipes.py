@@ -328,20 +328,25 @@ def test_a_quiescent_cluster_takes_back_a_wiped_member(who: str) -> None:
 
 PLACEMENT_NODES = range(6)
 
-_Entry = tuple[tuple[int, ...] | None, bool, pl.Step | None]
+_Entry = tuple[tuple[int, ...] | None, bool, pl.Step | None, int]
 
 
 class _StepModel:
     """Each node's announcement history, each node's view (an index into every other
     node's history, or None while that node is down for it), each node's target and
-    coordinator (term, known leader; a new set starts a new coordinator)."""
+    coordinator (term, known leader; a new set starts a new coordinator), and the set
+    each node runs or ran last with its version (``persist``: kept across restarts,
+    as a channel's ``placement`` file, and a restarted node resumes that set; else a
+    restarted node runs nothing and may join any version, as an in-memory one)."""
 
-    def __init__(self, first: tuple[int, ...]) -> None:
+    def __init__(self, first: tuple[int, ...], persist: bool = True) -> None:
+        self.persist = persist
+        self.version = {n: 0 for n in PLACEMENT_NODES}
         self.applied: dict[int, tuple[int, ...] | None] = {
             n: (first if n in first else None) for n in PLACEMENT_NODES
         }
         self.history: dict[int, list[_Entry]] = {
-            n: [(self.applied[n], False, None)] for n in PLACEMENT_NODES
+            n: [(self.applied[n], False, None, 0)] for n in PLACEMENT_NODES
         }
         self.view: dict[int, dict[int, int | None]] = {
             i: {j: 0 for j in PLACEMENT_NODES if j != i} for i in PLACEMENT_NODES
@@ -363,32 +368,43 @@ class _StepModel:
 
     def seen(
         self, i: int
-    ) -> tuple[dict[int, tuple[int, ...] | None], set[int], dict[int, pl.Step]]:
+    ) -> tuple[dict[int, tuple[int, ...] | None], set[int], dict[int, pl.Step], dict[int, int]]:
         seen: dict[int, tuple[int, ...] | None] = {}
         ready = set()
         steps: dict[int, pl.Step] = {}
+        versions: dict[int, int] = {}
         for j, at in self.view[i].items():
             if at is not None:
-                members, is_ready, step = self.history[j][at]
+                members, is_ready, step, version = self.history[j][at]
                 seen[j] = members
+                versions[j] = version
                 if is_ready and members is None:
                     ready.add(j)
                 if step is not None:
                     steps[j] = step
-        return seen, ready, steps
+        return seen, ready, steps, versions
 
     def _announce(self, i: int, ready: bool = False) -> None:
-        self.history[i].append((self.applied[i], ready, self.step[i]))
+        version = self.version[i] if self.applied[i] is not None else 0
+        self.history[i].append((self.applied[i], ready, self.step[i], version))
 
     def act(self, i: int) -> None:
         if not self.up[i]:
             return
-        seen, ready, steps = self.seen(i)
+        seen, ready, steps, versions = self.seen(i)
         for _ in range(2):
             if self.step[i] is not None:
                 steps[i] = self.step[i]  # type: ignore[assignment]
             out = pl.quorum_change(
-                i, self.applied[i], self.targets[i], seen, ready, lead=self.lead[i], steps=steps
+                i,
+                self.applied[i],
+                self.targets[i],
+                seen,
+                ready,
+                lead=self.lead[i],
+                steps=steps,
+                version=self.version[i],
+                versions=versions,
             )
             if not isinstance(out, pl.Step):
                 break
@@ -399,6 +415,8 @@ class _StepModel:
             self.learning.add(i)
         elif isinstance(out, pl.Change):
             self.applied[i] = out.members
+            if out.members is not None:
+                self.version[i] = out.version
             self.lead[i] = None  # a new set: a new coordinator
             if self.step[i] is not None and self.step[i].members != out.members:  # type: ignore[union-attr]
                 self.step[i] = None
@@ -471,8 +489,12 @@ class _StepModel:
     def restart(self, i: int) -> None:
         if self.up[i]:
             return
-        self.up[i], self.applied[i] = True, None  # a daemon restarts running nothing
-        self.lead[i], self.step[i] = None, None  # its term is hard state: kept
+        # its term is hard state: kept; so are the set it ran last and its version
+        # (placement file): it resumes that set (None: it had left, or runs nothing)
+        self.up[i] = True
+        if not self.persist:
+            self.applied[i], self.version[i] = None, 0
+        self.lead[i], self.step[i] = None, None
         self.learning.discard(i)
         self._announce(i)
         for k in PLACEMENT_NODES:
@@ -678,7 +700,7 @@ def _round(model: _StepModel) -> None:
             model.deliver(i, j, 1.0)
     for members in {m for m in model.applied.values() if m is not None}:
         runners = [n for n in members if model.applied[n] == members and model.up[n]]
-        led = any((lead := model.lead[n]) is not None and lead.leader in runners for n in runners)
+        led = any(model.lead[n] == pl.Lead(model.term[n], n) for n in runners)
         if runners and not led:
             model.elect(runners[0])
     for i in PLACEMENT_NODES:
@@ -688,6 +710,47 @@ def _round(model: _StepModel) -> None:
         model.act(i)
     model.ready()
     model.check()
+
+
+def _restart_with_a_partial_view(persist: bool) -> _StepModel:
+    """{1,2,3} (leader 1) moves to {1,2,4} while 3 is cut off from everyone: 3 stays
+    on {1,2,3}. Then 2 restarts and at first hears only 3."""
+    model = _StepModel((1, 2, 3), persist=persist)
+    model.partition({3})
+    model.target = (1, 2, 4)
+    for _ in range(40):
+        _round(model)
+    assert model.applied == {
+        0: None,
+        1: (1, 2, 4),
+        2: (1, 2, 4),
+        3: (1, 2, 3),
+        4: (1, 2, 4),
+        5: None,
+    }
+    model.crash(2)
+    model.restart(2)
+    for j in (0, 1, 4, 5):
+        model.lose(2, j)
+    model.rejoin(2, 3)
+    model.act(2)
+    model.check()
+    return model
+
+
+def test_a_restarted_member_never_joins_a_set_older_than_its_last() -> None:
+    """Right value: 2 does not join {1,2,3} beside 3 (a majority of it) while 1 and 4
+    run {1,2,4} (a majority of that): it resumes the set it ran, {1,2,4} (version 2,
+    kept in its placement file). A restarted node that forgot its set joins the old
+    one (checked here: the in-memory case, see the README)."""
+    with pytest.raises(AssertionError, match="running majority"):
+        _restart_with_a_partial_view(persist=False)
+    model = _restart_with_a_partial_view(persist=True)
+    assert (model.applied[2], model.version[2]) == ((1, 2, 4), 2)
+    model.heal()
+    for _ in range(20):
+        _round(model)
+    assert model.applied == {0: None, 1: (1, 2, 4), 2: (1, 2, 4), 3: None, 4: (1, 2, 4), 5: None}
 
 
 def test_placement_reaches_any_target_with_one_member_down() -> None:

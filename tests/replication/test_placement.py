@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netmesh.config import MeshNodeConfig, PlacementStrategy, ReplicationConfig
-from netmesh.errors import ConfigError, DecodeError
+from netmesh.errors import ConfigError, DecodeError, LogCorrupt
 from netmesh.replication.placement import (
     FORM,
     LEARN,
@@ -23,8 +23,10 @@ from netmesh.replication.placement import (
     Step,
     decode,
     decode_learn,
+    decode_version,
     encode,
     encode_learn,
+    encode_version,
     next_step,
     quorum_change,
     resolve,
@@ -123,6 +125,42 @@ def test_announcement_round_trips() -> None:
     assert encode(a) == encode(Announcement(**a.__dict__))  # canonical bytes
     assert Announcement(1).empty and not a.empty
     assert a.metadata_dict() == {"rack": "r1"}
+    # quorum channels: the set's version and the step a leader ordered
+    q = Announcement(
+        5,
+        1,
+        2,
+        members=sorted_members({"q": [1, 5]}),
+        steps=(("q", Step((1, 5), 9, (1, 2, 5), 3)),),
+        versions=(("q", 3),),
+    )
+    assert decode(encode(q), 5) == q
+    assert q.version_of("q") == 3 and q.version_of("x") == 0
+    assert q.step_of("q") == Step((1, 5), 9, (1, 2, 5), 3) and q.step_of("x") is None
+    assert not Announcement(5, steps=q.steps).empty
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [4, 1, 0, 0, [], [], [], [["q", [1], -1]], [], []],
+        [4, 1, 0, 0, [], [], [], [["q", [1]]], [], []],
+        [4, 1, 0, 0, [], [], [], [], [], [["q", [1], 2, [1, 2]]]],
+        [4, 1, 0, 0, [], [], [], [], [], [["q", [1], "t", [1, 2], 0]]],
+        [3, 1, 0, 0, [], [], [], [], []],
+    ],
+)
+def test_bad_versions_and_steps_are_decode_errors(body: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        decode(msgpack.packb(body))
+
+
+def test_the_placement_record_round_trips_and_garbage_is_log_corrupt() -> None:
+    assert decode_version(encode_version([3, 1, 3], 7)) == ((1, 3), 7)
+    assert decode_version(encode_version([], 2)) == ((), 2)
+    for bad in (b"", b"\xc1", msgpack.packb([2, [1], 0]), msgpack.packb([1, [1], -3])):
+        with pytest.raises(LogCorrupt, match="placement"):
+            decode_version(bad, "/d/placement")
 
 
 def test_an_announcement_naming_another_node_is_refused() -> None:
@@ -247,8 +285,12 @@ def test_only_the_leader_orders_a_step_and_its_members_follow_it() -> None:
     assert quorum_change(c, old, new, {b: old}, lead=Lead(5, d), steps=ordered) is None
     # the leader follows its own order last, once a majority of its set (2 of 3) runs it
     assert quorum_change(b, old, new, {c: old, d: old}, lead=led_by_b, steps=ordered) is None
-    following = quorum_change(b, old, new, {c: mid, d: old}, lead=led_by_b, steps=ordered)
-    assert following == Change(mid)
+    following = quorum_change(
+        b, old, new, {c: mid, d: old}, lead=led_by_b, steps=ordered, versions={c: 1}
+    )
+    assert following == Change(mid) and following.version == 1
+    # (a member on the step's set counts only at the step's version: one more)
+    assert quorum_change(b, old, new, {c: mid, d: old}, lead=led_by_b, steps=ordered) is None
     # A joins the step that adds it once a member's set holds it
     assert quorum_change(a, None, new, {b: old, c: old, d: old}) is None
     assert quorum_change(a, None, new, {b: old, c: mid, d: old}) == Change(mid)
@@ -408,13 +450,13 @@ def test_a_target_change_mid_step_does_not_stick_the_placement() -> None:
 def test_the_first_member_to_take_a_step_is_not_pulled_back() -> None:
     """Seen with daemons: A took the removal step {A, B, C, D} -> {A, C, D} first; C
     and D still ran the old set (a majority of it), and the catch-up rule pulled A
-    back, then everyone flapped twice. Only a set closer to the target, or ordered from
-    this node's set, is joined, and never the set this node's set was ordered from."""
+    back, then everyone flapped twice. A node never joins a set of an older version
+    (the old set is version 0, the step's set 1), whatever its target."""
     a, b, c, d = 1, 2, 3, 4
     old, new = (a, b, c, d), (a, c, d)
-    assert quorum_change(a, new, new, {b: old, c: old, d: old}) is None
+    assert quorum_change(a, new, new, {b: old, c: old, d: old}, version=1) is None
     ordered = {b: Step(old, 4, new)}
-    assert quorum_change(a, new, old, {b: old, c: old, d: old}, steps=ordered) is None
+    assert quorum_change(a, new, old, {b: old, c: old, d: old}, steps=ordered, version=1) is None
     # and the others follow the order as usual
     lead = Lead(4, b)
     assert quorum_change(c, old, new, {a: new, b: old, d: old}, lead=lead, steps=ordered) == (
