@@ -80,6 +80,7 @@ from netmesh.errors import (
 )
 from netmesh.log import record
 from netmesh.log.commit import GroupCommitter
+from netmesh.log.packed import PackedPayloads
 
 log = logging.getLogger(__name__)
 
@@ -457,6 +458,27 @@ class RedexFile:
             return self._read_cache(lo, hi), lo
         return self._read_disk(lo, hi), lo
 
+    def read_packed(
+        self, start: int, end: int, max_bytes: int | None = None
+    ) -> tuple[PackedPayloads, int]:
+        """:meth:`read_payloads` as one :class:`~netmesh.log.packed.PackedPayloads`
+        (lengths, then payloads, in one buffer): what a replication push or sync chunk
+        sends. In memory no object per event is made: the lengths are a slice of the
+        file's length array and the payloads are joined from the stored batches (a
+        view per ring frame, a ``bytes`` per event only for chunks stored as lists).
+        Persisted: :meth:`read_payloads`, packed."""
+        lo = max(start, self._first_seq)
+        hi = min(end, self._next_seq)
+        if hi <= lo:
+            return PackedPayloads(array("I"), b""), lo
+        if max_bytes is not None:
+            hi = lo + self._fit(lo, hi, max_bytes)
+        if self._persisted:
+            return PackedPayloads.of(self.read_payloads(lo, hi)[0]), lo
+        base = self._head - self._first_seq
+        parts = self._mem.read_parts(lo, hi, self._lens, base)
+        return PackedPayloads.join(self._lens[base + lo : base + hi], parts), lo
+
     def _fit(self, lo: int, hi: int, max_bytes: int) -> int:
         """How many events from ``lo`` (below ``hi``) fit in ``max_bytes`` (>= 1)."""
         base = self._head - self._first_seq
@@ -712,6 +734,39 @@ class RedexFile:
         if self._on_append is not None and not self.append_pending:
             self.append_pending = True
             self._on_append()
+        return first
+
+    def apply_packed(
+        self, packed: PackedPayloads, expect_seq: int | None = None, term: int | None = None
+    ) -> int:
+        """:meth:`apply_batch` of a :class:`~netmesh.log.packed.PackedPayloads` (a
+        replica applying a replicated batch): in memory it is stored as it came, one
+        buffer, no object per event (as :meth:`append_frames` stores ring frames); a
+        persisted file, or one whose producer table is in use (idempotence), takes its
+        events as a list through :meth:`apply_batch`. Same checks and errors."""
+        if self._persisted or self._producers is not None or self.config.idempotence:
+            return self.apply_batch(packed.to_list(), expect_seq, term)
+        self._check_writable()
+        first = self._next_seq
+        if expect_seq is not None and expect_seq != first:
+            raise OutOfOrder(f"{self.name}: batch starts at {expect_seq}, next_seq is {first}")
+        n = len(packed)
+        if not n:
+            return first
+        term = self._append_term if term is None else term
+        if term < self.last_term:
+            raise OutOfOrder(f"{self.name}: batch of term {term} after term {self.last_term}")
+        size, limit, lens = packed.size, self.config.max_payload, packed.lens
+        if size > limit and max(lens) > limit:  # no pass while the sum fits
+            raise PayloadTooLarge(max(lens), limit)
+        now = self.clock()
+        self._mem.add_packed(first, packed)
+        self._open = None
+        self._fast = False  # the next single append opens a list (append_batch)
+        self._lens.extend(lens)
+        self._next_seq = first + n
+        self._retained_bytes += size
+        self._appended(first, term, now, size, False)
         return first
 
     def _appended(self, first: int, term: int, now: int, size: int, fresh: bool) -> None:
@@ -1860,11 +1915,37 @@ class _Packed:
 
     __slots__ = ("blob", "count", "firsts", "offs")
 
-    def __init__(self, frames: Frames) -> None:
-        self.blob = frames.blob
-        self.firsts = frames.firsts
-        self.offs = frames.offs
-        self.count = frames.count
+    def __init__(self, blob: Any, firsts: array[int], offs: array[int], count: int) -> None:
+        self.blob = blob
+        self.firsts = firsts
+        self.offs = offs
+        self.count = count
+
+    @classmethod
+    def of_frames(cls, frames: Frames) -> _Packed:
+        return cls(frames.blob, frames.firsts, frames.offs, frames.count)
+
+    @classmethod
+    def of(cls, packed: PackedPayloads) -> _Packed:
+        """A replicated batch, kept as it came: one frame, payloads from ``start``."""
+        return cls(packed.data, array("I", [0]), array("Q", [packed.start]), len(packed))
+
+    def parts(self, a: int, b: int, lens: array[int], base: int, out: list[Any]) -> None:
+        """Append views of the payloads of records ``a <= i < b`` (back to back within
+        a frame: one view per frame, none per record) to ``out``; lengths as
+        :meth:`read`."""
+        firsts, offs = self.firsts, self.offs
+        view = memoryview(self.blob)
+        nf = len(firsts)
+        f = bisect.bisect_right(firsts, a) - 1
+        while a < b:
+            fa = firsts[f]
+            stop = min(b, firsts[f + 1] if f + 1 < nf else self.count)
+            if stop > a:
+                pos = offs[f] + (sum(lens[base + fa : base + a]) if a > fa else 0)
+                out.append(view[pos : pos + sum(lens[base + a : base + stop])])
+                a = stop
+            f += 1
 
     def read(self, a: int, b: int, lens: array[int], base: int, out: list[bytes]) -> None:
         """Append copies of records ``a <= i < b`` of this batch to ``out``; their
@@ -1971,7 +2052,34 @@ class _MemStore:
             self.chunks.pop()
         self.open = None
         self.seqs.append(first)
-        self.chunks.append(_Packed(frames))
+        self.chunks.append(_Packed.of_frames(frames))
+
+    def add_packed(self, first: int, packed: PackedPayloads) -> None:
+        if self.open is not None and not self.open:  # an emptied open list: replace it
+            self.seqs.pop()
+            self.chunks.pop()
+        self.open = None
+        self.seqs.append(first)
+        self.chunks.append(_Packed.of(packed))
+
+    def read_parts(self, lo: int, hi: int, lens: array[int], base: int) -> list[Any]:
+        """The payloads of seqs ``lo <= seq < hi`` (all held) as buffers to join, in
+        order: views of packed batches (one per ring frame), ``bytes`` of list chunks."""
+        seqs, chunks = self.seqs, self.chunks
+        last = len(seqs) - 1
+        i = bisect.bisect_right(seqs, lo, self.head) - 1
+        out: list[Any] = []
+        seq = lo
+        while seq < hi:
+            first, c = seqs[i], chunks[i]
+            stop = hi if i == last else min(hi, seqs[i + 1])
+            if type(c) is list:
+                out += c[seq - first : stop - first]
+            elif stop > seq:
+                c.parts(seq - first, stop - first, lens, base + first, out)  # type: ignore[union-attr]
+            seq = stop
+            i += 1
+        return out
 
     def read(self, lo: int, hi: int, lens: array[int], base: int) -> list[bytes]:
         """Payloads of seqs ``lo <= seq < hi`` (all held); ``lens[base + seq]`` is the

@@ -161,6 +161,7 @@ from typing import TYPE_CHECKING, Any
 
 from netmesh.errors import InvalidTransition, LocalProtocolError
 from netmesh.log.hardstate import MAX_TERM, Epoch, HardState
+from netmesh.log.packed import PackedPayloads, payload_size
 from netmesh.replication.budget import replication_budget
 from netmesh.replication.messages import (
     Ack,
@@ -254,7 +255,7 @@ class Apply:
     the log, not a separately saved file, says which term wrote each event)."""
 
     first_seq: int
-    payloads: tuple[bytes, ...]
+    payloads: tuple[bytes, ...] | PackedPayloads
     term: int
 
 
@@ -933,9 +934,11 @@ class ReplicationCoordinator:
                 prog.inflight = max(0, prog.inflight - 1)
                 prog.sent, prog.streaming = prog.match, False
         elif self.role is L and req.to in self._progress and req.from_seq <= self.tail:
-            self._respond(
-                req.to, req.request_id, req.from_seq, tuple(payloads)[: self.tail - req.from_seq]
-            )
+            room = self.tail - req.from_seq
+            held = payloads if len(payloads) <= room else payloads[:room]
+            if not isinstance(held, PackedPayloads):
+                held = tuple(held)
+            self._respond(req.to, req.request_id, req.from_seq, held)
         elif req.request_id:
             self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER, req.from_seq))
         return self._end()
@@ -1749,9 +1752,11 @@ class ReplicationCoordinator:
         self._learn_commit(m.commit_seq)
         self._maybe_request()
 
-    def _respond(self, to: int, rid: int, first: int, payloads: tuple[bytes, ...]) -> None:
+    def _respond(
+        self, to: int, rid: int, first: int, payloads: tuple[bytes, ...] | PackedPayloads
+    ) -> None:
         prog = self._progress[to]
-        cost = RESPONSE_OVERHEAD + sum(len(p) + EVENT_OVERHEAD for p in payloads)
+        cost = RESPONSE_OVERHEAD + payload_size(payloads) + EVENT_OVERHEAD * len(payloads)
         if not self.budget.try_consume(cost, self._now):
             self.metrics.under_capacity_total += 1
             if rid:

@@ -74,6 +74,7 @@ from netmesh.errors import (
 from netmesh.log import hardstate
 from netmesh.log.file import RedexFile
 from netmesh.log.hardstate import Epoch, HardState
+from netmesh.log.packed import PackedPayloads
 from netmesh.replication import messages
 from netmesh.replication.coordinator import (
     TERM_SLOTS,
@@ -253,7 +254,10 @@ class FileStorage:
     def append(self, first_seq: int, payloads: Sequence[bytes], term: int) -> None:
         # raises OutOfOrder (executor resyncs), StorageFailed / PayloadTooLarge
         # (executor fails the channel)
-        self.file.apply_batch(list(payloads), expect_seq=first_seq, term=term)
+        if isinstance(payloads, PackedPayloads):  # a replicated batch: stored whole
+            self.file.apply_packed(payloads, expect_seq=first_seq, term=term)
+        else:
+            self.file.apply_batch(list(payloads), expect_seq=first_seq, term=term)
 
     def stamp_local_appends(self, term: int) -> None:
         """Local (leader) appends are written with ``term`` from now on."""
@@ -290,10 +294,11 @@ class FileStorage:
         """Check and append the leader's records as they are (OutOfOrder refuses)."""
         self.file.append_records(first_seq, count, records, runs)
 
-    def read_bytes(self, from_seq: int, end_seq: int, max_bytes: int) -> tuple[list[bytes], int]:
-        """:meth:`read` of at most ``max_bytes`` of payloads (at least one event): a
-        sync chunk reads from disk what it sends."""
-        return self.file.read_payloads(from_seq, end_seq, max_bytes)
+    def read_bytes(self, from_seq: int, end_seq: int, max_bytes: int) -> tuple[PackedPayloads, int]:
+        """:meth:`read` of at most ``max_bytes`` of payloads (at least one event), packed
+        (one buffer, no object per event in memory): a push or sync chunk reads what it
+        sends, in the form it sends it."""
+        return self.file.read_packed(from_seq, end_seq, max_bytes)
 
     def save_hard_state(self, state: HardState) -> None:
         """tmp, fsync, rename, fsync the directory."""
@@ -563,7 +568,7 @@ class ChannelRuntime:
                 )
                 continue
             try:
-                msg = messages.decode(raw[8:])
+                msg = messages.decode(raw, 8)  # a SyncResponse's events stay in raw
             except DecodeError as exc:
                 self.decode_errors += 1
                 log.debug("%s: undecodable message from %#x: %s", self.name, from_id, exc)
@@ -586,7 +591,7 @@ class ChannelRuntime:
         else:
             self.file.refusal = NotLeader(self.name, self.coord.leader_id)
 
-    def measure(self, payloads: tuple[bytes, ...]) -> None:
+    def measure(self, payloads: Sequence[bytes]) -> None:
         """Latency probe: payloads that start with PROBE_MAGIC carry their append time."""
         now = time.monotonic_ns()
         probe = self.probe
@@ -648,7 +653,7 @@ class ChannelRuntime:
             self.hub.queue_heartbeat(to, self.name, self.membership_id, msg)
             return
         try:
-            self.node.send(to, self.kind, self._mid + messages.encode(msg))
+            self.node.send(to, self.kind, messages.encode(msg, self._mid))
             if type(msg) in _FLUSHED:
                 flush = getattr(self.node, "flush", None)
                 if flush is not None:
