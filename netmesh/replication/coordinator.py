@@ -555,6 +555,12 @@ class ReplicationCoordinator:
         quiesce: idle channels go quiescent (default; see "Quiescence" in the module
             docstring). The shell must then send liveness beats and call
             :meth:`refresh` / :meth:`wake`; False keeps per-channel heartbeats always.
+        push_bytes: payload bytes per push to a streaming follower (default
+            ``config.sync_chunk_bytes``, which requests keep). With one push in flight
+            per follower, a sustained stream moves one push per round trip, so larger
+            pushes carry more per round trip and spread each push's fixed costs over
+            more events. Never below ``sync_chunk_bytes``, and never above the
+            budget's burst (a push larger than the bucket could never be admitted).
 
     Raises:
         LocalProtocolError: ``self_id`` not in ``members``, or two members share a
@@ -578,10 +584,15 @@ class ReplicationCoordinator:
         push_batch_events: int = 512,
         term_floor: int = 0,
         quiesce: bool = True,
+        push_bytes: int | None = None,
     ) -> None:
         self.members = tuple(sorted(set(members)))
         self.min_push_gap = min_push_gap
         self.push_batch_events = push_batch_events
+        #: payload bytes per push (at least ``sync_chunk_bytes``, at most the budget's
+        #: burst unless that is below ``sync_chunk_bytes``; see the ``push_bytes``
+        #: argument)
+        self.push_bytes = config.sync_chunk_bytes
         #: earliest time a push held back by ``min_push_gap`` may go; the shell calls
         #: ``local_appended`` again then (None: nothing held back)
         self.push_due: float | None = None
@@ -626,6 +637,9 @@ class ReplicationCoordinator:
         self.budget = replication_budget(
             config.replication_budget_fraction, config.nic_peak_bytes_per_s, now
         )
+        if push_bytes is not None:
+            burst = self.budget.capacity - RESPONSE_OVERHEAD
+            self.push_bytes = max(config.sync_chunk_bytes, int(min(push_bytes, burst)))
         self._peers = {p: _Peer() for p in self.members if p != self_id}
         self._progress: dict[int, _Progress] = {}
         self._campaign = _Campaign()
@@ -1797,7 +1811,7 @@ class ReplicationCoordinator:
             if small and self._now < due:  # under load, let events pile up a little
                 self.push_due = due if self.push_due is None else min(self.push_due, due)
                 return
-            self._out.append(ServeSync(p, prog.sent, self.config.sync_chunk_bytes, 0))
+            self._out.append(ServeSync(p, prog.sent, self.push_bytes, 0))
             prog.inflight += 1
             prog.sent = self.tail
             prog.last_push = self._now

@@ -100,8 +100,9 @@ from netmesh.replication.coordinator import (
 from netmesh.replication.messages import Ack, Heartbeat, Message
 from netmesh.replication.roles import ReplicaRole
 
-#: events read per ServeSync before trimming to ``max_bytes``
-READ_CHUNK = 4096
+#: events read per ServeSync before trimming to ``max_bytes`` (a 1 MiB push of 64 B
+#: events is 16384 of them)
+READ_CHUNK = 16384
 
 CrashPoint = Literal["before", "after"]
 
