@@ -3,7 +3,8 @@
 Sequence numbers start at 0 and grow by one per event. In memory (no ``path``) the
 retained payloads are chunks, bounded by retention: lists of ``bytes`` (single appends,
 batches of objects) and batches of ring frames kept as the ring held them, one ``bytes``
-per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them). With
+per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them; a replica
+keeps a replicated batch as it arrived, :meth:`RedexFile.apply_packed`). With
 ``RedexFileConfig(path=dir)`` the log lives in segment files in ``dir`` (format:
 :mod:`netmesh.log.record`), one ``write`` per batch, and **reads are served from the
 files** (``pread`` located through a sparse seq -> offset index per segment, rebuilt and
@@ -1911,7 +1912,9 @@ class Frames(Protocol):
 
 
 class _Packed:
-    """A batch of ring frames kept as copied (see :class:`Frames`): one ``bytes``."""
+    """A batch of ring frames kept as copied (see :class:`Frames`), or a replicated
+    batch kept as it arrived (one frame: :meth:`RedexFile.apply_packed`): one
+    ``bytes``."""
 
     __slots__ = ("blob", "count", "firsts", "offs")
 

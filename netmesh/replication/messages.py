@@ -188,7 +188,7 @@ class Ack:
 
 # field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
 # s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, k = vote kind, e = epochs,
-# p = payloads (two wire fields: count, body; see _packed)
+# p = payloads (two wire fields, count and body: _encode/_decode_sync_response)
 _SCHEMA: dict[int, tuple[type, str]] = {
     1: (Heartbeat, "trssttbb"),
     2: (SyncRequest, "tstuu"),
