@@ -472,25 +472,37 @@ class RedexFile:
         hi = min(end, self._next_seq)
         if hi <= lo:
             return PackedPayloads(array("I"), b""), lo
+        size = None
         if max_bytes is not None:
-            hi = lo + self._fit(lo, hi, max_bytes)
+            n, size = self._fit_sized(lo, hi, max_bytes)
+            hi = lo + n
         if self._persisted:
             return PackedPayloads.of(self.read_payloads(lo, hi)[0]), lo
         base = self._head - self._first_seq
         parts = self._mem.read_parts(lo, hi, self._lens, base)
-        return PackedPayloads.join(self._lens[base + lo : base + hi], parts), lo
+        return PackedPayloads.join(self._lens[base + lo : base + hi], parts, size), lo
 
     def _fit(self, lo: int, hi: int, max_bytes: int) -> int:
         """How many events from ``lo`` (below ``hi``) fit in ``max_bytes`` (>= 1)."""
+        return self._fit_sized(lo, hi, max_bytes)[0]
+
+    def _fit_sized(self, lo: int, hi: int, max_bytes: int) -> tuple[int, int | None]:
+        """:meth:`_fit`, and the payload bytes of those events when all of ``[lo, hi)``
+        fit (None otherwise). Each length is summed once: windows of 64, 256, ...
+        events from where the previous one ended, until one passes ``max_bytes``."""
         base = self._head - self._first_seq
-        k = 64  # a window that grows until it holds more than max_bytes (or all)
+        total, a, k = 0, lo, 64
         while True:
-            lens = self._lens[base + lo : base + min(hi, lo + k)]
-            if sum(lens) > max_bytes:
-                return max(1, bisect.bisect_right(list(accumulate(lens)), max_bytes))
-            if lo + k >= hi:
-                return hi - lo
-            k *= 4
+            b = min(hi, a + k)
+            part = self._lens[base + a : base + b]
+            size = sum(part)
+            if total + size > max_bytes:
+                fit = bisect.bisect_right(list(accumulate(part, initial=total)), max_bytes)
+                return max(1, a - lo + fit - 1), None
+            total += size
+            if b >= hi:
+                return hi - lo, total
+            a, k = b, k * 4
 
     def _read_cache(self, lo: int, hi: int) -> list[bytes]:
         seqs, batches = self._cache_seqs, self._cache

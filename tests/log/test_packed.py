@@ -9,7 +9,7 @@ import tempfile
 from array import array
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmesh.config import RedexFileConfig
@@ -126,3 +126,32 @@ def test_persisted_files_take_the_events_as_a_list() -> None:
         g = RedexFile("packed/c", RedexFileConfig(path=tmp, fsync="never"))
         assert g.read_payloads(0, 10) == ([b"a", b"bb"], 0) and g.epochs == ((2, 0),)
         g.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lens=st.lists(st.sampled_from([0, 1, 64, 100, 1000, 4000]), min_size=1, max_size=2000),
+    lo=st.integers(0, 2000),
+    span=st.integers(1, 2100),
+    max_bytes=st.integers(0, 300_000),
+)
+def test_a_sized_read_takes_the_events_whose_running_total_fits(
+    lens: list[int], lo: int, span: int, max_bytes: int
+) -> None:
+    """read_packed(max_bytes): at least one event, then while the running total of
+    payload bytes stays within max_bytes (the obvious loop), and the size it reports
+    is theirs."""
+    f = RedexFile("packed/fit")
+    f.append_batch([b"x" * n for n in lens])
+    lo = lo % len(lens)
+    hi = min(len(lens), lo + span)
+    count, total = 0, 0
+    for n in lens[lo:hi]:
+        if count and total + n > max_bytes:
+            break
+        count, total = count + 1, total + n
+        if total > max_bytes:
+            break
+    got, first = f.read_packed(lo, hi, max_bytes)
+    assert first == lo and len(got) == count and got.size == total
+    assert got == [b"x" * n for n in lens[lo : lo + count]]
