@@ -266,3 +266,38 @@ def test_a_malformed_sync_response_body_is_counted_and_changes_nothing() -> None
         await b.shutdown()
 
     asyncio.run(body())
+
+
+def test_pushes_grow_to_1_mib_only_where_datagrams_are_large() -> None:
+    """A push is lost whole when one of its datagrams is: at most PUSH_DATAGRAMS of
+    the node's max_datagram (a 1400 B link keeps sync_chunk_bytes pushes), 1 MiB on
+    a loopback cluster's 32 KiB datagrams."""
+    from types import SimpleNamespace
+
+    from netmesh.replication.runtime import PUSH_BYTES, PUSH_DATAGRAMS, push_bytes
+
+    def node(datagram: int) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(max_datagram=datagram))
+
+    assert push_bytes(node(32768)) == PUSH_BYTES == 1 << 20
+    assert push_bytes(node(1400)) == PUSH_DATAGRAMS * 1400
+    assert push_bytes(SimpleNamespace()) == PUSH_BYTES  # a node without a config
+
+    async def body() -> None:
+        for datagram, expected in ((1400, 256 * 1024), (32768, 1 << 20)):
+            cfg = MeshNodeConfig("127.0.0.1:0", PSK, max_datagram=datagram)
+            mesh = await MeshNode.create(EntityKeypair.generate(), cfg)
+            mesh.start()
+            redex = Redex()
+            redex.enable_replication(mesh)
+            pinned = PlacementStrategy.pinned([mesh.node_id])
+            redex.open_file(
+                "push", RedexFileConfig(replication=ReplicationConfig(placement=pinned))
+            )
+            hub = redex._hub
+            assert hub is not None
+            assert hub.runtimes["push"].coord.push_bytes == expected
+            redex.close()
+            await mesh.shutdown()
+
+    asyncio.run(body())
