@@ -560,7 +560,8 @@ class ReplicationCoordinator:
             per follower, a sustained stream moves one push per round trip, so larger
             pushes carry more per round trip and spread each push's fixed costs over
             more events. Never below ``sync_chunk_bytes``, and never above the
-            budget's burst (a push larger than the bucket could never be admitted).
+            budget's burst (a push larger than the bucket waits for a full bucket and
+            drains it whole).
 
     Raises:
         LocalProtocolError: ``self_id`` not in ``members``, or two members share a
