@@ -3,7 +3,8 @@
 Sequence numbers start at 0 and grow by one per event. In memory (no ``path``) the
 retained payloads are chunks, bounded by retention: lists of ``bytes`` (single appends,
 batches of objects) and batches of ring frames kept as the ring held them, one ``bytes``
-per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them). With
+per batch (:meth:`RedexFile.append_frames`; reads cut copies out of them; a replica
+keeps a replicated batch as it arrived, :meth:`RedexFile.apply_packed`). With
 ``RedexFileConfig(path=dir)`` the log lives in segment files in ``dir`` (format:
 :mod:`netmesh.log.record`), one ``write`` per batch, and **reads are served from the
 files** (``pread`` located through a sparse seq -> offset index per segment, rebuilt and
@@ -80,6 +81,7 @@ from netmesh.errors import (
 )
 from netmesh.log import record
 from netmesh.log.commit import GroupCommitter
+from netmesh.log.packed import PackedPayloads
 
 log = logging.getLogger(__name__)
 
@@ -457,17 +459,50 @@ class RedexFile:
             return self._read_cache(lo, hi), lo
         return self._read_disk(lo, hi), lo
 
+    def read_packed(
+        self, start: int, end: int, max_bytes: int | None = None
+    ) -> tuple[PackedPayloads, int]:
+        """:meth:`read_payloads` as one :class:`~netmesh.log.packed.PackedPayloads`
+        (lengths, then payloads, in one buffer): what a replication push or sync chunk
+        sends. In memory no object per event is made: the lengths are a slice of the
+        file's length array and the payloads are joined from the stored batches (a
+        view per ring frame, a ``bytes`` per event only for chunks stored as lists).
+        Persisted: :meth:`read_payloads`, packed."""
+        lo = max(start, self._first_seq)
+        hi = min(end, self._next_seq)
+        if hi <= lo:
+            return PackedPayloads(array("I"), b""), lo
+        size = None
+        if max_bytes is not None:
+            n, size = self._fit_sized(lo, hi, max_bytes)
+            hi = lo + n
+        if self._persisted:
+            return PackedPayloads.of(self.read_payloads(lo, hi)[0]), lo
+        base = self._head - self._first_seq
+        parts = self._mem.read_parts(lo, hi, self._lens, base)
+        return PackedPayloads.join(self._lens[base + lo : base + hi], parts, size), lo
+
     def _fit(self, lo: int, hi: int, max_bytes: int) -> int:
         """How many events from ``lo`` (below ``hi``) fit in ``max_bytes`` (>= 1)."""
+        return self._fit_sized(lo, hi, max_bytes)[0]
+
+    def _fit_sized(self, lo: int, hi: int, max_bytes: int) -> tuple[int, int | None]:
+        """:meth:`_fit`, and the payload bytes of those events when all of ``[lo, hi)``
+        fit (None otherwise). Each length is summed once: windows of 64, 256, ...
+        events from where the previous one ended, until one passes ``max_bytes``."""
         base = self._head - self._first_seq
-        k = 64  # a window that grows until it holds more than max_bytes (or all)
+        total, a, k = 0, lo, 64
         while True:
-            lens = self._lens[base + lo : base + min(hi, lo + k)]
-            if sum(lens) > max_bytes:
-                return max(1, bisect.bisect_right(list(accumulate(lens)), max_bytes))
-            if lo + k >= hi:
-                return hi - lo
-            k *= 4
+            b = min(hi, a + k)
+            part = self._lens[base + a : base + b]
+            size = sum(part)
+            if total + size > max_bytes:
+                fit = bisect.bisect_right(list(accumulate(part, initial=total)), max_bytes)
+                return max(1, a - lo + fit - 1), None
+            total += size
+            if b >= hi:
+                return hi - lo, total
+            a, k = b, k * 4
 
     def _read_cache(self, lo: int, hi: int) -> list[bytes]:
         seqs, batches = self._cache_seqs, self._cache
@@ -712,6 +747,39 @@ class RedexFile:
         if self._on_append is not None and not self.append_pending:
             self.append_pending = True
             self._on_append()
+        return first
+
+    def apply_packed(
+        self, packed: PackedPayloads, expect_seq: int | None = None, term: int | None = None
+    ) -> int:
+        """:meth:`apply_batch` of a :class:`~netmesh.log.packed.PackedPayloads` (a
+        replica applying a replicated batch): in memory it is stored as it came, one
+        buffer, no object per event (as :meth:`append_frames` stores ring frames); a
+        persisted file, or one whose producer table is in use (idempotence), takes its
+        events as a list through :meth:`apply_batch`. Same checks and errors."""
+        if self._persisted or self._producers is not None or self.config.idempotence:
+            return self.apply_batch(packed.to_list(), expect_seq, term)
+        self._check_writable()
+        first = self._next_seq
+        if expect_seq is not None and expect_seq != first:
+            raise OutOfOrder(f"{self.name}: batch starts at {expect_seq}, next_seq is {first}")
+        n = len(packed)
+        if not n:
+            return first
+        term = self._append_term if term is None else term
+        if term < self.last_term:
+            raise OutOfOrder(f"{self.name}: batch of term {term} after term {self.last_term}")
+        size, limit, lens = packed.size, self.config.max_payload, packed.lens
+        if size > limit and max(lens) > limit:  # no pass while the sum fits
+            raise PayloadTooLarge(max(lens), limit)
+        now = self.clock()
+        self._mem.add_packed(first, packed)
+        self._open = None
+        self._fast = False  # the next single append opens a list (append_batch)
+        self._lens.extend(lens)
+        self._next_seq = first + n
+        self._retained_bytes += size
+        self._appended(first, term, now, size, False)
         return first
 
     def _appended(self, first: int, term: int, now: int, size: int, fresh: bool) -> None:
@@ -1856,15 +1924,43 @@ class Frames(Protocol):
 
 
 class _Packed:
-    """A batch of ring frames kept as copied (see :class:`Frames`): one ``bytes``."""
+    """A batch of ring frames kept as copied (see :class:`Frames`), or a replicated
+    batch kept as it arrived (one frame: :meth:`RedexFile.apply_packed`): one
+    ``bytes``."""
 
     __slots__ = ("blob", "count", "firsts", "offs")
 
-    def __init__(self, frames: Frames) -> None:
-        self.blob = frames.blob
-        self.firsts = frames.firsts
-        self.offs = frames.offs
-        self.count = frames.count
+    def __init__(self, blob: Any, firsts: array[int], offs: array[int], count: int) -> None:
+        self.blob = blob
+        self.firsts = firsts
+        self.offs = offs
+        self.count = count
+
+    @classmethod
+    def of_frames(cls, frames: Frames) -> _Packed:
+        return cls(frames.blob, frames.firsts, frames.offs, frames.count)
+
+    @classmethod
+    def of(cls, packed: PackedPayloads) -> _Packed:
+        """A replicated batch, kept as it came: one frame, payloads from ``start``."""
+        return cls(packed.data, array("I", [0]), array("Q", [packed.start]), len(packed))
+
+    def parts(self, a: int, b: int, lens: array[int], base: int, out: list[Any]) -> None:
+        """Append views of the payloads of records ``a <= i < b`` (back to back within
+        a frame: one view per frame, none per record) to ``out``; lengths as
+        :meth:`read`."""
+        firsts, offs = self.firsts, self.offs
+        view = memoryview(self.blob)
+        nf = len(firsts)
+        f = bisect.bisect_right(firsts, a) - 1
+        while a < b:
+            fa = firsts[f]
+            stop = min(b, firsts[f + 1] if f + 1 < nf else self.count)
+            if stop > a:
+                pos = offs[f] + (sum(lens[base + fa : base + a]) if a > fa else 0)
+                out.append(view[pos : pos + sum(lens[base + a : base + stop])])
+                a = stop
+            f += 1
 
     def read(self, a: int, b: int, lens: array[int], base: int, out: list[bytes]) -> None:
         """Append copies of records ``a <= i < b`` of this batch to ``out``; their
@@ -1971,7 +2067,34 @@ class _MemStore:
             self.chunks.pop()
         self.open = None
         self.seqs.append(first)
-        self.chunks.append(_Packed(frames))
+        self.chunks.append(_Packed.of_frames(frames))
+
+    def add_packed(self, first: int, packed: PackedPayloads) -> None:
+        if self.open is not None and not self.open:  # an emptied open list: replace it
+            self.seqs.pop()
+            self.chunks.pop()
+        self.open = None
+        self.seqs.append(first)
+        self.chunks.append(_Packed.of(packed))
+
+    def read_parts(self, lo: int, hi: int, lens: array[int], base: int) -> list[Any]:
+        """The payloads of seqs ``lo <= seq < hi`` (all held) as buffers to join, in
+        order: views of packed batches (one per ring frame), ``bytes`` of list chunks."""
+        seqs, chunks = self.seqs, self.chunks
+        last = len(seqs) - 1
+        i = bisect.bisect_right(seqs, lo, self.head) - 1
+        out: list[Any] = []
+        seq = lo
+        while seq < hi:
+            first, c = seqs[i], chunks[i]
+            stop = hi if i == last else min(hi, seqs[i + 1])
+            if type(c) is list:
+                out += c[seq - first : stop - first]
+            elif stop > seq:
+                c.parts(seq - first, stop - first, lens, base + first, out)  # type: ignore[union-attr]
+            seq = stop
+            i += 1
+        return out
 
     def read(self, lo: int, hi: int, lens: array[int], base: int) -> list[bytes]:
         """Payloads of seqs ``lo <= seq < hi`` (all held); ``lens[base + seq]`` is the

@@ -161,6 +161,7 @@ from typing import TYPE_CHECKING, Any
 
 from netmesh.errors import InvalidTransition, LocalProtocolError
 from netmesh.log.hardstate import MAX_TERM, Epoch, HardState
+from netmesh.log.packed import PackedPayloads, payload_size
 from netmesh.replication.budget import replication_budget
 from netmesh.replication.messages import (
     Ack,
@@ -254,7 +255,7 @@ class Apply:
     the log, not a separately saved file, says which term wrote each event)."""
 
     first_seq: int
-    payloads: tuple[bytes, ...]
+    payloads: tuple[bytes, ...] | PackedPayloads
     term: int
 
 
@@ -554,6 +555,13 @@ class ReplicationCoordinator:
         quiesce: idle channels go quiescent (default; see "Quiescence" in the module
             docstring). The shell must then send liveness beats and call
             :meth:`refresh` / :meth:`wake`; False keeps per-channel heartbeats always.
+        push_bytes: payload bytes per push to a streaming follower (default
+            ``config.sync_chunk_bytes``, which requests keep). With one push in flight
+            per follower, a sustained stream moves one push per round trip, so larger
+            pushes carry more per round trip and spread each push's fixed costs over
+            more events. Never below ``sync_chunk_bytes``, and never above the
+            budget's burst (a push larger than the bucket waits for a full bucket and
+            drains it whole).
 
     Raises:
         LocalProtocolError: ``self_id`` not in ``members``, or two members share a
@@ -577,10 +585,15 @@ class ReplicationCoordinator:
         push_batch_events: int = 512,
         term_floor: int = 0,
         quiesce: bool = True,
+        push_bytes: int | None = None,
     ) -> None:
         self.members = tuple(sorted(set(members)))
         self.min_push_gap = min_push_gap
         self.push_batch_events = push_batch_events
+        #: payload bytes per push (at least ``sync_chunk_bytes``, at most the budget's
+        #: burst unless that is below ``sync_chunk_bytes``; see the ``push_bytes``
+        #: argument)
+        self.push_bytes = config.sync_chunk_bytes
         #: earliest time a push held back by ``min_push_gap`` may go; the shell calls
         #: ``local_appended`` again then (None: nothing held back)
         self.push_due: float | None = None
@@ -625,6 +638,9 @@ class ReplicationCoordinator:
         self.budget = replication_budget(
             config.replication_budget_fraction, config.nic_peak_bytes_per_s, now
         )
+        if push_bytes is not None:
+            burst = self.budget.capacity - RESPONSE_OVERHEAD
+            self.push_bytes = max(config.sync_chunk_bytes, int(min(push_bytes, burst)))
         self._peers = {p: _Peer() for p in self.members if p != self_id}
         self._progress: dict[int, _Progress] = {}
         self._campaign = _Campaign()
@@ -933,9 +949,11 @@ class ReplicationCoordinator:
                 prog.inflight = max(0, prog.inflight - 1)
                 prog.sent, prog.streaming = prog.match, False
         elif self.role is L and req.to in self._progress and req.from_seq <= self.tail:
-            self._respond(
-                req.to, req.request_id, req.from_seq, tuple(payloads)[: self.tail - req.from_seq]
-            )
+            room = self.tail - req.from_seq
+            held = payloads if len(payloads) <= room else payloads[:room]
+            if not isinstance(held, PackedPayloads):
+                held = tuple(held)
+            self._respond(req.to, req.request_id, req.from_seq, held)
         elif req.request_id:
             self._send(req.to, Nack(self.term, req.request_id, NackReason.NOT_LEADER, req.from_seq))
         return self._end()
@@ -1749,9 +1767,11 @@ class ReplicationCoordinator:
         self._learn_commit(m.commit_seq)
         self._maybe_request()
 
-    def _respond(self, to: int, rid: int, first: int, payloads: tuple[bytes, ...]) -> None:
+    def _respond(
+        self, to: int, rid: int, first: int, payloads: tuple[bytes, ...] | PackedPayloads
+    ) -> None:
         prog = self._progress[to]
-        cost = RESPONSE_OVERHEAD + sum(len(p) + EVENT_OVERHEAD for p in payloads)
+        cost = RESPONSE_OVERHEAD + payload_size(payloads) + EVENT_OVERHEAD * len(payloads)
         if not self.budget.try_consume(cost, self._now):
             self.metrics.under_capacity_total += 1
             if rid:
@@ -1792,7 +1812,7 @@ class ReplicationCoordinator:
             if small and self._now < due:  # under load, let events pile up a little
                 self.push_due = due if self.push_due is None else min(self.push_due, due)
                 return
-            self._out.append(ServeSync(p, prog.sent, self.config.sync_chunk_bytes, 0))
+            self._out.append(ServeSync(p, prog.sent, self.push_bytes, 0))
             prog.inflight += 1
             prog.sent = self.tail
             prog.last_push = self._now

@@ -3,9 +3,12 @@
 Theory of operation
 -------------------
 Each message is a frozen dataclass. On the wire it is ONE msgpack array:
-``[version, tag, field1, field2, ...]`` in declaration order; payload lists are a
-msgpack array of bin values, epoch histories an array of ``[term, start_seq]`` pairs.
-One ``packb``/``unpackb`` call per message.
+``[version, tag, field1, field2, ...]`` in declaration order; epoch histories are an
+array of ``[term, start_seq]`` pairs. A SyncResponse's events travel as TWO fields,
+their count and ONE bin, the body of a log batch record (lengths u32[count], then the
+payloads back to back; :class:`~netmesh.log.packed.PackedPayloads`): no msgpack object
+per event, one copy of the payloads into the message, and the replica stores the body as
+it came. One ``packb``/``unpackb`` call per message.
 
 * No channel name or id inside: the transport's ``send(node_id, channel, bytes)``
   already carries the channel and the sender's authenticated node id, so the shell
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +43,15 @@ import msgpack
 
 from netmesh.errors import DecodeError
 from netmesh.log.hardstate import MAX_SEQ, MAX_TERM, Epoch
+from netmesh.log.packed import PackedPayloads
 from netmesh.replication.roles import ReplicaRole
 
 #: 2: Heartbeat lost its unread leader_id; vote kinds (pre-vote); 3: quiesce,
 #: SyncRecords; 4: Heartbeat.amnesiac, heartbeat bundle rows carry the membership id,
-#: a SyncRequest repeating the outstanding request id credits a raw catch-up stream
-WIRE_VERSION = 4
+#: a SyncRequest repeating the outstanding request id credits a raw catch-up stream;
+#: 5: SyncResponse payloads are one packed body (count, lengths + payloads), not an
+#: array of bin
+WIRE_VERSION = 5
 MAX_U64 = (1 << 64) - 1
 
 
@@ -109,6 +116,8 @@ class SyncResponse:
     ``request_id`` 0 marks an unsolicited push. ``prev_term`` is the term of event
     ``first_seq-1`` (0 for seq -1); ``epochs`` are the leader's epochs overlapping
     ``[first_seq, end]`` (end inclusive, so an empty newest epoch is included).
+    ``payloads``: a tuple of ``bytes`` or a :class:`~netmesh.log.packed.PackedPayloads`
+    (what the leader reads and :func:`decode` returns; equal to the tuple of its events).
     """
 
     term: int
@@ -117,7 +126,7 @@ class SyncResponse:
     prev_term: int
     commit_seq: int
     epochs: tuple[Epoch, ...]
-    payloads: tuple[bytes, ...]
+    payloads: tuple[bytes, ...] | PackedPayloads
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ class Ack:
 
 # field kinds: u = uint64 (node and request ids, sizes), t = term (<= MAX_TERM),
 # s = seq (<= MAX_SEQ), b = bool, r = role, n = nack reason, k = vote kind, e = epochs,
-# p = payloads
+# p = payloads (two wire fields, count and body: _encode/_decode_sync_response)
 _SCHEMA: dict[int, tuple[type, str]] = {
     1: (Heartbeat, "trssttbb"),
     2: (SyncRequest, "tstuu"),
@@ -196,17 +205,52 @@ def _wire(value: Any) -> Any:
     if isinstance(value, enum.IntEnum):
         return int(value)
     if isinstance(value, tuple):
-        if value and type(value[0]) is bytes:  # payloads: per batch, not per event
-            return list(value)
         return [_wire(v) for v in value]
     return value
 
 
-def encode(msg: Message) -> bytes:
-    """Serialise ``msg`` (one msgpack call)."""
+def encode(msg: Message, prefix: bytes = b"") -> bytes:
+    """Serialise ``msg`` (one msgpack call), after ``prefix`` (the caller's routing
+    bytes: one buffer, so a large SyncResponse is copied once, not once per layer)."""
+    if type(msg) is SyncResponse:
+        return _encode_sync_response(msg, prefix)
     body = [WIRE_VERSION, _TAGS[type(msg)], *(_wire(v) for v in vars(msg).values())]
     data: bytes = msgpack.packb(body, use_bin_type=True)
-    return data
+    return prefix + data if prefix else data
+
+
+_BIN8, _BIN16, _BIN32 = struct.Struct(">BB"), struct.Struct(">BH"), struct.Struct(">BI")
+
+
+def _encode_sync_response(m: SyncResponse, prefix: bytes) -> bytes:
+    """``[version, 3, term, request_id, first_seq, prev_term, commit_seq, epochs, count,
+    body]``: the events as one packed body (one bin). msgpack packs the small fields
+    (with an empty bin, whose 2-byte header is cut off); the bin header and the body's
+    buffers follow in ONE join: the payloads are copied once, from the log's stored
+    batches into the message, without a msgpack buffer in between (a fresh buffer of a
+    chunk's size costs page faults on every push, more than the copy)."""
+    packed = PackedPayloads.of(m.payloads)
+    head = [
+        WIRE_VERSION,
+        3,
+        m.term,
+        m.request_id,
+        m.first_seq,
+        m.prev_term,
+        m.commit_seq,
+        [list(e) for e in m.epochs],
+        len(packed),
+        b"",
+    ]
+    fields: bytes = msgpack.packb(head, use_bin_type=True)
+    n = 4 * len(packed) + packed.size
+    if n < 0x100:
+        bin_head = _BIN8.pack(0xC4, n)
+    elif n < 0x10000:
+        bin_head = _BIN16.pack(0xC5, n)
+    else:
+        bin_head = _BIN32.pack(0xC6, n)
+    return b"".join([prefix, fields[:-2], bin_head, *packed.body_parts()])
 
 
 def _uint(v: Any) -> int:
@@ -251,12 +295,6 @@ def _epochs(v: Any) -> tuple[Epoch, ...]:
     return tuple(out)
 
 
-def _payloads(v: Any) -> tuple[bytes, ...]:
-    if type(v) is not list or not set(map(type, v)) <= {bytes}:  # C-level, per batch
-        raise DecodeError("payloads must be a list of bin")
-    return tuple(v)
-
-
 _KINDS = {
     "u": _uint,
     "t": _term,
@@ -266,18 +304,26 @@ _KINDS = {
     "n": lambda v: _enum(NackReason, v),
     "k": lambda v: _enum(VoteKind, v),
     "e": _epochs,
-    "p": _payloads,
 }
 
 
-def decode(data: bytes) -> Message:
-    """Parse one message.
+def decode(data: bytes, start: int = 0) -> Message:
+    """Parse the message that fills ``data`` from ``start`` (the caller's routing
+    prefix before it is skipped without a copy). A SyncResponse's events stay in
+    ``data`` (its PackedPayloads is a view of it): a replica stores the received bytes.
 
     Raises:
         DecodeError: for anything that is not exactly one well-formed message.
     """
+    if type(data) is not bytes:
+        data = bytes(data)
+    if data[start : start + 3] == _SYNC_HEAD:
+        sync = _decode_sync_response_in_place(data, start)
+        if sync is not None:
+            return sync
     try:
-        body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        view = memoryview(data)[start:] if start else data
+        body = msgpack.unpackb(view, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not a msgpack message: {type(exc).__name__}") from None
     if type(body) is not list or len(body) < 2:
@@ -289,10 +335,71 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"unknown message tag {body[1]!r:.20}")
     cls, kinds = entry
     fields = body[2:]
+    if cls is SyncResponse:
+        return _decode_sync_response(fields)
     if len(fields) != len(kinds):
         raise DecodeError(f"{cls.__name__} needs {len(kinds)} fields, got {len(fields)}")
     msg: Message = cls(*(_KINDS[k](v) for k, v in zip(kinds, fields, strict=True)))
     return msg
+
+
+def _decode_sync_response(
+    fields: list[Any], buf: bytes | None = None, offset: int = 0
+) -> SyncResponse:
+    """The fields of a SyncResponse (see :func:`_encode_sync_response`); the body (the
+    last field, or ``buf`` from ``offset``) must hold exactly ``count`` lengths and the
+    payload bytes they add up to."""
+    if buf is None:
+        if len(fields) != 8:
+            raise DecodeError(f"SyncResponse needs 8 fields, got {len(fields)}")
+        buf = fields.pop()
+        if type(buf) is not bytes:
+            raise DecodeError("SyncResponse payloads must be one bin")
+    term, rid, first, prev, commit, epochs, count = fields
+    count = _uint(count)  # from_body bounds it by the body's size
+    return SyncResponse(
+        _term(term),
+        _uint(rid),
+        _seq(first),
+        _term(prev),
+        _seq(commit),
+        _epochs(epochs),
+        PackedPayloads.from_body(count, buf, offset),
+    )
+
+
+#: fixarray(10), the wire version, tag 3: a SyncResponse (decoded in place)
+_SYNC_HEAD = bytes([0x9A, WIRE_VERSION, 3])
+#: a SyncResponse's fields before its body fit this many bytes unless it carries an
+#: unusually long epoch list (then the general path decodes it)
+_SYNC_FIELDS_MAX = 1024
+_BIN_HEADS = {0xC4: _BIN8, 0xC5: _BIN16, 0xC6: _BIN32}
+
+
+def _decode_sync_response_in_place(data: bytes, start: int) -> SyncResponse | None:
+    """Decode a SyncResponse without copying its body: msgpack reads the fields from a
+    short prefix (``Unpacker.tell`` says where they end), then the bin header must
+    announce exactly the bytes that remain. None: the fields do not fit the prefix
+    (the caller decodes the whole message)."""
+    up = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True)
+    up.feed(memoryview(data)[start : start + _SYNC_FIELDS_MAX])
+    try:
+        up.read_array_header()
+        fields = [up.unpack() for _ in range(9)]
+    except msgpack.OutOfData:
+        if len(data) - start > _SYNC_FIELDS_MAX:
+            return None
+        raise DecodeError("truncated SyncResponse") from None
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack message: {type(exc).__name__}") from None
+    pos = start + up.tell()
+    head = _BIN_HEADS.get(data[pos]) if pos < len(data) else None
+    if head is None or pos + head.size > len(data):
+        raise DecodeError("SyncResponse payloads must be one bin")
+    n = head.unpack_from(data, pos)[1]
+    if pos + head.size + n != len(data):
+        raise DecodeError("SyncResponse body does not end the message")
+    return _decode_sync_response(fields[2:], data, pos + head.size)
 
 
 # ------------------------------------------------------------------ heartbeat bundles

@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from netmesh.config import RedexFileConfig
 from netmesh.errors import NotLeader, OutOfOrder, PayloadTooLarge
 from netmesh.log.file import RedexFile
+from netmesh.log.packed import PackedPayloads
 from netmesh.ring import layout as L
 from netmesh.ring.shm import Frames
 
@@ -234,6 +235,17 @@ class FramesMachine(RuleBasedStateMachine):
             self.model += c
         self._retain()
 
+    @rule(k=st.integers(1, 30), size=st.integers(0, 90))
+    def packed(self, k: int, size: int) -> None:
+        """A replicated batch, stored as it came (apply_packed)."""
+        ps = [bytes([(self.n + i) % 256]) * ((size + 3 * i) % 91) for i in range(k)]
+        self.n += k
+        body = PackedPayloads.of(ps).body()
+        got = self.f.apply_packed(PackedPayloads.from_body(k, body), len(self.model), 0)
+        assert got == len(self.model)
+        self.model += ps
+        self._retain()
+
     @precondition(lambda self: len(self.model) > self.first)
     @rule(back=st.integers(0, 60))
     def truncate(self, back: int) -> None:
@@ -252,10 +264,20 @@ class FramesMachine(RuleBasedStateMachine):
     def read(self, a: int, b: int) -> None:
         got, first = self.f.read_payloads(a, b)
         lo, hi = max(a, self.first), min(b, len(self.model))
+        packed, pfirst = self.f.read_packed(a, b)
         if hi <= lo:
-            assert got == []
+            assert got == [] and len(packed) == 0
         else:
             assert first == lo and got == self.model[lo:hi]
+            assert pfirst == lo and packed.to_list() == got
+            assert PackedPayloads.from_body(len(got), packed.body()) == got
+
+    @rule(a=st.integers(0, 400), max_bytes=st.integers(0, 500))
+    def read_packed_bytes(self, a: int, max_bytes: int) -> None:
+        """A push's read: at most max_bytes of payloads, at least one event."""
+        packed, first = self.f.read_packed(a, a + 4096, max_bytes)
+        got, first2 = self.f.read_payloads(a, a + 4096, max_bytes)
+        assert first == first2 and packed == got and packed.size == sum(map(len, got))
 
     @invariant()
     def bounds(self) -> None:

@@ -328,6 +328,30 @@ def test_push_to_streaming_follower_after_local_append() -> None:
     assert pushes == a.max_inflight
 
 
+@pytest.mark.parametrize(
+    ("push_bytes", "nic_peak", "expected"),
+    [
+        (None, None, 256 * 1024),  # default: sync_chunk_bytes
+        (1 << 20, None, 1 << 20),  # unbudgeted: as asked
+        (1 << 20, 1_000_000, 500_000 - 47),  # never above the budget's burst (0.5 x 1 MB)
+        (1 << 20, 100_000, 256 * 1024),  # ... nor below sync_chunk_bytes
+        (1024, None, 256 * 1024),
+    ],
+)
+def test_pushes_carry_push_bytes_and_requests_sync_chunk_bytes(
+    push_bytes: int | None, nic_peak: int | None, expected: int
+) -> None:
+    config = cfg(nic_peak_bytes_per_s=nic_peak, replication_budget_fraction=0.5)
+    a = ReplicationCoordinator(A, config, [A, B], push_bytes=push_bytes)
+    a.tick(0.0)
+    manual_leader(a)
+    a.local_appended(5, 0.01)
+    out = a.step(B, Ack(a.term, 0), 0.02)
+    assert ServeSync(B, 0, expected, 0) in out
+    out = a.step(B, SyncRequest(a.term, 0, 0, 1 << 30, 9), 0.03)
+    assert ServeSync(B, 0, config.sync_chunk_bytes, 9) in out
+
+
 # ------------------------------------------------------------------ terms and divergence
 
 

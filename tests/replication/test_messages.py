@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import msgpack
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from netmesh.config import PlacementStrategy, ReplicationConfig
 from netmesh.errors import DecodeError
+from netmesh.log.packed import PackedPayloads
 from netmesh.replication.coordinator import ReplicationCoordinator, Send
 from netmesh.replication.messages import (
     MAX_SEQ,
@@ -106,6 +108,65 @@ def test_trailing_bytes_are_a_decode_error() -> None:
 def test_wrong_shapes_are_decode_errors(body: object) -> None:
     with pytest.raises(DecodeError):
         decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_sync_response_events_travel_as_one_packed_body() -> None:
+    """Wire version 5: ``[..., epochs, count, body]``, the body a batch record's body
+    (lengths u32, then the payloads); decoded as one PackedPayloads over the body."""
+    data = encode(SAMPLE)
+    body = struct.pack("<3I", 1, 0, 100) + b"a" + b"\x00" * 100
+    assert msgpack.unpackb(data) == [V, 3, 7, 42, 10, 3, 9, [[3, 0], [7, 10]], 3, body]
+    got = decode(data)
+    assert isinstance(got, SyncResponse) and isinstance(got.payloads, PackedPayloads)
+    assert got.payloads.body() == body and got == SAMPLE
+
+
+def test_a_sync_response_is_decoded_in_place_after_a_prefix() -> None:
+    """The runtime's routing prefix is skipped, not sliced off, and the events stay in
+    the received buffer (the replica stores that buffer)."""
+    raw = encode(SAMPLE, b"ROUTING!")
+    assert raw[:8] == b"ROUTING!" and raw[8:] == encode(SAMPLE)
+    got = decode(raw, 8)
+    assert got == SAMPLE and isinstance(got, SyncResponse)
+    assert isinstance(got.payloads, PackedPayloads) and got.payloads.data is raw
+    assert decode(encode(Ack(3, 4), b"ROUTING!"), 8) == Ack(3, 4)
+    for cut in range(8, len(raw)):
+        with pytest.raises(DecodeError):
+            decode(raw[:cut], 8)
+
+
+def test_a_sync_response_with_a_long_epoch_list_takes_the_general_path() -> None:
+    epochs = tuple((t, t * 1000) for t in range(1, 200))  # fields > 1024 bytes
+    msg = SyncResponse(300, 1, 199_500, 199, 0, epochs, (b"a" * 70_000, b"b"))
+    raw = encode(msg, b"12345678")
+    assert decode(raw, 8) == msg
+    with pytest.raises(DecodeError):
+        decode(raw[:-1], 8)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        [3, struct.pack("<3I", 1, 0, 100) + b"a" + b"\x00" * 99],  # a byte short
+        [3, struct.pack("<3I", 1, 0, 100) + b"a" + b"\x00" * 101],  # a byte over
+        [4, struct.pack("<3I", 1, 0, 100) + b"a" + b"\x00" * 100],  # count too high
+        [2, struct.pack("<3I", 1, 0, 100) + b"a" + b"\x00" * 100],  # count too low
+        [1 << 40, b""],  # a count no body holds
+        [-1, b""],
+        [1, "text"],
+        [1, [b"a"]],  # version 4's array of bin
+        [b"a"],  # version 4's field count
+    ],
+)
+def test_malformed_sync_response_bodies_are_decode_errors(tail: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        decode(msgpack.packb([V, 3, 1, 0, 0, 0, 0, [], *tail], use_bin_type=True))
+
+
+def test_a_version_4_sync_response_is_refused() -> None:
+    old = msgpack.packb([4, 3, 1, 0, 0, 0, 0, [], [b"a", b"b"]], use_bin_type=True)
+    with pytest.raises(DecodeError, match="wire version"):
+        decode(old)
 
 
 @given(st.binary(max_size=200))

@@ -212,3 +212,92 @@ def test_an_in_process_channel_on_loopback_has_no_replication_budget() -> None:
         await node.shutdown()
 
     asyncio.run(body())
+
+
+def test_a_malformed_sync_response_body_is_counted_and_changes_nothing() -> None:
+    """Issue 17 §3: a SyncResponse carries its events as one packed body. A body whose
+    lengths do not add up, sent over the wire on the channel's stream by the leader's
+    own node, is a decode error counted in the replica's metrics and never reaches its
+    log; the same message with a well-formed body is applied."""
+    import msgpack
+
+    from netmesh.log.packed import PackedPayloads
+    from netmesh.replication import messages
+    from tests.replication.test_replication_e2e import build_nodes, poll
+
+    async def body() -> None:
+        a, b = await build_nodes(2)
+        ra, rb = Redex(), Redex()
+        ra.enable_replication(a)
+        rb.enable_replication(b)
+        cfg = RedexFileConfig(
+            replication=ReplicationConfig(
+                factor=2,
+                heartbeat_ms=100,
+                placement=PlacementStrategy.pinned([a.node_id, b.node_id]),
+                leader_pinned=a.node_id,
+            )
+        )
+        fa, fb = ra.open_file("hostile", cfg), rb.open_file("hostile", cfg)
+        ca = ra.replication_coordinator_for("hostile")
+        await poll(lambda: ca.role is ReplicaRole.LEADER, 10, "a leads")
+        fa.append_batch([b"x%d" % i for i in range(10)])
+        await poll(lambda: fb.next_seq == 10, 10, "b holds 10")
+        assert rb._hub is not None
+        rt = rb._hub.runtimes["hostile"]
+
+        def forged(count: int, events_body: bytes) -> bytes:
+            term = ca.term
+            fields = [messages.WIRE_VERSION, 3, term, 0, 10, term, 10, [[term, 0]]]
+            return rt._mid + msgpack.packb([*fields, count, events_body], use_bin_type=True)
+
+        good = PackedPayloads.of([b"y1", b"y22"]).body()
+        bad = good[:-1]  # the lengths say one byte more than the body holds
+        a.send(b.node_id, rt.kind, forged(2, bad))
+        await poll(lambda: rt.metrics().decode_errors_total == 1, 5, "the decode error")
+        assert fb.next_seq == 10
+        a.send(b.node_id, rt.kind, forged(2, good))
+        await poll(lambda: fb.next_seq == 12, 5, "the good body applied")
+        assert fb.read_payloads(10, 12) == ([b"y1", b"y22"], 10)
+        assert rt.metrics().decode_errors_total == 1
+        ra.close()
+        rb.close()
+        await a.shutdown()
+        await b.shutdown()
+
+    asyncio.run(body())
+
+
+def test_pushes_grow_to_1_mib_only_where_datagrams_are_large() -> None:
+    """A push is lost whole when one of its datagrams is: at most PUSH_DATAGRAMS of
+    the node's max_datagram (a 1400 B link keeps sync_chunk_bytes pushes), 1 MiB on
+    a loopback cluster's 32 KiB datagrams."""
+    from types import SimpleNamespace
+
+    from netmesh.replication.runtime import PUSH_BYTES, PUSH_DATAGRAMS, push_bytes
+
+    def node(datagram: int) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(max_datagram=datagram))
+
+    assert push_bytes(node(32768)) == PUSH_BYTES == 1 << 20
+    assert push_bytes(node(1400)) == PUSH_DATAGRAMS * 1400
+    assert push_bytes(SimpleNamespace()) == PUSH_BYTES  # a node without a config
+
+    async def body() -> None:
+        for datagram, expected in ((1400, 256 * 1024), (32768, 1 << 20)):
+            cfg = MeshNodeConfig("127.0.0.1:0", PSK, max_datagram=datagram)
+            mesh = await MeshNode.create(EntityKeypair.generate(), cfg)
+            mesh.start()
+            redex = Redex()
+            redex.enable_replication(mesh)
+            pinned = PlacementStrategy.pinned([mesh.node_id])
+            redex.open_file(
+                "push", RedexFileConfig(replication=ReplicationConfig(placement=pinned))
+            )
+            hub = redex._hub
+            assert hub is not None
+            assert hub.runtimes["push"].coord.push_bytes == expected
+            redex.close()
+            await mesh.shutdown()
+
+    asyncio.run(body())
