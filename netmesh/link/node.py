@@ -9,7 +9,9 @@ Messages and streams
     ``send(node_id, stream, message)`` / ``send_many(node_id, stream, messages)``
     queue bytes for a peer; everything queued in one event-loop turn is flushed once
     per peer at the end of the turn, packed into as few datagrams as fit
-    ``max_datagram`` (one msgpack call and one AEAD call per datagram). A message
+    ``max_datagram`` (one msgpack call and one AEAD call per datagram). What the
+    handlers of a run of received datagrams queue (replies: acks, votes) is flushed
+    as soon as that run is handled, without waiting for the end of the turn. A message
     that fits no datagram is split into fragments and reassembled by the receiver
     (bounded memory, ``config.reassembly_bytes`` per peer).
 
@@ -242,7 +244,7 @@ class MeshNode:
         self = cls(keypair, config, wall_clock)
         host, port = config.host_port()
         self._transport = await UdpTransport.bind(
-            host, port, self._on_datagram, config.recv_buffer, config.send_buffer
+            host, port, self._on_datagram, config.recv_buffer, config.send_buffer, self.flush
         )
         self._ticker = asyncio.create_task(self._tick_loop(), name="meshnode-timers")
         return self

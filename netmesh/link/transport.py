@@ -28,6 +28,8 @@ class _Protocol(asyncio.DatagramProtocol):
         owner = self._owner
         owner.on_datagram(data, addr)
         owner.drain()
+        if owner.on_batch_end is not None:
+            owner.on_batch_end()
 
     def error_received(self, exc: Exception) -> None:
         self._owner.errors += 1
@@ -51,11 +53,18 @@ class UdpTransport:
 
     ``on_datagram`` is called synchronously in the event loop for each datagram; it
     must not raise (the node catches everything it can provoke). Up to
-    :data:`READ_BATCH` queued datagrams are handed over per readiness event.
+    :data:`READ_BATCH` queued datagrams are handed over per readiness event, then
+    ``on_batch_end()`` is called, if given (the node sends the replies they queued
+    then, not a loop turn later).
     """
 
-    def __init__(self, on_datagram: Callable[[bytes, Addr], None]) -> None:
+    def __init__(
+        self,
+        on_datagram: Callable[[bytes, Addr], None],
+        on_batch_end: Callable[[], None] | None = None,
+    ) -> None:
         self.on_datagram = on_datagram
+        self.on_batch_end = on_batch_end
         self.errors = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._closed = asyncio.Event()
@@ -86,9 +95,10 @@ class UdpTransport:
         on_datagram: Callable[[bytes, Addr], None],
         recv_buffer: int,
         send_buffer: int,
+        on_batch_end: Callable[[], None] | None = None,
     ) -> UdpTransport:
         """Bind ``host:port`` (port 0: any free port); TransportError on OSError."""
-        self = cls(on_datagram)
+        self = cls(on_datagram, on_batch_end)
         loop = asyncio.get_running_loop()
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)

@@ -457,6 +457,12 @@ class _Hooks(ExecutorHooks):
 #: working at the same time). A replica's credits go at the end of its turn, together
 #: (a datagram each woke the leader once per chunk)
 _FLUSHED = (messages.SyncRecords,)
+#: any message at least this large leaves at once too (a push of a ring batch: the
+#: first follower applies it while the leader reads and seals the next follower's
+#: copy, and a quorum commit needs only the first Ack; issue 17 §3, quorum flush of
+#: 500 x 64 B: p50 1.20 -> 1.00 ms). Smaller ones wait for the end of the turn,
+#: packed with the other channels' messages to that peer.
+FLUSH_BYTES = 8192
 
 
 class ChannelRuntime:
@@ -676,8 +682,9 @@ class ChannelRuntime:
             self.hub.queue_heartbeat(to, self.name, self.membership_id, msg)
             return
         try:
-            self.node.send(to, self.kind, messages.encode(msg, self._mid))
-            if type(msg) in _FLUSHED:
+            data = messages.encode(msg, self._mid)
+            self.node.send(to, self.kind, data)
+            if type(msg) in _FLUSHED or len(data) >= FLUSH_BYTES:
                 flush = getattr(self.node, "flush", None)
                 if flush is not None:
                     flush()

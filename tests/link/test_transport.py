@@ -418,3 +418,35 @@ def test_a_wrong_psk_is_named_in_the_error_and_logged_once(
             await b.shutdown()
 
     run(body)
+
+
+def test_a_run_of_datagrams_ends_with_one_batch_end_call() -> None:
+    """The queued datagrams of one readiness event are handed over, then
+    ``on_batch_end`` runs once (the node flushes the replies they queued then)."""
+    from netmesh.link.transport import UdpTransport
+
+    async def body() -> list[str]:
+        seen: list[str] = []
+        t = await UdpTransport.bind(
+            "127.0.0.1",
+            0,
+            lambda data, _addr: seen.append(data.decode()),
+            1 << 16,
+            1 << 16,
+            lambda: seen.append("end"),
+        )
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(3):  # queued before the loop looks: one readiness event
+                s.sendto(b"%d" % i, t.local_addr)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while "end" not in seen:
+                assert loop.time() < deadline, f"no batch end: {seen}"
+                await asyncio.sleep(0.01)
+            return seen
+        finally:
+            s.close()
+            await t.close()
+
+    assert asyncio.run(body()) == ["0", "1", "2", "end"]
