@@ -63,8 +63,9 @@ if TYPE_CHECKING:
 
 #: MeshNode stream of capability announcements
 CAPABILITY_STREAM = "redex-cap"
-#: 2: members (the set each channel runs with); 3: ready; 4: steps (leader orders)
-WIRE_VERSION = 4
+#: 2: members (the set each channel runs with); 3: ready; 4: steps (leader orders);
+#: 5: forms (Paxos votes on a quorum channel's first set)
+WIRE_VERSION = 5
 MAX_U64 = (1 << 64) - 1
 #: the most channels, chains or metadata entries one announcement may carry
 MAX_ENTRIES = 65536
@@ -92,6 +93,8 @@ class Announcement:
         it, that order (sorted ``(channel, Step)`` pairs; :func:`quorum_change`).
     versions: for each quorum channel the sender runs, the version of its set (sorted
         ``(channel, version)`` pairs; :func:`quorum_change`).
+    forms: for each quorum channel on a node daemon, the sender's :class:`FormVote`
+        (sorted ``(channel, vote)`` pairs; :func:`form_vote`).
     """
 
     node_id: int
@@ -105,6 +108,8 @@ class Announcement:
     steps: tuple[tuple[str, Step], ...] = ()
     #: quorum channels: the version of the set the sender runs (absent: 0)
     versions: tuple[tuple[str, int], ...] = ()
+    #: quorum channels on node daemons: the sender's part in choosing the first set
+    forms: tuple[tuple[str, FormVote], ...] = ()
 
     def members_of(self, channel: str) -> tuple[int, ...] | None:
         """The member set the sender runs ``channel`` with (None: it runs none)."""
@@ -119,6 +124,13 @@ class Announcement:
             if name == channel:
                 return v
         return 0
+
+    def form_of(self, channel: str) -> FormVote | None:
+        """The sender's :class:`FormVote` for ``channel`` (None: none announced)."""
+        for name, v in self.forms:
+            if name == channel:
+                return v
+        return None
 
     def step_of(self, channel: str) -> Step | None:
         """The step the sender ordered for ``channel`` as its leader (None: none)."""
@@ -146,6 +158,7 @@ class Announcement:
             or self.members
             or self.ready
             or self.steps
+            or self.forms
         )
 
     def metadata_dict(self) -> dict[str, str]:
@@ -164,9 +177,10 @@ def sorted_members(members: Mapping[str, Iterable[int]]) -> tuple[tuple[str, tup
 
 def encode(a: Announcement) -> bytes:
     """One msgpack array ``[version, node_id, incarnation, version, channels, chains,
-    metadata, members, ready, steps]`` (lists sorted, so equal announcements encode
-    equally); a member set is ``[channel, ids, version]``, a step ``[channel, source
-    ids, term, member ids, source version]``."""
+    metadata, members, ready, steps, forms]`` (lists sorted, so equal announcements
+    encode equally); a member set is ``[channel, ids, version]``, a step ``[channel,
+    source ids, term, member ids, source version]``, a form vote ``[channel,
+    [promised, accepted, value, ballot, proposal]]`` (ballots ``[round, node id]``)."""
     body = [
         WIRE_VERSION,
         a.node_id,
@@ -178,6 +192,7 @@ def encode(a: Announcement) -> bytes:
         [[name, list(ids), a.version_of(name)] for name, ids in a.members],
         sorted(a.ready),
         [[name, list(st.source), st.term, list(st.members), st.version] for name, st in a.steps],
+        [[name, v.to_wire()] for name, v in a.forms],
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -209,8 +224,8 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not a msgpack announcement: {type(exc).__name__}") from None
-    if not isinstance(body, list) or len(body) != 10:
-        raise DecodeError("announcement is not a 10-element array")
+    if not isinstance(body, list) or len(body) != 11:
+        raise DecodeError("announcement is not an 11-element array")
     if body[0] != WIRE_VERSION:
         raise DecodeError(f"unknown announcement version {body[0]!r}")
     node_id = _u64(body[1], "node_id")
@@ -245,6 +260,14 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         steps[o[0]] = Step(
             _ids(o[1]), _u64(o[2], "step term"), _ids(o[3]), _u64(o[4], "step version")
         )
+    votes = body[10]
+    if not isinstance(votes, list) or len(votes) > MAX_ENTRIES:
+        raise DecodeError("announcement forms is not a list")
+    forms: dict[str, FormVote] = {}
+    for fv in votes:
+        if not (isinstance(fv, list) and len(fv) == 2 and type(fv[0]) is str):
+            raise DecodeError("announcement forms holds a non-(str, vote) entry")
+        forms[fv[0]] = FormVote.from_wire(fv[1])
     return Announcement(
         node_id=node_id,
         incarnation=_u64(body[2], "incarnation"),
@@ -256,6 +279,7 @@ def decode(data: bytes, from_id: int | None = None) -> Announcement:
         ready=_strings(body[8], "ready"),
         steps=tuple(sorted(steps.items())),
         versions=tuple(sorted(versions.items())),
+        forms=tuple(sorted(forms.items())),
     )
 
 
@@ -362,17 +386,23 @@ class ChannelPlacement:
         if resolved == self.applied:
             self._candidate = None
             return None
-        if len(resolved) < self.min_form:
+        out = self.settled(resolved, now)
+        return self._apply(out) if isinstance(out, tuple) else out
+
+    def settled(self, resolved: tuple[int, ...], now: float) -> tuple[int, ...] | float | None:
+        """:meth:`update` without applying: ``resolved`` once it may be joined (full,
+        or short and unchanged for the settle window), the time to ask again (a short
+        set settling) or None (this node is not in it, or it is smaller than
+        ``min_form``)."""
+        if self.self_id not in resolved or len(resolved) < self.min_form:
             self._candidate = None
             return None
         if len(resolved) >= self.factor or self.settle_window <= 0:
-            return self._apply(resolved)
+            return resolved
         if resolved != self._candidate:
             self._candidate, self._since = resolved, now
         due = self._since + self.settle_window
-        if now >= due:
-            return self._apply(resolved)
-        return due
+        return resolved if now >= due else due
 
     def _apply(self, members: tuple[int, ...]) -> Change:
         self._candidate = None
@@ -703,6 +733,177 @@ def may_form(ran: bool, configured: Collection[int], heard: Collection[int], fac
     peers): upstream's rule."""
     unheard = set(configured) - set(heard)
     return not ran and len(unheard) < _majority(range(max(1, factor)))
+
+
+# ------------------------------------------------------------------ first set
+
+#: a Paxos ballot ``(round, proposer node id)``; ``NO_BALLOT``: none
+Ballot = tuple[int, int]
+NO_BALLOT: Ballot = (0, 0)
+
+
+@dataclass(frozen=True)
+class FormVote:
+    """One node's part in choosing a quorum channel's first set on node daemons:
+    single-decree Paxos (Lamport, "Paxos Made Simple", 2001) over the configured
+    cluster, carried in the announcements (each is the node's whole state, so a lost
+    one is made good by the next).
+
+    As an acceptor: ``promised`` (the highest ballot it promised), ``accepted`` and
+    ``value`` (the ballot of the set it accepted last and that set; NO_BALLOT and ()
+    when none). As a proposer: ``ballot`` (the ballot it runs; NO_BALLOT: none) and
+    ``proposal`` (the set it asks the others to accept; (): phase 1, collecting
+    promises). Persisted before it is announced (``placement-form`` beside the log)."""
+
+    promised: Ballot = NO_BALLOT
+    accepted: Ballot = NO_BALLOT
+    value: tuple[int, ...] = ()
+    ballot: Ballot = NO_BALLOT
+    proposal: tuple[int, ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [
+            list(self.promised),
+            list(self.accepted),
+            list(self.value),
+            list(self.ballot),
+            list(self.proposal),
+        ]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> FormVote:
+        """Raises DecodeError on a wrong shape."""
+        if not (isinstance(v, list) and len(v) == 5):
+            raise DecodeError("form vote is not a 5-element array")
+        return cls(_ballot(v[0]), _ballot(v[1]), _ids(v[2]), _ballot(v[3]), _ids(v[4]))
+
+
+def _ballot(v: Any) -> Ballot:
+    if not (isinstance(v, list) and len(v) == 2):
+        raise DecodeError("form ballot is not a (round, node id) pair")
+    return (_u64(v[0], "ballot round"), _u64(v[1], "ballot node id"))
+
+
+def chosen_set(
+    electorate: Collection[int], votes: Mapping[int, FormVote]
+) -> tuple[int, ...] | None:
+    """The first set a majority of ``electorate`` accepted in one ballot (Paxos: chosen;
+    at most one set ever is), or None."""
+    count: dict[tuple[Ballot, tuple[int, ...]], int] = {}
+    for n, v in votes.items():
+        if n in electorate and v.accepted != NO_BALLOT:
+            key = (v.accepted, v.value)
+            count[key] = count.get(key, 0) + 1
+    need = _majority(electorate)
+    for (_, value), c in sorted(count.items()):
+        if c >= need:
+            return value
+    return None
+
+
+def form_vote(
+    self_id: int,
+    electorate: Collection[int],
+    own: FormVote,
+    others: Mapping[int, FormVote],
+    want: tuple[int, ...] | None,
+    live: Collection[int],
+) -> tuple[FormVote, tuple[int, ...] | None]:
+    """This node's next :class:`FormVote` for a channel and the chosen first set.
+
+    Args:
+        self_id: this node (a member of ``electorate``).
+        electorate: the configured cluster (this node and its configured peers): a set
+            is chosen when a majority of it accepted it in one ballot, and any two
+            majorities share a node, which accepts at most one set per ballot and
+            promises never to accept below a ballot it promised (Paxos P2).
+        own: this node's vote so far; others: node -> the vote it announced last.
+        want: the set this node would form now (its resolved target once settled;
+            None: it does not propose).
+        live: the nodes a session is up with: a proposer yields to a higher ballot
+            run by a live node, and starts its own ballot only when none runs.
+
+    Returns:
+        ``(vote, chosen)``: the vote to persist and announce (``own`` itself when
+        nothing changed); the chosen set (None: none yet). The caller forms the chosen
+        set, at version 0, only if this node is in it.
+    """
+    votes = {n: v for n, v in others.items() if n in electorate and n != self_id}
+    votes[self_id] = own
+    chosen = chosen_set(electorate, votes)
+    if chosen is not None:
+        return own, chosen
+    v = own
+    for _ in range(6):  # propose, promise and accept may follow from one view
+        votes[self_id] = v
+        nxt = _acceptor(v, votes)
+        nxt = _proposer(self_id, electorate, nxt, votes, want, live)
+        if nxt == v:
+            break
+        v = nxt
+    votes[self_id] = v
+    return v, chosen_set(electorate, votes)
+
+
+def _acceptor(v: FormVote, votes: Mapping[int, FormVote]) -> FormVote:
+    # promise the highest ballot any proposer runs; accept its set in phase 2 when it
+    # is the ballot promised (never one below it)
+    top = max((x.ballot for x in votes.values()), default=NO_BALLOT)
+    if top > v.promised:
+        v = FormVote(top, v.accepted, v.value, v.ballot, v.proposal)
+    for x in votes.values():
+        if x.ballot == v.promised and x.proposal and v.accepted != x.ballot:
+            return FormVote(v.promised, x.ballot, x.proposal, v.ballot, v.proposal)
+    return v
+
+
+def _proposer(
+    self_id: int,
+    electorate: Collection[int],
+    v: FormVote,
+    votes: Mapping[int, FormVote],
+    want: tuple[int, ...] | None,
+    live: Collection[int],
+) -> FormVote:
+    if want is None:  # not (or no longer) proposing: drop a ballot nobody should wait on
+        if v.ballot == NO_BALLOT:
+            return v
+        return FormVote(v.promised, v.accepted, v.value, NO_BALLOT, ())
+    rival = max(
+        (x.ballot for n, x in votes.items() if n != self_id and n in live),
+        default=NO_BALLOT,
+    )
+    if rival > v.ballot:
+        return v  # a live node runs a higher ballot: support it
+    top = max((x.promised for x in votes.values()), default=NO_BALLOT)
+    if v.ballot == NO_BALLOT or top > v.ballot:  # none yet, or preempted by a dead one
+        rnd = max([top[0], *(x.ballot[0] for x in votes.values())]) + 1
+        return FormVote(v.promised, v.accepted, v.value, (rnd, self_id), ())
+    if v.proposal:
+        return v
+    promisers = [x for n, x in votes.items() if n in electorate and x.promised == v.ballot]
+    if len(promisers) < _majority(electorate):
+        return v
+    prior = max(promisers, key=lambda x: x.accepted)
+    value = prior.value if prior.accepted != NO_BALLOT else want
+    return FormVote(v.promised, v.accepted, v.value, v.ballot, value)
+
+
+def encode_form(v: FormVote) -> bytes:
+    """The ``placement-form`` record: msgpack ``[1, vote]``."""
+    data: bytes = msgpack.packb([1, v.to_wire()], use_bin_type=True)
+    return data
+
+
+def decode_form(data: bytes, where: str = "placement-form") -> FormVote:
+    """Raises LogCorrupt: not such a record (naming ``where``)."""
+    try:
+        body = msgpack.unpackb(data, raw=False)
+        if isinstance(body, list) and len(body) == 2 and body[0] == 1:
+            return FormVote.from_wire(body[1])
+    except (DecodeError, ValueError, TypeError, msgpack.UnpackException):
+        pass
+    raise LogCorrupt(where, 0, "not a form vote record ([1, vote])")
 
 
 # ------------------------------------------------------------------ rate limit

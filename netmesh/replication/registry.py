@@ -60,8 +60,30 @@ MIN_LEARN_RETRY_S = 0.2
 #: quorum placement: the version of the set a node ran a channel with last, in the
 #: channel's directory (``placement.encode_version``)
 PLACEMENT_FILE = "placement"
+#: quorum placement on node daemons: this node's Paxos vote on the channel's first set
+#: (``placement.encode_form``), beside ``PLACEMENT_FILE``
+FORM_FILE = "placement-form"
 #: quorum placement: a pending step is re-checked at most this often (seconds)
 MIN_STEP_RECHECK_S = 0.05
+
+
+#: no vote on a first set yet
+NO_VOTE = pl.FormVote()
+
+
+def _write_durably(directory: str, name: str, data: bytes) -> None:
+    """``directory/name`` := ``data``: tmp, fsync, rename, fsync the directory."""
+    tmp = os.path.join(directory, name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(directory, name))
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Redex:
@@ -74,6 +96,8 @@ class Redex:
         #: quorum placement of in-memory files: channel -> the set this process ran it
         #: with last and its version (persisted files keep it in ``PLACEMENT_FILE``)
         self._set_versions: dict[str, tuple[tuple[int, ...], int]] = {}
+        #: the same for the first-set votes of in-memory files (``FORM_FILE``)
+        self._form_votes: dict[str, pl.FormVote] = {}
         self._chains: set[str] = set()
         self._metadata: dict[str, str] = {}
 
@@ -394,6 +418,8 @@ class _Channel:
     #: forms a first set; ``resume``: the set it ran last, joined at once on open
     ran: bool = False
     resume: tuple[int, ...] | None = None
+    #: quorum on node daemons: this node's vote on the first set (``FORM_FILE``)
+    form: pl.FormVote = field(default_factory=pl.FormVote)
 
 
 class _Placement:
@@ -467,6 +493,8 @@ class _Placement:
                 members, ch.version = stored
                 ch.ran = True
                 ch.resume = members if self.self_id in members else None
+            if self.form_majority:
+                ch.form = self._load_form(name, file)
         self.channels[name] = ch
         file.refusal = NotLeader(name, None)  # Idle until selected
         self._rebuild_own()
@@ -485,7 +513,7 @@ class _Placement:
         self._rebuild_own()
         self._resolve_all()
 
-    def _rebuild_own(self) -> None:
+    def _rebuild_own(self, urgent: bool = False) -> None:
         r = self.redex
         self.version += 1
         self.own = pl.Announcement(
@@ -517,8 +545,17 @@ class _Placement:
                     if ch.placement.applied is not None and ch.version
                 )
             ),
+            forms=tuple(
+                sorted((str(n), ch.form) for n, ch in self.channels.items() if ch.form != NO_VOTE)
+            ),
         )
         self.limiter.changed()
+        if urgent and self.own.forms:
+            # a vote on a first set goes out now, outside the rate limit: forming takes
+            # two rounds of them, and a node changes its vote a few times per channel
+            self._broadcast(self.own)
+            self.announced = True
+            self.next_reannounce = min(self.next_reannounce, self._now() + self.reannounce_every)
         self._schedule()
 
     # -- resolution ------------------------------------------------------------------
@@ -543,8 +580,11 @@ class _Placement:
                 if resume is not None and ch.placement.applied is None
                 else self._quorum_step(name, ch, resolved, now)  # sets ch.due
             )
-            factor = ch.config.effective_factor()
-            if step == pl.FORM and not pl.may_form(ch.ran, self.retain, self.view, factor):
+            if self.form_majority:  # node daemons: the first set is chosen by Paxos
+                step = self._form(name, ch, resolved, step, now)
+            elif step == pl.FORM and not pl.may_form(
+                ch.ran, self.retain, self.view, ch.config.effective_factor()
+            ):
                 step = None  # asked again when an announcement changes
             if step == pl.FORM:  # the first set of a channel nobody ran: version 0
                 outcome = ch.placement.update(resolved, now)
@@ -658,6 +698,69 @@ class _Placement:
             ch.due = now + max(MIN_STEP_RECHECK_S, ch.config.heartbeat_ms / 1000.0)
         return out
 
+    def _form(
+        self,
+        name: ChannelName,
+        ch: _Channel,
+        resolved: tuple[int, ...],
+        step: pl.Change | pl.Step | str | None,
+        now: float,
+    ) -> pl.Change | pl.Step | str | None:
+        """Node daemons: this node's part in choosing a quorum channel's first set
+        (``placement.form_vote``: Paxos over this node and its configured peers). It
+        votes as an acceptor whatever ``step`` is; it proposes ``resolved`` (once
+        settled) when ``step`` is FORM and it never ran the channel. A changed vote is
+        persisted, then announced at once. Returns ``step``, with FORM replaced by the
+        chosen set at version 0 when this node is in it (None: not chosen yet, or
+        without this node)."""
+        key = str(name)
+        want: tuple[int, ...] | None = None
+        if step == pl.FORM and not ch.ran:
+            settled = ch.placement.settled(resolved, now)
+            if isinstance(settled, float):
+                ch.due = min(ch.due, settled)
+            elif settled is not None:
+                want = settled
+        others = {n: v for n, a in self.view.items() if (v := a.form_of(key)) is not None}
+        vote, chosen = pl.form_vote(
+            self.self_id,
+            self.retain | {self.self_id},
+            ch.form,
+            others,
+            want,
+            set(self.node.peers()),
+        )
+        if vote != ch.form:
+            ch.form = vote
+            self._save_form(name, ch)
+            self._rebuild_own(urgent=True)
+        if step != pl.FORM:
+            return step
+        if chosen is not None and self.self_id in chosen and not ch.ran:
+            log.info("%s: first set %s chosen", name, [f"{m:#018x}" for m in chosen])
+            return pl.Change(chosen, 0)
+        return None  # asked again when an announcement changes
+
+    def _load_form(self, name: ChannelName, file: RedexFile) -> pl.FormVote:
+        """This node's vote on the first set of ``name`` (``FORM_FILE``; LogCorrupt if
+        unreadable; none yet: an empty vote)."""
+        path = file.config.path
+        if path is None:
+            return self.redex._form_votes.get(str(name), NO_VOTE)
+        full = os.path.join(path, FORM_FILE)
+        try:
+            with open(full, "rb") as fh:
+                return pl.decode_form(fh.read(), full)
+        except FileNotFoundError:
+            return NO_VOTE
+
+    def _save_form(self, name: ChannelName, ch: _Channel) -> None:
+        """Before the vote is announced (Paxos: an acceptor's promise and acceptance
+        survive its restarts)."""
+        self.redex._form_votes[str(name)] = ch.form
+        if ch.file.config.path is not None:
+            _write_durably(ch.file.config.path, FORM_FILE, pl.encode_form(ch.form))
+
     def _load_version(
         self, name: ChannelName, file: RedexFile
     ) -> tuple[tuple[int, ...], int] | None:
@@ -678,19 +781,9 @@ class _Placement:
         """tmp, fsync, rename, fsync the directory (before the set is announced)."""
         self.redex._set_versions[str(name)] = (ch.placement.applied or (), ch.version)
         path = ch.file.config.path
-        if path is None:
-            return
-        tmp = os.path.join(path, PLACEMENT_FILE + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(pl.encode_version(ch.placement.applied or (), ch.version))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(path, PLACEMENT_FILE))
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if path is not None:
+            data = pl.encode_version(ch.placement.applied or (), ch.version)
+            _write_durably(path, PLACEMENT_FILE, data)
 
     # -- learners (quorum channels: a new member catches up before it counts) --------
     def _learn(
