@@ -6,13 +6,18 @@ asyncio loop."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from netmesh import PlacementStrategy, RedexFileConfig, ReplicaRole, ReplicationConfig
-from netmesh.replication.placement import membership_id
-from tests.system.test_placement import mesh, poll, run, steady
+from netmesh.replication.placement import CAPABILITY_STREAM, membership_id
+from tests.system.test_placement import mesh, poll, run, steady, teardown
+from tests.system.test_placement import roles as roles_of
 
 LEADER = ReplicaRole.LEADER
 
@@ -142,5 +147,78 @@ def test_quorum_placement_changes_one_node_at_a_time_and_loses_nothing(
         await poll(lambda: coord.commit_seq >= 11, 5, "the new set commits")
         for r in redexes:
             r.close()
+
+    run(body)
+
+
+def test_two_views_of_who_opened_a_quorum_channel_form_one_first_set() -> None:
+    """The adversary's V1 on six real MeshNodes (loopback UDP, Noise) with the daemons'
+    placement policy (every other node configured, ``form_majority``): ranks 2 and 3
+    (by node id) never get the announcements of rank 0 (the lowest id; as if it had
+    started after they decided), so they resolve {1,2,3} while ranks 0, 1, 4 and 5
+    resolve {0,1,2}. Under the earlier rule (form once fewer than a majority of the
+    factor is unheard) ranks 2 and 3 formed {1,2,3} and ranks 0 and 1 formed {0,1,2}:
+    two sets each run by a majority of its members, two leaders. Now the first set is
+    chosen by Paxos over the six: at every observation at most one set is run by a
+    majority of its members, and one set settles, with one leader."""
+
+    async def body() -> None:
+        nodes, redexes = await mesh(6)
+        rank = sorted(range(6), key=lambda i: nodes[i].node_id)
+        ids = [n.node_id for n in nodes]
+        for i, r in enumerate(redexes):
+            r.set_placement_policy(retain=[x for x in ids if x != ids[i]], form_majority=True)
+        lowest = ids[rank[0]]
+        cuts = []
+        for deaf in (rank[2], rank[3]):  # drop rank 0's announcements there
+            placement = redexes[deaf]._placement
+            assert placement is not None
+            handler = placement._on_announcements
+
+            def filtered(from_id: int, msgs: list[bytes], h: Any = handler) -> None:
+                if from_id != lowest:
+                    h(from_id, msgs)
+
+            nodes[deaf].unsubscribe(CAPABILITY_STREAM, handler)
+            nodes[deaf].subscribe_batch(CAPABILITY_STREAM, filtered)
+            cuts.append((deaf, handler, filtered))
+        name = "repl/first"
+        repl = ReplicationConfig(factor=3, heartbeat_ms=100, ack="quorum")
+        for r in redexes:
+            r.open_file(name, RedexFileConfig(replication=repl))
+
+        def quorate_sets() -> set[tuple[int, ...]]:
+            running: dict[tuple[int, ...], int] = {}
+            for r in redexes:
+                m = r.placement_members(name)
+                if m is not None:
+                    running[m] = running.get(m, 0) + 1
+            return {m for m, k in running.items() if k >= len(m) // 2 + 1}
+
+        def one_set_led() -> bool:
+            sets = quorate_sets()
+            if len(sets) != 1:
+                return False
+            (members,) = sets
+            runners = [i for i in range(6) if redexes[i].placement_members(name) == members]
+            leads = [i for i in runners if roles_of(redexes, name)[i] is LEADER]
+            return len(leads) == 1
+
+        async def until(done: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 20
+            while not done():
+                assert len(quorate_sets()) <= 1, quorate_sets()
+                assert time.monotonic() < deadline, f"not {what} within 20 s"
+                await asyncio.sleep(0.01)
+
+        await until(one_set_led, "one first set led")
+        await steady(lambda: len(quorate_sets()) <= 1, 1.0, "never two quorate sets")
+        # the announcements get through again: one set, the three lowest ids, one leader
+        for deaf, handler, filtered in cuts:
+            nodes[deaf].unsubscribe(CAPABILITY_STREAM, filtered)
+            nodes[deaf].subscribe_batch(CAPABILITY_STREAM, handler)
+        target = tuple(sorted(ids)[:3])
+        await until(lambda: one_set_led() and quorate_sets() == {target}, "the lowest three")
+        await teardown(nodes, redexes)
 
     run(body)
