@@ -737,6 +737,8 @@ def may_form(ran: bool, configured: Collection[int], heard: Collection[int], fac
 
 # ------------------------------------------------------------------ first set
 
+#: seconds a proposer waits on a live rival's ballot before running a higher one
+FORM_YIELD_S = 3.0
 #: a Paxos ballot ``(round, proposer node id)``; ``NO_BALLOT``: none
 Ballot = tuple[int, int]
 NO_BALLOT: Ballot = (0, 0)
@@ -820,8 +822,11 @@ def form_vote(
         own: this node's vote so far; others: node -> the vote it announced last.
         want: the set this node would form now (its resolved target once settled;
             None: it does not propose).
-        live: the nodes a session is up with: a proposer yields to a higher ballot
-            run by a live node, and starts its own ballot only when none runs.
+        live: the nodes whose ballots this node waits on: a proposer yields to a
+            higher ballot run by one of them, and starts its own ballot only when
+            none runs. The shell passes the nodes a session is up with whose current
+            ballot is younger than :data:`FORM_YIELD_S` (a live proposer cut off from
+            a majority must not hold the others back for ever).
 
     Returns:
         ``(vote, chosen)``: the vote to persist and announce (``own`` itself when

@@ -420,6 +420,8 @@ class _Channel:
     resume: tuple[int, ...] | None = None
     #: quorum on node daemons: this node's vote on the first set (``FORM_FILE``)
     form: pl.FormVote = field(default_factory=pl.FormVote)
+    #: (node, ballot) -> when this node first saw that node run that ballot
+    ballots_seen: dict[tuple[int, pl.Ballot], float] = field(default_factory=dict)
 
 
 class _Placement:
@@ -722,13 +724,17 @@ class _Placement:
             elif settled is not None:
                 want = settled
         others = {n: v for n, a in self.view.items() if (v := a.form_of(key)) is not None}
+        # rivals worth waiting on: up, and running their ballot for less than
+        # FORM_YIELD_S (one cut off from a majority would otherwise stall everyone)
+        seen = {(n, v.ballot): ch.ballots_seen.get((n, v.ballot), now) for n, v in others.items()}
+        ch.ballots_seen = seen
+        up = set(self.node.peers())
+        live = {n for (n, _), t in seen.items() if n in up and now - t < pl.FORM_YIELD_S}
+        if want is not None:
+            waits = [t + pl.FORM_YIELD_S for (n, _), t in seen.items() if n in live]
+            ch.due = min([ch.due, *waits])
         vote, chosen = pl.form_vote(
-            self.self_id,
-            self.retain | {self.self_id},
-            ch.form,
-            others,
-            want,
-            set(self.node.peers()),
+            self.self_id, self.retain | {self.self_id}, ch.form, others, want, live
         )
         if vote != ch.form:
             ch.form = vote

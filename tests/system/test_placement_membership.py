@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from netmesh import PlacementStrategy, RedexFileConfig, ReplicaRole, ReplicationConfig
-from netmesh.replication.placement import CAPABILITY_STREAM, membership_id
+from netmesh.replication.placement import CAPABILITY_STREAM, FORM_YIELD_S, membership_id
 from tests.system.test_placement import mesh, poll, run, steady, teardown
 from tests.system.test_placement import roles as roles_of
 
@@ -219,6 +219,52 @@ def test_two_views_of_who_opened_a_quorum_channel_form_one_first_set() -> None:
             nodes[deaf].subscribe_batch(CAPABILITY_STREAM, handler)
         target = tuple(sorted(ids)[:3])
         await until(lambda: one_set_led() and quorate_sets() == {target}, "the lowest three")
+        await teardown(nodes, redexes)
+
+    run(body)
+
+
+def test_a_proposer_cut_off_from_the_majority_does_not_stall_the_first_set() -> None:
+    """Liveness of the first-set vote under partial connectivity: A and B open the
+    channel first and both propose; B's ballot outranks A's, so A, which sees it from a
+    live session, yields to it. B reaches only A (its links to C, D and E are cut) and
+    can never gather a majority of the five. After ``FORM_YIELD_S`` A stops waiting on
+    it and runs a higher ballot with C, D and E: a set is chosen and a majority of its
+    members runs it. (Whether that set can elect a leader with B in it and cut off from
+    another member is the coordinator's matter: a brand-new quorum set elects once
+    every member is heard, issue 10's F1.)"""
+
+    async def body() -> None:
+        nodes, redexes = await mesh(5)
+        ids = [n.node_id for n in nodes]
+        for i, r in enumerate(redexes):
+            r.set_placement_policy(retain=[x for x in ids if x != ids[i]], form_majority=True)
+        a, b = sorted((0, 1), key=lambda i: ids[i])  # b's ballots outrank a's
+        for cut in (2, 3, 4):
+            nodes[b].block_peer(ids[cut])
+            nodes[cut].block_peer(ids[b])
+        name = "repl/cutoff"
+        repl = ReplicationConfig(factor=3, heartbeat_ms=100, ack="quorum")
+        for i in (a, b):  # {A, B}: two of three, a set they may form once settled
+            redexes[i].open_file(name, RedexFileConfig(replication=repl))
+
+        def ballot(i: int) -> Any:
+            placement = redexes[i]._placement
+            assert placement is not None
+            ch = placement.channels.get(name)
+            return None if ch is None else ch.form.ballot
+
+        await poll(lambda: ballot(b) not in (None, (0, 0)), 5, "B runs a ballot")
+        for i in (2, 3, 4):
+            redexes[i].open_file(name, RedexFileConfig(replication=repl))
+
+        def formed() -> bool:
+            running = [redexes[i].placement_members(name) for i in range(5)]
+            return any(m is not None and running.count(m) >= len(m) // 2 + 1 for m in running)
+
+        started = time.monotonic()
+        await poll(formed, 15 + FORM_YIELD_S, "a first set chosen and formed")
+        print(f"\nFORM cut-off proposer: formed after {time.monotonic() - started:.2f} s")
         await teardown(nodes, redexes)
 
     run(body)
