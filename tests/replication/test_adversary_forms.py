@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netmesh.channel import ChannelName
 from netmesh.config import ReplicationConfig
@@ -60,6 +62,44 @@ def test_two_electorates_during_a_two_host_reload_choose_one_set() -> None:
         step(4, (1, 5), (1, 4, 5))
         step(5, (1, 4), None)
     assert len(set(learned.values())) <= 1, learned
+
+
+ONE_ADDED = {1: BIG, 2: BIG[:4], 3: BIG[:4], 4: BIG, 5: BIG}  # host 5 added: 2, 3 not reloaded
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(BIG),
+            st.tuples(*(st.sampled_from((0, 0, 1, 1, 2, 9)) for _ in BIG)),
+            st.one_of(st.none(), st.sampled_from([SMALL, (1, 4, 5), (2, 3, 4), (1, 2, 5)])),
+            st.frozensets(st.sampled_from(BIG)),
+        ),
+        min_size=10,
+        max_size=80,
+    )
+)
+@settings(max_examples=100, deadline=None)
+def test_one_host_added_while_forming_still_chooses_one_set(
+    sched: list[tuple[int, tuple[int, ...], tuple[int, ...] | None, frozenset[int]]],
+) -> None:
+    """What holds: electorates that differ by one host (four and five) have
+    intersecting majorities, so stale, reordered views and changing targets still
+    let at most one set be learned anywhere (the bound of the xfail above)."""
+    history: dict[int, list[FormVote]] = {n: [FormVote()] for n in BIG}
+    view = {i: dict.fromkeys(BIG, 0) for i in BIG}
+    learned: set[tuple[int, ...]] = set()
+    for i, advance, want, live in sched:
+        for j, k in zip(BIG, advance, strict=True):
+            if j != i:
+                view[i][j] = min(view[i][j] + k, len(history[j]) - 1)
+        seen = {j: history[j][view[i][j]] for j in BIG if j != i}
+        vote, chosen = form_vote(i, ONE_ADDED[i], history[i][-1], seen, want, live | {i})
+        if vote != history[i][-1]:
+            history[i].append(vote)
+        if chosen is not None:
+            learned.add(chosen)
+        assert len(learned) <= 1, learned
 
 
 # ------------------------------------------------------------------ the shell
