@@ -450,6 +450,12 @@ class _Placement:
         self.channels: dict[ChannelName, _Channel] = {}
         self.view: dict[int, pl.Announcement] = {}
         self.announced = False  # something non-empty was broadcast once
+        #: a changed first-set vote waits to be broadcast (``_rebuild_own(urgent)``)
+        #: while ``_hold`` > 0: once per resolution of every channel, not once per
+        #: channel (N channels' votes change on one announcement: N broadcasts of N
+        #: votes each otherwise)
+        self._urgent = False
+        self._hold = 0
         self.next_reannounce = math.inf
         self.stats = dict.fromkeys(
             (
@@ -553,18 +559,32 @@ class _Placement:
         )
         self.limiter.changed()
         if urgent and self.own.forms:
-            # a vote on a first set goes out now, outside the rate limit: forming takes
-            # two rounds of them, and a node changes its vote a few times per channel
-            self._broadcast(self.own)
-            self.announced = True
-            self.next_reannounce = min(self.next_reannounce, self._now() + self.reannounce_every)
+            self._urgent = True
+        if not self._hold:
+            self._send_urgent()
         self._schedule()
+
+    def _send_urgent(self) -> None:
+        # a vote on a first set goes out now, outside the rate limit: forming takes
+        # two rounds of them, and a node changes its vote a few times per channel
+        if not self._urgent or self._closed:
+            return
+        self._urgent = False
+        self._broadcast(self.own)
+        self.announced = True
+        self.next_reannounce = min(self.next_reannounce, self._now() + self.reannounce_every)
 
     # -- resolution ------------------------------------------------------------------
     def _resolve_all(self) -> None:
         now = self._now()
-        for name in list(self.channels):
-            self._resolve(name, now)
+        self._hold += 1
+        try:
+            for name in list(self.channels):
+                self._resolve(name, now)
+        finally:
+            self._hold -= 1
+            if not self._hold:
+                self._send_urgent()
         self._schedule()
 
     def _resolve(self, name: ChannelName, now: float, raise_errors: bool = False) -> None:
@@ -737,8 +757,11 @@ class _Placement:
             self.self_id, self.retain | {self.self_id}, ch.form, others, want, live
         )
         if vote != ch.form:
+            # persisted before it is adopted: a write that fails (disk full) leaves the
+            # vote as it was, so no later announcement carries a promise or acceptance
+            # a restart would forget; the next resolve tries again
+            self._save_form(name, ch, vote)
             ch.form = vote
-            self._save_form(name, ch)
             self._rebuild_own(urgent=True)
         if step != pl.FORM:
             return step
@@ -760,12 +783,13 @@ class _Placement:
         except FileNotFoundError:
             return NO_VOTE
 
-    def _save_form(self, name: ChannelName, ch: _Channel) -> None:
-        """Before the vote is announced (Paxos: an acceptor's promise and acceptance
-        survive its restarts)."""
-        self.redex._form_votes[str(name)] = ch.form
+    def _save_form(self, name: ChannelName, ch: _Channel, vote: pl.FormVote) -> None:
+        """``vote`` for ``name``, before it becomes ``ch.form`` and is announced (Paxos:
+        an acceptor's promise and acceptance survive its restarts); raises OSError if
+        it could not be written."""
         if ch.file.config.path is not None:
-            _write_durably(ch.file.config.path, FORM_FILE, pl.encode_form(ch.form))
+            _write_durably(ch.file.config.path, FORM_FILE, pl.encode_form(vote))
+        self.redex._form_votes[str(name)] = vote
 
     def _load_version(
         self, name: ChannelName, file: RedexFile
@@ -1010,9 +1034,15 @@ class _Placement:
                 self.announced = True
                 empty = self.own.empty
                 self.next_reannounce = math.inf if empty else now + self.reannounce_every
-        for name, ch in list(self.channels.items()):
-            if ch.due <= now:
-                self._resolve(name, now)
+        self._hold += 1
+        try:
+            for name, ch in list(self.channels.items()):
+                if ch.due <= now:
+                    self._resolve(name, now)
+        finally:
+            self._hold -= 1
+            if not self._hold:
+                self._send_urgent()
         self._schedule()
 
     def close(self) -> None:
