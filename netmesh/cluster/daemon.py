@@ -588,6 +588,14 @@ class Daemon:
         mesh = self._svc()._node()
         old_peers = {p.node_id: p for p in old.peers}
         new_peers = {p.node_id: p for p in new.peers}
+        moved = len(set(old_peers) ^ set(new_peers))
+        if moved > 1:  # tests/replication/test_adversary_forms.py (the strict xfail)
+            log.warning(
+                "reload: %d hosts added or removed at once; quorum membership changes one"
+                " host at a time: add or remove one, reload every host, then the next (a"
+                " quorum channel with no set yet could otherwise form two)",
+                moved,
+            )
         for nid, p in new_peers.items():
             if nid not in old_peers or old_peers[nid].address != p.address:
                 mesh.unblock_peer(nid)

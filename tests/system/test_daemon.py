@@ -467,6 +467,13 @@ def test_sighup_reload_adds_and_removes_peers(daemons: Daemons) -> None:
     assert peers_up(0) == {}
     # its traffic is dropped: 1 sees 0 go down
     wait_until(lambda: ") down" in daemons.log(1), timeout=10, message="1 sees 0 gone")
+    assert "at once" not in daemons.log(0)  # one host per reload so far
+    # two hosts in one reload: applied, with a warning (quorum membership is one host at
+    # a time; tests/replication/test_adversary_forms.py)
+    daemons.write_config(0, [1, 2], "")
+    daemons.procs[0].send_signal(signal.SIGHUP)
+    wait_until(lambda: "2 hosts added or removed at once" in daemons.log(0), timeout=10)
+    wait_until(lambda: one in peers_up(0), timeout=10, message="both peers applied")
     for i in daemons.alive():
         assert daemons.terminate(i) == 0
 
