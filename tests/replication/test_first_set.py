@@ -160,7 +160,7 @@ def schedules(
 
 
 @given(schedules())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_at_most_one_set_is_ever_chosen(
     sched: list[Step],
 ) -> None:
