@@ -19,7 +19,7 @@ They are clients (:func:`netmesh.connect`): they work against any ``netmesh up
   current end, so ``publish < f`` then ``tail --from 0`` reproduces ``f``.
 * ``channels``: name, factor, ack mode, next_seq, commit and leader of every channel (the
   leader as ``0x<node id>`` with ``(node i)`` in a cluster, its UDP address from a
-  daemon; ``--json`` has ``leader_id``/``leader_address`` too).
+  daemon; ``--json`` has ``leader_id``/``leader_id_hex``/``leader_address`` too).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any, Literal
 
 from netmesh.channel import ChannelName
+from netmesh.cli.node_cmds import with_hex_ids
 from netmesh.client.client import Client, ClientProducer, connect
 from netmesh.errors import ChannelNotOpen, ConfigError, NetmeshError, NotLeader, PayloadTooLarge
 
@@ -365,7 +366,7 @@ def cmd_channels(args: argparse.Namespace) -> int:
         infos = cl.channels()
     if args.json:
         for i in infos:
-            print(json.dumps({**i.__dict__, "groups": list(i.groups)}))
+            print(json.dumps(with_hex_ids({**i.__dict__, "groups": list(i.groups)})))
         return 0
     rows = [(i, "-" if i.leader is None else i.leader_text) for i in infos]
     head = f"{'channel':<24} {'factor':>6} {'ack':<7} {'next_seq':>10} {'commit':>10}  leader"

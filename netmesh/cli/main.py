@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_prog(argv)}: error: {exc}", file=sys.stderr)
         return 2
     except Closed as exc:  # "cluster 'x' stopped": the cluster went away on purpose
-        print(f"{_prog(argv)}: {str(exc).rsplit(': ', 1)[-1]}", file=sys.stderr)
+        print(f"{_prog(argv)}: {exc}", file=sys.stderr)
         return 1
     except NetmeshError as exc:
         print(f"{_prog(argv)}: {type(exc).__name__}: {exc}", file=sys.stderr)

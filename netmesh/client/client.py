@@ -55,6 +55,7 @@ from netmesh.cluster.groups import DEFAULT_MAX_ACK_PENDING
 from netmesh.cluster.producer import Producer
 from netmesh.config import ReplicationConfig
 from netmesh.errors import (
+    Closed,
     ClusterNotFound,
     ConfigError,
     DecodeError,
@@ -161,12 +162,20 @@ class Client:
                     for msg in self._decoder.feed(data):
                         if msg[0] == control.RESPONSE and msg[1] == req_id:
                             if not msg[2]:
-                                raise control.error_from_value(msg[3], f"{self._where} {op}")
+                                raise self._error(msg[3], op)
                             return msg[3]
             except TimeoutError:
                 raise NodeUnresponsive(f"cluster {self.name!r} did not answer {op!r}") from None
             except (OSError, DecodeError) as exc:
                 raise NodeUnresponsive(f"cluster {self.name!r}: connection lost ({exc})") from None
+
+    def _error(self, value: Any, op: str) -> NetmeshError:
+        """The error a failed response names, prefixed by where and which request; a
+        cluster's clean stop (``Closed``, its message names the cluster) says only
+        that, whatever request met it."""
+        if isinstance(value, dict) and value.get("type") == "Closed":
+            return Closed(str(value.get("message", f"cluster {self.name!r} stopped")))
+        return control.error_from_value(value, f"{self._where} {op}")
 
     def channels(self) -> list[ChannelInfo]:
         """Every open channel with its factor, ack mode, leader, next_seq and commit."""

@@ -266,7 +266,9 @@ def test_cli_publish_then_tail_reproduces_the_file(run_dir: Path, tmp_path: Path
             "payload": json.dumps({"id": 2999, "sku": "s3"}),
         }
         r = cli("channels", "--name", "cli", "--json")
-        assert json.loads(r.stdout)["next_seq"] == 3000
+        row = json.loads(r.stdout)
+        assert row["next_seq"] == 3000
+        assert row["leader_id_hex"] == f"{row['leader_id']:#018x}"  # as logs and tables
         bad = cli(
             "publish", "orders", "--name", "cli", "--format", "jsonl", stdin=b'{"a":1}\nnope\n'
         )
