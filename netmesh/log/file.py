@@ -1906,6 +1906,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_durably(directory: str, name: str, data: bytes) -> None:
+    """``directory/name`` := ``data`` so that a crash leaves the old content or the
+    new, never a mix or nothing: a tmp file, fdatasync, rename over ``name``, fsync
+    of ``directory``. Raises OSError (disk full, ...); then ``name`` is unchanged."""
+    _write_atomic(os.path.join(directory, name), data)
+    _fsync_dir(directory)
+
+
 class Frames(Protocol):
     """Records copied out of a shared-memory ring, still framed (what
     ``netmesh.ring.shm.ShmRing.take_frames`` returns; the log does not import the

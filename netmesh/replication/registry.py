@@ -39,7 +39,7 @@ from netmesh.errors import (
     NetmeshError,
     NotLeader,
 )
-from netmesh.log.file import RedexFile
+from netmesh.log.file import RedexFile, write_durably
 from netmesh.replication import placement as pl
 from netmesh.replication.roles import ReplicaRole, TransitionSignal
 
@@ -69,21 +69,6 @@ MIN_STEP_RECHECK_S = 0.05
 
 #: no vote on a first set yet
 NO_VOTE = pl.FormVote()
-
-
-def _write_durably(directory: str, name: str, data: bytes) -> None:
-    """``directory/name`` := ``data``: tmp, fsync, rename, fsync the directory."""
-    tmp = os.path.join(directory, name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(directory, name))
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Redex:
@@ -788,7 +773,7 @@ class _Placement:
         an acceptor's promise and acceptance survive its restarts); raises OSError if
         it could not be written."""
         if ch.file.config.path is not None:
-            _write_durably(ch.file.config.path, FORM_FILE, pl.encode_form(vote))
+            write_durably(ch.file.config.path, FORM_FILE, pl.encode_form(vote))
         self.redex._form_votes[str(name)] = vote
 
     def _load_version(
@@ -813,7 +798,7 @@ class _Placement:
         path = ch.file.config.path
         if path is not None:
             data = pl.encode_version(ch.placement.applied or (), ch.version)
-            _write_durably(path, PLACEMENT_FILE, data)
+            write_durably(path, PLACEMENT_FILE, data)
 
     # -- learners (quorum channels: a new member catches up before it counts) --------
     def _learn(

@@ -72,7 +72,7 @@ from netmesh.errors import (
     StorageFailed,
 )
 from netmesh.log import hardstate
-from netmesh.log.file import RedexFile
+from netmesh.log.file import RedexFile, write_durably
 from netmesh.log.hardstate import Epoch, HardState
 from netmesh.log.packed import PackedPayloads
 from netmesh.replication import messages
@@ -323,22 +323,12 @@ class FileStorage:
         return self.file.read_packed(from_seq, end_seq, max_bytes)
 
     def save_hard_state(self, state: HardState) -> None:
-        """tmp, fsync, rename, fsync the directory."""
+        """``log.file.write_durably``: tmp, fdatasync, rename, fsync the directory."""
         path = self.file.config.path
         if path is None:
             self.hub.memory_hard_states[self.name] = state
             return
-        tmp = os.path.join(path, HARD_STATE_FILE + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(hardstate.encode(state))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(path, HARD_STATE_FILE))
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_durably(path, HARD_STATE_FILE, hardstate.encode(state))
 
     def check_hard_state(self, saved: HardState | None) -> None:
         """Refuse a log that holds events (or restarted at a later seq) without a hard

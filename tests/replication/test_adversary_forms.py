@@ -161,8 +161,8 @@ def test_a_vote_the_disk_refused_is_never_announced(
     def full(directory: str, fname: str, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    real = registry._write_durably
-    monkeypatch.setattr(registry, "_write_durably", full)
+    real = registry.write_durably
+    monkeypatch.setattr(registry, "write_durably", full)
     with pytest.raises(OSError):
         p._form(ChannelName(name), ch, (1, 2, 3), None, 0.0)
     p._rebuild_own()  # anything else changes (a chain, metadata, another channel)
@@ -170,7 +170,7 @@ def test_a_vote_the_disk_refused_is_never_announced(
     assert p.own.form_of(name) in (None, on_disk)
     assert on_disk == FormVote()
     # the disk takes it again: the promise is persisted, then announced
-    monkeypatch.setattr(registry, "_write_durably", real)
+    monkeypatch.setattr(registry, "write_durably", real)
     p._form(ChannelName(name), ch, (1, 2, 3), None, 0.0)
     on_disk = p._load_form(ChannelName(name), ch.file)
     assert on_disk.promised == (1, 2)
