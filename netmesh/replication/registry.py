@@ -451,6 +451,7 @@ class _Placement:
                 "reresolved",
                 "learner_chunks_served",
                 "learner_events",
+                "placement_write_errors",
             ),
             0,
         )
@@ -579,6 +580,7 @@ class _Placement:
             return
         anns = [self.own, *self.view.values()]
         resolved = pl.resolve(ch.config.placement, ch.config.factor, str(name), anns)
+        before = (ch.placement.applied, ch.version, ch.ran, ch.step, ch.resume)
         outcome: pl.Change | float | None
         if ch.config.ack == "quorum":  # one node at a time once formed (issue 13 §3)
             resume, ch.resume = ch.resume, None
@@ -614,12 +616,23 @@ class _Placement:
         ch.due = math.inf
         if outcome is None:
             return
-        ch.changes = [*ch.changes[-15:], outcome.members]
         if ch.config.ack == "quorum":
             if outcome.members is not None:
                 ch.version = outcome.version
             ch.ran = True
-            self._save_version(name, ch)
+            try:
+                self._save_version(name, ch)
+            except OSError as exc:
+                # persisted before it is taken (as the first-set vote): a set this node
+                # announced but could not record would be forgotten by a restart, which
+                # could then go back to an older version; the next heartbeat tries again
+                ch.placement.applied, ch.version, ch.ran, ch.step, ch.resume = before
+                ch.due = now + max(MIN_STEP_RECHECK_S, ch.config.heartbeat_ms / 1000.0)
+                self.stats["placement_write_errors"] += 1
+                log.error("%s: set %s not taken: %s", name, outcome.members, exc)
+                self._schedule()
+                return
+        ch.changes = [*ch.changes[-15:], outcome.members]
         self._rebuild_own()  # the others learn the set this node runs now
         self.stats["reresolved"] += 1
         running = hub.runtime(name) is not None
@@ -794,11 +807,11 @@ class _Placement:
 
     def _save_version(self, name: ChannelName, ch: _Channel) -> None:
         """tmp, fsync, rename, fsync the directory (before the set is announced)."""
-        self.redex._set_versions[str(name)] = (ch.placement.applied or (), ch.version)
         path = ch.file.config.path
         if path is not None:
             data = pl.encode_version(ch.placement.applied or (), ch.version)
             write_durably(path, PLACEMENT_FILE, data)
+        self.redex._set_versions[str(name)] = (ch.placement.applied or (), ch.version)
 
     # -- learners (quorum channels: a new member catches up before it counts) --------
     def _learn(

@@ -196,3 +196,39 @@ def test_one_announcement_moving_many_votes_is_answered_by_one_broadcast(
     assert len(node.sent) == 2  # one broadcast, to peers 2 and 3
     last = pl.decode(node.sent[-1][2], 1)
     assert all(last.form_of(n) == p.channels[ChannelName(n)].form for n in names)
+
+
+def test_a_set_the_disk_refused_is_neither_taken_nor_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same kind for the quorum set record (``placement``): node 1 resumes set
+    {1,2,3} at version 4, but writing the record fails (disk full). Taken anyway, the
+    set would be announced and run while the disk holds an older one, and a restart
+    could go back to that older version. It is not taken, the failure is counted, and
+    a later heartbeat takes it once the disk does."""
+    name = "c"
+    p, _ = _shell(tmp_path, [name])
+    attached: list[tuple[int, ...]] = []
+    p.redex._hub = SimpleNamespace(
+        runtime=lambda n: None,
+        attach=lambda n, f, cfg, members: attached.append(tuple(members)),
+        detach=lambda n: None,
+    )
+    ch = p.channels[ChannelName(name)]
+    ch.resume, ch.version, ch.ran = (1, 2, 3), 4, True
+
+    def full(directory: str, fname: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = registry.write_durably
+    monkeypatch.setattr(registry, "write_durably", full)
+    p._resolve(ChannelName(name), 0.0)
+    assert ch.placement.applied is None and attached == []
+    assert p.own.members_of(name) is None
+    assert p.stats["placement_write_errors"] == 1
+    assert ch.resume == (1, 2, 3) and ch.due < float("inf")  # asked again
+    monkeypatch.setattr(registry, "write_durably", real)
+    p._resolve(ChannelName(name), ch.due)
+    assert ch.placement.applied == (1, 2, 3) and attached == [(1, 2, 3)]
+    assert p.own.members_of(name) == (1, 2, 3) and p.own.version_of(name) == 4
+    assert p._load_version(ChannelName(name), ch.file) == ((1, 2, 3), 4)
