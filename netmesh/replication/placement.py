@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -855,10 +855,10 @@ def _acceptor(v: FormVote, votes: Mapping[int, FormVote]) -> FormVote:
     # is the ballot promised (never one below it)
     top = max((x.ballot for x in votes.values()), default=NO_BALLOT)
     if top > v.promised:
-        v = FormVote(top, v.accepted, v.value, v.ballot, v.proposal)
+        v = replace(v, promised=top)
     for x in votes.values():
         if x.ballot == v.promised and x.proposal and v.accepted != x.ballot:
-            return FormVote(v.promised, x.ballot, x.proposal, v.ballot, v.proposal)
+            return replace(v, accepted=x.ballot, value=x.proposal)
     return v
 
 
@@ -873,7 +873,7 @@ def _proposer(
     if want is None:  # not (or no longer) proposing: drop a ballot nobody should wait on
         if v.ballot == NO_BALLOT:
             return v
-        return FormVote(v.promised, v.accepted, v.value, NO_BALLOT, ())
+        return replace(v, ballot=NO_BALLOT, proposal=())
     rival = max(
         (x.ballot for n, x in votes.items() if n != self_id and n in live),
         default=NO_BALLOT,
@@ -883,7 +883,7 @@ def _proposer(
     top = max((x.promised for x in votes.values()), default=NO_BALLOT)
     if v.ballot == NO_BALLOT or top > v.ballot:  # none yet, or preempted by a dead one
         rnd = max([top[0], *(x.ballot[0] for x in votes.values())]) + 1
-        return FormVote(v.promised, v.accepted, v.value, (rnd, self_id), ())
+        return replace(v, ballot=(rnd, self_id), proposal=())
     if v.proposal:
         return v
     promisers = [x for n, x in votes.items() if n in electorate and x.promised == v.ballot]
@@ -891,7 +891,7 @@ def _proposer(
         return v
     prior = max(promisers, key=lambda x: x.accepted)
     value = prior.value if prior.accepted != NO_BALLOT else want
-    return FormVote(v.promised, v.accepted, v.value, v.ballot, value)
+    return replace(v, proposal=value)
 
 
 def encode_form(v: FormVote) -> bytes:

@@ -25,9 +25,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from netmesh.channel import ChannelName
 from netmesh.config import RedexFileConfig, ReplicationConfig
@@ -69,6 +69,18 @@ MIN_STEP_RECHECK_S = 0.05
 
 #: no vote on a first set yet
 NO_VOTE = pl.FormVote()
+_R = TypeVar("_R")
+
+
+def _read_record(directory: str, name: str, decode: Callable[[bytes, str], _R]) -> _R | None:
+    """``decode(bytes, path)`` of the record ``directory/name`` (None: there is none);
+    raises what ``decode`` raises (LogCorrupt, naming the path)."""
+    full = os.path.join(directory, name)
+    try:
+        with open(full, "rb") as fh:
+            return decode(fh.read(), full)
+    except FileNotFoundError:
+        return None
 
 
 class Redex:
@@ -774,12 +786,8 @@ class _Placement:
         path = file.config.path
         if path is None:
             return self.redex._form_votes.get(str(name), NO_VOTE)
-        full = os.path.join(path, FORM_FILE)
-        try:
-            with open(full, "rb") as fh:
-                return pl.decode_form(fh.read(), full)
-        except FileNotFoundError:
-            return NO_VOTE
+        vote = _read_record(path, FORM_FILE, pl.decode_form)
+        return NO_VOTE if vote is None else vote
 
     def _save_form(self, name: ChannelName, ch: _Channel, vote: pl.FormVote) -> None:
         """``vote`` for ``name``, before it becomes ``ch.form`` and is announced (Paxos:
@@ -798,12 +806,7 @@ class _Placement:
         path = file.config.path
         if path is None:
             return self.redex._set_versions.get(str(name))
-        full = os.path.join(path, PLACEMENT_FILE)
-        try:
-            with open(full, "rb") as fh:
-                return pl.decode_version(fh.read(), full)
-        except FileNotFoundError:
-            return None
+        return _read_record(path, PLACEMENT_FILE, pl.decode_version)
 
     def _save_version(self, name: ChannelName, ch: _Channel) -> None:
         """tmp, fsync, rename, fsync the directory (before the set is announced)."""
