@@ -773,9 +773,20 @@ class _Placement:
             self._save_form(name, ch, vote)
             ch.form = vote
             self._rebuild_own(urgent=True)
-        if step != pl.FORM:
+        if step not in (pl.FORM, None):
             return step
-        if chosen is not None and self.self_id in chosen and not ch.ran:
+        # a member of the chosen set forms it even when its own target has moved on (a
+        # node it had not heard opened the channel since): without it the set waits for
+        # it for good (a fresh quorum set elects once every member runs it), and the
+        # steps toward the target need that set's leader. Not once any set advanced.
+        advanced = any(a.version_of(key) for a in self.view.values())
+        if (
+            chosen is not None
+            and self.self_id in chosen
+            and not ch.ran
+            and ch.placement.applied is None
+            and not advanced
+        ):
             log.info("%s: first set %s chosen", name, [f"{m:#018x}" for m in chosen])
             return pl.Change(chosen, 0)
         return None  # asked again when an announcement changes

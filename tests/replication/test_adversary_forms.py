@@ -232,3 +232,29 @@ def test_a_set_the_disk_refused_is_neither_taken_nor_announced(
     assert ch.placement.applied == (1, 2, 3) and attached == [(1, 2, 3)]
     assert p.own.members_of(name) == (1, 2, 3) and p.own.version_of(name) == 4
     assert p._load_version(ChannelName(name), ch.file) == ((1, 2, 3), 4)
+
+
+def test_a_member_of_the_chosen_set_forms_it_whatever_its_target() -> None:
+    """Seen in CI with six daemons: {4,0,5} was chosen before two lower ids opened the
+    channel; node 5's target then no longer held it, so it never formed {4,0,5}, the
+    fresh set (which elects once every member runs it) never got a leader, and no step
+    toward the new target could be ordered: stuck for good. A member of the chosen set
+    forms it while no set has advanced past version 0."""
+    p, _ = _shell(Path("/nonexistent"), [])
+    repl = ReplicationConfig(factor=3, ack="quorum")
+    file = SimpleNamespace(config=SimpleNamespace(path=None))
+    ch = registry._Channel(file, repl, pl.ChannelPlacement(1, 3, 0.0, min_form=2))  # type: ignore[arg-type]
+    name = ChannelName("c")
+    p.channels[name] = ch
+    accepted = FormVote((1, 2), (1, 2), (1, 2, 3), pl.NO_BALLOT, ())
+    for n in (2, 3):
+        p.view[n] = pl.Announcement(n, 1, 1, channels=frozenset({"c"}), forms=(("c", accepted),))
+    # its own target is {0, 2, 3} (node 0 opened since): quorum_change says nothing (None)
+    out = p._form(name, ch, (0, 2, 3), None, 0.0)
+    assert out == pl.Change((1, 2, 3), 0)
+    # once a set advanced (a member runs version 1), the newcomer rules decide instead
+    p.view[2] = pl.Announcement(
+        2, 1, 2, channels=frozenset({"c"}), forms=(("c", accepted),),
+        members=(("c", (0, 1, 2, 3)),), versions=(("c", 1),),
+    )  # fmt: skip
+    assert p._form(name, ch, (0, 2, 3), None, 0.0) is None
